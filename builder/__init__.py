@@ -1,0 +1,1 @@
+"""The graph a person builds: file format, layer catalog, templates and the canvas adapter."""

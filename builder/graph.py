@@ -1,0 +1,151 @@
+"""The graph file format (../shared/GRAPH_FORMAT.md, version 1) as pydantic models.
+
+Everything that reads or writes a graph goes through `load_graph` / `dump_graph`, so a malformed
+file is rejected in one place, with one message that names the node and the field.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from builder.catalog import CATALOG, describe_param_errors
+
+FORMAT = "netbuilder.graph/1"
+MAX_FILE_BYTES = 2_000_000
+MAX_NODES = 2_000
+MAX_EDGES = 8_000
+MAX_TEXT = 200
+
+
+class GraphFormatError(ValueError):
+    """The file cannot be read as a graph (the compiler's exit code 2)."""
+
+
+class Node(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(min_length=1, max_length=MAX_TEXT)
+    type: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    position: tuple[float, float] | None = None
+    label: str | None = Field(default=None, max_length=MAX_TEXT)
+
+
+class Edge(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    source: str = Field(max_length=MAX_TEXT)
+    target: str = Field(max_length=MAX_TEXT)
+    port: int = Field(default=0, ge=0, le=1000)
+
+
+class Graph(BaseModel):
+    """A whole graph file. `params` stay plain dicts here; `typed_params` validates them."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format: str
+    name: str = Field(default="model", max_length=MAX_TEXT)
+    nodes: list[Node] = Field(max_length=MAX_NODES)
+    edges: list[Edge] = Field(default_factory=list, max_length=MAX_EDGES)
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value != FORMAT:
+            raise ValueError(f"format must be '{FORMAT}', got {value!r}")
+        return value
+
+    def node(self, node_id: str) -> Node:
+        return next(n for n in self.nodes if n.id == node_id)
+
+
+def typed_params(node: Node) -> BaseModel:
+    """Validate a node's params against its catalog entry; raises GraphFormatError."""
+    spec = CATALOG[node.type]
+    try:
+        return spec.params.model_validate(node.params)
+    except ValidationError as exc:
+        raise GraphFormatError(
+            f"node {node.id!r} ({node.type}): {describe_param_errors(spec.params, exc, node.params)}"
+        ) from None
+
+
+def parse_graph(data: Any) -> Graph:
+    """Turn decoded JSON into a checked Graph: known types, valid params, unique ids."""
+    if not isinstance(data, dict):
+        raise GraphFormatError("a graph file must hold a JSON object")
+    nodes = data.get("nodes")
+    if isinstance(nodes, list) and len(nodes) > MAX_NODES:
+        raise GraphFormatError(f"too many nodes: {len(nodes)} (the limit is {MAX_NODES})")
+    try:
+        graph = Graph.model_validate(data)
+    except ValidationError as exc:
+        raise GraphFormatError(_describe_graph_error(exc)) from None
+    seen: set[str] = set()
+    for node in graph.nodes:
+        if node.type not in CATALOG:
+            raise GraphFormatError(
+                f"node {node.id!r}: unknown layer type {node.type!r}"
+                f" (known: {', '.join(sorted(CATALOG))})"
+            )
+        if node.id in seen:
+            raise GraphFormatError(f"node id {node.id!r} appears more than once; ids must be unique")
+        seen.add(node.id)
+        typed_params(node)
+    return graph
+
+
+def load_graph(text: str | bytes) -> Graph:
+    """Parse a graph file's text, capped at MAX_FILE_BYTES."""
+    if len(text) > MAX_FILE_BYTES:
+        raise GraphFormatError(
+            f"file is too large: {len(text):,} bytes (the limit is {MAX_FILE_BYTES:,})"
+        )
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GraphFormatError(f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise GraphFormatError("not valid JSON: nested too deeply") from None
+    return parse_graph(data)
+
+
+def dump_graph(graph: Graph) -> str:
+    """The file text for a graph: stable key order, indented, unset optional fields left out."""
+    return json.dumps(graph.model_dump(mode="json", exclude_none=True), indent=2) + "\n"
+
+
+def _describe_graph_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "file"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{where}: {message}" + (f" ({exc.error_count()} problems)" if exc.error_count() > 1 else "")
+
+
+def graph_schema() -> dict[str, Any]:
+    """JSON Schema of the file format, with each layer type's params schema attached."""
+    schema = Graph.model_json_schema()
+    layer_schemas = []
+    for name, spec in CATALOG.items():
+        params = spec.params.model_json_schema()
+        schema["$defs"][f"{name}Params"] = params
+        layer_schemas.append(
+            {
+                "properties": {
+                    "type": {"const": name},
+                    "params": {"$ref": f"#/$defs/{name}Params"},
+                },
+            }
+        )
+    schema["$defs"]["Node"]["properties"]["type"] = {"enum": list(CATALOG)}
+    schema["$defs"]["Node"]["allOf"] = [
+        {"if": {"properties": {"type": {"const": s["properties"]["type"]["const"]}}}, "then": s}
+        for s in layer_schemas
+    ]
+    schema["properties"]["format"] = {"const": FORMAT}
+    schema["title"] = "NetBuilder graph, version 1"
+    return schema

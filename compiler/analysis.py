@@ -1,0 +1,303 @@
+"""Validation and shape inference: Graph -> Analysis (shapes, counts, diagnostics). Pure.
+
+Every independent problem is reported at once, each on the node it belongs to; a node downstream
+of an error gets shape None instead of a second, confusing error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import networkx as nx
+from pydantic import ValidationError
+
+from builder.catalog import (
+    CATALOG,
+    Advice,
+    Fix,
+    LayerError,
+    Params,
+    Tensor,
+    describe_param_errors,
+    shape_text,
+)
+from builder.graph import Graph, Node
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One problem, on one node where there is one, with an optional suggested edit as data."""
+
+    node: str | None
+    message: str
+    severity: Severity = "error"
+    fix: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"node": self.node, "message": self.message}
+        if self.fix is not None:
+            out["fix"] = self.fix
+        return out
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    shape: tuple[int, ...] | None
+    dtype: str | None = None
+    params: int | None = None
+    macs: int | None = None
+    explanation: str | None = None
+
+
+@dataclass
+class Analysis:
+    graph: Graph
+    order: list[str]
+    inputs: dict[str, list[str]]
+    infos: dict[str, NodeInfo]
+    typed: dict[str, Params]
+    live: set[str]
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    @property
+    def total_params(self) -> int:
+        return sum(self.infos[n].params or 0 for n in self.order if n in self.live)
+
+    @property
+    def total_macs(self) -> int:
+        return sum(self.infos[n].macs or 0 for n in self.order if n in self.live)
+
+    def node_type(self, node_id: str) -> str:
+        return self.graph.node(node_id).type
+
+    def report(self) -> dict[str, Any]:
+        """The `python -m compiler check` object of GRAPH_FORMAT.md."""
+        return {
+            "ok": self.ok,
+            "nodes": {
+                node.id: {
+                    "shape": list(info.shape) if info.shape is not None else None,
+                    "params": info.params,
+                    "macs": info.macs,
+                    "dtype": info.dtype,
+                }
+                for node in self.graph.nodes
+                for info in [self.infos.get(node.id, NodeInfo(None))]
+            },
+            "total_params": self.total_params,
+            "total_macs": self.total_macs,
+            "errors": [d.to_json() for d in self.errors],
+            "warnings": [d.to_json() for d in self.warnings],
+        }
+
+
+def analyse(graph: Graph) -> Analysis:
+    """Validate the graph and infer every shape, parameter count and MAC count."""
+    diagnostics: list[Diagnostic] = []
+    index = {node.id: position for position, node in enumerate(graph.nodes)}
+    nodes = {node.id: node for node in graph.nodes}
+    dag = nx.MultiDiGraph()
+    dag.add_nodes_from(index)
+    incoming: dict[str, list[tuple[int, int, str]]] = {node_id: [] for node_id in index}
+    for order, edge in enumerate(graph.edges):
+        missing = [end for end in (edge.source, edge.target) if end not in nodes]
+        if missing:
+            known = edge.target if edge.source in missing else edge.source
+            diagnostics.append(
+                Diagnostic(
+                    known if known in nodes else None,
+                    f"edge {edge.source!r} -> {edge.target!r} refers to no node"
+                    f" {missing[0]!r}; remove the edge or add the node",
+                )
+            )
+            continue
+        dag.add_edge(edge.source, edge.target)
+        incoming[edge.target].append((edge.port, order, edge.source))
+    inputs = {n: [source for _, _, source in sorted(edges)] for n, edges in incoming.items()}
+
+    diagnostics += _check_ends(graph, dag)
+    blocked = set()
+    for cycle_nodes in _cycles(dag, index):
+        blocked |= set(cycle_nodes)
+        path = " -> ".join(repr(n) for n in cycle_nodes + [cycle_nodes[0]])
+        diagnostics.append(
+            Diagnostic(cycle_nodes[0], f"cycle {path}; remove one of these edges")
+        )
+
+    acyclic = dag.subgraph(n for n in index if n not in blocked)
+    order = list(nx.lexicographical_topological_sort(acyclic, key=index.__getitem__))
+    typed, unreadable = _typed_params(graph.nodes)
+    diagnostics += unreadable
+    infos: dict[str, NodeInfo] = {node_id: NodeInfo(None) for node_id in blocked}
+    for node_id in order:
+        if node_id not in typed:
+            infos[node_id] = NodeInfo(None)
+            continue
+        info, found = _infer_node(nodes[node_id], typed[node_id], inputs[node_id], infos, nodes)
+        infos[node_id] = info
+        diagnostics += found
+
+    live = _live_nodes(graph, dag)
+    for node_id in order:
+        if node_id not in live and infos[node_id].shape is not None and nodes[node_id].type not in ("Input", "Output"):
+            diagnostics.append(
+                Diagnostic(
+                    node_id,
+                    f"{nodes[node_id].type} {node_id!r} does not lead to the Output, so it is left"
+                    " out of the model; connect it or delete it",
+                    "warning",
+                )
+            )
+    return Analysis(graph, order, inputs, infos, typed, live, diagnostics)
+
+
+def _typed_params(nodes: list[Node]) -> tuple[dict[str, Params], list[Diagnostic]]:
+    """Each node's params as its catalog model; an in-memory graph may hold bad ones."""
+    typed: dict[str, Params] = {}
+    found: list[Diagnostic] = []
+    for node in nodes:
+        spec = CATALOG.get(node.type)
+        if spec is None:
+            found.append(Diagnostic(node.id, f"{node.id!r}: unknown layer type {node.type!r}"))
+            continue
+        try:
+            typed[node.id] = spec.params.model_validate(node.params)
+        except ValidationError as exc:
+            message = describe_param_errors(spec.params, exc, node.params)
+            found.append(Diagnostic(node.id, f"{node.type} {node.id!r}: {message}"))
+    return typed, found
+
+
+def _check_ends(graph: Graph, dag: nx.MultiDiGraph) -> list[Diagnostic]:
+    found: list[Diagnostic] = []
+    for kind in ("Input", "Output"):
+        ends = [node.id for node in graph.nodes if node.type == kind]
+        if not ends:
+            found.append(Diagnostic(None, f"the graph has no {kind} node; add one"))
+        for extra in ends[1:]:
+            found.append(
+                Diagnostic(extra, f"{kind} {extra!r}: a model has exactly one {kind}; delete this one")
+            )
+    for node in graph.nodes:
+        if node.type == "Output" and dag.out_degree(node.id):
+            targets = ", ".join(repr(t) for t in dag.successors(node.id))
+            found.append(
+                Diagnostic(node.id, f"Output {node.id!r} must be last; remove its edge to {targets}")
+            )
+    return found
+
+
+def _cycles(dag: nx.MultiDiGraph, index: dict[str, int]) -> list[list[str]]:
+    """One cycle per strongly connected component that has one, as an ordered list of ids."""
+    cycles = []
+    for component in nx.strongly_connected_components(dag):
+        start = min(component, key=index.__getitem__)
+        if len(component) == 1 and not dag.has_edge(start, start):
+            continue
+        edges = nx.find_cycle(dag.subgraph(component), source=start)
+        cycles.append([edge[0] for edge in edges])
+    return sorted(cycles, key=lambda c: index[c[0]])
+
+
+def _live_nodes(graph: Graph, dag: nx.MultiDiGraph) -> set[str]:
+    """The nodes that lie on a path from the Input to the Output: these make up the model."""
+    starts = [n.id for n in graph.nodes if n.type == "Input"][:1]
+    ends = [n.id for n in graph.nodes if n.type == "Output"][:1]
+    if not starts or not ends:
+        return set()
+    reach = nx.descendants(dag, starts[0]) | {starts[0]}
+    back = nx.ancestors(dag, ends[0]) | {ends[0]}
+    return reach & back
+
+
+def _infer_node(
+    node: Node,
+    params: Params,
+    sources: list[str],
+    infos: dict[str, NodeInfo],
+    nodes: dict[str, Node],
+) -> tuple[NodeInfo, list[Diagnostic]]:
+    spec = CATALOG[node.type]
+    label = f"{node.type} {node.id!r}"
+    arity = _arity_problem(node, len(sources), spec.min_inputs, spec.max_inputs)
+    if arity:
+        return NodeInfo(None), [Diagnostic(node.id, f"{label}: {arity}")]
+    upstream = [infos[s] for s in sources]
+    if any(info.shape is None for info in upstream):
+        return NodeInfo(None), []
+    tensors = [
+        Tensor(info.shape, info.dtype or "float32", nodes[s].type)
+        for info, s in zip(upstream, sources, strict=True)
+        if info.shape is not None
+    ]
+    if node.type not in ("Embedding", "Output") and any(t.dtype == "int64" for t in tensors):
+        return NodeInfo(None), [
+            Diagnostic(
+                node.id,
+                f"{label}: gets int64 token ids, which only an Embedding can take;"
+                " insert an Embedding before it",
+            )
+        ]
+    try:
+        out = spec.infer(params, tensors)
+    except LayerError as exc:
+        return NodeInfo(None), [Diagnostic(node.id, f"{label}: {exc.message}", fix=_fix_json(exc.fix, node, sources))]
+    advice = [
+        Diagnostic(node.id, f"{label}: {a.message}", "warning", _fix_json(a.fix, node, sources))
+        for a in spec.advise(params, tensors)
+    ]
+    info = NodeInfo(
+        shape=out.shape,
+        dtype=out.dtype,
+        params=spec.count_params(params, tensors),
+        macs=spec.macs(params, tensors, out),
+        explanation=spec.explain(params, tensors, out) if spec.explain else None,
+    )
+    return info, advice
+
+
+def _arity_problem(node: Node, count: int, least: int, most: int | None) -> str | None:
+    if node.type == "Input":
+        return "an Input takes no inputs; remove the edges into it" if count else None
+    if count == 0:
+        return "has no input; connect a layer into it"
+    if count < least:
+        return f"needs at least {least} inputs, has {count}; connect another layer into it"
+    if most is not None and count > most:
+        return f"takes exactly {most} input, has {count}; merge them first with Add or Concat"
+    return None
+
+
+def _fix_json(fix: Fix | None, node: Node, sources: list[str]) -> dict[str, Any] | None:
+    """A catalog Fix (relative to the node) as the contract's data: insert ... between, or set."""
+    if fix is None:
+        return None
+    if fix.set_params is not None:
+        return {"set": {"node": node.id, "params": fix.set_params}, "why": fix.why}
+    return {
+        "insert": {"type": fix.insert_type, "params": fix.insert_params},
+        "between": [sources[fix.on_input], node.id],
+        "why": fix.why,
+    }
+
+
+def describe_shape(info: NodeInfo) -> str:
+    return "?" if info.shape is None else shape_text(info.shape)
+
+
+__all__ = ["Advice", "Analysis", "Diagnostic", "NodeInfo", "analyse", "describe_shape"]
