@@ -1,0 +1,157 @@
+"""The Train page's figures, built from metric records exactly as runtime/runs.py writes them."""
+
+import math
+
+import pytest
+
+from pages import charts
+
+
+def step(n: int, loss: float, lr: float = 1e-3) -> dict:
+    return {
+        "kind": "step",
+        "step": n,
+        "epoch": 0,
+        "loss": loss,
+        "lr": lr,
+        "samples_per_s": 500.0,
+        "time": n,
+    }
+
+
+def epoch(n: int, at_step: int, val_loss: float | None, val_accuracy: float | None) -> dict:
+    return {
+        "kind": "epoch",
+        "epoch": n,
+        "step": at_step,
+        "train_loss": 1.0,
+        "train_accuracy": val_accuracy,
+        "val_loss": val_loss,
+        "val_accuracy": val_accuracy,
+        "time": at_step,
+    }
+
+
+def trace(fig, name: str):
+    return next(t for t in fig.data if t.name == name)
+
+
+def test_records_are_grouped_by_kind_and_unknown_kinds_ignored():
+    series = charts.series_from(
+        [
+            step(1, 2.0),
+            epoch(1, 1, 1.5, 0.5),
+            {"kind": "grad_norms", "step": 1, "norms": {"a": 1.0}},
+            {"kind": "event", "step": 1, "message": "hi"},
+            {"kind": "future-kind"},
+            {"no": "kind"},
+        ]
+    )
+    assert [len(series.steps), len(series.epochs), len(series.grad_norms), len(series.events)] == [
+        1,
+        1,
+        1,
+        1,
+    ]
+
+
+def test_smoothing_is_debiased_so_the_first_point_is_the_value_itself():
+    assert charts.smooth([4.0, 2.0], weight=0.5) == pytest.approx(
+        [4.0, (0.5 * 0.5 * 4 + 0.5 * 2) / 0.75]
+    )
+
+
+def test_smoothing_keeps_gaps_without_poisoning_later_points():
+    assert charts.smooth([1.0, None, 1.0]) == [1.0, None, pytest.approx(1.0)]
+
+
+def test_thinning_bounds_the_points_and_keeps_the_last():
+    xs = list(range(10_001))
+    tx, ty = charts.thin(xs, xs, max_points=1000)
+    assert len(tx) <= 1001 and tx[-1] == 10_000 and tx == ty
+    assert charts.thin([1, 2], [3, 4]) == ([1, 2], [3, 4])
+
+
+def test_loss_figure_draws_every_step_and_the_validation_loss_at_its_step():
+    series = charts.series_from([step(1, 2.0), step(2, 1.0), epoch(1, 2, 0.8, 0.7)])
+    fig = charts.loss_figure(series)
+    assert list(trace(fig, "step loss").y) == [2.0, 1.0]
+    assert list(trace(fig, "validation").x) == [2] and list(trace(fig, "validation").y) == [0.8]
+
+
+def test_non_finite_loss_is_a_gap_not_a_crash():
+    fig = charts.loss_figure(
+        charts.series_from([step(1, 2.0), step(2, float("nan")), step(3, float("inf"))])
+    )
+    assert list(trace(fig, "step loss").y) == [2.0, None, None]
+    fig.to_json()
+
+
+def test_empty_run_shows_a_waiting_message():
+    fig = charts.loss_figure(charts.RunSeries())
+    assert "waiting" in fig.layout.annotations[0].text
+
+
+def test_accuracy_is_in_percent_and_regression_runs_say_there_is_none():
+    fig = charts.accuracy_figure(charts.series_from([epoch(1, 10, 0.5, 0.25)]))
+    assert list(trace(fig, "validation").y) == [25.0]
+    regression = charts.accuracy_figure(charts.series_from([epoch(1, 10, 0.5, None)]))
+    assert "regression" in regression.layout.annotations[0].text
+
+
+def test_learning_rate_figure_follows_the_schedule():
+    fig = charts.lr_figure(charts.series_from([step(1, 1.0, lr=0.1), step(2, 1.0, lr=0.05)]))
+    assert list(fig.data[0].y) == [0.1, 0.05]
+
+
+def test_gradient_heatmap_is_log10_with_layers_in_graph_order():
+    records = [
+        {"kind": "grad_norms", "step": 10, "norms": {"fc": 100.0, "conv": 1e-8}},
+        {"kind": "grad_norms", "step": 20, "norms": {"fc": 10.0, "conv": 0.0, "late": 1.0}},
+    ]
+    fig = charts.grad_norm_heatmap(charts.series_from(records), order=["conv", "fc"])
+    heat = fig.data[0]
+    assert list(heat.y) == ["conv", "fc", "late"]
+    assert [list(row) for row in heat.z] == [[pytest.approx(-8.0), None], [2.0, 1.0], [None, 0.0]]
+
+
+def test_gradient_lines_have_one_trace_per_layer_on_a_log_axis():
+    records = [{"kind": "grad_norms", "step": s, "norms": {"a": 1.0 * s, "b": 2.0}} for s in (1, 2)]
+    fig = charts.grad_norm_lines(charts.series_from(records))
+    assert [t.name for t in fig.data] == ["a", "b"] and list(trace(fig, "a").y) == [1.0, 2.0]
+    assert fig.layout.yaxis.type == "log"
+
+
+def test_attention_figure_has_one_heatmap_per_head_at_the_chosen_step():
+    first = [[[1.0, 0.0], [0.5, 0.5]], [[0.0, 1.0], [1.0, 0.0]]]
+    later = [[[0.2, 0.8], [0.3, 0.7]], [[0.6, 0.4], [0.9, 0.1]]]
+    series = charts.series_from(
+        [
+            {"kind": "attention", "step": 50, "node": "attn", "weights": first},
+            {"kind": "attention", "step": 100, "node": "attn", "weights": later},
+        ]
+    )
+    assert charts.attention_layers(series) == ["attn"] and charts.attention_steps(
+        series, "attn"
+    ) == [50, 100]
+    fig = charts.attention_figure(series, "attn", step=50)
+    assert len(fig.data) == 2 and [list(map(list, t.z)) for t in fig.data] == first
+    assert "step 100" in charts.attention_figure(series, "attn").layout.title.text
+
+
+def test_compare_overlays_every_selected_run():
+    runs = {
+        "run-a": charts.series_from([step(1, 2.0), step(2, 1.0)]),
+        "run-b": charts.series_from([step(1, 3.0), epoch(1, 1, 2.5, 0.1)]),
+    }
+    fig = charts.compare_figure(runs)
+    assert [t.name for t in fig.data] == ["run-a train", "run-b train", "run-b val"]
+    assert trace(fig, "run-a train").y[0] == 2.0
+
+
+def test_long_runs_are_thinned_before_plotting():
+    series = charts.series_from([step(n, 1.0 / (n + 1)) for n in range(20_000)])
+    fig = charts.loss_figure(series)
+    assert len(trace(fig, "step loss").x) <= charts.MAX_POINTS + 1
+    assert trace(fig, "step loss").x[-1] == 19_999
+    assert math.isclose(trace(fig, "step loss").y[-1], 1 / 20_000)
