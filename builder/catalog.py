@@ -10,6 +10,7 @@ Shapes never include the batch dimension; `dim`/`dims` parameters count it, as i
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -124,6 +125,8 @@ def _fmt(value: Any) -> str:
     """Python source for a parameter value (lists become tuples, strings are escaped)."""
     if isinstance(value, list):
         return "(" + ", ".join(_fmt(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    if isinstance(value, str):
+        return json.dumps(value)  # double quotes, as black writes them; escapes are Python's too
     return repr(value)
 
 

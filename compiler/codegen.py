@@ -1,7 +1,7 @@
 """Code generation: Analysis -> the standalone `model.py` source. Pure.
 
 The emitted module imports only torch, reads like hand-written code (named attributes, one forward
-statement per node in topological order, shapes in comments) and is already black-formatted.
+statement per node in topological order, shapes in comments) and is already black-formatted (line length 100).
 User text (node ids, the graph name) reaches it only as sanitised identifiers.
 """
 
@@ -13,7 +13,7 @@ import re
 from builder.catalog import CATALOG, Tensor, shape_text
 from compiler.analysis import Analysis
 
-LINE_LENGTH = 88
+LINE_LENGTH = 100
 MAX_IDENTIFIER = 32
 
 # Names the generated code itself uses, and every attribute of nn.Module (an attribute called

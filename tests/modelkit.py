@@ -1,0 +1,84 @@
+"""Test helpers: build graphs tersely, run generated source, observe every node's real shape."""
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any
+
+import torch
+
+from builder.graph import Graph, parse_graph
+from compiler import Analysis, analyse, generate_source
+from compiler.codegen import attribute_names
+
+
+def chain_graph(input_shape: list[int], *layers: tuple[str, dict[str, Any]], dtype: str = "float32") -> Graph:
+    """Input -> layers... -> Output, with ids n1, n2, ..."""
+    nodes = [{"id": "in", "type": "Input", "params": {"shape": input_shape, "dtype": dtype}}]
+    nodes += [{"id": f"n{i}", "type": t, "params": p} for i, (t, p) in enumerate(layers, start=1)]
+    nodes.append({"id": "out", "type": "Output"})
+    ids = [n["id"] for n in nodes]
+    edges = [{"source": a, "target": b} for a, b in zip(ids, ids[1:])]
+    return parse_graph({"format": "netbuilder.graph/1", "name": "t", "nodes": nodes, "edges": edges})
+
+
+def load_module(source: str) -> types.ModuleType:
+    """Execute generated source as a fresh module, the way the runtime does."""
+    module = types.ModuleType("generated_model")
+    exec(compile(source, "model.py", "exec"), module.__dict__)
+    return module
+
+
+def random_input(analysis: Analysis, batch: int = 2) -> torch.Tensor:
+    node = next(n for n in analysis.graph.nodes if n.type == "Input")
+    shape = (batch, *analysis.infos[node.id].shape)
+    if analysis.infos[node.id].dtype == "int64":
+        return torch.randint(0, 4, shape)
+    return torch.randn(shape)
+
+
+def observed_shapes(model: torch.nn.Module, x: torch.Tensor) -> tuple[dict[str, tuple[int, ...]], torch.Tensor]:
+    """Run forward and read every local variable's shape as forward returns (one per node)."""
+    seen: dict[str, tuple[int, ...]] = {}
+    code = type(model).forward.__code__
+
+    def tracer(frame: types.FrameType, event: str, arg: Any):
+        if frame.f_code is code:
+            def local(frame: types.FrameType, event: str, arg: Any):
+                if event == "return":
+                    for name, value in frame.f_locals.items():
+                        if isinstance(value, torch.Tensor) and name != "x":
+                            seen[name] = tuple(value.shape[1:])
+                return local
+            return local
+        return None
+
+    sys.settrace(tracer)
+    try:
+        out = model(x)
+    finally:
+        sys.settrace(None)
+    return seen, out
+
+
+def assert_matches_torch(analysis: Analysis) -> None:
+    """The compiled module's real shapes and parameter count equal the analysis's predictions."""
+    assert analysis.ok, analysis.errors
+    module = load_module(generate_source(analysis))
+    model = module.build_model().eval()
+    x = random_input(analysis)
+    with torch.no_grad():
+        seen, out = observed_shapes(model, x)
+    names = attribute_names(analysis)
+    output = next(n for n in analysis.graph.nodes if n.type == "Output")
+    for node_id, name in names.items():
+        if name in seen:
+            assert seen[name] == analysis.infos[node_id].shape, (node_id, seen[name])
+    assert tuple(out.shape[1:]) == analysis.infos[output.id].shape
+    assert tuple(out.shape[1:]) == module.OUTPUT_SHAPE
+    assert sum(p.numel() for p in model.parameters()) == analysis.total_params
+
+
+def compiled(graph: Graph) -> Analysis:
+    return analyse(graph)
