@@ -1,0 +1,1 @@
+"""Training: datasets, the trainer process, and the run folders that keep every run."""
