@@ -1,6 +1,7 @@
 """The Train page's figures, built from metric records exactly as runtime/runs.py writes them."""
 
 import math
+import re
 
 import pytest
 
@@ -155,3 +156,80 @@ def test_long_runs_are_thinned_before_plotting():
     assert len(trace(fig, "step loss").x) <= charts.MAX_POINTS + 1
     assert trace(fig, "step loss").x[-1] == 19_999
     assert math.isclose(trace(fig, "step loss").y[-1], 1 / 20_000)
+
+
+# The live graph's health rules (pages/live_graph.py).
+
+from builder.graph import load_graph  # noqa: E402
+from pages import live_graph  # noqa: E402
+
+
+def health_series(norms: dict, dead: dict | None = None, nonfinite: list | None = None):
+    records = [{"kind": "grad_norms", "step": 10, "norms": norms}]
+    for index, node in enumerate(nonfinite or [None]):
+        records.append(
+            {
+                "kind": "health",
+                "step": 10 + index,
+                "dead_fraction": dead or {},
+                "nonfinite_node": node,
+            }
+        )
+    return charts.series_from(records)
+
+
+def test_healthy_gradients_raise_no_alarm():
+    report = live_graph.node_health(health_series({"c1": 0.05, "fc": 1.2}))
+    assert report["c1"].alarms == () and report["fc"].grad_norm == 1.2
+
+
+def test_vanishing_and_exploding_gradients_are_flagged_on_their_node():
+    report = live_graph.node_health(health_series({"c1": 5e-8, "fc": 4e3, "ok": 1e-7}))
+    assert "vanishing" in report["c1"].alarms[0]
+    assert "exploding" in report["fc"].alarms[0]
+    assert report["ok"].alarms == ()
+
+
+def test_a_non_finite_gradient_counts_as_exploding():
+    report = live_graph.node_health(health_series({"c1": float("nan"), "c2": float("inf")}))
+    assert all(
+        "exploding" in report[n].alarms[0] and "not finite" in report[n].alarms[0]
+        for n in ("c1", "c2")
+    )
+
+
+def test_dead_relu_above_ninety_percent_zeros():
+    report = live_graph.node_health(health_series({}, dead={"relu1": 0.95, "relu2": 0.9}))
+    assert report["relu1"].alarms == ("dead ReLU: 95% zeros",)
+    assert report["relu2"].alarms == ()
+
+
+def test_the_first_non_finite_node_keeps_the_alarm_when_later_reports_name_another():
+    report = live_graph.node_health(health_series({}, nonfinite=[None, "c3", "fc"]))
+    assert report["c3"].alarms == ("first non-finite output",)
+    assert "fc" not in report
+
+
+def test_norm_colours_run_from_dark_for_vanishing_to_bright_for_large():
+    brightness = [
+        sum(int(live_graph.norm_colour(n)[i : i + 2], 16) for i in (1, 3, 5))
+        for n in (1e-9, 1e-3, 1e2)
+    ]
+    assert brightness == sorted(brightness)
+    assert live_graph.norm_colour(None) == live_graph.NO_GRADIENT
+    assert live_graph.norm_colour(float("inf")) == live_graph.ALARM
+
+
+def test_live_canvas_is_locked_and_marks_alarmed_nodes_red():
+    graph = load_graph(open("builder/templates/lenet5.json").read())
+    state = live_graph.flow_state(graph, live_graph.node_health(health_series({"c1": 1e-9})), 1)
+    nodes = {n.id: n for n in state.nodes}
+    assert not any(n.draggable or n.connectable or n.deletable or n.selectable for n in state.nodes)
+    assert live_graph.ALARM in nodes["c1"].style["border"]
+    assert live_graph.ALARM not in nodes["c3"].style["border"]
+    assert len(state.edges) == len(graph.edges)
+
+
+def test_user_text_in_node_ids_is_shown_literally_not_as_markup():
+    content = live_graph.node_content("<img src=x onerror=alert(1)>", "Linear", None)
+    assert re.search(r"(?<!\\)[<>\[\]()*_`]", content.split("**")[1]) is None
