@@ -72,6 +72,8 @@ def assert_matches_torch(analysis: Analysis) -> None:
         seen, out = observed_shapes(model, x)
     names = attribute_names(analysis)
     output = next(n for n in analysis.graph.nodes if n.type == "Output")
+    unseen = [name for name in names.values() if name not in seen]
+    assert len(unseen) <= 1, f"forward locals not observed: {unseen}"  # only an inlined return
     for node_id, name in names.items():
         if name in seen:
             assert seen[name] == analysis.infos[node_id].shape, (node_id, seen[name])
@@ -82,3 +84,31 @@ def assert_matches_torch(analysis: Analysis) -> None:
 
 def compiled(graph: Graph) -> Analysis:
     return analyse(graph)
+
+
+def layer_runs_in_torch(layer: str, params: dict[str, Any], inputs: list[tuple[tuple[int, ...], str]]) -> bool:
+    """Whether the layer's own emitted constructor and forward expression run in torch on a
+    batch of 2 with these per-sample input shapes and dtypes (the 'equivalent torch code')."""
+    from torch import nn
+
+    from builder.catalog import CATALOG, Tensor
+
+    spec = CATALOG[layer]
+    typed = spec.params.model_validate(params)
+    tensors = [Tensor(shape, dtype) for shape, dtype in inputs]
+    args = [
+        torch.randint(0, 2, (2, *shape)) if dtype == "int64" else torch.randn(2, *shape)
+        for shape, dtype in inputs
+    ]
+    namespace: dict[str, Any] = {"torch": torch, "nn": nn, "args": args}
+    exec(compile("def causal_mask(n, device):\n    return torch.ones(n, n, dtype=torch.bool, device=device).triu(1)\n", "m", "exec"), namespace)
+    holder = nn.Module()
+    try:
+        if spec.module is not None:
+            holder.layer = eval(spec.module(typed, tensors), namespace)
+        names = [f"args[{i}]" for i in range(len(args))]
+        with torch.no_grad():
+            eval(spec.call(typed, "layer", names), {**namespace, "self": holder.eval()})
+    except (RuntimeError, ValueError, AssertionError, IndexError, TypeError):
+        return False
+    return True
