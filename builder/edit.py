@@ -1,0 +1,277 @@
+"""Pure graph edits for the Build page: every function takes a Graph and returns a new one.
+
+Graphs are never changed in place, so the undo history can keep plain references to old graphs.
+The page, the canvas adapter and the one-click fixes all edit through these functions.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from builder.catalog import CATALOG
+from builder.graph import Edge, Graph, Node
+
+HISTORY_LIMIT = 100
+ROW_GAP = 110.0
+
+
+class EditError(ValueError):
+    """An edit that cannot apply to this graph (a fix naming a node that no longer exists...)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Undo / redo
+
+
+@dataclass(frozen=True)
+class History:
+    """The present graph with the graphs before it (undo) and after it (redo), newest last."""
+
+    present: Graph
+    past: tuple[Graph, ...] = ()
+    future: tuple[Graph, ...] = field(default=())
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self.past)
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self.future)
+
+
+def record(history: History, graph: Graph) -> History:
+    """Make `graph` the present, keep the old present for undo, and drop the redo branch."""
+    past = (history.past + (history.present,))[-HISTORY_LIMIT:]
+    return History(graph, past, ())
+
+
+def replace(history: History, graph: Graph) -> History:
+    """Change the present without an undo step (a node dragged to a new position)."""
+    return History(graph, history.past, history.future)
+
+
+def undo(history: History) -> History:
+    if not history.past:
+        return history
+    return History(history.past[-1], history.past[:-1], (history.present,) + history.future)
+
+
+def redo(history: History) -> History:
+    if not history.future:
+        return history
+    return History(history.future[0], history.past + (history.present,), history.future[1:])
+
+
+# ---------------------------------------------------------------------------------------------
+# Nodes and edges
+
+
+def new_node_id(graph: Graph, layer_type: str) -> str:
+    """A readable id not yet in the graph: conv2d_1, conv2d_2, ..."""
+    stem = re.sub(r"(?<!^)(?=[A-Z][a-z])", "_", layer_type).lower()
+    taken = {node.id for node in graph.nodes}
+    number = 1
+    while f"{stem}_{number}" in taken:
+        number += 1
+    return f"{stem}_{number}"
+
+
+def starter_params(layer_type: str, input_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """Values for the required params of a freshly added layer, fitted to its input if known.
+
+    A new Linear or Conv2d is valid at once, so the canvas shows a shape instead of an error.
+    """
+    width = input_shape[-1] if input_shape else None
+    channels = input_shape[0] if input_shape else None
+    starters: dict[str, dict[str, Any]] = {
+        "Input": {"shape": [1, 8, 8]},
+        "Linear": {"out_features": 64},
+        "Conv1d": {"out_channels": 16, "kernel_size": 3, "padding": 1},
+        "Conv2d": {"out_channels": 16, "kernel_size": 3, "padding": 1},
+        "MaxPool1d": {"kernel_size": 2},
+        "MaxPool2d": {"kernel_size": 2},
+        "AvgPool1d": {"kernel_size": 2},
+        "AvgPool2d": {"kernel_size": 2},
+        "AdaptiveAvgPool1d": {"output_size": 1},
+        "AdaptiveAvgPool2d": {"output_size": 1},
+        "GroupNorm": {"num_groups": _largest_divisor(channels, 8)},
+        "Permute": {"dims": [0, 2, 1]},
+        "Reshape": {"shape": [-1]},
+        "Embedding": {"num_embeddings": 16, "embedding_dim": 32},
+        "RNN": {"hidden_size": 64},
+        "LSTM": {"hidden_size": 64},
+        "GRU": {"hidden_size": 64},
+        "MultiheadAttention": {"num_heads": _largest_divisor(width, 4)},
+        "TransformerEncoderLayer": {
+            "nhead": _largest_divisor(width, 4),
+            "dim_feedforward": 4 * width if width else 128,
+        },
+    }
+    return dict(starters.get(layer_type, {}))
+
+
+def _largest_divisor(n: int | None, limit: int) -> int:
+    if not n:
+        return 1
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def add_node_after(
+    graph: Graph,
+    layer_type: str,
+    after: str | None,
+    input_shape: tuple[int, ...] | None = None,
+) -> tuple[Graph, str]:
+    """Add a layer and wire it where a person building a chain expects it; returns the new id.
+
+    After a node with one outgoing edge the layer is spliced into that edge; after a node with
+    none it is appended; after a branch point it starts a new branch. With no selection (or the
+    Output selected) it goes just before the Output. An Input is added unconnected.
+    """
+    if layer_type not in CATALOG:
+        raise EditError(f"unknown layer type {layer_type!r}")
+    node_id = new_node_id(graph, layer_type)
+    anchor = _anchor(graph, after) if layer_type != "Input" else None
+    position = _below(graph, anchor)
+    node = Node(
+        id=node_id,
+        type=layer_type,
+        params=starter_params(layer_type, input_shape),
+        position=position,
+    )
+    if anchor is None:
+        return graph.model_copy(update={"nodes": [*graph.nodes, node]}), node_id
+    outgoing = [edge for edge in graph.edges if edge.source == anchor]
+    edges = list(graph.edges)
+    if len(outgoing) == 1 and CATALOG[layer_type].max_inputs != 0:
+        old = outgoing[0]
+        edges = [
+            Edge(source=anchor, target=node_id) if edge is old else edge for edge in edges
+        ] + [Edge(source=node_id, target=old.target, port=old.port)]
+        nodes = _shift_down(graph.nodes, _downstream(graph, old.target), ROW_GAP)
+    else:
+        edges.append(Edge(source=anchor, target=node_id))
+        nodes = list(graph.nodes)
+    return graph.model_copy(update={"nodes": [*nodes, node], "edges": edges}), node_id
+
+
+def _anchor(graph: Graph, after: str | None) -> str | None:
+    """The node a new layer follows: the selection, or the Output's input when there is none."""
+    ids = {node.id for node in graph.nodes}
+    if after in ids and graph.node(after).type != "Output":
+        return after
+    outputs = [n.id for n in graph.nodes if n.type == "Output"]
+    feeding = [edge.source for edge in graph.edges if outputs and edge.target == outputs[0]]
+    return feeding[0] if feeding else None
+
+
+def _below(graph: Graph, anchor: str | None) -> tuple[float, float]:
+    placed = [node.position for node in graph.nodes if node.position is not None]
+    if anchor is not None and graph.node(anchor).position is not None:
+        x, y = graph.node(anchor).position  # type: ignore[misc]
+        return (x, y + ROW_GAP)
+    if not placed:
+        return (0.0, 0.0)
+    return (max(x for x, _ in placed) + 260.0, min(y for _, y in placed))
+
+
+def _downstream(graph: Graph, start: str) -> set[str]:
+    """`start` and every node reachable from it."""
+    found, todo = {start}, [start]
+    while todo:
+        current = todo.pop()
+        for edge in graph.edges:
+            if edge.source == current and edge.target not in found:
+                found.add(edge.target)
+                todo.append(edge.target)
+    return found
+
+
+def _shift_down(nodes: list[Node], which: set[str], dy: float) -> list[Node]:
+    return [
+        node.model_copy(update={"position": (node.position[0], node.position[1] + dy)})
+        if node.id in which and node.position is not None
+        else node
+        for node in nodes
+    ]
+
+
+def delete_nodes(graph: Graph, node_ids: set[str]) -> Graph:
+    """Remove nodes and their edges; a node that had one input and one output is bridged over.
+
+    Deleting a ReLU out of conv -> relu -> pool leaves conv -> pool, as a person expects.
+    """
+    edges = list(graph.edges)
+    for node_id in node_ids:
+        into = [e for e in edges if e.target == node_id and e.source not in node_ids]
+        out_of = [e for e in edges if e.source == node_id and e.target not in node_ids]
+        edges = [e for e in edges if node_id not in (e.source, e.target)]
+        if len(into) == 1 and len(out_of) == 1:
+            edges.append(Edge(source=into[0].source, target=out_of[0].target, port=out_of[0].port))
+    nodes = [node for node in graph.nodes if node.id not in node_ids]
+    return graph.model_copy(update={"nodes": nodes, "edges": edges})
+
+
+def connect(graph: Graph, source: str, target: str) -> Graph:
+    """Add an edge; its port follows the target's existing inputs (Concat joins in that order)."""
+    ids = {node.id for node in graph.nodes}
+    for end in (source, target):
+        if end not in ids:
+            raise EditError(f"no node {end!r} to connect")
+    ports = [edge.port for edge in graph.edges if edge.target == target]
+    edge = Edge(source=source, target=target, port=max(ports) + 1 if ports else 0)
+    return graph.model_copy(update={"edges": [*graph.edges, edge]})
+
+
+def set_params(graph: Graph, node_id: str, params: dict[str, Any]) -> Graph:
+    """Merge `params` into a node's params (None removes the key, so the default applies)."""
+    if node_id not in {node.id for node in graph.nodes}:
+        raise EditError(f"no node {node_id!r}")
+    nodes = []
+    for node in graph.nodes:
+        if node.id == node_id:
+            merged = {**node.params, **params}
+            merged = {key: value for key, value in merged.items() if value is not None}
+            node = node.model_copy(update={"params": merged})
+        nodes.append(node)
+    return graph.model_copy(update={"nodes": nodes})
+
+
+def insert_between(
+    graph: Graph, layer_type: str, params: dict[str, Any], source: str, target: str
+) -> tuple[Graph, str]:
+    """Put a new layer on the edge source -> target, keeping that edge's port."""
+    edge = next((e for e in graph.edges if e.source == source and e.target == target), None)
+    if edge is None:
+        raise EditError(f"no edge {source!r} -> {target!r} to insert into")
+    if layer_type not in CATALOG:
+        raise EditError(f"unknown layer type {layer_type!r}")
+    node_id = new_node_id(graph, layer_type)
+    src, dst = graph.node(source), graph.node(target)
+    position = None
+    if src.position is not None and dst.position is not None:
+        position = ((src.position[0] + dst.position[0]) / 2, (src.position[1] + dst.position[1]) / 2)
+    node = Node(id=node_id, type=layer_type, params=dict(params), position=position)
+    edges = [e for e in graph.edges if e is not edge] + [
+        Edge(source=source, target=node_id),
+        Edge(source=node_id, target=target, port=edge.port),
+    ]
+    return graph.model_copy(update={"nodes": [*graph.nodes, node], "edges": edges}), node_id
+
+
+def apply_fix(graph: Graph, fix: dict[str, Any]) -> Graph:
+    """Apply a compiler fix (GRAPH_FORMAT.md): {"insert": ..., "between": [a, b]} or {"set": ...}."""
+    if "set" in fix:
+        return set_params(graph, fix["set"]["node"], dict(fix["set"]["params"]))
+    if "insert" in fix:
+        source, target = fix["between"]
+        inserted = fix["insert"]
+        return insert_between(graph, inserted["type"], inserted.get("params", {}), source, target)[0]
+    raise EditError(f"unknown fix {sorted(fix)}")
+
+
+def rename_graph(graph: Graph, name: str) -> Graph:
+    return graph.model_copy(update={"name": name})

@@ -1,0 +1,1 @@
+"""The Streamlit pages (build, train, export) and the per-session state they share."""

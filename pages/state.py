@@ -1,0 +1,189 @@
+"""Per-browser-session state shared by the pages: the workspace, its graph, undo/redo and runs.
+
+A workspace is one person's work. Its id lives in the URL (`?w=...`), so a reload finds the same
+workspace again, while a second tab without that id is a second, independent user. The graph is
+written to autosave/<workspace>.json on every change and read back when a session starts, so
+neither a reload nor a server restart loses work. Everything else (undo history, selection) lives
+in `st.session_state`, which Streamlit keeps per browser session.
+
+Set NETBUILDER_HOME to keep autosave/ and runs/ somewhere other than the repository (tests do).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from pathlib import Path
+
+import streamlit as st
+
+from builder import edit
+from builder.graph import Graph, GraphFormatError, dump_graph, load_graph
+from builder.layout import needs_layout, with_layout
+from compiler.analysis import Analysis, analyse
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "builder" / "templates"
+DEFAULT_TEMPLATE = "resnet"
+QUERY_KEY = "w"
+_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{6,64}")
+
+_WORKSPACE = "nb_workspace"
+_HISTORY = "nb_history"
+_VERSION = "nb_version"
+_ANALYSIS = "nb_analysis"
+_SELECTED = "nb_selected"
+_NOTICE = "nb_notice"
+
+
+def home() -> Path:
+    """Where autosave/ and runs/ live: $NETBUILDER_HOME, else the repository root."""
+    return Path(os.environ.get("NETBUILDER_HOME") or Path(__file__).resolve().parent.parent)
+
+
+def workspace_id() -> str:
+    """This session's workspace id, taken from `?w=` or made up, and kept in the URL.
+
+    Only ids of 6-64 letters, digits, '-' or '_' are accepted, because the id names files.
+    """
+    wid = st.session_state.get(_WORKSPACE)
+    if wid is None:
+        given = st.query_params.get(QUERY_KEY, "")
+        wid = given if _ID_PATTERN.fullmatch(given) else secrets.token_hex(8)
+        st.session_state[_WORKSPACE] = wid
+    if st.query_params.get(QUERY_KEY) != wid:
+        st.query_params[QUERY_KEY] = wid
+    return wid
+
+
+def runs_dir() -> Path:
+    """runs/<workspace id>: each workspace sees only its own training runs."""
+    path = home() / "runs" / workspace_id()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def autosave_path() -> Path:
+    return home() / "autosave" / f"{workspace_id()}.json"
+
+
+def template_names() -> list[str]:
+    """The bundled templates (builder/templates/*.json), by file stem."""
+    return sorted(path.stem for path in TEMPLATES_DIR.glob("*.json"))
+
+
+def load_template(name: str) -> Graph:
+    """A bundled template, laid out when its file has no positions."""
+    if name not in template_names():
+        raise GraphFormatError(f"no template named {name!r}")
+    graph = load_graph((TEMPLATES_DIR / f"{name}.json").read_text())
+    return with_layout(graph) if needs_layout(graph) else graph
+
+
+def _history() -> edit.History:
+    history = st.session_state.get(_HISTORY)
+    if history is None:
+        history = edit.History(_restore())
+        st.session_state[_HISTORY] = history
+        st.session_state[_VERSION] = 0
+    return history
+
+
+def _restore() -> Graph:
+    """The autosaved graph of this workspace, else the default template.
+
+    An autosave that no longer reads as a graph is kept beside it as .bad, never deleted.
+    """
+    path = autosave_path()
+    if path.is_file():
+        try:
+            graph = load_graph(path.read_text())
+            return with_layout(graph) if needs_layout(graph) else graph
+        except (GraphFormatError, OSError) as exc:
+            path.replace(path.with_suffix(".bad.json"))
+            notify(f"The autosaved graph could not be read ({exc}); it was kept as {path.stem}.bad.json.")
+    return load_template(DEFAULT_TEMPLATE)
+
+
+def _autosave(graph: Graph) -> None:
+    """Write the graph atomically, so a crash mid-write never leaves half a file."""
+    path = autosave_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".tmp")
+    partial.write_text(dump_graph(graph))
+    partial.replace(path)
+
+
+def _changed(history: edit.History) -> None:
+    st.session_state[_HISTORY] = history
+    st.session_state[_VERSION] = graph_version() + 1
+    _autosave(history.present)
+
+
+def current_graph() -> Graph:
+    """The graph being built in this session (restored from the autosave on first use)."""
+    return _history().present
+
+
+def graph_version() -> int:
+    """A counter that grows with every change of the graph: a cheap cache key."""
+    _history()
+    return st.session_state[_VERSION]
+
+
+def set_graph(graph: Graph, record_undo: bool = True) -> None:
+    """Make `graph` current and autosave it; record_undo=False for moves that need no undo step."""
+    history = _history()
+    _changed(edit.record(history, graph) if record_undo else edit.replace(history, graph))
+
+
+def can_undo() -> bool:
+    return _history().can_undo
+
+
+def can_redo() -> bool:
+    return _history().can_redo
+
+
+def undo() -> None:
+    """Go back one edit (nothing happens when there is none)."""
+    if can_undo():
+        _changed(edit.undo(_history()))
+
+
+def redo() -> None:
+    """Redo the edit last undone (nothing happens when there is none)."""
+    if can_redo():
+        _changed(edit.redo(_history()))
+
+
+def current_analysis() -> Analysis:
+    """analyse(current_graph()), computed once per graph version."""
+    version = graph_version()
+    cached = st.session_state.get(_ANALYSIS)
+    if cached is None or cached[0] != version:
+        cached = (version, analyse(current_graph()))
+        st.session_state[_ANALYSIS] = cached
+    return cached[1]
+
+
+def selected_node() -> str | None:
+    """The node selected on the canvas, if it still exists."""
+    node_id = st.session_state.get(_SELECTED)
+    if node_id is not None and node_id not in {node.id for node in current_graph().nodes}:
+        return None
+    return node_id
+
+
+def select(node_id: str | None) -> None:
+    st.session_state[_SELECTED] = node_id
+
+
+def notify(message: str) -> None:
+    """A message for the next run of the page (a restore problem, an applied fix...)."""
+    st.session_state[_NOTICE] = message
+
+
+def take_notice() -> str | None:
+    """The pending message, once."""
+    return st.session_state.pop(_NOTICE, None)
