@@ -55,6 +55,7 @@ class NodeInfo:
 @dataclass
 class Analysis:
     graph: Graph
+    nodes: dict[str, Node]
     order: list[str]
     inputs: dict[str, list[str]]
     infos: dict[str, NodeInfo]
@@ -83,7 +84,7 @@ class Analysis:
         return sum(self.infos[n].macs or 0 for n in self.order if n in self.live)
 
     def node_type(self, node_id: str) -> str:
-        return self.graph.node(node_id).type
+        return self.nodes[node_id].type
 
     def report(self) -> dict[str, Any]:
         """The `python -m compiler check` object of GRAPH_FORMAT.md."""
@@ -111,7 +112,7 @@ def analyse(graph: Graph) -> Analysis:
     diagnostics: list[Diagnostic] = []
     index = {node.id: position for position, node in enumerate(graph.nodes)}
     nodes = {node.id: node for node in graph.nodes}
-    dag = nx.MultiDiGraph()
+    dag = nx.DiGraph()  # structure only: repeated edges (x + x) live in `inputs`
     dag.add_nodes_from(index)
     incoming: dict[str, list[tuple[int, int, str]]] = {node_id: [] for node_id in index}
     for order, edge in enumerate(graph.edges):
@@ -139,7 +140,7 @@ def analyse(graph: Graph) -> Analysis:
             Diagnostic(cycle_nodes[0], f"cycle {path}; remove one of these edges")
         )
 
-    acyclic = dag.subgraph(n for n in index if n not in blocked)
+    acyclic = dag.subgraph(n for n in index if n not in blocked) if blocked else dag
     order = list(nx.lexicographical_topological_sort(acyclic, key=index.__getitem__))
     typed, unreadable = _typed_params(graph.nodes)
     diagnostics += unreadable
@@ -163,7 +164,7 @@ def analyse(graph: Graph) -> Analysis:
                     "warning",
                 )
             )
-    return Analysis(graph, order, inputs, infos, typed, live, diagnostics)
+    return Analysis(graph, nodes, order, inputs, infos, typed, live, diagnostics)
 
 
 def _typed_params(nodes: list[Node]) -> tuple[dict[str, Params], list[Diagnostic]]:
@@ -183,7 +184,7 @@ def _typed_params(nodes: list[Node]) -> tuple[dict[str, Params], list[Diagnostic
     return typed, found
 
 
-def _check_ends(graph: Graph, dag: nx.MultiDiGraph) -> list[Diagnostic]:
+def _check_ends(graph: Graph, dag: nx.DiGraph) -> list[Diagnostic]:
     found: list[Diagnostic] = []
     for kind in ("Input", "Output"):
         ends = [node.id for node in graph.nodes if node.type == kind]
@@ -202,7 +203,7 @@ def _check_ends(graph: Graph, dag: nx.MultiDiGraph) -> list[Diagnostic]:
     return found
 
 
-def _cycles(dag: nx.MultiDiGraph, index: dict[str, int]) -> list[list[str]]:
+def _cycles(dag: nx.DiGraph, index: dict[str, int]) -> list[list[str]]:
     """One cycle per strongly connected component that has one, as an ordered list of ids."""
     cycles = []
     for component in nx.strongly_connected_components(dag):
@@ -214,7 +215,7 @@ def _cycles(dag: nx.MultiDiGraph, index: dict[str, int]) -> list[list[str]]:
     return sorted(cycles, key=lambda c: index[c[0]])
 
 
-def _live_nodes(graph: Graph, dag: nx.MultiDiGraph) -> set[str]:
+def _live_nodes(graph: Graph, dag: nx.DiGraph) -> set[str]:
     """The nodes that lie on a path from the Input to the Output: these make up the model."""
     starts = [n.id for n in graph.nodes if n.type == "Input"][:1]
     ends = [n.id for n in graph.nodes if n.type == "Output"][:1]

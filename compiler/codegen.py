@@ -96,7 +96,7 @@ def generate_source(analysis: Analysis) -> str:
     for node_id in analysis.order:
         if node_id not in names:
             continue
-        node = graph.node(node_id)
+        node = analysis.nodes[node_id]
         spec = CATALOG[node.type]
         params = analysis.typed[node_id]
         info = analysis.infos[node_id]

@@ -1,0 +1,95 @@
+"""Compile speed: validate + infer + emit for 50- and 500-node graphs, and our shape inference
+against a `device="meta"` forward of the very module we export (the baseline, same run).
+
+Targets (issue 2): full compile < 50 ms for 500 nodes; inference >= 10x faster than meta forward.
+Run: .venv/bin/python benchmarks/compile_speed.py
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+import types
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from builder.graph import Graph, dump_graph, load_graph, parse_graph  # noqa: E402
+from compiler import analyse, generate_source  # noqa: E402
+
+
+def residual_graph(target_nodes: int) -> Graph:
+    """A ResNet-like stack: blocks of Conv2d, BatchNorm2d, ReLU and a residual Add."""
+    nodes = [{"id": "in", "type": "Input", "params": {"shape": [3, 32, 32]}},
+             {"id": "stem", "type": "Conv2d", "params": {"out_channels": 16, "kernel_size": 3, "padding": 1}}]
+    edges = [{"source": "in", "target": "stem"}]
+    last, block = "stem", 0
+    while len(nodes) < target_nodes - 4:
+        ids = [f"b{block}_{part}" for part in ("conv", "bn", "relu", "add")]
+        nodes += [
+            {"id": ids[0], "type": "Conv2d", "params": {"out_channels": 16, "kernel_size": 3, "padding": "same"}},
+            {"id": ids[1], "type": "BatchNorm2d"},
+            {"id": ids[2], "type": "ReLU"},
+            {"id": ids[3], "type": "Add"},
+        ]
+        edges += [{"source": a, "target": b} for a, b in zip([last, *ids[:3]], ids)]
+        edges.append({"source": last, "target": ids[3], "port": 1})
+        last, block = ids[3], block + 1
+    nodes += [{"id": "pool", "type": "AdaptiveAvgPool2d", "params": {"output_size": 1}},
+              {"id": "flat", "type": "Flatten"},
+              {"id": "head", "type": "Linear", "params": {"out_features": 10}},
+              {"id": "out", "type": "Output"}]
+    edges += [{"source": a, "target": b} for a, b in zip([last, "pool", "flat", "head"], ["pool", "flat", "head", "out"])]
+    return parse_graph({"format": "netbuilder.graph/1", "name": "bench", "nodes": nodes, "edges": edges})
+
+
+def best_ms(work: Callable[[], object], repeat: int = 15) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        work()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def main() -> None:
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"{'nodes':>6} {'compile ms':>11} {'infer ms':>9} {'meta fwd ms':>12} {'meta build+fwd ms':>18} {'fwd/infer':>10}")
+    results = {}
+    for size in (50, 500):
+        graph = residual_graph(size)
+        text = dump_graph(graph)
+        compile_ms = best_ms(lambda: generate_source(analyse(load_graph(text))))
+        infer_ms = best_ms(lambda: analyse(graph))
+        module = types.ModuleType("bench_model")
+        exec(compile(generate_source(analyse(graph)), "model.py", "exec"), module.__dict__)
+        with torch.device("meta"):
+            model = module.build_model()
+        x = torch.empty(1, *module.INPUT_SHAPE, device="meta")
+        forward_ms = best_ms(lambda: model(x))
+
+        def build_and_forward() -> object:
+            with torch.device("meta"):
+                return module.build_model()(x)
+
+        build_forward_ms = best_ms(build_and_forward, repeat=5)
+        ratio = forward_ms / infer_ms
+        results[size] = {"nodes": len(graph.nodes), "compile_ms": compile_ms, "infer_ms": infer_ms,
+                         "meta_forward_ms": forward_ms, "meta_build_forward_ms": build_forward_ms,
+                         "meta_forward_over_infer": ratio}
+        print(f"{len(graph.nodes):>6} {compile_ms:>11.1f} {infer_ms:>9.1f} {forward_ms:>12.1f} {build_forward_ms:>18.1f} {ratio:>9.1f}x")
+    big = results[500]
+    print(f"target: compile 500 nodes < 50 ms: {'PASS' if big['compile_ms'] < 50 else 'FAIL'}"
+          f" ({big['compile_ms']:.1f} ms)")
+    print(f"target: inference >= 10x faster than meta forward: "
+          f"{'PASS' if big['meta_forward_over_infer'] >= 10 else 'FAIL'} ({big['meta_forward_over_infer']:.1f}x)")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
