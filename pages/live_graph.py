@@ -16,10 +16,11 @@ import streamlit as st
 from plotly.colors import sample_colorscale
 from streamlit_flow import streamlit_flow
 from streamlit_flow.elements import StreamlitFlowEdge, StreamlitFlowNode
-from streamlit_flow.layouts import LayeredLayout, ManualLayout
+from streamlit_flow.layouts import ManualLayout
 from streamlit_flow.state import StreamlitFlowState
 
 from builder.graph import Graph
+from builder.layout import needs_layout, with_layout
 from pages.charts import RunSeries
 
 VANISHING = 1e-7
@@ -170,7 +171,8 @@ def render(graph: Graph, series: RunSeries, key: str) -> None:
     if remembered is None or remembered[0] != signature:
         remembered = (signature, int(time.time() * 1000))
         st.session_state[f"{key}-signature"] = remembered
-    positioned = all(node.position is not None for node in graph.nodes)
+    if needs_layout(graph):
+        graph = with_layout(graph)
     streamlit_flow(
         key=key,
         state=flow_state(graph, report, remembered[1]),
@@ -179,7 +181,7 @@ def render(graph: Graph, series: RunSeries, key: str) -> None:
         show_controls=False,
         pan_on_drag=True,
         allow_zoom=True,
-        layout=ManualLayout() if positioned else LayeredLayout("down", 30, 40),
+        layout=ManualLayout(),
         hide_watermark=True,
     )
     alarms = [(node, alarm) for node, health in report.items() for alarm in health.alarms]
