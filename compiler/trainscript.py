@@ -9,6 +9,7 @@ device or, under `torchrun`, on many with DistributedDataParallel.
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -69,8 +70,13 @@ def train_source(analysis: Analysis, defaults: TrainDefaults | None = None) -> s
 
 def defaults_source(settings: TrainDefaults) -> str:
     """The DEFAULTS dict literal: validated values only, written with repr (never user text)."""
-    lines = [f"    {name!r}: {value!r}," for name, value in settings.model_dump().items()]
+    lines = [f"    {json.dumps(name)}: {literal(value)}," for name, value in settings.model_dump().items()]
     return "DEFAULTS = {\n" + "\n".join(lines) + "\n}"
+
+
+def literal(value: object) -> str:
+    """Python source for a validated setting, with black's double quotes for strings."""
+    return json.dumps(value) if isinstance(value, str) else repr(value)
 
 
 def builtin_data_source(input_shape: Shape, dtype: str, output_shape: Shape) -> tuple[str, str] | None:
@@ -94,8 +100,7 @@ DIGITS_LAYOUTS: dict[Shape, tuple[str, str]] = {
     (64,): ("as vectors [64]", "images.flatten(1)"),
     (1, 28, 28): (
         "resized to [1, 28, 28]",
-        'nn.functional.interpolate(\n        images.unsqueeze(1), size=(28, 28), mode="bilinear",'
-        " align_corners=False\n    )",
+        'nn.functional.interpolate(images.unsqueeze(1), size=(28, 28), mode="bilinear")',
     ),
 }
 
@@ -104,9 +109,9 @@ DIGITS = '''def builtin_data() -> tuple[torch.Tensor, torch.Tensor]:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    images = torch.tensor(digits.images, dtype=torch.float32) / 16.0  # [N, 8, 8] in [0, 1]
-    labels = torch.tensor(digits.target, dtype=torch.int64)
-    return __EXPRESSION__, labels'''
+    images = torch.tensor(digits.images, dtype=torch.float32) / 16  # [N, 8, 8], 0 to 1
+    x = __EXPRESSION__
+    return x, torch.tensor(digits.target, dtype=torch.int64)'''
 
 TOKENS = '''def builtin_data() -> tuple[torch.Tensor, torch.Tensor]:
     """4,096 random token sequences [16] (vocabulary 16), each with one marker token 1; the
@@ -161,7 +166,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset
 
 from model import INPUT_DTYPE, INPUT_SHAPE, OUTPUT_SHAPE, build_model
 
@@ -203,7 +208,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--patience",
         type=int,
         default=DEFAULTS["early_stopping_patience"],
-        help="stop after this many epochs without a better validation loss",
+        help="stop after this many epochs without a lower validation loss",
     )
     add("--val-fraction", type=float, default=DEFAULTS["val_fraction"])
     add(
@@ -226,12 +231,12 @@ def load_data(path: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
     else:
         import numpy as np
 
-        with np.load(path, allow_pickle=False) as arrays:  # never unpickles: safe to open
+        with np.load(path, allow_pickle=False) as arrays:  # never unpickles: safe
             if "X" not in arrays or "y" not in arrays:
-                raise SystemExit(f"{path} needs arrays named X and y, has {arrays.files}")
+                raise SystemExit(f"{path} needs arrays X and y; it has {arrays.files}")
             x, y = torch.from_numpy(arrays["X"]), torch.from_numpy(arrays["y"])
     if tuple(x.shape[1:]) != INPUT_SHAPE:
-        raise SystemExit(f"X is {list(x.shape)}; the model takes [N, *{list(INPUT_SHAPE)}]")
+        raise SystemExit(f"X is {list(x.shape)}; the model takes [N, *{INPUT_SHAPE}]")
     if len(y) != len(x):
         raise SystemExit(f"X has {len(x)} samples but y has {len(y)}")
     if torch.is_floating_point(y):
@@ -244,11 +249,27 @@ def load_data(path: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
     return x.to(INPUT_DTYPE), y.long()
 
 
-def split(data: Dataset, val_fraction: float, seed: int) -> tuple[Subset, Subset]:
+def split(data: TensorDataset, fraction: float, seed: int) -> tuple[Subset, Subset]:
     """A seeded shuffle into (train, validation): the same split on every process."""
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
-    held_out = int(len(data) * val_fraction)
-    return Subset(data, order[held_out:].tolist()), Subset(data, order[:held_out].tolist())
+    held_out = int(len(data) * fraction)
+    return Subset(data, order[held_out:]), Subset(data, order[:held_out])
+
+
+def make_loaders(
+    train_set: Subset, val_set: Subset, batch_size: int, rank: int, world: int
+) -> tuple[DataLoader, DataLoader]:
+    """Each process trains on its share of every global batch (a DistributedSampler, seeded,
+    reshuffled per epoch) and validates on every world-th sample."""
+    batch = max(1, batch_size // world)
+    if batch * world != batch_size and rank == 0:
+        print(f"note: a batch of {batch_size} over {world} processes is {batch} each")
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank)
+    val_share = Subset(val_set, range(rank, len(val_set), world))
+    return (
+        DataLoader(train_set, batch_size=batch, sampler=sampler),
+        DataLoader(val_share, batch_size=batch),
+    )
 
 
 def pick_device(choice: str, local_rank: int) -> torch.device:
@@ -263,7 +284,9 @@ def pick_device(choice: str, local_rank: int) -> torch.device:
         raise SystemExit("--device cuda, but no CUDA GPU is visible; use --device cpu")
     if choice == "mps" and not torch.backends.mps.is_available():
         raise SystemExit("--device mps, but MPS is not available; use --device cpu")
-    return torch.device("cuda", local_rank) if choice == "cuda" else torch.device(choice)
+    if choice == "cuda":
+        return torch.device("cuda", local_rank)
+    return torch.device(choice)
 
 
 def start_processes(device_choice: str) -> tuple[int, int, torch.device]:
@@ -298,12 +321,74 @@ def lr_factor(step: int, total: int, schedule: str, warmup: int) -> float:
     """The multiplier on --lr at a step: linear warm-up, then the schedule."""
     if step < warmup:
         return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
     if schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 0.5 * (1 + math.cos(math.pi * progress))
     if schedule == "step":
         return 0.1 ** ((progress >= 0.5) + (progress >= 0.75))
     return 1.0
+
+
+def amp_dtype(device: torch.device) -> torch.dtype:
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def tally(stats: torch.Tensor, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor):
+    """Add a batch to [loss sum, correct, count] (correct stays 0 for regression)."""
+    stats[0] += loss.detach() * len(y)
+    if not torch.is_floating_point(y):
+        stats[1] += (out.argmax(-1) == y).sum()
+    stats[2] += len(y)
+
+
+def train_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    args: argparse.Namespace,
+    device: torch.device,
+) -> torch.Tensor:
+    """One pass over this process's share of the data: [loss sum, correct, count]."""
+    stats = torch.zeros(3, dtype=torch.float64, device=device)
+    model.train()
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        with torch.autocast(device.type, dtype=amp_dtype(device), enabled=args.amp):
+            out = model(x)
+            loss = loss_fn(out.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if args.grad_clip:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        tally(stats, loss, out, y)
+    return stats
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: nn.Module,
+    args: argparse.Namespace,
+    device: torch.device,
+) -> torch.Tensor:
+    """[loss sum, correct, count] on this process's share of the validation data."""
+    stats = torch.zeros(3, dtype=torch.float64, device=device)
+    model.eval()
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        with torch.autocast(device.type, dtype=amp_dtype(device), enabled=args.amp):
+            out = model(x)
+            loss = loss_fn(out.float(), y)
+        tally(stats, loss, out, y)
+    return stats
 
 
 def summed(stats: torch.Tensor, world: int) -> list[float]:
@@ -313,29 +398,19 @@ def summed(stats: torch.Tensor, world: int) -> list[float]:
     return stats.tolist()
 
 
-def run_epoch(model, loader, loss_fn, device, optimizer=None, scheduler=None, scaler=None, args=None):
-    """One pass over `loader`; trains when given an optimizer. Returns [loss sum, correct, count]."""
-    stats = torch.zeros(3, dtype=torch.float64, device=device)
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp):
-            output = model(x)
-            loss = loss_fn(output.float(), y)
-        if optimizer is not None:
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if args.grad_clip:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-        stats[0] += loss.detach() * len(y)
-        if not torch.is_floating_point(y):
-            stats[1] += (output.argmax(-1) == y).sum()
-        stats[2] += len(y)
-    return stats
+def epoch_record(
+    epoch: int, train: list[float], val: list[float], seconds: float, classes: bool
+) -> dict:
+    """One metrics line: mean losses, accuracies (for class labels) and the speed."""
+    record = {"epoch": epoch, "train_loss": train[0] / train[2]}
+    if classes:
+        record["train_accuracy"] = train[1] / train[2]
+    if val[2]:
+        record["val_loss"] = val[0] / val[2]
+        if classes:
+            record["val_accuracy"] = val[1] / val[2]
+    record["samples_per_s"] = train[2] / seconds
+    return record
 
 
 def save(state: dict, path: Path) -> None:
@@ -345,99 +420,88 @@ def save(state: dict, path: Path) -> None:
     temporary.replace(path)
 
 
-def train(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> nn.Module:
+def checkpoint(folder: Path, parts: dict, progress: dict, record: dict) -> None:
+    """last.pt (everything --resume needs), model.pt (the weights) and a metrics line."""
+    states = {name: part.state_dict() for name, part in parts.items()}
+    save(states | progress, folder / "last.pt")
+    save(parts["model"].state_dict(), folder / "model.pt")
+    with open(folder / "metrics.jsonl", "a") as metrics:
+        metrics.write(json.dumps(record) + "\\n")
+
+
+def restore(path: Path, parts: dict, device: torch.device) -> dict:
+    """Load last.pt into the model, optimizer, schedule and scaler; return the progress."""
+    if not path.exists():
+        raise SystemExit(f"nothing to resume: {path} does not exist")
+    state = torch.load(path, map_location=device, weights_only=True)
+    for name, part in parts.items():
+        part.load_state_dict(state[name])
+    return {key: state[key] for key in ("epoch", "best", "stale")}
+
+
+def train(args: argparse.Namespace, rank: int, world: int, device: torch.device):
+    """The whole run; returns the trained model (the same weights on every process)."""
     log = print if rank == 0 else (lambda *_: None)
     x, y = load_data(args.data)
     classification = not torch.is_floating_point(y)
     train_set, val_set = split(TensorDataset(x, y), args.val_fraction, args.seed)
-    val_shard = Subset(val_set, range(rank, len(val_set), world))
-    batch = max(1, args.batch_size // world)
-    if batch * world != args.batch_size:
-        log(f"note: batch {args.batch_size} over {world} processes is {batch} each")
-    sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=args.seed)
-    pin = device.type == "cuda"
-    loader = DataLoader(train_set, batch_size=batch, sampler=sampler, pin_memory=pin)
-    val_loader = DataLoader(val_shard, batch_size=batch, pin_memory=pin)
+    loader, val_loader = make_loaders(train_set, val_set, args.batch_size, rank, world)
 
     torch.manual_seed(args.seed)  # the same initial weights on every process
     model = build_model().to(device)
     wrapped = model
     if world > 1:
-        wrapped = DistributedDataParallel(model, [device] if device.type == "cuda" else None)
+        ids = [device] if device.type == "cuda" else None
+        wrapped = DistributedDataParallel(model, device_ids=ids)
     optimizer = make_optimizer(args, model)
     total = args.epochs * len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total, args.schedule, args.warmup_steps)
     )
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp and device.type == "cuda")
+    scaler = torch.amp.GradScaler(enabled=args.amp and device.type == "cuda")
     loss_fn = nn.CrossEntropyLoss() if classification else nn.MSELoss()
-
+    parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
+    parts["scaler"] = scaler
+    progress = {"epoch": 0, "best": math.inf, "stale": 0}
     args.out.mkdir(parents=True, exist_ok=True)
-    first, best, stale = 0, math.inf, 0
     if args.resume:
-        if not (args.out / "last.pt").exists():
-            raise SystemExit(f"nothing to resume: {args.out / 'last.pt'} does not exist")
-        state = torch.load(args.out / "last.pt", map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        first, best, stale = state["epoch"] + 1, state["best"], state["stale"]
-        log(f"resumed after epoch {first} from {args.out / 'last.pt'}")
+        progress = restore(args.out / "last.pt", parts, device)
+        log(f"resuming after epoch {progress['epoch']}")
+    log(f"{len(train_set)} samples to train on, {len(val_set)} to check, on {device}")
 
-    log(f"{len(train_set)} training samples, {len(val_set)} for validation, on {device}")
-    for epoch in range(first, args.epochs):
+    for epoch in range(progress["epoch"], args.epochs):
         started = time.perf_counter()
-        sampler.set_epoch(epoch)
-        torch.manual_seed(args.seed + 1000 * epoch + rank)  # dropout: reproducible on resume
-        wrapped.train()
-        train_stats = summed(
-            run_epoch(wrapped, loader, loss_fn, device, optimizer, scheduler, scaler, args),
-            world,
+        loader.sampler.set_epoch(epoch)  # a new shuffle, the same on every process
+        torch.manual_seed(args.seed + 1000 * epoch + rank)  # dropout, also on resume
+        stats = train_epoch(
+            wrapped, loader, loss_fn, optimizer, scheduler, scaler, args, device
         )
-        if world > 1:  # BatchNorm statistics: keep rank 0's, so every process agrees
+        if world > 1:  # BatchNorm statistics: take rank 0's, so all processes agree
             for buffer in model.buffers():
                 dist.broadcast(buffer, 0)
-        model.eval()
-        with torch.no_grad():
-            val_stats = summed(run_epoch(model, val_loader, loss_fn, device, args=args), world)
-        seconds = time.perf_counter() - started
-        record = {"epoch": epoch + 1, "train_loss": train_stats[0] / train_stats[2]}
-        if classification:
-            record["train_accuracy"] = train_stats[1] / train_stats[2]
-        if val_stats[2]:
-            record["val_loss"] = val_stats[0] / val_stats[2]
-            if classification:
-                record["val_accuracy"] = val_stats[1] / val_stats[2]
-        record["seconds"] = seconds
+        val_stats = evaluate(model, val_loader, loss_fn, args, device)
+        record = epoch_record(
+            epoch + 1,
+            summed(stats, world),
+            summed(val_stats, world),
+            time.perf_counter() - started,
+            classification,
+        )
         if not math.isfinite(record["train_loss"]):
             raise SystemExit(
-                f"the loss became {record['train_loss']} in epoch {epoch + 1}; try a lower"
-                f" --lr (now {args.lr}) or --grad-clip 1.0 (last.pt holds the last good epoch)"
+                f"the loss became {record['train_loss']} in epoch {epoch + 1}: try a"
+                f" lower --lr than {args.lr} or --grad-clip 1 (last.pt is the epoch before)"
             )
         watched = record.get("val_loss", record["train_loss"])
-        best, stale = (watched, 0) if watched < best else (best, stale + 1)
-        log(
-            f"epoch {epoch + 1}/{args.epochs}  "
-            + "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "epoch")
-            + f"  {train_stats[2] / seconds:,.0f} samples/s"
-        )
+        if watched < progress["best"]:
+            progress = {"epoch": epoch + 1, "best": watched, "stale": 0}
+        else:
+            progress = {**progress, "epoch": epoch + 1, "stale": progress["stale"] + 1}
+        log(*(f"{key} {value:.4g}" for key, value in record.items()))
         if rank == 0:
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "epoch": epoch,
-                "best": best,
-                "stale": stale,
-            }
-            save(state, args.out / "last.pt")
-            save(model.state_dict(), args.out / "model.pt")
-            with open(args.out / "metrics.jsonl", "a") as metrics:
-                metrics.write(json.dumps(record) + "\\n")
-        if args.patience and stale >= args.patience:
-            log(f"stopping: no better loss in {args.patience} epochs")
+            checkpoint(args.out, parts, progress, record)
+        if args.patience and progress["stale"] >= args.patience:
+            log(f"stopping early: no lower loss in {args.patience} epochs")
             break
     return model
 

@@ -1,0 +1,73 @@
+"""The export bundle: everything a person takes home, as file name -> text. Pure.
+
+`model.py` is the very source the runtime trains, so a state_dict saved by a run (or by train.py)
+loads into it; `train.py` trains it anywhere; `graph.json` reopens the design in NetBuilder.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from builder.graph import Graph, dump_graph
+from compiler.analysis import Analysis
+from compiler.codegen import class_name, generate_source, safe_text
+from compiler.trainscript import TrainDefaults, train_source
+
+
+def bundle_files(
+    graph: Graph, analysis: Analysis, train_defaults: dict[str, Any] | None = None
+) -> dict[str, str]:
+    """{"model.py", "train.py", "graph.json", "README.md"} for a valid analysis of `graph`.
+
+    `train_defaults` holds TrainConfig fields (e.g. `config.model_dump()`); train.py takes them as
+    its defaults. Raises ValueError for a graph with errors and pydantic's ValidationError for
+    settings out of range.
+    """
+    if not analysis.ok:
+        raise ValueError("cannot export a graph with errors")
+    defaults = TrainDefaults.model_validate(train_defaults or {})
+    return {
+        "model.py": generate_source(analysis),
+        "train.py": train_source(analysis, defaults),
+        "graph.json": dump_graph(graph),
+        "README.md": readme(analysis, defaults),
+    }
+
+
+def readme(analysis: Analysis, defaults: TrainDefaults) -> str:
+    """How to run the bundle, in a dozen lines."""
+    graph = analysis.graph
+    input_node = next(n for n in graph.nodes if n.type == "Input")
+    output_node = next(n for n in graph.nodes if n.type == "Output")
+    shape_in = ", ".join(map(str, analysis.infos[input_node.id].shape or ()))
+    shape_out = ", ".join(map(str, analysis.infos[output_node.id].shape or ()))
+    return f"""# {safe_text(graph.name)}
+
+Exported from NetBuilder: {analysis.total_params:,} parameters, input [B, {shape_in}]
+({analysis.infos[input_node.id].dtype}), output [B, {shape_out}].
+
+| file | what |
+| --- | --- |
+| model.py | the model: `from model import build_model` gives a `{class_name(graph.name)}` |
+| train.py | trains it on one device or many; `python train.py --help` lists every flag |
+| graph.json | the design: open it in NetBuilder to keep editing |
+
+Needs Python 3.10+ and PyTorch 2.3+ (scikit-learn too for the built-in digits).
+
+```sh
+python train.py                          # {defaults.epochs} epochs, {defaults.optimizer}, lr {defaults.lr}
+python train.py --data mine.npz          # arrays X [N, {shape_in}] and y [N]
+python train.py --resume                 # continue from checkpoints/last.pt
+torchrun --nproc_per_node=4 train.py     # 4 GPUs (or CPU processes), DistributedDataParallel
+```
+
+Load trained weights (from train.py's checkpoints/model.pt or NetBuilder's download):
+
+```python
+import torch
+from model import build_model
+
+model = build_model()
+model.load_state_dict(torch.load("model.pt", weights_only=True))
+```
+"""
