@@ -1,0 +1,152 @@
+"""`python -m runtime train GRAPH.json --dataset NAME ...` and `python -m runtime runs`.
+
+train runs the app's trainer headless (a remote GPU box, a script) and writes the same run folder
+as the app; it prints one line per epoch and, last, one JSON object with the outcome. Exit codes:
+0 completed or stopped, 1 the graph has errors or training failed or diverged, 2 a file or an
+option cannot be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any, get_args
+
+from pydantic import ValidationError
+
+from builder.graph import GraphFormatError, load_graph
+from runtime import runs, store
+from runtime.trainer import TrainConfig, train_run
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "train":
+        return _train(args)
+    if args.command == "runs":
+        return _list(Path(args.runs))
+    return _worker(Path(args.folder))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m runtime", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train a graph file headless")
+    train.add_argument("graph", type=Path)
+    train.add_argument("--dataset", default="digits", help="a built-in name or a .csv/.npz file")
+    train.add_argument("--label-column", help="the label column of a CSV (default: the last)")
+    train.add_argument("--epochs", type=int, default=5)
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--lr", type=float, default=1e-3)
+    optimizers = get_args(TrainConfig.model_fields["optimizer"].annotation)
+    train.add_argument("--optimizer", choices=optimizers, default="adam")
+    devices = get_args(TrainConfig.model_fields["device"].annotation)
+    train.add_argument("--device", choices=devices, default="auto")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    train.add_argument("--runs", default="runs", help="the runs folder (default: ./runs)")
+    listing = commands.add_parser("runs", help="list runs with their status")
+    listing.add_argument("--runs", default="runs")
+    worker = commands.add_parser("worker", help="(used by the app) train an existing run folder")
+    worker.add_argument("folder")
+    return parser
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def _train(args: argparse.Namespace) -> int:
+    try:
+        graph = load_graph(args.graph.read_bytes())
+    except OSError as exc:
+        return _fail(f"cannot read {args.graph}: {exc.strerror}", 2)
+    except GraphFormatError as exc:
+        return _fail(f"{args.graph}: {exc}", 2)
+    upload = Path(args.dataset)
+    is_file = upload.suffix.lower() in (".csv", ".npz")
+    if is_file and not upload.is_file():
+        return _fail(f"no such data file: {upload}", 2)
+    try:
+        config = TrainConfig(
+            dataset=upload.name if is_file else args.dataset,
+            label_column=args.label_column,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            optimizer=args.optimizer,
+            device=args.device,
+            seed=args.seed,
+            amp=args.amp,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        return _fail(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}", 2)
+    try:
+        folder = runs.create_run(Path(args.runs), graph, config, upload if is_file else None)
+    except runs.RunError as exc:
+        return _fail(str(exc), 1)
+    stop = _stop_on_signals()
+    store.update_status(folder, pid=os.getpid())
+    result = train_run(
+        folder, on_epoch=lambda record: print(_epoch_line(record, config)), stop=stop
+    )
+    summary = {
+        "status": result.status,
+        "val_loss": result.val_loss,
+        "val_accuracy": result.val_accuracy,
+        "epochs": result.epochs,
+        "run": str(folder),
+    }
+    if result.status not in ("completed", "stopped"):
+        print(result.message, file=sys.stderr)
+    print(json.dumps(summary), flush=True)
+    return 0 if result.status in ("completed", "stopped") else 1
+
+
+def _epoch_line(record: dict[str, Any], config: TrainConfig) -> str:
+    parts = [f"epoch {record['epoch']}/{config.epochs}", f"train loss {record['train_loss']:.4f}"]
+    if record["train_accuracy"] is not None:
+        parts.append(f"train acc {record['train_accuracy']:.1%}")
+    if record["val_loss"] is not None:
+        parts.append(f"val loss {record['val_loss']:.4f}")
+    if record["val_accuracy"] is not None:
+        parts.append(f"val acc {record['val_accuracy']:.1%}")
+    return "  ".join(parts)
+
+
+def _stop_on_signals() -> threading.Event:
+    """Ctrl-C or SIGTERM asks for a graceful stop (final checkpoint) instead of killing."""
+    stop = threading.Event()
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, lambda *_: stop.set())
+    return stop
+
+
+def _list(runs_dir: Path) -> int:
+    found = runs.list_runs(runs_dir)
+    if not found:
+        print(f"no runs in {runs_dir}")
+    for run in found:
+        progress = f"epoch {run.epoch}/{run.epochs}, step {run.step}"
+        line = f"{run.id}  {run.status:<11}  {progress:<24}  {run.dataset:<12}  {run.message}"
+        print(line.rstrip())
+    return 0
+
+
+def _worker(folder: Path) -> int:
+    """Wait for the launcher to record the pid (it closes stdin), then train."""
+    sys.stdin.read()
+    stop = _stop_on_signals()
+    result = train_run(folder, stop=stop)
+    return 0 if result.status in ("completed", "stopped") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""What a person watches while a model learns, measured on the device without slowing training.
+
+Each instrument maps the generated module's attributes back to the graph's node ids, keeps its
+results as device tensors, and leaves it to the trainer to move them to the host once per report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+DEAD_UNIT_TYPES = frozenset({"ReLU", "LeakyReLU"})
+ATTENTION_TYPES = frozenset({"MultiheadAttention", "TransformerEncoderLayer"})
+
+
+@dataclass
+class GradNormProbe:
+    """Per-node gradient L2 norms: sqrt of the sum of squared norms of the node's parameters."""
+
+    nodes: list[str]
+    parameters: list[nn.Parameter]
+    owner: torch.Tensor  # index into nodes, one entry per parameter
+
+    def measure(self) -> torch.Tensor:
+        """A [nodes] tensor on the device; parameters without a gradient count as zero."""
+        squares = torch.stack(
+            [
+                torch.linalg.vector_norm(p.grad).square() if p.grad is not None else p.new_zeros(())
+                for p in self.parameters
+            ]
+        )
+        total = squares.new_zeros(len(self.nodes)).index_add_(0, self.owner, squares)
+        return total.sqrt()
+
+
+def grad_norm_probe(model: nn.Module, modules: dict[str, str]) -> GradNormProbe:
+    """Probe for every node (id -> attribute name) that has trainable parameters."""
+    nodes: list[str] = []
+    parameters: list[nn.Parameter] = []
+    owner: list[int] = []
+    for node_id, attribute in modules.items():
+        own = [p for p in getattr(model, attribute).parameters() if p.requires_grad]
+        if own:
+            owner += [len(nodes)] * len(own)
+            nodes.append(node_id)
+            parameters += own
+    device = parameters[0].device if parameters else torch.device("cpu")
+    return GradNormProbe(nodes, parameters, torch.tensor(owner, dtype=torch.long, device=device))
+
+
+@dataclass
+class ActivationProbe:
+    """Forward hooks that watch ReLU-family outputs (dead units) and find non-finite outputs."""
+
+    modules: dict[str, nn.Module]
+    dead_nodes: frozenset[str]
+
+    @contextmanager
+    def watching(self, find_nonfinite: bool = False) -> Iterator[ActivationReading]:
+        reading = ActivationReading({}, [])
+
+        def hook(node_id: str):
+            def observe(module: nn.Module, args: object, output: object) -> None:
+                if not isinstance(output, torch.Tensor):
+                    output = output[0] if isinstance(output, tuple) else None
+                if output is None:
+                    return
+                if node_id in self.dead_nodes:
+                    alive = (output.detach() > 0).flatten(1).any(dim=0)
+                    reading.dead[node_id] = 1.0 - alive.float().mean()
+                if find_nonfinite:
+                    reading.finite.append((node_id, torch.isfinite(output.detach()).all()))
+
+            return observe
+
+        watched = self.modules if find_nonfinite else {n: self.modules[n] for n in self.dead_nodes}
+        handles = [m.register_forward_hook(hook(n)) for n, m in watched.items()]
+        try:
+            yield reading
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+@dataclass
+class ActivationReading:
+    dead: dict[str, torch.Tensor]
+    finite: list[tuple[str, torch.Tensor]]  # in the order the nodes ran
+
+    def dead_fractions(self) -> dict[str, float]:
+        if not self.dead:
+            return {}
+        values = torch.stack(list(self.dead.values())).tolist()
+        return dict(zip(self.dead, values, strict=True))
+
+    def first_nonfinite(self) -> str | None:
+        if not self.finite:
+            return None
+        flags = torch.stack([flag for _, flag in self.finite]).tolist()
+        return next((node for (node, _), ok in zip(self.finite, flags) if not ok), None)
+
+
+def activation_probe(
+    model: nn.Module, modules: dict[str, str], types: dict[str, str]
+) -> ActivationProbe:
+    instances = {node_id: getattr(model, attribute) for node_id, attribute in modules.items()}
+    dead = frozenset(n for n in modules if types[n] in DEAD_UNIT_TYPES)
+    return ActivationProbe(instances, dead)
+
+
+def attention_layers(
+    model: nn.Module, modules: dict[str, str], types: dict[str, str]
+) -> dict[str, nn.MultiheadAttention]:
+    """The attention module of each attention node (an encoder layer's is its self_attn)."""
+    layers = {}
+    for node_id, attribute in modules.items():
+        if types[node_id] == "MultiheadAttention":
+            layers[node_id] = getattr(model, attribute)
+        elif types[node_id] == "TransformerEncoderLayer":
+            layers[node_id] = getattr(model, attribute).self_attn
+    return layers
+
+
+def capture_attention(
+    model: nn.Module, layers: dict[str, nn.MultiheadAttention], example: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Attention weights [heads, T, T] of each layer for one example (batch of 1), in eval mode.
+
+    The generated code asks for no weights (it is faster), so each layer's call is repeated
+    with need_weights=True from a forward hook. Gradients stay enabled because PyTorch's fused
+    inference path for encoder layers would skip the hooked attention module altogether.
+    """
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(node_id: str):
+        def observe(module: nn.MultiheadAttention, args: tuple, kwargs: dict, output: object):
+            options = kwargs | {"need_weights": True, "average_attn_weights": False}
+            _, weights = module.forward(*args, **options)
+            captured[node_id] = weights[0].detach()
+
+        return observe
+
+    handles = [
+        layer.register_forward_hook(hook(node_id), with_kwargs=True)
+        for node_id, layer in layers.items()
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        model(example)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return captured

@@ -1,0 +1,116 @@
+"""A run folder on disk: its file names, atomic writes, status.json and the metrics log.
+
+Both the trainer process and the app's readers use these, so a record written by one is read the
+same way by the other. Whole-file writes (status, checkpoints) go to a temp file and are renamed
+into place, so a reader or a crash never sees half a file; metrics are appended line by line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import IO, Any
+
+GRAPH_FILE = "graph.json"
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.py"
+METRICS_FILE = "metrics.jsonl"
+STATUS_FILE = "status.json"
+STOP_FILE = "stop-requested"
+LOG_FILE = "trainer.log"
+CHECKPOINT_DIR = "checkpoints"
+STATE_FILE = "state.pt"
+WEIGHTS_FILE = "weights.pt"
+WARM_START_WEIGHTS = "warm-start-weights.pt"
+WARM_START_GRAPH = "warm-start-graph.json"
+WARM_START_REPORT = "warm-start.json"
+DATA_PREFIX = "data"
+
+
+def write_atomic(path: Path, write: Callable[[IO[bytes]], None], durable: bool = True) -> None:
+    """Write a whole file so that readers see the old or the new version, never a mix.
+
+    durable also forces it to disk before the rename (checkpoints); a status file that is
+    rewritten every half second skips that.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(temp, 0o644)  # mkstemp makes it private; a run's files are ordinary files
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+            file.flush()
+            if durable:
+                os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, value: Any, durable: bool = True) -> None:
+    text = json.dumps(value, indent=2) + "\n"
+    write_atomic(path, lambda file: file.write(text.encode()), durable)
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / STATUS_FILE).read_text())
+
+
+def update_status(run_dir: Path, **changes: Any) -> dict[str, Any]:
+    """Merge changes into status.json (only one process writes a run's status at a time)."""
+    status = read_status(run_dir) | changes | {"updated": time.time()}
+    write_json(run_dir / STATUS_FILE, status, durable=False)
+    return status
+
+
+def finite(value: float | None) -> float | None:
+    """JSON has no NaN or infinity: such a value is written as null."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+class MetricsLog:
+    """The append-only metrics.jsonl of one run, written by the trainer."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = path.open("ab")
+        if self.file.tell() and not _ends_with_newline(path):
+            self.file.write(b"\n")  # a killed writer left half a line; keep it apart
+
+    def write(self, records: Iterable[dict[str, Any]]) -> None:
+        text = "".join(json.dumps(record, allow_nan=False) + "\n" for record in records)
+        if text:
+            self.file.write(text.encode())
+            self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as file:
+        file.seek(-1, os.SEEK_END)
+        return file.read(1) == b"\n"
+
+
+def read_records(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """Complete lines from byte offset on, and the offset after the last complete line."""
+    try:
+        with path.open("rb") as file:
+            file.seek(offset)
+            chunk = file.read()
+    except FileNotFoundError:
+        return [], offset
+    end = chunk.rfind(b"\n") + 1
+    records = []
+    for line in chunk[:end].splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue  # the torn last line of a killed trainer
+    return records, offset + end
