@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -56,36 +57,36 @@ def series_from(records: Iterable[Record]) -> RunSeries:
     return series
 
 
-def _finite(value: Any) -> float | None:
-    """A plottable number, or None (a gap) for null, NaN and infinities."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
+def column(records: Sequence[Record], key: str) -> np.ndarray:
+    """One field of every record as floats; null, NaN, infinities and non-numbers become NaN,
+    which plotly draws as a gap."""
+    array = np.array([_number(record.get(key)) for record in records], dtype=np.float64)
+    array[~np.isfinite(array)] = np.nan
+    return array
 
 
-def smooth(values: Sequence[float | None], weight: float = SMOOTHING) -> list[float | None]:
+def _number(value: Any) -> float:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
+def smooth(values: np.ndarray, weight: float = SMOOTHING) -> np.ndarray:
     """TensorBoard's debiased exponential moving average; gaps stay gaps and do not poison it."""
-    out: list[float | None] = []
+    out = np.full(len(values), np.nan)
     last, norm = 0.0, 0.0
-    for value in values:
-        if value is None:
-            out.append(None)
-            continue
-        last = last * weight + (1 - weight) * value
-        norm = norm * weight + (1 - weight)
-        out.append(last / norm)
+    for index, value in enumerate(values.tolist()):
+        if value == value:  # not NaN
+            last = last * weight + (1 - weight) * value
+            norm = norm * weight + (1 - weight)
+            out[index] = last / norm
     return out
 
 
-def thin(xs: Sequence[Any], ys: Sequence[Any], max_points: int = MAX_POINTS) -> tuple[list, list]:
-    """Every k-th point (always keeping the last) so a long run stays cheap to redraw."""
-    if len(xs) <= max_points:
-        return list(xs), list(ys)
-    stride = math.ceil(len(xs) / max_points)
-    keep = list(range(0, len(xs), stride))
-    if keep[-1] != len(xs) - 1:
-        keep.append(len(xs) - 1)
-    return [xs[i] for i in keep], [ys[i] for i in keep]
+def thin(length: int, max_points: int = MAX_POINTS) -> np.ndarray:
+    """Indices of every k-th point, always with the last, so a long run stays cheap to redraw."""
+    if length <= max_points:
+        return np.arange(length)
+    stride = math.ceil(length / max_points)
+    return np.unique(np.append(np.arange(0, length, stride), length - 1))
 
 
 def _layout(
@@ -93,7 +94,6 @@ def _layout(
 ) -> go.Figure:
     fig.update_layout(
         title={"text": title, "x": 0, "xanchor": "left", "font": {"size": 14}},
-        template="plotly_white",
         height=HEIGHT,
         margin={"l": 50, "r": 10, "t": 40, "b": 40},
         legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 1, "xanchor": "right"},
@@ -114,86 +114,67 @@ def _empty(title: str, message: str) -> go.Figure:
     return fig
 
 
+def _line(x: np.ndarray, y: np.ndarray, name: str, colour: str, **options: Any) -> go.Scatter:
+    """A line trace, thinned to at most MAX_POINTS points."""
+    keep = thin(len(x))
+    style = {
+        "color": colour,
+        "width": options.pop("width", 2),
+        "dash": options.pop("dash", "solid"),
+    }
+    return go.Scatter(
+        x=x[keep], y=y[keep], name=name, mode=options.pop("mode", "lines"), line=style, **options
+    )
+
+
 def loss_figure(series: RunSeries) -> go.Figure:
     """Per-step training loss (raw, faint, and smoothed) with per-epoch train and validation loss."""
     if not series.steps and not series.epochs:
         return _empty("Loss", "waiting for the first step")
-    fig = go.Figure()
-    steps = [r["step"] for r in series.steps]
-    losses = [_finite(r.get("loss")) for r in series.steps]
-    x, raw = thin(steps, losses)
-    _, smoothed = thin(steps, smooth(losses))
-    fig.add_trace(
-        go.Scatter(
-            x=x,
-            y=raw,
-            name="step loss",
-            mode="lines",
-            opacity=0.3,
-            line={"color": PALETTE[0], "width": 1},
-            showlegend=False,
-            hoverinfo="skip",
-        )
+    steps, losses = column(series.steps, "step"), column(series.steps, "loss")
+    fig = go.Figure(
+        [
+            _line(
+                steps,
+                losses,
+                "step loss",
+                PALETTE[0],
+                width=1,
+                opacity=0.3,
+                showlegend=False,
+                hoverinfo="skip",
+            ),
+            _line(steps, smooth(losses), "train (smoothed)", PALETTE[0]),
+        ]
     )
-    fig.add_trace(
-        go.Scatter(
-            x=x,
-            y=smoothed,
-            name="train (smoothed)",
-            mode="lines",
-            line={"color": PALETTE[0], "width": 2},
-        )
-    )
-    epoch_steps = [r["step"] for r in series.epochs]
-    for key, name, colour in (
-        ("train_loss", "train (epoch)", PALETTE[0]),
-        ("val_loss", "validation", PALETTE[1]),
+    epoch_steps = column(series.epochs, "step")
+    for key, name, dash in (
+        ("train_loss", "train (epoch)", "dot"),
+        ("val_loss", "validation", "solid"),
     ):
-        values = [_finite(r.get(key)) for r in series.epochs]
-        if any(v is not None for v in values):
-            fig.add_trace(
-                go.Scatter(
-                    x=epoch_steps,
-                    y=values,
-                    name=name,
-                    mode="lines+markers",
-                    line={
-                        "color": colour,
-                        "width": 2,
-                        "dash": "dot" if key == "train_loss" else "solid",
-                    },
-                    marker={"size": 7},
-                )
-            )
+        values = column(series.epochs, key)
+        if not np.isnan(values).all():
+            colour = PALETTE[0] if key == "train_loss" else PALETTE[1]
+            fig.add_trace(_line(epoch_steps, values, name, colour, dash=dash, mode="lines+markers"))
     return _layout(fig, "Loss", "step", "loss")
 
 
 def accuracy_figure(series: RunSeries) -> go.Figure:
     """Train and validation accuracy per epoch, in percent (empty for regression runs)."""
-    epochs = [r["epoch"] for r in series.epochs]
+    epochs = column(series.epochs, "epoch")
     fig = go.Figure()
     for key, name, colour in (
         ("train_accuracy", "train", PALETTE[0]),
         ("val_accuracy", "validation", PALETTE[1]),
     ):
-        values = [_finite(r.get(key)) for r in series.epochs]
-        if any(v is not None for v in values):
-            percent = [None if v is None else 100 * v for v in values]
-            fig.add_trace(
-                go.Scatter(
-                    x=epochs,
-                    y=percent,
-                    name=name,
-                    mode="lines+markers",
-                    line={"color": colour, "width": 2},
-                    marker={"size": 7},
-                )
-            )
+        values = column(series.epochs, key)
+        if not np.isnan(values).all():
+            fig.add_trace(_line(epochs, 100 * values, name, colour, mode="lines+markers"))
     if not fig.data:
-        message = (
+        waiting = (
             "no accuracy for a regression run" if series.epochs else "waiting for the first epoch"
         )
-        return _empty("Accuracy", message)
+        return _empty("Accuracy", waiting)
     fig = _layout(fig, "Accuracy", "epoch", "accuracy (%)")
     fig.update_xaxes(dtick=1)
     return fig
@@ -203,24 +184,18 @@ def lr_figure(series: RunSeries) -> go.Figure:
     """The learning rate the optimizer actually used at each step (shows warm-up and schedule)."""
     if not series.steps:
         return _empty("Learning rate", "waiting for the first step")
-    x, y = thin([r["step"] for r in series.steps], [_finite(r.get("lr")) for r in series.steps])
-    fig = go.Figure(
-        go.Scatter(x=x, y=y, name="lr", mode="lines", line={"color": PALETTE[2], "width": 2})
-    )
-    return _layout(fig, "Learning rate", "step", "lr")
+    line = _line(column(series.steps, "step"), column(series.steps, "lr"), "lr", PALETTE[2])
+    return _layout(go.Figure(line), "Learning rate", "step", "lr")
 
 
 def throughput_figure(series: RunSeries) -> go.Figure:
     """Samples per second, to see the device and batch size at work."""
     if not series.steps:
         return _empty("Throughput", "waiting for the first step")
-    x, y = thin(
-        [r["step"] for r in series.steps], [_finite(r.get("samples_per_s")) for r in series.steps]
+    line = _line(
+        column(series.steps, "step"), column(series.steps, "samples_per_s"), "samples/s", PALETTE[4]
     )
-    fig = go.Figure(
-        go.Scatter(x=x, y=y, name="samples/s", mode="lines", line={"color": PALETTE[4], "width": 2})
-    )
-    return _layout(fig, "Throughput", "step", "samples/s")
+    return _layout(go.Figure(line), "Throughput", "step", "samples/s")
 
 
 def layer_order(series: RunSeries, order: Sequence[str] = ()) -> list[str]:
@@ -232,30 +207,30 @@ def layer_order(series: RunSeries, order: Sequence[str] = ()) -> list[str]:
     return known + [n for n in seen if n not in set(known)]
 
 
+def norm_table(series: RunSeries, layers: Sequence[str]) -> np.ndarray:
+    """[layer, report] gradient norms; missing, zero or non-finite ones are NaN."""
+    table = np.array(
+        [[_number(r["norms"].get(layer)) for r in series.grad_norms] for layer in layers],
+        dtype=np.float64,
+    ).reshape(len(layers), len(series.grad_norms))
+    table[~(np.isfinite(table) & (table > 0))] = np.nan
+    return table
+
+
 def grad_norm_lines(series: RunSeries, order: Sequence[str] = ()) -> go.Figure:
     """One line per layer: the gradient norm over steps, on a log scale."""
     if not series.grad_norms:
         return _empty("Gradient norms", "waiting for the first report")
-    steps = [r["step"] for r in series.grad_norms]
-    fig = go.Figure()
-    for index, layer in enumerate(layer_order(series, order)):
-        values = [_positive(r["norms"].get(layer)) for r in series.grad_norms]
-        x, y = thin(steps, values)
-        fig.add_trace(
-            go.Scatter(
-                x=x,
-                y=y,
-                name=layer,
-                mode="lines",
-                line={"color": PALETTE[index % len(PALETTE)], "width": 1.5},
-            )
-        )
+    steps = column(series.grad_norms, "step")
+    layers = layer_order(series, order)
+    table = norm_table(series, layers)
+    fig = go.Figure(
+        [
+            _line(steps, row, layer, PALETTE[i % len(PALETTE)], width=1.5)
+            for i, (layer, row) in enumerate(zip(layers, table))
+        ]
+    )
     return _layout(fig, "Gradient norms", "step", "‖grad‖", log_y=True)
-
-
-def _positive(value: Any) -> float | None:
-    number = _finite(value)
-    return number if number is not None and number > 0 else None
 
 
 def grad_norm_heatmap(series: RunSeries, order: Sequence[str] = ()) -> go.Figure:
@@ -263,15 +238,12 @@ def grad_norm_heatmap(series: RunSeries, order: Sequence[str] = ()) -> go.Figure
     if not series.grad_norms:
         return _empty("Gradient norms by layer", "waiting for the first report")
     layers = layer_order(series, order)
-    records = series.grad_norms
-    if len(records) > MAX_POINTS // 4:
-        stride = math.ceil(len(records) / (MAX_POINTS // 4))
-        records = records[::stride]
-    z = [[_log10(r["norms"].get(layer)) for r in records] for layer in layers]
+    keep = thin(len(series.grad_norms), MAX_POINTS // 4)
+    z = np.log10(norm_table(series, layers)[:, keep])
     fig = go.Figure(
         go.Heatmap(
             z=z,
-            x=[r["step"] for r in records],
+            x=column(series.grad_norms, "step")[keep],
             y=layers,
             colorscale="Viridis",
             colorbar={"title": {"text": "log10"}, "thickness": 12},
@@ -280,13 +252,8 @@ def grad_norm_heatmap(series: RunSeries, order: Sequence[str] = ()) -> go.Figure
     )
     fig = _layout(fig, "Gradient norms by layer", "step", "")
     fig.update_yaxes(autorange="reversed", type="category")
-    fig.update_layout(height=max(HEIGHT, 40 + 22 * len(layers)))
+    fig.update_layout(height=max(HEIGHT, 80 + 22 * len(layers)))
     return fig
-
-
-def _log10(value: Any) -> float | None:
-    number = _positive(value)
-    return math.log10(number) if number is not None else None
 
 
 def attention_layers(series: RunSeries) -> list[str]:
@@ -303,7 +270,7 @@ def attention_figure(series: RunSeries, node: str, step: int | None = None) -> g
     if not records:
         return _empty(f"Attention: {node}", "no attention maps recorded for this layer yet")
     record = next((r for r in records if r["step"] == step), records[-1])
-    heads = record["weights"][:MAX_HEADS]
+    heads = np.asarray(record["weights"], dtype=np.float64)[:MAX_HEADS]
     fig = make_subplots(
         rows=1,
         cols=len(heads),
@@ -331,10 +298,13 @@ def attention_figure(series: RunSeries, node: str, step: int | None = None) -> g
             col=h + 1,
             showticklabels=h == 0,
         )
-    title = f"Attention: {node}, step {record['step']}"
     fig.update_layout(
-        title={"text": title, "x": 0, "xanchor": "left", "font": {"size": 14}},
-        template="plotly_white",
+        title={
+            "text": f"Attention: {node}, step {record['step']}",
+            "x": 0,
+            "xanchor": "left",
+            "font": {"size": 14},
+        },
         height=HEIGHT,
         margin={"l": 40, "r": 10, "t": 60, "b": 30},
     )
@@ -346,28 +316,19 @@ def compare_figure(runs: dict[str, RunSeries]) -> go.Figure:
     fig = go.Figure()
     for index, (label, series) in enumerate(runs.items()):
         colour = PALETTE[index % len(PALETTE)]
-        losses = [_finite(r.get("loss")) for r in series.steps]
-        x, y = thin([r["step"] for r in series.steps], smooth(losses))
-        fig.add_trace(
-            go.Scatter(
-                x=x,
-                y=y,
-                name=f"{label} train",
-                mode="lines",
-                legendgroup=label,
-                line={"color": colour, "width": 2},
-            )
-        )
-        val = [_finite(r.get("val_loss")) for r in series.epochs]
-        if any(v is not None for v in val):
+        steps, losses = column(series.steps, "step"), column(series.steps, "loss")
+        fig.add_trace(_line(steps, smooth(losses), f"{label} train", colour, legendgroup=label))
+        val = column(series.epochs, "val_loss")
+        if not np.isnan(val).all():
             fig.add_trace(
-                go.Scatter(
-                    x=[r["step"] for r in series.epochs],
-                    y=val,
-                    name=f"{label} val",
+                _line(
+                    column(series.epochs, "step"),
+                    val,
+                    f"{label} val",
+                    colour,
+                    dash="dot",
                     mode="lines+markers",
                     legendgroup=label,
-                    line={"color": colour, "width": 2, "dash": "dot"},
                 )
             )
     if not fig.data:

@@ -1,0 +1,146 @@
+"""Export page: the generated code to read, a zip to take home, and a run's trained weights.
+
+What the page offers is computed by small pure functions (`zip_bytes`, `weights_match`,
+`runs_with_weights`) so it is tested without a browser; `render` only lays them out.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import streamlit as st
+from pydantic import ValidationError
+
+from builder.graph import dump_graph
+from compiler.bundle import bundle_files
+from compiler.codegen import identifier
+from pages import state, train
+from runtime.runs import RunInfo, checkpoint_path, list_runs
+
+LANGUAGES = {".py": "python", ".json": "json", ".md": "markdown"}
+MAX_WEIGHTS_BYTES = 500_000_000
+
+
+def zip_bytes(files: dict[str, str], folder: str) -> bytes:
+    """A zip holding every file under one folder, so unpacking it never litters the directory."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, text in files.items():
+            archive.writestr(f"{folder}/{name}", text)
+    return buffer.getvalue()
+
+
+def weights_match(run_path: Path, model_source: str) -> bool:
+    """A run's weights load into today's model.py only if the run trained that very source."""
+    try:
+        return (run_path / "model.py").read_text() == model_source
+    except OSError:
+        return False
+
+
+def runs_with_weights(runs_dir: Path) -> list[tuple[RunInfo, Path]]:
+    """Runs that have a checkpoint on disk, newest first."""
+    found = []
+    for run in list_runs(runs_dir):
+        path = checkpoint_path(runs_dir, run.id)
+        if path is not None and path.is_file():
+            found.append((run, path))
+    return found
+
+
+def render() -> None:
+    st.title("Export")
+    graph = state.current_graph()
+    analysis = state.current_analysis()
+    folder = identifier(graph.name)
+    if not analysis.ok:
+        st.error(
+            "The graph has errors, so there is no model code to export yet. Fix them on the Build"
+            " page:\n\n" + "\n".join(f"- {d.message}" for d in analysis.errors)
+        )
+        st.download_button(
+            "Download graph.json (your work so far)",
+            dump_graph(graph),
+            file_name=f"{folder}.json",
+            mime="application/json",
+        )
+        return
+    settings = train.chosen_settings()
+    try:
+        files = bundle_files(graph, analysis, settings)
+    except ValidationError as exc:
+        st.warning(
+            f"The Train page's settings do not fit train.py ({exc.errors()[0]['msg']}); using its defaults."
+        )
+        files = bundle_files(graph, analysis)
+    left, right = st.columns([3, 2], vertical_alignment="center")
+    left.markdown(
+        f"**{analysis.total_params:,}** trainable parameters · files: "
+        + ", ".join(f"`{name}`" for name in files)
+    )
+    right.download_button(
+        "Download the code (.zip)",
+        zip_bytes(files, folder),
+        file_name=f"{folder}.zip",
+        mime="application/zip",
+        type="primary",
+        use_container_width=True,
+    )
+    for tab, (name, text) in zip(st.tabs(list(files)), files.items(), strict=True):
+        with tab:
+            st.code(text, language=LANGUAGES.get(Path(name).suffix, "text"), line_numbers=True)
+    _weights_section(state.runs_dir(), files["model.py"], folder)
+
+
+def _weights_section(runs_dir: Path, model_source: str, folder: str) -> None:
+    st.subheader("Trained weights")
+    runs = runs_with_weights(runs_dir)
+    if not runs:
+        st.info(
+            "No trained weights yet: train the model on the Train page, then download them here."
+        )
+        return
+    labels = {
+        f"{run.name or run.id} · {run.status} · epoch {run.epoch}/{run.epochs}": (run, path)
+        for run, path in runs
+    }
+    run, path = labels[st.selectbox("Run", list(labels), key="export-run")]
+    size = path.stat().st_size
+    if size > MAX_WEIGHTS_BYTES:
+        st.error(
+            f"This checkpoint is {size / 1e6:,.0f} MB, too large to download through the page."
+        )
+        return
+    st.download_button(
+        "Download weights (.pt)",
+        path.read_bytes(),
+        file_name=f"{folder}-{run.id}.pt",
+        mime="application/octet-stream",
+    )
+    if weights_match(run.path, model_source):
+        st.caption(
+            "Load them into the exported model: `model = build_model();"
+            " model.load_state_dict(torch.load('weights.pt', weights_only=True))`."
+        )
+        return
+    st.warning(
+        "This run trained an earlier version of the graph, so its weights fit that run's model.py,"
+        " not the one above."
+    )
+    try:
+        run_source = (run.path / "model.py").read_text()
+    except OSError:
+        st.caption("That run's model.py could not be read.")
+        return
+    st.download_button(
+        "Download that run's model.py",
+        run_source,
+        file_name=f"{folder}-{run.id}-model.py",
+        mime="text/x-python",
+    )
+
+
+if __name__ == "__main__":
+    render()

@@ -1,0 +1,671 @@
+"""Train page: pick data, set hyperparameters, start runs and watch them learn, live.
+
+The charts live in fragments that rerun every second on their own, reading only the metric records
+written since the last look, so a training run never reruns the whole page. Every call into the
+runtime is guarded: whatever goes wrong reaches the page as a sentence, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+import torch
+from pydantic import ValidationError
+
+from builder.graph import Graph, GraphFormatError, load_graph
+from compiler.analysis import Analysis
+from pages import charts, live_graph, state
+from runtime.datasets import (
+    BUILTIN_DATASETS,
+    MAX_UPLOAD_BYTES,
+    Dataset,
+    DatasetError,
+    check_compatibility,
+    dataset_from_upload,
+    load_dataset,
+)
+from runtime.runs import ACTIVE as TRAINER_ACTIVE
+from runtime.runs import (
+    RESUMABLE,
+    RunInfo,
+    checkpoint_path,
+    list_runs,
+    read_metrics,
+    read_run,
+    resume_run,
+    start_run,
+    stop_run,
+)
+from runtime.trainer import TrainConfig
+
+log = logging.getLogger(__name__)
+
+REFRESH_S = 0.5  # with the trainer flushing every 0.5 s, a step reaches the chart within 1 s
+ACTIVE = frozenset({*TRAINER_ACTIVE, "stopping"})  # a stopping run still writes metrics
+STATUS_ICONS = {
+    "queued": "⏳",
+    "running": "🟢",
+    "stopping": "🟡",
+    "stopped": "⏹️",
+    "completed": "✅",
+    "diverged": "🔥",
+    "failed": "❌",
+    "interrupted": "⚠️",
+}
+# Built-in datasets cheap enough to try when suggesting one for the graph (no downloads).
+SUGGESTABLE = ("digits", "digits-28", "digits-rows", "tokens", "sine")
+OPTIMIZERS = {
+    "adam": "Adam",
+    "adamw": "AdamW",
+    "sgd": "SGD",
+    "momentum": "SGD + momentum",
+    "rmsprop": "RMSprop",
+}
+SCHEDULES = {"constant": "constant", "step": "step decay", "cosine": "cosine"}
+VIEWS = ("Live graph", "Gradient norms", "Learning rate", "Attention")
+
+_CONFIG = "train-config"
+_RUN = "train-run"
+_NEW_RUN = "train-new-run"
+_COMPARE = "train-compare"
+_SERIES = "train-series"
+_UPLOADS = "train-uploads"
+_MESSAGE = "train-message"
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure helpers
+
+
+@dataclass(frozen=True)
+class Progress:
+    fraction: float
+    seconds_left: float | None
+
+
+def steps_per_epoch(series: charts.RunSeries) -> float | None:
+    """Known once an epoch has ended: steps count on across epochs (and across a resume)."""
+    first = series.epochs[0] if series.epochs else None
+    if not first or not first.get("step") or not first.get("epoch"):
+        return None
+    return first["step"] / first["epoch"]
+
+
+def step_rate(steps: list[charts.Record], window: int = 50) -> float | None:
+    """Steps per second over the latest records (a resume's pause falls out of the window)."""
+    recent = steps[-window:]
+    if len(recent) < 2 or recent[-1]["time"] <= recent[0]["time"]:
+        return None
+    return (recent[-1]["step"] - recent[0]["step"]) / (recent[-1]["time"] - recent[0]["time"])
+
+
+def progress(info: RunInfo, series: charts.RunSeries) -> Progress:
+    """How far a run is, and how long it has left while it runs."""
+    if info.status == "completed":
+        return Progress(1.0, None)
+    if info.epochs <= 0:
+        return Progress(0.0, None)
+    per_epoch = steps_per_epoch(series)
+    if per_epoch is None or not series.steps:
+        return Progress(min(info.epoch / info.epochs, 1.0), None)
+    total = per_epoch * info.epochs
+    step = series.steps[-1]["step"]
+    rate = step_rate(series.steps) if info.status in ACTIVE else None
+    return Progress(min(step / total, 1.0), max(total - step, 0) / rate if rate else None)
+
+
+def duration_text(seconds: float) -> str:
+    """'45 s', '3 min 20 s', '2 h 05 min'."""
+    seconds = max(round(seconds), 0)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def run_label(info: RunInfo) -> str:
+    icon = STATUS_ICONS.get(info.status, "•")
+    when = time.strftime("%H:%M:%S", time.localtime(info.created))
+    return f"{icon} {info.name or info.id} · {info.dataset} · {info.status} · {when}"
+
+
+def csv_columns(data: bytes) -> list[str]:
+    """The header row of an uploaded CSV (empty when there is none to read)."""
+    first_line = data[:65_536].split(b"\n", 1)[0].decode("utf-8", errors="replace")
+    try:
+        return [name.strip() for name in next(csv.reader([first_line]))]
+    except (csv.Error, StopIteration):
+        return []
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An uploaded file as the trainer will read it again: its name, bytes and label column."""
+
+    name: str
+    data: bytes
+    label_column: str | None
+
+
+def chosen_settings() -> dict[str, Any]:
+    """The hyperparameters last set on this page (TrainConfig fields); the export's train.py
+    takes them as its defaults."""
+    return dict(st.session_state.get(_CONFIG, {}))
+
+
+def safe_file_name(name: str) -> str:
+    """An uploaded file's name, reduced to characters any file system takes; suffix kept."""
+    path = Path(name)
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", path.stem).strip("_")[:80] or "upload"
+    return f"{stem}{path.suffix.lower()}"
+
+
+def available_devices() -> list[str]:
+    devices = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    if torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+# ---------------------------------------------------------------------------------------------
+# Guards and caches
+
+
+def guarded(action: Callable[[], Any], what: str) -> tuple[Any, str | None]:
+    """Run a call into the runtime; a failure becomes a message naming what was being done."""
+    try:
+        return action(), None
+    except (DatasetError, GraphFormatError, ValidationError, ValueError, OSError) as exc:
+        return None, f"Could not {what}: {exc}"
+    except Exception as exc:  # the page boundary: log it whole, show a sentence
+        log.exception("unexpected error while trying to %s", what)
+        return None, f"Could not {what}: {type(exc).__name__}: {exc}"
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def builtin_dataset(name: str) -> Dataset:
+    return load_dataset(name)
+
+
+def suggested_dataset(analysis: Analysis) -> str:
+    """The first offline built-in dataset this graph can train on as it is (digits otherwise)."""
+    for name in SUGGESTABLE:
+        dataset, error = guarded(lambda: builtin_dataset(name), f"load {name}")
+        if error is None and not check_compatibility(analysis, dataset):
+            return name
+    return "digits"
+
+
+def run_series(runs_dir: Path, run_id: str) -> charts.RunSeries:
+    """This session's copy of a run's records, topped up with what was written since last time."""
+    cache: dict[str, tuple[charts.RunSeries, int]] = st.session_state.setdefault(_SERIES, {})
+    series, offset = cache.get(run_id, (charts.RunSeries(), 0))
+    records, offset = read_metrics(runs_dir, run_id, offset)
+    series.add(records)
+    cache[run_id] = (series, offset)
+    return series
+
+
+def run_graph(info: RunInfo) -> Graph | None:
+    """The graph a run trained (it may differ from the one being edited now)."""
+    try:
+        return load_graph((Path(info.path) / "graph.json").read_text())
+    except (OSError, GraphFormatError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The page
+
+
+def render() -> None:
+    st.title("Train")
+    runs_dir = state.runs_dir()
+    analysis = state.current_analysis()
+    message = st.session_state.pop(_MESSAGE, None)
+    if message:
+        st.error(message)
+    if not analysis.ok:
+        st.error(
+            "The graph has errors, so it cannot train yet. Fix them on the Build page:\n\n"
+            + "\n".join(f"- {d.message}" for d in analysis.errors)
+        )
+    setup, runs_panel = st.columns([2, 3], gap="large")
+    with setup:
+        dataset, upload = _dataset_section(analysis)
+        config = _hyperparameters(dataset, upload)
+        _start_button(runs_dir, analysis, dataset, upload, config)
+    with runs_panel:
+        _runs_section(runs_dir, config)
+
+
+def _dataset_section(analysis: Analysis) -> tuple[Dataset | None, Upload | None]:
+    """The dataset picker and its compatibility check; returns the dataset (None when it cannot
+    train this graph) and the uploaded file, if any."""
+    st.subheader("Data")
+    source = st.segmented_control(
+        "Source",
+        ["Built-in", "Upload CSV / NPZ"],
+        default="Built-in",
+        key="train-source",
+        label_visibility="collapsed",
+    )
+    if source == "Upload CSV / NPZ":
+        dataset, upload = _uploaded_dataset()
+    else:
+        names = list(BUILTIN_DATASETS)
+        if "train-dataset" not in st.session_state:
+            saved = st.session_state.get(_CONFIG, {}).get("dataset")
+            st.session_state["train-dataset"] = (
+                saved if saved in names else suggested_dataset(analysis)
+            )
+        name = st.selectbox("Dataset", names, key="train-dataset")
+        st.caption(BUILTIN_DATASETS[name])
+        dataset, error = guarded(lambda: builtin_dataset(name), f"load {name}")
+        if error:
+            st.error(error)
+        upload = None
+    if dataset is not None and analysis.ok:
+        problems = check_compatibility(analysis, dataset)
+        if problems:
+            st.warning(
+                "This graph cannot train on this data yet:\n\n"
+                + "\n".join(f"- {p}" for p in problems)
+            )
+            return None, upload
+        shape = list(dataset.sample_shape)
+        target = (
+            f"{dataset.num_classes} classes" if dataset.task == "classification" else "regression"
+        )
+        st.success(f"Compatible: {len(dataset):,} samples of {shape} → {target}.")
+    return dataset, upload
+
+
+def _uploaded_dataset() -> tuple[Dataset | None, Upload | None]:
+    file = st.file_uploader(
+        f"CSV (one column is the label) or NPZ (arrays X and y), up to {MAX_UPLOAD_BYTES // 10**6} MB",
+        type=["csv", "npz"],
+        key="train-upload",
+    )
+    if file is None:
+        return None, None
+    data = file.getvalue()
+    label = None
+    if file.name.lower().endswith(".csv"):
+        columns = csv_columns(data)
+        if columns:
+            label = st.selectbox("Label column", columns, index=len(columns) - 1, key="train-label")
+    cache: dict[tuple[str, str | None], Dataset] = st.session_state.setdefault(_UPLOADS, {})
+    key = (file.file_id, label)
+    if key not in cache:
+        dataset, error = guarded(
+            lambda: dataset_from_upload(file.name, data, label), f"read {file.name}"
+        )
+        if error:
+            st.error(error)
+            return None, None
+        cache.clear()
+        cache[key] = dataset
+    dataset = cache[key]
+    st.caption(dataset.description)
+    return dataset, Upload(file.name, data, label)
+
+
+def _remembered(key: str, value: Any) -> str:
+    """A widget key whose value survives a visit to another page (Streamlit drops widget state
+    of pages not shown): it starts from the last configuration this session used."""
+    widget = f"train-{key}"
+    if widget not in st.session_state:
+        st.session_state[widget] = st.session_state.get(_CONFIG, {}).get(key, value)
+    return widget
+
+
+def _hyperparameters(dataset: Dataset | None, upload: Upload | None) -> TrainConfig | None:
+    st.subheader("Hyperparameters")
+    defaults = TrainConfig()
+    left, right = st.columns(2)
+    optimizer = left.selectbox(
+        "Optimizer",
+        list(OPTIMIZERS),
+        format_func=OPTIMIZERS.get,
+        key=_remembered("optimizer", defaults.optimizer),
+    )
+    lr = right.number_input(
+        "Learning rate",
+        min_value=1e-6,
+        max_value=10.0,
+        format="%g",
+        step=1e-4,
+        key=_remembered("lr", defaults.lr),
+    )
+    schedule = left.selectbox(
+        "Schedule",
+        list(SCHEDULES),
+        format_func=SCHEDULES.get,
+        key=_remembered("schedule", defaults.schedule),
+    )
+    epochs = right.number_input(
+        "Epochs", min_value=1, max_value=1000, step=1, key=_remembered("epochs", defaults.epochs)
+    )
+    batch_size = left.number_input(
+        "Batch size",
+        min_value=1,
+        max_value=8192,
+        step=16,
+        key=_remembered("batch_size", defaults.batch_size),
+    )
+    devices = available_devices()
+    device = right.selectbox(
+        "Device",
+        devices,
+        key=_remembered("device", "auto"),
+        help="auto picks a GPU when there is one",
+    )
+    amp = st.toggle(
+        "Mixed precision (AMP)",
+        key=_remembered("amp", defaults.amp),
+        help="Half-precision autocast: faster on GPUs",
+    )
+    with st.expander("More options"):
+        a, b = st.columns(2)
+        weight_decay = a.number_input(
+            "Weight decay",
+            min_value=0.0,
+            max_value=1.0,
+            format="%g",
+            step=1e-4,
+            key=_remembered("weight_decay", defaults.weight_decay),
+        )
+        warmup = b.number_input(
+            "Warm-up steps",
+            min_value=0,
+            max_value=100_000,
+            step=10,
+            key=_remembered("warmup_steps", defaults.warmup_steps),
+        )
+        clip = a.number_input(
+            "Gradient clip (0 = off)",
+            min_value=0.0,
+            max_value=1e6,
+            format="%g",
+            key=_remembered("grad_clip", defaults.grad_clip or 0.0),
+        )
+        seed = b.number_input(
+            "Seed", min_value=0, max_value=2**31 - 1, step=1, key=_remembered("seed", defaults.seed)
+        )
+        patience = a.number_input(
+            "Early stopping patience (0 = off)",
+            min_value=0,
+            max_value=1000,
+            key=_remembered("early_stopping_patience", defaults.early_stopping_patience or 0),
+        )
+        val_fraction = b.slider(
+            "Validation fraction",
+            0.05,
+            0.5,
+            step=0.05,
+            key=_remembered("val_fraction", defaults.val_fraction),
+        )
+    values = {
+        "dataset": dataset.name if dataset is not None else defaults.dataset,
+        "label_column": upload.label_column if upload else None,
+        "optimizer": optimizer,
+        "lr": lr,
+        "schedule": schedule,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "device": device,
+        "amp": amp,
+        "weight_decay": weight_decay,
+        "warmup_steps": warmup,
+        "grad_clip": clip or None,
+        "seed": seed,
+        "early_stopping_patience": patience or None,
+        "val_fraction": val_fraction,
+    }
+    config, error = guarded(lambda: TrainConfig(**values), "use these settings")
+    if error:
+        st.error(error)
+        return None
+    st.session_state[_CONFIG] = values
+    return config
+
+
+def _start_button(
+    runs_dir: Path,
+    analysis: Analysis,
+    dataset: Dataset | None,
+    upload: Upload | None,
+    config: TrainConfig | None,
+) -> None:
+    ready = analysis.ok and dataset is not None and config is not None
+    if st.button(
+        "Start training", type="primary", disabled=not ready, width="stretch", key="train-start"
+    ):
+        run_id, error = guarded(
+            lambda: _start(runs_dir, state.current_graph(), config, upload, None), "start the run"
+        )
+        _after_start(run_id, error, compare_with=None)
+    if not ready:
+        st.caption("Start needs a valid graph, compatible data and valid settings.")
+
+
+def _start(
+    runs_dir: Path,
+    graph: Graph,
+    config: TrainConfig,
+    upload: Upload | None,
+    warm_start_from: str | None,
+) -> str:
+    """Start a run; an upload goes to a temporary file that start_run copies into the run."""
+    if upload is None:
+        return start_run(runs_dir, graph, config, warm_start_from=warm_start_from)
+    with tempfile.TemporaryDirectory() as folder:
+        data_file = Path(folder) / safe_file_name(upload.name)
+        data_file.write_bytes(upload.data)
+        return start_run(
+            runs_dir, graph, config, dataset_file=data_file, warm_start_from=warm_start_from
+        )
+
+
+def _after_start(run_id: str | None, error: str | None, compare_with: str | None) -> None:
+    if error:
+        st.session_state[_MESSAGE] = error
+    else:
+        st.session_state[_NEW_RUN] = run_id
+        if compare_with is not None:
+            st.session_state[_COMPARE] = [run_id, compare_with]
+    st.rerun()
+
+
+def _runs_section(runs_dir: Path, config: TrainConfig | None) -> None:
+    st.subheader("Runs")
+    runs, error = guarded(lambda: list_runs(runs_dir), "list the runs")
+    if error:
+        st.error(error)
+        return
+    if not runs:
+        st.info("No runs yet. Pick the data and settings, then press **Start training**.")
+        return
+    by_id = {run.id: run for run in runs}
+    started = st.session_state.pop(_NEW_RUN, None)
+    if started in by_id:
+        st.session_state[_RUN] = started
+    if st.session_state.get(_RUN) not in by_id:
+        st.session_state[_RUN] = runs[0].id
+    run_id = st.selectbox("Run", list(by_id), format_func=lambda i: run_label(by_id[i]), key=_RUN)
+    _run_controls(runs_dir, by_id[run_id], config)
+    active = by_id[run_id].status in ACTIVE
+    st.fragment(_live_view, run_every=REFRESH_S if active else None)(runs_dir, run_id, active)
+    _compare_section(runs_dir, runs)
+
+
+def _run_controls(runs_dir: Path, info: RunInfo, config: TrainConfig | None) -> None:
+    stop, resume, branch = st.columns(3)
+    if stop.button(
+        "Stop",
+        disabled=info.status not in ACTIVE - {"stopping"},
+        width="stretch",
+        key="train-stop",
+        help="Stop after the current step and keep a checkpoint",
+    ):
+        _, error = guarded(lambda: stop_run(runs_dir, info.id), "stop the run")
+        st.session_state[_MESSAGE] = error
+        st.rerun()
+    if resume.button(
+        "Resume",
+        disabled=info.status not in RESUMABLE,
+        width="stretch",
+        key="train-resume",
+        help="Go on from the last checkpoint",
+    ):
+        _, error = guarded(lambda: resume_run(runs_dir, info.id), "resume the run")
+        st.session_state[_MESSAGE] = error
+        st.rerun()
+    can_branch = (
+        info.status not in ACTIVE
+        and config is not None
+        and state.current_analysis().ok
+        and checkpoint_path(runs_dir, info.id) is not None
+    )
+    if branch.button(
+        "Continue from this run",
+        disabled=not can_branch,
+        width="stretch",
+        key="train-branch",
+        help="Train the graph as it is now, starting from this run's weights wherever"
+        " a layer still fits them",
+    ):
+        run_id, error = guarded(
+            lambda: _start(runs_dir, state.current_graph(), config, None, info.id),
+            "continue from this run",
+        )
+        _after_start(run_id, error, compare_with=info.id)
+
+
+def _live_view(runs_dir: Path, run_id: str, was_active: bool) -> None:
+    info, error = guarded(lambda: read_run(runs_dir, run_id), "read the run")
+    if error:
+        st.error(error)
+        return
+    if was_active and info.status not in ACTIVE:
+        st.rerun()  # the run ended: redraw the whole page so its buttons and list catch up
+    series, error = guarded(lambda: run_series(runs_dir, run_id), "read the run's metrics")
+    if error:
+        st.error(error)
+        return
+    _status_line(info, series)
+    left, right = st.columns(2)
+    left.plotly_chart(
+        charts.loss_figure(series), key=f"loss-{run_id}", config={"displaylogo": False}
+    )
+    right.plotly_chart(
+        charts.accuracy_figure(series), key=f"acc-{run_id}", config={"displaylogo": False}
+    )
+    view = st.segmented_control(
+        "View", VIEWS, default=VIEWS[0], key="train-view", label_visibility="collapsed"
+    )
+    _detail_view(view or VIEWS[0], info, series)
+    if series.events:
+        with st.expander(f"Log ({len(series.events)} events)"):
+            st.text(
+                "\n".join(
+                    f"step {e.get('step', '?')}: {e.get('message', '')}"
+                    for e in series.events[-50:]
+                )
+            )
+
+
+def _status_line(info: RunInfo, series: charts.RunSeries) -> None:
+    done = progress(info, series)
+    eta = (
+        f" · about {duration_text(done.seconds_left)} left" if done.seconds_left is not None else ""
+    )
+    st.progress(
+        done.fraction,
+        text=f"{STATUS_ICONS.get(info.status, '')} {info.status} · epoch"
+        f" {info.epoch}/{info.epochs} · step {info.step}{eta}",
+    )
+    if info.status in ("failed", "diverged", "interrupted") and info.message:
+        st.error(info.message)
+    elif info.message:
+        st.caption(info.message)
+    last_step = series.steps[-1] if series.steps else {}
+    last_epoch = series.epochs[-1] if series.epochs else {}
+    loss, accuracy, speed, device = st.columns(4)
+    loss.metric("Loss", _number(last_step.get("loss"), "{:.4f}"))
+    accuracy.metric("Val accuracy", _number(last_epoch.get("val_accuracy"), "{:.1%}"))
+    speed.metric("Samples/s", _number(last_step.get("samples_per_s"), "{:,.0f}"))
+    device.metric("Device", info.device or "–")
+
+
+def _number(value: Any, pattern: str) -> str:
+    return (
+        pattern.format(value) if isinstance(value, (int, float)) and math.isfinite(value) else "–"
+    )
+
+
+def _detail_view(view: str, info: RunInfo, series: charts.RunSeries) -> None:
+    graph = run_graph(info)
+    order = [node.id for node in graph.nodes] if graph else []
+    if view == "Live graph":
+        if graph is None:
+            st.info("This run's graph file could not be read.")
+        else:
+            live_graph.render(graph, series, key=f"live-{info.id}")
+    elif view == "Gradient norms":
+        st.plotly_chart(charts.grad_norm_lines(series, order), key=f"gradlines-{info.id}")
+        st.plotly_chart(charts.grad_norm_heatmap(series, order), key=f"gradheat-{info.id}")
+    elif view == "Learning rate":
+        left, right = st.columns(2)
+        left.plotly_chart(charts.lr_figure(series), key=f"lr-{info.id}")
+        right.plotly_chart(charts.throughput_figure(series), key=f"speed-{info.id}")
+    else:
+        _attention_view(info, series)
+
+
+def _attention_view(info: RunInfo, series: charts.RunSeries) -> None:
+    layers = charts.attention_layers(series)
+    if not layers:
+        st.info("No attention maps: this model has no attention layer, or none was recorded yet.")
+        return
+    layer = st.selectbox("Attention layer", layers, key=f"attn-layer-{info.id}")
+    steps = charts.attention_steps(series, layer)
+    step = steps[-1]
+    if len(steps) > 1:
+        step = st.select_slider("Step", steps, value=steps[-1], key=f"attn-step-{info.id}-{layer}")
+    st.plotly_chart(charts.attention_figure(series, layer, step), key=f"attn-{info.id}")
+
+
+def _compare_section(runs_dir: Path, runs: list[RunInfo]) -> None:
+    by_id = {run.id: run for run in runs}
+    default = [r for r in st.session_state.get(_COMPARE, []) if r in by_id]
+    with st.expander("Compare runs", expanded=bool(default)):
+        chosen = st.multiselect(
+            "Runs to overlay",
+            list(by_id),
+            default=default,
+            format_func=lambda i: run_label(by_id[i]),
+            key="train-compare-pick",
+        )
+        if chosen:
+            overlay = {by_id[r].name or r: run_series(runs_dir, r) for r in chosen}
+            st.plotly_chart(charts.compare_figure(overlay), key="compare")
+
+
+if __name__ == "__main__":
+    render()
