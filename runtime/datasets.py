@@ -287,7 +287,7 @@ def _from_arrays(filename: str, x: np.ndarray, y: np.ndarray) -> Dataset:
                 " fix or remove them"
             )
     integral_x = x.dtype.kind in "biu"
-    xs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64 if integral_x else np.float32))
+    xs = torch.tensor(x, dtype=torch.int64 if integral_x else torch.float32)
     dtype: Literal["float32", "int64"] = "int64" if integral_x else "float32"
     description = f"uploaded {filename}: {len(x)} samples of {list(x.shape[1:])}"
     if y.ndim == 1 and _integral(y):
@@ -303,12 +303,12 @@ def _from_arrays(filename: str, x: np.ndarray, y: np.ndarray) -> Dataset:
             f"{description}, {classes} classes",
             "classification",
             xs,
-            torch.from_numpy(labels),
+            torch.tensor(labels),
             classes,
             tuple(x.shape[1:]),
             dtype,
         )
-    targets = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)).reshape(len(y), -1)
+    targets = torch.tensor(y, dtype=torch.float32).reshape(len(y), -1)
     return Dataset(
         filename,
         f"{description}, regression targets {list(targets.shape[1:])}",

@@ -1,0 +1,210 @@
+"""Datasets: built-ins match their sources, uploads are validated, compatibility says what to change."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from builder.graph import load_graph
+from compiler import analyse
+from runtime import datasets
+from runtime.datasets import (
+    DatasetError,
+    check_compatibility,
+    dataset_from_upload,
+    load_dataset,
+)
+
+TEMPLATES = Path(__file__).parents[1] / "builder" / "templates"
+
+
+def template_analysis(name: str):
+    return analyse(load_graph((TEMPLATES / f"{name}.json").read_text()))
+
+
+def npz_bytes(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+# -- built-ins -------------------------------------------------------------------------------
+
+
+def test_digits_are_sklearn_digits_as_images_scaled_to_unit_range():
+    source = load_digits()
+    data = load_dataset("digits")
+    assert data.x.shape == (1797, 1, 8, 8) and data.sample_shape == (1, 8, 8)
+    assert torch.equal(data.x.flatten(1), torch.tensor(source.data, dtype=torch.float32) / 16)
+    assert torch.equal(data.y, torch.tensor(source.target))
+    assert (data.task, data.num_classes, data.dtype) == ("classification", 10, "float32")
+
+
+def test_digits_rows_are_the_same_images_as_sequences():
+    images, rows = load_dataset("digits"), load_dataset("digits-rows")
+    assert rows.sample_shape == (8, 8)
+    assert torch.equal(rows.x, images.x.squeeze(1)) and torch.equal(rows.y, images.y)
+
+
+def test_digits_28_is_a_bilinear_resize_that_keeps_the_labels():
+    small, big = load_dataset("digits"), load_dataset("digits-28")
+    assert big.sample_shape == (1, 28, 28) and torch.equal(big.y, small.y)
+    back = torch.nn.functional.interpolate(big.x, size=(8, 8), mode="area")
+    assert float((back - small.x).abs().mean()) < 0.1
+    assert float(torch.corrcoef(torch.stack([back.flatten(), small.x.flatten()]))[0, 1]) > 0.95
+
+
+def test_tokens_label_is_the_token_after_the_single_marker():
+    data = load_dataset("tokens", seed=3)
+    assert data.x.dtype == torch.int64 and data.sample_shape == (16,) and data.dtype == "int64"
+    markers = data.x == datasets.MARKER
+    assert torch.all(markers.sum(dim=1) == 1)
+    position = markers.int().argmax(dim=1)
+    assert int(position.max()) <= 14
+    assert torch.equal(data.y, data.x[torch.arange(len(data.x)), position + 1])
+    assert int(data.x.max()) < data.num_classes == 16
+
+
+def test_generated_tasks_repeat_for_a_seed_and_change_with_it():
+    for name in ("tokens", "sine"):
+        assert torch.equal(load_dataset(name, seed=1).x, load_dataset(name, seed=1).x)
+        assert not torch.equal(load_dataset(name, seed=1).x, load_dataset(name, seed=2).x)
+
+
+def test_sine_target_continues_the_noisy_wave():
+    data = load_dataset("sine")
+    assert (data.task, data.num_classes, data.sample_shape) == ("regression", None, (32, 1))
+    assert data.y.shape == (len(data.x), 1)
+    # The next value of a slow sine lies near a linear extrapolation of the last two values.
+    guess = 2 * data.x[:, -1, 0] - data.x[:, -2, 0]
+    assert float((guess - data.y[:, 0]).abs().median()) < 0.15
+
+
+def test_unknown_dataset_names_the_choices():
+    with pytest.raises(DatasetError, match="unknown dataset 'nope'.*digits"):
+        load_dataset("nope")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchvision") is not None, reason="has torchvision")
+def test_torchvision_datasets_explain_what_is_missing():
+    with pytest.raises(DatasetError, match="needs torchvision"):
+        load_dataset("mnist")
+
+
+# -- uploads ---------------------------------------------------------------------------------
+
+
+def test_csv_upload_uses_the_last_column_as_labels_by_default():
+    data = dataset_from_upload("iris.csv", b"a,b,label\n1,2,0\n3,4,1\n5,6,2\n")
+    assert (data.task, data.num_classes, data.sample_shape) == ("classification", 3, (2,))
+    assert torch.equal(data.x, torch.tensor([[1.0, 2], [3, 4], [5, 6]]))
+    assert data.y.tolist() == [0, 1, 2]
+
+
+def test_csv_upload_with_a_chosen_fractional_label_is_regression():
+    data = dataset_from_upload("houses.csv", b"price,rooms,area\n1.5,2,30\n2.25,3,45\n", "price")
+    assert data.task == "regression" and data.num_classes is None
+    assert data.y.tolist() == [[1.5], [2.25]] and data.sample_shape == (2,)
+
+
+@pytest.mark.parametrize(
+    ("text", "label", "message"),
+    [
+        (b"a,b\n1,x\n2,y\n", None, "'b' are not numeric"),
+        (b"a,b\n1,\n2,1\n", None, "1 row.*NaN.*'b'"),
+        (b"a,b\n1,0\n2,1\n", "c", "no column 'c'.*a, b"),
+        (b"a\n1\n2\n", None, "feature column"),
+        (b"a,b\n1,-1\n2,3\n", None, "renumber"),
+    ],
+)
+def test_bad_csv_is_explained(text: bytes, label: str | None, message: str):
+    with pytest.raises(DatasetError, match=message):
+        dataset_from_upload("data.csv", text, label)
+
+
+def test_uploads_over_the_cap_are_refused(monkeypatch):
+    monkeypatch.setattr(datasets, "MAX_UPLOAD_BYTES", 10)
+    with pytest.raises(DatasetError, match="capped"):
+        dataset_from_upload("big.csv", b"a,b\n" + b"1,0\n" * 10)
+
+
+def test_npz_upload_keeps_sample_shape_and_integer_inputs_become_tokens():
+    images = dataset_from_upload(
+        "x.npz", npz_bytes(X=np.zeros((4, 3, 5, 5), np.float32), y=np.array([0, 1, 0, 1]))
+    )
+    assert images.sample_shape == (3, 5, 5) and images.dtype == "float32"
+    tokens = dataset_from_upload("t.npz", npz_bytes(X=np.ones((4, 6), np.int32), y=np.arange(4)))
+    assert tokens.dtype == "int64" and tokens.x.dtype == torch.int64 and tokens.num_classes == 4
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"X": np.zeros((3, 2))}, "named 'X'.*named 'y'"),
+        ({"X": np.zeros((3, 2)), "y": np.zeros(4)}, "y has shape \\[4\\] but X has 3"),
+        ({"X": np.zeros(3), "y": np.zeros(3)}, "one row per sample"),
+        ({"X": np.array([[np.nan, 1], [1, 1]]), "y": np.zeros(2)}, "1 sample.*NaN"),
+        ({"X": np.array([["a"], ["b"]]), "y": np.zeros(2)}, "numeric"),
+    ],
+)
+def test_bad_npz_is_explained(arrays: dict[str, np.ndarray], message: str):
+    with pytest.raises(DatasetError, match=message):
+        dataset_from_upload("data.npz", npz_bytes(**arrays))
+
+
+def test_npz_with_pickled_objects_is_refused_without_unpickling():
+    payload = npz_bytes(X=np.array([{"a": 1}, {"b": 2}], dtype=object), y=np.zeros(2))
+    with pytest.raises(DatasetError, match="cannot read its arrays"):
+        dataset_from_upload("evil.npz", payload)
+
+
+def test_npz_that_unpacks_too_large_is_refused(monkeypatch):
+    monkeypatch.setattr(datasets, "MAX_UNPACKED_BYTES", 1000)
+    payload = npz_bytes(X=np.zeros((100, 10)), y=np.zeros(100))
+    with pytest.raises(DatasetError, match="unpacks to"):
+        dataset_from_upload("bomb.npz", payload)
+
+
+def test_other_files_and_garbage_are_refused():
+    with pytest.raises(DatasetError, match="upload a .csv or an .npz"):
+        dataset_from_upload("data.json", json.dumps({"X": []}).encode())
+    with pytest.raises(DatasetError, match="not an .npz archive"):
+        dataset_from_upload("data.npz", b"not a zip")
+
+
+# -- compatibility ---------------------------------------------------------------------------
+
+
+def test_lenet5_fits_digits_28():
+    assert check_compatibility(template_analysis("lenet5"), load_dataset("digits-28")) == []
+
+
+def test_wrong_sample_shape_says_what_to_set():
+    problems = check_compatibility(template_analysis("lenet5"), load_dataset("digits"))
+    assert len(problems) == 1
+    assert "[1, 8, 8]" in problems[0] and "Input 'image'" in problems[0]
+
+
+def test_wrong_class_count_names_the_linear_to_change():
+    analysis = template_analysis("lstm_classifier")
+    upload = dataset_from_upload("d.npz", npz_bytes(X=np.zeros((3, 8, 8)), y=np.array([0, 1, 2])))
+    (problem,) = check_compatibility(analysis, upload)
+    assert "3 classes" in problem and "out_features of Linear 'head' to 3" in problem
+
+
+def test_float_data_into_a_token_model_is_refused():
+    problems = check_compatibility(template_analysis("transformer_encoder"), load_dataset("sine"))
+    assert any("int64 token ids" in p for p in problems)
+    assert any("regression" in p and "[1]" in p for p in problems)
+
+
+def test_regression_output_width_must_match_the_targets():
+    problems = check_compatibility(template_analysis("lstm_classifier"), load_dataset("sine"))
+    assert any("regression task (mean squared error)" in p and "to 1" in p for p in problems)
