@@ -1,6 +1,8 @@
-"""Command line: `python -m compiler check|export|schema` (see ../shared/GRAPH_FORMAT.md).
+"""Command line: `python -m compiler check|export|schema|import` (see ../shared/GRAPH_FORMAT.md).
 
 Exit codes: 0 valid, 1 a well-formed graph with errors, 2 a file that cannot be read as a graph.
+`import`: 0 written, 1 the model uses something NetBuilder cannot represent (each listed),
+2 the file cannot be loaded or traced.
 """
 
 from __future__ import annotations
@@ -10,9 +12,21 @@ import json
 import sys
 from pathlib import Path
 
-from builder.graph import MAX_FILE_BYTES, Graph, GraphFormatError, graph_schema, load_graph
+from pydantic import ValidationError
+
+from builder.graph import (
+    MAX_FILE_BYTES,
+    Graph,
+    GraphFormatError,
+    dump_graph,
+    graph_schema,
+    load_graph,
+)
 from compiler.analysis import analyse
+from compiler.bundle import bundle_files
 from compiler.codegen import generate_source
+
+MAX_CONFIG_BYTES = 100_000
 
 
 def read_graph(path: str) -> Graph:
@@ -41,10 +55,66 @@ def export(args: argparse.Namespace) -> int:
         for error in analysis.errors:
             print(f"error: {error.message}", file=sys.stderr)
         return 1
+    files = {"model.py": generate_source(analysis)}
+    if args.train:
+        try:
+            files = bundle_files(graph, analysis, read_config(args.config))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(map(str, first["loc"]))
+            raise GraphFormatError(f"{args.config}: {where}: {first['msg']}") from None
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "model.py").write_text(generate_source(analysis))
-    print(out / "model.py")
+    for name, text in files.items():
+        (out / name).write_text(text)
+        print(out / name)
+    return 0
+
+
+def read_config(path: str | None) -> dict | None:
+    """Training settings as TrainConfig's JSON (a run's config.json), or None for defaults."""
+    if path is None:
+        return None
+    try:
+        text = Path(path).read_bytes()[: MAX_CONFIG_BYTES + 1]
+        if len(text) > MAX_CONFIG_BYTES:
+            raise GraphFormatError(f"{path} is too large for a training config")
+        config = json.loads(text)
+    except OSError as exc:
+        raise GraphFormatError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GraphFormatError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise GraphFormatError(f"{path} must hold a JSON object of training settings")
+    return config
+
+
+def import_command(args: argparse.Namespace) -> int:
+    from compiler.importer import ModelImportError, import_file
+
+    try:
+        shape = (
+            tuple(int(size) for size in args.input_shape.split(",")) if args.input_shape else None
+        )
+        result = import_file(Path(args.file), shape, args.dtype, args.name)
+    except ValueError:
+        print(
+            f"error: --input-shape must be sizes like 1,28,28, got {args.input_shape!r}",
+            file=sys.stderr,
+        )
+        return 2
+    except ModelImportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if result.graph is None:
+        for problem in result.problems:
+            print(f"unsupported: {problem}", file=sys.stderr)
+        print(f"error: {len(result.problems)} unsupported; nothing written", file=sys.stderr)
+        return 1
+    Path(args.output).write_text(dump_graph(result.graph))
+    print(args.output)
     return 0
 
 
@@ -56,15 +126,48 @@ def schema(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m compiler", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    check_cmd = commands.add_parser("check", help="validate a graph; print shapes and errors as JSON")
+    check_cmd = commands.add_parser(
+        "check", help="validate a graph; print shapes and errors as JSON"
+    )
     check_cmd.add_argument("graph")
     check_cmd.set_defaults(run=check)
-    export_cmd = commands.add_parser("export", help="write DIR/model.py for a valid graph")
+    export_cmd = commands.add_parser(
+        "export", help="write DIR/model.py for a valid graph (with --train: the whole bundle)"
+    )
     export_cmd.add_argument("graph")
     export_cmd.add_argument("-o", "--output", required=True, metavar="DIR")
+    export_cmd.add_argument(
+        "--train",
+        action="store_true",
+        help="also write train.py, graph.json and README.md",
+    )
+    export_cmd.add_argument(
+        "--config",
+        metavar="CONFIG.json",
+        help="with --train: training settings as a run's config.json (train.py's defaults)",
+    )
     export_cmd.set_defaults(run=export)
     schema_cmd = commands.add_parser("schema", help="print the graph file's JSON Schema")
     schema_cmd.set_defaults(run=schema)
+    import_cmd = commands.add_parser(
+        "import",
+        help="turn a PyTorch model file into a graph; this RUNS the file's code",
+        description="Import FILE.py, which defines build_model(), as a NetBuilder graph:"
+        " trace it with torch.fx and map every layer and operation onto the catalog. This"
+        " executes FILE.py: use it only on your own code, on your own machine.",
+    )
+    import_cmd.add_argument("file", metavar="FILE.py")
+    import_cmd.add_argument("-o", "--output", required=True, metavar="GRAPH.json")
+    import_cmd.add_argument(
+        "--input-shape",
+        metavar="SIZES",
+        help="one sample's shape, e.g. 1,28,28 (default: the" " file's INPUT_SHAPE)",
+    )
+    import_cmd.add_argument(
+        "--dtype", choices=("float32", "int64"), help="input dtype (default: INPUT_DTYPE)"
+    )
+    import_cmd.add_argument("--name", help="the graph's name (default: the file's name)")
+    import_cmd.set_defaults(run=import_command)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -53,7 +53,9 @@ def train_source(analysis: Analysis, defaults: TrainDefaults | None = None) -> s
         analysis.infos[input_node.id].dtype or "float32",
         analysis.infos[output_node.id].shape or (),
     )
-    data_help = "NPZ file with arrays X [N, *INPUT_SHAPE] and y [N] (class ids) or [N, *OUTPUT_SHAPE]"
+    data_help = (
+        "NPZ file with arrays X [N, *INPUT_SHAPE] and y [N] (class ids) or [N, *OUTPUT_SHAPE]"
+    )
     if data is None:
         data_flag = f'required=True,\n        help="{data_help}",'
         data_source = NO_BUILTIN_DATA
@@ -70,7 +72,10 @@ def train_source(analysis: Analysis, defaults: TrainDefaults | None = None) -> s
 
 def defaults_source(settings: TrainDefaults) -> str:
     """The DEFAULTS dict literal: validated values only, written with repr (never user text)."""
-    lines = [f"    {json.dumps(name)}: {literal(value)}," for name, value in settings.model_dump().items()]
+    lines = [
+        f"    {json.dumps(name)}: {literal(value)},"
+        for name, value in settings.model_dump().items()
+    ]
     return "DEFAULTS = {\n" + "\n".join(lines) + "\n}"
 
 
@@ -79,7 +84,9 @@ def literal(value: object) -> str:
     return json.dumps(value) if isinstance(value, str) else repr(value)
 
 
-def builtin_data_source(input_shape: Shape, dtype: str, output_shape: Shape) -> tuple[str, str] | None:
+def builtin_data_source(
+    input_shape: Shape, dtype: str, output_shape: Shape
+) -> tuple[str, str] | None:
     """(one-line description, `builtin_data` function source) for the built-in data that fits
     the model's input and output, or None when none does."""
     if dtype == "float32" and output_shape == (10,) and input_shape in DIGITS_LAYOUTS:
