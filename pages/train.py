@@ -79,6 +79,7 @@ _CONFIG = "train-config"
 _RUN = "train-run"
 _NEW_RUN = "train-new-run"
 _COMPARE = "train-compare"
+_COMPARE_PICK = "train-compare-pick"
 _SERIES = "train-series"
 _UPLOADS = "train-uploads"
 _MESSAGE = "train-message"
@@ -653,17 +654,18 @@ def _attention_view(info: RunInfo, series: charts.RunSeries) -> None:
 
 def _compare_section(runs_dir: Path, runs: list[RunInfo]) -> None:
     by_id = {run.id: run for run in runs}
-    default = [r for r in st.session_state.get(_COMPARE, []) if r in by_id]
-    with st.expander("Compare runs", expanded=bool(default)):
+    branched = [r for r in st.session_state.pop(_COMPARE, []) if r in by_id]
+    if branched:
+        st.session_state[_COMPARE_PICK] = branched
+    with st.expander("Compare runs", expanded=bool(st.session_state.get(_COMPARE_PICK))):
         chosen = st.multiselect(
             "Runs to overlay",
             list(by_id),
-            default=default,
             format_func=lambda i: run_label(by_id[i]),
-            key="train-compare-pick",
+            key=_COMPARE_PICK,
         )
         if chosen:
-            overlay = {by_id[r].name or r: run_series(runs_dir, r) for r in chosen}
+            overlay = {f"{by_id[r].name} #{r[-6:]}": run_series(runs_dir, r) for r in chosen}
             st.plotly_chart(charts.compare_figure(overlay), key="compare")
 
 

@@ -1,0 +1,247 @@
+"""The Train page, driven with Streamlit's AppTest against the real runtime (one short real run).
+
+Each test opens the page for a workspace whose autosaved graph it wrote, in a temporary
+NETBUILDER_HOME, exactly as a browser with `?w=<workspace>` would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import runtime.runs
+from builder.graph import dump_graph, parse_graph
+from pages import charts, train
+from runtime import store
+from runtime.runs import create_run, list_runs, read_run, stop_run
+from runtime.trainer import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKSPACE = "trainpage01"
+RUN_TIMEOUT_S = 90
+
+
+def tiny_graph(name: str = "tiny", width: int = 10) -> dict:
+    """Digits [1, 8, 8] -> Flatten -> Linear(width): trains in a second."""
+    return {
+        "format": "netbuilder.graph/1",
+        "name": name,
+        "nodes": [
+            {"id": "image", "type": "Input", "params": {"shape": [1, 8, 8]}},
+            {"id": "flat", "type": "Flatten"},
+            {"id": "fc", "type": "Linear", "params": {"out_features": width}},
+            {"id": "out", "type": "Output"},
+        ],
+        "edges": [
+            {"source": "image", "target": "flat"},
+            {"source": "flat", "target": "fc"},
+            {"source": "fc", "target": "out"},
+        ],
+    }
+
+
+def open_page(home: Path, graph: dict, page: str = "pages/train.py") -> AppTest:
+    """The page as a browser at ?w=WORKSPACE sees it, with `graph` as the workspace's graph."""
+    autosave = home / "autosave" / f"{WORKSPACE}.json"
+    autosave.parent.mkdir(parents=True, exist_ok=True)
+    autosave.write_text(dump_graph(parse_graph(graph)))
+    app = AppTest.from_file(str(ROOT / page), default_timeout=30)
+    app.query_params["w"] = WORKSPACE
+    app.run()
+    return app
+
+
+def wait_until_done(runs_dir: Path, run_id: str) -> None:
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while read_run(runs_dir, run_id).status in train.ACTIVE:
+        assert time.monotonic() < deadline, f"run {run_id} did not end in {RUN_TIMEOUT_S} s"
+        time.sleep(0.3)
+
+
+def shown(app: AppTest) -> str:
+    """Every message the page shows, as one text (errors, warnings, successes, captions)."""
+    parts = [
+        e.value
+        for kind in ("error", "warning", "success", "info", "caption")
+        for e in app.get(kind)
+    ]
+    return "\n".join(str(p) for p in parts)
+
+
+def figure(app: AppTest, title: str) -> dict:
+    specs = [json.loads(chart.proto.spec) for chart in app.get("plotly_chart")]
+    return next(s for s in specs if s["layout"].get("title", {}).get("text", "").startswith(title))
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("NETBUILDER_HOME", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, AppTest, str]:
+    """One real run started from the page: tiny graph, digits, 2 epochs, lr 0.01."""
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NETBUILDER_HOME", str(home))
+        app = open_page(home, tiny_graph())
+        app.number_input(key="train-epochs").set_value(2)
+        app.number_input(key="train-lr").set_value(0.01)
+        app.button(key="train-start").click().run()
+        runs_dir = home / "runs" / WORKSPACE
+        [run] = list_runs(runs_dir)
+        wait_until_done(runs_dir, run.id)
+        app.run()
+    return home, app, run.id
+
+
+def test_the_page_suggests_data_that_fits_the_graph_and_says_it_is_compatible(home):
+    app = open_page(home, tiny_graph())
+    assert not app.exception
+    assert app.selectbox(key="train-dataset").value == "digits"
+    assert "Compatible: 1,797 samples of [1, 8, 8]" in shown(app)
+    assert not app.button(key="train-start").disabled
+
+
+def test_incompatible_data_says_what_to_change_and_start_stays_disabled(home):
+    app = open_page(home, tiny_graph(width=7))
+    app.selectbox(key="train-dataset").set_value("digits").run()
+    assert "10 classes" in shown(app) and "set out_features of Linear 'fc' to 10" in shown(app)
+    assert app.button(key="train-start").disabled
+
+
+def test_a_graph_with_errors_is_named_and_cannot_start(home):
+    broken = tiny_graph()
+    broken["edges"] = broken["edges"][1:]  # 'flat' loses its input
+    app = open_page(home, broken)
+    assert not app.exception
+    assert "cannot train yet" in shown(app) and "'flat'" in shown(app)
+    assert app.button(key="train-start").disabled
+
+
+def test_start_trains_with_the_chosen_settings(trained):
+    home, _, run_id = trained
+    runs_dir = home / "runs" / WORKSPACE
+    config = TrainConfig.model_validate_json((runs_dir / run_id / store.CONFIG_FILE).read_text())
+    assert (config.epochs, config.lr, config.dataset) == (2, 0.01, "digits")
+    info = read_run(runs_dir, run_id)
+    assert info.status == "completed" and info.epoch == 2
+
+
+def test_charts_show_every_step_and_epoch_the_run_wrote(trained):
+    home, app, run_id = trained
+    assert not app.exception
+    records, _ = runtime.runs.read_metrics(home / "runs" / WORKSPACE, run_id)
+    series = charts.series_from(records)
+    loss = figure(app, "Loss")
+    steps = next(t for t in loss["data"] if t["name"] == "step loss")
+    assert len(series.steps) > 0 and _length(steps["x"]) == len(series.steps)
+    accuracy = figure(app, "Accuracy")
+    validation = next(t for t in accuracy["data"] if t["name"] == "validation")
+    assert _length(validation["x"]) == 2
+
+
+def _length(values: list | dict) -> int:
+    """A trace's point count: plotly writes numpy arrays as {'dtype', 'bdata'}."""
+    if isinstance(values, dict):
+        import base64
+
+        import numpy as np
+
+        return len(np.frombuffer(base64.b64decode(values["bdata"]), dtype=values["dtype"]))
+    return len(values)
+
+
+def test_a_finished_run_shows_full_progress_and_offers_only_what_applies(trained):
+    _, app, _ = trained
+    progress = app.get("progress")[0]
+    assert progress.proto.value == 100 and "completed · epoch 2/2" in progress.proto.text
+    assert app.button(key="train-stop").disabled and app.button(key="train-resume").disabled
+    assert not app.button(key="train-branch").disabled
+
+
+def test_stop_asks_a_running_trainer_to_stop(home):
+    runs_dir = home / "runs" / WORKSPACE
+    folder = create_run(runs_dir, parse_graph(tiny_graph()), TrainConfig())
+    store.update_status(folder, status="running", pid=os.getpid())  # this process plays the trainer
+    app = open_page(home, tiny_graph())
+    assert not app.button(key="train-stop").disabled
+    app.button(key="train-stop").click().run()
+    assert (folder / store.STOP_FILE).exists()
+    assert read_run(runs_dir, folder.name).status == "stopping"
+
+
+def test_continue_from_a_run_warm_starts_the_edited_graph_and_compares_both(trained, monkeypatch):
+    home, _, parent = trained
+    monkeypatch.setenv("NETBUILDER_HOME", str(home))
+    runs_dir = home / "runs" / WORKSPACE
+    edited = tiny_graph(name="tiny-wider")
+    app = open_page(home, edited)
+    app.selectbox(key="train-run").set_value(parent).run()
+    app.button(key="train-branch").click().run()
+    assert not app.exception, app.exception
+    child = next(r for r in list_runs(runs_dir) if r.id != parent)
+    try:
+        assert store.read_status(child.path)["warm_start_from"] == parent
+        assert app.selectbox(key="train-run").value == child.id
+        assert set(app.multiselect(key="train-compare-pick").value) == {parent, child.id}
+        names = [t["name"] for t in figure(app, "Compare runs")["data"]]
+        assert names[0] == f"tiny-wider #{child.id[-6:]} train"
+        assert f"tiny #{parent[-6:]} train" in names
+    finally:
+        stop_run(runs_dir, child.id)
+        wait_until_done(runs_dir, child.id)
+
+
+def test_an_unexpected_runtime_failure_is_a_sentence_not_a_traceback(home, monkeypatch):
+    def broken_start(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(runtime.runs, "start_run", broken_start)
+    app = open_page(home, tiny_graph())
+    app.button(key="train-start").click().run()
+    assert not app.exception
+    assert "Could not start the run: RuntimeError: disk on fire" in shown(app)
+
+
+def test_progress_and_time_left_come_from_the_steps_per_epoch():
+    info = runtime.runs.RunInfo("r", "r", "running", "", 0.0, "digits", 4, 1, 30, "cpu", Path("."))
+    series = charts.series_from(
+        [{"kind": "step", "step": s, "time": float(s)} for s in range(1, 31)]
+        + [{"kind": "epoch", "epoch": 1, "step": 20, "time": 20.0}]
+    )
+    done = train.progress(info, series)
+    assert done.fraction == pytest.approx(30 / 80)
+    assert done.seconds_left == pytest.approx(50.0)  # 50 steps left at 1 step/s
+
+
+def test_progress_before_the_first_epoch_ends_shows_no_guess():
+    info = runtime.runs.RunInfo("r", "r", "running", "", 0.0, "digits", 4, 0, 5, "cpu", Path("."))
+    series = charts.series_from(
+        [{"kind": "step", "step": s, "time": float(s)} for s in range(1, 6)]
+    )
+    assert train.progress(info, series) == train.Progress(0.0, None)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(4.4, "4 s"), (200, "3 min 20 s"), (7500, "2 h 05 min"), (-3, "0 s")]
+)
+def test_time_left_reads_naturally(seconds, text):
+    assert train.duration_text(seconds) == text
+
+
+def test_uploaded_file_names_are_reduced_to_safe_characters():
+    assert train.safe_file_name("../../etc/pass wd.CSV") == "pass_wd.csv"
+    assert train.safe_file_name("données.npz") == "donn_es.npz"
+    assert train.safe_file_name("###.csv") == "upload.csv"
+
+
+def test_csv_header_gives_the_label_choices():
+    assert train.csv_columns(b"a,b,label\n1,2,0\n") == ["a", "b", "label"]
+    assert train.csv_columns(b"") == []
