@@ -1,0 +1,136 @@
+"""The Export page (AppTest) and what it hands out: the code bundle and a run's trained weights."""
+
+from __future__ import annotations
+
+import io
+import types
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from builder.graph import dump_graph, load_graph, parse_graph
+from compiler.analysis import analyse
+from compiler.bundle import bundle_files
+from compiler.codegen import generate_source
+from pages import export
+from runtime import store
+from runtime.runs import create_run
+from runtime.trainer import TrainConfig, load_model_source
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKSPACE = "exportpage01"
+LENET = ROOT / "builder" / "templates" / "lenet5.json"
+
+
+def open_page(home: Path, graph_text: str) -> AppTest:
+    autosave = home / "autosave" / f"{WORKSPACE}.json"
+    autosave.parent.mkdir(parents=True, exist_ok=True)
+    autosave.write_text(graph_text)
+    app = AppTest.from_file(str(ROOT / "pages" / "export.py"), default_timeout=30)
+    app.query_params["w"] = WORKSPACE
+    app.run()
+    return app
+
+
+def finished_run(home: Path, graph_text: str) -> Path:
+    """A completed run of `graph_text` whose checkpoint holds the weights of a fresh model."""
+    graph = load_graph(graph_text)
+    folder = create_run(home / "runs" / WORKSPACE, graph, TrainConfig(epochs=1))
+    model = load_model_source((folder / store.MODEL_FILE).read_text())
+    (folder / store.CHECKPOINT_DIR).mkdir()
+    torch.save(model.state_dict(), folder / store.CHECKPOINT_DIR / store.WEIGHTS_FILE)
+    store.update_status(folder, status="completed", epoch=1)
+    return folder
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("NETBUILDER_HOME", str(tmp_path))
+    return tmp_path
+
+
+def test_the_page_shows_the_generated_model_source_highlighted(home):
+    text = LENET.read_text()
+    app = open_page(home, text)
+    assert not app.exception
+    model_tab = app.tabs[0]
+    assert model_tab.label == "model.py"
+    [code] = model_tab.code
+    expected = generate_source(analyse(load_graph(text)))
+    assert code.language == "python" and code.value.rstrip() == expected.rstrip()
+    assert "61,706" in app.markdown[0].value
+
+
+def test_every_bundle_file_gets_a_tab(home):
+    app = open_page(home, LENET.read_text())
+    assert [tab.label for tab in app.tabs] == ["model.py", "train.py", "graph.json", "README.md"]
+
+
+def test_the_zip_holds_the_bundle_in_one_folder_and_reopens_as_the_same_graph():
+    graph = load_graph(LENET.read_text())
+    files = bundle_files(graph, analyse(graph))
+    archive = zipfile.ZipFile(io.BytesIO(export.zip_bytes(files, "lenet5")))
+    assert sorted(archive.namelist()) == sorted(f"lenet5/{name}" for name in files)
+    assert load_graph(archive.read("lenet5/graph.json")) == graph
+    namespace = types.ModuleType("exported")
+    exec(compile(archive.read("lenet5/model.py"), "model.py", "exec"), namespace.__dict__)
+    model = namespace.build_model()
+    assert sum(p.numel() for p in model.parameters()) == 61_706
+
+
+def test_a_graph_with_errors_explains_and_still_lets_the_work_be_saved(home):
+    broken = parse_graph(
+        {
+            "format": "netbuilder.graph/1",
+            "name": "broken",
+            "nodes": [
+                {"id": "in", "type": "Input", "params": {"shape": [3]}},
+                {"id": "out", "type": "Output"},
+            ],
+        }
+    )
+    app = open_page(home, dump_graph(broken))
+    assert not app.exception
+    assert "no model code to export yet" in app.error[0].value and "'out'" in app.error[0].value
+    assert not app.code
+
+
+def test_without_runs_the_page_says_where_weights_come_from(home):
+    app = open_page(home, LENET.read_text())
+    assert "No trained weights yet" in app.info[0].value
+
+
+def test_weights_of_a_run_of_this_graph_load_into_the_exported_model(home):
+    text = LENET.read_text()
+    run = finished_run(home, text)
+    app = open_page(home, text)
+    assert not app.exception and not app.warning
+    assert "load_state_dict" in app.caption[0].value
+    [(info, path)] = export.runs_with_weights(home / "runs" / WORKSPACE)
+    assert info.id == run.name
+    files = bundle_files(load_graph(text), analyse(load_graph(text)))
+    namespace = types.ModuleType("exported")
+    exec(compile(files["model.py"], "model.py", "exec"), namespace.__dict__)
+    model = namespace.build_model()
+    weights = torch.load(path, weights_only=True)
+    model.load_state_dict(weights)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
+
+
+def test_weights_of_an_earlier_graph_come_with_a_warning_and_that_runs_model(home):
+    finished_run(home, LENET.read_text())
+    edited = load_graph(LENET.read_text())
+    edited.nodes[1].params["out_channels"] = 8
+    app = open_page(home, dump_graph(edited))
+    assert not app.exception
+    assert "earlier version of the graph" in app.warning[0].value
+
+
+def test_weights_match_compares_the_exact_source(tmp_path):
+    (tmp_path / "model.py").write_text("source")
+    assert export.weights_match(tmp_path, "source")
+    assert not export.weights_match(tmp_path, "other")
+    assert not export.weights_match(tmp_path / "missing", "source")
