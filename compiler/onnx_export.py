@@ -1,0 +1,71 @@
+"""ONNX export of a compiled model, for running it outside PyTorch.
+
+Uses torch.onnx.export with dynamo=True: the torch.export-based exporter (it needs the onnx and
+onnxscript packages and works offline), the default since torch 2.9; the TorchScript exporter
+is deprecated. The batch dimension stays dynamic, so one file serves any batch size.
+tests/test_onnx.py exports every template and every catalog layer type and checks the outputs
+with onnxruntime against PyTorch within 1e-4.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+
+import torch
+from torch import nn
+
+from compiler.analysis import Analysis
+
+# Catalog layer types that cannot export, with the reason. Empty: every type in the catalog
+# exports (tests/test_onnx.py proves it for each type not listed here).
+UNEXPORTABLE: dict[str, str] = {}
+
+INPUT_NAME = "x"
+OUTPUT_NAME = "y"
+
+
+class OnnxExportError(Exception):
+    """The model could not be exported; the message says why in one line."""
+
+
+def unexportable_layers(analysis: Analysis) -> list[str]:
+    """One line per node whose layer type cannot export (an empty list: the graph exports)."""
+    return [
+        f"{node.type} {node.id!r}: {UNEXPORTABLE[node.type]}"
+        for node in analysis.graph.nodes
+        if node.id in analysis.live and node.type in UNEXPORTABLE
+    ]
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor) -> bytes:
+    """The ONNX file of `model` in eval mode (the model itself is left as it is), for inputs
+    shaped like `example` with any batch size."""
+    try:
+        import onnxscript  # noqa: F401  (the exporter needs it; say so plainly if missing)
+    except ImportError:
+        raise OnnxExportError("ONNX export needs the onnx and onnxscript packages") from None
+    frozen = copy.deepcopy(model).eval()
+    if len(example) < 2:  # a batch of 1 would be specialised into the graph
+        example = torch.cat([example, example])
+    logger = logging.getLogger("torch.onnx")
+    previous = logger.level
+    logger.setLevel(logging.ERROR)  # its notes about torchvision and onnxscript are noise here
+    try:
+        program = torch.onnx.export(
+            frozen,
+            (example,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            verbose=False,
+        )
+    except Exception as exc:
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # the exporter's colours
+        first = (plain.splitlines() or [""])[0]
+        raise OnnxExportError(f"torch.onnx.export failed: {type(exc).__name__}: {first}") from None
+    finally:
+        logger.setLevel(previous)
+    return program.model_proto.SerializeToString()
