@@ -6,15 +6,31 @@ The page, the canvas adapter and the one-click fixes all edit through these func
 
 from __future__ import annotations
 
+import json
 import re
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from enum import Enum
+from typing import Any, Literal
 
-from builder.catalog import CATALOG
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import ValidationError
+
+from builder.catalog import CATALOG, describe_param_errors
 from builder.graph import Edge, Graph, Node
+from builder.layout import COLUMN_WIDTH, ROW_HEIGHT
 
 HISTORY_LIMIT = 100
-ROW_GAP = 110.0
+
+
+class Unset(Enum):
+    """A param value meaning "use the default": set_params removes the key."""
+
+    UNSET = "unset"
+
+
+UNSET = Unset.UNSET
 
 
 class EditError(ValueError):
@@ -123,24 +139,25 @@ def add_node_after(
     graph: Graph,
     layer_type: str,
     after: str | None,
-    input_shape: tuple[int, ...] | None = None,
+    shapes: Mapping[str, tuple[int, ...] | None] | None = None,
 ) -> tuple[Graph, str]:
     """Add a layer and wire it where a person building a chain expects it; returns the new id.
 
     After a node with one outgoing edge the layer is spliced into that edge; after a node with
     none it is appended; after a branch point it starts a new branch. With no selection (or the
-    Output selected) it goes just before the Output. An Input is added unconnected.
+    Output selected) it goes just before the Output. An Input is added unconnected. `shapes`
+    (node id -> output shape) lets the starter params fit the input, e.g. heads dividing width.
     """
     if layer_type not in CATALOG:
         raise EditError(f"unknown layer type {layer_type!r}")
     node_id = new_node_id(graph, layer_type)
-    anchor = _anchor(graph, after) if layer_type != "Input" else None
-    position = _below(graph, anchor)
+    anchor = anchor_for(graph, after) if layer_type != "Input" else None
+    input_shape = (shapes or {}).get(anchor) if anchor is not None else None
     node = Node(
         id=node_id,
         type=layer_type,
         params=starter_params(layer_type, input_shape),
-        position=position,
+        position=_below(graph, anchor),
     )
     if anchor is None:
         return graph.model_copy(update={"nodes": [*graph.nodes, node]}), node_id
@@ -151,14 +168,14 @@ def add_node_after(
         edges = [
             Edge(source=anchor, target=node_id) if edge is old else edge for edge in edges
         ] + [Edge(source=node_id, target=old.target, port=old.port)]
-        nodes = _shift_down(graph.nodes, _downstream(graph, old.target), ROW_GAP)
+        nodes = _shift_down(graph.nodes, _downstream(graph, old.target), ROW_HEIGHT)
     else:
         edges.append(Edge(source=anchor, target=node_id))
         nodes = list(graph.nodes)
     return graph.model_copy(update={"nodes": [*nodes, node], "edges": edges}), node_id
 
 
-def _anchor(graph: Graph, after: str | None) -> str | None:
+def anchor_for(graph: Graph, after: str | None) -> str | None:
     """The node a new layer follows: the selection, or the Output's input when there is none."""
     ids = {node.id for node in graph.nodes}
     if after in ids and graph.node(after).type != "Output":
@@ -172,10 +189,10 @@ def _below(graph: Graph, anchor: str | None) -> tuple[float, float]:
     placed = [node.position for node in graph.nodes if node.position is not None]
     if anchor is not None and graph.node(anchor).position is not None:
         x, y = graph.node(anchor).position  # type: ignore[misc]
-        return (x, y + ROW_GAP)
+        return (x, y + ROW_HEIGHT)
     if not placed:
         return (0.0, 0.0)
-    return (max(x for x, _ in placed) + 260.0, min(y for _, y in placed))
+    return (max(x for x, _ in placed) + COLUMN_WIDTH, min(y for _, y in placed))
 
 
 def _downstream(graph: Graph, start: str) -> set[str]:
@@ -227,14 +244,14 @@ def connect(graph: Graph, source: str, target: str) -> Graph:
 
 
 def set_params(graph: Graph, node_id: str, params: dict[str, Any]) -> Graph:
-    """Merge `params` into a node's params (None removes the key, so the default applies)."""
+    """Merge `params` into a node's params (UNSET removes the key, so the default applies)."""
     if node_id not in {node.id for node in graph.nodes}:
         raise EditError(f"no node {node_id!r}")
     nodes = []
     for node in graph.nodes:
         if node.id == node_id:
             merged = {**node.params, **params}
-            merged = {key: value for key, value in merged.items() if value is not None}
+            merged = {key: value for key, value in merged.items() if value is not UNSET}
             node = node.model_copy(update={"params": merged})
         nodes.append(node)
     return graph.model_copy(update={"nodes": nodes})
@@ -275,3 +292,107 @@ def apply_fix(graph: Graph, fix: dict[str, Any]) -> Graph:
 
 def rename_graph(graph: Graph, name: str) -> Graph:
     return graph.model_copy(update={"name": name})
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameter forms: what widget each param gets, and how typed text becomes a value
+
+
+FieldKind = Literal["bool", "choice", "int", "float", "text"]
+
+
+@dataclass(frozen=True)
+class ParamField:
+    """One parameter as the form shows it; "text" takes JSON-like input: 3, [3, 5], same, none."""
+
+    name: str
+    kind: FieldKind
+    required: bool
+    default: Any
+    help: str
+    choices: tuple[Any, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+
+
+def param_fields(layer_type: str) -> list[ParamField]:
+    """The form for a layer type, read from its catalog params model (types, ranges, choices)."""
+    fields = []
+    for name, info in CATALOG[layer_type].params.model_fields.items():
+        kind, choices = _kind(info.annotation)
+        minimum, maximum = _bounds(info.metadata)
+        fields.append(
+            ParamField(
+                name=name,
+                kind=kind,
+                required=info.is_required(),
+                default=None if info.is_required() else info.default,
+                help=info.description or "",
+                choices=choices,
+                minimum=minimum,
+                maximum=maximum,
+            )
+        )
+    return fields
+
+
+def _kind(annotation: Any) -> tuple[FieldKind, tuple[Any, ...]]:
+    if annotation is bool:
+        return "bool", ()
+    if typing.get_origin(annotation) is Literal:
+        return "choice", typing.get_args(annotation)
+    if annotation is int:
+        return "int", ()
+    if annotation is float:
+        return "float", ()
+    return "text", ()
+
+
+def _bounds(metadata: list[Any]) -> tuple[float | None, float | None]:
+    minimum = next((m.ge for m in metadata if isinstance(m, Ge)), None)
+    if minimum is None:
+        minimum = next((m.gt for m in metadata if isinstance(m, Gt)), None)
+    maximum = next((m.le for m in metadata if isinstance(m, Le)), None)
+    if maximum is None:
+        maximum = next((m.lt for m in metadata if isinstance(m, Lt)), None)
+    return minimum, maximum
+
+
+def parse_text_value(text: str) -> Any:
+    """Typed text to a value: '' -> UNSET (the default), none or null -> None, '3' -> 3,
+    '3, 5' or '[3, 5]' -> [3, 5], same -> 'same'."""
+    stripped = text.strip()
+    if not stripped:
+        return UNSET
+    if stripped.lower() in ("none", "null"):
+        return None
+    if "," in stripped and not stripped.startswith("["):
+        stripped = f"[{stripped}]"
+    try:
+        return json.loads(stripped)
+    except json.JSONDecodeError:
+        return stripped.strip("'\"")
+
+
+def value_text(value: Any) -> str:
+    """The text a "text" field shows for a value (the inverse of parse_text_value)."""
+    if value is UNSET:
+        return ""
+    if value is None:
+        return "none"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def check_param(layer_type: str, params: Mapping[str, Any], name: str, value: Any) -> str | None:
+    """None when params with name=value validate, else the readable reason (nothing is changed)."""
+    model = CATALOG[layer_type].params
+    candidate = {**params, name: value}
+    if value is UNSET:
+        candidate.pop(name)
+    try:
+        model.model_validate(candidate)
+    except ValidationError as exc:
+        return describe_param_errors(model, exc, candidate)
+    return None

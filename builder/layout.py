@@ -12,13 +12,14 @@ import networkx as nx
 
 from builder.graph import Graph
 
-ROW_HEIGHT = 110.0
+ROW_HEIGHT = 120.0
 COLUMN_WIDTH = 240.0
+CANVAS_ORIGIN = (330.0, 30.0)  # the main column, placed for the canvas's first view at zoom 1
 
 Position = tuple[float, float]
 
 
-def auto_layout(graph: Graph, origin: Position = (0.0, 0.0)) -> dict[str, Position]:
+def auto_layout(graph: Graph, origin: Position = CANVAS_ORIGIN) -> dict[str, Position]:
     """Positions for every node: rows of ROW_HEIGHT, slots of COLUMN_WIDTH centred on origin x."""
     order = {node.id: index for index, node in enumerate(graph.nodes)}
     dag = _acyclic(graph, order)
@@ -39,7 +40,7 @@ def needs_layout(graph: Graph) -> bool:
     return any(node.position is None for node in graph.nodes)
 
 
-def with_layout(graph: Graph, origin: Position = (0.0, 0.0)) -> Graph:
+def with_layout(graph: Graph, origin: Position = CANVAS_ORIGIN) -> Graph:
     """The graph with every node placed by auto_layout."""
     positions = auto_layout(graph, origin)
     nodes = [node.model_copy(update={"position": positions[node.id]}) for node in graph.nodes]

@@ -132,8 +132,13 @@ def graph_version() -> int:
 
 
 def set_graph(graph: Graph, record_undo: bool = True) -> None:
-    """Make `graph` current and autosave it; record_undo=False for moves that need no undo step."""
+    """Make `graph` current and autosave it; record_undo=False for moves that need no undo step.
+
+    Setting the graph that is already current changes nothing (no undo step, same version).
+    """
     history = _history()
+    if graph == history.present:
+        return
     _changed(edit.record(history, graph) if record_undo else edit.replace(history, graph))
 
 
