@@ -140,6 +140,12 @@ def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
     return config.lr
 
 
+def epoch_order(seed: int, epoch: int, count: int) -> torch.Tensor:
+    """One epoch's shuffled sample order, fixed by seed and epoch so that a resume repeats it."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(count, generator=generator)
+
+
 def build_optimizer(config: TrainConfig, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
     lr, decay = config.lr, config.weight_decay
     match config.optimizer:
@@ -483,8 +489,7 @@ class Trainer:
         config = self.config
         while self.progress.epoch < config.epochs:
             epoch = self.progress.epoch
-            generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-            order = torch.randperm(len(self.split.x_train), generator=generator).to(self.device)
+            order = epoch_order(config.seed, epoch, len(self.split.x_train)).to(self.device)
             for batch in range(self.progress.batch, self.batches):
                 self._step(order[batch * config.batch_size : (batch + 1) * config.batch_size])
                 self.progress.batch = batch + 1

@@ -1,0 +1,382 @@
+"""The trainer, run in this process: it learns, and what it reports matches PyTorch's own numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from builder.graph import Graph, load_graph, parse_graph
+from compiler import analyse, generate_source
+from runtime import store
+from runtime.metrics import activation_probe, attention_layers, capture_attention
+from runtime.runs import create_run
+from runtime.trainer import (
+    RunResult,
+    TrainConfig,
+    Trainer,
+    epoch_order,
+    learning_rate,
+    load_model_source,
+    module_attributes,
+    node_types,
+    split_dataset,
+    train_run,
+    warm_start,
+)
+from runtime.datasets import load_dataset
+from tests.modelkit import chain_graph
+
+TEMPLATES = Path(__file__).parents[1] / "builder" / "templates"
+
+
+def template(name: str) -> Graph:
+    return load_graph((TEMPLATES / f"{name}.json").read_text())
+
+
+def train(runs: Path, graph: Graph, **config: Any) -> tuple[RunResult, list[dict], Path]:
+    folder = create_run(runs, graph, TrainConfig(**config))
+    result = train_run(folder)
+    records, _ = store.read_records(folder / store.METRICS_FILE)
+    return result, records, folder
+
+
+def of_kind(records: list[dict], kind: str) -> list[dict]:
+    return [r for r in records if r["kind"] == kind]
+
+
+def built(graph: Graph, seed: int = 0) -> tuple[torch.nn.Module, Any]:
+    analysis = analyse(graph)
+    torch.manual_seed(seed)
+    return load_model_source(generate_source(analysis)), analysis
+
+
+# -- real learning ---------------------------------------------------------------------------
+
+
+def test_lenet5_learns_digits(tmp_path: Path):
+    result, records, _ = train(tmp_path, template("lenet5"), dataset="digits-28", epochs=4, lr=3e-3)
+    assert result.status == "completed", result.message
+    assert result.val_accuracy is not None and result.val_accuracy >= 0.90
+    epochs = of_kind(records, "epoch")
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4]
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+
+
+def test_lstm_learns_digit_rows(tmp_path: Path):
+    result, _, _ = train(
+        tmp_path, template("lstm_classifier"), dataset="digits-rows", epochs=12, lr=5e-3
+    )
+    assert result.status == "completed", result.message
+    assert result.val_accuracy is not None and result.val_accuracy >= 0.80
+
+
+def test_transformer_solves_the_marker_task_far_above_chance(tmp_path: Path):
+    result, records, _ = train(
+        tmp_path, template("transformer_encoder"), dataset="tokens", epochs=4, lr=3e-3
+    )
+    chance = 1 / 15  # labels are the 15 tokens other than the marker
+    assert result.status == "completed", result.message
+    assert result.val_accuracy is not None and result.val_accuracy > 5 * chance
+    assert of_kind(records, "attention"), "an encoder run reports attention maps"
+
+
+def test_sine_regression_learns_with_mse_and_reports_no_accuracy(tmp_path: Path):
+    graph = chain_graph(
+        [32, 1],
+        ("GRU", {"hidden_size": 16}),
+        ("SequencePool", {"mode": "last"}),
+        ("Linear", {"out_features": 1}),
+    )
+    result, records, _ = train(tmp_path, graph, dataset="sine", epochs=3, lr=1e-2)
+    assert result.status == "completed", result.message
+    variance = float(load_dataset("sine").y.var())
+    assert result.val_accuracy is None and result.val_loss < 0.1 * variance
+    assert all(e["train_accuracy"] is None for e in of_kind(records, "epoch"))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "adamw", "rmsprop"])
+def test_every_optimizer_lowers_the_loss(tmp_path: Path, optimizer: str):
+    graph = chain_graph([1, 8, 8], ("Flatten", {}), ("Linear", {"out_features": 10}))
+    lr = 0.5 if optimizer == "sgd" else 0.05 if optimizer == "momentum" else 0.01
+    result, _, _ = train(tmp_path, graph, epochs=3, lr=lr, optimizer=optimizer)
+    assert result.status == "completed"
+    assert result.val_loss < 0.5 * math.log(10)  # half the loss of a uniform guess
+
+
+# -- what is reported ------------------------------------------------------------------------
+
+
+def test_step_records_carry_loss_lr_and_throughput(tmp_path: Path):
+    graph = chain_graph([1, 8, 8], ("Flatten", {}), ("Linear", {"out_features": 10}))
+    _, records, _ = train(tmp_path, graph, epochs=2, batch_size=100, lr=0.01)
+    steps = of_kind(records, "step")
+    assert [s["step"] for s in steps] == list(range(1, 31))  # 1438 samples / 100, twice
+    assert all(s["lr"] == 0.01 and math.isfinite(s["loss"]) for s in steps)
+    assert all(s["epoch"] == (1 if s["step"] <= 15 else 2) for s in steps)
+    assert any(s["samples_per_s"] and s["samples_per_s"] > 0 for s in steps)
+
+
+def test_grad_norms_equal_a_direct_computation(tmp_path: Path):
+    graph = template("lenet5")
+    config = dict(dataset="digits-28", epochs=1, batch_size=32, optimizer="sgd", report_every=1)
+    _, records, _ = train(tmp_path, graph, **config)
+    logged = of_kind(records, "grad_norms")[0]
+    assert logged["step"] == 1
+
+    model, analysis = built(graph)
+    split = split_dataset(load_dataset("digits-28"), 0.2, 0, torch.device("cpu"), "float32")
+    batch = epoch_order(0, 0, len(split.x_train))[:32]
+    F.cross_entropy(model(split.x_train[batch]), split.y_train[batch]).backward()
+    for node_id, attribute in module_attributes(analysis).items():
+        grads = [p.grad.flatten() for p in getattr(model, attribute).parameters()]
+        if grads:
+            expected = float(torch.cat(grads).norm())
+            assert logged["norms"][node_id] == pytest.approx(expected, rel=1e-4), node_id
+    assert set(logged["norms"]) == {"c1", "c3", "f5", "f6", "logits"}
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        ("MultiheadAttention", {"num_heads": 2}),
+        ("MultiheadAttention", {"num_heads": 4, "causal": True}),
+        ("TransformerEncoderLayer", {"nhead": 2, "dim_feedforward": 16}),
+    ],
+)
+def test_attention_maps_are_pytorchs_weights_per_head(layer: tuple[str, dict]):
+    graph = chain_graph([6, 8], layer, ("SequencePool", {"mode": "mean"}))
+    model, analysis = built(graph)
+    layers = attention_layers(model, module_attributes(analysis), node_types(analysis))
+    x = torch.randn(1, 6, 8)
+    weights = capture_attention(model, layers, x)["n1"]
+    heads = layer[1].get("num_heads", layer[1].get("nhead"))
+    assert weights.shape == (heads, 6, 6)
+    assert torch.allclose(weights.sum(-1), torch.ones(heads, 6), atol=1e-5)
+    assert model.training, "capturing leaves the model in training mode"
+    mask = torch.ones(6, 6, dtype=torch.bool).triu(1) if layer[1].get("causal") else None
+    _, direct = layers["n1"].eval()(x, x, x, attn_mask=mask, average_attn_weights=False)
+    assert torch.allclose(weights, direct[0], atol=1e-6)
+    if mask is not None:
+        assert float(weights[:, mask].abs().max()) == 0.0
+
+
+def test_dead_fraction_counts_units_never_positive_in_the_batch():
+    graph = chain_graph(
+        [4], ("Linear", {"out_features": 6}), ("ReLU", {}), ("Linear", {"out_features": 2})
+    )
+    model, analysis = built(graph)
+    with torch.no_grad():
+        model.n1.weight.zero_()
+        model.n1.bias.copy_(torch.tensor([-1.0, -1, -1, 1, 1, 1]))
+    probe = activation_probe(model, module_attributes(analysis), node_types(analysis))
+    with probe.watching() as reading:
+        model(torch.randn(16, 4))
+    assert reading.dead_fractions() == {"n2": pytest.approx(0.5)}
+
+
+def test_first_nonfinite_node_is_found_in_execution_order():
+    graph = chain_graph(
+        [4], ("Linear", {"out_features": 6}), ("ReLU", {}), ("Linear", {"out_features": 2})
+    )
+    model, analysis = built(graph)
+    with torch.no_grad():
+        model.n3.weight[0, 0] = math.inf
+        model.n3.bias[1] = math.nan
+    probe = activation_probe(model, module_attributes(analysis), node_types(analysis))
+    with probe.watching(find_nonfinite=True) as reading:
+        model(torch.ones(3, 4))
+    assert reading.first_nonfinite() == "n3"
+
+
+def test_health_is_reported_every_n_steps(tmp_path: Path):
+    _, records, _ = train(
+        tmp_path, template("lenet5"), dataset="digits-28", epochs=1, report_every=5
+    )
+    health = of_kind(records, "health")
+    assert [h["step"] for h in health] == [5, 10, 15, 20]
+    assert set(health[0]["dead_fraction"]) == {"relu1", "relu3", "relu5", "relu6"}
+    assert all(0 <= v <= 1 for h in health for v in h["dead_fraction"].values())
+    assert [g["step"] for g in of_kind(records, "grad_norms")] == [5, 10, 15, 20]
+
+
+# -- schedules -------------------------------------------------------------------------------
+
+
+def torch_schedule(config: TrainConfig, total: int) -> list[float]:
+    """The same schedule built from PyTorch's own schedulers, as the judge."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.lr)
+    after = total - config.warmup_steps
+    main = {
+        "constant": lambda: torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0),
+        "cosine": lambda: torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=after),
+        "step": lambda: torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, milestones=[after // 2, after * 3 // 4], gamma=0.1
+        ),
+    }[config.schedule]()
+    if config.warmup_steps:
+        warm = torch.optim.lr_scheduler.LinearLR(
+            optimizer, 1 / config.warmup_steps, 1.0, total_iters=config.warmup_steps - 1
+        )
+        main = torch.optim.lr_scheduler.SequentialLR(
+            optimizer, [warm, main], milestones=[config.warmup_steps]
+        )
+    rates = []
+    for _ in range(total):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        main.step()
+    return rates
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("schedule", ["constant", "step", "cosine"])
+@pytest.mark.parametrize("warmup", [0, 8])
+def test_schedules_match_pytorchs_schedulers(schedule: str, warmup: int):
+    config = TrainConfig(lr=0.1, schedule=schedule, warmup_steps=warmup)
+    total = 88
+    ours = [learning_rate(config, step, total) for step in range(total)]
+    assert ours == pytest.approx(torch_schedule(config, total), rel=1e-6, abs=1e-12)
+
+
+# -- faults ----------------------------------------------------------------------------------
+
+
+def test_exploding_lr_ends_as_diverged_naming_the_step_and_the_node(tmp_path: Path):
+    result, records, folder = train(
+        tmp_path, template("lenet5"), dataset="digits-28", epochs=3, optimizer="sgd", lr=1e6
+    )
+    assert result.status == "diverged"
+    first_bad = next(s["step"] for s in of_kind(records, "step") if s["loss"] is None)
+    assert result.message.startswith(f"diverged at step {first_bad}; lower the learning rate")
+    diagnosis = [h for h in of_kind(records, "health") if h["nonfinite_node"]]
+    assert diagnosis and diagnosis[-1]["step"] == first_bad
+    assert diagnosis[-1]["nonfinite_node"] in {"c1", "relu1", "s2", "c3", "f5", "f6", "logits"}
+    status = store.read_status(folder)
+    assert status["status"] == "diverged" and status["message"] == result.message
+
+
+def test_out_of_memory_suggests_half_the_batch(tmp_path: Path, monkeypatch):
+    def no_memory(self, output, y):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Trainer, "_loss", no_memory)
+    result, records, _ = train(tmp_path, template("lstm_classifier"), dataset="digits-rows")
+    assert (result.status, result.message) == ("failed", "out of memory at batch size 64; try 32")
+    assert of_kind(records, "event")[-1]["message"] == result.message
+
+
+def test_incompatible_dataset_fails_with_the_fix(tmp_path: Path):
+    result, _, folder = train(tmp_path, template("lenet5"), dataset="digits")
+    assert result.status == "failed" and "set the Input's shape to [1, 8, 8]" in result.message
+    assert store.read_status(folder)["status"] == "failed"
+
+
+def test_unavailable_device_is_named(tmp_path: Path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result, _, _ = train(
+        tmp_path, template("lstm_classifier"), dataset="digits-rows", device="cuda"
+    )
+    assert result.status == "failed" and "device 'cuda' is not available" in result.message
+
+
+def test_amp_without_cuda_trains_in_float32_and_says_so(tmp_path: Path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result, records, _ = train(
+        tmp_path, template("lstm_classifier"), dataset="digits-rows", epochs=1, amp=True
+    )
+    assert result.status == "completed"
+    assert any("CUDA only" in e["message"] for e in of_kind(records, "event"))
+
+
+def test_early_stopping_ends_a_run_that_stops_improving(tmp_path: Path):
+    result, records, _ = train(
+        tmp_path,
+        template("lstm_classifier"),
+        dataset="digits-rows",
+        epochs=20,
+        optimizer="sgd",
+        lr=1e-30,  # updates vanish below float precision: the validation loss cannot improve
+        early_stopping_patience=2,
+    )
+    assert result.status == "completed" and result.message.startswith("stopped early after epoch 3")
+    assert len(of_kind(records, "epoch")) == 3
+
+
+def test_no_validation_split_reports_null_validation(tmp_path: Path):
+    result, records, _ = train(
+        tmp_path, template("lstm_classifier"), dataset="digits-rows", epochs=1, val_fraction=0
+    )
+    assert result.status == "completed" and result.val_loss is None
+    assert of_kind(records, "epoch")[0]["val_accuracy"] is None
+
+
+def test_uploaded_csv_is_copied_into_the_run_and_trains(tmp_path: Path):
+    rows = ["f1,f2,label"] + [f"{i % 7},{(i * 3) % 5},{int(i % 7 > 3)}" for i in range(200)]
+    upload = tmp_path / "points.csv"
+    upload.write_text("\n".join(rows) + "\n")
+    graph = chain_graph(
+        [2], ("Linear", {"out_features": 16}), ("ReLU", {}), ("Linear", {"out_features": 2})
+    )
+    folder = create_run(tmp_path / "runs", graph, TrainConfig(epochs=20, lr=0.05), upload)
+    result = train_run(folder)
+    assert (folder / "data.csv").read_bytes() == upload.read_bytes()
+    assert json.loads((folder / store.CONFIG_FILE).read_text())["dataset"] == "points.csv"
+    assert result.status == "completed" and result.val_accuracy > 0.9
+
+
+# -- warm start ------------------------------------------------------------------------------
+
+
+def lstm_graph(hidden_head: int | None) -> Graph:
+    """The LSTM classifier, optionally with an extra Linear between the pool and the head."""
+    data = json.loads((TEMPLATES / "lstm_classifier.json").read_text())
+    if hidden_head:
+        data["nodes"].insert(
+            3, {"id": "mid", "type": "Linear", "params": {"out_features": hidden_head}}
+        )
+        data["edges"] = [e for e in data["edges"] if e["source"] != "last"] + [
+            {"source": "last", "target": "mid"},
+            {"source": "mid", "target": "head"},
+        ]
+    return parse_graph(data)
+
+
+def test_warm_start_copies_matching_nodes_and_starts_the_rest_fresh():
+    old_model, old_analysis = built(lstm_graph(None), seed=1)
+    new_graph = lstm_graph(32)
+    model, analysis = built(new_graph, seed=2)
+    fresh_mid = model.mid.weight.clone()
+    copied, fresh = warm_start(
+        model, module_attributes(analysis), new_graph, lstm_graph(None), old_model.state_dict()
+    )
+    assert (copied, fresh) == (["lstm"], ["mid", "head"])
+    for name, value in old_model.lstm.state_dict().items():
+        assert torch.equal(model.lstm.state_dict()[name], value)
+    assert torch.equal(model.mid.weight, fresh_mid)
+    assert model.head.weight.shape == (10, 32)
+
+
+def test_a_warm_started_run_records_which_nodes_were_copied(tmp_path: Path):
+    runs = tmp_path / "runs"
+    source = create_run(runs, lstm_graph(None), TrainConfig(dataset="digits-rows", epochs=1))
+    train_run(source)
+    folder = create_run(
+        runs,
+        lstm_graph(32),
+        TrainConfig(dataset="digits-rows", epochs=1),
+        warm_start_from=source.name,
+    )
+    result = train_run(folder)
+    report = json.loads((folder / store.WARM_START_REPORT).read_text())
+    assert result.status == "completed"
+    assert report == {"from": source.name, "copied": ["lstm"], "fresh": ["mid", "head"]}
+    records, _ = store.read_records(folder / store.METRICS_FILE)
+    assert any(e["message"].startswith("warm start from run") for e in of_kind(records, "event"))
