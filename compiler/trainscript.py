@@ -231,17 +231,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 __BUILTIN_DATA__
 
 
+def read_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Arrays X and y of an NPZ file, read with allow_pickle=False: no file can run code."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            return torch.from_numpy(arrays["X"]), torch.from_numpy(arrays["y"])
+    except KeyError:
+        raise SystemExit(f"{path} needs two arrays, named X and y")
+    except (OSError, ValueError, TypeError) as exc:
+        raise SystemExit(f"cannot read {path} as an NPZ file of numbers: {exc}")
+
+
 def load_data(path: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
     """All samples as (X, y): the NPZ file at `path`, or the built-in data."""
-    if path is None:
-        x, y = builtin_data()
-    else:
-        import numpy as np
-
-        with np.load(path, allow_pickle=False) as arrays:  # never unpickles: safe
-            if "X" not in arrays or "y" not in arrays:
-                raise SystemExit(f"{path} needs arrays X and y; it has {arrays.files}")
-            x, y = torch.from_numpy(arrays["X"]), torch.from_numpy(arrays["y"])
+    x, y = builtin_data() if path is None else read_npz(path)
     if tuple(x.shape[1:]) != INPUT_SHAPE:
         raise SystemExit(f"X is {list(x.shape)}; the model takes [N, *{INPUT_SHAPE}]")
     if len(y) != len(x):

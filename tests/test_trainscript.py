@@ -1,0 +1,330 @@
+"""The exported train.py: readable, standalone, carries the app's settings, trains, checkpoints,
+resumes exactly, rejects bad data by name, and runs under torchrun (2 CPU processes, gloo) with
+the same result on every rank and about the same accuracy as one process."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import types
+from collections.abc import Iterator
+from pathlib import Path
+
+import black
+import numpy as np
+import pytest
+import torch
+
+from builder.graph import Graph, load_graph, parse_graph
+from compiler import analyse
+from compiler.bundle import bundle_files
+from compiler.trainscript import TrainDefaults, train_source
+
+TEMPLATES = sorted(Path("builder/templates").glob("*.json"))
+SMALL_CNN = [
+    ("Conv2d", {"out_channels": 8, "kernel_size": 3, "padding": 1}),
+    ("BatchNorm2d", {}),
+    ("ReLU", {}),
+    ("MaxPool2d", {"kernel_size": 2}),
+    ("Flatten", {}),
+    ("Linear", {"out_features": 10}),
+]
+FAST = ["--device", "cpu", "--epochs", "3", "--lr", "0.01"]
+
+
+def chain(shape: list[int], layers: list[tuple[str, dict]], dtype: str = "float32") -> Graph:
+    nodes = [{"id": "in", "type": "Input", "params": {"shape": shape, "dtype": dtype}}]
+    nodes += [{"id": f"n{i}", "type": t, "params": p} for i, (t, p) in enumerate(layers)]
+    nodes.append({"id": "out", "type": "Output"})
+    edges = [{"source": a["id"], "target": b["id"]} for a, b in zip(nodes, nodes[1:])]
+    return parse_graph(
+        {"format": "netbuilder.graph/1", "name": "t", "nodes": nodes, "edges": edges}
+    )
+
+
+def write_bundle(folder: Path, graph: Graph, defaults: dict | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in bundle_files(graph, analyse(graph), defaults).items():
+        (folder / name).write_text(text)
+    return folder
+
+
+def load_train(folder: Path) -> types.ModuleType:
+    """Import a bundle's train.py with its own model.py, as `python train.py` would see them."""
+    modules = {}
+    for name in ("model", "train"):
+        spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+        modules[name] = importlib.util.module_from_spec(spec)
+        sys.modules[name] = modules[name]
+        spec.loader.exec_module(modules[name])
+    return modules["train"]
+
+
+@pytest.fixture
+def bundle(tmp_path: Path) -> Iterator[tuple[Path, types.ModuleType]]:
+    """A small CNN's bundle on the [1, 8, 8] digits, with train.py imported."""
+    folder = write_bundle(tmp_path / "bundle", chain([1, 8, 8], SMALL_CNN))
+    try:
+        yield folder, load_train(folder)
+    finally:
+        sys.modules.pop("model", None)
+        sys.modules.pop("train", None)
+
+
+def last_record(folder: Path) -> dict:
+    return json.loads((folder / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# The text
+
+
+@pytest.mark.parametrize("template", TEMPLATES, ids=lambda p: p.stem)
+def test_train_py_is_black_formatted_and_standalone(template: Path) -> None:
+    source = train_source(analyse(load_graph(template.read_text())))
+    assert black.format_str(source, mode=black.Mode(line_length=88)) == source
+    tree = ast.parse(source)
+    top = {
+        (node.module if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
+        for node in tree.body
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    }
+    assert top <= {
+        "__future__",
+        "argparse",
+        "json",
+        "math",
+        "os",
+        "time",
+        "pathlib",
+        "torch",
+        "model",
+    }
+    inner = {
+        alias.name if isinstance(node, ast.Import) else node.module
+        for function in tree.body
+        if isinstance(function, ast.FunctionDef)
+        for node in ast.walk(function)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    }
+    assert inner <= {"numpy", "sklearn.datasets"}
+
+
+def test_train_py_carries_the_apps_settings_as_defaults(tmp_path: Path) -> None:
+    chosen = {"epochs": 7, "batch_size": 32, "lr": 0.05, "optimizer": "momentum"}
+    chosen |= {"schedule": "cosine", "warmup_steps": 10, "grad_clip": 1.0, "amp": True}
+    chosen |= {"weight_decay": 1e-4, "seed": 3, "early_stopping_patience": 2, "val_fraction": 0.1}
+    chosen |= {"dataset": "digits", "report_every": 5}  # TrainConfig fields train.py ignores
+    folder = write_bundle(tmp_path, chain([1, 8, 8], SMALL_CNN), chosen)
+    try:
+        args = load_train(folder).parse_args([])
+    finally:
+        sys.modules.pop("model", None)
+        sys.modules.pop("train", None)
+    assert (args.epochs, args.batch_size, args.lr, args.optimizer) == (7, 32, 0.05, "momentum")
+    assert (args.schedule, args.warmup_steps, args.grad_clip, args.amp) == ("cosine", 10, 1.0, True)
+    assert (args.weight_decay, args.seed, args.patience, args.val_fraction) == (1e-4, 3, 2, 0.1)
+
+
+@pytest.mark.parametrize(
+    "bad", [{"lr": -1}, {"lr": float("nan")}, {"optimizer": "os.system('x')"}, {"epochs": "5; x"}]
+)
+def test_settings_out_of_range_are_refused_before_they_reach_code(bad: dict) -> None:
+    with pytest.raises(ValueError):
+        TrainDefaults.model_validate(bad)
+
+
+def test_a_hostile_graph_name_cannot_break_out_of_the_docstring() -> None:
+    graph = chain([64], [("Linear", {"out_features": 10})])
+    graph = graph.model_copy(
+        update={"name": "x'''\"\"\"\nimport os; os.system('touch /tmp/pwned')\n"}
+    )
+    tree = ast.parse(train_source(analyse(graph)))
+    docstring = ast.get_docstring(tree)
+    assert docstring is not None and "import os" not in [
+        line.strip() for line in docstring.splitlines()
+    ]
+    assert not any(
+        isinstance(node, ast.Attribute) and node.attr == "system" for node in ast.walk(tree)
+    )
+
+
+@pytest.mark.parametrize(
+    "shape, dtype, output, expected",
+    [
+        ([1, 8, 8], "float32", 10, (1, 8, 8)),
+        ([8, 8], "float32", 10, (8, 8)),
+        ([64], "float32", 10, (64,)),
+        ([1, 28, 28], "float32", 10, (1, 28, 28)),
+        ([16], "int64", 16, (16,)),
+        ([32, 1], "float32", 1, (32, 1)),
+    ],
+)
+def test_built_in_data_fits_the_models_input(tmp_path, shape, dtype, output, expected) -> None:
+    layers = [("Embedding", {"num_embeddings": 16, "embedding_dim": 4})] if dtype == "int64" else []
+    layers += [("Flatten", {}), ("Linear", {"out_features": output})]
+    folder = write_bundle(tmp_path, chain(shape, layers, dtype))
+    try:
+        train = load_train(folder)
+        x, y = train.load_data(None)
+    finally:
+        sys.modules.pop("model", None)
+        sys.modules.pop("train", None)
+    assert tuple(x.shape[1:]) == expected and x.dtype == getattr(torch, dtype)
+    if output == 1:
+        assert y.shape == (len(x), 1) and y.is_floating_point()
+    else:
+        assert y.dtype == torch.int64 and int(y.max()) == output - 1 and int(y.min()) == 0
+
+
+def test_without_fitting_built_in_data_the_data_flag_is_required(tmp_path: Path) -> None:
+    folder = write_bundle(
+        tmp_path, chain([3, 5], [("Flatten", {}), ("Linear", {"out_features": 2})])
+    )
+    result = subprocess.run(
+        [sys.executable, "train.py"], cwd=folder, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert "the following arguments are required: --data" in result.stderr
+
+
+def test_lr_schedules_warm_up_then_decay(bundle) -> None:
+    _, train = bundle
+    factor = train.lr_factor
+    assert [factor(s, 100, "constant", 4) for s in (0, 1, 3, 50)] == [0.25, 0.5, 1.0, 1.0]
+    assert factor(4, 104, "cosine", 4) == 1.0 and factor(103, 104, "cosine", 4) < 1e-3
+    assert [round(factor(s, 100, "step", 0), 6) for s in (49, 50, 75)] == [1.0, 0.1, 0.01]
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+def test_trains_on_digits_and_saves_weights_that_load_safely_into_model_py(
+    bundle, tmp_path
+) -> None:
+    folder, train = bundle
+    model = train.main([*FAST, "--out", str(tmp_path / "ck")])
+    record = last_record(tmp_path / "ck")
+    assert record["epoch"] == 3 and record["val_accuracy"] > 0.8
+    weights = torch.load(tmp_path / "ck" / "model.pt", weights_only=True)
+    fresh = sys.modules["model"].build_model()
+    fresh.load_state_dict(weights)  # strict: every key of model.py, nothing else
+    for key, value in model.state_dict().items():
+        assert torch.equal(weights[key], value)
+
+
+def test_resume_continues_exactly_where_the_run_stopped(bundle, tmp_path) -> None:
+    _, train = bundle
+    straight = train.main([*FAST, "--out", str(tmp_path / "a")]).state_dict()
+    train.main([*FAST, "--epochs", "2", "--out", str(tmp_path / "b")])
+    resumed = train.main([*FAST, "--resume", "--out", str(tmp_path / "b")]).state_dict()
+    assert all(torch.equal(straight[key], resumed[key]) for key in straight)
+    assert last_record(tmp_path / "a")["val_loss"] == last_record(tmp_path / "b")["val_loss"]
+    assert len((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_resume_without_a_checkpoint_says_so(bundle, tmp_path) -> None:
+    _, train = bundle
+    with pytest.raises(SystemExit, match="nothing to resume"):
+        train.main([*FAST, "--resume", "--out", str(tmp_path / "empty")])
+
+
+def test_trains_on_an_npz_file_and_bf16_autocast_on_cpu(bundle, tmp_path) -> None:
+    _, train = bundle
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(200, 1, 8, 8, generator=generator)
+    y = (x.mean(dim=(1, 2, 3)) > 0.5).long() + 2 * (x[:, 0, 0, 0] > 0.5).long()
+    np.savez(tmp_path / "mine.npz", X=x.numpy(), y=y.numpy())
+    train.main(
+        [
+            *FAST,
+            "--epochs",
+            "1",
+            "--amp",
+            "--data",
+            str(tmp_path / "mine.npz"),
+            "--out",
+            str(tmp_path / "ck"),
+        ]
+    )
+    record = last_record(tmp_path / "ck")
+    assert record["epoch"] == 1 and np.isfinite(record["train_loss"])
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"X": np.zeros((4, 3, 8, 8), np.float32), "y": np.zeros(4, np.int64)}, "the model takes"),
+        (
+            {"X": np.zeros((4, 1, 8, 8), np.float32), "y": np.full(4, 12)},
+            "labels run from 12 to 12",
+        ),
+        ({"X": np.zeros((4, 1, 8, 8), np.float32), "y": np.zeros(3, np.int64)}, "y has 3"),
+        ({"inputs": np.zeros((4, 1, 8, 8), np.float32)}, "named X and y"),
+        ({"X": np.array([{"evil": 1}] * 4, dtype=object), "y": np.zeros(4)}, "cannot read"),
+    ],
+)
+def test_bad_data_files_stop_with_a_named_message(bundle, tmp_path, arrays, message) -> None:
+    _, train = bundle
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(SystemExit, match=message):
+        train.main([*FAST, "--data", str(tmp_path / "bad.npz"), "--out", str(tmp_path / "ck")])
+
+
+def test_a_diverging_run_stops_with_advice_and_keeps_no_bad_checkpoint(bundle, tmp_path) -> None:
+    _, train = bundle
+    with pytest.raises(SystemExit, match="the loss became (nan|inf).*lower --lr"):
+        train.main([*FAST, "--optimizer", "sgd", "--lr", "1e30", "--out", str(tmp_path / "ck")])
+    assert not (tmp_path / "ck" / "model.pt").exists()
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the message on a machine without CUDA"
+)
+def test_asking_for_cuda_without_a_gpu_says_what_to_do(bundle, tmp_path) -> None:
+    _, train = bundle
+    with pytest.raises(SystemExit, match="no CUDA GPU is visible; use --device cpu"):
+        train.main(["--device", "cuda", "--out", str(tmp_path / "ck")])
+
+
+# ---------------------------------------------------------------------------------------------
+# torchrun
+
+
+LAUNCHER = """import os, sys, torch
+import train
+model = train.main(sys.argv[1:])
+torch.save(model.state_dict(), f"rank{os.environ['RANK']}.pt")
+"""
+
+
+def test_torchrun_two_cpu_processes_agree_and_match_one_process(bundle, tmp_path) -> None:
+    folder, train = bundle
+    (folder / "launch.py").write_text(LAUNCHER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(folder)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    result = subprocess.run(
+        [*command, "launch.py", *FAST, "--out", "ddp"],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0].keys() == ranks[1].keys()
+    assert all(torch.equal(ranks[0][key], ranks[1][key]) for key in ranks[0])
+    assert result.stdout.count("epoch 3") == 1  # only rank 0 logs
+
+    train.main([*FAST, "--out", str(tmp_path / "single")])
+    distributed, single = last_record(folder / "ddp"), last_record(tmp_path / "single")
+    assert distributed["val_accuracy"] > 0.8
+    assert abs(distributed["val_accuracy"] - single["val_accuracy"]) < 0.05
