@@ -1,0 +1,138 @@
+"""The export bundle: model.py, train.py, graph.json and README.md, from the API and the CLI, and
+weights trained by the app's runtime loading into the exported model.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import ValidationError
+from sklearn.datasets import load_digits
+
+from builder.graph import load_graph
+from compiler import analyse, generate_source
+from compiler.bundle import bundle_files
+
+TEMPLATES = sorted(Path("builder/templates").glob("*.json"))
+LENET = Path("builder/templates/lenet5.json")
+RESNET = Path("builder/templates/resnet.json")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "compiler", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def import_model_py(path: Path):
+    spec = importlib.util.spec_from_file_location("exported_model", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("template", TEMPLATES, ids=lambda p: p.stem)
+def test_bundle_holds_the_four_files_and_model_py_is_the_trained_source(template: Path) -> None:
+    graph = load_graph(template.read_text())
+    analysis = analyse(graph)
+    files = bundle_files(graph, analysis)
+    assert set(files) == {"model.py", "train.py", "graph.json", "README.md"}
+    assert files["model.py"] == generate_source(analysis)
+    assert load_graph(files["graph.json"]) == graph
+    compile(files["train.py"], "train.py", "exec")
+
+
+def test_readme_says_how_to_run_on_one_device_and_many() -> None:
+    graph = load_graph(LENET.read_text())
+    readme = bundle_files(graph, analyse(graph), {"epochs": 12, "optimizer": "adamw"})["README.md"]
+    assert "61,706 parameters" in readme and "[B, 1, 28, 28]" in readme
+    assert "torchrun --nproc_per_node=4 train.py" in readme
+    assert "12 epochs, adamw" in readme
+    assert 'torch.load("model.pt", weights_only=True)' in readme
+
+
+def test_a_graph_with_errors_is_not_exported() -> None:
+    data = json.loads(LENET.read_text())
+    data["nodes"][0]["params"]["shape"] = [1, 3, 3]
+    graph = load_graph(json.dumps(data))
+    with pytest.raises(ValueError, match="errors"):
+        bundle_files(graph, analyse(graph))
+
+
+def test_settings_out_of_range_are_refused() -> None:
+    graph = load_graph(LENET.read_text())
+    with pytest.raises(ValidationError):
+        bundle_files(graph, analyse(graph), {"batch_size": 0})
+
+
+def test_a_hostile_name_reaches_the_readme_only_sanitised() -> None:
+    data = json.loads(LENET.read_text()) | {"name": "<script>alert(1)</script>\n# owned"}
+    graph = load_graph(json.dumps(data))
+    readme = bundle_files(graph, analyse(graph))["README.md"]
+    assert "<script>" not in readme and "\n# owned" not in readme
+
+
+def test_cli_export_without_train_writes_model_py_only(tmp_path: Path) -> None:
+    result = run_cli("export", str(LENET), "-o", str(tmp_path))
+    assert result.returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.py"]
+
+
+def test_cli_export_train_writes_the_bundle_with_a_runs_settings(tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"dataset": "digits", "lr": 0.02, "schedule": "step"}))
+    result = run_cli(
+        "export", str(LENET), "-o", str(tmp_path / "out"), "--train", "--config", str(config)
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "README.md",
+        "graph.json",
+        "model.py",
+        "train.py",
+    ]
+    train = (tmp_path / "out" / "train.py").read_text()
+    assert '"lr": 0.02,' in train and '"schedule": "step",' in train
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [("{not json", "not valid JSON"), ('{"lr": -1}', "lr"), ("[1]", "JSON object")],
+)
+def test_cli_export_with_a_bad_config_exits_2_with_one_line(tmp_path, content, message) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(content)
+    result = run_cli(
+        "export", str(LENET), "-o", str(tmp_path / "out"), "--train", "--config", str(config)
+    )
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_weights_trained_by_the_runtime_load_into_the_exported_model_py(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "runtime", "train", str(RESNET), "--epochs", "1", "--device", "cpu"]
+        + ["--runs", str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    (weights_file,) = (tmp_path / "runs").rglob("weights.pt")
+    weights = torch.load(weights_file, weights_only=True)
+    run_cli("export", str(RESNET), "-o", str(tmp_path / "bundle"), "--train")
+    model = import_model_py(tmp_path / "bundle" / "model.py").build_model()
+    model.load_state_dict(weights)  # strict: the same keys, the same shapes
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16
+    with torch.no_grad():
+        predicted = model.eval()(images).argmax(1)
+    accuracy = (predicted == torch.tensor(digits.target)).float().mean()
+    assert accuracy > 0.3  # chance is 0.1: these are the trained weights, working in model.py
