@@ -42,7 +42,8 @@ from runtime.metrics import (
 )
 
 FLUSH_SECONDS = 0.5
-CHECKPOINT_SECONDS = 60.0
+CHECKPOINT_MIN_SECONDS = 2.0
+CHECKPOINT_SHARE = 0.01  # checkpoints may take about this share of the training time
 CHECKPOINT_FORMAT = "netbuilder.checkpoint/1"
 STEP_DECAY_POINTS = (0.5, 0.75)  # the "step" schedule divides the lr by 10 at these fractions
 
@@ -319,6 +320,7 @@ class Trainer:
         self.pending_health: list[tuple[int, ActivationReading]] = []
         self.pending_attention: list[tuple[int, dict[str, torch.Tensor]]] = []
         self.last_flush = self.last_checkpoint = time.perf_counter()
+        self.checkpoint_seconds: float | None = None  # how long the last checkpoint took
         self.last_val: tuple[float | None, float | None] = (None, None)
 
     def _mixed_precision(self) -> tuple[Callable[[], AbstractContextManager], Any]:
@@ -421,7 +423,15 @@ class Trainer:
 
     # -- checkpoints -----------------------------------------------------------------------
 
+    def checkpoint_due(self) -> bool:
+        """The first one at once, then as often as costs about CHECKPOINT_SHARE of the time."""
+        if self.checkpoint_seconds is None:
+            return True
+        interval = max(CHECKPOINT_MIN_SECONDS, self.checkpoint_seconds / CHECKPOINT_SHARE)
+        return time.perf_counter() - self.last_checkpoint >= interval
+
     def save_checkpoint(self) -> None:
+        started = time.perf_counter()
         folder = self.run_dir / store.CHECKPOINT_DIR
         state = {
             "format": CHECKPOINT_FORMAT,
@@ -437,6 +447,7 @@ class Trainer:
         store.write_atomic(folder / store.STATE_FILE, lambda file: torch.save(state, file))
         store.write_atomic(folder / store.WEIGHTS_FILE, lambda file: torch.save(weights, file))
         self.last_checkpoint = time.perf_counter()
+        self.checkpoint_seconds = self.last_checkpoint - started
 
     def restore(self, path: Path) -> None:
         state = load_checkpoint(path, self.device)
@@ -466,12 +477,12 @@ class Trainer:
             status, message = "completed", self._train()
         except _Stopped:
             self.flush()
-            self.save_checkpoint()
             status = "stopped"
             message = (
                 f"stopped at step {self.progress.step} (epoch {self.progress.epoch + 1});"
                 " resume to continue"
             )
+        self.save_checkpoint()
         seconds = time.perf_counter() - started
         self.event(message)
         val_loss, val_accuracy = self.last_val
@@ -498,7 +509,7 @@ class Trainer:
                 now = time.perf_counter()
                 if now - self.last_flush >= FLUSH_SECONDS:
                     self.flush()
-                    if now - self.last_checkpoint >= CHECKPOINT_SECONDS:
+                    if self.checkpoint_due():
                         self.save_checkpoint()
                     if self.stop.is_set():
                         raise _Stopped
@@ -621,7 +632,8 @@ class Trainer:
                 progress.best_val_loss, progress.stale_epochs = val_loss, 0
             else:
                 progress.stale_epochs += 1
-        self.save_checkpoint()
+        if progress.epoch < self.config.epochs and self.checkpoint_due():
+            self.save_checkpoint()
         store.update_status(self.run_dir, step=progress.step, epoch=progress.epoch)
         if self.on_epoch:
             self.on_epoch(record)

@@ -117,7 +117,7 @@ def test_a_killed_trainer_is_interrupted_keeps_its_metrics_and_resumes_exactly(
     def epochs_logged() -> int:
         return sum(r["kind"] == "epoch" for r in read_metrics(tmp_path, run_id)[0])
 
-    wait_for(lambda: epochs_logged() >= 2)
+    wait_for(lambda: epochs_logged() >= 2 and (tmp_path / run_id / "checkpoints/state.pt").exists())
     os.kill(store.read_status(tmp_path / run_id)["pid"], signal.SIGKILL)
     wait_for(lambda: read_run(tmp_path, run_id).status == "interrupted", 10)
     info = read_run(tmp_path, run_id)
