@@ -41,6 +41,7 @@ def readme(analysis: Analysis, defaults: TrainDefaults) -> str:
     output_node = next(n for n in graph.nodes if n.type == "Output")
     shape_in = ", ".join(map(str, analysis.infos[input_node.id].shape or ()))
     shape_out = ", ".join(map(str, analysis.infos[output_node.id].shape or ()))
+    settings = f"{defaults.epochs} epochs, {defaults.optimizer}, lr {defaults.lr}"
     return f"""# {safe_text(graph.name)}
 
 Exported from NetBuilder: {analysis.total_params:,} parameters, input [B, {shape_in}]
@@ -55,10 +56,10 @@ Exported from NetBuilder: {analysis.total_params:,} parameters, input [B, {shape
 Needs Python 3.10+ and PyTorch 2.3+ (scikit-learn too for the built-in digits).
 
 ```sh
-python train.py                          # {defaults.epochs} epochs, {defaults.optimizer}, lr {defaults.lr}
-python train.py --data mine.npz          # arrays X [N, {shape_in}] and y [N]
-python train.py --resume                 # continue from checkpoints/last.pt
-torchrun --nproc_per_node=4 train.py     # 4 GPUs (or CPU processes), DistributedDataParallel
+python train.py                       # as set in NetBuilder: {settings}
+python train.py --data mine.npz       # arrays X [N, {shape_in}] and y [N]
+python train.py --resume              # continue from checkpoints/last.pt
+torchrun --nproc_per_node=4 train.py  # 4 GPUs (or CPU processes), DistributedDataParallel
 ```
 
 Load trained weights (from train.py's checkpoints/model.pt or NetBuilder's download):

@@ -30,11 +30,10 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
-from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from builder.catalog import CATALOG
 from builder.graph import FORMAT, Graph, GraphFormatError, parse_graph
-from compiler.analysis import analyse
+from compiler.analysis import Analysis, analyse
 from compiler.codegen import attribute_names, generate_source
 
 EXAMPLE_BATCH = 3
@@ -84,8 +83,10 @@ def load_build_model(path: Path) -> types.ModuleType:
     sys.path.insert(0, str(path.parent.resolve()))  # so the file can import its neighbours
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:
-        raise ModelImportError(f"running {path} failed: {type(exc).__name__}: {exc}") from None
+    except (Exception, SystemExit) as exc:
+        raise ModelImportError(
+            f"running {path} failed: {type(exc).__name__}: {_first_line(exc)}"
+        ) from None
     finally:
         sys.path.remove(str(path.parent.resolve()))
     if not callable(getattr(module, "build_model", None)):
@@ -113,14 +114,19 @@ def import_file(
         )
     try:
         model = module.build_model()
-    except Exception as exc:
-        raise ModelImportError(f"build_model() failed: {type(exc).__name__}: {exc}") from None
+    except (Exception, SystemExit) as exc:
+        raise ModelImportError(
+            f"build_model() failed: {type(exc).__name__}: {_first_line(exc)}"
+        ) from None
     if not isinstance(model, nn.Module):
         raise ModelImportError(f"build_model() returned {type(model).__name__}, not an nn.Module")
-    helpers = tuple(
-        getattr(module, n) for n in ("causal_mask",) if callable(getattr(module, n, None))
-    )
-    return import_model(model, tuple(shape), dtype, name or path.stem, helpers)
+    mask = getattr(module, "causal_mask", None)
+    helpers = (mask,) if callable(mask) else ()
+    return import_model(model, shape, dtype, name or path.stem, helpers)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,9 +164,8 @@ class CausalMask:
     """The result of the generated model.py's causal_mask(): MultiheadAttention(causal=True)."""
 
 
-Value = (
-    str | Size | Device | Several | CausalMask | Failed
-)  # a str is the graph node that makes a tensor
+# What an fx node computes: a str is the graph node whose output tensor it is.
+Value = str | Size | Device | Several | CausalMask | Failed
 
 
 class NotMappable(Exception):
@@ -204,15 +209,27 @@ def import_model(
 ) -> ImportResult:
     """Trace `model` (a copy, in eval mode) and map it onto the catalog; see the module docstring.
     `helpers` are functions to keep as single calls (the generated model.py's causal_mask)."""
+    if not (
+        isinstance(input_shape, (tuple, list))
+        and 1 <= len(input_shape) <= 6
+        and all(isinstance(size, int) and 0 < size <= 10_000_000 for size in input_shape)
+        and math.prod(input_shape) <= 50_000_000
+    ):
+        raise ModelImportError(
+            f"the input shape must be 1 to 6 positive sizes, got {input_shape!r}"
+        )
+    input_shape = tuple(input_shape)
     model = copy.deepcopy(model).eval()
     gm = _trace(model, helpers)
     example = _example_input(model, input_shape, dtype)
     try:
-        ShapeProp(gm).propagate(example)
+        with torch.no_grad():
+            ShapeRecorder(gm).run(example)
     except Exception as exc:
+        cause = exc.__cause__ or exc  # the interpreter wraps the model's own error
         raise ModelImportError(
             f"the model fails on an input of shape {[EXAMPLE_BATCH, *input_shape]} ({dtype}):"
-            f" {type(exc).__name__}: {exc}"
+            f" {type(cause).__name__}: {_first_line(cause)}"
         ) from None
     walk = Walk(gm, helpers)
     for node in gm.graph.nodes:
@@ -227,6 +244,18 @@ def import_model(
     )
 
 
+class ShapeRecorder(fx.Interpreter):
+    """Runs the traced model once and notes each tensor's shape (batch included) on its node;
+    for a tuple output (a recurrent layer's), the shape of item 0."""
+
+    def run_node(self, node: fx.Node) -> Any:
+        result = super().run_node(node)
+        first = result[0] if isinstance(result, (tuple, list)) and result else result
+        if isinstance(first, torch.Tensor):
+            node.meta["shape"] = tuple(first.shape)
+        return result
+
+
 def _trace(model: nn.Module, helpers: tuple[Callable[..., Any], ...]) -> fx.GraphModule:
     tracer = fx.Tracer(autowrap_functions=helpers)
     tracer.record_stack_traces = True
@@ -234,7 +263,7 @@ def _trace(model: nn.Module, helpers: tuple[Callable[..., Any], ...]) -> fx.Grap
         graph = tracer.trace(model)
     except Exception as exc:
         raise ModelImportError(
-            f"torch.fx cannot trace the model's forward: {type(exc).__name__}: {exc}"
+            f"torch.fx cannot trace the model's forward: {type(exc).__name__}: {_first_line(exc)}"
             " (forward must not branch on tensor values or shapes)"
         ) from None
     gm = fx.GraphModule(model, graph)
@@ -255,6 +284,8 @@ def _example_input(model: nn.Module, shape: tuple[int, ...], dtype: str) -> torc
 def _visit(walk: Walk, node: fx.Node, input_shape: tuple[int, ...], dtype: str) -> None:
     """Map one fx node: record its value and add its graph node, or report it. A reported
     node's value becomes Failed, so what follows is still checked (and reported) on its own."""
+    if node.op == "placeholder" and walk.nodes and not node.users:
+        return  # an optional argument of forward that the model never uses
     try:
         if node.op == "placeholder":
             result: Layer | Value = _input(walk, node, input_shape, dtype)
@@ -264,8 +295,9 @@ def _visit(walk: Walk, node: fx.Node, input_shape: tuple[int, ...], dtype: str) 
             raise NotMappable("a tensor attribute used directly, outside a layer")
         else:
             result = _map(walk, node)
-    except NotMappable as exc:
-        walk.problems.append(Unsupported(_op_name(walk, node), _where(node), str(exc)))
+    except (NotMappable, TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+        why = str(exc) if isinstance(exc, NotMappable) else f"arguments it cannot read ({exc})"
+        walk.problems.append(Unsupported(_op_name(walk, node), _where(node), why))
         walk.values[node] = Failed()
         return
     if isinstance(result, Layer):
@@ -558,10 +590,8 @@ def _map_module(walk: Walk, node: fx.Node) -> Layer:
 
 def _self_attention_input(node: fx.Node, params: dict[str, Any]) -> Any:
     """The one input of self-attention attn(x, x, x); a causal_mask() mask sets causal."""
-    query, key, value = (list(node.args) + [node.kwargs.get(k) for k in ("query", "key", "value")])[
-        :3
-    ]
-    if not (query is key is value):
+    given = [*node.args, *(node.kwargs[k] for k in ("query", "key", "value") if k in node.kwargs)]
+    if len(given) != 3 or not given[0] is given[1] is given[2]:
         raise NotMappable("query, key and value differ: only self-attention attn(x, x, x) maps")
     mask = node.kwargs.get("attn_mask")
     if node.kwargs.get("key_padding_mask") is not None:
@@ -574,7 +604,7 @@ def _self_attention_input(node: fx.Node, params: dict[str, Any]) -> Any:
         ):
             raise NotMappable("an attn_mask other than model.py's causal_mask()")
         params["causal"] = True
-    return query
+    return given[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -604,7 +634,7 @@ def _tensor(walk: Walk, arg: Any, use: str = "works on") -> str:
 
 def _rank(arg: fx.Node) -> int:
     """The number of dims, batch included, that PyTorch computed for a traced tensor."""
-    return len(arg.meta["tensor_meta"].shape)
+    return len(arg.meta["shape"])
 
 
 def _merge(layer_type: str) -> Callable[[Walk, fx.Node], Layer]:
@@ -643,7 +673,7 @@ def _reshape(walk: Walk, node: fx.Node) -> Layer:
     batch = walk.values.get(sizes[0]) if isinstance(sizes[0], fx.Node) else sizes[0]
     if batch not in (-1, Size(0)):
         raise NotMappable("the first size must be the batch, x.size(0) (or -1)")
-    actual = node.meta["tensor_meta"].shape[1:]
+    actual = node.meta["shape"][1:]
     shape = [-1 if size == -1 else int(real) for size, real in zip(sizes[1:], actual, strict=True)]
     return Layer("Reshape", {"shape": shape}, (_tensor(walk, node.args[0]),))
 
@@ -674,7 +704,8 @@ def _getitem(walk: Walk, node: fx.Node) -> Layer | Value:
     if isinstance(value, Several):
         if index != 0:
             raise NotMappable(
-                f"item {index} of {value.what} {value.node_id!r} is {value.item_one}; only item 0, the output, maps"
+                f"item {index} of {value.what} {value.node_id!r} is {value.item_one};"
+                " only item 0, the output, maps"
             )
         return value.node_id
     if isinstance(value, Size) and value.index is None and isinstance(index, int):
@@ -817,89 +848,87 @@ def _verify(
     graph: Graph | None, walk: Walk, model: nn.Module, example: torch.Tensor
 ) -> list[Unsupported]:
     """The graph compiles, its shapes and parameter counts are PyTorch's, and the compiled module
-    with the model's weights computes the model's outputs."""
+    with the model's weights computes the model's outputs; each step needs the one before."""
     if graph is None:
         return []
     analysis = analyse(graph)
-    problems = [
-        Unsupported(
-            f"{graph.node(e.node).type} {e.node!r}" if e.node else "the graph",
-            _where(walk.fx_nodes[e.node]) if e.node in walk.fx_nodes else "the graph",
-            e.message,
-        )
-        for e in analysis.errors
-    ]
-    if problems:
-        return problems
+    return (
+        _compile_problems(analysis, walk)
+        or _shape_and_count_problems(analysis, walk)
+        or _output_problems(analysis, walk, model, example)
+    )
+
+
+def _problem(analysis: Analysis, walk: Walk, node_id: str | None, why: str) -> Unsupported:
+    if node_id is None or node_id not in walk.fx_nodes:
+        return Unsupported("the graph", "the whole model", why)
+    what = f"{analysis.node_type(node_id)} {node_id!r}"
+    return Unsupported(what, _where(walk.fx_nodes[node_id]), why)
+
+
+def _compile_problems(analysis: Analysis, walk: Walk) -> list[Unsupported]:
+    return [_problem(analysis, walk, error.node, error.message) for error in analysis.errors]
+
+
+def _shape_and_count_problems(analysis: Analysis, walk: Walk) -> list[Unsupported]:
+    problems = []
     for node_id, fx_node in walk.fx_nodes.items():
-        meta = fx_node.meta.get("tensor_meta")
-        meta = meta if isinstance(meta, TensorMetadata) or meta is None else meta[0]
-        real = tuple(meta.shape[1:]) if meta is not None else None
-        if graph.node(node_id).type != "Output" and analysis.infos[node_id].shape != real:
-            problems.append(
-                Unsupported(
-                    f"{graph.node(node_id).type} {node_id!r}",
-                    _where(fx_node),
-                    f"NetBuilder infers {analysis.infos[node_id].shape} but PyTorch computes {real}",
-                )
-            )
+        real = fx_node.meta["shape"][1:] if "shape" in fx_node.meta else None
+        inferred = analysis.infos[node_id].shape
+        if analysis.node_type(node_id) != "Output" and inferred != real:
+            why = f"NetBuilder infers {inferred} but PyTorch computes {real}"
+            problems.append(_problem(analysis, walk, node_id, why))
         path = walk.module_paths.get(node_id)
-        if path is not None:
-            real_count = sum(p.numel() for p in walk.gm.get_submodule(path).parameters())
-            if real_count != analysis.infos[node_id].params:
-                problems.append(
-                    Unsupported(
-                        f"{graph.node(node_id).type} {node_id!r}",
-                        _where(fx_node),
-                        f"{real_count} parameters in PyTorch, {analysis.infos[node_id].params} in NetBuilder",
-                    )
-                )
-    if problems:
-        return problems
-    return _compare_outputs(analysis, walk, model, example)
+        if path is None:
+            continue
+        count = sum(p.numel() for p in walk.gm.get_submodule(path).parameters())
+        if count != analysis.infos[node_id].params:
+            why = f"{count} parameters in PyTorch, {analysis.infos[node_id].params} in NetBuilder"
+            problems.append(_problem(analysis, walk, node_id, why))
+    return problems
 
 
-def _compare_outputs(
-    analysis, walk: Walk, model: nn.Module, example: torch.Tensor
+def _output_problems(
+    analysis: Analysis, walk: Walk, model: nn.Module, example: torch.Tensor
 ) -> list[Unsupported]:
+    """Run the compiled graph with the model's weights; its outputs must be the model's."""
     namespace: dict[str, Any] = {"__name__": "netbuilder_imported"}
-    exec(compile(generate_source(analysis), "model.py", "exec"), namespace)
+    exec(compile(generate_source(analysis), "model.py", "exec"), namespace)  # sanitised source
     compiled = namespace["build_model"]().eval()
     state = convert_state_dict(model.state_dict(), walk.module_paths, attribute_names(analysis))
     try:
         compiled.load_state_dict(state)
-    except RuntimeError as exc:
-        return [Unsupported("the weights", "load_state_dict", str(exc).splitlines()[0])]
-    with torch.no_grad():
-        expected, got = model(example), compiled(example)
-    if not isinstance(expected, torch.Tensor) or expected.shape != got.shape:
-        return [
-            Unsupported("the output", "forward", "the compiled graph returns a different shape")
-        ]
-    error = float((expected - got).abs().max()) if expected.numel() else 0.0
+        with torch.no_grad():
+            expected, got = model(example), compiled(example)
+    except Exception as exc:
+        return [_problem(analysis, walk, None, f"the compiled graph fails: {_first_line(exc)}")]
+    if expected.shape != got.shape:
+        why = f"the compiled graph returns {list(got.shape)}, the model {list(expected.shape)}"
+        return [_problem(analysis, walk, None, why)]
+    error = float((expected.float() - got.float()).abs().max()) if expected.numel() else 0.0
     if not math.isfinite(error) or error > TOLERANCE * (1 + float(expected.abs().max())):
-        return [
-            Unsupported(
-                "the output",
-                "forward",
-                f"the compiled graph differs from the model by up to {error:.3g}",
-            )
-        ]
+        why = f"the compiled graph's outputs differ from the model's by up to {error:.3g}"
+        return [_problem(analysis, walk, None, why)]
     return []
 
 
 def _unused_modules(model: nn.Module, walk: Walk) -> list[str]:
-    """Modules that hold weights but that forward never calls: left out, and said so."""
-    called = [str(n.target) for n in walk.gm.graph.nodes if n.op == "call_module"]
-    warnings = []
-    for path, module in model.named_modules():
-        count = sum(p.numel() for p in module.parameters(recurse=False))
-        inside = any(path == c or path.startswith(c + ".") for c in called)
-        if count and not inside:
-            warnings.append(
-                f"self.{path} ({type(module).__name__}, {count:,} parameters) is never called in forward; it is left out"
-            )
-    return warnings
+    """Weights that forward never uses: left out of the graph, and said so (weights used
+    directly, outside a layer, are already reported as unsupported)."""
+    nodes = walk.gm.graph.nodes
+    called = [str(n.target) for n in nodes if n.op == "call_module"]
+    fetched = {str(n.target) for n in nodes if n.op == "get_attr"}
+    modules = dict(model.named_modules())
+    unused: dict[str, int] = {}
+    for name, parameter in model.named_parameters():
+        if name not in fetched and not any(name.startswith(c + ".") for c in called):
+            owner = name.rpartition(".")[0] or name  # the model's own parameters: by name
+            unused[owner] = unused.get(owner, 0) + parameter.numel()
+    return [
+        f"self.{path} ({type(modules[path]).__name__ if path in modules else 'Parameter'},"
+        f" {count:,} parameters) is never used in forward; it is left out"
+        for path, count in unused.items()
+    ]
 
 
 def convert_state_dict(
