@@ -264,7 +264,10 @@ def _apply_edges(graph: Graph, canvas_edges: list[Any]) -> Graph:
     wanted = Counter(
         (e.get("source"), e.get("target"))
         for e in canvas_edges
-        if isinstance(e, Mapping) and e.get("source") in known and e.get("target") in known
+        if isinstance(e, Mapping)
+        and e.get("source") in known
+        and e.get("target") in known
+        and e.get("source") != e.get("target")
     )
     have = Counter((e.source, e.target) for e in graph.edges)
     if wanted == have:
@@ -312,3 +315,29 @@ def _selection(
         return chosen
     flagged = [n.get("id") for n in canvas_nodes if n.get("selected") and n.get("id") in present]
     return flagged[0] if len(flagged) == 1 else None
+
+
+def looks_different(flow: StreamlitFlowState, value: Mapping[str, Any]) -> bool:
+    """True when the browser shows nodes or edges other than those of `flow`, the state sent.
+
+    The canvas's own Edit Node / Edit Edge dialogs change content, kinds and labels that the
+    graph does not hold, and an edge the graph refused (a node wired to itself) would stay drawn;
+    sending the state again puts the graph's view back.
+    """
+    nodes = {n.id: (n.data.get("content"), n.type) for n in flow.nodes}
+    edges = {e.id: (e.label, e.type) for e in flow.edges}
+    shown = Counter(
+        (e.get("source"), e.get("target")) for e in value.get("edges") or [] if isinstance(e, Mapping)
+    )
+    if shown != Counter((e.source, e.target) for e in flow.edges):
+        return True
+    for node in value.get("nodes") or []:
+        if isinstance(node, Mapping) and node.get("id") in nodes:
+            data = node.get("data") if isinstance(node.get("data"), Mapping) else {}
+            if (data.get("content"), node.get("type")) != nodes[node["id"]]:
+                return True
+    for edge in value.get("edges") or []:
+        if isinstance(edge, Mapping) and edge.get("id") in edges:
+            if (edge.get("label"), edge.get("type")) != edges[edge["id"]]:
+                return True
+    return False

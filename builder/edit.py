@@ -238,6 +238,8 @@ def connect(graph: Graph, source: str, target: str) -> Graph:
     for end in (source, target):
         if end not in ids:
             raise EditError(f"no node {end!r} to connect")
+    if source == target:
+        raise EditError(f"cannot connect {source!r} to itself")
     ports = [edge.port for edge in graph.edges if edge.target == target]
     edge = Edge(source=source, target=target, port=max(ports) + 1 if ports else 0)
     return graph.model_copy(update={"edges": [*graph.edges, edge]})

@@ -27,7 +27,7 @@ CANVAS_HEIGHT = 740
 _PUSHED = "nb_pushed"  # (graph version, selection) -> the canvas state last sent to the browser
 _SEEN = "nb_canvas_seen"  # timestamp of the last canvas value applied
 _PARAM_ERRORS = "nb_param_errors"  # (graph version, {(node, param): message})
-_OPEN_ERROR = "nb_open_error"  # (graph version, message)
+_ERROR = "nb_error"  # (graph version, message): shown until the graph changes
 
 TEMPLATES = {
     "resnet": ("Small ResNet", "8×8 digits · two residual blocks"),
@@ -42,8 +42,8 @@ TEMPLATES = {
 # Edits (Streamlit callbacks: they run before the page, so the page draws the result)
 
 
-def _flash_open_error(message: str) -> None:
-    st.session_state[_OPEN_ERROR] = (state.graph_version(), message)
+def _flash_error(message: str) -> None:
+    st.session_state[_ERROR] = (state.graph_version(), message)
 
 
 def _add_from_palette(key: str) -> None:
@@ -71,7 +71,7 @@ def _apply_fix(fix: dict[str, Any]) -> None:
     try:
         state.set_graph(edit.apply_fix(state.current_graph(), fix))
     except edit.EditError as exc:
-        st.session_state[_PARAM_ERRORS] = (state.graph_version(), {("", ""): str(exc)})
+        _flash_error(f"The fix no longer applies: {exc}")
         return
     st.toast(f"Applied: {fix.get('why', 'fix')}", icon=":material/auto_fix_high:")
 
@@ -90,7 +90,7 @@ def _open_file() -> None:
     if uploaded is None:
         return
     if uploaded.size > MAX_FILE_BYTES:
-        _flash_open_error(
+        _flash_error(
             f"{uploaded.name} is {uploaded.size:,} bytes; a graph file may be at most"
             f" {MAX_FILE_BYTES:,} bytes."
         )
@@ -98,7 +98,7 @@ def _open_file() -> None:
     try:
         graph = load_graph(uploaded.getvalue())
     except GraphFormatError as exc:
-        _flash_open_error(f"{uploaded.name} is not a NetBuilder graph: {exc}")
+        _flash_error(f"{uploaded.name} is not a NetBuilder graph: {exc}")
         return
     state.set_graph(with_layout(graph) if needs_layout(graph) else graph)
     state.select(None)
@@ -166,15 +166,17 @@ def sync_canvas() -> None:
         return
     st.session_state[_SEEN] = value.get("timestamp")
     change = canvas.apply_canvas(state.current_graph(), value)
+    pushed = st.session_state.get(_PUSHED)
     if change.selected is not None:
         state.select(change.selected)
     if change.kind == "edited":
         state.set_graph(change.graph)
     elif change.kind == "moved":
-        pushed = st.session_state.get(_PUSHED)
         state.set_graph(change.graph, record_undo=False)
         if pushed is not None:  # the browser already shows the move: nothing to send
             st.session_state[_PUSHED] = ((state.graph_version(), pushed[0][1]), pushed[1])
+    if pushed is not None and canvas.looks_different(pushed[1], value):
+        del st.session_state[_PUSHED]
 
 
 def flow_state(graph: Graph, analysis: Analysis, selected: str | None) -> StreamlitFlowState:
@@ -420,19 +422,16 @@ def main() -> None:
     st.html(STYLE)
     sync_canvas()
     graph = state.current_graph()
-    analysis = state.current_analysis()
     selected = state.selected_node()
     notice = state.take_notice()
     if notice:
         st.warning(notice)
     palette()
-    toolbar(graph)
-    open_error = st.session_state.get(_OPEN_ERROR)
-    if open_error is not None and open_error[0] == state.graph_version():
-        st.error(_md(open_error[1]), icon=":material/error:")
-    general = _param_errors().get(("", ""))
-    if general:
-        st.error(_md(general))
+    toolbar(graph)  # before the analysis: undo and open stay usable whatever the graph holds
+    error = st.session_state.get(_ERROR)
+    if error is not None and error[0] == state.graph_version():
+        st.error(_md(error[1]), icon=":material/error:")
+    analysis = state.current_analysis()
     left, right = st.columns([13, 7], gap="medium")
     with left:
         draw_canvas(graph, analysis, selected)
