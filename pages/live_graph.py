@@ -7,7 +7,9 @@ being finite. The health rules are pure functions; `render` only draws them.
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import math
 import time
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ from streamlit_flow.layouts import ManualLayout
 from streamlit_flow.state import StreamlitFlowState
 
 from builder.graph import Graph
-from builder.layout import needs_layout, with_layout
+from builder.layout import auto_layout
 from pages.charts import RunSeries
 
 VANISHING = 1e-7
@@ -29,6 +31,14 @@ DEAD_FRACTION = 0.9
 LOG_RANGE = (-8.0, 3.0)
 NO_GRADIENT = "#f3f4f6"
 ALARM = "#dc2626"
+ALARM_CHIP = (
+    "margin-top:4px;padding:1px 5px;border-radius:4px;background:#fff;color:#b91c1c;font-size:11px"
+)
+NODE_WIDTH = 170
+MIN_HEIGHT = 360
+MAX_HEIGHT = 900
+COLUMN_SCALE = 0.85
+ROW_SCALE = 0.6
 
 
 @dataclass(frozen=True)
@@ -98,43 +108,61 @@ def _text_colour(background: str) -> str:
 
 
 def node_content(node_id: str, layer_type: str, health: NodeHealth | None) -> str:
-    """The node's Markdown: id and type, its gradient norm, and one line per alarm."""
-    lines = [f"**{_escape(node_id)}** · {layer_type}"]
+    """The node's face (HTML, as on the Build canvas): type and id, gradient norm, alarms.
+
+    The canvas renders HTML, so every piece of user text is escaped.
+    """
+    rows = [f"<b>{layer_type}</b> <span style='opacity:.75'>{html.escape(node_id)}</span>"]
     if health is not None and health.grad_norm is not None:
-        lines.append(f"‖grad‖ {health.grad_norm:.2e}")
-    if health is not None and health.dead_fraction is not None and not health.alarms:
-        lines.append(f"{health.dead_fraction:.0%} zeros")
-    lines += [f"⚠ {alarm}" for alarm in (health.alarms if health else ())]
-    return "  \n".join(lines)
+        rows.append(f"<span style='font-size:11px'>‖grad‖ {health.grad_norm:.1e}</span>")
+    elif health is not None and health.dead_fraction is not None:
+        rows.append(f"<span style='font-size:11px'>{health.dead_fraction:.0%} zeros</span>")
+    rows += [
+        f"<div style='{ALARM_CHIP}'>{html.escape(alarm)}</div>"
+        for alarm in (health.alarms if health else ())
+    ]
+    return (
+        "<div style='margin:0;text-align:left;line-height:1.35'>"
+        + "<br>".join(rows[:2])
+        + "".join(rows[2:])
+        + "</div>"
+    )
 
 
-def _escape(text: str) -> str:
-    """User text shown as literal Markdown, never as markup or HTML."""
-    special = "\\`*_{}[]()#+-.!|<>&"
-    return "".join(f"\\{c}" if c in special else c for c in text)
+def markdown_literal(text: str) -> str:
+    """User text for st.markdown and friends: every markup character escaped."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$])", r"\\\1", text)
 
 
 def node_style(health: NodeHealth | None) -> dict[str, str]:
+    """A fresh dict per node (streamlit-flow shares a default one between nodes)."""
     background = norm_colour(health.grad_norm if health else None)
     alarmed = bool(health and health.alarms)
     return {
         "background": background,
         "color": _text_colour(background),
-        "border": f"3px solid {ALARM}" if alarmed else "1px solid #9ca3af",
+        "border": f"3px solid {ALARM}" if alarmed else "1px solid #cbd5e1",
         "borderRadius": "8px",
         "fontSize": "12px",
-        "padding": "6px 10px",
-        "width": "auto",
+        "padding": "5px 9px",
+        "width": f"{NODE_WIDTH}px",
         "height": "auto",
     }
 
 
+def compact_positions(graph: Graph) -> dict[str, tuple[float, float]]:
+    """The Build page's auto-layout, rows and columns drawn closer: the live nodes are small, and
+    a whole model has to fit beside the charts at a readable size."""
+    return {node: (x * COLUMN_SCALE, y * ROW_SCALE) for node, (x, y) in auto_layout(graph).items()}
+
+
 def flow_state(graph: Graph, report: dict[str, NodeHealth], timestamp: int) -> StreamlitFlowState:
     """A locked canvas: nothing can be dragged, connected, selected or deleted."""
+    positions = compact_positions(graph)
     nodes = [
         StreamlitFlowNode(
             id=node.id,
-            pos=tuple(node.position) if node.position else (0.0, 0.0),
+            pos=positions[node.id],
             data={"content": node_content(node.id, node.type, report.get(node.id))},
             node_type=(
                 "input"
@@ -151,43 +179,53 @@ def flow_state(graph: Graph, report: dict[str, NodeHealth], timestamp: int) -> S
     ]
     edges = [
         StreamlitFlowEdge(
-            id=f"{edge.source}->{edge.target}#{index}",
+            id=f"{index}:{edge.source}->{edge.target}",
             source=edge.source,
             target=edge.target,
             marker_end={"type": "arrowclosed"},
-            style={},
+            style={"stroke": "#94a3b8"},
         )
         for index, edge in enumerate(graph.edges)
     ]
     return StreamlitFlowState(nodes, edges, timestamp=timestamp)
 
 
+def canvas_height(graph: Graph) -> int:
+    """Tall enough that a chain of up to a dozen layers is drawn at nearly full size."""
+    rows = len({y for _, y in auto_layout(graph).values()})
+    return min(max(rows * 62 + 60, MIN_HEIGHT), MAX_HEIGHT)
+
+
 def render(graph: Graph, series: RunSeries, key: str) -> None:
-    """Draw the live canvas. The component is sent new nodes only when a report changed them,
-    because every update it receives makes it rerun the fragment that draws it."""
+    """Draw the live canvas, its alarms and its legend.
+
+    The component is sent new nodes only when a report changed them, because every update it
+    takes makes it send a value back, which reruns the fragment that draws it.
+    """
     report = node_health(series)
     signature = json.dumps({n: [h.grad_norm, h.dead_fraction, h.alarms] for n, h in report.items()})
     remembered = st.session_state.get(f"{key}-signature")
     if remembered is None or remembered[0] != signature:
         remembered = (signature, int(time.time() * 1000))
         st.session_state[f"{key}-signature"] = remembered
-    if needs_layout(graph):
-        graph = with_layout(graph)
     streamlit_flow(
         key=key,
         state=flow_state(graph, report, remembered[1]),
-        height=420,
+        height=canvas_height(graph),
         fit_view=True,
-        show_controls=False,
+        show_controls=True,
         pan_on_drag=True,
         allow_zoom=True,
+        min_zoom=0.2,
         layout=ManualLayout(),
         hide_watermark=True,
+        style={"border": "1px solid #e2e8f0", "borderRadius": "10px", "background": "#fcfcfd"},
     )
-    alarms = [(node, alarm) for node, health in report.items() for alarm in health.alarms]
-    for node, alarm in alarms:
-        st.error(f"**{_escape(node)}**: {alarm}", icon="⚠️")
+    for node, health in report.items():
+        for alarm in health.alarms:
+            st.error(f"{markdown_literal(node)}: {alarm}", icon=":material/warning:")
     st.caption(
-        "Colour: the layer's gradient norm on a log scale, dark purple for tiny (vanishing below"
-        " 1e-7) to yellow for large (exploding above 1e3); grey layers have no parameters."
+        "Each layer is coloured by its gradient norm on a log scale: dark purple for tiny"
+        " (vanishing below 1e-7), yellow for large (exploding above 1e3). Grey layers have no"
+        " parameters; a red border is an alarm."
     )

@@ -51,18 +51,13 @@ from runtime.trainer import TrainConfig
 
 log = logging.getLogger(__name__)
 
+TABLE_REFRESH_S = 2.0
 REFRESH_S = 0.5  # with the trainer flushing every 0.5 s, a step reaches the chart within 1 s
 ACTIVE = frozenset({*TRAINER_ACTIVE, "stopping"})  # a stopping run still writes metrics
-STATUS_ICONS = {
-    "queued": "⏳",
-    "running": "🟢",
-    "stopping": "🟡",
-    "stopped": "⏹️",
-    "completed": "✅",
-    "diverged": "🔥",
-    "failed": "❌",
-    "interrupted": "⚠️",
-}
+STATUS_COLOURS = {
+    "queued": "gray", "running": "blue", "stopping": "orange", "stopped": "gray",
+    "completed": "green", "diverged": "red", "failed": "red", "interrupted": "orange",
+}  # fmt: skip
 # Built-in datasets cheap enough to try when suggesting one for the graph (no downloads).
 SUGGESTABLE = ("digits", "digits-28", "digits-rows", "tokens", "sine")
 OPTIMIZERS = {
@@ -73,7 +68,7 @@ OPTIMIZERS = {
     "rmsprop": "RMSprop",
 }
 SCHEDULES = {"constant": "constant", "step": "step decay", "cosine": "cosine"}
-VIEWS = ("Live graph", "Gradient norms", "Learning rate", "Attention")
+VIEWS = ("Gradient norms", "Learning rate & speed", "Attention")
 
 _CONFIG = "train-config"
 _RUN = "train-run"
@@ -137,9 +132,9 @@ def duration_text(seconds: float) -> str:
 
 
 def run_label(info: RunInfo) -> str:
-    icon = STATUS_ICONS.get(info.status, "•")
+    """How a run is named in pickers: its graph, a short id, its data and start time."""
     when = time.strftime("%H:%M:%S", time.localtime(info.created))
-    return f"{icon} {info.name or info.id} · {info.dataset} · {info.status} · {when}"
+    return f"{info.name} #{info.id[-6:]} · {info.dataset} · started {when}"
 
 
 def csv_columns(data: bytes) -> list[str]:
@@ -245,13 +240,14 @@ def render() -> None:
             "The graph has errors, so it cannot train yet. Fix them on the Build page:\n\n"
             + "\n".join(f"- {d.message}" for d in analysis.errors)
         )
-    setup, runs_panel = st.columns([2, 3], gap="large")
-    with setup:
-        dataset, upload = _dataset_section(analysis)
-        config = _hyperparameters(dataset, upload)
-        _start_button(runs_dir, analysis, dataset, upload, config)
-    with runs_panel:
-        _runs_section(runs_dir, config)
+    with st.container(border=True):
+        data_column, settings_column = st.columns([2, 3], gap="large")
+        with data_column:
+            dataset, upload = _dataset_section(analysis)
+        with settings_column:
+            config = _hyperparameters(dataset, upload)
+            _start_button(runs_dir, analysis, dataset, upload, config)
+    _runs_section(runs_dir, config)
 
 
 def _dataset_section(analysis: Analysis) -> tuple[Dataset | None, Upload | None]:
@@ -338,14 +334,14 @@ def _remembered(key: str, value: Any) -> str:
 def _hyperparameters(dataset: Dataset | None, upload: Upload | None) -> TrainConfig | None:
     st.subheader("Hyperparameters")
     defaults = TrainConfig()
-    left, right = st.columns(2)
+    left, middle, right = st.columns(3)
     optimizer = left.selectbox(
         "Optimizer",
         list(OPTIMIZERS),
         format_func=OPTIMIZERS.get,
         key=_remembered("optimizer", defaults.optimizer),
     )
-    lr = right.number_input(
+    lr = middle.number_input(
         "Learning rate",
         min_value=1e-6,
         max_value=10.0,
@@ -353,16 +349,16 @@ def _hyperparameters(dataset: Dataset | None, upload: Upload | None) -> TrainCon
         step=1e-4,
         key=_remembered("lr", defaults.lr),
     )
-    schedule = left.selectbox(
+    schedule = right.selectbox(
         "Schedule",
         list(SCHEDULES),
         format_func=SCHEDULES.get,
         key=_remembered("schedule", defaults.schedule),
     )
-    epochs = right.number_input(
+    epochs = left.number_input(
         "Epochs", min_value=1, max_value=1000, step=1, key=_remembered("epochs", defaults.epochs)
     )
-    batch_size = left.number_input(
+    batch_size = middle.number_input(
         "Batch size",
         min_value=1,
         max_value=8192,
@@ -493,6 +489,24 @@ def _after_start(run_id: str | None, error: str | None, compare_with: str | None
     st.rerun()
 
 
+def runs_table(runs: list[RunInfo]) -> list[dict[str, Any]]:
+    """One row per run for the runs list, newest first."""
+    return [
+        {
+            "Run": f"{run.name} #{run.id[-6:]}",
+            "Status": run.status,
+            "Dataset": run.dataset,
+            "Progress": run.epoch / run.epochs if run.epochs else 0.0,
+            "Epoch": f"{run.epoch}/{run.epochs}",
+            "Step": run.step,
+            "Device": run.device,
+            "Started": time.strftime("%H:%M:%S", time.localtime(run.created)),
+            "Message": run.message,
+        }
+        for run in runs
+    ]
+
+
 def _runs_section(runs_dir: Path, config: TrainConfig | None) -> None:
     st.subheader("Runs")
     runs, error = guarded(lambda: list_runs(runs_dir), "list the runs")
@@ -502,21 +516,46 @@ def _runs_section(runs_dir: Path, config: TrainConfig | None) -> None:
     if not runs:
         st.info("No runs yet. Pick the data and settings, then press **Start training**.")
         return
+    any_active = any(run.status in ACTIVE for run in runs)
+    st.fragment(_runs_list, run_every=TABLE_REFRESH_S if any_active else None)(runs_dir, runs)
     by_id = {run.id: run for run in runs}
     started = st.session_state.pop(_NEW_RUN, None)
     if started in by_id:
         st.session_state[_RUN] = started
     if st.session_state.get(_RUN) not in by_id:
         st.session_state[_RUN] = runs[0].id
-    run_id = st.selectbox("Run", list(by_id), format_func=lambda i: run_label(by_id[i]), key=_RUN)
-    _run_controls(runs_dir, by_id[run_id], config)
+    pick, stop, resume, branch = st.columns([3, 1, 1, 1.6], vertical_alignment="bottom")
+    run_id = pick.selectbox(
+        "Watch run", list(by_id), format_func=lambda i: run_label(by_id[i]), key=_RUN
+    )
+    _run_controls(runs_dir, by_id[run_id], config, (stop, resume, branch))
     active = by_id[run_id].status in ACTIVE
     st.fragment(_live_view, run_every=REFRESH_S if active else None)(runs_dir, run_id, active)
     _compare_section(runs_dir, runs)
 
 
-def _run_controls(runs_dir: Path, info: RunInfo, config: TrainConfig | None) -> None:
-    stop, resume, branch = st.columns(3)
+def _runs_list(runs_dir: Path, first: list[RunInfo]) -> None:
+    """The runs table; while a run is active it refreshes itself (the first draw reuses the
+    page's listing)."""
+    runs, error = guarded(lambda: list_runs(runs_dir), "list the runs")
+    st.dataframe(
+        runs_table(first if error else runs),
+        hide_index=True,
+        width="stretch",
+        height=min(38 + 35 * len(first), 220),
+        column_config={
+            "Progress": st.column_config.ProgressColumn(
+                min_value=0.0, max_value=1.0, format="percent"
+            ),
+            "Message": st.column_config.TextColumn(width="large"),
+        },
+    )
+
+
+def _run_controls(
+    runs_dir: Path, info: RunInfo, config: TrainConfig | None, slots: tuple[Any, Any, Any]
+) -> None:
+    stop, resume, branch = slots
     if stop.button(
         "Stop",
         disabled=info.status not in ACTIVE - {"stopping"},
@@ -570,37 +609,40 @@ def _live_view(runs_dir: Path, run_id: str, was_active: bool) -> None:
         st.error(error)
         return
     _status_line(info, series)
-    left, right = st.columns(2)
-    left.plotly_chart(
-        charts.loss_figure(series), key=f"loss-{run_id}", config={"displaylogo": False}
-    )
-    right.plotly_chart(
-        charts.accuracy_figure(series), key=f"acc-{run_id}", config={"displaylogo": False}
-    )
-    view = st.segmented_control(
-        "View", VIEWS, default=VIEWS[0], key="train-view", label_visibility="collapsed"
-    )
-    _detail_view(view or VIEWS[0], info, series)
+    graph = run_graph(info)
+    charts_column, graph_column = st.columns([3, 2], gap="medium")
+    with charts_column:
+        _chart(charts.loss_figure(series), f"loss-{run_id}")
+        _chart(charts.accuracy_figure(series), f"acc-{run_id}")
+        view = st.segmented_control(
+            "More", VIEWS, default=VIEWS[0], key="train-view", label_visibility="collapsed"
+        )
+        _detail_view(view or VIEWS[0], info, series, [n.id for n in graph.nodes] if graph else [])
+    with graph_column:
+        if graph is None:
+            st.info("This run's graph file could not be read, so it cannot be drawn.")
+        else:
+            live_graph.render(graph, series, key=f"live-{run_id}")
     if series.events:
         with st.expander(f"Log ({len(series.events)} events)"):
-            st.text(
-                "\n".join(
-                    f"step {e.get('step', '?')}: {e.get('message', '')}"
-                    for e in series.events[-50:]
-                )
+            lines = (
+                f"step {e.get('step', '?')}: {e.get('message', '')}" for e in series.events[-50:]
             )
+            st.text("\n".join(lines))
+
+
+def _chart(figure: Any, key: str) -> None:
+    st.plotly_chart(figure, key=key, config={"displaylogo": False})
 
 
 def _status_line(info: RunInfo, series: charts.RunSeries) -> None:
     done = progress(info, series)
-    eta = (
+    left = (
         f" · about {duration_text(done.seconds_left)} left" if done.seconds_left is not None else ""
     )
-    st.progress(
-        done.fraction,
-        text=f"{STATUS_ICONS.get(info.status, '')} {info.status} · epoch"
-        f" {info.epoch}/{info.epochs} · step {info.step}{eta}",
-    )
+    badge, bar = st.columns([1, 6], vertical_alignment="center")
+    badge.badge(info.status, color=STATUS_COLOURS.get(info.status, "gray"))
+    bar.progress(done.fraction, text=f"epoch {info.epoch}/{info.epochs} · step {info.step}{left}")
     if info.status in ("failed", "diverged", "interrupted") and info.message:
         st.error(info.message)
     elif info.message:
@@ -615,26 +657,17 @@ def _status_line(info: RunInfo, series: charts.RunSeries) -> None:
 
 
 def _number(value: Any, pattern: str) -> str:
-    return (
-        pattern.format(value) if isinstance(value, (int, float)) and math.isfinite(value) else "–"
-    )
+    finite = isinstance(value, (int, float)) and math.isfinite(value)
+    return pattern.format(value) if finite else "–"
 
 
-def _detail_view(view: str, info: RunInfo, series: charts.RunSeries) -> None:
-    graph = run_graph(info)
-    order = [node.id for node in graph.nodes] if graph else []
-    if view == "Live graph":
-        if graph is None:
-            st.info("This run's graph file could not be read.")
-        else:
-            live_graph.render(graph, series, key=f"live-{info.id}")
-    elif view == "Gradient norms":
-        st.plotly_chart(charts.grad_norm_lines(series, order), key=f"gradlines-{info.id}")
-        st.plotly_chart(charts.grad_norm_heatmap(series, order), key=f"gradheat-{info.id}")
-    elif view == "Learning rate":
-        left, right = st.columns(2)
-        left.plotly_chart(charts.lr_figure(series), key=f"lr-{info.id}")
-        right.plotly_chart(charts.throughput_figure(series), key=f"speed-{info.id}")
+def _detail_view(view: str, info: RunInfo, series: charts.RunSeries, order: list[str]) -> None:
+    if view == "Gradient norms":
+        _chart(charts.grad_norm_lines(series, order), f"gradlines-{info.id}")
+        _chart(charts.grad_norm_heatmap(series, order), f"gradheat-{info.id}")
+    elif view == "Learning rate & speed":
+        _chart(charts.lr_figure(series), f"lr-{info.id}")
+        _chart(charts.throughput_figure(series), f"speed-{info.id}")
     else:
         _attention_view(info, series)
 
@@ -649,7 +682,7 @@ def _attention_view(info: RunInfo, series: charts.RunSeries) -> None:
     step = steps[-1]
     if len(steps) > 1:
         step = st.select_slider("Step", steps, value=steps[-1], key=f"attn-step-{info.id}-{layer}")
-    st.plotly_chart(charts.attention_figure(series, layer, step), key=f"attn-{info.id}")
+    _chart(charts.attention_figure(series, layer, step), f"attn-{info.id}")
 
 
 def _compare_section(runs_dir: Path, runs: list[RunInfo]) -> None:
@@ -666,7 +699,7 @@ def _compare_section(runs_dir: Path, runs: list[RunInfo]) -> None:
         )
         if chosen:
             overlay = {f"{by_id[r].name} #{r[-6:]}": run_series(runs_dir, r) for r in chosen}
-            st.plotly_chart(charts.compare_figure(overlay), key="compare")
+            _chart(charts.compare_figure(overlay), "compare")
 
 
 if __name__ == "__main__":

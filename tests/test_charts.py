@@ -242,4 +242,12 @@ def test_live_canvas_is_locked_and_marks_alarmed_nodes_red():
 
 def test_user_text_in_node_ids_is_shown_literally_not_as_markup():
     content = live_graph.node_content("<img src=x onerror=alert(1)>", "Linear", None)
-    assert re.search(r"(?<!\\)[<>\[\]()*_`]", content.split("**")[1]) is None
+    assert "<img" not in content and "&lt;img src=x onerror=alert(1)&gt;" in content
+    assert live_graph.markdown_literal("[a](b) *c*") == r"\[a\]\(b\) \*c\*"
+
+
+def test_live_layout_keeps_the_build_layout_order_but_draws_it_closer():
+    graph = load_graph(open("builder/templates/lenet5.json").read())
+    compact = live_graph.compact_positions(graph)
+    rows = sorted({y for _, y in compact.values()})
+    assert len(rows) == len(graph.nodes) and rows[1] - rows[0] < 110

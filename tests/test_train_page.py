@@ -161,7 +161,9 @@ def _length(values: list | dict) -> int:
 def test_a_finished_run_shows_full_progress_and_offers_only_what_applies(trained):
     _, app, _ = trained
     progress = app.get("progress")[0]
-    assert progress.proto.value == 100 and "completed · epoch 2/2" in progress.proto.text
+    assert progress.proto.value == 100 and progress.proto.text.startswith("epoch 2/2")
+    assert any("completed" in m.value and "badge" in m.value for m in app.markdown)
+    assert app.dataframe[0].value["Status"].tolist() == ["completed"]
     assert app.button(key="train-stop").disabled and app.button(key="train-resume").disabled
     assert not app.button(key="train-branch").disabled
 

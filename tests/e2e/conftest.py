@@ -124,13 +124,24 @@ def page(browser, app_url: str) -> Iterator[object]:
 
 @pytest.fixture(scope="session")
 def shot() -> Callable[[object, str], Path]:
-    """Save a numbered full-page screenshot under test-artifacts/ (look at them)."""
+    """Save a numbered screenshot of the whole page under test-artifacts/ (look at them).
+
+    Streamlit scrolls inside its main block, so the window is stretched to the page's height
+    for the picture and then put back.
+    """
     ARTIFACTS.mkdir(exist_ok=True)
     counter = iter(range(1, 1000))
 
     def take(tab, name: str) -> Path:
         path = ARTIFACTS / f"{next(counter):02d}-{name}.png"
-        tab.screenshot(path=str(path), full_page=True)
+        size = tab.viewport_size
+        height = tab.evaluate(
+            "() => document.querySelector('[data-testid=stMain]')?.scrollHeight ?? 0"
+        )
+        tab.set_viewport_size({"width": size["width"], "height": max(size["height"], height)})
+        tab.wait_for_timeout(400)
+        tab.screenshot(path=str(path))
+        tab.set_viewport_size(size)
         return path
 
     return take

@@ -1,0 +1,190 @@
+"""One person's session in a real browser: build LeNet-5, edit it on the canvas, train, export.
+
+The steps run in order in one tab, each building on the last, and each saves a screenshot in
+test-artifacts/. The canvas is streamlit-flow's React Flow inside an iframe; it is used with the
+mouse only (small moves, as a hand would), never by calling into the page's scripts.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import types
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from playwright.sync_api import FrameLocator, Locator, Page, expect
+
+from builder.graph import load_graph
+from compiler.analysis import analyse
+from compiler.codegen import attribute_names, generate_source
+
+ROOT = Path(__file__).resolve().parents[2]
+CANVAS = 'iframe[title="streamlit_flow.streamlit_flow"]'
+LENET = ROOT / "builder" / "templates" / "lenet5.json"
+ERROR_RED = "rgb(220, 38, 38)"  # builder/canvas.py's error border, #dc2626
+
+
+def canvas(page: Page) -> FrameLocator:
+    return page.frame_locator(CANVAS)
+
+
+def node(page: Page, node_id: str) -> Locator:
+    return canvas(page).locator(f'.react-flow__node[data-id="{node_id}"]')
+
+
+def centre(locator: Locator) -> tuple[float, float]:
+    box = locator.bounding_box()
+    assert box is not None, f"{locator} is not on screen"
+    return box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+
+
+def drag(page: Page, start: tuple[float, float], end: tuple[float, float], steps: int = 15) -> None:
+    """Press, move in small steps, release: what React Flow needs to see a drag."""
+    page.mouse.move(*start)
+    page.mouse.down()
+    for step in range(1, steps + 1):
+        page.mouse.move(
+            start[0] + (end[0] - start[0]) * step / steps,
+            start[1] + (end[1] - start[1]) * step / steps,
+        )
+    page.mouse.up()
+
+
+def pan_to(page: Page, node_id: str) -> None:
+    """Drag the empty canvas so that the node sits a third of the way down the view."""
+    frame = page.locator(CANVAS).bounding_box()
+    _, y = centre(node(page, node_id))
+    grab = (frame["x"] + 120, frame["y"] + frame["height"] * 0.55)
+    drag(page, grab, (grab[0], grab[1] - (y - (frame["y"] + frame["height"] / 3))))
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {timeout_s} s for {what}"
+        time.sleep(0.2)
+
+
+def torch_shapes() -> dict[str, list[int]]:
+    """LeNet-5's per-layer output shapes as PyTorch itself computes them."""
+    analysis = analyse(load_graph(LENET.read_text()))
+    namespace = types.ModuleType("lenet")
+    exec(compile(generate_source(analysis), "model.py", "exec"), namespace.__dict__)
+    model = namespace.build_model()
+    shapes: dict[str, list[int]] = {}
+    for node_id, attribute in attribute_names(analysis).items():
+        getattr(model, attribute).register_forward_hook(
+            lambda module, args, output, node_id=node_id: shapes.update(
+                {node_id: list(output.shape[1:])}
+            )
+        )
+    model(torch.zeros(1, *namespace.INPUT_SHAPE))
+    return shapes
+
+
+def test_open_the_app_and_load_lenet5(page: Page, app_url: str, shot):
+    page.goto(app_url)
+    expect(canvas(page).locator(".react-flow__node").first).to_be_visible(timeout=30_000)
+    page.get_by_role("button", name="Templates").click()
+    page.get_by_text("LeNet-5 · 28×28 digits").click()
+    expect(node(page, "c1")).to_be_visible()
+    expect(page.get_by_text("61,706")).to_be_visible()
+    shot(page, "lenet5-loaded")
+
+
+def test_every_layer_shows_the_shape_pytorch_computes(page: Page, shot):
+    for node_id, shape in torch_shapes().items():
+        expect(node(page, node_id)).to_contain_text(str(shape))
+    expect(node(page, "c1")).to_contain_text("156 params")
+    shot(page, "shapes-on-nodes")
+
+
+def test_a_new_layer_is_connected_by_dragging_an_edge(page: Page, shot):
+    pan_to(page, "flatten")
+    page.mouse.click(*centre(node(page, "flatten")))
+    expect(page.get_by_text("Flatten · flatten")).to_be_visible()
+    page.get_by_test_id("stSidebar").get_by_text("Identity", exact=True).click()
+    expect(node(page, "identity_1")).to_contain_text("[400]")
+    edge = canvas(page).locator('.react-flow__edge[data-testid$="identity_1->f5"] path').first
+    page.mouse.click(*centre(edge), button="right")
+    canvas(page).get_by_text("Delete Edge").click()
+    expect(node(page, "f5")).to_contain_text("has no input")
+    expect(node(page, "f5")).to_have_css("border-top-color", ERROR_RED)
+    shot(page, "edge-removed-f5-red")
+
+    source = node(page, "identity_1").locator(".react-flow__handle.source")
+    target = node(page, "f5").locator(".react-flow__handle.target")
+    drag(page, centre(source), centre(target))
+    expect(node(page, "f5")).not_to_contain_text("has no input")
+    expect(node(page, "f5")).to_contain_text("[120]")
+    expect(page.get_by_text("No problems: every shape fits.")).to_be_visible()
+    shot(page, "identity-connected-by-drag")
+
+
+def test_an_impossible_kernel_turns_the_layer_red_with_its_message(page: Page, shot):
+    pan_to(page, "c3")
+    page.mouse.click(*centre(node(page, "c3")))
+    kernel = page.get_by_role("textbox", name="kernel_size")
+    kernel.fill("30")
+    kernel.press("Enter")
+    expect(node(page, "c3")).to_contain_text("exceeds")
+    expect(node(page, "c3")).to_have_css("border-top-color", ERROR_RED)
+    shot(page, "kernel-too-large-c3-red")
+    page.get_by_role("button", name="Undo").click()
+    expect(node(page, "c3")).to_contain_text("[16, 10, 10]")
+    expect(page.get_by_text("No problems: every shape fits.")).to_be_visible()
+
+
+def loss_line(page: Page) -> Locator:
+    chart = page.locator(".js-plotly-plot").filter(has_text="Loss").first
+    return chart.locator(".scatterlayer .trace path.js-line").nth(1)  # the smoothed loss
+
+
+def test_training_on_digits_draws_the_loss_as_it_falls(page: Page, shot):
+    page.get_by_test_id("stSidebarNav").get_by_text("Train").click()
+    expect(page.get_by_text("Compatible: 1,797 samples of [1, 28, 28]")).to_be_visible()
+    epochs = page.get_by_role("spinbutton", name="Epochs")
+    epochs.fill("40")
+    epochs.press("Enter")
+    expect(epochs).to_have_value("40")
+    page.get_by_role("button", name="Start training").click()
+    expect(page.get_by_text("running", exact=True).filter(visible=True).first).to_be_visible(
+        timeout=30_000
+    )
+    expect(loss_line(page)).to_be_attached(timeout=30_000)
+    drawn = len(loss_line(page).get_attribute("d"))
+    wait_until(lambda: len(loss_line(page).get_attribute("d")) > drawn, "the loss line to grow")
+    expect(node(page, "c1")).to_contain_text("‖grad‖", timeout=20_000)  # the live graph
+    shot(page, "training-live")
+
+
+def test_stop_ends_the_run_and_keeps_a_checkpoint(page: Page, shot):
+    page.get_by_role("button", name="Stop").click()
+    expect(page.get_by_text("stopped", exact=True).filter(visible=True).first).to_be_visible(
+        timeout=30_000
+    )
+    expect(page.get_by_role("button", name="Resume")).to_be_enabled()
+    shot(page, "training-stopped")
+
+
+def test_export_downloads_code_and_weights_that_load_into_it(page: Page, shot, tmp_path):
+    page.get_by_test_id("stSidebarNav").get_by_text("Export").click()
+    with page.expect_download() as code_download:
+        page.get_by_role("button", name="Download the code (.zip)").click()
+    archive = zipfile.ZipFile(io.BytesIO(open(code_download.value.path(), "rb").read()))
+    names = sorted(name.split("/", 1)[1] for name in archive.namelist())
+    assert names == ["README.md", "graph.json", "model.py", "train.py"]
+    folder = archive.namelist()[0].split("/")[0]
+    namespace = types.ModuleType("exported")
+    exec(compile(archive.read(f"{folder}/model.py"), "model.py", "exec"), namespace.__dict__)
+    model = namespace.build_model()
+    assert sum(p.numel() for p in model.parameters()) == 61_706
+
+    with page.expect_download() as weights_download:
+        page.get_by_role("button", name="Download weights (.pt)").click()
+    weights = torch.load(weights_download.value.path(), weights_only=True)
+    model.load_state_dict(weights)
+    shot(page, "export")
