@@ -243,15 +243,13 @@ def apply_canvas(graph: Graph, value: Mapping[str, Any]) -> CanvasEdit:
     A node missing from the canvas was deleted there, and is deleted the way the page deletes.
     """
     known = {node.id for node in graph.nodes}
-    canvas_nodes = [n for n in value.get("nodes") or [] if isinstance(n, Mapping)]
+    nodes, edges = value.get("nodes"), value.get("edges")
+    canvas_nodes = [n for n in nodes if isinstance(n, Mapping)] if isinstance(nodes, list) else []
     present = {n.get("id") for n in canvas_nodes} & known
-    if canvas_nodes and present:
-        deleted = known - present
-    else:
-        deleted = set()
-    updated = edit.delete_nodes(graph, deleted) if deleted else graph
-    if not deleted:
-        updated = _apply_edges(updated, value.get("edges") or [])
+    if not present or not isinstance(edges, list):  # not a value the canvas sends: no news
+        return CanvasEdit(graph, "none", None)
+    deleted = known - present
+    updated = edit.delete_nodes(graph, deleted) if deleted else _apply_edges(graph, edges)
     kind: Change = "edited" if updated != graph else "none"
     moved = _apply_positions(updated, canvas_nodes)
     if kind == "none" and moved != updated:
