@@ -22,7 +22,7 @@ import re
 import sys
 import types
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +180,15 @@ class Layer:
     params: dict[str, Any]
     inputs: tuple[Value, ...]
     several: str | None = None  # set for tuple outputs: what item 1 would have been
+    path: str | None = None  # the module holding its weights, where one does
+
+
+@dataclass(frozen=True)
+class Stack:
+    """One module call that becomes a chain of layers (nn.TransformerEncoder)."""
+
+    input: str
+    layers: tuple[Layer, ...]
 
 
 @dataclass
@@ -288,7 +297,7 @@ def _visit(walk: Walk, node: fx.Node, input_shape: tuple[int, ...], dtype: str) 
         return  # an optional argument of forward that the model never uses
     try:
         if node.op == "placeholder":
-            result: Layer | Value = _input(walk, node, input_shape, dtype)
+            result: Layer | Stack | Value = _input(walk, node, input_shape, dtype)
         elif node.op == "output":
             result = Layer("Output", {}, (_tensor(walk, node.args[0], "forward must return"),))
         elif node.op == "get_attr":
@@ -301,7 +310,12 @@ def _visit(walk: Walk, node: fx.Node, input_shape: tuple[int, ...], dtype: str) 
         walk.values[node] = Failed()
         return
     if isinstance(result, Layer):
-        _add_node(walk, node, result)
+        walk.values[node] = _add_node(walk, node, node.name, result)
+    elif isinstance(result, Stack):
+        walk.values[node] = result.input
+        for index, layer in enumerate(result.layers):
+            chained = replace(layer, inputs=(walk.values[node],))
+            walk.values[node] = _add_node(walk, node, f"{node.name}_{index}", chained)
     else:
         walk.values[node] = result
 
@@ -314,27 +328,26 @@ def _input(walk: Walk, node: fx.Node, input_shape: tuple[int, ...], dtype: str) 
     return node.name
 
 
-def _add_node(walk: Walk, node: fx.Node, layer: Layer) -> None:
+def _add_node(walk: Walk, node: fx.Node, node_id: str, layer: Layer) -> Value:
+    """Add a graph node (and its edges) for `layer`, computed at fx node `node`; its value."""
     entry: dict[str, Any] = {
-        "id": node.name,
+        "id": node_id,
         "type": layer.type,
         "params": _without_defaults(layer.type, layer.params),
     }
-    if node.op == "call_module":
-        walk.module_paths[node.name] = str(node.target)
-        if node.target != node.name:
-            entry["label"] = f"self.{node.target}"
+    if layer.path is not None:
+        walk.module_paths[node_id] = layer.path
+        if layer.path != node_id:
+            entry["label"] = f"self.{layer.path}"
     walk.nodes.append(entry)
     for port, source in enumerate(layer.inputs):
-        edge = {"source": source, "target": node.name}
+        edge = {"source": source, "target": node_id}
         walk.edges.append(edge | {"port": port} if len(layer.inputs) > 1 else edge)
-    walk.fx_nodes[node.name] = node
-    walk.values[node] = (
-        Several(node.name, layer.type, layer.several) if layer.several else node.name
-    )
+    walk.fx_nodes[node_id] = node
+    return Several(node_id, layer.type, layer.several) if layer.several else node_id
 
 
-def _map(walk: Walk, node: fx.Node) -> Layer | Value:
+def _map(walk: Walk, node: fx.Node) -> Layer | Stack | Value:
     if node.op == "call_module":
         return _map_module(walk, node)
     table = FUNCTIONS if node.op == "call_function" else METHODS
@@ -563,29 +576,50 @@ TUPLE_OUTPUTS = {
 }
 
 
-def _map_module(walk: Walk, node: fx.Node) -> Layer:
-    module = walk.gm.get_submodule(str(node.target))
-    entry = MODULES.get(type(module))
-    if entry is None:
-        raise NotMappable("no NetBuilder layer does this")
-    if str(node.target) in walk.module_paths.values():
+def _map_module(walk: Walk, node: fx.Node) -> Layer | Stack:
+    path = str(node.target)
+    module = walk.gm.get_submodule(path)
+    if any(p == path or p.startswith(path + ".") for p in walk.module_paths.values()):
         raise NotMappable(
             "called a second time: a graph node owns its weights, so shared weights cannot"
             " be imported"
         )
+    if type(module) is nn.TransformerEncoder:
+        return _encoder_stack(walk, node, module)
+    entry = MODULES.get(type(module))
+    if entry is None:
+        raise NotMappable("no NetBuilder layer does this")
     layer_type, read_params = entry
     params = read_params(module)
     if layer_type == "MultiheadAttention":
         x = _self_attention_input(node, params)
-    elif layer_type == "TransformerEncoderLayer" and any(
-        node.kwargs.get(k) not in (None, False) for k in node.kwargs
-    ):
-        raise NotMappable(f"masks ({', '.join(node.kwargs)}) are not in the catalog")
-    elif len(node.args) != 1 or node.kwargs:
-        raise NotMappable("called with more than one argument (e.g. an initial hidden state)")
     else:
-        x = node.args[0]
-    return Layer(layer_type, params, (_tensor(walk, x),), TUPLE_OUTPUTS.get(layer_type))
+        x = _only_input(node)
+    several = TUPLE_OUTPUTS.get(layer_type)
+    return Layer(layer_type, params, (_tensor(walk, x),), several, path)
+
+
+def _only_input(node: fx.Node) -> Any:
+    """The one tensor a layer is called with; keywords set to None or False (no mask) are fine."""
+    extra = [key for key, value in node.kwargs.items() if value is not None and value is not False]
+    if len(node.args) != 1 or extra:
+        given = ", ".join(extra) or "a second argument, e.g. an initial hidden state"
+        raise NotMappable(f"called with more than its input ({given})")
+    return node.args[0]
+
+
+def _encoder_stack(walk: Walk, node: fx.Node, module: nn.TransformerEncoder) -> Stack:
+    """nn.TransformerEncoder as what it is: its encoder layers in a row, then its norm."""
+    path = str(node.target)
+    layers = [
+        Layer("TransformerEncoderLayer", _encoder_layer(layer), (), path=f"{path}.layers.{index}")
+        for index, layer in enumerate(module.layers)
+    ]
+    if module.norm is not None:
+        if type(module.norm) is not nn.LayerNorm:
+            raise NotMappable(f"a final norm of type {type(module.norm).__name__}")
+        layers.append(Layer("LayerNorm", _layer_norm(module.norm), (), path=f"{path}.norm"))
+    return Stack(_tensor(walk, _only_input(node)), tuple(layers))
 
 
 def _self_attention_input(node: fx.Node, params: dict[str, Any]) -> Any:

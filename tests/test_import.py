@@ -122,10 +122,28 @@ class TokenNet(nn.Module):
         return F.softmax(self.head(x.amax(dim=1)), dim=-1)
 
 
+class StackNet(nn.Module):
+    """nn.TransformerEncoder: a stack of encoder layers and a final norm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(
+            16, 2, 32, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(
+            layer, num_layers=2, norm=nn.LayerNorm(16), enable_nested_tensor=False
+        )
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x)[:, -1])
+
+
 HAND_WRITTEN = {
     "cnn": (SmallNet, (3, 16, 16), "float32", {"Add": 1, "Concat": 1, "Reshape": 1, "ReLU": 2}),
     "sequence": (SequenceNet, (10, 6), "float32", {"Permute": 2, "SequencePool": 2, "LSTM": 1}),
     "tokens": (TokenNet, (12,), "int64", {"MultiheadAttention": 1, "SequencePool": 1, "GELU": 1}),
+    "stack": (StackNet, (6, 16), "float32", {"TransformerEncoderLayer": 2, "LayerNorm": 1}),
 }
 
 

@@ -230,6 +230,19 @@ def test_resume_continues_exactly_where_the_run_stopped(bundle, tmp_path) -> Non
     assert len((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) == 3
 
 
+def test_early_stopping_ends_the_run_after_patience_epochs_without_progress(tmp_path) -> None:
+    folder = write_bundle(tmp_path / "b", chain([64], [("Linear", {"out_features": 10})]))
+    try:
+        train = load_train(folder)
+        frozen = ["--optimizer", "sgd", "--lr", "1e-30", "--patience", "2"]  # weights never move
+        train.main([*FAST, "--epochs", "6", *frozen, "--out", str(tmp_path / "ck")])
+    finally:
+        sys.modules.pop("model", None)
+        sys.modules.pop("train", None)
+    lines = (tmp_path / "ck" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
 def test_resume_without_a_checkpoint_says_so(bundle, tmp_path) -> None:
     _, train = bundle
     with pytest.raises(SystemExit, match="nothing to resume"):
