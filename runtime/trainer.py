@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from builder.catalog import CATALOG
@@ -46,6 +46,7 @@ CHECKPOINT_MIN_SECONDS = 2.0
 CHECKPOINT_SHARE = 0.01  # checkpoints may take about this share of the training time
 CHECKPOINT_FORMAT = "netbuilder.checkpoint/1"
 STEP_DECAY_POINTS = (0.5, 0.75)  # the "step" schedule divides the lr by 10 at these fractions
+DEVICE_DATA_SHARE = 0.5  # a dataset may fill this share of the free GPU memory
 
 
 class TrainConfig(BaseModel):
@@ -192,10 +193,19 @@ class Split:
     y_val: torch.Tensor
 
 
+def data_device(dataset: Dataset, device: torch.device) -> torch.device:
+    """Where the samples live: on the training device when they fit, else in host memory."""
+    if device.type != "cuda":
+        return device
+    size = dataset.x.numel() * 8 + dataset.y.numel() * dataset.y.element_size()
+    free, _ = torch.cuda.mem_get_info(device)
+    return device if size <= DEVICE_DATA_SHARE * free else torch.device("cpu")
+
+
 def split_dataset(
     dataset: Dataset, val_fraction: float, seed: int, device: torch.device, input_dtype: str
 ) -> Split:
-    """A seeded shuffle split; x is cast to the Input's dtype and both parts go to the device."""
+    """A seeded shuffle split; x is cast to the Input's dtype and both parts move to device."""
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
     val_count = min(len(dataset) - 1, round(len(dataset) * val_fraction))
     dtype = torch.int64 if input_dtype == "int64" else torch.float32
@@ -309,7 +319,8 @@ class Trainer:
         self.grad_probe = grad_norm_probe(self.model, self.modules)
         self.activations = activation_probe(self.model, self.modules, types_)
         self.attention = attention_layers(self.model, self.modules, types_)
-        self.example = (self.split.x_val if len(self.split.x_val) else self.split.x_train)[:1]
+        examples = self.split.x_val if len(self.split.x_val) else self.split.x_train
+        self.example = examples[:1].to(self.device)
         self.batches = math.ceil(len(self.split.x_train) / self.config.batch_size)
         self.total_steps = self.batches * self.config.epochs
         self.schedule_active = self.config.schedule != "constant" or self.config.warmup_steps > 0
@@ -402,7 +413,7 @@ class Trainer:
 
     def _diverged(self, item: _PendingStep) -> None:
         """Name the first node whose output is non-finite on the batch, then end the run."""
-        x = self.split.x_train.index_select(0, item.batch)
+        x = self.split.x_train.index_select(0, item.batch).to(self.device)
         with torch.no_grad(), self.activations.watching(find_nonfinite=True) as reading:
             self.model(x)
         node = reading.first_nonfinite()
@@ -500,7 +511,8 @@ class Trainer:
         config = self.config
         while self.progress.epoch < config.epochs:
             epoch = self.progress.epoch
-            order = epoch_order(config.seed, epoch, len(self.split.x_train)).to(self.device)
+            order = epoch_order(config.seed, epoch, len(self.split.x_train))
+            order = order.to(self.split.x_train.device)
             for batch in range(self.progress.batch, self.batches):
                 self._step(order[batch * config.batch_size : (batch + 1) * config.batch_size])
                 self.progress.batch = batch + 1
@@ -529,8 +541,8 @@ class Trainer:
 
     def _step(self, index: torch.Tensor) -> None:
         progress, config = self.progress, self.config
-        x = self.split.x_train.index_select(0, index)
-        y = self.split.y_train.index_select(0, index)
+        x = self.split.x_train.index_select(0, index).to(self.device, non_blocking=True)
+        y = self.split.y_train.index_select(0, index).to(self.device, non_blocking=True)
         lr = config.lr
         if self.schedule_active:
             lr = learning_rate(config, progress.step, self.total_steps)
@@ -586,8 +598,8 @@ class Trainer:
         self.model.eval()
         with torch.no_grad():
             for start in range(0, len(x_val), self.config.batch_size):
-                x = x_val[start : start + self.config.batch_size]
-                y = y_val[start : start + self.config.batch_size]
+                x = x_val[start : start + self.config.batch_size].to(self.device)
+                y = y_val[start : start + self.config.batch_size].to(self.device)
                 with self.autocast():
                     output = self.model(x)
                     loss = self._loss(output, y)
@@ -662,23 +674,14 @@ def train_run(
     if (run_dir / store.STOP_FILE).exists():
         stop.set()
     store.update_status(run_dir, status="running", pid=os.getpid(), message="")
-    config = TrainConfig.model_validate_json((run_dir / store.CONFIG_FILE).read_text())
+    config: TrainConfig | None = None
     trainer: Trainer | None = None
     try:
+        config = _read_config(run_dir)
         trainer = _prepare(run_dir, config, stop, on_epoch)
         result = trainer.run()
-    except TrainingFault as fault:
-        result = RunResult(fault.status, fault.message, 0, 0)
-    except (DatasetError, CheckpointError) as exc:
-        result = RunResult("failed", str(exc), 0, 0)
-    except (torch.OutOfMemoryError, MemoryError):
-        half = max(1, config.batch_size // 2)
-        result = RunResult(
-            "failed", f"out of memory at batch size {config.batch_size}; try {half}", 0, 0
-        )
-    except Exception as exc:  # the last line of defence: a named status, never a crash
-        traceback.print_exc()
-        result = RunResult("failed", f"{type(exc).__name__}: {exc}", 0, 0)
+    except Exception as exc:  # every fault ends as a named status, never as a crash
+        result = _failure(exc, config.batch_size if config else 0)
     if trainer is not None:
         if result.status in ("diverged", "failed"):
             trainer.event(result.message)
@@ -695,6 +698,32 @@ def train_run(
         step=result.step,
     )
     return result
+
+
+def _read_config(run_dir: Path) -> TrainConfig:
+    try:
+        return TrainConfig.model_validate_json((run_dir / store.CONFIG_FILE).read_text())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"])) or "file"
+        raise TrainingFault(
+            "failed", f"config.json is not a valid training config: {where}: {first['msg']}"
+        ) from None
+    except OSError as exc:
+        raise TrainingFault("failed", f"config.json cannot be read ({exc.strerror})") from None
+
+
+def _failure(exc: Exception, batch_size: int) -> RunResult:
+    """The status and message for whatever ended training early."""
+    if isinstance(exc, TrainingFault):
+        return RunResult(exc.status, exc.message, 0, 0)
+    if isinstance(exc, (DatasetError, CheckpointError)):
+        return RunResult("failed", str(exc), 0, 0)
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        half = max(1, batch_size // 2)
+        return RunResult("failed", f"out of memory at batch size {batch_size}; try {half}", 0, 0)
+    traceback.print_exception(exc)  # to trainer.log, for whoever debugs it
+    return RunResult("failed", f"{type(exc).__name__}: {exc}", 0, 0)
 
 
 def _write_event(run_dir: Path, message: str) -> None:
@@ -722,8 +751,14 @@ def _prepare(
     model = load_model_source((run_dir / store.MODEL_FILE).read_text()).to(device)
     input_node = next(n for n in graph.nodes if n.type == "Input")
     input_dtype = analysis.infos[input_node.id].dtype or "float32"
-    split = split_dataset(dataset, config.val_fraction, config.seed, device, input_dtype)
+    home = data_device(dataset, device)
+    split = split_dataset(dataset, config.val_fraction, config.seed, home, input_dtype)
     trainer = Trainer(run_dir, config, analysis, model, split, dataset, device, stop, on_epoch)
+    if home != device:
+        trainer.event(
+            f"the dataset does not fit in {device.type} memory: it stays in host memory and"
+            " each batch is copied over"
+        )
     state = run_dir / store.CHECKPOINT_DIR / store.STATE_FILE
     if state.exists():
         trainer.restore(state)

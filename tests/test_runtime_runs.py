@@ -314,3 +314,12 @@ def test_cli_bad_input_is_one_line_on_stderr(tmp_path: Path, content: str, code:
     assert done.returncode == code
     assert message in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_hand_edited_bad_config_fails_with_the_field_named(tmp_path: Path):
+    folder = create_run(tmp_path, lstm(), CONFIG)
+    (folder / store.CONFIG_FILE).write_text(json.dumps({"epochs": -1}))
+    result = train_run(folder)
+    assert result.status == "failed"
+    assert result.message.startswith("config.json is not a valid training config: epochs:")
+    assert read_run(tmp_path, folder.name).status == "failed"
