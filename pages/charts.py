@@ -226,8 +226,16 @@ def grad_norm_lines(series: RunSeries, order: Sequence[str] = ()) -> go.Figure:
     table = norm_table(series, layers)
     fig = go.Figure(
         [
-            _line(steps, row, layer, PALETTE[i % len(PALETTE)], width=1.5)
-            for i, (layer, row) in enumerate(zip(layers, table))
+            _line(
+                steps,
+                row,
+                layer,
+                PALETTE[i % len(PALETTE)],
+                width=1.5,
+                mode="lines+markers",
+                marker={"size": 4},
+            )
+            for i, (layer, row) in enumerate(zip(layers, table, strict=True))
         ]
     )
     return _layout(fig, "Gradient norms", "step", "‖grad‖", log_y=True)

@@ -21,6 +21,7 @@ from runtime.runs import RunInfo, checkpoint_path, list_runs
 
 LANGUAGES = {".py": "python", ".json": "json", ".md": "markdown"}
 MAX_WEIGHTS_BYTES = 500_000_000
+CODE_HEIGHT = 560
 
 
 def zip_bytes(files: dict[str, str], folder: str) -> bytes:
@@ -65,48 +66,56 @@ def render() -> None:
             dump_graph(graph),
             file_name=f"{folder}.json",
             mime="application/json",
+            on_click="ignore",
         )
         return
-    settings = train.chosen_settings()
     try:
-        files = bundle_files(graph, analysis, settings)
+        files = bundle_files(graph, analysis, train.chosen_settings())
     except ValidationError as exc:
-        st.warning(
-            f"The Train page's settings do not fit train.py ({exc.errors()[0]['msg']}); using its defaults."
-        )
+        reason = exc.errors()[0]["msg"]
+        st.warning(f"The Train page's settings do not fit train.py ({reason}); it uses defaults.")
         files = bundle_files(graph, analysis)
-    left, right = st.columns([3, 2], vertical_alignment="center")
-    left.markdown(
-        f"**{analysis.total_params:,}** trainable parameters · files: "
+    code_box, weights_box = st.columns(2, gap="medium")
+    with code_box.container(border=True, height="stretch"):
+        _code_section(files, folder, analysis.total_params)
+    with weights_box.container(border=True, height="stretch"):
+        _weights_section(state.runs_dir(), files["model.py"], folder)
+    for tab, (name, text) in zip(st.tabs(list(files)), files.items(), strict=True):
+        with tab:
+            language = LANGUAGES.get(Path(name).suffix, "text")
+            st.code(text, language=language, line_numbers=True, height=CODE_HEIGHT)
+
+
+def _code_section(files: dict[str, str], folder: str, parameters: int) -> None:
+    st.markdown("**Code**")
+    st.caption(
+        f"A PyTorch model of {parameters:,} parameters and everything to train it anywhere: "
         + ", ".join(f"`{name}`" for name in files)
+        + f", in a folder `{folder}/`."
     )
-    right.download_button(
+    st.download_button(
         "Download the code (.zip)",
         zip_bytes(files, folder),
         file_name=f"{folder}.zip",
         mime="application/zip",
         type="primary",
-        use_container_width=True,
+        on_click="ignore",
+        icon=":material/download:",
     )
-    for tab, (name, text) in zip(st.tabs(list(files)), files.items(), strict=True):
-        with tab:
-            st.code(text, language=LANGUAGES.get(Path(name).suffix, "text"), line_numbers=True)
-    _weights_section(state.runs_dir(), files["model.py"], folder)
 
 
 def _weights_section(runs_dir: Path, model_source: str, folder: str) -> None:
-    st.subheader("Trained weights")
-    runs = runs_with_weights(runs_dir)
-    if not runs:
-        st.info(
-            "No trained weights yet: train the model on the Train page, then download them here."
+    st.markdown("**Trained weights**")
+    found = {run.id: (run, path) for run, path in runs_with_weights(runs_dir)}
+    if not found:
+        st.caption(
+            "No trained weights yet: train the model on the Train page, then take them here."
         )
         return
-    labels = {
-        f"{run.name or run.id} · {run.status} · epoch {run.epoch}/{run.epochs}": (run, path)
-        for run, path in runs
-    }
-    run, path = labels[st.selectbox("Run", list(labels), key="export-run")]
+    choice = st.selectbox(
+        "Run", list(found), format_func=lambda i: train.run_label(found[i][0]), key="export-run"
+    )
+    run, path = found[choice]
     size = path.stat().st_size
     if size > MAX_WEIGHTS_BYTES:
         st.error(
@@ -118,16 +127,18 @@ def _weights_section(runs_dir: Path, model_source: str, folder: str) -> None:
         path.read_bytes(),
         file_name=f"{folder}-{run.id}.pt",
         mime="application/octet-stream",
+        on_click="ignore",
+        icon=":material/download:",
     )
     if weights_match(run.path, model_source):
         st.caption(
-            "Load them into the exported model: `model = build_model();"
-            " model.load_state_dict(torch.load('weights.pt', weights_only=True))`."
+            "They load into the model below: `model.load_state_dict(torch.load(path,"
+            " weights_only=True))`."
         )
         return
     st.warning(
-        "This run trained an earlier version of the graph, so its weights fit that run's model.py,"
-        " not the one above."
+        "This run trained an earlier version of the graph: its weights fit that run's model.py,"
+        " not the one below."
     )
     try:
         run_source = (run.path / "model.py").read_text()
@@ -139,6 +150,7 @@ def _weights_section(runs_dir: Path, model_source: str, folder: str) -> None:
         run_source,
         file_name=f"{folder}-{run.id}-model.py",
         mime="text/x-python",
+        on_click="ignore",
     )
 
 

@@ -61,7 +61,7 @@ def test_the_page_shows_the_generated_model_source_highlighted(home):
     [code] = model_tab.code
     expected = generate_source(analyse(load_graph(text)))
     assert code.language == "python" and code.value.rstrip() == expected.rstrip()
-    assert "61,706" in app.markdown[0].value
+    assert "61,706 parameters" in app.caption[0].value
 
 
 def test_every_bundle_file_gets_a_tab(home):
@@ -100,7 +100,7 @@ def test_a_graph_with_errors_explains_and_still_lets_the_work_be_saved(home):
 
 def test_without_runs_the_page_says_where_weights_come_from(home):
     app = open_page(home, LENET.read_text())
-    assert "No trained weights yet" in app.info[0].value
+    assert any("No trained weights yet" in caption.value for caption in app.caption)
 
 
 def test_weights_of_a_run_of_this_graph_load_into_the_exported_model(home):
@@ -108,7 +108,7 @@ def test_weights_of_a_run_of_this_graph_load_into_the_exported_model(home):
     run = finished_run(home, text)
     app = open_page(home, text)
     assert not app.exception and not app.warning
-    assert "load_state_dict" in app.caption[0].value
+    assert any("load_state_dict" in caption.value for caption in app.caption)
     [(info, path)] = export.runs_with_weights(home / "runs" / WORKSPACE)
     assert info.id == run.name
     files = bundle_files(load_graph(text), analyse(load_graph(text)))
