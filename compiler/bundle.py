@@ -6,11 +6,13 @@ loads into it; `train.py` trains it anywhere; `graph.json` reopens the design in
 
 from __future__ import annotations
 
+import io
+import zipfile
 from typing import Any
 
 from builder.graph import Graph, dump_graph
 from compiler.analysis import Analysis
-from compiler.codegen import class_name, generate_source, safe_text
+from compiler.codegen import class_name, generate_source, identifier, safe_text
 from compiler.trainscript import TrainDefaults, train_source
 
 
@@ -32,6 +34,16 @@ def bundle_files(
         "graph.json": dump_graph(graph),
         "README.md": readme(analysis, defaults),
     }
+
+
+def bundle_zip(files: dict[str, str], folder: str) -> bytes:
+    """The bundle as one zip (for a single download), its files inside `folder`/, a name made
+    safe with the same rule as the code's identifiers."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, text in files.items():
+            archive.writestr(f"{identifier(folder)}/{name}", text)
+    return buffer.getvalue()
 
 
 def readme(analysis: Analysis, defaults: TrainDefaults) -> str:

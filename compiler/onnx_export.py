@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from compiler.analysis import Analysis
+from compiler.codegen import generate_source
 
 # Catalog layer types that cannot export, with the reason. Empty: every type in the catalog
 # exports (tests/test_onnx.py proves it for each type not listed here).
@@ -37,6 +38,25 @@ def unexportable_layers(analysis: Analysis) -> list[str]:
         for node in analysis.graph.nodes
         if node.id in analysis.live and node.type in UNEXPORTABLE
     ]
+
+
+def export_graph_onnx(analysis: Analysis, weights: dict[str, torch.Tensor] | None = None) -> bytes:
+    """The ONNX file of a valid graph's model.py, with a run's trained weights (its state_dict)
+    or, without them, freshly initialised ones."""
+    blocked = unexportable_layers(analysis)
+    if blocked:
+        raise OnnxExportError("cannot export to ONNX: " + "; ".join(blocked))
+    namespace: dict[str, object] = {"__name__": "netbuilder_onnx"}
+    exec(compile(generate_source(analysis), "model.py", "exec"), namespace)  # sanitised source
+    model = namespace["build_model"]()
+    if weights is not None:
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise OnnxExportError(f"the weights do not fit this graph: {first}") from None
+    shape, dtype = namespace["INPUT_SHAPE"], namespace["INPUT_DTYPE"]
+    return export_onnx(model, torch.zeros((2, *shape), dtype=dtype))
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor) -> bytes:

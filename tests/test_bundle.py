@@ -4,9 +4,11 @@ weights trained by the app's runtime loading into the exported model.py."""
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from sklearn.datasets import load_digits
 
 from builder.graph import load_graph
 from compiler import analyse, generate_source
-from compiler.bundle import bundle_files
+from compiler.bundle import bundle_files, bundle_zip
 
 TEMPLATES = sorted(Path("builder/templates").glob("*.json"))
 LENET = Path("builder/templates/lenet5.json")
@@ -136,3 +138,11 @@ def test_weights_trained_by_the_runtime_load_into_the_exported_model_py(tmp_path
         predicted = model.eval()(images).argmax(1)
     accuracy = (predicted == torch.tensor(digits.target)).float().mean()
     assert accuracy > 0.3  # chance is 0.1: these are the trained weights, working in model.py
+
+
+def test_the_zip_holds_the_bundle_in_one_safely_named_folder() -> None:
+    graph = load_graph(LENET.read_text())
+    files = bundle_files(graph, analyse(graph))
+    with zipfile.ZipFile(io.BytesIO(bundle_zip(files, "../../etc/Le Net"))) as archive:
+        assert sorted(archive.namelist()) == sorted(f"etc_le_net/{name}" for name in files)
+        assert archive.read("etc_le_net/train.py").decode() == files["train.py"]

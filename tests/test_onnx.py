@@ -19,6 +19,7 @@ from compiler.onnx_export import (  # noqa: E402
     INPUT_NAME,
     UNEXPORTABLE,
     OnnxExportError,
+    export_graph_onnx,
     export_onnx,
     unexportable_layers,
 )
@@ -176,6 +177,10 @@ def test_every_template_exports_and_onnxruntime_matches_torch(template: Path) ->
 
 def test_coverage_graphs_use_every_exportable_layer_type() -> None:
     used = {node.type for g in COVERAGE.values() for node in g.nodes}
+    missing = set(CATALOG) - set(UNEXPORTABLE) - used
+    assert (
+        not missing
+    ), f"add {missing} to a COVERAGE graph (or, if it cannot export, to UNEXPORTABLE)"
     assert used == set(CATALOG) - set(UNEXPORTABLE)
 
 
@@ -202,3 +207,23 @@ def test_a_model_that_cannot_export_raises_a_named_error() -> None:
 
     with pytest.raises(OnnxExportError, match="torch.onnx.export failed: TorchExportError"):
         export_onnx(BranchesOnValues(), torch.randn(2, 3))
+
+
+def test_a_graph_exports_with_a_runs_trained_weights() -> None:
+    graph = load_graph(Path("builder/templates/resnet.json").read_text())
+    analysis = analyse(graph)
+    trained = randomised(load_module(generate_source(analysis)).build_model())
+    session = onnxruntime.InferenceSession(export_graph_onnx(analysis, trained.state_dict()))
+    x = random_input(analysis, 4)
+    with torch.no_grad():
+        expected = trained(x).numpy()
+    (got,) = session.run(None, {INPUT_NAME: x.numpy()})
+    assert float(np.abs(got - expected).max()) <= TOLERANCE
+
+
+def test_weights_of_another_graph_are_refused_by_name() -> None:
+    lenet = analyse(load_graph(Path("builder/templates/lenet5.json").read_text()))
+    resnet = analyse(load_graph(Path("builder/templates/resnet.json").read_text()))
+    weights = load_module(generate_source(resnet)).build_model().state_dict()
+    with pytest.raises(OnnxExportError, match="the weights do not fit this graph"):
+        export_graph_onnx(lenet, weights)
