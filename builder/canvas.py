@@ -80,13 +80,19 @@ def key_params_text(node: Node) -> str:
         if value is True:
             parts.append(label)
         elif value is not False:
-            parts.append(f"{label} {_value_text(value)}")
+            parts.append(f"{label} {_value_text(name, value)}")
     return " · ".join(parts)
 
 
-def _value_text(value: Any) -> str:
+SPATIAL = frozenset({"kernel_size", "stride", "padding", "output_size"})
+
+
+def _value_text(name: str, value: Any) -> str:
+    """3×5 for a window size, [0, 2, 1] for any other list."""
     if isinstance(value, list):
-        return "×".join(str(v) for v in value)
+        if name in SPATIAL:
+            return "×".join(str(v) for v in value)
+        return "[" + ", ".join(str(v) for v in value) + "]"
     return str(value)
 
 

@@ -28,6 +28,7 @@ _PUSHED = "nb_pushed"  # (graph version, selection) -> the canvas state last sen
 _SEEN = "nb_canvas_seen"  # timestamp of the last canvas value applied
 _PARAM_ERRORS = "nb_param_errors"  # (graph version, {(node, param): message})
 _ERROR = "nb_error"  # (graph version, message): shown until the graph changes
+_UPLOADS = "nb_uploads"  # how many files were opened: part of the uploader's key
 
 TEMPLATES = {
     "resnet": ("Small ResNet", "8×8 digits · two residual blocks"),
@@ -85,10 +86,16 @@ def _load_template() -> None:
     st.toast(f"Loaded {TEMPLATES.get(name, (name,))[0]}. Undo brings your graph back.")
 
 
+def _uploader_key() -> str:
+    """A new key after every upload, so the next file starts from an empty uploader."""
+    return f"nb_open_{st.session_state.get(_UPLOADS, 0)}"
+
+
 def _open_file() -> None:
-    uploaded = st.session_state.get("nb_open")
+    uploaded = st.session_state.get(_uploader_key())
     if uploaded is None:
         return
+    st.session_state[_UPLOADS] = st.session_state.get(_UPLOADS, 0) + 1
     if uploaded.size > MAX_FILE_BYTES:
         _flash_error(
             f"{uploaded.name} is {uploaded.size:,} bytes; a graph file may be at most"
@@ -256,8 +263,8 @@ def toolbar(graph: Graph) -> None:
     )
     with opener.popover("Open", icon=":material/folder_open:", width="stretch", key="nb_open_popover", on_change="rerun"):
         st.file_uploader(
-            "A graph file saved by NetBuilder (.json)", type=["json"], key="nb_open",
-            on_change=_open_file,
+            "A graph file saved by NetBuilder (.json)", type=["json"], key=_uploader_key(),
+            on_change=_open_file, max_upload_size=max(1, MAX_FILE_BYTES // 1_000_000),
         )
     save.download_button(
         "Save", data=dump_graph(graph), file_name=f"{_file_stem(graph.name)}.json",
@@ -332,7 +339,7 @@ def inspector(graph: Graph, analysis: Analysis, selected: str | None) -> None:
         f"Output `{shape}` · {info.params or 0:,} params · {_si(info.macs or 0)} MACs"
     )
     st.code(
-        spec.formula + (f"\n{info.explanation}" if info.explanation else ""),
+        spec.formula + (f"\n{info.explanation}".replace("; ", "\n") if info.explanation else ""),
         language=None, wrap_lines=True,
     )
     param_form(node)
@@ -402,7 +409,7 @@ def layer_table(analysis: Analysis) -> None:
             }
         )
     st.dataframe(
-        rows, hide_index=True, width="stretch",
+        rows, hide_index=True, width="stretch", height="content" if len(rows) <= 60 else 720,
         column_config={
             "Params": st.column_config.NumberColumn(format="localized"),
             "MACs": st.column_config.NumberColumn(format="localized"),

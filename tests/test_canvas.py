@@ -100,11 +100,13 @@ def test_key_params_leave_out_defaults_and_show_flags_by_name():
             "nodes": [
                 {"id": "a", "type": "LSTM", "params": {"hidden_size": 32, "bidirectional": True}},
                 {"id": "b", "type": "Conv2d", "params": {"out_channels": 8, "kernel_size": [3, 5], "stride": 1}},
+                {"id": "c", "type": "Permute", "params": {"dims": [0, 2, 1]}},
             ],
         }
     )
     assert key_params_text(graph.node("a")) == "hidden 32 · bidirectional"
     assert key_params_text(graph.node("b")) == "out 8 · k 3×5"
+    assert key_params_text(graph.node("c")) == "dims [0, 2, 1]"
 
 
 # -- canvas -> graph --------------------------------------------------------------------------
