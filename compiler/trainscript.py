@@ -53,14 +53,12 @@ def train_source(analysis: Analysis, defaults: TrainDefaults | None = None) -> s
         analysis.infos[input_node.id].dtype or "float32",
         analysis.infos[output_node.id].shape or (),
     )
-    data_help = (
-        "NPZ file with arrays X [N, *INPUT_SHAPE] and y [N] (class ids) or [N, *OUTPUT_SHAPE]"
-    )
+    data_help = 'help="an NPZ file with arrays X and y (class ids or targets)'
     if data is None:
-        data_flag = f'required=True,\n        help="{data_help}",'
+        data_flag = f'required=True,\n        {data_help}",'
         data_source = NO_BUILTIN_DATA
     else:
-        data_flag = f'default=None,\n        help="{data_help}; default: {data[0]}",'
+        data_flag = f'default=None,\n        {data_help}; default:"\n        " {data[0]}",'
         data_source = data[1]
     return (
         TEMPLATE.replace("__NAME__", safe_text(analysis.graph.name))
@@ -103,7 +101,7 @@ def builtin_data_source(
 
 DIGITS_LAYOUTS: dict[Shape, tuple[str, str]] = {
     (1, 8, 8): ("as images [1, 8, 8]", "images.unsqueeze(1)"),
-    (8, 8): ("as sequences [8, 8] (each row a time step)", "images"),
+    (8, 8): ("as rows [8, 8]", "images"),
     (64,): ("as vectors [64]", "images.flatten(1)"),
     (1, 28, 28): (
         "resized to [1, 28, 28]",
@@ -112,7 +110,7 @@ DIGITS_LAYOUTS: dict[Shape, tuple[str, str]] = {
 }
 
 DIGITS = '''def builtin_data() -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes) __DESCRIPTION__."""
+    """scikit-learn's 8x8 digits, 1,797 images of 10 classes, __DESCRIPTION__."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -121,8 +119,8 @@ DIGITS = '''def builtin_data() -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.tensor(digits.target, dtype=torch.int64)'''
 
 TOKENS = '''def builtin_data() -> tuple[torch.Tensor, torch.Tensor]:
-    """4,096 random token sequences [16] (vocabulary 16), each with one marker token 1; the
-    label is the token right after the marker, so the model has to find it."""
+    """4,096 random token sequences [16] (vocabulary 16), each with one marker token
+    1; the label is the token right after the marker, so the model has to find it."""
     generator = torch.Generator().manual_seed(0)
     plain = torch.tensor([token for token in range(16) if token != 1])
     tokens = plain[torch.randint(len(plain), (4096, 16), generator=generator)]
@@ -148,16 +146,16 @@ NO_BUILTIN_DATA = '''def builtin_data() -> tuple[torch.Tensor, torch.Tensor]:
 
 TEMPLATE = '''"""Train the model in model.py, exported by NetBuilder from graph '__NAME__'.
 
-    python train.py                        # the settings chosen in NetBuilder (DEFAULTS)
-    python train.py --epochs 20 --lr 3e-4  # override any of them; --help lists them all
-    python train.py --data mine.npz        # your data: arrays X and y in one NPZ file
+    python train.py                        # the settings chosen in NetBuilder
+    python train.py --epochs 20 --lr 3e-4  # override any of them (--help lists all)
+    python train.py --data mine.npz        # your data: arrays X and y in an NPZ file
     python train.py --resume               # continue from checkpoints/last.pt
-    torchrun --nproc_per_node=4 train.py   # one process per GPU, DistributedDataParallel
+    torchrun --nproc_per_node=4 train.py   # a process per GPU, DistributedDataParallel
 
---batch-size is the global batch: under torchrun each process takes an equal share, so one
-device and many follow the same training curve. Every epoch writes checkpoints/model.pt (the
-weights: model.load_state_dict(torch.load(path, weights_only=True))), checkpoints/last.pt
-(everything --resume needs) and a line of checkpoints/metrics.jsonl.
+--batch-size is the global batch: under torchrun each process takes an equal share, so
+one device and many follow the same training curve. Every epoch writes, in checkpoints/,
+model.pt (the weights: model.load_state_dict(torch.load(path, weights_only=True))),
+last.pt (all that --resume needs) and a line of metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -199,7 +197,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--schedule",
         choices=("constant", "step", "cosine"),
         default=DEFAULTS["schedule"],
-        help="after warm-up: constant, x0.1 at 50%% and 75%% of the steps, or cosine to 0",
+        help="after warm-up: constant, x0.1 at 50%% and 75%% of the steps, or cosine",
     )
     add("--warmup-steps", type=int, default=DEFAULTS["warmup_steps"])
     add("--grad-clip", type=float, default=DEFAULTS["grad_clip"], help="max grad norm")
@@ -232,7 +230,7 @@ __BUILTIN_DATA__
 
 
 def read_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """Arrays X and y of an NPZ file, read with allow_pickle=False: no file can run code."""
+    """Arrays X and y of an NPZ file, read with allow_pickle=False: no code can run."""
     import numpy as np
 
     try:
@@ -248,7 +246,8 @@ def load_data(path: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
     """All samples as (X, y): the NPZ file at `path`, or the built-in data."""
     x, y = builtin_data() if path is None else read_npz(path)
     if tuple(x.shape[1:]) != INPUT_SHAPE:
-        raise SystemExit(f"X is {list(x.shape)}; the model takes [N, *{INPUT_SHAPE}]")
+        shape = ", ".join(map(str, INPUT_SHAPE))
+        raise SystemExit(f"X is {list(x.shape)}; the model takes [N, {shape}]")
     if len(y) != len(x):
         raise SystemExit(f"X has {len(x)} samples but y has {len(y)}")
     if torch.is_floating_point(y):
@@ -256,7 +255,7 @@ def load_data(path: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
     if len(OUTPUT_SHAPE) != 1 or y.min() < 0 or y.max() >= OUTPUT_SHAPE[0]:
         raise SystemExit(
             f"labels run from {int(y.min())} to {int(y.max())}, but the model outputs"
-            f" {list(OUTPUT_SHAPE)} scores; set its last Linear's width to the class count"
+            f" {list(OUTPUT_SHAPE)} scores; make its last Linear as wide as the classes"
         )
     return x.to(INPUT_DTYPE), y.long()
 
@@ -271,8 +270,8 @@ def split(data: TensorDataset, fraction: float, seed: int) -> tuple[Subset, Subs
 def make_loaders(
     train_set: Subset, val_set: Subset, batch_size: int, rank: int, world: int
 ) -> tuple[DataLoader, DataLoader]:
-    """Each process trains on its share of every global batch (a DistributedSampler, seeded,
-    reshuffled per epoch) and validates on every world-th sample."""
+    """Each process trains on its share of every global batch (a DistributedSampler,
+    seeded, reshuffled per epoch) and validates on every world-th sample."""
     batch = max(1, batch_size // world)
     if batch * world != batch_size and rank == 0:
         print(f"note: a batch of {batch_size} over {world} processes is {batch} each")
@@ -302,8 +301,8 @@ def pick_device(choice: str, local_rank: int) -> torch.device:
 
 
 def start_processes(device_choice: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device). Under torchrun, joins the process group: NCCL on GPUs,
-    gloo on CPUs; alone, it is rank 0 of 1."""
+    """(rank, world size, device). Under torchrun, joins the process group: NCCL on
+    GPUs, gloo on CPUs; alone, it is rank 0 of 1."""
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
     device = pick_device(device_choice, int(os.environ.get("LOCAL_RANK", 0)))
@@ -426,14 +425,14 @@ def epoch_record(
 
 
 def save(state: dict, path: Path) -> None:
-    """Write through a temporary file, so a run killed mid-save keeps the previous file."""
+    """Write through a temporary file: a run killed mid-save keeps the previous one."""
     temporary = path.with_suffix(".tmp")
     torch.save(state, temporary)
     temporary.replace(path)
 
 
 def checkpoint(folder: Path, parts: dict, progress: dict, record: dict) -> None:
-    """last.pt (everything --resume needs), model.pt (the weights) and a metrics line."""
+    """last.pt (all that --resume needs), model.pt (the weights), a metrics line."""
     states = {name: part.state_dict() for name, part in parts.items()}
     save(states | progress, folder / "last.pt")
     save(parts["model"].state_dict(), folder / "model.pt")
@@ -442,7 +441,7 @@ def checkpoint(folder: Path, parts: dict, progress: dict, record: dict) -> None:
 
 
 def restore(path: Path, parts: dict, device: torch.device) -> dict:
-    """Load last.pt into the model, optimizer, schedule and scaler; return the progress."""
+    """Load last.pt into the model, optimizer, schedule and scaler; return progress."""
     if not path.exists():
         raise SystemExit(f"nothing to resume: {path} does not exist")
     state = torch.load(path, map_location=device, weights_only=True)
@@ -501,8 +500,8 @@ def train(args: argparse.Namespace, rank: int, world: int, device: torch.device)
         )
         if not math.isfinite(record["train_loss"]):
             raise SystemExit(
-                f"the loss became {record['train_loss']} in epoch {epoch + 1}: try a"
-                f" lower --lr than {args.lr} or --grad-clip 1 (last.pt is the epoch before)"
+                f"the loss became {record['train_loss']} in epoch {epoch + 1}: try"
+                f" a lower --lr than {args.lr} or --grad-clip 1 (last.pt is intact)"
             )
         watched = record.get("val_loss", record["train_loss"])
         if watched < progress["best"]:

@@ -87,6 +87,7 @@ def last_record(folder: Path) -> dict:
 def test_train_py_is_black_formatted_and_standalone(template: Path) -> None:
     source = train_source(analyse(load_graph(template.read_text())))
     assert black.format_str(source, mode=black.Mode(line_length=88)) == source
+    assert max(len(line) for line in source.splitlines()) <= 88
     tree = ast.parse(source)
     top = {
         (node.module if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
