@@ -93,15 +93,23 @@ def main() -> None:
     value = browser_value(graph)
     baseline = median_ms(lambda: analyse(graph))
     rows = [
-        ("canvas edit: merge + analyse + canvas state + JSON", median_ms(lambda: canvas_edit(graph, value))),
-        ("param edit: set + analyse + canvas state + JSON", median_ms(lambda: param_edit(graph, conv))),
+        (
+            "canvas edit: merge + analyse + canvas state + JSON",
+            median_ms(lambda: canvas_edit(graph, value)),
+        ),
+        (
+            "param edit: set + analyse + canvas state + JSON",
+            median_ms(lambda: param_edit(graph, conv)),
+        ),
         ("whole Build page run via AppTest (upper bound)", page_run_ms(graph, value)),
     ]
     print(f"graph: {len(graph.nodes)} nodes, {len(graph.edges)} edges")
     print(f"baseline  analyse alone: {baseline:8.2f} ms")
     for label, ms in rows:
         verdict = "ok" if ms < TARGET_MS else "OVER TARGET"
-        print(f"{label:<52} {ms:8.2f} ms  {ms / baseline:6.1f}x baseline  [{verdict}, < {TARGET_MS:.0f} ms]")
+        print(
+            f"{label:<52} {ms:8.2f} ms  {ms / baseline:6.1f}x baseline  [{verdict}, < {TARGET_MS:.0f} ms]"
+        )
 
 
 if __name__ == "__main__":

@@ -116,7 +116,11 @@ def node_html(node: Node, info: NodeInfo, diagnostics: list[Diagnostic]) -> str:
     count = f"{info.params:,} params" if info.params else ""
     rows = [
         f"<div style='margin:0;line-height:1.35;overflow-wrap:anywhere'>{title}</div>",
-        f"<div style='margin:0;color:{MUTED};font-size:11px'>{_esc(params)}</div>" if params else "",
+        (
+            f"<div style='margin:0;color:{MUTED};font-size:11px'>{_esc(params)}</div>"
+            if params
+            else ""
+        ),
     ]
     if info.shape is not None:
         shape = "[" + ", ".join(map(str, info.shape)) + "]"
@@ -126,7 +130,9 @@ def node_html(node: Node, info: NodeInfo, diagnostics: list[Diagnostic]) -> str:
             f"<span style='margin:0;color:{MUTED}'>{count}</span></div>"
         )
     elif not diagnostics:
-        rows.append(f"<div style='margin:0;color:{MUTED};font-size:11px'>shape unknown: an earlier layer has a problem</div>")
+        rows.append(
+            f"<div style='margin:0;color:{MUTED};font-size:11px'>shape unknown: an earlier layer has a problem</div>"
+        )
     for diagnostic in diagnostics[:1]:
         rows.append(
             f"<div style='margin:4px 0 0;color:{COLOURS[diagnostic.severity]['accent']};"
@@ -331,7 +337,9 @@ def looks_different(flow: StreamlitFlowState, value: Mapping[str, Any]) -> bool:
     nodes = {n.id: (n.data.get("content"), n.type) for n in flow.nodes}
     edges = {e.id: (e.label, e.type) for e in flow.edges}
     shown = Counter(
-        (e.get("source"), e.get("target")) for e in value.get("edges") or [] if isinstance(e, Mapping)
+        (e.get("source"), e.get("target"))
+        for e in value.get("edges") or []
+        if isinstance(e, Mapping)
     )
     if shown != Counter((e.source, e.target) for e in flow.edges):
         return True

@@ -165,9 +165,9 @@ def add_node_after(
     edges = list(graph.edges)
     if len(outgoing) == 1 and CATALOG[layer_type].max_inputs != 0:
         old = outgoing[0]
-        edges = [
-            Edge(source=anchor, target=node_id) if edge is old else edge for edge in edges
-        ] + [Edge(source=node_id, target=old.target, port=old.port)]
+        edges = [Edge(source=anchor, target=node_id) if edge is old else edge for edge in edges] + [
+            Edge(source=node_id, target=old.target, port=old.port)
+        ]
         nodes = _shift_down(graph.nodes, _downstream(graph, old.target), ROW_HEIGHT)
     else:
         edges.append(Edge(source=anchor, target=node_id))
@@ -209,9 +209,11 @@ def _downstream(graph: Graph, start: str) -> set[str]:
 
 def _shift_down(nodes: list[Node], which: set[str], dy: float) -> list[Node]:
     return [
-        node.model_copy(update={"position": (node.position[0], node.position[1] + dy)})
-        if node.id in which and node.position is not None
-        else node
+        (
+            node.model_copy(update={"position": (node.position[0], node.position[1] + dy)})
+            if node.id in which and node.position is not None
+            else node
+        )
         for node in nodes
     ]
 
@@ -272,7 +274,10 @@ def insert_between(
     src, dst = graph.node(source), graph.node(target)
     position = None
     if src.position is not None and dst.position is not None:
-        position = ((src.position[0] + dst.position[0]) / 2, (src.position[1] + dst.position[1]) / 2)
+        position = (
+            (src.position[0] + dst.position[0]) / 2,
+            (src.position[1] + dst.position[1]) / 2,
+        )
     node = Node(id=node_id, type=layer_type, params=dict(params), position=position)
     edges = [e for e in graph.edges if e is not edge] + [
         Edge(source=source, target=node_id),
@@ -288,7 +293,9 @@ def apply_fix(graph: Graph, fix: dict[str, Any]) -> Graph:
     if "insert" in fix:
         source, target = fix["between"]
         inserted = fix["insert"]
-        return insert_between(graph, inserted["type"], inserted.get("params", {}), source, target)[0]
+        return insert_between(graph, inserted["type"], inserted.get("params", {}), source, target)[
+            0
+        ]
     raise EditError(f"unknown fix {sorted(fix)}")
 
 

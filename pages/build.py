@@ -2,7 +2,8 @@
 
 The graph lives in pages/state.py; the canvas (streamlit-flow) only shows it and reports edits.
 A canvas edit reaches Python as the component's value, which is read at the top of the run,
-before anything is drawn, so the same run already shows the new shapes (one run per edit).
+before anything is drawn, so the same run already shows the new shapes. (The browser answers
+every state it takes with an echo; an echo changes nothing and costs one cheap run.)
 """
 
 from __future__ import annotations
@@ -152,7 +153,10 @@ def _set_param(key: str, version: int, node_id: str, field: edit.ParamField) -> 
     if problem is not None:
         version, errors = st.session_state.get(_PARAM_ERRORS, (None, {}))
         errors = errors if version == state.graph_version() else {}
-        st.session_state[_PARAM_ERRORS] = (state.graph_version(), {**errors, (node_id, field.name): problem})
+        st.session_state[_PARAM_ERRORS] = (
+            state.graph_version(),
+            {**errors, (node_id, field.name): problem},
+        )
         return
     state.set_graph(edit.set_params(graph, node_id, {field.name: value}))
 
@@ -236,9 +240,7 @@ def palette() -> None:
     for category in CATEGORIES:
         types = [name for name, spec in CATALOG.items() if spec.category == category]
         key = f"nb_palette_{category}"
-        st.sidebar.pills(
-            category, types, key=key, on_change=_add_from_palette, args=(key,)
-        )
+        st.sidebar.pills(category, types, key=key, on_change=_add_from_palette, args=(key,))
 
 
 def toolbar(graph: Graph) -> None:
@@ -247,28 +249,64 @@ def toolbar(graph: Graph) -> None:
     )
     name_key = f"nb_name_{state.graph_version()}"
     name.text_input(
-        "Model name", value=graph.name, key=name_key, max_chars=80,
-        on_change=_rename, args=(name_key, state.graph_version()),
+        "Model name",
+        value=graph.name,
+        key=name_key,
+        max_chars=80,
+        on_change=_rename,
+        args=(name_key, state.graph_version()),
     )
-    undo.button("Undo", icon=":material/undo:", on_click=state.undo,
-                disabled=not state.can_undo(), width="stretch")
-    redo.button("Redo", icon=":material/redo:", on_click=state.redo,
-                disabled=not state.can_redo(), width="stretch")
-    tidy.button("Tidy", icon=":material/account_tree:", on_click=_tidy,
-                help="Lay the graph out again, top to bottom", width="stretch")
+    undo.button(
+        "Undo",
+        icon=":material/undo:",
+        on_click=state.undo,
+        disabled=not state.can_undo(),
+        width="stretch",
+    )
+    redo.button(
+        "Redo",
+        icon=":material/redo:",
+        on_click=state.redo,
+        disabled=not state.can_redo(),
+        width="stretch",
+    )
+    tidy.button(
+        "Tidy",
+        icon=":material/account_tree:",
+        on_click=_tidy,
+        help="Lay the graph out again, top to bottom",
+        width="stretch",
+    )
     templates.menu_button(
-        "Templates", state.template_names(), key="nb_template", icon=":material/dashboard:",
+        "Templates",
+        state.template_names(),
+        key="nb_template",
+        icon=":material/dashboard:",
         format_func=lambda name: " · ".join(TEMPLATES.get(name, (name,))),
-        on_click=_load_template, width="stretch",
+        on_click=_load_template,
+        width="stretch",
     )
-    with opener.popover("Open", icon=":material/folder_open:", width="stretch", key="nb_open_popover", on_change="rerun"):
+    with opener.popover(
+        "Open",
+        icon=":material/folder_open:",
+        width="stretch",
+        key="nb_open_popover",
+        on_change="rerun",
+    ):
         st.file_uploader(
-            "A graph file saved by NetBuilder (.json)", type=["json"], key=_uploader_key(),
-            on_change=_open_file, max_upload_size=max(1, MAX_FILE_BYTES // 1_000_000),
+            "A graph file saved by NetBuilder (.json)",
+            type=["json"],
+            key=_uploader_key(),
+            on_change=_open_file,
+            max_upload_size=max(1, MAX_FILE_BYTES // 1_000_000),
         )
     save.download_button(
-        "Save", data=dump_graph(graph), file_name=f"{_file_stem(graph.name)}.json",
-        mime="application/json", icon=":material/download:", on_click="ignore",
+        "Save",
+        data=dump_graph(graph),
+        file_name=f"{_file_stem(graph.name)}.json",
+        mime="application/json",
+        icon=":material/download:",
+        on_click="ignore",
         width="stretch",
     )
 
@@ -306,12 +344,17 @@ def problems(analysis: Analysis) -> None:
 
 def _diagnostic(diagnostic: Diagnostic, key: str) -> None:
     show = st.error if diagnostic.severity == "error" else st.warning
-    show(_md(diagnostic.message), icon=":material/error:" if diagnostic.severity == "error" else ":material/warning:")
+    show(
+        _md(diagnostic.message),
+        icon=":material/error:" if diagnostic.severity == "error" else ":material/warning:",
+    )
     if diagnostic.fix is not None:
         st.button(
             f"Fix: {diagnostic.fix.get('why', 'apply the suggested edit')}",
-            key=f"nb_fix_{key}", icon=":material/auto_fix_high:",
-            on_click=_apply_fix, args=(diagnostic.fix,),
+            key=f"nb_fix_{key}",
+            icon=":material/auto_fix_high:",
+            on_click=_apply_fix,
+            args=(diagnostic.fix,),
         )
 
 
@@ -319,8 +362,12 @@ def inspector(graph: Graph, analysis: Analysis, selected: str | None) -> None:
     ids = [node.id for node in graph.nodes]
     pick_key = f"nb_pick_{state.graph_version()}_{selected}"
     st.selectbox(
-        "Layer", ids, index=ids.index(selected) if selected in ids else None, key=pick_key,
-        placeholder="Click a node on the canvas", on_change=_pick_layer,
+        "Layer",
+        ids,
+        index=ids.index(selected) if selected in ids else None,
+        key=pick_key,
+        placeholder="Click a node on the canvas",
+        on_change=_pick_layer,
         args=(pick_key, state.graph_version(), selected),
     )
     if selected is None:
@@ -335,12 +382,11 @@ def inspector(graph: Graph, analysis: Analysis, selected: str | None) -> None:
     st.markdown(f"#### {node.type} · {_md(node.id)}")
     st.caption(spec.description)
     shape = "?" if info.shape is None else str(list(info.shape))
-    st.markdown(
-        f"Output `{shape}` · {info.params or 0:,} params · {_si(info.macs or 0)} MACs"
-    )
+    st.markdown(f"Output `{shape}` · {info.params or 0:,} params · {_si(info.macs or 0)} MACs")
     st.code(
         spec.formula + (f"\n{info.explanation}".replace("; ", "\n") if info.explanation else ""),
-        language=None, wrap_lines=True,
+        language=None,
+        wrap_lines=True,
     )
     param_form(node)
     st.button("Delete layer", icon=":material/delete:", on_click=_delete_selected, type="secondary")
@@ -359,27 +405,44 @@ def param_form(node: Any) -> None:
         current = node.params.get(field.name, field.default)
         help_text = field.help + ("" if field.required else f" (default {field.default!r})")
         common = {
-            "key": key, "help": help_text, "on_change": _set_param,
+            "key": key,
+            "help": help_text,
+            "on_change": _set_param,
             "args": (key, version, node.id, field),
         }
         if field.kind == "bool":
             st.checkbox(field.name, value=bool(current), **common)
         elif field.kind == "choice":
             choices = list(field.choices)
-            st.selectbox(field.name, choices, index=choices.index(current) if current in choices else 0, **common)
+            st.selectbox(
+                field.name,
+                choices,
+                index=choices.index(current) if current in choices else 0,
+                **common,
+            )
         elif field.kind == "int":
             st.number_input(
-                field.name, value=current if isinstance(current, int) else None, step=1,
-                min_value=_int_or_none(field.minimum), max_value=_int_or_none(field.maximum), **common,
+                field.name,
+                value=current if isinstance(current, int) else None,
+                step=1,
+                min_value=_int_or_none(field.minimum),
+                max_value=_int_or_none(field.maximum),
+                **common,
             )
         elif field.kind == "float":
             st.number_input(
-                field.name, value=float(current) if isinstance(current, int | float) else None,
-                min_value=_float_or_none(field.minimum), max_value=_float_or_none(field.maximum),
-                step=0.01 if (field.maximum or 2) <= 1 else 0.1, format="%g", **common,
+                field.name,
+                value=float(current) if isinstance(current, int | float) else None,
+                min_value=_float_or_none(field.minimum),
+                max_value=_float_or_none(field.maximum),
+                step=0.01 if (field.maximum or 2) <= 1 else 0.1,
+                format="%g",
+                **common,
             )
         else:
-            st.text_input(field.name, value=edit.value_text(current), placeholder=field.help, **common)
+            st.text_input(
+                field.name, value=edit.value_text(current), placeholder=field.help, **common
+            )
         problem = errors.get((node.id, field.name))
         if problem:
             st.error(_md(problem), icon=":material/error:")
@@ -409,7 +472,10 @@ def layer_table(analysis: Analysis) -> None:
             }
         )
     st.dataframe(
-        rows, hide_index=True, width="stretch", height="content" if len(rows) <= 60 else 720,
+        rows,
+        hide_index=True,
+        width="stretch",
+        height="content" if len(rows) <= 60 else 720,
         column_config={
             "Params": st.column_config.NumberColumn(format="localized"),
             "MACs": st.column_config.NumberColumn(format="localized"),

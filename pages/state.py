@@ -101,7 +101,9 @@ def _restore() -> Graph:
             return with_layout(graph) if needs_layout(graph) else graph
         except (GraphFormatError, OSError) as exc:
             path.replace(path.with_suffix(".bad.json"))
-            notify(f"The autosaved graph could not be read ({exc}); it was kept as {path.stem}.bad.json.")
+            notify(
+                f"The autosaved graph could not be read ({exc}); it was kept as {path.stem}.bad.json."
+            )
     return load_template(DEFAULT_TEMPLATE)
 
 

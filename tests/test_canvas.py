@@ -65,7 +65,11 @@ def test_an_invalid_node_is_red_and_shows_the_compiler_message():
     graph = graph.model_copy(
         update={
             "nodes": [
-                n.model_copy(update={"params": {"out_channels": 16, "kernel_size": 15}}) if n.id == "c3" else n
+                (
+                    n.model_copy(update={"params": {"out_channels": 16, "kernel_size": 15}})
+                    if n.id == "c3"
+                    else n
+                )
                 for n in graph.nodes
             ]
         }
@@ -99,7 +103,11 @@ def test_key_params_leave_out_defaults_and_show_flags_by_name():
             "format": "netbuilder.graph/1",
             "nodes": [
                 {"id": "a", "type": "LSTM", "params": {"hidden_size": 32, "bidirectional": True}},
-                {"id": "b", "type": "Conv2d", "params": {"out_channels": 8, "kernel_size": [3, 5], "stride": 1}},
+                {
+                    "id": "b",
+                    "type": "Conv2d",
+                    "params": {"out_channels": 8, "kernel_size": [3, 5], "stride": 1},
+                },
                 {"id": "c", "type": "Permute", "params": {"dims": [0, 2, 1]}},
             ],
         }

@@ -117,7 +117,12 @@ def test_new_ids_are_unique_and_readable():
 def test_splicing_moves_the_layers_below_down_one_row():
     graph = chain(("ReLU", {}))
     graph = graph.model_copy(
-        update={"nodes": [n.model_copy(update={"position": (0.0, 100.0 * i)}) for i, n in enumerate(graph.nodes)]}
+        update={
+            "nodes": [
+                n.model_copy(update={"position": (0.0, 100.0 * i)})
+                for i, n in enumerate(graph.nodes)
+            ]
+        }
     )
     added, node_id = edit.add_node_after(graph, "Identity", "in")
     assert added.node(node_id).position == (0.0, edit.ROW_HEIGHT)
@@ -130,7 +135,9 @@ def test_every_layer_type_starts_with_valid_params(layer_type):
     node = parse_graph(
         {
             "format": "netbuilder.graph/1",
-            "nodes": [{"id": "x", "type": layer_type, "params": edit.starter_params(layer_type, (8, 16))}],
+            "nodes": [
+                {"id": "x", "type": layer_type, "params": edit.starter_params(layer_type, (8, 16))}
+            ],
         }
     ).nodes[0]
     typed_params(node)
@@ -165,7 +172,11 @@ def test_an_unknown_layer_type_is_refused():
 
 
 def test_deleting_a_layer_in_a_chain_bridges_the_gap():
-    graph = chain(("Conv2d", {"out_channels": 4, "kernel_size": 3}), ("ReLU", {}), ("MaxPool2d", {"kernel_size": 2}))
+    graph = chain(
+        ("Conv2d", {"out_channels": 4, "kernel_size": 3}),
+        ("ReLU", {}),
+        ("MaxPool2d", {"kernel_size": 2}),
+    )
     deleted = edit.delete_nodes(graph, {"n2"})
     assert "n2" not in {n.id for n in deleted.nodes}
     assert ("n1", "n3") in pairs(deleted)
@@ -235,8 +246,16 @@ def test_param_fields_follow_the_catalog_types():
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("3", 3), ("3, 5", [3, 5]), ("[3, 5]", [3, 5]), ("same", "same"), ("'same'", "same"),
-     ("none", None), ("", edit.UNSET), ("0.5", 0.5)],
+    [
+        ("3", 3),
+        ("3, 5", [3, 5]),
+        ("[3, 5]", [3, 5]),
+        ("same", "same"),
+        ("'same'", "same"),
+        ("none", None),
+        ("", edit.UNSET),
+        ("0.5", 0.5),
+    ],
 )
 def test_typed_text_becomes_a_value(text, value):
     assert edit.parse_text_value(text) == value
@@ -253,14 +272,18 @@ def test_check_param_explains_a_bad_value_and_accepts_a_good_one():
         "kernel_size must be a positive int or list of 2, got 'abc'"
     )
     assert edit.check_param("Conv2d", params, "kernel_size", [3, 5]) is None
-    assert "out_channels is required" in edit.check_param("Conv2d", params, "out_channels", edit.UNSET)
+    assert "out_channels is required" in edit.check_param(
+        "Conv2d", params, "out_channels", edit.UNSET
+    )
 
 
 # -- compiler fixes ---------------------------------------------------------------------------
 
 
 def test_the_flatten_fix_gives_the_head_torch_expects():
-    graph = chain(("Conv2d", {"out_channels": 4, "kernel_size": 3}), ("Linear", {"out_features": 10}))
+    graph = chain(
+        ("Conv2d", {"out_channels": 4, "kernel_size": 3}), ("Linear", {"out_features": 10})
+    )
     advice = [d for d in analyse(graph).diagnostics if d.fix]
     assert advice and "insert" in advice[0].fix
     fixed = analyse(edit.apply_fix(graph, advice[0].fix))

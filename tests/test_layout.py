@@ -10,7 +10,9 @@ from builder.canvas import NODE_WIDTH
 from builder.graph import Graph, load_graph, parse_graph
 from builder.layout import COLUMN_WIDTH, ROW_HEIGHT, auto_layout, needs_layout, with_layout
 
-TEMPLATES = sorted((Path(__file__).resolve().parent.parent / "builder" / "templates").glob("*.json"))
+TEMPLATES = sorted(
+    (Path(__file__).resolve().parent.parent / "builder" / "templates").glob("*.json")
+)
 
 
 def template(name: str) -> Graph:
@@ -38,7 +40,9 @@ def test_a_chain_is_one_straight_column_from_the_origin():
     graph = template("lenet5")
     positions = auto_layout(graph, origin=(100.0, 20.0))
     assert {x for x, _ in positions.values()} == {100.0}
-    assert [positions[n.id][1] for n in graph.nodes] == [20.0 + i * ROW_HEIGHT for i in range(len(graph.nodes))]
+    assert [positions[n.id][1] for n in graph.nodes] == [
+        20.0 + i * ROW_HEIGHT for i in range(len(graph.nodes))
+    ]
 
 
 def test_a_residual_skip_runs_beside_the_block_it_skips():
