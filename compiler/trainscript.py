@@ -268,14 +268,14 @@ def split(data: TensorDataset, fraction: float, seed: int) -> tuple[Subset, Subs
 
 
 def make_loaders(
-    train_set: Subset, val_set: Subset, batch_size: int, rank: int, world: int
+    train_set: Subset, val_set: Subset, args: argparse.Namespace, rank: int, world: int
 ) -> tuple[DataLoader, DataLoader]:
     """Each process trains on its share of every global batch (a DistributedSampler,
     seeded, reshuffled per epoch) and validates on every world-th sample."""
-    batch = max(1, batch_size // world)
-    if batch * world != batch_size and rank == 0:
-        print(f"note: a batch of {batch_size} over {world} processes is {batch} each")
-    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank)
+    batch = max(1, args.batch_size // world)
+    if batch * world != args.batch_size and rank == 0:
+        print(f"note: {world} processes take {batch} samples each per batch")
+    sampler = DistributedSampler(train_set, world, rank, seed=args.seed)
     val_share = Subset(val_set, range(rank, len(val_set), world))
     return (
         DataLoader(train_set, batch_size=batch, sampler=sampler),
@@ -344,7 +344,9 @@ def amp_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 
-def tally(stats: torch.Tensor, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor):
+def tally(
+    stats: torch.Tensor, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor
+) -> None:
     """Add a batch to [loss sum, correct, count] (correct stays 0 for regression)."""
     stats[0] += loss.detach() * len(y)
     if not torch.is_floating_point(y):
@@ -410,15 +412,15 @@ def summed(stats: torch.Tensor, world: int) -> list[float]:
 
 
 def epoch_record(
-    epoch: int, train: list[float], val: list[float], seconds: float, classes: bool
+    epoch: int, train: list[float], val: list[float], seconds: float, labels: bool
 ) -> dict:
-    """One metrics line: mean losses, accuracies (for class labels) and the speed."""
+    """One metrics line: mean losses, accuracies (given class labels) and the speed."""
     record = {"epoch": epoch, "train_loss": train[0] / train[2]}
-    if classes:
+    if labels:
         record["train_accuracy"] = train[1] / train[2]
     if val[2]:
         record["val_loss"] = val[0] / val[2]
-        if classes:
+        if labels:
             record["val_accuracy"] = val[1] / val[2]
     record["samples_per_s"] = train[2] / seconds
     return record
@@ -450,13 +452,15 @@ def restore(path: Path, parts: dict, device: torch.device) -> dict:
     return {key: state[key] for key in ("epoch", "best", "stale")}
 
 
-def train(args: argparse.Namespace, rank: int, world: int, device: torch.device):
+def train(
+    args: argparse.Namespace, rank: int, world: int, device: torch.device
+) -> nn.Module:
     """The whole run; returns the trained model (the same weights on every process)."""
     log = print if rank == 0 else (lambda *_: None)
     x, y = load_data(args.data)
     classification = not torch.is_floating_point(y)
     train_set, val_set = split(TensorDataset(x, y), args.val_fraction, args.seed)
-    loader, val_loader = make_loaders(train_set, val_set, args.batch_size, rank, world)
+    loader, val_loader = make_loaders(train_set, val_set, args, rank, world)
 
     torch.manual_seed(args.seed)  # the same initial weights on every process
     model = build_model().to(device)
@@ -471,8 +475,7 @@ def train(args: argparse.Namespace, rank: int, world: int, device: torch.device)
     )
     scaler = torch.amp.GradScaler(enabled=args.amp and device.type == "cuda")
     loss_fn = nn.CrossEntropyLoss() if classification else nn.MSELoss()
-    parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
-    parts["scaler"] = scaler
+    parts = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
     progress = {"epoch": 0, "best": math.inf, "stale": 0}
     args.out.mkdir(parents=True, exist_ok=True)
     if args.resume:

@@ -195,6 +195,18 @@ def test_without_fitting_built_in_data_the_data_flag_is_required(tmp_path: Path)
     assert "the following arguments are required: --data" in result.stderr
 
 
+def test_processes_split_each_global_batch_and_the_seed_drives_the_shuffle(bundle) -> None:
+    _, train = bundle
+    args = train.parse_args(["--batch-size", "64", "--seed", "5"])
+    data = torch.utils.data.TensorDataset(torch.arange(100.0), torch.zeros(100, dtype=torch.long))
+    train_set, val_set = train.split(data, 0.2, args.seed)
+    shares = [train.make_loaders(train_set, val_set, args, rank, 2) for rank in (0, 1)]
+    (first, val_first), (second, val_second) = shares
+    assert first.batch_size == second.batch_size == 32 and first.sampler.seed == 5
+    assert set(first.sampler).isdisjoint(second.sampler)
+    assert len(val_first.dataset) + len(val_second.dataset) == len(val_set) == 20
+
+
 def test_lr_schedules_warm_up_then_decay(bundle) -> None:
     _, train = bundle
     factor = train.lr_factor
