@@ -19,22 +19,25 @@ ATTENTION_TYPES = frozenset({"MultiheadAttention", "TransformerEncoderLayer"})
 
 @dataclass
 class GradNormProbe:
-    """Per-node gradient L2 norms: sqrt of the sum of squared norms of the node's parameters."""
+    """Per-node gradient L2 norms: sqrt of the sum of squared norms of the node's parameters.
+
+    Each report costs one fused norm over all gradients; the per-node sums wait for the flush.
+    """
 
     nodes: list[str]
     parameters: list[nn.Parameter]
     owner: torch.Tensor  # index into nodes, one entry per parameter
 
     def measure(self) -> torch.Tensor:
-        """A [nodes] tensor on the device; parameters without a gradient count as zero."""
-        squares = torch.stack(
-            [
-                torch.linalg.vector_norm(p.grad).square() if p.grad is not None else p.new_zeros(())
-                for p in self.parameters
-            ]
-        )
-        total = squares.new_zeros(len(self.nodes)).index_add_(0, self.owner, squares)
-        return total.sqrt()
+        """Each parameter's gradient norm, [parameters] on the device (no gradient: zero)."""
+        grads = [p.grad if p.grad is not None else p.new_zeros(()) for p in self.parameters]
+        return torch.stack(torch._foreach_norm(grads))  # what clip_grad_norm_ uses
+
+    def per_node(self, measured: list[torch.Tensor]) -> list[list[float]]:
+        """Per-node norms for several reports, moved to the host in one transfer."""
+        squares = torch.stack(measured).float().square()
+        totals = squares.new_zeros(len(measured), len(self.nodes))
+        return totals.index_add_(1, self.owner, squares).sqrt().tolist()
 
 
 def grad_norm_probe(model: nn.Module, modules: dict[str, str]) -> GradNormProbe:
@@ -70,8 +73,7 @@ class ActivationProbe:
                 if output is None:
                     return
                 if node_id in self.dead_nodes:
-                    alive = (output.detach() > 0).flatten(1).any(dim=0)
-                    reading.dead[node_id] = 1.0 - alive.float().mean()
+                    reading.peaks[node_id] = output.detach().flatten(1).amax(dim=0)
                 if find_nonfinite:
                     reading.finite.append((node_id, torch.isfinite(output.detach()).all()))
 
@@ -88,14 +90,15 @@ class ActivationProbe:
 
 @dataclass
 class ActivationReading:
-    dead: dict[str, torch.Tensor]
+    peaks: dict[str, torch.Tensor]  # each unit's largest output over the batch
     finite: list[tuple[str, torch.Tensor]]  # in the order the nodes ran
 
     def dead_fractions(self) -> dict[str, float]:
-        if not self.dead:
+        """Per node, the share of units that were never positive for any sample of the batch."""
+        if not self.peaks:
             return {}
-        values = torch.stack(list(self.dead.values())).tolist()
-        return dict(zip(self.dead, values, strict=True))
+        dead = torch.stack([(peak <= 0).float().mean() for peak in self.peaks.values()])
+        return dict(zip(self.peaks, dead.tolist(), strict=True))
 
     def first_nonfinite(self) -> str | None:
         if not self.finite:

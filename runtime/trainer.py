@@ -357,7 +357,7 @@ class Trainer:
             self._flush_steps()
         norms, self.pending_norms = self.pending_norms, []
         if norms:
-            values = torch.stack([n for _, n in norms]).tolist()
+            values = self.grad_probe.per_node([n for _, n in norms])
             self.log.write(
                 {
                     "kind": "grad_norms",
@@ -749,6 +749,10 @@ def _prepare(
     store.update_status(run_dir, device=str(device))
     torch.manual_seed(config.seed)
     model = load_model_source((run_dir / store.MODEL_FILE).read_text()).to(device)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise TrainingFault(
+            "failed", "the model has no trainable parameters; add a layer with weights (a Linear)"
+        )
     input_node = next(n for n in graph.nodes if n.type == "Input")
     input_dtype = analysis.infos[input_node.id].dtype or "float32"
     home = data_device(dataset, device)

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -380,3 +381,11 @@ def test_a_warm_started_run_records_which_nodes_were_copied(tmp_path: Path):
     assert report == {"from": source.name, "copied": ["lstm"], "fresh": ["mid", "head"]}
     records, _ = store.read_records(folder / store.METRICS_FILE)
     assert any(e["message"].startswith("warm start from run") for e in of_kind(records, "event"))
+
+
+def test_a_model_without_weights_is_refused_by_name(tmp_path: Path):
+    upload = tmp_path / "scores.npz"
+    np.savez(upload, X=np.random.rand(20, 10).astype(np.float32), y=np.arange(20) % 10)
+    folder = create_run(tmp_path / "runs", chain_graph([10], ("ReLU", {})), TrainConfig(), upload)
+    result = train_run(folder)
+    assert result.status == "failed" and "no trainable parameters" in result.message
