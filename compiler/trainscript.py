@@ -422,8 +422,16 @@ def epoch_record(
         record["val_loss"] = val[0] / val[2]
         if labels:
             record["val_accuracy"] = val[1] / val[2]
-    record["samples_per_s"] = train[2] / seconds
+    record["samples_per_s"] = round(train[2] / seconds)
     return record
+
+
+def describe(record: dict) -> str:
+    """A metrics line for the log: 'epoch 3  train_loss 0.1465  ...'."""
+    return "  ".join(
+        f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}"
+        for key, value in record.items()
+    )
 
 
 def save(state: dict, path: Path) -> None:
@@ -511,7 +519,7 @@ def train(
             progress = {"epoch": epoch + 1, "best": watched, "stale": 0}
         else:
             progress = {**progress, "epoch": epoch + 1, "stale": progress["stale"] + 1}
-        log(*(f"{key} {value:.4g}" for key, value in record.items()))
+        log(describe(record))
         if rank == 0:
             checkpoint(args.out, parts, progress, record)
         if args.patience and progress["stale"] >= args.patience:
