@@ -55,6 +55,8 @@ def export(args: argparse.Namespace) -> int:
         for error in analysis.errors:
             print(f"error: {error.message}", file=sys.stderr)
         return 1
+    if args.config and not args.train:
+        raise GraphFormatError("--config sets train.py's defaults; add --train")
     files = {"model.py": generate_source(analysis)}
     if args.train:
         try:
@@ -90,22 +92,17 @@ def read_config(path: str | None) -> dict | None:
 
 
 def import_command(args: argparse.Namespace) -> int:
-    from compiler.importer import ModelImportError, import_file
+    from compiler.importer import ModelImportError, import_file  # torch: only when importing
 
     try:
         shape = (
             tuple(int(size) for size in args.input_shape.split(",")) if args.input_shape else None
         )
         result = import_file(Path(args.file), shape, args.dtype, args.name)
-    except ValueError:
-        print(
-            f"error: --input-shape must be sizes like 1,28,28, got {args.input_shape!r}",
-            file=sys.stderr,
-        )
-        return 2
     except ModelImportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc))
+    except ValueError:
+        return fail(f"--input-shape must be sizes like 1,28,28, got {args.input_shape!r}")
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if result.graph is None:
@@ -116,6 +113,12 @@ def import_command(args: argparse.Namespace) -> int:
     Path(args.output).write_text(dump_graph(result.graph))
     print(args.output)
     return 0
+
+
+def fail(message: str) -> int:
+    """One line on stderr, and the exit code of a file that cannot be used."""
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 def schema(args: argparse.Namespace) -> int:
@@ -161,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     import_cmd.add_argument(
         "--input-shape",
         metavar="SIZES",
-        help="one sample's shape, e.g. 1,28,28 (default: the" " file's INPUT_SHAPE)",
+        help="one sample's shape, e.g. 1,28,28 (default: the file's INPUT_SHAPE)",
     )
     import_cmd.add_argument(
         "--dtype", choices=("float32", "int64"), help="input dtype (default: INPUT_DTYPE)"
@@ -173,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except GraphFormatError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # writing the output
+        print(f"error: cannot write {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
         return 2
 
 
