@@ -77,6 +77,7 @@ _COMPARE = "train-compare"
 _COMPARE_PICK = "train-compare-pick"
 _SERIES = "train-series"
 _UPLOADS = "train-uploads"
+_BUILTIN = "train-builtin-choice"
 _MESSAGE = "train-message"
 
 
@@ -266,11 +267,9 @@ def _dataset_section(analysis: Analysis) -> tuple[Dataset | None, Upload | None]
     else:
         names = list(BUILTIN_DATASETS)
         if "train-dataset" not in st.session_state:
-            saved = st.session_state.get(_CONFIG, {}).get("dataset")
-            st.session_state["train-dataset"] = (
-                saved if saved in names else suggested_dataset(analysis)
-            )
+            st.session_state["train-dataset"] = _builtin_choice(analysis)
         name = st.selectbox("Dataset", names, key="train-dataset")
+        st.session_state[_BUILTIN] = name
         st.caption(BUILTIN_DATASETS[name])
         dataset, error = guarded(lambda: builtin_dataset(name), f"load {name}")
         if error:
@@ -290,6 +289,17 @@ def _dataset_section(analysis: Analysis) -> tuple[Dataset | None, Upload | None]
         )
         st.success(f"Compatible: {len(dataset):,} samples of {shape} → {target}.")
     return dataset, upload
+
+
+def _builtin_choice(analysis: Analysis) -> str:
+    """The built-in dataset to show when the picker is drawn afresh (Streamlit forgets a widget
+    that was off the page): the last one chosen if this graph can train on it, else a suggestion."""
+    last = st.session_state.get(_BUILTIN)
+    if last in BUILTIN_DATASETS:
+        dataset, error = guarded(lambda: builtin_dataset(last), f"load {last}")
+        if error is None and not check_compatibility(analysis, dataset):
+            return last
+    return suggested_dataset(analysis)
 
 
 def _uploaded_dataset() -> tuple[Dataset | None, Upload | None]:

@@ -247,3 +247,14 @@ def test_uploaded_file_names_are_reduced_to_safe_characters():
 def test_csv_header_gives_the_label_choices():
     assert train.csv_columns(b"a,b,label\n1,2,0\n") == ["a", "b", "label"]
     assert train.csv_columns(b"") == []
+
+
+def test_coming_back_from_an_upload_keeps_the_built_in_dataset_that_fits(home):
+    lenet = json.loads((ROOT / "builder" / "templates" / "lenet5.json").read_text())
+    app = open_page(home, lenet)
+    assert app.selectbox(key="train-dataset").value == "digits-28"
+    app.button_group(key="train-source").set_value("Upload CSV / NPZ").run()
+    assert not [s for s in app.selectbox if s.key == "train-dataset"]
+    app.button_group(key="train-source").set_value("Built-in").run()
+    assert app.selectbox(key="train-dataset").value == "digits-28"
+    assert not app.button(key="train-start").disabled

@@ -146,3 +146,24 @@ def shot() -> Callable[[object, str], Path]:
         return path
 
     return take
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    if report.when == "call":
+        item.stash[FAILED] = report.failed
+    return report
+
+
+FAILED = pytest.StashKey[bool]()
+
+
+@pytest.fixture(autouse=True)
+def screenshot_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A failed step leaves a picture of the page as it was, next to the step screenshots."""
+    yield
+    if request.node.stash.get(FAILED, False) and "page" in request.fixturenames:
+        ARTIFACTS.mkdir(exist_ok=True)
+        page = request.getfixturevalue("page")
+        page.screenshot(path=str(ARTIFACTS / f"FAILED-{request.node.name}.png"))

@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CANVAS = 'iframe[title="streamlit_flow.streamlit_flow"]'
 LENET = ROOT / "builder" / "templates" / "lenet5.json"
 ERROR_RED = "rgb(220, 38, 38)"  # builder/canvas.py's error border, #dc2626
+SELECTED_BLUE = "rgb(37, 99, 235)"  # its selected border, #2563eb
+ECHO_S = 1.0  # the canvas answers each state it is sent; let that round trip end
 
 
 def canvas(page: Page) -> FrameLocator:
@@ -85,6 +87,17 @@ def torch_shapes() -> dict[str, list[int]]:
     return shapes
 
 
+def select(page: Page, node_id: str) -> None:
+    """Click a node and wait until the page and the canvas agree that it is selected.
+
+    Waiting out the canvas's echo works around a Build-page race (reported): a palette click
+    that lands before the echo adds a layer which the stale echo then removes.
+    """
+    page.mouse.click(*centre(node(page, node_id)))
+    expect(node(page, node_id)).to_have_css("border-top-color", SELECTED_BLUE)
+    page.wait_for_timeout(ECHO_S * 1000)
+
+
 def test_open_the_app_and_load_lenet5(page: Page, app_url: str, shot):
     page.goto(app_url)
     expect(canvas(page).locator(".react-flow__node").first).to_be_visible(timeout=30_000)
@@ -104,7 +117,7 @@ def test_every_layer_shows_the_shape_pytorch_computes(page: Page, shot):
 
 def test_a_new_layer_is_connected_by_dragging_an_edge(page: Page, shot):
     pan_to(page, "flatten")
-    page.mouse.click(*centre(node(page, "flatten")))
+    select(page, "flatten")
     expect(page.get_by_text("Flatten · flatten")).to_be_visible()
     page.get_by_test_id("stSidebar").get_by_text("Identity", exact=True).click()
     expect(node(page, "identity_1")).to_contain_text("[400]")
@@ -126,7 +139,7 @@ def test_a_new_layer_is_connected_by_dragging_an_edge(page: Page, shot):
 
 def test_an_impossible_kernel_turns_the_layer_red_with_its_message(page: Page, shot):
     pan_to(page, "c3")
-    page.mouse.click(*centre(node(page, "c3")))
+    select(page, "c3")
     kernel = page.get_by_role("textbox", name="kernel_size")
     kernel.fill("30")
     kernel.press("Enter")
@@ -168,6 +181,23 @@ def test_stop_ends_the_run_and_keeps_a_checkpoint(page: Page, shot):
     )
     expect(page.get_by_role("button", name="Resume")).to_be_enabled()
     shot(page, "training-stopped")
+
+
+def test_an_uploaded_csv_is_checked_against_the_graph_before_training(page: Page, shot, tmp_path):
+    table = tmp_path / "measurements.csv"
+    table.write_text(
+        "width,height,depth,kind\n" + "".join(f"{i},{i + 1},{i + 2},{i % 3}\n" for i in range(30))
+    )
+    page.get_by_role("radio", name="Upload CSV / NPZ").click()
+    page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(str(table))
+    expect(page.get_by_role("combobox", name="Label column")).to_be_visible()
+    expect(
+        page.get_by_text("measurements.csv samples are [3] but Input 'image' is [1, 28, 28]")
+    ).to_be_visible()
+    expect(page.get_by_role("button", name="Start training")).to_be_disabled()
+    shot(page, "upload-checked")
+    page.get_by_role("radio", name="Built-in").click()
+    expect(page.get_by_role("button", name="Start training")).to_be_enabled()
 
 
 def test_export_downloads_code_and_weights_that_load_into_it(page: Page, shot, tmp_path):
