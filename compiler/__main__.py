@@ -95,14 +95,13 @@ def import_command(args: argparse.Namespace) -> int:
     from compiler.importer import ModelImportError, import_file  # torch: only when importing
 
     try:
-        shape = (
-            tuple(int(size) for size in args.input_shape.split(",")) if args.input_shape else None
-        )
-        result = import_file(Path(args.file), shape, args.dtype, args.name)
-    except ModelImportError as exc:
-        return fail(str(exc))
+        shape = [int(size) for size in args.input_shape.split(",")] if args.input_shape else None
     except ValueError:
         return fail(f"--input-shape must be sizes like 1,28,28, got {args.input_shape!r}")
+    try:
+        result = import_file(Path(args.file), shape and tuple(shape), args.dtype, args.name)
+    except ModelImportError as exc:
+        return fail(str(exc))
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if result.graph is None:
