@@ -464,14 +464,15 @@ def _start_button(
         "Start training", type="primary", disabled=not ready, width="stretch", key="train-start"
     ):
         run_id, error = guarded(
-            lambda: _start(runs_dir, state.current_graph(), config, upload, None), "start the run"
+            lambda: start_training(runs_dir, state.current_graph(), config, upload, None),
+            "start the run",
         )
         _after_start(run_id, error, compare_with=None)
     if not ready:
         st.caption("Start needs a valid graph, compatible data and valid settings.")
 
 
-def _start(
+def start_training(
     runs_dir: Path,
     graph: Graph,
     config: TrainConfig,
@@ -601,7 +602,7 @@ def _run_controls(
         " a layer still fits them",
     ):
         run_id, error = guarded(
-            lambda: _start(runs_dir, state.current_graph(), config, None, info.id),
+            lambda: start_training(runs_dir, state.current_graph(), config, None, info.id),
             "continue from this run",
         )
         _after_start(run_id, error, compare_with=info.id)

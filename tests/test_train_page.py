@@ -12,14 +12,16 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from streamlit.testing.v1 import AppTest
 
 import runtime.runs
 from builder.graph import dump_graph, parse_graph
 from pages import charts, train
 from runtime import store
+from runtime.datasets import dataset_from_upload
 from runtime.runs import create_run, list_runs, read_run, stop_run
-from runtime.trainer import TrainConfig
+from runtime.trainer import TrainConfig, dataset_for_run
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKSPACE = "trainpage01"
@@ -258,3 +260,26 @@ def test_coming_back_from_an_upload_keeps_the_built_in_dataset_that_fits(home):
     app.button_group(key="train-source").set_value("Built-in").run()
     assert app.selectbox(key="train-dataset").value == "digits-28"
     assert not app.button(key="train-start").disabled
+
+
+def test_an_upload_reaches_the_trainer_exactly_as_the_page_checked_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(runtime.runs, "_spawn", lambda folder: None)  # no trainer process
+    rows = "".join(f"{i},{i * 0.5},{i % 4},{-i}\n" for i in range(40))
+    upload = train.Upload("my data.csv", f"a,b,target,c\n{rows}".encode(), "target")
+    checked = dataset_from_upload(upload.name, upload.data, upload.label_column)
+    graph = {
+        "format": "netbuilder.graph/1",
+        "nodes": [
+            {"id": "x", "type": "Input", "params": {"shape": [3]}},
+            {"id": "fc", "type": "Linear", "params": {"out_features": 4}},
+            {"id": "y", "type": "Output"},
+        ],
+        "edges": [{"source": "x", "target": "fc"}, {"source": "fc", "target": "y"}],
+    }
+    config = TrainConfig(dataset=checked.name, label_column="target")
+    run_id = train.start_training(tmp_path, parse_graph(graph), config, upload, None)
+    folder = tmp_path / run_id
+    stored = TrainConfig.model_validate_json((folder / store.CONFIG_FILE).read_text())
+    trained_on = dataset_for_run(folder, stored)
+    assert torch.equal(trained_on.x, checked.x) and torch.equal(trained_on.y, checked.y)
+    assert trained_on.num_classes == checked.num_classes == 4
