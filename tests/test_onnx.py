@@ -6,16 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import pytest
 import torch
 from torch import nn
 
-onnxruntime = pytest.importorskip("onnxruntime")
-
-from builder.catalog import CATALOG  # noqa: E402
-from builder.graph import Graph, load_graph, parse_graph  # noqa: E402
-from compiler import analyse, generate_source  # noqa: E402
-from compiler.onnx_export import (  # noqa: E402
+from builder.catalog import CATALOG
+from builder.graph import Graph, load_graph, parse_graph
+from compiler import analyse, generate_source
+from compiler.onnx_export import (
     INPUT_NAME,
     UNEXPORTABLE,
     OnnxExportError,
@@ -23,7 +22,7 @@ from compiler.onnx_export import (  # noqa: E402
     export_onnx,
     unexportable_layers,
 )
-from tests.modelkit import load_module, random_input  # noqa: E402
+from tests.modelkit import load_module, random_input
 
 TEMPLATES = sorted(Path("builder/templates").glob("*.json"))
 TOLERANCE = 1e-4
