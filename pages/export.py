@@ -17,6 +17,7 @@ from builder.graph import dump_graph
 from compiler.bundle import bundle_files
 from compiler.codegen import identifier
 from pages import state, train
+from pages.live_graph import markdown_literal
 from runtime.runs import RunInfo, checkpoint_path, list_runs
 
 LANGUAGES = {".py": "python", ".json": "json", ".md": "markdown"}
@@ -59,7 +60,7 @@ def render() -> None:
     if not analysis.ok:
         st.error(
             "The graph has errors, so there is no model code to export yet. Fix them on the Build"
-            " page:\n\n" + "\n".join(f"- {d.message}" for d in analysis.errors)
+            " page:\n\n" + "\n".join(f"- {markdown_literal(d.message)}" for d in analysis.errors)
         )
         st.download_button(
             "Download graph.json (your work so far)",

@@ -1,6 +1,6 @@
 """Train page: pick data, set hyperparameters, start runs and watch them learn, live.
 
-The charts live in fragments that rerun every second on their own, reading only the metric records
+The charts live in fragments that rerun twice a second on their own, reading only the records
 written since the last look, so a training run never reruns the whole page. Every call into the
 runtime is guarded: whatever goes wrong reaches the page as a sentence, never as a traceback.
 """
@@ -8,7 +8,6 @@ runtime is guarded: whatever goes wrong reaches the page as a sentence, never as
 from __future__ import annotations
 
 import csv
-import io
 import logging
 import math
 import re
@@ -26,6 +25,7 @@ from pydantic import ValidationError
 from builder.graph import Graph, GraphFormatError, load_graph
 from compiler.analysis import Analysis
 from pages import charts, live_graph, state
+from pages.live_graph import markdown_literal
 from runtime.datasets import (
     BUILTIN_DATASETS,
     MAX_UPLOAD_BYTES,
@@ -183,14 +183,15 @@ def available_devices() -> list[str]:
 
 
 def guarded(action: Callable[[], Any], what: str) -> tuple[Any, str | None]:
-    """Run a call into the runtime; a failure becomes a message naming what was being done."""
+    """Run a call into the runtime; a failure becomes a message naming what was being done,
+    ready for st.error (user text in it is escaped)."""
     try:
         return action(), None
     except (DatasetError, GraphFormatError, ValidationError, ValueError, OSError) as exc:
-        return None, f"Could not {what}: {exc}"
+        return None, markdown_literal(f"Could not {what}: {exc}")
     except Exception as exc:  # the page boundary: log it whole, show a sentence
         log.exception("unexpected error while trying to %s", what)
-        return None, f"Could not {what}: {type(exc).__name__}: {exc}"
+        return None, markdown_literal(f"Could not {what}: {type(exc).__name__}: {exc}")
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
@@ -239,7 +240,7 @@ def render() -> None:
     if not analysis.ok:
         st.error(
             "The graph has errors, so it cannot train yet. Fix them on the Build page:\n\n"
-            + "\n".join(f"- {d.message}" for d in analysis.errors)
+            + "\n".join(f"- {markdown_literal(d.message)}" for d in analysis.errors)
         )
     with st.container(border=True):
         data_column, settings_column = st.columns([2, 3], gap="large")
@@ -280,7 +281,7 @@ def _dataset_section(analysis: Analysis) -> tuple[Dataset | None, Upload | None]
         if problems:
             st.warning(
                 "This graph cannot train on this data yet:\n\n"
-                + "\n".join(f"- {p}" for p in problems)
+                + "\n".join(f"- {markdown_literal(p)}" for p in problems)
             )
             return None, upload
         shape = list(dataset.sample_shape)
@@ -328,7 +329,7 @@ def _uploaded_dataset() -> tuple[Dataset | None, Upload | None]:
         cache.clear()
         cache[key] = dataset
     dataset = cache[key]
-    st.caption(dataset.description)
+    st.caption(markdown_literal(dataset.description))
     return dataset, Upload(file.name, data, label)
 
 
@@ -655,9 +656,9 @@ def _status_line(info: RunInfo, series: charts.RunSeries) -> None:
     badge.badge(info.status, color=STATUS_COLOURS.get(info.status, "gray"))
     bar.progress(done.fraction, text=f"epoch {info.epoch}/{info.epochs} · step {info.step}{left}")
     if info.status in ("failed", "diverged", "interrupted") and info.message:
-        st.error(info.message)
+        st.error(markdown_literal(info.message))
     elif info.message:
-        st.caption(info.message)
+        st.caption(markdown_literal(info.message))
     last_step = series.steps[-1] if series.steps else {}
     last_epoch = series.epochs[-1] if series.epochs else {}
     loss, accuracy, speed, device = st.columns(4)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -66,13 +67,13 @@ def wait_until_done(runs_dir: Path, run_id: str) -> None:
 
 
 def shown(app: AppTest) -> str:
-    """Every message the page shows, as one text (errors, warnings, successes, captions)."""
+    """Every message the page shows, as one plain text (errors, warnings, successes, captions)."""
     parts = [
         e.value
         for kind in ("error", "warning", "success", "info", "caption")
         for e in app.get(kind)
     ]
-    return "\n".join(str(p) for p in parts)
+    return re.sub(r"\\(.)", r"\1", "\n".join(str(p) for p in parts))  # Markdown escapes undone
 
 
 def figure(app: AppTest, title: str) -> dict:
@@ -283,3 +284,84 @@ def test_an_upload_reaches_the_trainer_exactly_as_the_page_checked_it(tmp_path, 
     trained_on = dataset_for_run(folder, stored)
     assert torch.equal(trained_on.x, checked.x) and torch.equal(trained_on.y, checked.y)
     assert trained_on.num_classes == checked.num_classes == 4
+
+
+def recorded_run(
+    home: Path, records: list[dict], status: str = "completed", message: str = ""
+) -> str:
+    """A run folder holding the given metric records, as a finished trainer leaves it."""
+    folder = create_run(home / "runs" / WORKSPACE, parse_graph(tiny_graph()), TrainConfig())
+    log = store.MetricsLog(folder / store.METRICS_FILE)
+    log.write(records)
+    log.close()
+    store.update_status(folder, status=status, message=message, epoch=1, step=20)
+    return folder.name
+
+
+def test_alarms_from_the_health_reports_are_named_under_the_live_graph(home):
+    recorded_run(
+        home,
+        [
+            {"kind": "grad_norms", "step": 10, "norms": {"fc": 3e-9}},
+            {"kind": "health", "step": 11, "dead_fraction": {}, "nonfinite_node": "fc"},
+        ],
+        status="diverged",
+        message="diverged at step 11; lower the learning rate (first non-finite output: 'fc')",
+    )
+    app = open_page(home, tiny_graph())
+    assert not app.exception
+    errors = [re.sub(r"\\(.)", r"\1", e.value) for e in app.error]
+    assert "fc: vanishing gradient (3.0e-09 < 1e-7)" in errors
+    assert "fc: first non-finite output" in errors
+    assert any("diverged at step 11" in e for e in errors)
+
+
+def test_every_detail_view_draws_its_charts(home):
+    attention = [[[0.5, 0.5], [0.25, 0.75]]]
+    recorded_run(
+        home,
+        [
+            {
+                "kind": "step",
+                "step": s,
+                "epoch": 1,
+                "loss": 1.0 / s,
+                "lr": 0.01,
+                "samples_per_s": 9.0,
+                "time": s,
+            }
+            for s in range(1, 21)
+        ]
+        + [
+            {"kind": "grad_norms", "step": 10, "norms": {"fc": 0.1}},
+            {"kind": "attention", "step": 10, "node": "fc", "weights": attention},
+            {"kind": "attention", "step": 20, "node": "fc", "weights": attention},
+        ],
+    )
+    app = open_page(home, tiny_graph())
+    titles = {
+        "Gradient norms": ["Gradient norms", "Gradient norms by layer"],
+        "Learning rate & speed": ["Learning rate", "Throughput"],
+        "Attention": ["Attention: fc, step 20"],
+    }
+    for view, expected in titles.items():
+        app.button_group(key="train-view").set_value(view).run()
+        assert not app.exception
+        for title in expected:
+            figure(app, title)
+    app.select_slider(key=next(s.key for s in app.select_slider)).set_value(10).run()
+    assert figure(app, "Attention: fc, step 10")
+
+
+def test_node_ids_in_messages_are_shown_as_text_not_markup(home):
+    graph = tiny_graph(width=7)
+    link = "[click](https://example.com)"
+    graph["nodes"][2]["id"] = link
+    graph["edges"] = [
+        {"source": "image", "target": "flat"},
+        {"source": "flat", "target": link},
+        {"source": link, "target": "out"},
+    ]
+    app = open_page(home, graph)
+    raw = "\n".join(w.value for w in app.warning)
+    assert link in shown(app) and link not in raw and r"\[click\]\(https://example\.com\)" in raw
