@@ -365,3 +365,15 @@ def test_node_ids_in_messages_are_shown_as_text_not_markup(home):
     app = open_page(home, graph)
     raw = "\n".join(w.value for w in app.warning)
     assert link in shown(app) and link not in raw and r"\[click\]\(https://example\.com\)" in raw
+
+
+def test_resume_hands_a_stopped_run_back_to_a_trainer(home, monkeypatch):
+    spawned: list[Path] = []
+    monkeypatch.setattr(runtime.runs, "_spawn", spawned.append)  # record instead of starting
+    run_id = recorded_run(home, [], status="stopped", message="stopped at step 20")
+    app = open_page(home, tiny_graph())
+    assert app.button(key="train-stop").disabled and not app.button(key="train-resume").disabled
+    app.button(key="train-resume").click().run()
+    assert not app.exception
+    assert [folder.name for folder in spawned] == [run_id]
+    assert store.read_status(spawned[0])["message"] == "resuming"
