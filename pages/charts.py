@@ -128,7 +128,7 @@ def _line(x: np.ndarray, y: np.ndarray, name: str, colour: str, **options: Any) 
 
 
 def loss_figure(series: RunSeries) -> go.Figure:
-    """Per-step training loss (raw, faint, and smoothed) with per-epoch train and validation loss."""
+    """Per-step training loss (raw, faint, and smoothed), per-epoch train and validation loss."""
     if not series.steps and not series.epochs:
         return _empty("Loss", "waiting for the first step")
     steps, losses = column(series.steps, "step"), column(series.steps, "loss")
@@ -199,7 +199,7 @@ def throughput_figure(series: RunSeries) -> go.Figure:
 
 
 def layer_order(series: RunSeries, order: Sequence[str] = ()) -> list[str]:
-    """The layers that report gradient norms: in `order` (the graph's) first, then as they appear."""
+    """The layers that report gradient norms: in `order` (the graph's) first, then the rest."""
     seen: dict[str, None] = {}
     for record in series.grad_norms:
         seen.update(dict.fromkeys(record.get("norms", {})))

@@ -1,4 +1,4 @@
-"""The graph comes alive while it trains: a read-only canvas, each node coloured by its gradient norm.
+"""The graph comes alive while it trains: a read-only canvas, each node coloured by its gradient.
 
 Alarms sit on the node that has the problem: a vanishing gradient (below 1e-7), an exploding one
 (above 1e3 or not finite), a dead ReLU (over 90% zeros) and the first layer whose output stopped

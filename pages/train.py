@@ -70,6 +70,8 @@ OPTIMIZERS = {
 SCHEDULES = {"constant": "constant", "step": "step decay", "cosine": "cosine"}
 VIEWS = ("Gradient norms", "Learning rate & speed", "Attention")
 
+MAX_UPLOAD_MB = MAX_UPLOAD_BYTES // 10**6
+
 _CONFIG = "train-config"
 _RUN = "train-run"
 _NEW_RUN = "train-new-run"
@@ -305,7 +307,7 @@ def _builtin_choice(analysis: Analysis) -> str:
 
 def _uploaded_dataset() -> tuple[Dataset | None, Upload | None]:
     file = st.file_uploader(
-        f"CSV (one column is the label) or NPZ (arrays X and y), up to {MAX_UPLOAD_BYTES // 10**6} MB",
+        f"CSV (one column is the label) or NPZ (arrays X and y), at most {MAX_UPLOAD_MB} MB",
         type=["csv", "npz"],
         key="train-upload",
     )
@@ -649,9 +651,7 @@ def _chart(figure: Any, key: str) -> None:
 
 def _status_line(info: RunInfo, series: charts.RunSeries) -> None:
     done = progress(info, series)
-    left = (
-        f" · about {duration_text(done.seconds_left)} left" if done.seconds_left is not None else ""
-    )
+    left = "" if done.seconds_left is None else f" · about {duration_text(done.seconds_left)} left"
     badge, bar = st.columns([1, 6], vertical_alignment="center")
     badge.badge(info.status, color=STATUS_COLOURS.get(info.status, "gray"))
     bar.progress(done.fraction, text=f"epoch {info.epoch}/{info.epochs} · step {info.step}{left}")

@@ -115,7 +115,7 @@ def browser() -> Iterator[object]:
 
 @pytest.fixture(scope="module")
 def page(browser, app_url: str) -> Iterator[object]:
-    """One person's browser tab, kept across the steps of a module (each step builds on the last)."""
+    """One person's browser tab, kept across a module's steps (each step builds on the last)."""
     context = browser.new_context(viewport={"width": 1440, "height": 900}, accept_downloads=True)
     context.set_default_timeout(15_000)
     tab = context.new_page()

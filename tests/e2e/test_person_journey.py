@@ -218,3 +218,21 @@ def test_export_downloads_code_and_weights_that_load_into_it(page: Page, shot, t
     weights = torch.load(weights_download.value.path(), weights_only=True)
     model.load_state_dict(weights)
     shot(page, "export")
+
+
+def test_a_second_tab_is_another_person_and_a_reload_loses_nothing(
+    page: Page, browser, app_url: str, shot
+):
+    workspace = page.url.split("?", 1)[1]
+    stranger = browser.new_context(viewport={"width": 1440, "height": 900}).new_page()
+    stranger.goto(f"{app_url}/train")
+    expect(stranger.get_by_text("No runs yet.")).to_be_visible()
+    assert stranger.url.split("?", 1)[1] != workspace
+    stranger.context.close()
+
+    returning = browser.new_context(viewport={"width": 1440, "height": 900}).new_page()
+    returning.goto(f"{app_url}/train?{workspace}")
+    expect(returning.get_by_text("stopped", exact=True).filter(visible=True).first).to_be_visible()
+    expect(returning.get_by_text("Compatible: 1,797 samples of [1, 28, 28]")).to_be_visible()
+    shot(returning, "same-workspace-after-reopening")
+    returning.context.close()
