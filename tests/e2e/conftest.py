@@ -29,6 +29,9 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 START_TIMEOUT_S = 60
+# Streamlit has drawn everything: no element is a loading placeholder and no script is running.
+SETTLED = """() => !document.querySelector('[data-testid=stSkeleton]')
+    && !document.querySelector('[data-testid=stStatusWidget] [data-testid=stStatusWidgetRunningIcon]')"""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -135,6 +138,7 @@ def shot() -> Callable[[object, str], Path]:
 
     def take(tab, name: str) -> Path:
         path = ARTIFACTS / f"{next(counter):02d}-{name}.png"
+        tab.wait_for_function(SETTLED, timeout=15_000)
         size = tab.viewport_size
         height = tab.evaluate(
             "() => document.querySelector('[data-testid=stMain]')?.scrollHeight ?? 0"
