@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import html
 import json
-import re
 import math
+import re
 import time
 from dataclasses import dataclass
 
 import streamlit as st
-from plotly.colors import sample_colorscale
+from plotly.colors import sample_colorscale, unlabel_rgb
 from streamlit_flow import streamlit_flow
 from streamlit_flow.elements import StreamlitFlowEdge, StreamlitFlowNode
 from streamlit_flow.layouts import ManualLayout
@@ -98,7 +98,7 @@ def norm_colour(norm: float | None) -> str:
 
 
 def _hex(rgb: str) -> str:
-    red, green, blue = (round(float(v)) for v in rgb[rgb.index("(") + 1 : -1].split(","))
+    red, green, blue = (round(v) for v in unlabel_rgb(rgb))
     return f"#{red:02x}{green:02x}{blue:02x}"
 
 
