@@ -21,6 +21,14 @@ MAX_POINTS = 2_000
 SMOOTHING = 0.6
 MAX_HEADS = 8
 HEIGHT = 300
+REQUIRED = {
+    "step": ("step",),
+    "epoch": ("epoch", "step"),
+    "grad_norms": ("step", "norms"),
+    "attention": ("step", "node", "weights"),
+    "health": ("step",),
+    "event": (),
+}
 PALETTE = ("#2563eb", "#f97316", "#16a34a", "#dc2626", "#9333ea", "#0891b2", "#ca8a04", "#db2777")
 
 
@@ -36,7 +44,8 @@ class RunSeries:
     events: list[Record] = field(default_factory=list)
 
     def add(self, records: Iterable[Record]) -> None:
-        """Append new records (as read_metrics returns them); unknown kinds are ignored."""
+        """Append new records (as read_metrics returns them); records of unknown kinds, or
+        without the fields their charts need, are left out rather than break a chart."""
         groups = {
             "step": self.steps,
             "epoch": self.epochs,
@@ -47,7 +56,7 @@ class RunSeries:
         }
         for record in records:
             group = groups.get(record.get("kind", ""))
-            if group is not None:
+            if group is not None and all(key in record for key in REQUIRED[record["kind"]]):
                 group.append(record)
 
 

@@ -1,4 +1,5 @@
-"""The Train page's figures, built from metric records exactly as runtime/runs.py writes them."""
+"""The Train page's figures and the live graph's health rules, from metric records written the
+way runtime/runs.py writes them."""
 
 import math
 import re
@@ -6,7 +7,8 @@ import re
 import numpy as np
 import pytest
 
-from pages import charts
+from builder.graph import load_graph
+from pages import charts, live_graph
 
 
 def step(n: int, loss: float, lr: float = 1e-3) -> dict:
@@ -55,11 +57,21 @@ def test_records_are_grouped_by_kind_and_unknown_kinds_ignored():
         ]
     )
     assert [len(series.steps), len(series.epochs), len(series.grad_norms), len(series.events)] == [
-        1,
-        1,
-        1,
-        1,
-    ]
+        1
+    ] * 4
+
+
+def test_records_missing_what_their_chart_needs_are_left_out():
+    series = charts.series_from(
+        [
+            {"kind": "grad_norms", "step": 3},
+            {"kind": "attention", "step": 3, "node": "a"},
+            step(1, 2.0),
+        ]
+    )
+    assert (series.grad_norms, series.attention, len(series.steps)) == ([], [], 1)
+    charts.grad_norm_heatmap(series)
+    live_graph.node_health(series)
 
 
 def test_smoothing_is_debiased_so_the_first_point_is_the_value_itself():
@@ -169,9 +181,6 @@ def test_long_runs_are_thinned_before_plotting():
 
 
 # The live graph's health rules (pages/live_graph.py).
-
-from builder.graph import load_graph  # noqa: E402
-from pages import live_graph  # noqa: E402
 
 
 def health_series(norms: dict, dead: dict | None = None, nonfinite: list | None = None):
