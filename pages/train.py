@@ -664,7 +664,8 @@ def _status_line(info: RunInfo, series: charts.RunSeries) -> None:
     loss, accuracy, speed, device = st.columns(4)
     loss.metric("Loss", _number(last_step.get("loss"), "{:.4f}"))
     accuracy.metric("Val accuracy", _number(last_epoch.get("val_accuracy"), "{:.1%}"))
-    speed.metric("Samples/s", _number(last_step.get("samples_per_s"), "{:,.0f}"))
+    speeds = (r.get("samples_per_s") for r in reversed(series.steps[-50:]))
+    speed.metric("Samples/s", _number(next((v for v in speeds if v is not None), None), "{:,.0f}"))
     device.metric("Device", info.device or "–")
 
 
