@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 
 from builder.graph import dump_graph, load_graph, parse_graph
 from compiler.analysis import analyse
-from compiler.bundle import bundle_files
+from compiler.bundle import bundle_files, bundle_zip
 from compiler.codegen import generate_source
 from pages import export
 from runtime import store
@@ -72,7 +72,7 @@ def test_every_bundle_file_gets_a_tab(home):
 def test_the_zip_holds_the_bundle_in_one_folder_and_reopens_as_the_same_graph():
     graph = load_graph(LENET.read_text())
     files = bundle_files(graph, analyse(graph))
-    archive = zipfile.ZipFile(io.BytesIO(export.zip_bytes(files, "lenet5")))
+    archive = zipfile.ZipFile(io.BytesIO(bundle_zip(files, "lenet5")))
     assert sorted(archive.namelist()) == sorted(f"lenet5/{name}" for name in files)
     assert load_graph(archive.read("lenet5/graph.json")) == graph
     namespace = types.ModuleType("exported")
@@ -134,3 +134,36 @@ def test_weights_match_compares_the_exact_source(tmp_path):
     assert export.weights_match(tmp_path, "source")
     assert not export.weights_match(tmp_path, "other")
     assert not export.weights_match(tmp_path / "missing", "source")
+
+
+def test_the_onnx_file_holds_the_runs_weights_and_matches_pytorch(home):
+    import numpy as np
+    import onnxruntime
+
+    text = LENET.read_text()
+    run = finished_run(home, text)
+    weights_path = run / store.CHECKPOINT_DIR / store.WEIGHTS_FILE
+    data, error = export.onnx_file(analyse(load_graph(text)), weights_path)
+    assert error is None
+    model = load_model_source((run / store.MODEL_FILE).read_text()).eval()
+    model.load_state_dict(torch.load(weights_path, weights_only=True))
+    x = torch.randn(3, 1, 28, 28)
+    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+    [onnx_out] = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    np.testing.assert_allclose(onnx_out, model(x).detach().numpy(), atol=1e-4)
+
+
+def test_unreadable_weights_give_a_reason_not_a_traceback(tmp_path):
+    broken = tmp_path / "weights.pt"
+    broken.write_bytes(b"not a checkpoint")
+    data, error = export.onnx_file(analyse(load_graph(LENET.read_text())), broken)
+    assert data is None and "could not be read" in error
+
+
+def test_the_onnx_file_is_built_on_request_and_offered_for_download(home):
+    app = open_page(home, LENET.read_text())
+    assert "freshly initialised weights" in app.caption[-1].value
+    assert not [b for b in app.get("download_button") if "onnx" in b.proto.label]
+    app.button(key="export-onnx-build").click().run(timeout=120)
+    assert not app.exception and not app.error
+    assert [b.proto.label for b in app.get("download_button")][-1] == "Download model.onnx"

@@ -14,6 +14,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+import onnxruntime
 import torch
 from playwright.sync_api import FrameLocator, Locator, Page, expect
 
@@ -200,7 +201,7 @@ def test_an_uploaded_csv_is_checked_against_the_graph_before_training(page: Page
     expect(page.get_by_role("button", name="Start training")).to_be_enabled()
 
 
-def test_export_downloads_code_and_weights_that_load_into_it(page: Page, shot, tmp_path):
+def test_export_downloads_code_weights_and_onnx_that_agree(page: Page, shot, tmp_path):
     page.get_by_test_id("stSidebarNav").get_by_text("Export").click()
     with page.expect_download() as code_download:
         page.get_by_role("button", name="Download the code (.zip)").click()
@@ -217,6 +218,16 @@ def test_export_downloads_code_and_weights_that_load_into_it(page: Page, shot, t
         page.get_by_role("button", name="Download weights (.pt)").click()
     weights = torch.load(weights_download.value.path(), weights_only=True)
     model.load_state_dict(weights)
+
+    page.get_by_role("button", name="Build the ONNX file").click()
+    with page.expect_download(timeout=60_000) as onnx_download:
+        page.get_by_role("button", name="Download model.onnx").click(timeout=60_000)
+    session = onnxruntime.InferenceSession(
+        onnx_download.value.path().read_bytes(), providers=["CPUExecutionProvider"]
+    )
+    x = torch.randn(2, 1, 28, 28)
+    [from_onnx] = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(from_onnx), model.eval()(x), atol=1e-4, rtol=1e-4)
     shot(page, "export")
 
 
