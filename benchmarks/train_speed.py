@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -108,7 +109,7 @@ def hand_loop(case: Case, device: torch.device, amp: bool) -> list[float]:
         model.train()
         float(total)
         ends.append(time.perf_counter())
-    return [b - a for a, b in zip(ends[1:], ends[2:])]
+    return [b - a for a, b in zip(ends[1:], ends[2:], strict=False)]
 
 
 def our_loop(case: Case, runs: Path, graph: Graph, **changes: object) -> list[float]:
@@ -118,7 +119,46 @@ def our_loop(case: Case, runs: Path, graph: Graph, **changes: object) -> list[fl
     assert result.status == "completed", result.message
     records, _ = read_records(folder / METRICS_FILE)
     ends = [r["time"] for r in records if r["kind"] == "epoch"]
-    return [b - a for a, b in zip(ends, ends[1:])]
+    return [b - a for a, b in zip(ends, ends[1:], strict=False)]
+
+
+def cases(device: str, amp: bool) -> list[Case]:
+    common = dict(device=device, amp=amp, batch_size=64, lr=1e-3)
+    return [
+        Case(
+            "LeNet-5 / digits-28",
+            "lenet5",
+            HandLeNet5,
+            TrainConfig(dataset="digits-28", epochs=4, **common),
+        ),
+        Case(
+            "Transformer / tokens",
+            "transformer_encoder",
+            HandTokenEncoder,
+            TrainConfig(dataset="tokens", epochs=3, **common),
+        ),
+    ]
+
+
+def measure(case: Case, runs: Path, amp: bool, repeats: int) -> dict[str, list[float]]:
+    """Seconds per step of each variant, one value per timed epoch, variants interleaved."""
+    device = torch.device(case.config.device)
+    graph = load_graph((TEMPLATES / f"{case.template}.json").read_text())
+    variants: dict[str, Callable[[], list[float]]] = {
+        "baseline": partial(hand_loop, case, device, amp),
+        "ours": partial(our_loop, case, runs, graph, report_every=NEVER, attention_every=NEVER),
+        "instrumented": partial(our_loop, case, runs, graph, report_every=1, attention_every=50),
+    }
+    data = load_dataset(case.config.dataset)
+    train_size = len(data) - round(len(data) * case.config.val_fraction)
+    steps = math.ceil(train_size / case.config.batch_size)  # per epoch
+    for run in variants.values():
+        run()  # warm-up: kernels, allocator, first-call costs
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, run in variants.items():
+            times[name] += [seconds / steps for seconds in run()]
+    return times
 
 
 def main() -> None:
@@ -127,45 +167,18 @@ def main() -> None:
     parser.add_argument("--amp", action="store_true")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    device = torch.device(args.device)
-    common = dict(device=args.device, amp=args.amp, batch_size=64, lr=1e-3)
-    cases = [
-        Case("LeNet-5 / digits-28", "lenet5", HandLeNet5, TrainConfig(dataset="digits-28", epochs=4, **common)),
-        Case("Transformer / tokens", "transformer_encoder", HandTokenEncoder, TrainConfig(dataset="tokens", epochs=3, **common)),
-    ]  # fmt: skip
-    print(
-        f"torch {torch.__version__}, device {device}, amp {args.amp}, {torch.get_num_threads()} CPU threads"
-    )
-    print(
-        f"{'case':<22} {'variant':<13} {'best ms/step':>12} {'median':>8} {'samples/s':>10} {'ratio':>6}"
-    )
+    threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, {args.device}, amp {args.amp}, {threads} CPU threads")
+    header = f"{'case':<22} {'variant':<13} {'best ms/step':>12} {'median':>8} {'samples/s':>10}"
+    print(f"{header} {'ratio':>6}")
     with tempfile.TemporaryDirectory() as runs_dir:
-        runs = Path(runs_dir)
-        for case in cases:
-            graph = load_graph((TEMPLATES / f"{case.template}.json").read_text())
-            variants: dict[str, Callable[[], list[float]]] = {
-                "baseline": lambda: hand_loop(case, device, args.amp),
-                "ours": lambda: our_loop(
-                    case, runs, graph, report_every=NEVER, attention_every=NEVER
-                ),
-                "instrumented": lambda: our_loop(
-                    case, runs, graph, report_every=1, attention_every=50
-                ),
-            }
-            data = load_dataset(case.config.dataset)
-            train_size = len(data) - round(len(data) * case.config.val_fraction)
-            steps = math.ceil(train_size / case.config.batch_size)  # per epoch
-            for run in variants.values():
-                run()  # warm-up: kernels, allocator, first-call costs
-            times: dict[str, list[float]] = {name: [] for name in variants}
-            for _ in range(args.repeats):
-                for name, run in variants.items():
-                    times[name] += [seconds / steps for seconds in run()]
+        for case in cases(args.device, args.amp):
+            times = measure(case, Path(runs_dir), args.amp, args.repeats)
             base = min(times["baseline"])
             for name, values in times.items():
-                best = min(values)
+                best, median = min(values), statistics.median(values)
                 print(
-                    f"{case.name:<22} {name:<13} {best * 1000:>12.3f} {statistics.median(values) * 1000:>8.3f}"
+                    f"{case.name:<22} {name:<13} {best * 1000:>12.3f} {median * 1000:>8.3f}"
                     f" {case.config.batch_size / best:>10.0f} {best / base:>6.3f}"
                 )
 

@@ -220,7 +220,8 @@ def _read_csv(
     label = columns[-1] if label_column is None else label_column
     if label not in columns:
         raise DatasetError(
-            f"{filename} has no column {label!r}; choose the label column among: {', '.join(columns)}"
+            f"{filename} has no column {label!r};"
+            f" choose the label column among: {', '.join(columns)}"
         )
     text = [c for c in columns if not pd.api.types.is_numeric_dtype(frame[c])]
     if text:

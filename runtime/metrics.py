@@ -104,7 +104,9 @@ class ActivationReading:
         if not self.finite:
             return None
         flags = torch.stack([flag for _, flag in self.finite]).tolist()
-        return next((node for (node, _), ok in zip(self.finite, flags) if not ok), None)
+        return next(
+            (node for (node, _), ok in zip(self.finite, flags, strict=True) if not ok), None
+        )
 
 
 def activation_probe(

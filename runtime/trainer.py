@@ -31,8 +31,13 @@ from builder.graph import Graph, load_graph
 from compiler.analysis import Analysis, analyse
 from compiler.codegen import attribute_names
 from runtime import store
-from runtime.datasets import Dataset, DatasetError, check_compatibility, dataset_from_upload
-from runtime.datasets import load_dataset
+from runtime.datasets import (
+    Dataset,
+    DatasetError,
+    check_compatibility,
+    dataset_from_upload,
+    load_dataset,
+)
 from runtime.metrics import (
     ActivationReading,
     activation_probe,
@@ -362,7 +367,9 @@ class Trainer:
                 {
                     "kind": "grad_norms",
                     "step": step,
-                    "norms": {n: store.finite(v) for n, v in zip(self.grad_probe.nodes, row)},
+                    "norms": {
+                        n: store.finite(v) for n, v in zip(self.grad_probe.nodes, row, strict=True)
+                    },
                 }
                 for (step, _), row in zip(norms, values, strict=True)
             )

@@ -1,4 +1,4 @@
-"""Datasets: built-ins match their sources, uploads are validated, compatibility says what to change."""
+"""Datasets: built-ins match their sources, uploads are checked, compatibility says what to fix."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The trainer, run in this process: it learns, and what it reports matches PyTorch's own numbers."""
+"""The trainer, run in this process: it learns, and what it reports matches PyTorch's numbers."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from builder.graph import Graph, load_graph, parse_graph
 from compiler import analyse, generate_source
 from runtime import store
+from runtime.datasets import load_dataset
 from runtime.metrics import activation_probe, attention_layers, capture_attention
 from runtime.runs import create_run
 from runtime.trainer import (
@@ -30,7 +31,6 @@ from runtime.trainer import (
     train_run,
     warm_start,
 )
-from runtime.datasets import load_dataset
 from tests.modelkit import chain_graph
 
 TEMPLATES = Path(__file__).parents[1] / "builder" / "templates"
