@@ -4,7 +4,9 @@ For each architecture (LeNet-5 on digits-28; the Transformer template on tokens)
 batch size, optimizer and epochs, with a validation pass after every epoch in all three:
   baseline      a hand-written nn.Module and a hand-written loop (data on the device, sliced)
   ours          the generated model.py in runtime/trainer.py, reports switched off
-  instrumented  ours with grad norms and activation health every step, attention every 50 steps
+  instrumented  ours with grad norms every step, attention every 50 and activation health
+                every 10 steps (the default cadence)
+  all_every_step  every instrument on every step (for reference; no target)
 Each variant is timed per epoch (an epoch's steps, its validation pass and, for ours, whatever
 checkpoint and metrics writing fell into it), leaving out the first epoch of each run; variants
 run interleaved after a warm-up, and the fastest epoch of N repeats is kept, because a shared
@@ -147,7 +149,12 @@ def measure(case: Case, runs: Path, amp: bool, repeats: int) -> dict[str, list[f
     variants: dict[str, Callable[[], list[float]]] = {
         "baseline": partial(hand_loop, case, device, amp),
         "ours": partial(our_loop, case, runs, graph, report_every=NEVER, attention_every=NEVER),
-        "instrumented": partial(our_loop, case, runs, graph, report_every=1, attention_every=50),
+        "instrumented": partial(
+            our_loop, case, runs, graph, report_every=1, health_every=10, attention_every=50
+        ),
+        "all_every_step": partial(
+            our_loop, case, runs, graph, report_every=1, health_every=1, attention_every=1
+        ),
     }
     data = load_dataset(case.config.dataset)
     train_size = len(data) - round(len(data) * case.config.val_fraction)
@@ -169,7 +176,7 @@ def main() -> None:
     args = parser.parse_args()
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, {args.device}, amp {args.amp}, {threads} CPU threads")
-    header = f"{'case':<22} {'variant':<13} {'best ms/step':>12} {'median':>8} {'samples/s':>10}"
+    header = f"{'case':<22} {'variant':<15} {'best ms/step':>12} {'median':>8} {'samples/s':>10}"
     print(f"{header} {'ratio':>6}")
     with tempfile.TemporaryDirectory() as runs_dir:
         for case in cases(args.device, args.amp):
@@ -178,7 +185,7 @@ def main() -> None:
             for name, values in times.items():
                 best, median = min(values), statistics.median(values)
                 print(
-                    f"{case.name:<22} {name:<13} {best * 1000:>12.3f} {median * 1000:>8.3f}"
+                    f"{case.name:<22} {name:<15} {best * 1000:>12.3f} {median * 1000:>8.3f}"
                     f" {case.config.batch_size / best:>10.0f} {best / base:>6.3f}"
                 )
 

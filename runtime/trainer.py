@@ -75,6 +75,7 @@ class TrainConfig(BaseModel):
     early_stopping_patience: int | None = Field(None, ge=1)
     val_fraction: float = Field(0.2, ge=0, le=0.9)
     report_every: int = Field(10, ge=1)
+    health_every: int | None = Field(None, ge=1)  # None: every report_every steps
     attention_every: int = Field(50, ge=1)
 
 
@@ -111,6 +112,7 @@ class Progress:
     batch: int = 0  # batches done in the current epoch
     loss_sum: float = 0.0
     seen: int = 0
+    correct: int = 0
     best_val_loss: float | None = None
     stale_epochs: int = 0
 
@@ -294,7 +296,7 @@ class _PendingStep:
     step: int
     epoch: int
     loss: torch.Tensor
-    size: int
+    guess: torch.Tensor | None  # predicted classes, checked against the labels at the flush
     lr: float
     time: float
     batch: torch.Tensor
@@ -330,7 +332,6 @@ class Trainer:
         self.total_steps = self.batches * self.config.epochs
         self.schedule_active = self.config.schedule != "constant" or self.config.warmup_steps > 0
         self.autocast, self.scaler = self._mixed_precision()
-        self.correct = torch.zeros((), dtype=torch.long, device=self.device)
         self.pending: list[_PendingStep] = []
         self.pending_norms: list[tuple[int, torch.Tensor]] = []
         self.pending_health: list[tuple[int, ActivationReading]] = []
@@ -397,7 +398,7 @@ class Trainer:
         pending, self.pending = self.pending, []
         losses = torch.stack([p.loss for p in pending]).float().tolist()
         window = max(pending[-1].time - pending[0].time, 1e-9)
-        rate = sum(p.size for p in pending[1:]) / window if len(pending) > 1 else None
+        rate = sum(len(p.batch) for p in pending[1:]) / window if len(pending) > 1 else None
         records = []
         for item, loss in zip(pending, losses, strict=True):
             records.append(
@@ -414,9 +415,13 @@ class Trainer:
             if not math.isfinite(loss):
                 self.log.write(records)
                 self._diverged(item)
-            self.progress.loss_sum += loss * item.size
-            self.progress.seen += item.size
+            self.progress.loss_sum += loss * len(item.batch)
+            self.progress.seen += len(item.batch)
         self.log.write(records)
+        if self.classify:
+            guesses = torch.cat([p.guess for p in pending])
+            labels = self.split.y_train.index_select(0, torch.cat([p.batch for p in pending]))
+            self.progress.correct += int((guesses == labels.to(guesses.device)).sum())
 
     def _diverged(self, item: _PendingStep) -> None:
         """Name the first node whose output is non-finite on the batch, then end the run."""
@@ -457,7 +462,6 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "progress": vars(self.progress).copy(),
-            "correct": int(self.correct),
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
         }
@@ -482,7 +486,6 @@ class Trainer:
             raise CheckpointError(
                 f"checkpoint {path.name} does not fit this graph and config ({reason})"
             ) from None
-        self.correct.fill_(int(state.get("correct", 0)))
         torch.set_rng_state(state["rng"].cpu())
         if state.get("cuda_rng") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
@@ -557,7 +560,8 @@ class Trainer:
                 group["lr"] = lr
         progress.step += 1
         report = progress.step % config.report_every == 0
-        watch = self.activations.watching() if report else nullcontext()
+        health = progress.step % (config.health_every or config.report_every) == 0
+        watch = self.activations.watching() if health else nullcontext()
         with watch as reading, self.autocast():
             output = self.model(x)
             loss = self._loss(output, y)
@@ -570,6 +574,7 @@ class Trainer:
             loss.backward()
         if report:
             self.pending_norms.append((progress.step, self.grad_probe.measure()))
+        if health:
             self.pending_health.append((progress.step, reading))
         if config.grad_clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
@@ -578,11 +583,10 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
-        if self.classify:
-            self.correct += (output.argmax(-1) == y).sum()
+        guess = output.detach().argmax(-1) if self.classify else None
         self.pending.append(
             _PendingStep(
-                progress.step, progress.epoch + 1, loss.detach(), len(index), lr, time.time(), index
+                progress.step, progress.epoch + 1, loss.detach(), guess, lr, time.time(), index
             )
         )
         if self.attention and progress.step % config.attention_every == 0:
@@ -628,7 +632,7 @@ class Trainer:
                 f"diverged at step {progress.step}: the validation loss is not finite;"
                 " lower the learning rate",
             )
-        train_accuracy = int(self.correct) / progress.seen if self.classify else None
+        train_accuracy = progress.correct / progress.seen if self.classify else None
         record = {
             "kind": "epoch",
             "epoch": progress.epoch + 1,
@@ -643,8 +647,7 @@ class Trainer:
         self.last_val = (val_loss, val_accuracy)
         progress.epoch += 1
         progress.batch = 0
-        progress.loss_sum, progress.seen = 0.0, 0
-        self.correct.zero_()
+        progress.loss_sum, progress.seen, progress.correct = 0.0, 0, 0
         patience = self.config.early_stopping_patience
         if val_loss is not None:
             if progress.best_val_loss is None or val_loss < progress.best_val_loss:

@@ -131,6 +131,18 @@ def test_a_killed_trainer_is_interrupted_keeps_its_metrics_and_resumes_exactly(
     assert any(r["kind"] == "event" and "resumed from" in r["message"] for r in records)
 
 
+def test_two_runs_train_side_by_side_in_their_own_processes(tmp_path: Path):
+    long = CONFIG.model_copy(update={"epochs": 10_000})
+    runs = [start_run(tmp_path, lstm(), long), start_run(tmp_path, lstm(), long)]
+    wait_for(lambda: all(read_run(tmp_path, r).step > 0 for r in runs))
+    assert all(read_run(tmp_path, r).status == "running" for r in runs)
+    pids = {store.read_status(tmp_path / r)["pid"] for r in runs}
+    assert len(pids) == 2 and os.getpid() not in pids
+    for run_id in runs:
+        stop_run(tmp_path, run_id)
+    wait_for(lambda: all(read_run(tmp_path, r).status == "stopped" for r in runs))
+
+
 def test_checkpoint_is_a_plain_state_dict_for_the_generated_model(tmp_path: Path, reference: Path):
     assert checkpoint_path(reference.parent, reference.name) == reference / "checkpoints/weights.pt"
     model = load_model_source((reference / "model.py").read_text())

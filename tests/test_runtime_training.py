@@ -206,6 +206,14 @@ def test_health_is_reported_every_n_steps(tmp_path: Path):
     assert [g["step"] for g in of_kind(records, "grad_norms")] == [5, 10, 15, 20]
 
 
+def test_health_can_have_its_own_cadence(tmp_path: Path):
+    _, records, _ = train(
+        tmp_path, template("lenet5"), dataset="digits-28", epochs=1, report_every=5, health_every=10
+    )
+    assert [h["step"] for h in of_kind(records, "health")] == [10, 20]
+    assert [g["step"] for g in of_kind(records, "grad_norms")] == [5, 10, 15, 20]
+
+
 # -- schedules -------------------------------------------------------------------------------
 
 
