@@ -392,7 +392,6 @@ class Trainer:
         )
         if (self.run_dir / store.STOP_FILE).exists():
             self.stop.set()
-        store.update_status(self.run_dir, step=self.progress.step, epoch=self.progress.epoch)
 
     def _flush_steps(self) -> None:
         pending, self.pending = self.pending, []
@@ -531,6 +530,7 @@ class Trainer:
                 now = time.perf_counter()
                 if now - self.last_flush >= FLUSH_SECONDS:
                     self.flush()
+                    store.update_status(self.run_dir, step=self.progress.step)
                     if self.checkpoint_due():
                         self.save_checkpoint()
                     if self.stop.is_set():
@@ -583,7 +583,7 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
-        guess = output.detach().argmax(-1) if self.classify else None
+        guess = output.argmax(-1) if self.classify else None
         self.pending.append(
             _PendingStep(
                 progress.step, progress.epoch + 1, loss.detach(), guess, lr, time.time(), index
