@@ -133,8 +133,8 @@ def analyse(graph: Graph) -> Analysis:
 
     diagnostics += _check_ends(graph, dag)
     blocked = set()
-    for cycle_nodes in _cycles(dag, index):
-        blocked |= set(cycle_nodes)
+    for cycle_nodes, component in _cycles(dag, index):
+        blocked |= component
         path = " -> ".join(repr(n) for n in cycle_nodes + [cycle_nodes[0]])
         diagnostics.append(
             Diagnostic(cycle_nodes[0], f"cycle {path}; remove one of these edges")
@@ -203,16 +203,17 @@ def _check_ends(graph: Graph, dag: nx.DiGraph) -> list[Diagnostic]:
     return found
 
 
-def _cycles(dag: nx.DiGraph, index: dict[str, int]) -> list[list[str]]:
-    """One cycle per strongly connected component that has one, as an ordered list of ids."""
+def _cycles(dag: nx.DiGraph, index: dict[str, int]) -> list[tuple[list[str], set[str]]]:
+    """One cycle per strongly connected component that has one (as an ordered list of ids),
+    with the whole component: every node in it is blocked, however many cycles it holds."""
     cycles = []
     for component in nx.strongly_connected_components(dag):
         start = min(component, key=index.__getitem__)
         if len(component) == 1 and not dag.has_edge(start, start):
             continue
         edges = nx.find_cycle(dag.subgraph(component), source=start)
-        cycles.append([edge[0] for edge in edges])
-    return sorted(cycles, key=lambda c: index[c[0]])
+        cycles.append(([edge[0] for edge in edges], set(component)))
+    return sorted(cycles, key=lambda c: index[c[0][0]])
 
 
 def _live_nodes(graph: Graph, dag: nx.DiGraph) -> set[str]:

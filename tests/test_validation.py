@@ -160,3 +160,15 @@ def test_concat_joins_in_port_order() -> None:
 def test_conv_explanation_plugs_in_the_numbers() -> None:
     analysis = analyse(chain_graph([1, 28, 28], ("Conv2d", {"out_channels": 6, "kernel_size": 5, "padding": 2})))
     assert "O = floor((28 + 2*2 - 1*(5-1) - 1)/1) + 1 = 28" in analysis.infos["n1"].explanation
+
+
+def test_interlocked_cycles_in_one_component_are_one_error_not_a_crash() -> None:
+    g = graph(
+        [("in", "Input", {"shape": [4]}), ("a", "ReLU", {}), ("b", "Add", {}), ("c", "Add", {}),
+         ("out", "Output", {})],
+        [("in", "a"), ("a", "b"), ("b", "c"), ("c", "b"), ("c", "a"), ("in", "c"), ("c", "out")],
+    )
+    analysis = analyse(g)
+    cycle_errors = [e for e in analysis.errors if "cycle" in e.message]
+    assert len(cycle_errors) == 1 and cycle_errors[0].node in {"a", "b", "c"}
+    assert all(analysis.infos[n].shape is None for n in ("a", "b", "c", "out"))
