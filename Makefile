@@ -32,6 +32,9 @@ test: $(VENV)/.dev chromium
 
 bench: $(VENV)/.dev
 	$(PY) benchmarks/compile_speed.py
+	$(PY) benchmarks/canvas_speed.py
+	$(PY) benchmarks/ui_latency.py
+	$(PY) benchmarks/train_speed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis test-artifacts
