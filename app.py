@@ -18,7 +18,15 @@ PAGES = (
     ("export.py", "Export", ":material/download:"),
 )
 
+STYLE = """
+<style>
+[data-testid="stMainBlockContainer"] { padding-top: 2.2rem; }
+[data-testid="stToastContainer"] { top: auto; bottom: 1rem; }
+</style>
+"""
+
 st.set_page_config(page_title="NetBuilder", page_icon=":material/hub:", layout="wide")
+st.html(STYLE)  # every page: a small top gap; toasts at the bottom, off the toolbars
 state.workspace_id()
 navigation = st.navigation(
     [

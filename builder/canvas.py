@@ -6,6 +6,10 @@ so nothing a browser sends can change a layer's type or parameters. Quirks of 1.
 nodes and edges are built with connectable/deletable set (both default to False), every edge is
 rebuilt with its arrow and label (edges drawn in the browser come back without them), and each
 node gets its own style dict (the constructor's default dict is shared between nodes).
+Nodes and edges are not selectable in React Flow's sense: a click still reports the node, but
+nothing can be selected for the Backspace key, whose deletions the component never reports.
+Deleting goes through the right-click menus, which do report. Every node carries the timestamp
+of the state it was sent in, so the page can tell a late echo of an older state (`sent_in`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from compiler.analysis import Analysis, Diagnostic, NodeInfo
 
 NODE_WIDTH = 200
 MAX_MESSAGE = 90
+STAMP = "sent_in"  # node data key: the timestamp of the state the node was sent in
+SHORT_MESSAGES = {"does not lead to the Output": "not connected to the Output"}
 
 SHORT_NAMES = {
     "out_channels": "out",
@@ -146,7 +152,11 @@ def _short(diagnostic: Diagnostic, node: Node) -> str:
 
     The whole message, with its advice, is in the page's problem list; the node stays small.
     """
-    message = diagnostic.message.removeprefix(f"{node.type} {node.id!r}: ").split("; ")[0]
+    message = diagnostic.message.removeprefix(f"{node.type} {node.id!r}: ")
+    message = message.removeprefix(f"{node.type} {node.id!r} ").split("; ")[0]
+    for start, short in SHORT_MESSAGES.items():
+        if message.startswith(start):
+            return short
     return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
 
 
@@ -192,26 +202,26 @@ def graph_to_flow(
             StreamlitFlowNode(
                 id=node.id,
                 pos=(x, y),
-                data={"content": node_html(node, info, found)},
+                data={"content": node_html(node, info, found), STAMP: timestamp},
                 node_type=_node_kind(node.type),
                 source_position="bottom",
                 target_position="top",
                 selected=node.id == selected,
-                selectable=True,
+                selectable=False,
                 connectable=True,
                 deletable=True,
                 style=node_style(node_status(found), node.id == selected),
             )
         )
     edges = [
-        StreamlitFlowEdge(
+        _UnselectableEdge(
             id=f"{index}:{edge.source}->{edge.target}",
             source=edge.source,
             target=edge.target,
             edge_type="default",
             marker_end={"type": "arrowclosed", "color": "#64748b"},
             deletable=True,
-            focusable=True,
+            focusable=False,
             label=_edge_label(analysis, edge.source),
             label_style={"fontSize": "10px", "fill": "#334155", "fontFamily": "monospace"},
             label_show_bg=True,
@@ -221,6 +231,13 @@ def graph_to_flow(
         for index, edge in enumerate(graph.edges)
     ]
     return StreamlitFlowState(nodes=nodes, edges=edges, selected_id=selected, timestamp=timestamp)
+
+
+class _UnselectableEdge(StreamlitFlowEdge):
+    """An edge the Backspace key cannot delete: 1.6.1 has no `selectable` argument for edges."""
+
+    def asdict(self) -> dict[str, Any]:
+        return {**super().asdict(), "selectable": False}
 
 
 def _edge_label(analysis: Analysis, source: str) -> str:
@@ -246,6 +263,22 @@ class CanvasEdit:
     graph: Graph
     kind: Change
     selected: str | None
+
+
+def sent_in(value: Mapping[str, Any]) -> int | None:
+    """The timestamp of the state a canvas value is based on, or None when its nodes disagree.
+
+    Every node of a state carries the same stamp; a value that mixes stamps or lacks them is
+    not one the browser built from a single state.
+    """
+    nodes = value.get("nodes")
+    stamps = {
+        n["data"].get(STAMP) if isinstance(n.get("data"), Mapping) else None
+        for n in (nodes if isinstance(nodes, list) else [])
+        if isinstance(n, Mapping)
+    }
+    stamp = stamps.pop() if len(stamps) == 1 else None
+    return stamp if isinstance(stamp, int) else None
 
 
 def apply_canvas(graph: Graph, value: Mapping[str, Any]) -> CanvasEdit:

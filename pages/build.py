@@ -30,6 +30,7 @@ _SEEN = "nb_canvas_seen"  # timestamp of the last canvas value applied
 _PARAM_ERRORS = "nb_param_errors"  # (graph version, {(node, param): message})
 _ERROR = "nb_error"  # (graph version, message): shown until the graph changes
 _UPLOADS = "nb_uploads"  # how many files were opened: part of the uploader's key
+_FIT = "nb_fit"  # the graph version to fit into the view: a new session's, a loaded or tidied graph
 
 TEMPLATES = {
     "resnet": ("Small ResNet", "8×8 digits · two residual blocks"),
@@ -84,6 +85,7 @@ def _load_template() -> None:
         return
     state.set_graph(state.load_template(name))
     state.select(None)
+    _fit_view()
     st.toast(f"Loaded {TEMPLATES.get(name, (name,))[0]}. Undo brings your graph back.")
 
 
@@ -110,12 +112,19 @@ def _open_file() -> None:
         return
     state.set_graph(with_layout(graph) if needs_layout(graph) else graph)
     state.select(None)
+    _fit_view()
     st.session_state["nb_open_popover"] = False
     st.toast(f"Opened {uploaded.name}. Undo brings your previous graph back.")
 
 
 def _tidy() -> None:
     state.set_graph(with_layout(state.current_graph()))
+    _fit_view()
+
+
+def _fit_view() -> None:
+    """Show the whole graph until it is next edited (a template's lower half was off screen)."""
+    st.session_state[_FIT] = state.graph_version()
 
 
 def _rename(key: str, version: int) -> None:
@@ -171,13 +180,21 @@ def _param_errors() -> dict[tuple[str, str], str]:
 
 
 def sync_canvas() -> None:
-    """Apply the value the canvas sent since the last run (an edge drawn, a node deleted...)."""
+    """Apply the value the canvas sent since the last run (an edge drawn, a node deleted...).
+
+    A value built from an older state than the one last sent (a late echo, arriving after a
+    palette click or an undo) would undo what came since: it is dropped, and the current state
+    is sent again with a newer timestamp, so the browser shows what the graph holds.
+    """
     value = st.session_state.get(CANVAS_KEY)
     if not isinstance(value, dict) or value.get("timestamp") == st.session_state.get(_SEEN):
         return
     st.session_state[_SEEN] = value.get("timestamp")
-    change = canvas.apply_canvas(state.current_graph(), value)
     pushed = st.session_state.get(_PUSHED)
+    if pushed is not None and canvas.sent_in(value) != pushed[1].timestamp:
+        del st.session_state[_PUSHED]
+        return
+    change = canvas.apply_canvas(state.current_graph(), value)
     if change.selected is not None:
         state.select(change.selected)
     if change.kind == "edited":
@@ -212,7 +229,7 @@ def draw_canvas(graph: Graph, analysis: Analysis, selected: str | None) -> None:
         CANVAS_KEY,
         flow_state(graph, analysis, selected),
         height=CANVAS_HEIGHT,
-        fit_view=False,
+        fit_view=st.session_state.get(_FIT) == state.graph_version(),
         show_controls=True,
         show_minimap=True,
         allow_new_edges=True,
@@ -245,7 +262,7 @@ def palette() -> None:
 
 def toolbar(graph: Graph) -> None:
     name, undo, redo, tidy, templates, opener, save = st.columns(
-        [3.2, 1, 1, 1.1, 1.3, 1.1, 1.1], vertical_alignment="bottom"
+        [2, 1, 1, 1, 1.7, 1, 1], vertical_alignment="bottom"
     )
     name_key = f"nb_name_{state.graph_version()}"
     name.text_input(
@@ -373,7 +390,8 @@ def inspector(graph: Graph, analysis: Analysis, selected: str | None) -> None:
     if selected is None:
         st.caption(
             "Select a layer to edit its parameters. Draw an edge by dragging from a node's bottom"
-            " handle to another node's top handle; right-click a node or an edge to delete it."
+            " handle to another node's top handle; right-click a node or an edge to delete it"
+            " (the Backspace key deletes nothing, so the canvas always shows the saved graph)."
         )
         return
     node = graph.node(selected)
@@ -485,7 +503,6 @@ def layer_table(analysis: Analysis) -> None:
 
 STYLE = """
 <style>
-[data-testid="stMainBlockContainer"] { padding-top: 2.2rem; }
 [data-testid="stMetricValue"] { font-size: 1.6rem; }
 </style>
 """
@@ -493,6 +510,7 @@ STYLE = """
 
 def main() -> None:
     st.html(STYLE)
+    st.session_state.setdefault(_FIT, state.graph_version())
     sync_canvas()
     graph = state.current_graph()
     selected = state.selected_node()

@@ -271,11 +271,6 @@ def test_an_unreadable_autosave_is_kept_aside_and_reported(home):
     assert any("could not be read" in w.value for w in at.warning)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="compiler/analysis.py blocks only one cycle per strongly connected component, so"
-    " analyse() raises NetworkXUnfeasible on interlocked cycles (reported to the lead)",
-)
 def test_interlocked_cycles_drawn_on_the_canvas_are_reported_not_raised(home):
     at = open_app()
     value = copy.deepcopy(at.session_state["nb_pushed"][1].asdict())
@@ -294,3 +289,28 @@ def test_interlocked_cycles_drawn_on_the_canvas_are_reported_not_raised(home):
     at.run()
     no_exception(at)
     assert any("cycle" in e for e in errors(at))
+
+
+def _canvas_value(flow, selected: str | None, timestamp: int) -> dict:
+    value = copy.deepcopy(flow.asdict())
+    return {
+        "nodes": value["nodes"],
+        "edges": value["edges"],
+        "selectedId": selected,
+        "timestamp": timestamp,
+    }
+
+
+def test_a_late_echo_of_an_older_state_does_not_undo_a_palette_click(home):
+    at = open_app()
+    at.session_state[CANVAS] = _canvas_value(at.session_state["nb_pushed"][1], "flatten", 20)
+    at.run()
+    sent_with_selection = at.session_state["nb_pushed"][1]  # the state the browser will echo late
+    at.button_group(key="nb_palette_Regularisation").set_value("Dropout").run()
+    assert "dropout_1" in {n.id for n in _current_graph(at).nodes}
+    at.session_state[CANVAS] = _canvas_value(sent_with_selection, None, 21)
+    at.run()
+    no_exception(at)
+    assert "dropout_1" in {n.id for n in _current_graph(at).nodes}
+    resent = at.session_state["nb_pushed"][1]
+    assert resent.timestamp > 21 and "dropout_1" in {n.id for n in resent.nodes}

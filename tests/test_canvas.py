@@ -7,7 +7,13 @@ from pathlib import Path
 
 from torch import nn
 
-from builder.canvas import apply_canvas, graph_to_flow, key_params_text, looks_different
+from builder.canvas import (
+    apply_canvas,
+    graph_to_flow,
+    key_params_text,
+    looks_different,
+    sent_in,
+)
 from builder.graph import Graph, load_graph, parse_graph
 from builder.layout import with_layout
 from compiler.analysis import analyse
@@ -53,11 +59,46 @@ def test_edges_are_labelled_with_the_shape_they_carry_and_can_be_deleted():
 def test_nodes_are_connectable_deletable_and_never_share_a_style_dict():
     graph = lenet()
     flow = graph_to_flow(graph, analyse(graph), "c1", 1)
-    assert all(n.connectable and n.deletable and n.selectable for n in flow.nodes)
+    assert all(n.connectable and n.deletable for n in flow.nodes)
     assert len({id(n.style) for n in flow.nodes}) == len(flow.nodes)
     assert [n.id for n in flow.nodes if n.selected] == ["c1"]
     kinds = {n.id: n.type for n in flow.nodes}
     assert kinds["image"] == "input" and kinds["out"] == "output" and kinds["c1"] == "default"
+
+
+def test_nothing_is_selectable_for_the_backspace_key_which_the_component_never_reports():
+    """React Flow deletes selected, deletable elements on Backspace; 1.6.1 sends no value for it."""
+    graph = lenet()
+    flow = graph_to_flow(graph, analyse(graph), "c1", 1)
+    sent = {"nodes": [n.asdict() for n in flow.nodes], "edges": [e.asdict() for e in flow.edges]}
+    assert sent["nodes"] and all(n["selectable"] is False for n in sent["nodes"])
+    assert sent["edges"] and all(e["selectable"] is False for e in sent["edges"])
+    assert all(e["deletable"] and not e["focusable"] for e in sent["edges"])  # the menu deletes
+
+
+def test_every_node_carries_the_timestamp_of_the_state_it_was_sent_in():
+    graph = lenet()
+    value = {"nodes": [n.asdict() for n in graph_to_flow(graph, analyse(graph), None, 41).nodes]}
+    assert sent_in(value) == 41
+    value["nodes"][0]["data"]["sent_in"] = 40
+    assert sent_in(value) is None
+    assert sent_in({"nodes": [{"id": "a", "data": {"content": ""}}]}) is None
+
+
+def test_a_node_cut_off_from_the_output_says_so_in_one_short_line():
+    graph = lenet()
+    graph = graph.model_copy(
+        update={"edges": [e for e in graph.edges if (e.source, e.target) != ("f5", "relu5")]}
+    )
+    analysis = analyse(graph)
+    assert any("does not lead to the Output" in d.message for d in analysis.warnings)
+    flow = graph_to_flow(graph, analysis, None, 1)
+    f5 = next(n for n in flow.nodes if n.id == "f5")
+    assert ">not connected to the Output</div>" in f5.data["content"]
+    assert (
+        "does not lead" not in f5.data["content"]
+        and "connect it or delete" not in f5.data["content"]
+    )
 
 
 def test_an_invalid_node_is_red_and_shows_the_compiler_message():
