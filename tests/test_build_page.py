@@ -314,3 +314,17 @@ def test_a_late_echo_of_an_older_state_does_not_undo_a_palette_click(home):
     assert "dropout_1" in {n.id for n in _current_graph(at).nodes}
     resent = at.session_state["nb_pushed"][1]
     assert resent.timestamp > 21 and "dropout_1" in {n.id for n in resent.nodes}
+
+
+def _canvas_args(at: AppTest) -> dict:
+    """The arguments the page sent to the canvas component (AppTest does not render it)."""
+    return json.loads(at.get("component_instance")[0].proto.json_args)
+
+
+def test_a_loaded_template_is_fitted_to_the_view_until_the_next_edit(home):
+    at = open_app()
+    assert _canvas_args(at)["fitView"] is True  # a new session shows the whole graph
+    at.button_group(key="nb_palette_Regularisation").set_value("Dropout").run()
+    assert _canvas_args(at)["fitView"] is False  # an edit keeps the person's zoom
+    at.menu_button(key="nb_template").set_value("lenet5").run()
+    assert _canvas_args(at)["fitView"] is True
