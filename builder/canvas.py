@@ -6,10 +6,12 @@ so nothing a browser sends can change a layer's type or parameters. Quirks of 1.
 nodes and edges are built with connectable/deletable set (both default to False), every edge is
 rebuilt with its arrow and label (edges drawn in the browser come back without them), and each
 node gets its own style dict (the constructor's default dict is shared between nodes).
-Nodes and edges are not selectable in React Flow's sense: a click still reports the node, but
-nothing can be selected for the Backspace key, whose deletions the component never reports.
-Deleting goes through the right-click menus, which do report. Every node carries the timestamp
-of the state it was sent in, so the page can tell a late echo of an older state (`sent_in`).
+Backspace deletes what React Flow has selected, and the component never reports it; so nodes
+are not selectable (a click still reports the node; the style shows the page's selection), and a
+clicked edge (1.6.1 ignores `selectable` on edges) makes the page send its state again, which
+clears the edge's selection. Deleting goes through the right-click menus, which do report.
+Every node carries the timestamp of the state it was sent in, so the page can tell a late echo
+of an older state (`sent_in`).
 """
 
 from __future__ import annotations
@@ -206,7 +208,7 @@ def graph_to_flow(
                 node_type=_node_kind(node.type),
                 source_position="bottom",
                 target_position="top",
-                selected=node.id == selected,
+                selected=False,  # shown by the style; React Flow would let Backspace delete it
                 selectable=False,
                 connectable=True,
                 deletable=True,
@@ -214,7 +216,7 @@ def graph_to_flow(
             )
         )
     edges = [
-        _UnselectableEdge(
+        StreamlitFlowEdge(
             id=f"{index}:{edge.source}->{edge.target}",
             source=edge.source,
             target=edge.target,
@@ -231,13 +233,6 @@ def graph_to_flow(
         for index, edge in enumerate(graph.edges)
     ]
     return StreamlitFlowState(nodes=nodes, edges=edges, selected_id=selected, timestamp=timestamp)
-
-
-class _UnselectableEdge(StreamlitFlowEdge):
-    """An edge the Backspace key cannot delete: 1.6.1 has no `selectable` argument for edges."""
-
-    def asdict(self) -> dict[str, Any]:
-        return {**super().asdict(), "selectable": False}
 
 
 def _edge_label(analysis: Analysis, source: str) -> str:
@@ -299,7 +294,7 @@ def apply_canvas(graph: Graph, value: Mapping[str, Any]) -> CanvasEdit:
     moved = _apply_positions(updated, canvas_nodes)
     if kind == "none" and moved != updated:
         kind = "moved"
-    return CanvasEdit(moved, kind, _selection(value, canvas_nodes, present))
+    return CanvasEdit(moved, kind, _selection(value, present))
 
 
 def _apply_edges(graph: Graph, canvas_edges: list[Any]) -> Graph:
@@ -350,14 +345,9 @@ def _apply_positions(graph: Graph, canvas_nodes: list[Mapping[str, Any]]) -> Gra
     return graph.model_copy(update={"nodes": nodes}) if changed else graph
 
 
-def _selection(
-    value: Mapping[str, Any], canvas_nodes: list[Mapping[str, Any]], present: set[Any]
-) -> str | None:
+def _selection(value: Mapping[str, Any], present: set[Any]) -> str | None:
     chosen = value.get("selectedId")
-    if chosen in present:
-        return chosen
-    flagged = [n.get("id") for n in canvas_nodes if n.get("selected") and n.get("id") in present]
-    return flagged[0] if len(flagged) == 1 else None
+    return chosen if chosen in present else None
 
 
 def looks_different(flow: StreamlitFlowState, value: Mapping[str, Any]) -> bool:

@@ -203,8 +203,9 @@ def sync_canvas() -> None:
         state.set_graph(change.graph, record_undo=False)
         if pushed is not None:  # the browser already shows the move: nothing to send
             st.session_state[_PUSHED] = ((state.graph_version(), pushed[0][1]), pushed[1])
-    if pushed is not None and canvas.looks_different(pushed[1], value):
-        del st.session_state[_PUSHED]
+    clicked_edge = value.get("selectedId") is not None and change.selected is None
+    if pushed is not None and (clicked_edge or canvas.looks_different(pushed[1], value)):
+        del st.session_state[_PUSHED]  # sent again: a clicked edge loses React Flow's selection
 
 
 def flow_state(graph: Graph, analysis: Analysis, selected: str | None) -> StreamlitFlowState:
@@ -234,6 +235,7 @@ def draw_canvas(graph: Graph, analysis: Analysis, selected: str | None) -> None:
         show_minimap=True,
         allow_new_edges=True,
         get_node_on_click=True,
+        get_edge_on_click=True,
         enable_node_menu=True,
         enable_edge_menu=True,
         min_zoom=0.2,

@@ -328,3 +328,17 @@ def test_a_loaded_template_is_fitted_to_the_view_until_the_next_edit(home):
     assert _canvas_args(at)["fitView"] is False  # an edit keeps the person's zoom
     at.menu_button(key="nb_template").set_value("lenet5").run()
     assert _canvas_args(at)["fitView"] is True
+
+
+def test_a_clicked_edge_makes_the_page_send_its_state_again(home):
+    """React Flow would let Backspace delete the selected edge unreported; a new state clears it."""
+    at = open_app()
+    sent = at.session_state["nb_pushed"][1]
+    at.session_state[CANVAS] = _canvas_value(sent, sent.edges[0].id, 30)
+    at.run()
+    resent = at.session_state["nb_pushed"][1]
+    assert resent.timestamp > 30 and resent.timestamp != sent.timestamp
+    assert [(e.source, e.target) for e in resent.edges] == [
+        (e.source, e.target) for e in sent.edges
+    ]
+    assert button(at, "Undo").disabled
