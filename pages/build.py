@@ -238,7 +238,7 @@ def draw_canvas(graph: Graph, analysis: Analysis, selected: str | None) -> None:
         get_edge_on_click=True,
         enable_node_menu=True,
         enable_edge_menu=True,
-        min_zoom=0.2,
+        min_zoom=0.5,  # fitting a tall graph stops where node text stays readable
         hide_watermark=True,
         style={"border": "1px solid #e2e8f0", "borderRadius": "10px", "background": "#fcfcfd"},
     )
