@@ -18,7 +18,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from benchmarks.compile_speed import residual_graph  # noqa: E402
+from benchmarks.compile_speed import median_ms, residual_graph  # noqa: E402
 from builder import edit  # noqa: E402
 from builder.canvas import apply_canvas, graph_to_flow  # noqa: E402
 from builder.graph import Graph, dump_graph  # noqa: E402
@@ -35,15 +34,6 @@ from compiler.analysis import analyse  # noqa: E402
 
 NODES = 50
 TARGET_MS = 300.0
-
-
-def median_ms(work: Callable[[], object], repeat: int = 30) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        work()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def browser_value(graph: Graph) -> dict:
@@ -91,15 +81,15 @@ def main() -> None:
     graph = with_layout(residual_graph(NODES))
     conv = next(n.id for n in graph.nodes if n.type == "Conv2d")
     value = browser_value(graph)
-    baseline = median_ms(lambda: analyse(graph))
+    baseline = median_ms(lambda: analyse(graph), repeat=30)
     rows = [
         (
             "canvas edit: merge + analyse + canvas state + JSON",
-            median_ms(lambda: canvas_edit(graph, value)),
+            median_ms(lambda: canvas_edit(graph, value), repeat=30),
         ),
         (
             "param edit: set + analyse + canvas state + JSON",
-            median_ms(lambda: param_edit(graph, conv)),
+            median_ms(lambda: param_edit(graph, conv), repeat=30),
         ),
         ("whole Build page run via AppTest (upper bound)", page_run_ms(graph, value)),
     ]

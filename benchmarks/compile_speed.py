@@ -48,7 +48,8 @@ def residual_graph(target_nodes: int) -> Graph:
     return parse_graph({"format": "netbuilder.graph/1", "name": "bench", "nodes": nodes, "edges": edges})
 
 
-def best_ms(work: Callable[[], object], repeat: int = 15) -> float:
+def median_ms(work: Callable[[], object], repeat: int = 15) -> float:
+    """Median wall time of `repeat` calls, in milliseconds."""
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
@@ -64,20 +65,20 @@ def main() -> None:
     for size in (50, 500):
         graph = residual_graph(size)
         text = dump_graph(graph)
-        compile_ms = best_ms(lambda: generate_source(analyse(load_graph(text))))
-        infer_ms = best_ms(lambda: analyse(graph))
+        compile_ms = median_ms(lambda: generate_source(analyse(load_graph(text))))
+        infer_ms = median_ms(lambda: analyse(graph))
         module = types.ModuleType("bench_model")
         exec(compile(generate_source(analyse(graph)), "model.py", "exec"), module.__dict__)
         with torch.device("meta"):
             model = module.build_model()
         x = torch.empty(1, *module.INPUT_SHAPE, device="meta")
-        forward_ms = best_ms(lambda: model(x))
+        forward_ms = median_ms(lambda: model(x))
 
         def build_and_forward() -> object:
             with torch.device("meta"):
                 return module.build_model()(x)
 
-        build_forward_ms = best_ms(build_and_forward, repeat=5)
+        build_forward_ms = median_ms(build_and_forward, repeat=5)
         ratio = forward_ms / infer_ms
         results[size] = {"nodes": len(graph.nodes), "compile_ms": compile_ms, "infer_ms": infer_ms,
                          "meta_forward_ms": forward_ms, "meta_build_forward_ms": build_forward_ms,

@@ -14,13 +14,11 @@ from pydantic import ValidationError
 
 from builder.catalog import (
     CATALOG,
-    Advice,
     Fix,
     LayerError,
     Params,
     Tensor,
     describe_param_errors,
-    shape_text,
 )
 from builder.graph import Graph, Node
 
@@ -298,8 +296,4 @@ def _fix_json(fix: Fix | None, node: Node, sources: list[str]) -> dict[str, Any]
     }
 
 
-def describe_shape(info: NodeInfo) -> str:
-    return "?" if info.shape is None else shape_text(info.shape)
-
-
-__all__ = ["Advice", "Analysis", "Diagnostic", "NodeInfo", "analyse", "describe_shape"]
+__all__ = ["Analysis", "Diagnostic", "NodeInfo", "analyse"]

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from builder.graph import Graph, parse_graph
-from compiler import Analysis, analyse, generate_source
+from compiler import Analysis, generate_source
 from compiler.codegen import attribute_names
 
 
@@ -80,10 +80,6 @@ def assert_matches_torch(analysis: Analysis) -> None:
     assert tuple(out.shape[1:]) == analysis.infos[output.id].shape
     assert tuple(out.shape[1:]) == module.OUTPUT_SHAPE
     assert sum(p.numel() for p in model.parameters()) == analysis.total_params
-
-
-def compiled(graph: Graph) -> Analysis:
-    return analyse(graph)
 
 
 def layer_runs_in_torch(layer: str, params: dict[str, Any], inputs: list[tuple[tuple[int, ...], str]]) -> bool:
