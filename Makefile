@@ -18,11 +18,12 @@ $(VENV)/.dev: $(VENV)/.deps requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
-# Debian's chromium for the browser tests (Playwright cannot download browsers here).
+# Debian's chromium for the browser tests (Playwright cannot download browsers here) and the
+# Noto CJK fonts, so Chinese renders in the browser and in charts without internet.
 chromium:
-	@command -v chromium >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium chromium-driver; \
-	  else echo "chromium is missing: browser tests will be skipped (sudo apt-get install chromium)"; fi; }
+	@{ command -v chromium >/dev/null && fc-list :lang=zh | grep -q .; } || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium chromium-driver fonts-noto-cjk; \
+	  else echo "chromium or fonts-noto-cjk is missing: sudo apt-get install chromium fonts-noto-cjk"; fi; }
 
 run: $(VENV)/.deps
 	$(VENV)/bin/streamlit run app.py

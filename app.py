@@ -9,13 +9,15 @@ from pathlib import Path
 
 import streamlit as st
 
+import i18n
+from i18n import N_, _
 from pages import state
 
 PAGES_DIR = Path(__file__).resolve().parent / "pages"
 PAGES = (
-    ("build.py", "Build", ":material/account_tree:"),
-    ("train.py", "Train", ":material/monitoring:"),
-    ("export.py", "Export", ":material/download:"),
+    ("build.py", N_("Build"), ":material/account_tree:"),
+    ("train.py", N_("Train"), ":material/monitoring:"),
+    ("export.py", N_("Export"), ":material/download:"),
 )
 
 STYLE = """
@@ -28,9 +30,28 @@ STYLE = """
 st.set_page_config(page_title="NetBuilder", page_icon=":material/hub:", layout="wide")
 st.html(STYLE)  # every page: a small top gap; toasts at the bottom, off the toolbars
 state.workspace_id()
+i18n.use_resolver(state.session_language)  # every page, fragment and callback of this session
+state.language()
+
+
+def _switch_language() -> None:
+    state.set_language(st.session_state["nb_language_choice"])
+
+
+with st.sidebar:
+    st.segmented_control(
+        "Language / 语言",
+        options=list(i18n.LANGUAGES),
+        format_func=i18n.LANGUAGES.get,
+        default=i18n.language(),
+        key="nb_language_choice",
+        on_change=_switch_language,
+        label_visibility="collapsed",
+        required=True,
+    )
 navigation = st.navigation(
     [
-        st.Page(PAGES_DIR / file, title=title, icon=icon, default=file == "build.py")
+        st.Page(PAGES_DIR / file, title=_(title), icon=icon, default=file == "build.py")
         for file, title, icon in PAGES
         if (PAGES_DIR / file).is_file()
     ]
@@ -40,7 +61,9 @@ try:
 except Exception:  # the last line of defence: a readable message here, the traceback in the log
     logging.getLogger("netbuilder").exception("page %s failed", navigation.title)
     st.error(
-        "This page hit an unexpected problem and stopped. Your graph is autosaved: reload the"
-        " page to carry on. The details are in the server log.",
+        _(
+            "This page hit an unexpected problem and stopped. Your graph is autosaved: reload"
+            " the page to carry on. The details are in the server log."
+        ),
         icon=":material/error:",
     )

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import streamlit as st
 
+import i18n
 from builder import edit
 from builder.graph import Graph, GraphFormatError, dump_graph, load_graph
 from builder.layout import needs_layout, with_layout
@@ -26,6 +27,7 @@ from compiler.analysis import Analysis, analyse
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "builder" / "templates"
 DEFAULT_TEMPLATE = "resnet"
 QUERY_KEY = "w"
+LANG_KEY = "lang"
 _ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{6,64}")
 
 _WORKSPACE = "nb_workspace"
@@ -34,6 +36,7 @@ _VERSION = "nb_version"
 _ANALYSIS = "nb_analysis"
 _SELECTED = "nb_selected"
 _NOTICE = "nb_notice"
+_LANGUAGE = "nb_language"
 
 
 def home() -> Path:
@@ -194,3 +197,52 @@ def notify(message: str) -> None:
 def take_notice() -> str | None:
     """The pending message, once."""
     return st.session_state.pop(_NOTICE, None)
+
+
+def _language_path() -> Path:
+    return home() / "autosave" / f"{workspace_id()}.lang"
+
+
+def _browser_language() -> str | None:
+    """The browser's preferred language, where this Streamlit exposes it."""
+    try:
+        return getattr(st.context, "locale", None)
+    except Exception:  # outside a browser session (AppTest, a bare script run)
+        return None
+
+
+def language() -> str:
+    """The reader's language: ?lang= in the URL, else this workspace's last choice, else the
+    browser's language, else English. Read once per session, then kept in the session."""
+    lang = st.session_state.get(_LANGUAGE)
+    if lang is None:
+        given = st.query_params.get(LANG_KEY)
+        remembered = _language_path()
+        if given in i18n.LANGUAGES:
+            lang = given
+        elif remembered.is_file():
+            lang = i18n.normalise(remembered.read_text(encoding="utf-8").strip())
+        else:
+            lang = i18n.normalise(_browser_language())
+        st.session_state[_LANGUAGE] = lang
+    if st.query_params.get(LANG_KEY) != lang:
+        st.query_params[LANG_KEY] = lang
+    return lang
+
+
+def set_language(lang: str) -> None:
+    """Switch this session's language and remember it for the workspace."""
+    lang = i18n.normalise(lang)
+    st.session_state[_LANGUAGE] = lang
+    st.query_params[LANG_KEY] = lang
+    path = _language_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(lang, encoding="utf-8")
+
+
+def session_language() -> str:
+    """The language for i18n's resolver: the session's choice, English outside a session."""
+    try:
+        return st.session_state.get(_LANGUAGE) or i18n.DEFAULT_LANGUAGE
+    except Exception:  # no script run context (a worker thread, a test calling a page helper)
+        return i18n.DEFAULT_LANGUAGE
