@@ -31,7 +31,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from builder.catalog import CATALOG
+from builder.catalog import CATALOG, NotMappable, module_table
 from builder.graph import FORMAT, Graph, GraphFormatError, parse_graph
 from compiler.analysis import Analysis, analyse
 from compiler.codegen import attribute_names, generate_source
@@ -166,10 +166,6 @@ class CausalMask:
 
 # What an fx node computes: a str is the graph node whose output tensor it is.
 Value = str | Size | Device | Several | CausalMask | Failed
-
-
-class NotMappable(Exception):
-    """This call cannot become a catalog layer; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -391,183 +387,10 @@ def _where(node: fx.Node) -> str:
 # Modules
 
 
-def _compact(value: Any) -> Any:
-    """PyTorch's tuples as the file format writes them: (5, 5) -> 5, (3, 5) -> [3, 5]."""
-    if isinstance(value, (tuple, list)):
-        values = [int(v) for v in value]
-        return values[0] if len(set(values)) == 1 else values
-    return value
-
-
-def _conv(m: nn.Conv1d | nn.Conv2d) -> dict[str, Any]:
-    if m.padding_mode != "zeros":
-        raise NotMappable(f"padding_mode={m.padding_mode!r}: only zero padding maps")
-    padding = m.padding if isinstance(m.padding, str) else _compact(m.padding)
-    return {
-        "out_channels": m.out_channels,
-        "kernel_size": _compact(m.kernel_size),
-        "stride": _compact(m.stride),
-        "padding": padding,
-        "dilation": _compact(m.dilation),
-        "groups": m.groups,
-        "bias": m.bias is not None,
-    }
-
-
-def _max_pool(m: nn.MaxPool1d | nn.MaxPool2d) -> dict[str, Any]:
-    if m.return_indices:
-        raise NotMappable("return_indices=True")
-    kernel, stride = _compact(m.kernel_size), _compact(m.stride)
-    return {
-        "kernel_size": kernel,
-        "stride": None if stride == kernel else stride,
-        "padding": _compact(m.padding),
-        "dilation": _compact(m.dilation),
-        "ceil_mode": m.ceil_mode,
-    }
-
-
-def _avg_pool(m: nn.AvgPool1d | nn.AvgPool2d) -> dict[str, Any]:
-    if getattr(m, "divisor_override", None) is not None:
-        raise NotMappable("divisor_override")
-    kernel, stride = _compact(m.kernel_size), _compact(m.stride)
-    return {
-        "kernel_size": kernel,
-        "stride": None if stride == kernel else stride,
-        "padding": _compact(m.padding),
-        "ceil_mode": m.ceil_mode,
-        "count_include_pad": m.count_include_pad,
-    }
-
-
-def _adaptive(m: nn.AdaptiveAvgPool1d | nn.AdaptiveAvgPool2d) -> dict[str, Any]:
-    sizes = m.output_size if isinstance(m.output_size, (tuple, list)) else [m.output_size]
-    if any(s is None for s in sizes):
-        raise NotMappable("an output_size of None (keep the input size)")
-    return {"output_size": _compact(m.output_size)}
-
-
-def _batch_norm(m: nn.BatchNorm1d | nn.BatchNorm2d) -> dict[str, Any]:
-    return {
-        "eps": m.eps,
-        "momentum": m.momentum,
-        "affine": m.affine,
-        "track_running_stats": m.track_running_stats,
-    }
-
-
-def _last_dim_only(m: nn.LayerNorm | nn.RMSNorm) -> None:
-    if len(m.normalized_shape) != 1:
-        raise NotMappable(f"normalized_shape {list(m.normalized_shape)}: only the last dim maps")
-
-
-def _layer_norm(m: nn.LayerNorm) -> dict[str, Any]:
-    _last_dim_only(m)
-    bias = m.bias is not None if m.elementwise_affine else True
-    return {"eps": m.eps, "elementwise_affine": m.elementwise_affine, "bias": bias}
-
-
-def _rms_norm(m: nn.RMSNorm) -> dict[str, Any]:
-    _last_dim_only(m)
-    return {"eps": m.eps, "elementwise_affine": m.elementwise_affine}
-
-
-def _embedding(m: nn.Embedding) -> dict[str, Any]:
-    if m.max_norm is not None or m.scale_grad_by_freq or m.sparse:
-        raise NotMappable("max_norm, scale_grad_by_freq and sparse are not in the catalog")
-    return {
-        "num_embeddings": m.num_embeddings,
-        "embedding_dim": m.embedding_dim,
-        "padding_idx": m.padding_idx,
-    }
-
-
-def _recurrent(m: nn.RNN | nn.LSTM | nn.GRU) -> dict[str, Any]:
-    if not m.batch_first:
-        raise NotMappable("batch_first=False: NetBuilder's recurrent layers read [B, T, F]")
-    if getattr(m, "proj_size", 0):
-        raise NotMappable("proj_size")
-    params = {
-        "hidden_size": m.hidden_size,
-        "num_layers": m.num_layers,
-        "bidirectional": m.bidirectional,
-        "dropout": float(m.dropout),
-        "bias": m.bias,
-    }
-    if isinstance(m, nn.RNN) and type(m) is nn.RNN:
-        params["nonlinearity"] = m.nonlinearity
-    return params
-
-
-def _attention(m: nn.MultiheadAttention) -> dict[str, Any]:
-    if not m.batch_first:
-        raise NotMappable("batch_first=False: NetBuilder's attention reads [B, T, E]")
-    if not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
-        raise NotMappable("kdim/vdim, add_bias_kv and add_zero_attn are not in the catalog")
-    return {
-        "num_heads": m.num_heads,
-        "dropout": float(m.dropout),
-        "bias": m.in_proj_bias is not None,
-    }
-
-
-def _encoder_layer(m: nn.TransformerEncoderLayer) -> dict[str, Any]:
-    if not m.self_attn.batch_first:
-        raise NotMappable("batch_first=False: NetBuilder's encoder layer reads [B, T, E]")
-    activation = {1: "relu", 2: "gelu"}.get(m.activation_relu_or_gelu)
-    if activation is None:
-        raise NotMappable("an activation other than relu or gelu")
-    return {
-        "nhead": m.self_attn.num_heads,
-        "dim_feedforward": m.linear1.out_features,
-        "dropout": float(m.dropout.p),
-        "activation": activation,
-        "layer_norm_eps": m.norm1.eps,
-        "norm_first": m.norm_first,
-        "bias": m.linear1.bias is not None,
-    }
-
-
-def _no_params(m: nn.Module) -> dict[str, Any]:
-    return {}
-
-
-MODULES: dict[type[nn.Module], tuple[str, Callable[[Any], dict[str, Any]]]] = {
-    nn.Linear: ("Linear", lambda m: {"out_features": m.out_features, "bias": m.bias is not None}),
-    nn.Conv1d: ("Conv1d", _conv),
-    nn.Conv2d: ("Conv2d", _conv),
-    nn.MaxPool1d: ("MaxPool1d", _max_pool),
-    nn.MaxPool2d: ("MaxPool2d", _max_pool),
-    nn.AvgPool1d: ("AvgPool1d", _avg_pool),
-    nn.AvgPool2d: ("AvgPool2d", _avg_pool),
-    nn.AdaptiveAvgPool1d: ("AdaptiveAvgPool1d", _adaptive),
-    nn.AdaptiveAvgPool2d: ("AdaptiveAvgPool2d", _adaptive),
-    nn.Flatten: ("Flatten", lambda m: {"start_dim": m.start_dim, "end_dim": m.end_dim}),
-    nn.BatchNorm1d: ("BatchNorm1d", _batch_norm),
-    nn.BatchNorm2d: ("BatchNorm2d", _batch_norm),
-    nn.LayerNorm: ("LayerNorm", _layer_norm),
-    nn.RMSNorm: ("RMSNorm", _rms_norm),
-    nn.GroupNorm: (
-        "GroupNorm",
-        lambda m: {"num_groups": m.num_groups, "eps": m.eps, "affine": m.affine},
-    ),
-    nn.Dropout: ("Dropout", lambda m: {"p": float(m.p)}),
-    nn.Dropout2d: ("Dropout2d", lambda m: {"p": float(m.p)}),
-    nn.ReLU: ("ReLU", _no_params),
-    nn.SiLU: ("SiLU", _no_params),
-    nn.Tanh: ("Tanh", _no_params),
-    nn.Sigmoid: ("Sigmoid", _no_params),
-    nn.Identity: ("Identity", _no_params),
-    nn.GELU: ("GELU", lambda m: {"approximate": m.approximate}),
-    nn.LeakyReLU: ("LeakyReLU", lambda m: {"negative_slope": float(m.negative_slope)}),
-    nn.Softmax: ("Softmax", lambda m: {"dim": m.dim}),
-    nn.Embedding: ("Embedding", _embedding),
-    nn.RNN: ("RNN", _recurrent),
-    nn.LSTM: ("LSTM", _recurrent),
-    nn.GRU: ("GRU", _recurrent),
-    nn.MultiheadAttention: ("MultiheadAttention", _attention),
-    nn.TransformerEncoderLayer: ("TransformerEncoderLayer", _encoder_layer),
-}
+# {nn class: (catalog type, params_from_module)}: each catalog entry says which torch modules it
+# stands for and how to read their params back.
+MODULES: dict[type[nn.Module], tuple[str, Callable[[Any], dict[str, Any]]]] = module_table()
+_encoder_layer = CATALOG["TransformerEncoderLayer"].params_from_module
 TUPLE_OUTPUTS = {
     "RNN": "the final hidden state h_n",
     "GRU": "the final hidden state h_n",
@@ -618,7 +441,8 @@ def _encoder_stack(walk: Walk, node: fx.Node, module: nn.TransformerEncoder) -> 
     if module.norm is not None:
         if type(module.norm) is not nn.LayerNorm:
             raise NotMappable(f"a final norm of type {type(module.norm).__name__}")
-        layers.append(Layer("LayerNorm", _layer_norm(module.norm), (), path=f"{path}.norm"))
+        norm = CATALOG["LayerNorm"].params_from_module(module.norm)  # type: ignore[misc]
+        layers.append(Layer("LayerNorm", norm, (), path=f"{path}.norm"))
     return Stack(_tensor(walk, _only_input(node)), tuple(layers))
 
 
