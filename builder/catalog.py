@@ -15,6 +15,7 @@ one entry to its family's ENTRIES (and one case to tests/test_layers_vs_torch.py
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -46,10 +47,11 @@ from builder.layers.base import (
     Params,
     Shape,
     Tensor,
-    largest_divisor,
+    fitting_divisor,
     shape_text,
 )
 from builder.layers.core import CLASS_LOSSES, LOSSES, SOFTMAX_LOSSES, OutputParams
+from i18n import Message, msg
 
 FAMILIES = (
     core,
@@ -90,20 +92,45 @@ def functional_table() -> dict[str, str]:
 
 def describe_param_errors(model: type[Params], exc: ValidationError, given: dict[str, Any]) -> str:
     """One readable line for a params ValidationError: field, expectation, offending value."""
-    messages: list[str] = []
+    return str(param_problem(model, exc, given))
+
+
+def param_problem(model: type[Params], exc: ValidationError, given: dict[str, Any]) -> Message:
+    """describe_param_errors as a Message, to render in the reader's language."""
+    problems: dict[str, Message] = {}
     for error in exc.errors():
         name = str(error["loc"][0]) if error["loc"] else ""
         if error["type"] == "extra_forbidden":
             known = ", ".join(model.model_fields) or "none"
-            messages.append(f"unknown parameter {name!r} (known: {known})")
+            problem = msg("unknown parameter {name!r} (known: {known})", name=name, known=known)
         elif error["type"] == "missing":
-            messages.append(f"{name} is required ({model.model_fields[name].description})")
+            expect = model.model_fields[name].description or ""
+            problem = msg("{name} is required ({expect})", name=name, expect=msg(expect))
         elif name in model.model_fields:
-            expect = model.model_fields[name].description or error["msg"]
-            messages.append(f"{name} must be {expect}, got {given.get(name)!r}")
+            expect = model.model_fields[name].description
+            problem = msg(
+                "{name} must be {expect}, got {value}",
+                name=name,
+                expect=msg(expect) if expect else error["msg"],
+                value=shown(given.get(name)),
+            )
         else:
-            messages.append(error["msg"].removeprefix("Value error, "))
-    return "; ".join(dict.fromkeys(messages))
+            problem = msg("{problem}", problem=error["msg"].removeprefix("Value error, "))
+        problems.setdefault(str(problem), problem)
+    return joined(list(problems.values()))
+
+
+def joined(parts: list[Message]) -> Message:
+    """Several sentences as one Message: 'a; b; c' in any language."""
+    if len(parts) == 1:
+        return parts[0]
+    return msg("{first}; {rest}", first=parts[0], rest=joined(parts[1:]))
+
+
+def shown(value: Any) -> str:
+    """A given value for a message, cut short; NaN and Infinity as a JSON file writes them."""
+    text = json.dumps(value) if isinstance(value, float) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 __all__ = [
@@ -126,7 +153,9 @@ __all__ = [
     "Tensor",
     "describe_param_errors",
     "functional_table",
-    "largest_divisor",
+    "joined",
+    "param_problem",
+    "fitting_divisor",
     "module_table",
     "shape_text",
 ]

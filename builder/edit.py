@@ -18,7 +18,7 @@ from typing import Any, Literal
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic import ValidationError
 
-from builder.catalog import CATALOG, describe_param_errors, largest_divisor
+from builder.catalog import CATALOG, describe_param_errors, fitting_divisor
 from builder.graph import Edge, Graph, Node
 from builder.layout import COLUMN_WIDTH, ROW_HEIGHT
 
@@ -117,7 +117,7 @@ def starter_params(layer_type: str, input_shape: tuple[int, ...] | None = None) 
 
 
 def _largest_divisor(n: int | None, limit: int) -> int:
-    return largest_divisor(n, limit) if n else 1
+    return fitting_divisor(n, limit) if n else 1
 
 
 def add_node_after(

@@ -14,12 +14,14 @@ from pydantic import ValidationError
 
 from builder.catalog import (
     CATALOG,
+    MAX_SIZE,
     Fix,
     LayerError,
     OutputParams,
     Params,
     Tensor,
-    describe_param_errors,
+    param_problem,
+    shape_text,
 )
 from builder.graph import Graph, Node
 from i18n import Message, msg
@@ -239,7 +241,7 @@ def _typed_params(nodes: list[Node]) -> tuple[dict[str, Params], list[Diagnostic
         try:
             typed[node.id] = spec.params.model_validate(node.params)
         except ValidationError as exc:
-            problem = describe_param_errors(spec.params, exc, node.params)
+            problem = param_problem(spec.params, exc, node.params)
             found.append(Diagnostic(node.id, _labelled(node, problem)))
     return typed, found
 
@@ -351,6 +353,13 @@ def _infer_node(
         out = spec.infer(params, tensors)
     except LayerError as exc:
         return NodeInfo(None), [_diagnostic(node, exc.text, "error", exc.fix, sources)]
+    if any(size > MAX_SIZE for size in out.shape):
+        problem = msg(
+            "gives {shape}: a size above {limit:,}, which no model can hold",
+            shape=shape_text(out.shape) if max(out.shape).bit_length() < 128 else "[...]",
+            limit=MAX_SIZE,
+        )
+        return NodeInfo(None), [Diagnostic(node.id, _labelled(node, problem))]
     advice = [
         _diagnostic(node, a.text, "warning", a.fix, sources) for a in spec.advise(params, tensors)
     ]

@@ -233,15 +233,14 @@ def full_dim(dim: int, rank: int, what: str = "dim") -> int:
     return dim
 
 
-def largest_divisor(n: int, limit: int) -> int:
-    """The largest divisor of n that is at most limit, in O(sqrt(n)) steps whatever limit is."""
-    best = 1
-    for small in range(1, math.isqrt(n) + 1):
-        if n % small == 0:
-            for d in (small, n // small):
-                if best < d <= limit:
-                    best = d
-    return best
+def fitting_divisor(n: int, limit: int) -> int:
+    """A divisor of n that is at most limit: the largest within 64 steps below the limit, else
+    gcd(n, limit). A bounded number of steps, however large the sizes (a fix, not a search)."""
+    top = min(n, limit)
+    for d in range(top, max(top - 64, 0), -1):
+        if n % d == 0:
+            return d
+    return math.gcd(n, limit)
 
 
 def as_float(x: Tensor) -> Tensor:

@@ -260,7 +260,7 @@ CONV1D = LayerSpec(
     name="Conv1d",
     category="Convolution",
     description=N_("Slides learned filters along the sequence: [C, L] -> [out_channels, L']."),
-    formula="O = floor((I + 2p - d(k-1) - 1)/s) + 1",
+    formula=N_("O = floor((I + 2p - d(k-1) - 1)/s) + 1"),
     params=Conv1dParams,
     infer=conv_infer,
     torch_modules=("Conv1d",),
@@ -278,7 +278,7 @@ CONV2D = LayerSpec(
     name="Conv2d",
     category="Convolution",
     description=N_("Slides learned filters over the image: [C, H, W] -> [out_channels, H', W']."),
-    formula="O = floor((I + 2p - d(k-1) - 1)/s) + 1",
+    formula=N_("O = floor((I + 2p - d(k-1) - 1)/s) + 1"),
     params=Conv2dParams,
     infer=conv_infer,
     torch_modules=("Conv2d",),
@@ -437,7 +437,7 @@ CONV_TRANSPOSE1D = LayerSpec(
     description=N_(
         "Grows a sequence with learned filters (a 'deconvolution'): [C, L] -> [out_channels, L']."
     ),
-    formula="O = (I - 1)s - 2p + d(k - 1) + output_padding + 1",
+    formula=N_("O = (I - 1)s - 2p + d(k - 1) + output_padding + 1"),
     params=ConvTranspose1dParams,
     infer=conv_transpose_infer,
     torch_modules=("ConvTranspose1d",),
@@ -457,7 +457,7 @@ CONV_TRANSPOSE2D = LayerSpec(
         "Grows an image with learned filters (a 'deconvolution'), as in U-Net decoders and GAN"
         " generators: [C, H, W] -> [out_channels, H', W']."
     ),
-    formula="O = (I - 1)s - 2p + d(k - 1) + output_padding + 1",
+    formula=N_("O = (I - 1)s - 2p + d(k - 1) + output_padding + 1"),
     params=ConvTranspose2dParams,
     infer=conv_transpose_infer,
     torch_modules=("ConvTranspose2d",),

@@ -42,7 +42,7 @@ def dropout_from_module(m: Any) -> dict[str, Any]:
     return {"p": float(m.p)}
 
 
-DROPOUT_FORMULA = "y = x * mask / (1 - p) in training, y = x in eval"
+DROPOUT_FORMULA = N_("y = x * mask / (1 - p) in training, y = x in eval")
 
 DROPOUT = LayerSpec(
     name="Dropout",

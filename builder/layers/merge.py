@@ -94,7 +94,7 @@ ADD = LayerSpec(
         "Adds its inputs element-wise: the residual connection of a ResNet. A dim of 1 repeats"
         " to match the other input ([1, E] with [T, E])."
     ),
-    formula="y = a + b + ...",
+    formula=N_("y = a + b + ..."),
     params=NoParams,
     infer=elementwise_infer,
     functional=("operator.add", "operator.iadd", "torch.add", "Tensor.add"),
@@ -110,7 +110,7 @@ MULTIPLY = LayerSpec(
         "Multiplies its inputs element-wise, e.g. a gate; [C, 1, 1] scales each channel of"
         " [C, H, W] (squeeze-and-excitation)."
     ),
-    formula="y = a * b * ...",
+    formula=N_("y = a * b * ..."),
     params=NoParams,
     infer=elementwise_infer,
     functional=("operator.mul", "operator.imul", "torch.mul", "Tensor.mul"),
@@ -157,7 +157,7 @@ CONCAT = LayerSpec(
     name="Concat",
     category="Merge",
     description=N_("Joins its inputs along one dim (channels by default), in port order."),
-    formula="y = cat([a, b, ...], dim)",
+    formula=N_("y = cat([a, b, ...], dim)"),
     params=ConcatParams,
     infer=concat_infer,
     functional=("torch.cat", "torch.concat", "torch.concatenate"),

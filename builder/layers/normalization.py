@@ -22,7 +22,7 @@ from builder.layers.base import (
     changed,
     count,
     keep_shape,
-    largest_divisor,
+    fitting_divisor,
     need_rank,
 )
 from i18n import N_, msg
@@ -76,7 +76,7 @@ def batch_norm_from_module(m: Any) -> dict[str, Any]:
     }
 
 
-BATCH_NORM_FORMULA = "y = (x - mean_B) / sqrt(var_B + eps) * gamma + beta"
+BATCH_NORM_FORMULA = N_("y = (x - mean_B) / sqrt(var_B + eps) * gamma + beta")
 
 BATCH_NORM1D = LayerSpec(
     name="BatchNorm1d",
@@ -137,7 +137,7 @@ def instance_norm_module(p: InstanceNorm1dParams, xs: list[Tensor]) -> str:
     )
 
 
-INSTANCE_NORM_FORMULA = (
+INSTANCE_NORM_FORMULA = N_(
     "y = (x - mean_HW) / sqrt(var_HW + eps) * gamma + beta, per sample and channel"
 )
 
@@ -206,7 +206,7 @@ LAYER_NORM = LayerSpec(
     name="LayerNorm",
     category="Normalisation",
     description=N_("Normalises each position over its last dim (the features)."),
-    formula="y = (x - mean) / sqrt(var + eps) * gamma + beta",
+    formula=N_("y = (x - mean) / sqrt(var + eps) * gamma + beta"),
     params=LayerNormParams,
     infer=keep_shape,
     torch_modules=("LayerNorm",),
@@ -238,7 +238,7 @@ RMS_NORM = LayerSpec(
     name="RMSNorm",
     category="Normalisation",
     description=N_("Scales each position by the root mean square of its features."),
-    formula="y = x / sqrt(mean(x^2) + eps) * gamma",
+    formula=N_("y = x / sqrt(mean(x^2) + eps) * gamma"),
     params=RMSNormParams,
     infer=keep_shape,
     torch_modules=("RMSNorm",),
@@ -269,7 +269,7 @@ def group_norm_infer(p: GroupNormParams, xs: list[Tensor]) -> Tensor:
             ),
             Fix(
                 msg("num_groups must divide the channels"),
-                set_params={"num_groups": largest_divisor(channels, p.num_groups)},
+                set_params={"num_groups": fitting_divisor(channels, p.num_groups)},
             ),
         )
     return as_float(xs[0])
@@ -287,7 +287,7 @@ GROUP_NORM = LayerSpec(
     name="GroupNorm",
     category="Normalisation",
     description=N_("Normalises groups of channels per sample (works with any batch size)."),
-    formula="y = (x - mean_group) / sqrt(var_group + eps) * gamma + beta",
+    formula=N_("y = (x - mean_group) / sqrt(var_group + eps) * gamma + beta"),
     params=GroupNormParams,
     infer=group_norm_infer,
     torch_modules=("GroupNorm",),

@@ -136,7 +136,7 @@ def avg_pool_from_module(m: Any) -> dict[str, Any]:
     }
 
 
-POOL_FORMULA = "O = floor((I + 2p - d(k-1) - 1)/s) + 1, s defaults to k"
+POOL_FORMULA = N_("O = floor((I + 2p - d(k-1) - 1)/s) + 1, s defaults to k")
 
 MAX_POOL1D = LayerSpec(
     name="MaxPool1d",
@@ -239,7 +239,7 @@ def adaptive_from_module(m: Any) -> dict[str, Any]:
     return {"output_size": compact(m.output_size)}
 
 
-ADAPTIVE_FORMULA = "window i covers [floor(i*I/O), ceil((i+1)*I/O))"
+ADAPTIVE_FORMULA = N_("window i covers [floor(i*I/O), ceil((i+1)*I/O))")
 
 ADAPTIVE_AVG_POOL1D = LayerSpec(
     name="AdaptiveAvgPool1d",
@@ -327,7 +327,7 @@ SEQUENCE_POOL = LayerSpec(
     name="SequencePool",
     category="Recurrent",
     description=N_("Summarises a sequence as one vector: its last step, mean or max over time."),
-    formula="y = x[:, -1] | mean_t x | max_t x",
+    formula=N_("y = x[:, -1] | mean_t x | max_t x"),
     params=SequencePoolParams,
     infer=sequence_pool_infer,
     functional=("Tensor.mean", "torch.mean", "Tensor.amax", "torch.amax", "Tensor.max"),

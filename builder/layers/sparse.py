@@ -69,7 +69,7 @@ EMBEDDING = LayerSpec(
     name="Embedding",
     category="Recurrent",
     description=N_("Looks up a learned vector for each token id: int64 [T] -> [T, D]."),
-    formula="y[t] = W[token[t]]",
+    formula=N_("y[t] = W[token[t]]"),
     params=EmbeddingParams,
     infer=embedding_infer,
     torch_modules=("Embedding",),

@@ -24,7 +24,7 @@ from builder.layers.base import (
     call,
     changed,
     count,
-    largest_divisor,
+    fitting_divisor,
     need_rank,
     numel,
     shape_text,
@@ -69,7 +69,7 @@ def heads_check(embed: int, heads: int, field_name: str) -> None:
             ),
             Fix(
                 msg("{field} must divide the embedding size", field=field_name),
-                set_params={field_name: largest_divisor(embed, heads)},
+                set_params={field_name: fitting_divisor(embed, heads)},
             ),
         )
 
@@ -138,7 +138,7 @@ MULTIHEAD_ATTENTION = LayerSpec(
     name="MultiheadAttention",
     category="Attention",
     description=N_("Self-attention: each position mixes in the others, weighted by similarity."),
-    formula="softmax(Q K^T / sqrt(d)) V, per head",
+    formula=N_("softmax(Q K^T / sqrt(d)) V, per head"),
     params=AttentionParams,
     infer=attention_infer,
     torch_modules=("MultiheadAttention",),
@@ -218,7 +218,7 @@ TRANSFORMER_ENCODER_LAYER = LayerSpec(
     name="TransformerEncoderLayer",
     category="Attention",
     description=N_("Self-attention plus a feed-forward block, each with a residual and a norm."),
-    formula="x = norm(x + attn(x)); y = norm(x + ff(x))",
+    formula=N_("x = norm(x + attn(x)); y = norm(x + ff(x))"),
     params=EncoderParams,
     infer=encoder_infer,
     torch_modules=("TransformerEncoderLayer",),
@@ -290,8 +290,10 @@ POSITIONAL_ENCODING_SPEC = LayerSpec(
         "Adds where each position is to its vector, since attention alone ignores order:"
         " learned vectors or fixed sines and cosines."
     ),
-    formula="y[t] = x[t] + P[t]; sinusoidal: P[t, 2i] = sin(t / 10000^(2i/E)),"
-    " P[t, 2i+1] = cos(t / 10000^(2i/E))",
+    formula=N_(
+        "y[t] = x[t] + P[t]; sinusoidal: P[t, 2i] = sin(t / 10000^(2i/E)),"
+        " P[t, 2i+1] = cos(t / 10000^(2i/E))"
+    ),
     params=PositionalEncodingParams,
     infer=positional_infer,
     starter={"max_len": 512},

@@ -149,7 +149,7 @@ UPSAMPLE = LayerSpec(
         "Grows the spatial size without weights: repeats values (nearest) or interpolates"
         " (linear, bilinear)."
     ),
-    formula="O = floor(I * scale_factor), or O = size",
+    formula=N_("O = floor(I * scale_factor), or O = size"),
     params=UpsampleParams,
     infer=upsample_infer,
     torch_modules=("Upsample", "UpsamplingNearest2d", "UpsamplingBilinear2d"),
