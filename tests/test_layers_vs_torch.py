@@ -136,6 +136,8 @@ def test_every_layer_type_is_covered() -> None:
         ([6, 4], "PReLU", {"num_parameters": 4}, "num_parameters=4"),
         ([6, 4], "LogSoftmax", {"dim": 3}, "out of range"),
         ([9, 8], "PositionalEncoding", {"max_len": 8}, "max_len is 8"),
+        ([3, 1, 1], "InstanceNorm2d", {}, "more than one value per channel"),
+        ([3, 1], "InstanceNorm1d", {}, "more than one value per channel"),
         ([9, 8], "PositionalEncoding", {"max_len": 8, "kind": "sinusoidal"}, "max_len is 8"),
     ],
 )

@@ -24,6 +24,8 @@ from builder.layers.base import (
     keep_shape,
     fitting_divisor,
     need_rank,
+    numel,
+    shape_text,
 )
 from i18n import N_, msg
 
@@ -126,6 +128,14 @@ def instance_norm_infer(p: InstanceNorm1dParams, xs: list[Tensor]) -> Tensor:
         need_rank(xs[0], (2,), "[C, L]", msg("; use InstanceNorm2d for images"))
     else:
         need_rank(xs[0], (3,), "[C, H, W]", msg("; use InstanceNorm1d for [C, L]"))
+    if numel(xs[0].shape[1:]) == 1:
+        raise LayerError(
+            msg(
+                "needs more than one value per channel to normalise, got {shape}: the mean of one"
+                " value is the value itself, so every output would be 0",
+                shape=shape_text(xs[0].shape),
+            )
+        )
     return as_float(xs[0])
 
 
