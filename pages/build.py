@@ -16,7 +16,8 @@ import streamlit as st
 from streamlit_flow import streamlit_flow
 from streamlit_flow.state import StreamlitFlowState
 
-from builder import canvas, edit
+from builder import edit
+from pages import canvas
 from builder.catalog import CATALOG, CATEGORIES
 from builder.graph import MAX_FILE_BYTES, Graph, GraphFormatError, dump_graph, load_graph
 from builder.layout import needs_layout, with_layout

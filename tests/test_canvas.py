@@ -7,7 +7,7 @@ from pathlib import Path
 
 from torch import nn
 
-from builder.canvas import (
+from pages.canvas import (
     apply_canvas,
     graph_to_flow,
     key_params_text,

@@ -25,7 +25,7 @@ from compiler.codegen import attribute_names, generate_source
 ROOT = Path(__file__).resolve().parents[2]
 CANVAS = 'iframe[title="streamlit_flow.streamlit_flow"]'
 LENET = ROOT / "builder" / "templates" / "lenet5.json"
-ERROR_RED = "rgb(220, 38, 38)"  # builder/canvas.py's error border, #dc2626
+ERROR_RED = "rgb(220, 38, 38)"  # pages/canvas.py's error border, #dc2626
 SELECTED_BLUE = "rgb(37, 99, 235)"  # its selected border, #2563eb
 ECHO_S = 1.0  # the canvas answers each state it is sent; let that round trip end
 
