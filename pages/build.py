@@ -26,7 +26,7 @@ from compiler.analysis import Analysis, Diagnostic, NodeInfo
 from pages import canvas, state
 
 CANVAS_KEY = "nb_canvas"  # the component's key is CANVAS_KEY_<n>: a new n remounts it
-CANVAS_HEIGHT = 740
+CANVAS_HEIGHT = 560  # toolbar and canvas fit a 1280x720 window
 _PUSHED = "nb_pushed"  # (graph version, selection) -> the canvas state last sent to the browser
 _ECHO = "nb_echo"  # True while the browser's echo of the last state sent is still to come
 _SEEN = "nb_canvas_seen"  # timestamp of the last canvas value applied
@@ -379,7 +379,7 @@ def draw_canvas(graph: Graph, analysis: Analysis, selected: str | None) -> None:
         get_edge_on_click=True,
         enable_node_menu=True,
         enable_edge_menu=True,
-        min_zoom=0.5,  # fitting a tall graph stops where node text stays readable
+        min_zoom=0.65,  # fitting a tall graph stops where node text stays readable: pan for more
         hide_watermark=True,
         style={"border": "1px solid #e2e8f0", "borderRadius": "10px", "background": "#fcfcfd"},
     )
@@ -421,7 +421,7 @@ def palette() -> None:
 def toolbar(graph: Graph) -> None:
     """Icons with tooltips where words would be cut at 1280 px; the name field takes the rest."""
     name, new, undo, redo, delete, tidy, templates, opener, save = st.columns(
-        [3.2, 1, 1, 1, 1, 1, 2.2, 1.6, 1.6], vertical_alignment="bottom", gap="small"
+        [4, 1, 1, 1, 1, 1, 1.25, 1.25, 1], vertical_alignment="bottom", gap="small"
     )
     name_key = f"nb_name_{state.graph_version()}"
     name.text_input(
@@ -467,8 +467,9 @@ def toolbar(graph: Graph) -> None:
         _tidy,
     )
     templates.menu_button(
-        _("Templates"),
+        "",
         state.template_names(),
+        help=_("Templates: start from a classic model (Undo brings this graph back)"),
         key="nb_template",
         icon=":material/dashboard:",
         format_func=_template_label,
@@ -476,7 +477,8 @@ def toolbar(graph: Graph) -> None:
         width="stretch",
     )
     with opener.popover(
-        _("Open"),
+        "",
+        help=_("Open a graph file (.json)"),
         icon=":material/folder_open:",
         width="stretch",
         key="nb_open_popover",
@@ -490,7 +492,7 @@ def toolbar(graph: Graph) -> None:
             max_upload_size=max(1, MAX_FILE_BYTES // 1_000_000),
         )
     save.download_button(
-        _("Save"),
+        "",
         data=dump_graph(graph),
         file_name=f"{_file_stem(graph.name)}.json",
         mime="application/json",
@@ -524,8 +526,12 @@ def summary_metrics(analysis: Analysis) -> None:
     params = analysis.total_params
     columns = st.columns(3)
     columns[0].metric(_("Parameters"), f"{params:,}")
-    columns[1].metric(_("Size (float32)"), f"{params * 4 / 1e6:.2f} MB")
-    columns[2].metric(_("MACs / sample"), _si(analysis.total_macs))
+    columns[1].metric(
+        _("Size"), f"{params * 4 / 1e6:.2f} MB", help=_("The weights in float32, 4 bytes each")
+    )
+    columns[2].metric(
+        _("MACs"), _si(analysis.total_macs), help=_("Multiply-accumulates for one sample")
+    )
 
 
 def _si(number: int) -> str:
@@ -729,7 +735,7 @@ def layer_table(analysis: Analysis) -> None:
 
 STYLE = """
 <style>
-[data-testid="stMetricValue"] { font-size: 1.45rem; white-space: nowrap; }
+[data-testid="stMetricValue"] { font-size: 1.35rem; white-space: nowrap; }
 [data-testid="stMetricLabel"] p { white-space: nowrap; overflow: visible; }
 </style>
 """

@@ -102,7 +102,7 @@ def test_the_app_opens_on_the_residual_template_with_the_torch_parameter_count(h
     no_exception(at)
     expected = torch_param_count((TEMPLATES / "resnet.json").read_text())
     assert metric(at, "Parameters") == f"{expected:,}"
-    assert metric(at, "Size (float32)") == f"{expected * 4 / 1e6:.2f} MB"
+    assert metric(at, "Size") == f"{expected * 4 / 1e6:.2f} MB"
     assert at.success[0].value.startswith("No problems")
 
 
