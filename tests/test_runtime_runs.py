@@ -574,7 +574,7 @@ def test_cli_bad_dataset_or_flag_is_one_line_and_exit_2(
     assert message in one_line_error(done)
 
 
-def test_cli_run_that_fails_prints_its_sentence_and_logs_the_traceback(tmp_path: Path):
+def test_cli_run_that_fails_prints_the_sentence_its_status_records(tmp_path: Path):
     done = cli("train", str(TEMPLATES / "lstm_classifier.json"), "--dataset", "digits", cwd=tmp_path)
     assert done.returncode == 1
     assert "digits samples are" in one_line_error(done)
