@@ -443,7 +443,7 @@ def _waiting_for_a_trainer(status: dict[str, Any]) -> bool:
     server = status.get("server")
     if isinstance(server, dict):
         return _alive(server.get("pid"), server.get("started"))
-    return time.time() - status.get("updated", 0) < QUEUED_GRACE_SECONDS
+    return time.time() - status.get("updated", status.get("created", 0)) < QUEUED_GRACE_SECONDS
 
 
 def _forced_stop_message(status: dict[str, Any]) -> Message:
