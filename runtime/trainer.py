@@ -38,6 +38,7 @@ from runtime.datasets import (
     dataset_from_upload,
     load_dataset,
 )
+from runtime.sizing import check_fits
 from runtime.metrics import (
     ActivationReading,
     activation_probe,
@@ -751,6 +752,9 @@ def _prepare(
     """Load everything a run needs and restore its checkpoint or warm start."""
     graph = load_graph((run_dir / store.GRAPH_FILE).read_text())
     analysis = analyse(graph)
+    too_big = check_fits(graph, analysis, config.batch_size, config.optimizer, config.device)
+    if too_big is not None:  # refused before anything is built or loaded
+        raise TrainingFault("failed", too_big)
     dataset = dataset_for_run(run_dir, config)
     problems = check_compatibility(analysis, dataset)
     if problems:
