@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from compiler.analysis import Analysis
+from compiler.losses import output_loss
 from i18n import Message, msg
 from runtime import builtin_data
 
@@ -300,17 +301,6 @@ def _integral(values: np.ndarray) -> bool:
 
 # ---------------------------------------------------------------------------------------------
 # Compatibility
-
-
-def output_loss(analysis: Analysis) -> tuple[str, float]:
-    """The Output node's loss and label smoothing ("auto" and 0 where the file names none)."""
-    output = next(n for n in analysis.graph.nodes if n.type == "Output")
-    typed = analysis.typed.get(output.id)
-    loss = getattr(typed, "loss", None) or output.params.get("loss", "auto")
-    smoothing = getattr(typed, "label_smoothing", None)
-    if smoothing is None:
-        smoothing = output.params.get("label_smoothing", 0.0)
-    return str(loss), float(smoothing)
 
 
 def check_compatibility(

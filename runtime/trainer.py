@@ -30,17 +30,15 @@ from builder.catalog import CATALOG
 from builder.graph import Graph, load_graph
 from compiler.analysis import Analysis, analyse
 from compiler.codegen import attribute_names
+from compiler.losses import output_loss
 from i18n import Message, msg
 from runtime import store
-from runtime.settings import TrainConfig
-from runtime.builtin_data import decode
 from runtime.datasets import (
     Dataset,
     DatasetError,
     check_compatibility,
     dataset_from_upload,
     load_dataset,
-    output_loss,
 )
 from runtime.loop import (
     Data,
@@ -59,14 +57,13 @@ from runtime.metrics import (
     capture_attention,
     grad_norm_probe,
 )
+from runtime.settings import TrainConfig
 
 FLUSH_SECONDS = 0.5
 CHECKPOINT_MIN_SECONDS = 2.0
 CHECKPOINT_SHARE = 0.01  # checkpoints may take about this share of the training time
 CHECKPOINT_FORMAT = "netbuilder.checkpoint/1"
 DEVICE_DATA_SHARE = 0.5  # a dataset may fill this share of the free GPU memory
-SAMPLE_EVERY_SECONDS = 5.0  # live text samples and reconstructions at most this often
-SAMPLE_CHARACTERS = 120
 
 
 class CheckpointError(ValueError):
