@@ -207,8 +207,19 @@ class CausalMask:
     """The result of the generated model.py's causal_mask(): MultiheadAttention(causal=True)."""
 
 
+@dataclass(frozen=True)
+class Constant:
+    """A tensor that does not depend on the input: a buffer, a parameter used outside a layer
+    (`trainable`), or what is computed from them and from sizes (a mask, a slice of a table).
+    `root` is the get_attr node it comes from, where there is one."""
+
+    node: fx.Node
+    root: fx.Node | None
+    trainable: bool = False
+
+
 # What an fx node computes: a str is the graph node whose output tensor it is.
-Value = str | Size | Device | Several | CausalMask | Failed
+Value = str | Size | Device | Several | CausalMask | Constant | Failed
 
 
 class NotMappable(Exception):
@@ -283,7 +294,8 @@ def import_model(
     input_shape = tuple(input_shape)
     model = copy.deepcopy(model).eval()
     example = _example_input(model, input_shape, dtype)
-    gm = _trace(model, helpers, example, input_shape, dtype)
+    # A separate copy to trace: forward may keep traced values on self (self.src_mask = mask).
+    gm = _trace(copy.deepcopy(model), helpers, example, input_shape, dtype)
     walk = Walk(gm, helpers)
     for node in gm.graph.nodes:
         _visit(walk, node, input_shape, dtype)
@@ -494,7 +506,7 @@ def _visit(walk: Walk, node: fx.Node, input_shape: tuple[int, ...], dtype: str) 
         elif node.op == "output":
             result = Layer("Output", {}, (_tensor(walk, _returned(walk, node), "forward must return"),))
         elif node.op == "get_attr":
-            raise NotMappable(msg("a tensor attribute used directly, outside a layer"))
+            result = _attribute(walk, node)
         else:
             result = _map(walk, node)
     except NotMappable as exc:
@@ -558,9 +570,34 @@ def _add_node(walk: Walk, node: fx.Node, node_id: str, layer: Layer) -> Value:
     return Several(node_id, layer.type, layer.several) if layer.several else node_id
 
 
+def _attribute(walk: Walk, node: fx.Node) -> Constant:
+    """self.table or self.weight read in forward: a constant (a parameter: a trainable one)."""
+    value = node.meta.get("value")
+    if not isinstance(value, torch.Tensor):
+        raise NotMappable(msg("an attribute that is not a tensor"))
+    return Constant(node, node, isinstance(value, nn.Parameter))
+
+
+def _derived_constant(walk: Walk, node: fx.Node) -> Constant | None:
+    """A call on constants and sizes only (torch.ones(t, t).triu(1), self.pe[:, :t]) is a
+    constant too; it becomes a layer only where a layer can hold it (a positional encoding,
+    a causal mask)."""
+    if not isinstance(node.meta.get("value"), torch.Tensor):
+        return None
+    values = [walk.values.get(n) for n in node.all_input_nodes]
+    if not all(isinstance(v, (Constant, Size, Device)) for v in values):
+        return None
+    roots = [v for v in values if isinstance(v, Constant)]
+    root = roots[0].root if roots else None
+    return Constant(node, root, any(v.trainable for v in roots))
+
+
 def _map(walk: Walk, node: fx.Node) -> Layer | Stack | Value:
     if node.op == "call_module":
         return _map_module(walk, node)
+    constant = _derived_constant(walk, node)
+    if constant is not None:
+        return constant
     if node.op == "call_function" and node.target in walk.helpers:
         return CausalMask()
     handler = _handler(node)
@@ -844,18 +881,19 @@ def _map_module(walk: Walk, node: fx.Node) -> Layer | Stack:
     layer_type, read_params = entry
     params = read_params(module)
     if layer_type == "MultiheadAttention":
-        x = _self_attention_input(node, params)
+        x = _self_attention_input(walk, node, params)
     else:
         x = _only_input(node)
     several = TUPLE_OUTPUTS.get(layer_type)
     return Layer(layer_type, params, (_tensor(walk, x),), several, path)
 
 
-def _claim_weights(walk: Walk, node: fx.Node, module: nn.Module) -> None:
+def _claim_weights(walk: Walk, node: fx.Node, module: nn.Module | nn.Parameter) -> None:
     """A graph node owns its weights: a module without any (self.relu) may be called twice and
     becomes two nodes, but weights used at two call sites (one module called twice, or tied
     weights shared by two modules) cannot be imported; the message names both sites."""
-    for parameter in module.parameters():
+    parameters = [module] if isinstance(module, nn.Parameter) else list(module.parameters())
+    for parameter in parameters:
         owner = walk.owners.get(id(parameter))
         if owner is not None:
             first_path, first_node = owner
@@ -867,7 +905,7 @@ def _claim_weights(walk: Walk, node: fx.Node, module: nn.Module) -> None:
                     where=_where(first_node),
                 )
             )
-    for parameter in module.parameters():
+    for parameter in parameters:
         walk.owners[id(parameter)] = (str(node.target), node)
 
 
@@ -904,7 +942,7 @@ def _encoder_stack(walk: Walk, node: fx.Node, module: nn.TransformerEncoder) -> 
     return Stack(_tensor(walk, _only_input(node)), tuple(layers))
 
 
-def _self_attention_input(node: fx.Node, params: dict[str, Any]) -> Any:
+def _self_attention_input(walk: Walk, node: fx.Node, params: dict[str, Any]) -> Any:
     """The one input of self-attention attn(x, x, x); a causal_mask() mask sets causal."""
     given = [*node.args, *(node.kwargs[k] for k in ("query", "key", "value") if k in node.kwargs)]
     if len(given) != 3 or not given[0] is given[1] is given[2]:
@@ -915,14 +953,27 @@ def _self_attention_input(node: fx.Node, params: dict[str, Any]) -> Any:
     if node.kwargs.get("key_padding_mask") is not None:
         raise NotMappable(msg("key_padding_mask"))
     if mask is not None:
-        if not (
-            isinstance(mask, fx.Node)
-            and mask.op == "call_function"
-            and getattr(mask.target, "__name__", "") == "causal_mask"
-        ):
-            raise NotMappable(msg("an attn_mask other than model.py's causal_mask()"))
+        if not _is_causal(walk, mask):
+            raise NotMappable(msg("an attn_mask other than a causal mask"))
         params["causal"] = True
     return given[0]
+
+
+def _is_causal(walk: Walk, mask: Any) -> bool:
+    """model.py's causal_mask(), or a constant [T, T] mask that hides exactly the later
+    positions: True (bool) or -inf (float) above the diagonal, nothing elsewhere."""
+    if isinstance(mask, fx.Node) and isinstance(walk.values.get(mask), CausalMask):
+        return True
+    value = mask.meta.get("value") if isinstance(mask, fx.Node) else None
+    if not isinstance(walk.values.get(mask), Constant) or not isinstance(value, torch.Tensor):
+        return False
+    if value.dim() != 2 or value.shape[0] != value.shape[1]:
+        return False
+    above = torch.ones_like(value, dtype=torch.bool).triu(1)
+    if value.dtype == torch.bool:
+        return bool(torch.equal(value, above))
+    hidden = torch.isneginf(value)
+    return bool(torch.equal(hidden, above) and (value[~above] == 0).all())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -950,6 +1001,15 @@ def _tensor(walk: Walk, arg: Any, use: str = "works on") -> str:
                 node=value.node_id,
             )
         )
+    if isinstance(value, Constant):
+        raise NotMappable(
+            msg(
+                "{use} a constant tensor{source}: only tensors computed from the input flow"
+                " through a graph",
+                use=use,
+                source=f" (self.{value.root.target})" if value.root is not None else "",
+            )
+        )
     if not isinstance(value, str):
         raise NotMappable(
             msg(
@@ -972,7 +1032,49 @@ def _merge(walk: Walk, node: fx.Node) -> Layer:
     if node.kwargs.get("alpha", 1) != 1 or not isinstance(second, fx.Node):
         raise NotMappable(msg("with a constant: only tensors merge"))
     layer_type = FUNCTION_TYPES.get(node.target) or METHOD_TYPES[str(node.target)]
+    table = [walk.values.get(arg) for arg in (first, second)]
+    if layer_type == "Add" and any(isinstance(v, Constant) for v in table):
+        x, constant = (second, table[0]) if isinstance(table[0], Constant) else (first, table[1])
+        return _positional_encoding(walk, node, x, constant)
     return Layer(layer_type, {}, (_tensor(walk, first), _tensor(walk, second)))
+
+
+def _positional_encoding(walk: Walk, node: fx.Node, x: Any, table: Constant) -> Layer:
+    """x + self.pe[:, :t] (the PyTorch tutorials' PositionalEncoding): a sinusoidal table
+    buffer, or a learned [max_len, E] parameter, added to [B, T, E]."""
+    rank = len(node.meta["shape"])
+    root = table.root.meta["value"] if table.root is not None else None
+    if rank != 3 or root is None or root.numel() % node.meta["shape"][-1]:
+        raise NotMappable(
+            msg("adds a constant tensor; only a positional encoding table added to [B, T, E] maps")
+        )
+    embed = node.meta["shape"][-1]
+    rows = root.detach().reshape(-1, embed)
+    steps = node.meta["shape"][1]
+    if not torch.equal(table.node.meta["value"].reshape(-1, embed), rows[:steps]):
+        raise NotMappable(msg("adds a table other than its first rows, positions 0..T-1"))
+    params = {"max_len": rows.shape[0]}
+    if table.trainable:
+        params["kind"] = "learned"
+        path = str(table.root.target)
+        _claim_weights(walk, node, walk.gm.get_parameter(path))
+        return Layer("PositionalEncoding", params, (_tensor(walk, x),), path=path)
+    if not torch.allclose(rows, sinusoidal_table(rows.shape[0], embed), atol=1e-5):
+        raise NotMappable(
+            msg("adds a fixed table that is not the sinusoidal positional encoding")
+        )
+    params["kind"] = "sinusoidal"
+    return Layer("PositionalEncoding", params, (_tensor(walk, x),))
+
+
+def sinusoidal_table(max_len: int, embed: int) -> torch.Tensor:
+    """The fixed sines and cosines of "Attention Is All You Need" (and the catalog's entry)."""
+    position = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)
+    rate = torch.exp(torch.arange(0, embed, 2, dtype=torch.float32) * (-math.log(10000.0) / embed))
+    table = torch.zeros(max_len, embed)
+    table[:, 0::2] = torch.sin(position * rate)
+    table[:, 1::2] = torch.cos(position * rate[: embed // 2])
+    return table
 
 
 def _concat(walk: Walk, node: fx.Node) -> Layer | str:
@@ -1325,7 +1427,7 @@ def _shape_and_count_problems(analysis: Analysis, walk: Walk) -> list[Unsupporte
         path = walk.module_paths.get(node_id)
         if path is None:
             continue
-        count = sum(p.numel() for p in walk.gm.get_submodule(path).parameters())
+        count = _parameter_count(walk.gm, path)
         if count != analysis.infos[node_id].params:
             why = msg(
                 "{count} parameters in PyTorch, {ours} in NetBuilder",
@@ -1334,6 +1436,14 @@ def _shape_and_count_problems(analysis: Analysis, walk: Walk) -> list[Unsupporte
             )
             problems.append(_problem(analysis, walk, node_id, why))
     return problems
+
+
+def _parameter_count(gm: fx.GraphModule, path: str) -> int:
+    """The weights a node holds: its module's, or one parameter (a learned position table)."""
+    try:
+        return sum(p.numel() for p in gm.get_submodule(path).parameters())
+    except AttributeError:
+        return gm.get_parameter(path).numel()
 
 
 def _output_problems(
@@ -1403,4 +1513,6 @@ def convert_state_dict(
         for key, value in state.items():
             if key.startswith(path + "."):
                 renamed[f"{names[node_id]}.{key[len(path) + 1:]}"] = value
+            elif key == path:  # a parameter used as a layer's one weight (a position table)
+                renamed[f"{names[node_id]}.weight"] = value.reshape(-1, value.shape[-1])
     return renamed

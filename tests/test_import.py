@@ -205,7 +205,7 @@ def test_every_unsupported_op_is_reported_by_name_and_line() -> None:
     assert result.graph is None
     found = {problem.op: problem for problem in result.problems}
     assert set(found) == {
-        "self.scale",
+        "operator.mul",
         "torch.sort",
         "nn.Linear (self.shared)",
         "nn.LSTM (self.rnn)",
@@ -213,6 +213,7 @@ def test_every_unsupported_op_is_reported_by_name_and_line() -> None:
     }
     assert found["torch.sort"].where.startswith("test_import.py:")
     assert found["torch.sort"].where.endswith("y = torch.sort(y, dim=-1)[0]")
+    assert "a constant tensor (self.scale)" in str(found["operator.mul"].why)
     assert "second time" in str(found["nn.Linear (self.shared)"].why)
     assert "batch_first=False" in str(found["nn.LSTM (self.rnn)"].why)
     assert [str(warning) for warning in result.warnings] == [
