@@ -50,7 +50,6 @@ from runtime.loop import (
     make_optimizer,
     split,
 )
-from runtime.sizing import check_fits
 from runtime.metrics import (
     ActivationReading,
     activation_probe,
@@ -59,6 +58,7 @@ from runtime.metrics import (
     grad_norm_probe,
 )
 from runtime.settings import TrainConfig
+from runtime.sizing import check_fits
 
 FLUSH_SECONDS = 0.5
 CHECKPOINT_MIN_SECONDS = 2.0
