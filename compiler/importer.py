@@ -288,7 +288,8 @@ def import_model(
     name: str = "imported",
     helpers: tuple[Callable[..., Any], ...] = (),
 ) -> ImportResult:
-    """Trace `model` (a copy, in eval mode) and map it onto the catalog; see the module docstring.
+    """Trace a copy of `model` in eval mode and map it onto the catalog (see the module
+    docstring); `model` itself runs only for the comparison, in eval mode, and keeps its modes.
     `helpers` are functions to keep as single calls (the generated model.py's causal_mask)."""
     if not (
         isinstance(input_shape, (tuple, list))
@@ -303,10 +304,9 @@ def import_model(
             )
         )
     input_shape = tuple(input_shape)
-    model = copy.deepcopy(model).eval()
     example = _example_input(model, input_shape, dtype)
-    # A separate copy to trace: forward may keep traced values on self (self.src_mask = mask).
-    gm = _trace(copy.deepcopy(model), helpers, example, input_shape, dtype)
+    # A copy to trace: forward may keep traced values on self (self.src_mask = mask).
+    gm = _trace(copy.deepcopy(model).eval(), helpers, example, input_shape, dtype)
     walk = Walk(gm, helpers)
     for node in gm.graph.nodes:
         _visit(walk, node, input_shape, dtype)
@@ -314,7 +314,12 @@ def import_model(
     graph = None
     if not walk.problems:
         graph = _as_graph(walk, name)
-        walk.problems += _verify(graph, walk, model, example)
+        modes = {module: module.training for module in model.modules()}
+        try:
+            walk.problems += _verify(graph, walk, model.eval(), example)
+        finally:
+            for module, training in modes.items():
+                module.training = training
     return ImportResult(
         None if walk.problems else graph, walk.problems, warnings, dict(walk.module_paths)
     )
