@@ -20,14 +20,16 @@ from builder.graph import load_graph
 from compiler import analyse, generate_source
 from compiler.bundle import bundle_files, bundle_zip
 
-TEMPLATES = sorted(Path("builder/templates").glob("*.json"))
-LENET = Path("builder/templates/lenet5.json")
-RESNET = Path("builder/templates/resnet.json")
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE_DIR = ROOT / "builder" / "templates"
+TEMPLATES = sorted(TEMPLATE_DIR.glob("*.json"))
+LENET = TEMPLATE_DIR / "lenet5.json"
+RESNET = TEMPLATE_DIR / "resnet.json"
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "compiler", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "compiler", *args], capture_output=True, text=True, timeout=120, cwd=ROOT
     )
 
 
@@ -125,6 +127,7 @@ def test_weights_trained_by_the_runtime_load_into_the_exported_model_py(tmp_path
         capture_output=True,
         text=True,
         timeout=300,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     (weights_file,) = (tmp_path / "runs").rglob("weights.pt")

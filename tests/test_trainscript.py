@@ -24,7 +24,9 @@ from compiler import analyse
 from compiler.bundle import bundle_files
 from compiler.trainscript import TrainDefaults, train_source
 
-TEMPLATES = sorted(Path("builder/templates").glob("*.json"))
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE_DIR = ROOT / "builder" / "templates"
+TEMPLATES = sorted(TEMPLATE_DIR.glob("*.json"))
 SMALL_CNN = [
     ("Conv2d", {"out_channels": 8, "kernel_size": 3, "padding": 1}),
     ("BatchNorm2d", {}),
