@@ -23,7 +23,8 @@ from compiler.memory import (
     format_bytes,
     over_parameter_budget,
 )
-from runtime.trainer import TrainConfig, build_optimizer, load_model_source
+from runtime.loop import make_optimizer
+from runtime.trainer import TrainConfig, load_model_source
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = ROOT / "builder" / "templates"
@@ -85,7 +86,7 @@ def test_activations_per_sample_are_the_outputs_torch_computes_for_lenet():
 def test_optimizer_state_copies_match_what_torch_keeps(optimizer: str):
     graph = template("lenet5")
     model = built(graph)
-    opt = build_optimizer(TrainConfig(optimizer=optimizer), list(model.parameters()))
+    opt = make_optimizer(TrainConfig(optimizer=optimizer), list(model.parameters()))
     model(torch.zeros(2, 1, 28, 28)).sum().backward()
     opt.step()
     kept = sum(

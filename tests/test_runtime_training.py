@@ -16,14 +16,13 @@ from builder.graph import Graph, load_graph, parse_graph
 from compiler import analyse, generate_source
 from runtime import store
 from runtime.datasets import load_dataset
+from runtime.loop import Loop, epoch_order, learning_rate
 from runtime.metrics import activation_probe, attention_layers, capture_attention
 from runtime.runs import create_run
 from runtime.trainer import (
     RunResult,
     TrainConfig,
     Trainer,
-    epoch_order,
-    learning_rate,
     load_model_source,
     module_attributes,
     node_types,
@@ -87,7 +86,7 @@ def test_transformer_solves_the_marker_task_far_above_chance(tmp_path: Path):
     assert of_kind(records, "attention"), "an encoder run reports attention maps"
 
 
-def test_sine_regression_learns_with_mse_and_reports_no_accuracy(tmp_path: Path):
+def test_sine_regression_learns_with_mse_and_reports_mae_not_accuracy(tmp_path: Path):
     graph = chain_graph(
         [32, 1],
         ("GRU", {"hidden_size": 16}),
@@ -98,7 +97,10 @@ def test_sine_regression_learns_with_mse_and_reports_no_accuracy(tmp_path: Path)
     assert result.status == "completed", result.message
     variance = float(load_dataset("sine").y.var())
     assert result.val_accuracy is None and result.val_loss < 0.1 * variance
-    assert all(e["train_accuracy"] is None for e in of_kind(records, "epoch"))
+    epochs = of_kind(records, "epoch")
+    assert all("train_accuracy" not in e and "val_accuracy" not in e for e in epochs)
+    # the mean absolute error is reported instead, and it is at most the RMSE
+    assert all(0 < e["val_mae"] <= math.sqrt(e["val_loss"]) + 1e-9 for e in epochs)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "adamw", "rmsprop"])
@@ -131,7 +133,7 @@ def test_grad_norms_equal_a_direct_computation(tmp_path: Path):
     assert logged["step"] == 1
 
     model, analysis = built(graph)
-    split = split_dataset(load_dataset("digits-28"), 0.2, 0, torch.device("cpu"), "float32")
+    split = split_dataset(load_dataset("digits-28"), TrainConfig(), torch.device("cpu"), "float32")
     batch = epoch_order(0, 0, len(split.x_train))[:32]
     F.cross_entropy(model(split.x_train[batch]), split.y_train[batch]).backward()
     for node_id, attribute in module_attributes(analysis).items():
@@ -271,10 +273,10 @@ def test_exploding_lr_ends_as_diverged_naming_the_step_and_the_node(tmp_path: Pa
 
 
 def test_out_of_memory_suggests_half_the_batch(tmp_path: Path, monkeypatch):
-    def no_memory(self, output, y):
+    def no_memory(self, index):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(Trainer, "_loss", no_memory)
+    monkeypatch.setattr(Loop, "step", no_memory)
     result, records, _ = train(tmp_path, template("lstm_classifier"), dataset="digits-rows")
     assert (result.status, result.message) == ("failed", "out of memory at batch size 64; try 32")
     assert of_kind(records, "event")[-1]["message"] == result.message
