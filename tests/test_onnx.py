@@ -24,7 +24,9 @@ from compiler.onnx_export import (
 )
 from tests.modelkit import load_module, random_input
 
-TEMPLATES = sorted(Path("builder/templates").glob("*.json"))
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE_DIR = ROOT / "builder" / "templates"
+TEMPLATES = sorted(TEMPLATE_DIR.glob("*.json"))
 TOLERANCE = 1e-4
 
 
@@ -250,7 +252,7 @@ def test_a_model_that_cannot_export_raises_a_named_error() -> None:
 
 
 def test_a_graph_exports_with_a_runs_trained_weights() -> None:
-    graph = load_graph(Path("builder/templates/resnet.json").read_text())
+    graph = load_graph((TEMPLATE_DIR / "resnet.json").read_text())
     analysis = analyse(graph)
     trained = randomised(load_module(generate_source(analysis)).build_model())
     session = onnxruntime.InferenceSession(export_graph_onnx(analysis, trained.state_dict()))
@@ -262,8 +264,8 @@ def test_a_graph_exports_with_a_runs_trained_weights() -> None:
 
 
 def test_weights_of_another_graph_are_refused_by_name() -> None:
-    lenet = analyse(load_graph(Path("builder/templates/lenet5.json").read_text()))
-    resnet = analyse(load_graph(Path("builder/templates/resnet.json").read_text()))
+    lenet = analyse(load_graph((TEMPLATE_DIR / "lenet5.json").read_text()))
+    resnet = analyse(load_graph((TEMPLATE_DIR / "resnet.json").read_text()))
     weights = load_module(generate_source(resnet)).build_model().state_dict()
     with pytest.raises(OnnxExportError, match="the weights do not fit this graph"):
         export_graph_onnx(lenet, weights)
