@@ -25,6 +25,7 @@ from builder.graph import (
 from compiler.analysis import analyse
 from compiler.bundle import bundle_files
 from compiler.codegen import generate_source
+from compiler.memory import budget_diagnostic, estimate_memory
 
 MAX_CONFIG_BYTES = 100_000
 
@@ -43,9 +44,14 @@ def read_graph(path: str) -> Graph:
 
 
 def check(args: argparse.Namespace) -> int:
-    analysis = analyse(read_graph(args.graph))
-    print(json.dumps(analysis.report()))
-    return 0 if analysis.ok else 1
+    graph = read_graph(args.graph)
+    analysis = analyse(graph)
+    report = analysis.report() | {"memory": estimate_memory(graph, analysis).to_json()}
+    too_big = budget_diagnostic(graph, analysis)
+    if too_big is not None:
+        report |= {"ok": False, "errors": [*report["errors"], too_big.to_json()]}
+    print(json.dumps(report))
+    return 0 if report["ok"] else 1
 
 
 def export(args: argparse.Namespace) -> int:

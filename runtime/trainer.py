@@ -58,6 +58,7 @@ from runtime.metrics import (
     grad_norm_probe,
 )
 from runtime.settings import TrainConfig
+from runtime.sizing import check_fits
 
 FLUSH_SECONDS = 0.5
 CHECKPOINT_MIN_SECONDS = 2.0
@@ -670,6 +671,9 @@ def _prepare(
     """Load everything a run needs and restore its checkpoint or warm start."""
     graph = load_graph((run_dir / store.GRAPH_FILE).read_text())
     analysis = analyse(graph)
+    too_big = check_fits(graph, analysis, config.batch_size, config.optimizer, config.device)
+    if too_big is not None:  # refused before anything is built or loaded
+        raise TrainingFault("failed", too_big)
     input_node = next(n for n in graph.nodes if n.type == "Input")
     input_shape = analysis.infos[input_node.id].shape or ()
     dataset = dataset_for_run(run_dir, config, input_shape)
