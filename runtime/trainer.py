@@ -622,8 +622,7 @@ def train_run(
     store.update_status(
         run_dir,
         status=result.status,
-        message=result.message,
-        message_code=result.code,
+        message=store.message_from_json(result.code) or result.message,
         epoch=result.epochs,
         step=result.step,
     )

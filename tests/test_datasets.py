@@ -303,21 +303,8 @@ def test_torchvision_datasets_are_offered_only_with_their_files(tmp_path, monkey
         assert "mnist" in datasets.available_datasets()
 
 
-def declare_torchvision_ops() -> None:
-    """torchvision's compiled ops are absent from this torch build; declaring them lets it import."""
-    lib = torch.library.Library("torchvision", "FRAGMENT")
-    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    TORCHVISION_OPS.append(lib)
-
-
-TORCHVISION_OPS: list = []
-
-
 def test_missing_torchvision_files_are_named_and_nothing_downloads(tmp_path, monkeypatch):
     monkeypatch.setenv("NETBUILDER_DATA", str(tmp_path))
-    if importlib.util.find_spec("torchvision") is not None and not TORCHVISION_OPS:
-        declare_torchvision_ops()
     if importlib.util.find_spec("torchvision") is None:
         with pytest.raises(DatasetError, match="needs torchvision"):
             load_dataset("mnist")
