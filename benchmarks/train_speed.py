@@ -39,7 +39,8 @@ from builder.graph import Graph, load_graph  # noqa: E402
 from runtime.datasets import load_dataset  # noqa: E402
 from runtime.runs import create_run  # noqa: E402
 from runtime.store import METRICS_FILE, read_records  # noqa: E402
-from runtime.trainer import TrainConfig, epoch_order, split_dataset, train_run  # noqa: E402
+from runtime.loop import epoch_order  # noqa: E402
+from runtime.trainer import TrainConfig, split_dataset, train_run  # noqa: E402
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "builder" / "templates"
 NEVER = 10**9
@@ -80,13 +81,19 @@ class Case:
     template: str
     hand: Callable[[], nn.Module]
     config: TrainConfig
+    input_shape: tuple[int, ...] = ()  # the text task's length
+
+
+def cross_entropy(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """One label per sample, or one per position for a language model's [B, T, V] scores."""
+    return F.cross_entropy(scores.flatten(0, -2), labels.flatten())
 
 
 def hand_loop(case: Case, device: torch.device, amp: bool) -> list[float]:
     """The baseline: seconds of each epoch after the first, validation pass included."""
     config = case.config
-    data = load_dataset(config.dataset, config.seed)
-    split = split_dataset(data, config.val_fraction, config.seed, device, data.dtype)
+    data = load_dataset(config.dataset, config.seed, case.input_shape)
+    split = split_dataset(data, config, device, data.dtype)
     torch.manual_seed(config.seed)
     model = case.hand().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -98,14 +105,14 @@ def hand_loop(case: Case, device: torch.device, amp: bool) -> list[float]:
         for start in range(0, len(order), size):
             index = order[start : start + size]
             with autocast():
-                loss = F.cross_entropy(model(split.x_train[index]), split.y_train[index])
+                loss = cross_entropy(model(split.x_train[index]), split.y_train[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         model.eval()
         with torch.no_grad(), autocast():
             total = sum(
-                F.cross_entropy(model(split.x_val[i : i + size]), split.y_val[i : i + size])
+                cross_entropy(model(split.x_val[i : i + size]), split.y_val[i : i + size])
                 * len(split.x_val[i : i + size])
                 for i in range(0, len(split.x_val), size)
             )
@@ -157,7 +164,7 @@ def measure(case: Case, runs: Path, amp: bool, repeats: int) -> dict[str, list[f
             our_loop, case, runs, graph, report_every=1, health_every=1, attention_every=1
         ),
     }
-    data = load_dataset(case.config.dataset)
+    data = load_dataset(case.config.dataset, input_shape=case.input_shape)
     train_size = len(data) - round(len(data) * case.config.val_fraction)
     steps = math.ceil(train_size / case.config.batch_size)  # per epoch
     for run in variants.values():
