@@ -22,7 +22,9 @@ PAGES = (
 
 STYLE = """
 <style>
-[data-testid="stMainBlockContainer"] { padding-top: 2.2rem; }
+[data-testid="stMainBlockContainer"] { padding: 2.2rem 1.5rem 2rem; }
+[data-testid="stSidebar"][aria-expanded="true"] { min-width: 236px; max-width: 236px; }
+[data-testid="stSidebarUserContent"] { padding-left: 1rem; padding-right: 1rem; }
 [data-testid="stToastContainer"] { top: auto; bottom: 1rem; }
 </style>
 """

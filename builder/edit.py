@@ -19,10 +19,20 @@ from annotated_types import Ge, Gt, Le, Lt
 from pydantic import ValidationError
 
 from builder.catalog import CATALOG, describe_param_errors, fitting_divisor
-from builder.graph import Edge, Graph, Node
-from builder.layout import COLUMN_WIDTH, ROW_HEIGHT
+from builder.graph import FORMAT, Edge, Graph, Node
+from builder.layout import CANVAS_ORIGIN, COLUMN_WIDTH, ROW_HEIGHT
+from i18n import Message, msg
 
 HISTORY_LIMIT = 100
+BLANK_INPUT_SHAPE = [1, 8, 8]  # the built-in digits: a blank canvas trains as soon as it has layers
+# The built-in datasets' sample shapes and class counts (runtime/datasets.py; a test keeps them
+# equal): a Linear that feeds the Output of a model with such an input gets one output per class.
+KNOWN_INPUTS: dict[tuple[int, ...], tuple[str, int]] = {
+    (1, 8, 8): ("digits", 10),
+    (1, 28, 28): ("digits-28", 10),
+    (8, 8): ("digits-rows", 10),
+    (16,): ("tokens", 16),
+}
 
 
 class Unset(Enum):
@@ -153,7 +163,7 @@ def add_node_after(
         edges = [Edge(source=anchor, target=node_id) if edge is old else edge for edge in edges] + [
             Edge(source=node_id, target=old.target, port=old.port)
         ]
-        nodes = _shift_down(graph.nodes, _downstream(graph, old.target), ROW_HEIGHT)
+        nodes = _shift_down(graph.nodes, _downstream(graph.edges, old.target), ROW_HEIGHT)
     else:
         edges.append(Edge(source=anchor, target=node_id))
         nodes = list(graph.nodes)
@@ -176,16 +186,16 @@ def _below(graph: Graph, anchor: str | None) -> tuple[float, float]:
         x, y = graph.node(anchor).position  # type: ignore[misc]
         return (x, y + ROW_HEIGHT)
     if not placed:
-        return (0.0, 0.0)
+        return CANVAS_ORIGIN
     return (max(x for x, _ in placed) + COLUMN_WIDTH, min(y for _, y in placed))
 
 
-def _downstream(graph: Graph, start: str) -> set[str]:
+def _downstream(edges: list[Edge], start: str) -> set[str]:
     """`start` and every node reachable from it."""
     found, todo = {start}, [start]
     while todo:
         current = todo.pop()
-        for edge in graph.edges:
+        for edge in edges:
             if edge.source == current and edge.target not in found:
                 found.add(edge.target)
                 todo.append(edge.target)
@@ -206,17 +216,30 @@ def _shift_down(nodes: list[Node], which: set[str], dy: float) -> list[Node]:
 def delete_nodes(graph: Graph, node_ids: set[str]) -> Graph:
     """Remove nodes and their edges; a node that had one input and one output is bridged over.
 
-    Deleting a ReLU out of conv -> relu -> pool leaves conv -> pool, as a person expects.
+    Deleting a ReLU out of conv -> relu -> pool leaves conv -> pool, as a person expects, and
+    pool and what follows it move up into the gap, so the chain stays where it was on screen.
     """
     edges = list(graph.edges)
+    nodes = list(graph.nodes)
     for node_id in node_ids:
         into = [e for e in edges if e.target == node_id and e.source not in node_ids]
         out_of = [e for e in edges if e.source == node_id and e.target not in node_ids]
         edges = [e for e in edges if node_id not in (e.source, e.target)]
         if len(into) == 1 and len(out_of) == 1:
             edges.append(Edge(source=into[0].source, target=out_of[0].target, port=out_of[0].port))
-    nodes = [node for node in graph.nodes if node.id not in node_ids]
-    return graph.model_copy(update={"nodes": nodes, "edges": edges})
+            nodes = _close_gap(nodes, edges, node_id, out_of[0].target)
+    kept = [node for node in nodes if node.id not in node_ids]
+    return graph.model_copy(update={"nodes": kept, "edges": edges})
+
+
+def _close_gap(nodes: list[Node], edges: list[Edge], deleted: str, follower: str) -> list[Node]:
+    """Move `follower` and everything below it up to where the deleted node sat (a chain only)."""
+    where = {node.id: node.position for node in nodes}
+    gone, below = where.get(deleted), where.get(follower)
+    single_input = sum(1 for e in edges if e.target == follower) == 1
+    if gone is None or below is None or below[1] <= gone[1] or not single_input:
+        return nodes
+    return _shift_down(nodes, _downstream(edges, follower) - {deleted}, gone[1] - below[1])
 
 
 def connect(graph: Graph, source: str, target: str) -> Graph:
@@ -289,6 +312,40 @@ def apply_fix(graph: Graph, fix: dict[str, Any]) -> Graph:
 
 def rename_graph(graph: Graph, name: str) -> Graph:
     return graph.model_copy(update={"name": name})
+
+
+def blank_graph(name: str = "model") -> Graph:
+    """A new canvas: an Input wired to the Output, so each palette click lands between them."""
+    x, y = CANVAS_ORIGIN
+    nodes = [
+        Node(id="input", type="Input", params={"shape": list(BLANK_INPUT_SHAPE)}, position=(x, y)),
+        Node(id="output", type="Output", params={}, position=(x, y + ROW_HEIGHT)),
+    ]
+    return Graph(
+        format=FORMAT, name=name, nodes=nodes, edges=[Edge(source="input", target="output")]
+    )
+
+
+def fit_to_output(graph: Graph, node_id: str) -> tuple[Graph, Message | None]:
+    """A Linear just added in front of the Output gets one output per class of the dataset its
+    Input matches (10 for the digits), and says so; any other node is left as it is."""
+    node = graph.node(node_id)
+    targets = [graph.node(e.target).type for e in graph.edges if e.source == node_id]
+    inputs = [n for n in graph.nodes if n.type == "Input"]
+    if node.type != "Linear" or targets != ["Output"] or len(inputs) != 1:
+        return graph, None
+    known = KNOWN_INPUTS.get(tuple(inputs[0].params.get("shape") or ()))
+    if known is None:
+        return graph, None
+    dataset, classes = known
+    reason = msg(
+        "{node} gets {classes} outputs: it feeds the Output, and the {dataset} data has"
+        " {classes} classes.",
+        node=node_id,
+        classes=classes,
+        dataset=dataset,
+    )
+    return set_params(graph, node_id, {"out_features": classes}), reason
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from compiler.analysis import analyse
 from i18n import Message, msg
 from compiler.bundle import bundle_files
 from compiler.codegen import generate_source
+from compiler.memory import budget_diagnostic, estimate_memory
 
 MAX_CONFIG_BYTES = 100_000
 
@@ -48,9 +49,14 @@ def cannot_read(path: str, exc: OSError) -> Message:
 
 
 def check(args: argparse.Namespace) -> int:
-    analysis = analyse(read_graph(args.graph))
-    print(json.dumps(analysis.report(args.lang)))
-    return 0 if analysis.ok else 1
+    graph = read_graph(args.graph)
+    analysis = analyse(graph)
+    report = analysis.report(args.lang) | {"memory": estimate_memory(graph, analysis).to_json()}
+    too_big = budget_diagnostic(graph, analysis)
+    if too_big is not None:
+        report |= {"ok": False, "errors": [*report["errors"], too_big.to_json(args.lang)]}
+    print(json.dumps(report))
+    return 0 if report["ok"] else 1
 
 
 def export(args: argparse.Namespace) -> int:

@@ -3,7 +3,11 @@
 The graph lives in pages/state.py; the canvas (streamlit-flow) only shows it and reports edits.
 A canvas edit reaches Python as the component's value, which is read at the top of the run,
 before anything is drawn, so the same run already shows the new shapes. (The browser answers
-every state it takes with an echo; an echo changes nothing and costs one cheap run.)
+every state it takes with an echo; an echo changes nothing and costs one cheap run.) Everything
+that shows the graph is one fragment, so a canvas edit reruns it alone, not the whole page.
+Keys (Delete, Ctrl+Z, Ctrl+Shift+Z) and clicks on the empty pane press the page's own buttons
+(KEYS_SCRIPT), so every edit goes through the same callbacks and the same undo history. The
+canvas fits the graph into its view as it mounts; Tidy, New, Open and templates remount it.
 """
 
 from __future__ import annotations
@@ -16,42 +20,179 @@ import streamlit as st
 from streamlit_flow import streamlit_flow
 from streamlit_flow.state import StreamlitFlowState
 
-from builder import canvas, edit
+import i18n
+from builder import edit
+from i18n import N_, Message, _, msg
 from builder.catalog import CATALOG, CATEGORIES
 from builder.graph import MAX_FILE_BYTES, Graph, GraphFormatError, dump_graph, load_graph
 from builder.layout import needs_layout, with_layout
 from compiler.analysis import Analysis, Diagnostic, NodeInfo
-from pages import state
+from pages import canvas, state
 
-CANVAS_KEY = "nb_canvas"
-CANVAS_HEIGHT = 740
+CANVAS_KEY = "nb_canvas"  # the component's key is CANVAS_KEY_<n>: a new n remounts it
+CANVAS_HEIGHT = 560  # toolbar and canvas fit a 1280x720 window
 _PUSHED = "nb_pushed"  # (graph version, selection) -> the canvas state last sent to the browser
 _SEEN = "nb_canvas_seen"  # timestamp of the last canvas value applied
 _PARAM_ERRORS = "nb_param_errors"  # (graph version, {(node, param): message})
-_ERROR = "nb_error"  # (graph version, message): shown until the graph changes
+_ERROR = "nb_error"  # an Open or fix failure, shown once, in the next run of this page
 _UPLOADS = "nb_uploads"  # how many files were opened: part of the uploader's key
-_FIT = "nb_fit"  # the graph version to fit into the view: a new session's, a loaded or tidied graph
+_MOUNTS = "nb_mounts"  # how many times the canvas was remounted to fit the graph into the view
+_PALETTE = "nb_palette_round"  # grows with every palette click: a fresh, empty set of pills
 
 TEMPLATES = {
-    "resnet": ("Small ResNet", "8×8 digits · two residual blocks"),
-    "lenet5": ("LeNet-5", "28×28 digits · the classic CNN"),
-    "lstm_classifier": ("LSTM classifier", "Digit rows read as a sequence"),
-    "gru_conv1d": ("Conv1d + GRU", "Digit rows · convolution, then recurrence"),
-    "transformer_encoder": ("Transformer encoder", "Token sequences · self-attention"),
+    "resnet": (N_("Small ResNet"), N_("8×8 digits · two residual blocks")),
+    "lenet5": (N_("LeNet-5"), N_("28×28 digits · the classic CNN")),
+    "lstm_classifier": (N_("LSTM classifier"), N_("Digit rows read as a sequence")),
+    "gru_conv1d": (N_("Conv1d + GRU"), N_("Digit rows · convolution, then recurrence")),
+    "transformer_encoder": (N_("Transformer encoder"), N_("Token sequences · self-attention")),
 }
+
+# What each layer is called in a primer: shown beside PyTorch's name where it helps (in Chinese).
+GLOSS = {
+    "Input": N_("input"),
+    "Output": N_("output"),
+    "Linear": N_("fully connected layer"),
+    "Flatten": N_("flatten"),
+    "Permute": N_("permute dimensions"),
+    "Reshape": N_("reshape"),
+    "Identity": N_("identity"),
+    "Conv1d": N_("1-D convolution layer"),
+    "Conv2d": N_("convolution layer"),
+    "ConvTranspose1d": N_("1-D transposed convolution"),
+    "ConvTranspose2d": N_("transposed convolution"),
+    "MaxPool1d": N_("1-D max pooling"),
+    "MaxPool2d": N_("max pooling"),
+    "AvgPool1d": N_("1-D average pooling"),
+    "AvgPool2d": N_("average pooling"),
+    "AdaptiveAvgPool1d": N_("1-D adaptive average pooling"),
+    "AdaptiveAvgPool2d": N_("adaptive average pooling"),
+    "AdaptiveMaxPool1d": N_("1-D adaptive max pooling"),
+    "AdaptiveMaxPool2d": N_("adaptive max pooling"),
+    "Upsample": N_("upsampling"),
+    "BatchNorm1d": N_("1-D batch normalisation"),
+    "BatchNorm2d": N_("batch normalisation"),
+    "LayerNorm": N_("layer normalisation"),
+    "RMSNorm": N_("RMS normalisation"),
+    "GroupNorm": N_("group normalisation"),
+    "InstanceNorm1d": N_("1-D instance normalisation"),
+    "InstanceNorm2d": N_("instance normalisation"),
+    "Dropout": N_("dropout"),
+    "Dropout2d": N_("channel dropout"),
+    "ReLU": N_("rectified linear unit"),
+    "Softmax": N_("softmax"),
+    "LogSoftmax": N_("log softmax"),
+    "Embedding": N_("embedding layer"),
+    "RNN": N_("recurrent neural network"),
+    "GRU": N_("gated recurrent unit"),
+    "LSTM": N_("long short-term memory"),
+    "SequencePool": N_("sequence pooling"),
+    "MultiheadAttention": N_("multi-head attention"),
+    "TransformerEncoderLayer": N_("Transformer encoder layer"),
+    "PositionalEncoding": N_("positional encoding"),
+    "Add": N_("add (residual connection)"),
+    "Multiply": N_("multiply"),
+    "Concat": N_("concatenate"),
+}
+
+KEYS_SCRIPT = """
+<script>
+(() => {
+  // Delete/Backspace, Ctrl+Z and Ctrl+Shift+Z (or Ctrl+Y) press the page's own buttons, on the
+  // page and inside the canvas's frame; React Flow never sees them, so it never deletes on its own.
+  // A click on the canvas's empty pane presses the hidden Deselect button.
+  if (window.nbKeys) return;
+  window.nbKeys = true;
+  const press = (key) => {
+    const button = document.querySelector(`.st-key-${key} button`);
+    if (button && !button.disabled) button.click();
+  };
+  const onKey = (event) => {
+    const target = event.target;
+    const tag = (target && target.tagName || "").toLowerCase();
+    if (tag === "input" || tag === "textarea" || (target && target.isContentEditable)) return;
+    const mod = event.ctrlKey || event.metaKey;
+    const key = (event.key || "").toLowerCase();
+    let button = null;
+    if (mod && key === "z") button = event.shiftKey ? "nb_redo" : "nb_undo";
+    else if (mod && key === "y") button = "nb_redo";
+    else if (!mod && (key === "delete" || key === "backspace")) button = "nb_delete";
+    if (button === null || !document.querySelector(`.st-key-${button}`)) return;
+    event.preventDefault();
+    event.stopPropagation();
+    press(button);
+  };
+  const onClick = (event) => {
+    const target = event.target;
+    if (target && target.classList && target.classList.contains("react-flow__pane")) {
+      press("nb_deselect");
+    }
+  };
+  // The selected node (a layer just added) is brought into view once, by panning the canvas as
+  // a hand would (a drag on the empty pane); after that the person's own panning is left alone.
+  let revealed = null;
+  const reveal = (frame) => {
+    const doc = frame.contentDocument;
+    const node = doc && doc.querySelector(".react-flow__node.nb-selected");
+    const pane = doc && doc.querySelector(".react-flow__pane");
+    if (!node || !pane) { revealed = null; return; }
+    const id = node.getAttribute("data-id");
+    if (id === revealed) return;
+    revealed = id;
+    const box = node.getBoundingClientRect();
+    const view = pane.getBoundingClientRect();
+    const margin = 48;
+    let dx = 0, dy = 0;
+    if (box.bottom > view.bottom - margin) dy = view.bottom - margin - box.bottom;
+    if (box.top < view.top + margin) dy = view.top + margin - box.top;
+    if (box.right > view.right - margin) dx = view.right - margin - box.right;
+    if (box.left < view.left + margin) dx = view.left + margin - box.left;
+    if (!dx && !dy) return;
+    const win = frame.contentWindow;
+    const at = (x, y, buttons) => ({
+      bubbles: true, cancelable: true, view: win, clientX: x, clientY: y, button: 0, buttons,
+    });
+    const x = view.left + 4, y = view.top + view.height / 2;
+    pane.dispatchEvent(new win.MouseEvent("mousedown", at(x, y, 1)));
+    win.dispatchEvent(new win.MouseEvent("mousemove", at(x + dx / 2, y + dy / 2, 1)));
+    win.dispatchEvent(new win.MouseEvent("mousemove", at(x + dx, y + dy, 1)));
+    win.dispatchEvent(new win.MouseEvent("mouseup", at(x + dx, y + dy, 0)));
+  };
+  const hook = () => {
+    for (const frame of document.querySelectorAll("iframe")) {
+      try {
+        const inner = frame.contentWindow;
+        if (inner && !inner.nbKeys) {
+          inner.nbKeys = true;
+          inner.addEventListener("keydown", onKey, true);
+          inner.addEventListener("click", onClick, true);
+        }
+        if (frame.title === "streamlit_flow.streamlit_flow") reveal(frame);
+      } catch (error) { /* another origin's frame */ }
+    }
+  };
+  window.addEventListener("keydown", onKey, true);
+  setInterval(hook, 150);
+})();
+</script>
+"""
 
 
 # ---------------------------------------------------------------------------------------------
 # Edits (Streamlit callbacks: they run before the page, so the page draws the result)
 
 
-def _flash_error(message: str) -> None:
-    st.session_state[_ERROR] = (state.graph_version(), message)
+def _flash_error(message: Message) -> None:
+    st.session_state[_ERROR] = message
+
+
+def _palette_key(category: str) -> str:
+    return f"nb_palette_{category}_{st.session_state.get(_PALETTE, 0)}"
 
 
 def _add_from_palette(key: str) -> None:
+    """One click, one layer: the pills are replaced by fresh ones, so no value is sent twice."""
     layer_type = st.session_state.get(key)
-    st.session_state[key] = None
+    st.session_state[_PALETTE] = st.session_state.get(_PALETTE, 0) + 1
     if not layer_type:
         return
     analysis = state.current_analysis()
@@ -59,24 +200,50 @@ def _add_from_palette(key: str) -> None:
     graph, node_id = edit.add_node_after(
         state.current_graph(), layer_type, state.selected_node(), shapes
     )
+    graph, reason = edit.fit_to_output(graph, node_id)
     state.set_graph(graph)
     state.select(node_id)
+    if reason is not None:
+        st.toast(i18n.render(reason), icon=":material/info:")
 
 
-def _delete_selected() -> None:
-    node_id = state.selected_node()
-    if node_id is not None:
-        state.set_graph(edit.delete_nodes(state.current_graph(), {node_id}))
+def _deselect() -> None:
+    if state.selected_node() is not None or state.selected_edge() is not None:
         state.select(None)
+
+
+def _delete_selection() -> None:
+    """Delete the selected node (any node, the last one too), else the selected edge."""
+    graph = state.current_graph()
+    node_id, edge = state.selected_node(), state.selected_edge()
+    if node_id is not None:
+        state.set_graph(edit.delete_nodes(graph, {node_id}))
+    elif edge is not None:
+        state.set_graph(
+            graph.model_copy(update={"edges": [*graph.edges[:edge], *graph.edges[edge + 1 :]]})
+        )
+    state.select(None)
 
 
 def _apply_fix(fix: dict[str, Any]) -> None:
     try:
         state.set_graph(edit.apply_fix(state.current_graph(), fix))
     except edit.EditError as exc:
-        _flash_error(f"The fix no longer applies: {exc}")
+        _flash_error(msg("The fix no longer applies: {reason}", reason=str(exc)))
         return
-    st.toast(f"Applied: {fix.get('why', 'fix')}", icon=":material/auto_fix_high:")
+    st.toast(_("Applied: {fix}", fix=_fix_text(fix)), icon=":material/auto_fix_high:")
+
+
+def _fix_text(fix: dict[str, Any]) -> str:
+    why = fix.get("why")
+    return i18n.render(why) if why else _("apply the suggested edit")
+
+
+def _new_graph() -> None:
+    state.set_graph(edit.blank_graph())
+    state.select(None)
+    _fit_view()
+    st.toast(_("A new, blank canvas. Undo brings your graph back."), icon=":material/add:")
 
 
 def _load_template() -> None:
@@ -86,7 +253,8 @@ def _load_template() -> None:
     state.set_graph(state.load_template(name))
     state.select(None)
     _fit_view()
-    st.toast(f"Loaded {TEMPLATES.get(name, (name,))[0]}. Undo brings your graph back.")
+    title = _(TEMPLATES[name][0]) if name in TEMPLATES else name
+    st.toast(_("Loaded {name}. Undo brings your graph back.", name=title))
 
 
 def _uploader_key() -> str:
@@ -101,20 +269,26 @@ def _open_file() -> None:
     st.session_state[_UPLOADS] = st.session_state.get(_UPLOADS, 0) + 1
     if uploaded.size > MAX_FILE_BYTES:
         _flash_error(
-            f"{uploaded.name} is {uploaded.size:,} bytes; a graph file may be at most"
-            f" {MAX_FILE_BYTES:,} bytes."
+            msg(
+                "{file} is {size} bytes; a graph file may be at most {limit} bytes.",
+                file=uploaded.name,
+                size=f"{uploaded.size:,}",
+                limit=f"{MAX_FILE_BYTES:,}",
+            )
         )
         return
     try:
         graph = load_graph(uploaded.getvalue())
     except GraphFormatError as exc:
-        _flash_error(f"{uploaded.name} is not a NetBuilder graph: {exc}")
+        _flash_error(
+            msg("{file} is not a NetBuilder graph: {reason}", file=uploaded.name, reason=str(exc))
+        )
         return
     state.set_graph(with_layout(graph) if needs_layout(graph) else graph)
     state.select(None)
     _fit_view()
     st.session_state["nb_open_popover"] = False
-    st.toast(f"Opened {uploaded.name}. Undo brings your previous graph back.")
+    st.toast(_("Opened {file}. Undo brings your previous graph back.", file=uploaded.name))
 
 
 def _tidy() -> None:
@@ -123,8 +297,13 @@ def _tidy() -> None:
 
 
 def _fit_view() -> None:
-    """Show the whole graph until it is next edited (a template's lower half was off screen)."""
-    st.session_state[_FIT] = state.graph_version()
+    """Remount the canvas, which fits the whole graph into the view as it mounts."""
+    st.session_state[_MOUNTS] = st.session_state.get(_MOUNTS, 0) + 1
+    st.session_state.pop(_PUSHED, None)
+
+
+def canvas_key() -> str:
+    return f"{CANVAS_KEY}_{st.session_state.get(_MOUNTS, 0)}"
 
 
 def _rename(key: str, version: int) -> None:
@@ -170,7 +349,7 @@ def _set_param(key: str, version: int, node_id: str, field: edit.ParamField) -> 
     state.set_graph(edit.set_params(graph, node_id, {field.name: value}))
 
 
-def _param_errors() -> dict[tuple[str, str], str]:
+def _param_errors() -> dict[tuple[str, str], Any]:
     version, errors = st.session_state.get(_PARAM_ERRORS, (None, {}))
     return errors if version == state.graph_version() else {}
 
@@ -184,9 +363,11 @@ def sync_canvas() -> None:
 
     A value built from an older state than the one last sent (a late echo, arriving after a
     palette click or an undo) would undo what came since: it is dropped, and the current state
-    is sent again with a newer timestamp, so the browser shows what the graph holds.
+    is sent again with a newer timestamp, so the browser shows what the graph holds. A value
+    with nothing selected says nothing about the selection: the canvas sends those for its own
+    layout passes too, so a click on the empty pane deselects through KEYS_SCRIPT instead.
     """
-    value = st.session_state.get(CANVAS_KEY)
+    value = st.session_state.get(canvas_key())
     if not isinstance(value, dict) or value.get("timestamp") == st.session_state.get(_SEEN):
         return
     st.session_state[_SEEN] = value.get("timestamp")
@@ -197,12 +378,14 @@ def sync_canvas() -> None:
     change = canvas.apply_canvas(state.current_graph(), value)
     if change.selected is not None:
         state.select(change.selected)
+    elif change.edge is not None:
+        state.select_edge(change.edge)
     if change.kind == "edited":
         state.set_graph(change.graph)
     elif change.kind == "moved":
         state.set_graph(change.graph, record_undo=False)
         if pushed is not None:  # the browser already shows the move: nothing to send
-            st.session_state[_PUSHED] = ((state.graph_version(), pushed[0][1]), pushed[1])
+            st.session_state[_PUSHED] = ((state.graph_version(), *pushed[0][1:]), pushed[1])
     clicked_edge = value.get("selectedId") is not None and change.selected is None
     if pushed is not None and (clicked_edge or canvas.looks_different(pushed[1], value)):
         del st.session_state[_PUSHED]  # sent again: a clicked edge loses React Flow's selection
@@ -214,31 +397,32 @@ def flow_state(graph: Graph, analysis: Analysis, selected: str | None) -> Stream
     The browser ignores a state older than the last value it sent, and answers every state it
     takes with an echo, so an unchanged state must keep its timestamp or the two would loop.
     """
-    key = (state.graph_version(), selected)
+    edge = state.selected_edge()
+    key = (state.graph_version(), selected, edge, i18n.language())
     pushed = st.session_state.get(_PUSHED)
     if pushed is not None and pushed[0] == key:
         return pushed[1]
     seen = st.session_state.get(_SEEN)
     timestamp = max(int(time.time() * 1000), int(seen) + 1 if isinstance(seen, int) else 0)
-    flow = canvas.graph_to_flow(graph, analysis, selected, timestamp)
+    flow = canvas.graph_to_flow(graph, analysis, selected, timestamp, edge)
     st.session_state[_PUSHED] = (key, flow)
     return flow
 
 
 def draw_canvas(graph: Graph, analysis: Analysis, selected: str | None) -> None:
     streamlit_flow(
-        CANVAS_KEY,
+        canvas_key(),
         flow_state(graph, analysis, selected),
         height=CANVAS_HEIGHT,
-        fit_view=st.session_state.get(_FIT) == state.graph_version(),
+        fit_view=True,  # as it mounts: a new session, and every remount that _fit_view asks for
         show_controls=True,
-        show_minimap=True,
+        show_minimap=False,  # it covered nodes; the controls' fit button shows the whole graph
         allow_new_edges=True,
         get_node_on_click=True,
         get_edge_on_click=True,
         enable_node_menu=True,
         enable_edge_menu=True,
-        min_zoom=0.5,  # fitting a tall graph stops where node text stays readable
+        min_zoom=0.65,  # fitting a tall graph stops where node text stays readable: pan for more
         hide_watermark=True,
         style={"border": "1px solid #e2e8f0", "borderRadius": "10px", "background": "#fcfcfd"},
     )
@@ -253,81 +437,129 @@ def _md(text: str) -> str:
     return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$])", r"\\\1", text)
 
 
+def layer_label(layer_type: str) -> str:
+    """PyTorch's name, with the primer's term beside it where the language is not English."""
+    gloss = GLOSS.get(layer_type)
+    if gloss is None or i18n.language() == i18n.DEFAULT_LANGUAGE:
+        return layer_type
+    return f"{layer_type} {_(gloss)}"
+
+
 def palette() -> None:
-    st.sidebar.markdown("### Layers")
-    st.sidebar.caption("One click adds a layer after the selected one.")
+    st.sidebar.markdown("### " + _("Layers"))
+    st.sidebar.caption(_("One click adds a layer after the selected one."))
     for category in CATEGORIES:
         types = [name for name, spec in CATALOG.items() if spec.category == category]
-        key = f"nb_palette_{category}"
-        st.sidebar.pills(category, types, key=key, on_change=_add_from_palette, args=(key,))
+        key = _palette_key(category)
+        st.sidebar.pills(
+            _(category),
+            types,
+            key=key,
+            format_func=layer_label,
+            on_change=_add_from_palette,
+            args=(key,),
+        )
 
 
 def toolbar(graph: Graph) -> None:
-    name, undo, redo, tidy, templates, opener, save = st.columns(
-        [2, 1, 1, 1, 1.7, 1, 1], vertical_alignment="bottom"
+    """Icons with tooltips where words would be cut at 1280 px; the name field takes the rest."""
+    name, new, undo, redo, delete, tidy, templates, opener, save = st.columns(
+        [4, 1, 1, 1, 1, 1, 1.25, 1.25, 1], vertical_alignment="bottom", gap="small"
     )
     name_key = f"nb_name_{state.graph_version()}"
     name.text_input(
-        "Model name",
+        _("Model name"),
         value=graph.name,
         key=name_key,
         max_chars=80,
         on_change=_rename,
         args=(name_key, state.graph_version()),
     )
-    undo.button(
-        "Undo",
-        icon=":material/undo:",
-        on_click=state.undo,
-        disabled=not state.can_undo(),
-        width="stretch",
+    icon_button(
+        new,
+        "nb_new",
+        ":material/note_add:",
+        _("New: a blank canvas (Undo brings this graph back)"),
+        _new_graph,
     )
-    redo.button(
-        "Redo",
-        icon=":material/redo:",
-        on_click=state.redo,
-        disabled=not state.can_redo(),
-        width="stretch",
+    icon_button(
+        undo, "nb_undo", ":material/undo:", _("Undo (Ctrl+Z)"), state.undo, not state.can_undo()
     )
-    tidy.button(
-        "Tidy",
-        icon=":material/account_tree:",
-        on_click=_tidy,
-        help="Lay the graph out again, top to bottom",
-        width="stretch",
+    icon_button(
+        redo,
+        "nb_redo",
+        ":material/redo:",
+        _("Redo (Ctrl+Shift+Z)"),
+        state.redo,
+        not state.can_redo(),
+    )
+    nothing_selected = state.selected_node() is None and state.selected_edge() is None
+    icon_button(
+        delete,
+        "nb_delete",
+        ":material/delete:",
+        _("Delete the selected layer or edge (Delete, Backspace)"),
+        _delete_selection,
+        nothing_selected,
+    )
+    delete.button("", key="nb_deselect", on_click=_deselect)  # hidden: a pane click presses it
+    icon_button(
+        tidy,
+        "nb_tidy",
+        ":material/account_tree:",
+        _("Tidy: lay the graph out again and fit it into the view"),
+        _tidy,
     )
     templates.menu_button(
-        "Templates",
+        "",
         state.template_names(),
+        help=_("Templates: start from a classic model (Undo brings this graph back)"),
         key="nb_template",
         icon=":material/dashboard:",
-        format_func=lambda name: " · ".join(TEMPLATES.get(name, (name,))),
+        format_func=_template_label,
         on_click=_load_template,
         width="stretch",
     )
     with opener.popover(
-        "Open",
+        "",
+        help=_("Open a graph file (.json)"),
         icon=":material/folder_open:",
         width="stretch",
         key="nb_open_popover",
         on_change="rerun",
     ):
         st.file_uploader(
-            "A graph file saved by NetBuilder (.json)",
+            _("A graph file saved by NetBuilder (.json)"),
             type=["json"],
             key=_uploader_key(),
             on_change=_open_file,
             max_upload_size=max(1, MAX_FILE_BYTES // 1_000_000),
         )
     save.download_button(
-        "Save",
+        "",
         data=dump_graph(graph),
         file_name=f"{_file_stem(graph.name)}.json",
         mime="application/json",
         icon=":material/download:",
         on_click="ignore",
         width="stretch",
+        help=_("Download the graph as a .json file"),
     )
+
+
+def icon_button(
+    column: Any, key: str, icon: str, tip: str, action: Any, disabled: bool = False
+) -> None:
+    column.button(
+        "", key=key, icon=icon, help=tip, on_click=action, disabled=disabled, width="stretch"
+    )
+
+
+def _template_label(name: str) -> str:
+    if name not in TEMPLATES:
+        return name
+    title, what = TEMPLATES[name]
+    return f"{_(title)} · {_(what)}"
 
 
 def _file_stem(name: str) -> str:
@@ -337,9 +569,13 @@ def _file_stem(name: str) -> str:
 def summary_metrics(analysis: Analysis) -> None:
     params = analysis.total_params
     columns = st.columns(3)
-    columns[0].metric("Parameters", f"{params:,}")
-    columns[1].metric("Size (float32)", f"{params * 4 / 1e6:.2f} MB")
-    columns[2].metric("MACs / sample", _si(analysis.total_macs))
+    columns[0].metric(_("Parameters"), f"{params:,}")
+    columns[1].metric(
+        _("Size"), f"{params * 4 / 1e6:.2f} MB", help=_("The weights in float32, 4 bytes each")
+    )
+    columns[2].metric(
+        _("MACs"), _si(analysis.total_macs), help=_("Multiply-accumulates for one sample")
+    )
 
 
 def _si(number: int) -> str:
@@ -353,10 +589,10 @@ def problems(analysis: Analysis) -> None:
     """Every diagnostic, errors first, each with its one-click fix where the compiler has one."""
     found = sorted(analysis.diagnostics, key=lambda d: d.severity != "error")
     if not found:
-        st.success("No problems: every shape fits.", icon=":material/check_circle:")
+        st.success(_("No problems: every shape fits."), icon=":material/check_circle:")
         return
     with st.container(border=True, height=340 if len(found) > 3 else "content"):
-        st.markdown(f"**Problems ({len(found)})**")
+        st.markdown("**" + _("Problems ({count})", count=len(found)) + "**")
         for index, diagnostic in enumerate(found):
             _diagnostic(diagnostic, f"all_{index}")
 
@@ -364,12 +600,12 @@ def problems(analysis: Analysis) -> None:
 def _diagnostic(diagnostic: Diagnostic, key: str) -> None:
     show = st.error if diagnostic.severity == "error" else st.warning
     show(
-        _md(diagnostic.message),
+        _md(i18n.render(diagnostic.message)),
         icon=":material/error:" if diagnostic.severity == "error" else ":material/warning:",
     )
     if diagnostic.fix is not None:
         st.button(
-            f"Fix: {diagnostic.fix.get('why', 'apply the suggested edit')}",
+            _("Fix: {fix}", fix=_fix_text(diagnostic.fix)),
             key=f"nb_fix_{key}",
             icon=":material/auto_fix_high:",
             on_click=_apply_fix,
@@ -377,56 +613,90 @@ def _diagnostic(diagnostic: Diagnostic, key: str) -> None:
         )
 
 
+AXES = {"1d": ("L",), "2d": ("H", "W"), "3d": ("D", "H", "W")}
+
+
+def formula_lines(explanation: Any, layer_type: str) -> list[str]:
+    """The formula with the numbers plugged in, one line per axis, each named (H: ..., W: ...).
+
+    The catalog gives a Message per axis (or a list of them); older text gives "a; b", one part
+    per spatial axis of a 1d/2d layer, which is named here.
+    """
+    if explanation is None:
+        return []
+    if isinstance(explanation, (list, tuple)):
+        return [i18n.render(part) for part in explanation]
+    parts = [part.strip() for part in i18n.render(explanation).split("; ") if part.strip()]
+    axes = AXES.get(layer_type[-2:].lower())
+    named = any(part[:2] in {"L:", "D:", "H:", "W:"} for part in parts)
+    if axes is None or len(axes) != len(parts) or named:
+        return parts
+    return [f"{axis}: {part}" for axis, part in zip(axes, parts, strict=True)]
+
+
 def inspector(graph: Graph, analysis: Analysis, selected: str | None) -> None:
     ids = [node.id for node in graph.nodes]
     pick_key = f"nb_pick_{state.graph_version()}_{selected}"
     st.selectbox(
-        "Layer",
+        _("Layer"),
         ids,
         index=ids.index(selected) if selected in ids else None,
         key=pick_key,
-        placeholder="Click a node on the canvas",
+        placeholder=_("Click a node on the canvas"),
         on_change=_pick_layer,
         args=(pick_key, state.graph_version(), selected),
     )
     if selected is None:
         st.caption(
-            "Select a layer to edit its parameters. Draw an edge by dragging from a node's bottom"
-            " handle to another node's top handle; right-click a node or an edge to delete it"
-            " (the Backspace key deletes nothing, so the canvas always shows the saved graph)."
+            _(
+                "Select a layer to edit its parameters. Draw an edge by dragging from a node's"
+                " bottom handle to another node's top handle. Delete or Backspace deletes the"
+                " selected layer or edge; Ctrl+Z undoes, Ctrl+Shift+Z redoes."
+            )
         )
         return
     node = graph.node(selected)
     spec = CATALOG[node.type]
     info = analysis.infos.get(selected, NodeInfo(None))
-    st.markdown(f"#### {node.type} · {_md(node.id)}")
-    st.caption(spec.description)
+    st.markdown(f"#### {layer_label(node.type)} · {_md(node.id)}")
+    st.caption(_(spec.description))
     shape = "?" if info.shape is None else str(list(info.shape))
-    st.markdown(f"Output `{shape}` · {info.params or 0:,} params · {_si(info.macs or 0)} MACs")
+    st.markdown(
+        _(
+            "Output `{shape}` · {params} params · {macs} MACs",
+            shape=shape,
+            params=f"{info.params or 0:,}",
+            macs=_si(info.macs or 0),
+        )
+    )
     st.code(
-        spec.formula + (f"\n{info.explanation}".replace("; ", "\n") if info.explanation else ""),
+        "\n".join([_(spec.formula), *formula_lines(info.explanation, node.type)]),
         language=None,
         wrap_lines=True,
     )
     param_form(node)
-    st.button("Delete layer", icon=":material/delete:", on_click=_delete_selected, type="secondary")
+    st.button(
+        _("Delete layer"), icon=":material/delete:", on_click=_delete_selection, type="secondary"
+    )
 
 
 def param_form(node: Any) -> None:
     """One widget per catalog param: numbers with ranges, selects, checkboxes, typed text."""
     fields = edit.param_fields(node.type)
     if not fields:
-        st.caption("This layer has no parameters.")
+        st.caption(_("This layer has no parameters."))
         return
     errors = _param_errors()
     version = state.graph_version()
     for field in fields:
         key = f"nb_param_{version}_{node.id}_{field.name}"
         current = node.params.get(field.name, field.default)
-        help_text = field.help + ("" if field.required else f" (default {field.default!r})")
+        help_text = _(field.help) if field.help else ""
+        if not field.required:
+            help_text += " " + _("(default {value})", value=repr(field.default))
         common = {
             "key": key,
-            "help": help_text,
+            "help": help_text.strip(),
             "on_change": _set_param,
             "args": (key, version, node.id, field),
         }
@@ -461,11 +731,14 @@ def param_form(node: Any) -> None:
             )
         else:
             st.text_input(
-                field.name, value=edit.value_text(current), placeholder=field.help, **common
+                field.name,
+                value=edit.value_text(current),
+                placeholder=_(field.help) if field.help else None,
+                **common,
             )
         problem = errors.get((node.id, field.name))
         if problem:
-            st.error(_md(problem), icon=":material/error:")
+            st.error(_md(i18n.render(problem)), icon=":material/error:")
 
 
 def _int_or_none(value: float | None) -> int | None:
@@ -478,17 +751,20 @@ def _float_or_none(value: float | None) -> float | None:
 
 def layer_table(analysis: Analysis) -> None:
     """A torchinfo-like table: every layer in execution order, shape, params and MACs."""
+    layer, kind, shape, params, macs, live = (
+        _("Layer"), _("Type"), _("Output shape"), _("Params"), _("MACs"), _("In model"),
+    )  # fmt: skip
     rows = []
     for node_id in analysis.order:
         info = analysis.infos.get(node_id, NodeInfo(None))
         rows.append(
             {
-                "Layer": node_id,
-                "Type": analysis.node_type(node_id),
-                "Output shape": "?" if info.shape is None else str(list(info.shape)),
-                "Params": info.params or 0,
-                "MACs": info.macs or 0,
-                "In model": node_id in analysis.live,
+                layer: node_id,
+                kind: analysis.node_type(node_id),
+                shape: "?" if info.shape is None else str(list(info.shape)),
+                params: info.params or 0,
+                macs: info.macs or 0,
+                live: node_id in analysis.live,
             }
         )
     st.dataframe(
@@ -497,33 +773,34 @@ def layer_table(analysis: Analysis) -> None:
         width="stretch",
         height="content" if len(rows) <= 60 else 720,
         column_config={
-            "Params": st.column_config.NumberColumn(format="localized"),
-            "MACs": st.column_config.NumberColumn(format="localized"),
+            params: st.column_config.NumberColumn(format="localized"),
+            macs: st.column_config.NumberColumn(format="localized"),
         },
     )
 
 
 STYLE = """
 <style>
-[data-testid="stMetricValue"] { font-size: 1.6rem; }
+[data-testid="stMetricValue"] { font-size: 1.35rem; white-space: nowrap; }
+.st-key-nb_deselect { display: none; }
+[data-testid="stMetricLabel"] p { white-space: nowrap; overflow: visible; }
 </style>
 """
 
 
-def main() -> None:
-    st.html(STYLE)
-    st.session_state.setdefault(_FIT, state.graph_version())
+@st.fragment
+def workspace() -> None:
+    """Everything the graph shows: a canvas edit reruns this fragment, not the whole page."""
     sync_canvas()
     graph = state.current_graph()
     selected = state.selected_node()
     notice = state.take_notice()
     if notice:
-        st.warning(notice)
-    palette()
+        st.warning(_md(i18n.render(notice)))
     toolbar(graph)  # before the analysis: undo and open stay usable whatever the graph holds
-    error = st.session_state.get(_ERROR)
-    if error is not None and error[0] == state.graph_version():
-        st.error(_md(error[1]), icon=":material/error:")
+    error = st.session_state.pop(_ERROR, None)  # shown once: not again after other pages
+    if error is not None:
+        st.error(_md(i18n.render(error)), icon=":material/error:")
     analysis = state.current_analysis()
     left, right = st.columns([13, 7], gap="medium")
     with left:
@@ -533,8 +810,15 @@ def main() -> None:
         problems(analysis)
         with st.container(border=True):
             inspector(graph, analysis, selected)
-    st.markdown("#### Layers")
+    st.markdown("#### " + _("Layers"))
     layer_table(analysis)
+
+
+def main() -> None:
+    st.html(STYLE)
+    st.html(KEYS_SCRIPT, unsafe_allow_javascript=True)
+    palette()
+    workspace()
 
 
 main()

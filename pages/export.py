@@ -15,7 +15,9 @@ import streamlit as st
 import torch
 from pydantic import ValidationError
 
+import i18n
 from builder.graph import dump_graph
+from i18n import _
 from compiler.analysis import Analysis
 from compiler.bundle import bundle_files, bundle_zip
 from compiler.codegen import identifier
@@ -48,6 +50,14 @@ def runs_with_weights(runs_dir: Path) -> list[tuple[RunInfo, Path]]:
     return found
 
 
+def default_run(found: list[tuple[RunInfo, Path]], model_source: str) -> int:
+    """The picker's first choice: the newest run that trained the graph shown here, else the
+    newest run (`found` is newest first)."""
+    return next(
+        (i for i, (run, _path) in enumerate(found) if weights_match(run.path, model_source)), 0
+    )
+
+
 def onnx_file(analysis: Analysis, weights_path: Path | None) -> tuple[bytes | None, str | None]:
     """The model as ONNX with a run's weights (or fresh ones); or why it cannot be made."""
     try:
@@ -61,17 +71,24 @@ def onnx_file(analysis: Analysis, weights_path: Path | None) -> tuple[bytes | No
 
 
 def render() -> None:
-    st.title("Export")
+    st.title(_("Export"))
     graph = state.current_graph()
     analysis = state.current_analysis()
     folder = identifier(graph.name)
     if not analysis.ok:
+        problems = "\n".join(
+            f"- {markdown_literal(i18n.render(d.message))}" for d in analysis.errors
+        )
         st.error(
-            "The graph has errors, so there is no model code to export yet. Fix them on the Build"
-            " page:\n\n" + "\n".join(f"- {markdown_literal(d.message)}" for d in analysis.errors)
+            _(
+                "The graph has errors, so there is no model code to export yet. Fix them on the"
+                " Build page:"
+            )
+            + "\n\n"
+            + problems
         )
         st.download_button(
-            "Download graph.json (your work so far)",
+            _("Download graph.json (your work so far)"),
             dump_graph(graph),
             file_name=f"{folder}.json",
             mime="application/json",
@@ -82,7 +99,12 @@ def render() -> None:
         files = bundle_files(graph, analysis, train.chosen_settings())
     except ValidationError as exc:
         reason = exc.errors()[0]["msg"]
-        st.warning(f"The Train page's settings do not fit train.py ({reason}); it uses defaults.")
+        st.warning(
+            _(
+                "The Train page's settings do not fit train.py ({reason}); it uses defaults.",
+                reason=reason,
+            )
+        )
         files = bundle_files(graph, analysis)
     code_box, weights_box, onnx_box = st.columns(3, gap="medium")
     with code_box.container(border=True, height="stretch"):
@@ -98,14 +120,18 @@ def render() -> None:
 
 
 def _code_section(files: dict[str, str], folder: str, parameters: int) -> None:
-    st.markdown("**Code**")
+    st.markdown("**" + _("Code") + "**")
     st.caption(
-        f"A PyTorch model of {parameters:,} parameters and everything to train it anywhere: "
-        + ", ".join(f"`{name}`" for name in files)
-        + f", in a folder `{folder}/`."
+        _(
+            "A PyTorch model of {count} parameters and everything to train it anywhere: {files},"
+            " in a folder `{folder}/`.",
+            count=f"{parameters:,}",
+            files=", ".join(f"`{name}`" for name in files),
+            folder=folder,
+        )
     )
     st.download_button(
-        "Download the code (.zip)",
+        _("Download the code (.zip)"),
         bundle_zip(files, folder),
         file_name=f"{folder}.zip",
         mime="application/zip",
@@ -118,25 +144,33 @@ def _code_section(files: dict[str, str], folder: str, parameters: int) -> None:
 def _weights_section(runs_dir: Path, model_source: str, folder: str) -> tuple[RunInfo, Path] | None:
     """The run picker and its weights; returns the chosen run and weights when they fit the
     model shown here."""
-    st.markdown("**Trained weights**")
-    found = {run.id: (run, path) for run, path in runs_with_weights(runs_dir)}
+    st.markdown("**" + _("Trained weights") + "**")
+    listed = runs_with_weights(runs_dir)
+    found = {run.id: (run, path) for run, path in listed}
     if not found:
         st.caption(
-            "No trained weights yet: train the model on the Train page, then take them here."
+            _("No trained weights yet: train the model on the Train page, then take them here.")
         )
         return None
     choice = st.selectbox(
-        "Run", list(found), format_func=lambda i: train.run_label(found[i][0]), key="export-run"
+        _("Run"),
+        list(found),
+        index=default_run(listed, model_source),
+        format_func=lambda i: train.run_label(found[i][0]),
+        key=f"export-run-{hashlib.sha256(model_source.encode()).hexdigest()[:12]}",
     )
     run, path = found[choice]
     size = path.stat().st_size
     if size > MAX_WEIGHTS_BYTES:
         st.error(
-            f"This checkpoint is {size / 1e6:,.0f} MB, too large to download through the page."
+            _(
+                "This checkpoint is {size} MB, too large to download through the page.",
+                size=f"{size / 1e6:,.0f}",
+            )
         )
         return None
     st.download_button(
-        "Download weights (.pt)",
+        _("Download weights (.pt)"),
         path.read_bytes(),
         file_name=f"{folder}-{run.id}.pt",
         mime="application/octet-stream",
@@ -145,21 +179,25 @@ def _weights_section(runs_dir: Path, model_source: str, folder: str) -> tuple[Ru
     )
     if weights_match(run.path, model_source):
         st.caption(
-            "They load into the model below: `model.load_state_dict(torch.load(path,"
-            " weights_only=True))`."
+            _(
+                "They load into the model below: `{code}`.",
+                code="model.load_state_dict(torch.load(path, weights_only=True))",
+            )
         )
         return run, path
     st.warning(
-        "This run trained an earlier version of the graph: its weights fit that run's model.py,"
-        " not the one below."
+        _(
+            "This run trained an earlier version of the graph: its weights fit that run's"
+            " model.py, not the one below."
+        )
     )
     try:
         run_source = (run.path / "model.py").read_text()
     except OSError:
-        st.caption("That run's model.py could not be read.")
+        st.caption(_("That run's model.py could not be read."))
         return None
     st.download_button(
-        "Download that run's model.py",
+        _("Download that run's model.py"),
         run_source,
         file_name=f"{folder}-{run.id}-model.py",
         mime="text/x-python",
@@ -172,35 +210,65 @@ def _onnx_section(
     analysis: Analysis, model_source: str, weights: tuple[RunInfo, Path] | None, folder: str
 ) -> None:
     st.markdown("**ONNX**")
-    whose = (
-        f"the weights of run #{weights[0].id[-6:]}" if weights else "freshly initialised weights"
-    )
-    st.caption(f"The model for onnxruntime and other runtimes, with {whose}; any batch size.")
+    if weights:
+        st.caption(
+            _(
+                "The model for onnxruntime and other runtimes, with the weights of run #{run};"
+                " any batch size.",
+                run=weights[0].id[-6:],
+            )
+        )
+    else:
+        st.caption(
+            _(
+                "The model for onnxruntime and other runtimes, with freshly initialised weights;"
+                " any batch size."
+            )
+        )
     path = weights[1] if weights else None
     key = (hashlib.sha256(model_source.encode()).hexdigest(), str(path))
     made = st.session_state.get(_ONNX)
     if made is None or made[0] != key:
         slot = st.empty()
         if not slot.button(
-            "Build the ONNX file", key="export-onnx-build", icon=":material/memory:"
+            _("Build the ONNX file"), key="export-onnx-build", icon=":material/memory:"
         ):
             return
-        with st.spinner("Exporting with torch.onnx…"):
-            made = (key, *onnx_file(analysis, path))
-        st.session_state[_ONNX] = made
         slot.empty()
-    _, data, error = made
+        made = (key, *_build_onnx(analysis, path))
+        st.session_state[_ONNX] = made
+    _key, data, error = made
     if error:
-        st.error(markdown_literal(f"Could not export to ONNX: {error}"))
+        st.error(markdown_literal(_("Could not export to ONNX: {reason}", reason=error)))
         return
     st.download_button(
-        "Download model.onnx",
+        _("Download model.onnx"),
         data,
         file_name=f"{folder}.onnx",
         mime="application/octet-stream",
         on_click="ignore",
         icon=":material/download:",
     )
+
+
+def _build_onnx(analysis: Analysis, path: Path | None) -> tuple[bytes | None, str | None]:
+    """The export takes seconds (16 s for a ResNet on a busy machine): say what is happening and
+    how long it has taken, and say when it is done."""
+    with st.status(_("Building the ONNX file…"), expanded=True) as progress:
+        with st.spinner(
+            _("Tracing the model with torch.onnx and checking the file (seconds)…"), show_time=True
+        ):
+            data, error = onnx_file(analysis, path)
+        if error:
+            progress.update(label=_("The ONNX export failed"), state="error", expanded=False)
+        else:
+            size = f"{len(data or b'') / 1e6:.1f}"
+            progress.update(
+                label=_("The ONNX file is ready ({size} MB)", size=size),
+                state="complete",
+                expanded=False,
+            )
+    return data, error
 
 
 if __name__ == "__main__":

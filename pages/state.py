@@ -20,6 +20,7 @@ import streamlit as st
 
 import i18n
 from builder import edit
+from i18n import Message, msg
 from builder.graph import Graph, GraphFormatError, dump_graph, load_graph
 from builder.layout import needs_layout, with_layout
 from compiler.analysis import Analysis, analyse
@@ -35,6 +36,7 @@ _HISTORY = "nb_history"
 _VERSION = "nb_version"
 _ANALYSIS = "nb_analysis"
 _SELECTED = "nb_selected"
+_SELECTED_EDGE = "nb_selected_edge"
 _NOTICE = "nb_notice"
 _LANGUAGE = "nb_language"
 
@@ -105,7 +107,11 @@ def _restore() -> Graph:
         except (GraphFormatError, OSError) as exc:
             path.replace(path.with_suffix(".bad.json"))
             notify(
-                f"The autosaved graph could not be read ({exc}); it was kept as {path.stem}.bad.json."
+                msg(
+                    "The autosaved graph could not be read ({reason}); it was kept as {file}.",
+                    reason=str(exc),
+                    file=f"{path.stem}.bad.json",
+                )
             )
     return load_template(DEFAULT_TEMPLATE)
 
@@ -120,6 +126,8 @@ def _autosave(graph: Graph) -> None:
 
 
 def _changed(history: edit.History) -> None:
+    if history.present.edges != current_graph().edges:  # edges are selected by index
+        st.session_state[_SELECTED_EDGE] = None
     st.session_state[_HISTORY] = history
     st.session_state[_VERSION] = graph_version() + 1
     _autosave(history.present)
@@ -186,15 +194,28 @@ def selected_node() -> str | None:
 
 
 def select(node_id: str | None) -> None:
+    """Select a node (None: nothing); a node and an edge are never selected together."""
     st.session_state[_SELECTED] = node_id
+    st.session_state[_SELECTED_EDGE] = None
 
 
-def notify(message: str) -> None:
+def selected_edge() -> int | None:
+    """The index in current_graph().edges of the edge selected on the canvas, if any."""
+    index = st.session_state.get(_SELECTED_EDGE)
+    return index if isinstance(index, int) and index < len(current_graph().edges) else None
+
+
+def select_edge(index: int | None) -> None:
+    st.session_state[_SELECTED] = None
+    st.session_state[_SELECTED_EDGE] = index
+
+
+def notify(message: Message | str) -> None:
     """A message for the next run of the page (a restore problem, an applied fix...)."""
     st.session_state[_NOTICE] = message
 
 
-def take_notice() -> str | None:
+def take_notice() -> Message | str | None:
     """The pending message, once."""
     return st.session_state.pop(_NOTICE, None)
 

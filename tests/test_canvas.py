@@ -7,7 +7,7 @@ from pathlib import Path
 
 from torch import nn
 
-from builder.canvas import (
+from pages.canvas import (
     apply_canvas,
     graph_to_flow,
     key_params_text,
@@ -254,3 +254,13 @@ def test_the_canvas_is_sent_again_when_the_browser_shows_something_else():
     looped = copy.deepcopy(same)
     looped["edges"].append({"id": "y", "source": "c1", "target": "c1"})
     assert looks_different(flow, looped)
+
+
+def test_a_clicked_edge_is_named_by_its_index_and_shown_selected():
+    from pages.canvas import edge_index
+
+    graph = lenet()
+    flow = graph_to_flow(graph, analyse(graph), None, 1, selected_edge=2)
+    assert edge_index(graph, flow.edges[2].id) == 2
+    assert flow.edges[2].style["strokeWidth"] > flow.edges[1].style["strokeWidth"]
+    assert edge_index(graph, "9999:a->b") is None and edge_index(graph, None) is None

@@ -16,8 +16,8 @@ from compiler import analyse, generate_source
 from compiler.codegen import LINE_LENGTH, RESERVED, class_name, identifier
 from tests.modelkit import assert_matches_torch, load_module
 
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "builder" / "templates"
-
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE_DIR = ROOT / "builder" / "templates"
 TEMPLATES = sorted(TEMPLATE_DIR.glob("*.json"))
 HOSTILE = [
     'a"; import os; os.system("touch /tmp/pwned") #',

@@ -353,3 +353,40 @@ def test_any_edit_sequence_keeps_a_graph_that_analyses_and_round_trips(steps):
     except GraphFormatError as exc:  # pragma: no cover - the failure message is the point
         pytest.fail(f"edited graph no longer opens: {exc}")
     assert reopened == graph
+
+
+def test_a_blank_graph_is_an_input_wired_to_the_output_and_valid():
+    from compiler.analysis import analyse
+
+    graph = edit.blank_graph()
+    assert [n.type for n in graph.nodes] == ["Input", "Output"]
+    assert analyse(graph).ok
+
+
+def test_deleting_a_layer_from_a_chain_moves_the_rest_up_into_the_gap():
+    graph = edit.blank_graph()
+    graph, flat = edit.add_node_after(graph, "Flatten", None)
+    graph, relu = edit.add_node_after(graph, "ReLU", flat)
+    output_y = graph.node("output").position[1]
+    after = edit.delete_nodes(graph, {flat})
+    assert after.node(relu).position == graph.node(flat).position
+    assert after.node("output").position[1] == output_y - edit.ROW_HEIGHT
+
+
+def test_a_linear_feeding_the_output_gets_one_output_per_class_of_the_matching_dataset():
+    graph = edit.blank_graph()
+    graph, flat = edit.add_node_after(graph, "Flatten", None)
+    graph, linear = edit.add_node_after(graph, "Linear", flat)
+    fitted, reason = edit.fit_to_output(graph, linear)
+    assert fitted.node(linear).params["out_features"] == 10
+    assert reason is not None and "10 classes" in str(reason)
+    graph, hidden = edit.add_node_after(fitted, "Linear", flat)  # feeds the other Linear
+    assert edit.fit_to_output(graph, hidden) == (graph, None)
+
+
+def test_the_known_inputs_are_the_builtin_datasets_shapes_and_classes():
+    from runtime.datasets import load_dataset
+
+    for shape, (name, classes) in edit.KNOWN_INPUTS.items():
+        dataset = load_dataset(name)
+        assert (dataset.sample_shape, dataset.num_classes) == (shape, classes)

@@ -66,7 +66,14 @@ def test_the_page_shows_the_generated_model_source_highlighted(home):
 
 def test_every_bundle_file_gets_a_tab(home):
     app = open_page(home, LENET.read_text())
-    assert [tab.label for tab in app.tabs] == ["model.py", "train.py", "graph.json", "README.md"]
+    assert [tab.label for tab in app.tabs] == [
+        "model.py",
+        "train.py",
+        "loop.py",
+        "builtin_data.py",
+        "graph.json",
+        "README.md",
+    ]
 
 
 def test_the_zip_holds_the_bundle_in_one_folder_and_reopens_as_the_same_graph():
@@ -167,3 +174,25 @@ def test_the_onnx_file_is_built_on_request_and_offered_for_download(home):
     app.button(key="export-onnx-build").click().run(timeout=120)
     assert not app.exception and not app.error
     assert [b.proto.label for b in app.get("download_button")][-1] == "Download model.onnx"
+
+
+def test_the_run_picker_defaults_to_the_newest_run_of_the_graph_shown(home):
+    text = LENET.read_text()
+    mine = finished_run(home, text)
+    other = load_graph(text)
+    other.nodes[1].params["out_channels"] = 8
+    other.name = "another-graph"
+    newer = finished_run(home, dump_graph(other))
+    listed = export.runs_with_weights(home / "runs" / WORKSPACE)
+    assert listed[0][0].id == newer.name  # the other graph's run is the newest
+    app = open_page(home, text)
+    assert not app.exception and not app.warning
+    assert app.selectbox[0].value == mine.name
+    assert any("load_state_dict" in caption.value for caption in app.caption)
+
+
+def test_building_onnx_shows_its_progress_and_ends_complete(home):
+    app = open_page(home, LENET.read_text())
+    app.button(key="export-onnx-build").click().run(timeout=120)
+    assert not app.exception and not app.error
+    assert [s.label for s in app.status][-1].startswith("The ONNX file is ready (")

@@ -24,8 +24,8 @@ from compiler.onnx_export import (
 )
 from tests.modelkit import load_module, random_input
 
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "builder" / "templates"
-
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE_DIR = ROOT / "builder" / "templates"
 TEMPLATES = sorted(TEMPLATE_DIR.glob("*.json"))
 TOLERANCE = 1e-4
 

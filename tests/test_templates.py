@@ -12,8 +12,8 @@ from builder.graph import load_graph
 from compiler import analyse
 from tests.modelkit import assert_matches_torch
 
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "builder" / "templates"
-
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE_DIR = ROOT / "builder" / "templates"
 TEMPLATES = sorted(TEMPLATE_DIR.glob("*.json"))
 
 

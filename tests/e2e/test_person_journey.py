@@ -25,7 +25,7 @@ from compiler.codegen import attribute_names, generate_source
 ROOT = Path(__file__).resolve().parents[2]
 CANVAS = 'iframe[title="streamlit_flow.streamlit_flow"]'
 LENET = ROOT / "builder" / "templates" / "lenet5.json"
-ERROR_RED = "rgb(220, 38, 38)"  # builder/canvas.py's error border, #dc2626
+ERROR_RED = "rgb(220, 38, 38)"  # pages/canvas.py's error border, #dc2626
 SELECTED_BLUE = "rgb(37, 99, 235)"  # its selected border, #2563eb
 ECHO_S = 1.0  # the canvas answers each state it is sent; let that round trip end
 
@@ -102,7 +102,7 @@ def select(page: Page, node_id: str) -> None:
 def test_open_the_app_and_load_lenet5(page: Page, app_url: str, shot):
     page.goto(app_url)
     expect(canvas(page).locator(".react-flow__node").first).to_be_visible(timeout=30_000)
-    page.get_by_role("button", name="Templates").click()
+    page.locator(".st-key-nb_template button").first.click()
     page.get_by_text("LeNet-5 · 28×28 digits").click()
     expect(node(page, "c1")).to_be_visible()
     expect(page.get_by_text("61,706")).to_be_visible()
@@ -147,7 +147,7 @@ def test_an_impossible_kernel_turns_the_layer_red_with_its_message(page: Page, s
     expect(node(page, "c3")).to_contain_text("exceeds")
     expect(node(page, "c3")).to_have_css("border-top-color", ERROR_RED)
     shot(page, "kernel-too-large-c3-red")
-    page.get_by_role("button", name="Undo").click()
+    page.locator(".st-key-nb_undo button").first.click()
     expect(node(page, "c3")).to_contain_text("[16, 10, 10]")
     expect(page.get_by_text("No problems: every shape fits.")).to_be_visible()
 

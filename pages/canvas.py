@@ -25,6 +25,7 @@ from typing import Any, Literal
 from streamlit_flow.elements import StreamlitFlowEdge, StreamlitFlowNode
 from streamlit_flow.state import StreamlitFlowState
 
+import i18n
 from builder import edit
 from builder.catalog import CATALOG
 from builder.graph import Graph, Node
@@ -32,8 +33,9 @@ from compiler.analysis import Analysis, Diagnostic, NodeInfo
 
 NODE_WIDTH = 200
 MAX_MESSAGE = 90
+SELECTED_CLASS = "nb-selected"  # the page's script brings this node into view
 STAMP = "sent_in"  # node data key: the timestamp of the state the node was sent in
-SHORT_MESSAGES = {"does not lead to the Output": "not connected to the Output"}
+SHORT_MESSAGES = {"does not lead to the Output": i18n.N_("not connected to the Output")}
 
 SHORT_NAMES = {
     "out_channels": "out",
@@ -121,7 +123,7 @@ def node_html(node: Node, info: NodeInfo, diagnostics: list[Diagnostic]) -> str:
     if node.id.lower() != node.type.lower():
         title += f" <span style='color:{MUTED}'>{_esc(node.id)}</span>"
     params = key_params_text(node)
-    count = f"{info.params:,} params" if info.params else ""
+    count = i18n._("{count} params", count=f"{info.params:,}") if info.params else ""
     rows = [
         f"<div style='margin:0;line-height:1.35;overflow-wrap:anywhere'>{title}</div>",
         (
@@ -139,7 +141,9 @@ def node_html(node: Node, info: NodeInfo, diagnostics: list[Diagnostic]) -> str:
         )
     elif not diagnostics:
         rows.append(
-            f"<div style='margin:0;color:{MUTED};font-size:11px'>shape unknown: an earlier layer has a problem</div>"
+            f"<div style='margin:0;color:{MUTED};font-size:11px'>"
+            + _esc(i18n._("shape unknown: an earlier layer has a problem"))
+            + "</div>"
         )
     for diagnostic in diagnostics[:1]:
         rows.append(
@@ -154,11 +158,12 @@ def _short(diagnostic: Diagnostic, node: Node) -> str:
 
     The whole message, with its advice, is in the page's problem list; the node stays small.
     """
-    message = diagnostic.message.removeprefix(f"{node.type} {node.id!r}: ")
-    message = message.removeprefix(f"{node.type} {node.id!r} ").split("; ")[0]
+    english = str(diagnostic.message)
     for start, short in SHORT_MESSAGES.items():
-        if message.startswith(start):
-            return short
+        if start in english:
+            return i18n._(short)
+    message = i18n.render(diagnostic.message).removeprefix(f"{node.type} {node.id!r}: ")
+    message = message.removeprefix(f"{node.type} {node.id!r} ").split("; ")[0]
     return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
 
 
@@ -186,7 +191,11 @@ def _node_kind(layer_type: str) -> str:
 
 
 def graph_to_flow(
-    graph: Graph, analysis: Analysis, selected: str | None, timestamp: int
+    graph: Graph,
+    analysis: Analysis,
+    selected: str | None,
+    timestamp: int,
+    selected_edge: int | None = None,
 ) -> StreamlitFlowState:
     """The canvas state for a graph: shapes, counts and problems on nodes, shapes on edges.
 
@@ -213,11 +222,12 @@ def graph_to_flow(
                 connectable=True,
                 deletable=True,
                 style=node_style(node_status(found), node.id == selected),
+                className=SELECTED_CLASS if node.id == selected else "",
             )
         )
     edges = [
         StreamlitFlowEdge(
-            id=f"{index}:{edge.source}->{edge.target}",
+            id=edge_id(index, edge.source, edge.target),
             source=edge.source,
             target=edge.target,
             edge_type="default",
@@ -228,11 +238,17 @@ def graph_to_flow(
             label_style={"fontSize": "10px", "fill": "#334155", "fontFamily": "monospace"},
             label_show_bg=True,
             label_bg_style={"fill": "#f8fafc", "fillOpacity": 0.95},
-            style={"stroke": "#64748b", "strokeWidth": 1.5},
+            style=_edge_style(index == selected_edge),
         )
         for index, edge in enumerate(graph.edges)
     ]
     return StreamlitFlowState(nodes=nodes, edges=edges, selected_id=selected, timestamp=timestamp)
+
+
+def _edge_style(selected: bool) -> dict[str, Any]:
+    if selected:
+        return {"stroke": COLOURS["selected"]["border"], "strokeWidth": 3}
+    return {"stroke": "#64748b", "strokeWidth": 1.5}
 
 
 def _edge_label(analysis: Analysis, source: str) -> str:
@@ -258,6 +274,7 @@ class CanvasEdit:
     graph: Graph
     kind: Change
     selected: str | None
+    edge: int | None = None  # the index of the edge the person clicked, if they clicked one
 
 
 def sent_in(value: Mapping[str, Any]) -> int | None:
@@ -294,7 +311,25 @@ def apply_canvas(graph: Graph, value: Mapping[str, Any]) -> CanvasEdit:
     moved = _apply_positions(updated, canvas_nodes)
     if kind == "none" and moved != updated:
         kind = "moved"
-    return CanvasEdit(moved, kind, _selection(value, present))
+    return CanvasEdit(
+        moved, kind, _selection(value, present), edge_index(moved, value.get("selectedId"))
+    )
+
+
+def edge_id(index: int, source: str, target: str) -> str:
+    return f"{index}:{source}->{target}"
+
+
+def edge_index(graph: Graph, chosen: Any) -> int | None:
+    """The index of the graph edge a canvas edge id names (as graph_to_flow made it), or None."""
+    if not isinstance(chosen, str) or ":" not in chosen:
+        return None
+    head = chosen.split(":", 1)[0]
+    index = int(head) if head.isdigit() else -1
+    if not 0 <= index < len(graph.edges):
+        return None
+    edge = graph.edges[index]
+    return index if chosen == edge_id(index, edge.source, edge.target) else None
 
 
 def _apply_edges(graph: Graph, canvas_edges: list[Any]) -> Graph:

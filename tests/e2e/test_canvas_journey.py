@@ -1,0 +1,199 @@
+"""A learner's first minutes on the Build page, in a real browser at the two common window sizes:
+LeNet-5 from a blank canvas by palette clicks and handle drags, keyboard deletes and undo, and
+the same page in Chinese, training a template. Screenshots land in test-artifacts/ (look at them).
+
+Every step waits on what the page shows, never on a fixed pause.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Locator, Page, expect
+
+from test_person_journey import CANVAS, SELECTED_BLUE, canvas, centre, drag, node
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+LENET_PARAMS = "61,706"  # builder/templates/lenet5.json, counted by PyTorch in test_templates.py
+
+
+def open_page(browser: Browser, app_url: str, width: int, height: int, lang: str) -> Page:
+    context = browser.new_context(viewport={"width": width, "height": height})
+    context.set_default_timeout(20_000)
+    page = context.new_page()
+    page.goto(f"{app_url}/?w=e2e{secrets.token_hex(6)}&lang={lang}")
+    expect(canvas(page).locator(".react-flow__node").first).to_be_visible(timeout=40_000)
+    return page
+
+
+@pytest.fixture
+def small(browser: Browser, app_url: str) -> Iterator[Page]:
+    page = open_page(browser, app_url, 1280, 720, "en")
+    yield page
+    page.context.close()
+
+
+def tool(page: Page, key: str) -> Locator:
+    """A toolbar button by its key (the icons carry tooltips, not words)."""
+    return page.locator(f".st-key-{key} button").first
+
+
+def nodes(page: Page) -> Locator:
+    return canvas(page).locator(".react-flow__node")
+
+
+def settled(page: Page) -> None:
+    """Streamlit has finished the run in progress (the canvas then shows its result)."""
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=stStatusWidgetRunningIcon]')"
+    )
+
+
+def click_node(page: Page, node_id: str) -> None:
+    """Click until the node shows as selected: a click that lands while a freshly mounted canvas
+    still sends its first layout is superseded by it (the component sends one value at a time)."""
+    for _attempt in range(3):
+        settled(page)
+        page.mouse.click(*centre(node(page, node_id)))
+        try:
+            expect(node(page, node_id)).to_have_css(
+                "border-top-color", SELECTED_BLUE, timeout=5_000
+            )
+            break
+        except AssertionError:
+            continue
+    expect(node(page, node_id)).to_have_css("border-top-color", SELECTED_BLUE)
+    settled(page)
+
+
+def add(page: Page, layer: str, expected_id: str) -> None:
+    page.get_by_test_id("stSidebar").get_by_text(layer, exact=True).click()
+    expect(node(page, expected_id)).to_have_css("border-top-color", SELECTED_BLUE)
+    settled(page)
+
+
+SHOWN = {
+    "out_channels": "out {}",
+    "out_features": "out {}",
+    "kernel_size": "k {}",
+    "padding": "pad {}",
+}
+
+
+def set_field(page: Page, label: str, value: str, node_id: str | None = None) -> None:
+    """Type a value and wait until the node shows it (the form is redrawn after each edit)."""
+    field = page.get_by_label(label, exact=True)
+    field.fill(value)
+    field.press("Enter")
+    if node_id is not None and label in SHOWN:
+        shown = expect(node(page, node_id))
+        text = SHOWN[label].format(value)
+        if value == "0":  # a default is left off the node
+            shown.not_to_contain_text(text.replace(" 0", " "))
+        else:
+            shown.to_contain_text(text)
+    settled(page)
+
+
+def uncut(page: Page, locator: Locator) -> None:
+    """The element is inside the window and shows all its text (no ellipsis)."""
+    box = locator.bounding_box()
+    size = page.viewport_size
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= size["width"], box
+    clipped = locator.evaluate("e => e.scrollWidth > e.clientWidth + 1")
+    assert not clipped, f"{locator} is cut"
+
+
+def test_lenet5_from_a_blank_canvas_by_palette_clicks_and_handle_drags(small: Page, shot):
+    page = small
+    started = time.monotonic()
+    tool(page, "nb_new").click()
+    expect(nodes(page)).to_have_count(2)
+    expect(node(page, "output")).to_be_in_viewport()
+    click_node(page, "input")
+    set_field(page, "shape", "1, 28, 28")
+    expect(node(page, "input")).to_contain_text("[1, 28, 28]")
+
+    chain = [
+        ("Conv2d", "conv2d_1", {"out_channels": "6", "kernel_size": "5", "padding": "2"}),
+        ("ReLU", "relu_1", {}),
+        ("MaxPool2d", "max_pool2d_1", {}),
+        ("Conv2d", "conv2d_2", {"out_channels": "16", "kernel_size": "5", "padding": "0"}),
+        ("ReLU", "relu_2", {}),
+        ("MaxPool2d", "max_pool2d_2", {}),
+        ("Flatten", "flatten_1", {}),
+        ("Linear", "linear_1", {"out_features": "120"}),
+        ("ReLU", "relu_3", {}),
+        ("Linear", "linear_2", {"out_features": "84"}),
+        ("ReLU", "relu_4", {}),
+        ("Linear", "linear_3", {}),  # feeds the Output: 10 outputs for the digits, by itself
+    ]
+    for layer, node_id, params in chain:
+        add(page, layer, node_id)
+        for name, value in params.items():
+            set_field(page, name, value, node_id)
+    expect(page.get_by_text("linear_3 gets 10 outputs")).to_be_visible()
+    expect(node(page, "linear_3")).to_contain_text("[10]")
+
+    # Delete the first edge with the keyboard, and draw it again from handle to handle.
+    edge = canvas(page).locator('.react-flow__edge[data-testid$="input->conv2d_1"] path').first
+    page.mouse.click(*centre(edge))
+    settled(page)
+    page.keyboard.press("Delete")
+    expect(node(page, "conv2d_1")).to_contain_text("has no input")
+    source = node(page, "input").locator(".react-flow__handle.source")
+    target = node(page, "conv2d_1").locator(".react-flow__handle.target")
+    drag(page, centre(source), centre(target))
+    expect(page.get_by_text("No problems: every shape fits.")).to_be_visible()
+    expect(page.get_by_test_id("stMetricValue").first).to_have_text(LENET_PARAMS)
+    print(f"\nLeNet-5 from a blank canvas took {time.monotonic() - started:.1f} s of test time")
+    shot(page, "lenet5-from-blank-1280x720")
+
+
+def test_keys_delete_the_last_node_and_undo_redo_bring_it_back(small: Page, shot):
+    page = small
+    tool(page, "nb_new").click()
+    expect(nodes(page)).to_have_count(2)
+    for node_id, left in (("output", 1), ("input", 0)):
+        click_node(page, node_id)
+        page.keyboard.press("Backspace")
+        expect(nodes(page)).to_have_count(left)
+    shot(page, "empty-canvas")
+    page.keyboard.press("Control+z")
+    expect(nodes(page)).to_have_count(1)
+    page.keyboard.press("Control+Shift+z")
+    expect(nodes(page)).to_have_count(0)
+    page.keyboard.press("Control+z")
+    page.keyboard.press("Control+z")
+    expect(nodes(page)).to_have_count(2)
+
+
+def test_a_pane_click_deselects(small: Page):
+    page = small
+    click_node(page, "head")
+    expect(page.get_by_text("head", exact=False).first).to_be_visible()
+    frame = page.locator(CANVAS).bounding_box()
+    page.mouse.click(frame["x"] + frame["width"] - 30, frame["y"] + 30)
+    expect(node(page, "head")).not_to_have_css("border-top-color", SELECTED_BLUE)
+    expect(page.get_by_text("Click a node on the canvas")).to_be_visible()
+
+
+@pytest.mark.parametrize("width,height", [(1280, 720), (1920, 1080)])
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_toolbar_and_summary_are_uncut(browser: Browser, app_url: str, width, height, lang):
+    page = open_page(browser, app_url, width, height, lang)
+    try:
+        settled(page)
+        for key in ("nb_new", "nb_undo", "nb_redo", "nb_delete", "nb_tidy", "nb_template"):
+            uncut(page, tool(page, key))
+        for metric in page.get_by_test_id("stMetric").all():
+            uncut(page, metric)
+        expect(node(page, "b1_add")).to_be_in_viewport()  # the middle of the default graph
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"build-{lang}-{width}x{height}.png"))
+    finally:
+        page.context.close()
