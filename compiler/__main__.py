@@ -25,10 +25,10 @@ from builder.graph import (
 )
 import i18n
 from compiler.analysis import analyse
-from i18n import Message, msg
 from compiler.bundle import bundle_files
 from compiler.codegen import generate_source
 from compiler.memory import budget_diagnostic, estimate_memory
+from i18n import Message, msg
 
 MAX_CONFIG_BYTES = 100_000
 

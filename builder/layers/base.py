@@ -84,6 +84,10 @@ class Advice:
 class NotMappable(Exception):
     """A live torch module (or call) that no catalog entry can stand for; the message says why."""
 
+    def __init__(self, message: Message) -> None:
+        super().__init__(str(message))
+        self.message = message
+
 
 # ---------------------------------------------------------------------------------------------
 # Parameter types. Each field's description is the phrase used in error messages and form help.

@@ -114,7 +114,7 @@ def pool_stride(m: Any) -> Any:
 
 def max_pool_from_module(m: Any) -> dict[str, Any]:
     if m.return_indices:
-        raise NotMappable("return_indices=True")
+        raise NotMappable(msg("return_indices=True"))
     return {
         "kernel_size": compact(m.kernel_size),
         "stride": pool_stride(m),
@@ -126,7 +126,7 @@ def max_pool_from_module(m: Any) -> dict[str, Any]:
 
 def avg_pool_from_module(m: Any) -> dict[str, Any]:
     if getattr(m, "divisor_override", None) is not None:
-        raise NotMappable("divisor_override")
+        raise NotMappable(msg("divisor_override"))
     return {
         "kernel_size": compact(m.kernel_size),
         "stride": pool_stride(m),
@@ -232,10 +232,10 @@ def adaptive_max_module(p: Adaptive1dParams | Adaptive2dParams, xs: list[Tensor]
 
 def adaptive_from_module(m: Any) -> dict[str, Any]:
     if getattr(m, "return_indices", False):
-        raise NotMappable("return_indices=True")
+        raise NotMappable(msg("return_indices=True"))
     sizes = m.output_size if isinstance(m.output_size, (tuple, list)) else [m.output_size]
     if any(s is None for s in sizes):
-        raise NotMappable("an output_size of None (keep the input size)")
+        raise NotMappable(msg("an output_size of None (keep the input size)"))
     return {"output_size": compact(m.output_size)}
 
 
