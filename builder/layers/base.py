@@ -33,7 +33,15 @@ CATEGORIES = (
     "Merge",
 )
 SEQUENCE_TYPES = frozenset(
-    {"Embedding", "RNN", "LSTM", "GRU", "MultiheadAttention", "TransformerEncoderLayer"}
+    {
+        "Embedding",
+        "RNN",
+        "LSTM",
+        "GRU",
+        "MultiheadAttention",
+        "TransformerEncoderLayer",
+        "PositionalEncoding",
+    }
 )
 
 
