@@ -1354,6 +1354,39 @@ def _adaptive_pool(walk: Walk, node: fx.Node) -> Layer:
     )
 
 
+def _interpolate(walk: Walk, node: fx.Node) -> Layer:
+    """F.interpolate(x, size, scale_factor, mode, align_corners) as an Upsample."""
+    mode = _arg(node, 3, "mode", "nearest")
+    if mode not in ("nearest", "linear", "bilinear"):
+        raise NotMappable(
+            msg("mode={mode}: only nearest, linear and bilinear map", mode=repr(mode))
+        )
+    if _arg(node, 5, "recompute_scale_factor") or _arg(node, 6, "antialias", False):
+        raise NotMappable(msg("recompute_scale_factor or antialias"))
+    factor = _arg(node, 2, "scale_factor")
+    if isinstance(factor, (tuple, list)):
+        factor = float(factor[0]) if len(set(factor)) == 1 else [float(f) for f in factor]
+    params = {
+        "size": _compact(_arg(node, 1, "size")),
+        "scale_factor": float(factor) if isinstance(factor, (int, float)) else factor,
+        "mode": mode,
+        "align_corners": _arg(node, 4, "align_corners"),
+    }
+    return Layer("Upsample", params, (_tensor(walk, node.args[0]),))
+
+
+def _instance_norm(walk: Walk, node: fx.Node) -> Layer:
+    """F.instance_norm(x) without running statistics or weights: InstanceNorm1d/2d."""
+    names = ("running_mean", "running_var", "weight", "bias")
+    if any(_arg(node, index, name) is not None for index, name in enumerate(names, start=1)):
+        raise NotMappable(
+            msg("with running statistics or weights: only the plain F.instance_norm(x) maps")
+        )
+    rank = _rank(node.args[0])
+    eps = float(_arg(node, 7, "eps", 1e-5))
+    return Layer(f"InstanceNorm{rank - 2}d", {"eps": eps}, (_tensor(walk, node.args[0]),))
+
+
 Handler = Callable[[Walk, fx.Node], Layer | Stack | Value]
 
 # How each catalog type's functional forms pass their params (types without params need none).
@@ -1381,6 +1414,9 @@ ARGUMENTS: dict[str, Handler] = {
     "AdaptiveAvgPool2d": _adaptive_pool,
     "AdaptiveMaxPool1d": _adaptive_pool,
     "AdaptiveMaxPool2d": _adaptive_pool,
+    "Upsample": _interpolate,
+    "InstanceNorm1d": _instance_norm,
+    "InstanceNorm2d": _instance_norm,
 }
 
 # Calls that move values around without being a layer.
