@@ -568,7 +568,7 @@ def _visit(walk: Walk, node: fx.Node, input_shape: tuple[int, ...], dtype: str) 
         if node.op == "placeholder":
             result: Layer | Stack | Value = _input(walk, node, input_shape, dtype)
         elif node.op == "output":
-            result = Layer("Output", {}, (_tensor(walk, _returned(walk, node), "forward must return"),))
+            result = Layer("Output", {}, (_tensor(walk, _returned(walk, node), returned=True),))
         elif node.op == "get_attr":
             result = _attribute(walk, node)
         else:
@@ -1050,7 +1050,7 @@ def _arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
     return node.kwargs.get(name, default)
 
 
-def _tensor(walk: Walk, arg: Any, use: str = "works on") -> str:
+def _tensor(walk: Walk, arg: Any, returned: bool = False) -> str:
     """The graph node of a tensor argument (a Failed one stands in as "?", already reported)."""
     value = walk.values.get(arg) if isinstance(arg, fx.Node) else None
     if isinstance(value, Failed):
@@ -1064,21 +1064,24 @@ def _tensor(walk: Walk, arg: Any, use: str = "works on") -> str:
             )
         )
     if isinstance(value, Constant):
+        source = "self." + str(value.root.target) if value.root is not None else value.node.name
+        if returned:
+            raise NotMappable(msg("forward returns a constant tensor ({source})", source=source))
         raise NotMappable(
             msg(
-                "{use} a constant tensor{source}: only tensors computed from the input flow"
-                " through a graph",
-                use=use,
-                source=f" (self.{value.root.target})" if value.root is not None else "",
+                "works on a constant tensor ({source}): only tensors computed from the input"
+                " flow through a graph",
+                source=source,
             )
         )
     if not isinstance(value, str):
+        if returned:
+            raise NotMappable(
+                msg("forward returns {arg}, which is not one tensor computed from the input",
+                    arg=repr(arg))
+            )  # fmt: skip
         raise NotMappable(
-            msg(
-                "{use} {arg}, which is not one tensor computed from the input",
-                use=use,
-                arg=repr(arg),
-            )
+            msg("works on {arg}, which is not one tensor computed from the input", arg=repr(arg))
         )
     return value
 
@@ -1596,7 +1599,7 @@ def _output_problems(
     if not math.isfinite(error) or error > TOLERANCE * (1 + float(expected.abs().max())):
         why = msg(
             "the compiled graph's outputs differ from the model's by up to {error}",
-            error=f"{error:.3g}",
+            error=format(error, ".3g"),
         )
         return [_problem(analysis, walk, None, why)]
     return []
@@ -1619,7 +1622,7 @@ def _unused_modules(model: nn.Module, walk: Walk) -> list[Message]:
             "self.{path} ({kind}, {count} parameters) is never used in forward; it is left out",
             path=path,
             kind=type(modules[path]).__name__ if path in modules else "Parameter",
-            count=f"{count:,}",
+            count=format(count, ","),
         )
         for path, count in unused.items()
     ]
