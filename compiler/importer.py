@@ -190,14 +190,6 @@ class Several:
 
 
 @dataclass(frozen=True)
-class Pieces:
-    """A tuple of graph tensors (x.chunk(2, dim=1) has no layer, but a tuple returned from
-    forward does): item i is one graph node."""
-
-    node_ids: tuple[Any, ...]
-
-
-@dataclass(frozen=True)
 class FinalStates:
     """Item 1 of a recurrent layer's output: h_n, or (h_n, c_n) for an LSTM (`pair`). The last
     layer's h_n, h_n[-1], is the output at the last step where the layer runs one way."""
@@ -730,9 +722,10 @@ def _where(node: fx.Node) -> str:
 
 
 def _inside_torch(file: str) -> bool:
-    return bool(re.search(r"[/\\]torch[/\\]", file)) or Path(file).resolve() == Path(
-        __file__
-    ).resolve()
+    return (
+        bool(re.search(r"[/\\]torch[/\\]", file))
+        or Path(file).resolve() == Path(__file__).resolve()
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -997,9 +990,7 @@ def _encoder_stack(walk: Walk, node: fx.Node, module: nn.TransformerEncoder) -> 
     ]
     if module.norm is not None:
         if type(module.norm) is not nn.LayerNorm:
-            raise NotMappable(
-                msg("a final norm of type {kind}", kind=type(module.norm).__name__)
-            )
+            raise NotMappable(msg("a final norm of type {kind}", kind=type(module.norm).__name__))
         layers.append(Layer("LayerNorm", _layer_norm(module.norm), (), path=f"{path}.norm"))
     return Stack(_tensor(walk, _only_input(node)), tuple(layers))
 
@@ -1125,9 +1116,7 @@ def _positional_encoding(walk: Walk, node: fx.Node, x: Any, table: Constant) -> 
         _claim_weights(walk, node, walk.gm.get_parameter(path))
         return Layer("PositionalEncoding", params, (_tensor(walk, x),), path=path)
     if not torch.allclose(rows, sinusoidal_table(rows.shape[0], embed), atol=1e-5):
-        raise NotMappable(
-            msg("adds a fixed table that is not the sinusoidal positional encoding")
-        )
+        raise NotMappable(msg("adds a fixed table that is not the sinusoidal positional encoding"))
     params["kind"] = "sinusoidal"
     return Layer("PositionalEncoding", params, (_tensor(walk, x),))
 
@@ -1197,7 +1186,9 @@ def _getitem(walk: Walk, node: fx.Node) -> Layer | Value:
     if isinstance(value, Several) and index == 1 and value.what in ("RNN", "GRU", "LSTM"):
         params = next(n["params"] for n in walk.nodes if n["id"] == value.node_id)
         one_way = not params.get("bidirectional", False)
-        return FinalStates(value.node_id, value.what == "LSTM", one_way, params.get("num_layers", 1))
+        return FinalStates(
+            value.node_id, value.what == "LSTM", one_way, params.get("num_layers", 1)
+        )
     if isinstance(value, FinalStates):
         return _final_state(value, index)
     if isinstance(value, Several):
@@ -1249,7 +1240,10 @@ def _reduce(walk: Walk, node: fx.Node) -> Layer | Stack:
     name = getattr(node.target, "__name__", node.target)
     mode = "mean" if name == "mean" else "max"
     dim = _arg(node, 1, "dim")
-    dims = sorted(d % _rank(node.args[0]) for d in (dim if isinstance(dim, (list, tuple)) else [dim] if isinstance(dim, int) else []))
+    dims = sorted(
+        d % _rank(node.args[0])
+        for d in (dim if isinstance(dim, (list, tuple)) else [dim] if isinstance(dim, int) else [])
+    )
     keepdim = bool(_arg(node, 2, "keepdim", False))
     x = _tensor(walk, node.args[0])
     rank = _rank(node.args[0])
