@@ -33,7 +33,6 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 
 from builder.catalog import CATALOG
