@@ -211,13 +211,16 @@ class CausalMask:
 
 @dataclass(frozen=True)
 class Constant:
-    """A tensor that does not depend on the input: a buffer, a parameter used outside a layer
-    (`trainable`), or what is computed from them and from sizes (a mask, a slice of a table).
-    `root` is the get_attr node it comes from, where there is one."""
+    """A tensor that does not depend on the input: a buffer, a parameter used outside a layer,
+    or what is computed from them and from sizes (a mask, a slice of a table, an Embedding of
+    arange(t)). `root` is the get_attr node it comes from, where there is one; `weights` the
+    parameter whose rows it holds, and `owner` the module that holds that parameter (where an
+    Embedding looked the rows up)."""
 
     node: fx.Node
     root: fx.Node | None
-    trainable: bool = False
+    weights: str | None = None
+    owner: str | None = None
 
 
 # What an fx node computes: a str is the graph node whose output tensor it is.
@@ -628,7 +631,7 @@ def _attribute(walk: Walk, node: fx.Node) -> Constant:
     value = node.meta.get("value")
     if not isinstance(value, torch.Tensor):
         raise NotMappable(msg("an attribute that is not a tensor"))
-    return Constant(node, node, isinstance(value, nn.Parameter))
+    return Constant(node, node, str(node.target) if isinstance(value, nn.Parameter) else None)
 
 
 def _derived_constant(walk: Walk, node: fx.Node) -> Constant | None:
@@ -641,8 +644,7 @@ def _derived_constant(walk: Walk, node: fx.Node) -> Constant | None:
     if not all(isinstance(v, (Constant, Size, Device)) for v in values):
         return None
     roots = [v for v in values if isinstance(v, Constant)]
-    root = roots[0].root if roots else None
-    return Constant(node, root, any(v.trainable for v in roots))
+    return replace(roots[0], node=node) if roots else Constant(node, None)
 
 
 def _map(walk: Walk, node: fx.Node) -> Layer | Stack | Value:
@@ -934,12 +936,29 @@ def _map_module(walk: Walk, node: fx.Node) -> Layer | Stack:
         raise NotMappable(msg("no NetBuilder layer does this"))
     layer_type, read_params = entry
     params = read_params(module)
+    positions = _positions(walk, node, module)
+    if positions is not None:
+        return positions
     if layer_type == "MultiheadAttention":
         x = _self_attention_input(walk, node, params)
     else:
         x = _only_input(node)
     several = TUPLE_OUTPUTS.get(layer_type)
     return Layer(layer_type, params, (_tensor(walk, x),), several, path)
+
+
+def _positions(walk: Walk, node: fx.Node, module: nn.Module) -> Constant | None:
+    """nanoGPT's self.wpe(torch.arange(t)): an Embedding of the positions 0..t-1 is the first
+    t rows of its table, a learned position table (a PositionalEncoding once added to x)."""
+    value = walk.values.get(node.args[0]) if node.args else None
+    if not (isinstance(module, nn.Embedding) and isinstance(value, Constant)):
+        return None
+    positions = value.node.meta.get("value")
+    steps = positions.shape[-1] if isinstance(positions, torch.Tensor) and positions.dim() else 0
+    if not steps or not torch.equal(positions.reshape(-1), torch.arange(steps)):
+        return None
+    path = str(node.target)
+    return Constant(node, None, weights=f"{path}.weight", owner=path)
 
 
 def _claim_weights(walk: Walk, node: fx.Node, module: nn.Module | nn.Parameter) -> None:
@@ -1099,6 +1118,8 @@ def _positional_encoding(walk: Walk, node: fx.Node, x: Any, table: Constant) -> 
     buffer, or a learned [max_len, E] parameter, added to [B, T, E]."""
     rank = len(node.meta["shape"])
     root = table.root.meta["value"] if table.root is not None else None
+    if table.weights is not None:
+        root = walk.gm.get_parameter(table.weights)
     if rank != 3 or root is None or root.numel() % node.meta["shape"][-1]:
         raise NotMappable(
             msg("adds a constant tensor; only a positional encoding table added to [B, T, E] maps")
@@ -1109,10 +1130,11 @@ def _positional_encoding(walk: Walk, node: fx.Node, x: Any, table: Constant) -> 
     if not torch.equal(table.node.meta["value"].reshape(-1, embed), rows[:steps]):
         raise NotMappable(msg("adds a table other than its first rows, positions 0..T-1"))
     params = {"max_len": rows.shape[0]}
-    if table.trainable:
+    if table.weights is not None:
         params["kind"] = "learned"
-        path = str(table.root.target)
-        _claim_weights(walk, node, walk.gm.get_parameter(path))
+        if table.owner is None:  # a bare parameter: this node owns it
+            _claim_weights(walk, node, walk.gm.get_parameter(table.weights))
+        path = table.owner or table.weights
         return Layer("PositionalEncoding", params, (_tensor(walk, x),), path=path)
     if not torch.allclose(rows, sinusoidal_table(rows.shape[0], embed), atol=1e-5):
         raise NotMappable(msg("adds a fixed table that is not the sinusoidal positional encoding"))
