@@ -35,7 +35,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from builder.catalog import CATALOG
+from builder.catalog import CATALOG, NotMappable, functional_table, module_table
 from builder.graph import FORMAT, Graph, GraphFormatError, parse_graph
 from compiler.analysis import Analysis, analyse
 from compiler.codegen import attribute_names, generate_source
@@ -225,14 +225,6 @@ class Constant:
 
 # What an fx node computes: a str is the graph node whose output tensor it is.
 Value = str | Size | Device | Several | FinalStates | CausalMask | Constant | Failed
-
-
-class NotMappable(Exception):
-    """This call cannot become a catalog layer; the message says why."""
-
-    def __init__(self, message: Message) -> None:
-        super().__init__(str(message))
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -568,7 +560,7 @@ def _visit(walk: Walk, node: fx.Node, input_shape: tuple[int, ...], dtype: str) 
         else:
             result = _map(walk, node)
     except NotMappable as exc:
-        walk.problems.append(Unsupported(_op_name(walk, node), _where(node), exc.message))
+        walk.problems.append(Unsupported(_op_name(walk, node), _where(node), _reason(exc)))
         walk.values[node] = Failed()
         return
     except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
@@ -587,6 +579,13 @@ def _visit(walk: Walk, node: fx.Node, input_shape: tuple[int, ...], dtype: str) 
             walk.values[node] = _add_node(walk, node, f"{node.name}_{index}", chained)
     else:
         walk.values[node] = result
+
+
+def _reason(exc: NotMappable) -> Message:
+    """Why a call cannot be mapped: the Message it was raised with (a catalog entry's reader
+    may raise plain text, which is its own English template)."""
+    reason = exc.args[0] if exc.args else ""
+    return reason if isinstance(reason, Message) else Message(str(reason))
 
 
 def _returned(walk: Walk, node: fx.Node) -> Any:
@@ -741,182 +740,18 @@ def _compact(value: Any) -> Any:
     return value
 
 
-def _conv(m: nn.Conv1d | nn.Conv2d) -> dict[str, Any]:
-    if m.padding_mode != "zeros":
-        raise NotMappable(
-            msg("padding_mode={mode}: only zero padding maps", mode=repr(m.padding_mode))
-        )
-    padding = m.padding if isinstance(m.padding, str) else _compact(m.padding)
-    return {
-        "out_channels": m.out_channels,
-        "kernel_size": _compact(m.kernel_size),
-        "stride": _compact(m.stride),
-        "padding": padding,
-        "dilation": _compact(m.dilation),
-        "groups": m.groups,
-        "bias": m.bias is not None,
-    }
+# {nn class: (catalog type, params_from_module)}: each catalog entry names the torch modules it
+# stands for and reads their params back (builder/layers/).
+MODULES: dict[type[nn.Module], tuple[str, Callable[[Any], dict[str, Any]]]] = module_table()
 
 
-def _max_pool(m: nn.MaxPool1d | nn.MaxPool2d) -> dict[str, Any]:
-    if m.return_indices:
-        raise NotMappable(msg("return_indices=True"))
-    kernel, stride = _compact(m.kernel_size), _compact(m.stride)
-    return {
-        "kernel_size": kernel,
-        "stride": None if stride == kernel else stride,
-        "padding": _compact(m.padding),
-        "dilation": _compact(m.dilation),
-        "ceil_mode": m.ceil_mode,
-    }
+def _read_params(layer_type: str, module: nn.Module) -> dict[str, Any]:
+    """A module's params as its catalog entry reads them."""
+    reader = CATALOG[layer_type].params_from_module
+    assert reader is not None, layer_type
+    return reader(module)
 
 
-def _avg_pool(m: nn.AvgPool1d | nn.AvgPool2d) -> dict[str, Any]:
-    if getattr(m, "divisor_override", None) is not None:
-        raise NotMappable(msg("divisor_override"))
-    kernel, stride = _compact(m.kernel_size), _compact(m.stride)
-    return {
-        "kernel_size": kernel,
-        "stride": None if stride == kernel else stride,
-        "padding": _compact(m.padding),
-        "ceil_mode": m.ceil_mode,
-        "count_include_pad": m.count_include_pad,
-    }
-
-
-def _adaptive(m: nn.AdaptiveAvgPool1d | nn.AdaptiveAvgPool2d) -> dict[str, Any]:
-    sizes = m.output_size if isinstance(m.output_size, (tuple, list)) else [m.output_size]
-    if any(s is None for s in sizes):
-        raise NotMappable(msg("an output_size of None (keep the input size)"))
-    return {"output_size": _compact(m.output_size)}
-
-
-def _batch_norm(m: nn.BatchNorm1d | nn.BatchNorm2d) -> dict[str, Any]:
-    return {
-        "eps": m.eps,
-        "momentum": m.momentum,
-        "affine": m.affine,
-        "track_running_stats": m.track_running_stats,
-    }
-
-
-def _last_dim_only(m: nn.LayerNorm | nn.RMSNorm) -> None:
-    if len(m.normalized_shape) != 1:
-        raise NotMappable(
-            msg(
-                "normalized_shape {shape}: only the last dim maps",
-                shape=str(list(m.normalized_shape)),
-            )
-        )
-
-
-def _layer_norm(m: nn.LayerNorm) -> dict[str, Any]:
-    _last_dim_only(m)
-    bias = m.bias is not None if m.elementwise_affine else True
-    return {"eps": m.eps, "elementwise_affine": m.elementwise_affine, "bias": bias}
-
-
-def _rms_norm(m: nn.RMSNorm) -> dict[str, Any]:
-    _last_dim_only(m)
-    return {"eps": m.eps, "elementwise_affine": m.elementwise_affine}
-
-
-def _embedding(m: nn.Embedding) -> dict[str, Any]:
-    if m.max_norm is not None or m.scale_grad_by_freq or m.sparse:
-        raise NotMappable(msg("max_norm, scale_grad_by_freq and sparse are not in the catalog"))
-    return {
-        "num_embeddings": m.num_embeddings,
-        "embedding_dim": m.embedding_dim,
-        "padding_idx": m.padding_idx,
-    }
-
-
-def _recurrent(m: nn.RNN | nn.LSTM | nn.GRU) -> dict[str, Any]:
-    if not m.batch_first:
-        raise NotMappable(msg("batch_first=False: NetBuilder's recurrent layers read [B, T, F]"))
-    if getattr(m, "proj_size", 0):
-        raise NotMappable(msg("proj_size"))
-    params = {
-        "hidden_size": m.hidden_size,
-        "num_layers": m.num_layers,
-        "bidirectional": m.bidirectional,
-        "dropout": float(m.dropout),
-        "bias": m.bias,
-    }
-    if isinstance(m, nn.RNN) and type(m) is nn.RNN:
-        params["nonlinearity"] = m.nonlinearity
-    return params
-
-
-def _attention(m: nn.MultiheadAttention) -> dict[str, Any]:
-    if not m.batch_first:
-        raise NotMappable(msg("batch_first=False: NetBuilder's attention reads [B, T, E]"))
-    if not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
-        raise NotMappable(msg("kdim/vdim, add_bias_kv and add_zero_attn are not in the catalog"))
-    return {
-        "num_heads": m.num_heads,
-        "dropout": float(m.dropout),
-        "bias": m.in_proj_bias is not None,
-    }
-
-
-def _encoder_layer(m: nn.TransformerEncoderLayer) -> dict[str, Any]:
-    if not m.self_attn.batch_first:
-        raise NotMappable(msg("batch_first=False: NetBuilder's encoder layer reads [B, T, E]"))
-    activation = {1: "relu", 2: "gelu"}.get(m.activation_relu_or_gelu)
-    if activation is None:
-        raise NotMappable(msg("an activation other than relu or gelu"))
-    return {
-        "nhead": m.self_attn.num_heads,
-        "dim_feedforward": m.linear1.out_features,
-        "dropout": float(m.dropout.p),
-        "activation": activation,
-        "layer_norm_eps": m.norm1.eps,
-        "norm_first": m.norm_first,
-        "bias": m.linear1.bias is not None,
-    }
-
-
-def _no_params(m: nn.Module) -> dict[str, Any]:
-    return {}
-
-
-MODULES: dict[type[nn.Module], tuple[str, Callable[[Any], dict[str, Any]]]] = {
-    nn.Linear: ("Linear", lambda m: {"out_features": m.out_features, "bias": m.bias is not None}),
-    nn.Conv1d: ("Conv1d", _conv),
-    nn.Conv2d: ("Conv2d", _conv),
-    nn.MaxPool1d: ("MaxPool1d", _max_pool),
-    nn.MaxPool2d: ("MaxPool2d", _max_pool),
-    nn.AvgPool1d: ("AvgPool1d", _avg_pool),
-    nn.AvgPool2d: ("AvgPool2d", _avg_pool),
-    nn.AdaptiveAvgPool1d: ("AdaptiveAvgPool1d", _adaptive),
-    nn.AdaptiveAvgPool2d: ("AdaptiveAvgPool2d", _adaptive),
-    nn.Flatten: ("Flatten", lambda m: {"start_dim": m.start_dim, "end_dim": m.end_dim}),
-    nn.BatchNorm1d: ("BatchNorm1d", _batch_norm),
-    nn.BatchNorm2d: ("BatchNorm2d", _batch_norm),
-    nn.LayerNorm: ("LayerNorm", _layer_norm),
-    nn.RMSNorm: ("RMSNorm", _rms_norm),
-    nn.GroupNorm: (
-        "GroupNorm",
-        lambda m: {"num_groups": m.num_groups, "eps": m.eps, "affine": m.affine},
-    ),
-    nn.Dropout: ("Dropout", lambda m: {"p": float(m.p)}),
-    nn.Dropout2d: ("Dropout2d", lambda m: {"p": float(m.p)}),
-    nn.ReLU: ("ReLU", _no_params),
-    nn.SiLU: ("SiLU", _no_params),
-    nn.Tanh: ("Tanh", _no_params),
-    nn.Sigmoid: ("Sigmoid", _no_params),
-    nn.Identity: ("Identity", _no_params),
-    nn.GELU: ("GELU", lambda m: {"approximate": m.approximate}),
-    nn.LeakyReLU: ("LeakyReLU", lambda m: {"negative_slope": float(m.negative_slope)}),
-    nn.Softmax: ("Softmax", lambda m: {"dim": m.dim}),
-    nn.Embedding: ("Embedding", _embedding),
-    nn.RNN: ("RNN", _recurrent),
-    nn.LSTM: ("LSTM", _recurrent),
-    nn.GRU: ("GRU", _recurrent),
-    nn.MultiheadAttention: ("MultiheadAttention", _attention),
-    nn.TransformerEncoderLayer: ("TransformerEncoderLayer", _encoder_layer),
-}
 TUPLE_OUTPUTS = {
     "RNN": N_("the final hidden state h_n"),
     "GRU": N_("the final hidden state h_n"),
@@ -1003,13 +838,19 @@ def _encoder_stack(walk: Walk, node: fx.Node, module: nn.TransformerEncoder) -> 
     """nn.TransformerEncoder as what it is: its encoder layers in a row, then its norm."""
     path = str(node.target)
     layers = [
-        Layer("TransformerEncoderLayer", _encoder_layer(layer), (), path=f"{path}.layers.{index}")
+        Layer(
+            "TransformerEncoderLayer",
+            _read_params("TransformerEncoderLayer", layer),
+            (),
+            path=f"{path}.layers.{index}",
+        )
         for index, layer in enumerate(module.layers)
     ]
     if module.norm is not None:
         if type(module.norm) is not nn.LayerNorm:
             raise NotMappable(msg("a final norm of type {kind}", kind=type(module.norm).__name__))
-        layers.append(Layer("LayerNorm", _layer_norm(module.norm), (), path=f"{path}.norm"))
+        norm = _read_params("LayerNorm", module.norm)
+        layers.append(Layer("LayerNorm", norm, (), path=f"{path}.norm"))
     return Stack(_tensor(walk, _only_input(node)), tuple(layers))
 
 
@@ -1448,57 +1289,26 @@ PLUMBING_METHODS: dict[str, Handler] = {
 }
 
 
-# Until the catalog entries carry their own `functional` names: the same names, in its format.
-FUNCTIONAL: dict[str, tuple[str, ...]] = {
-    "Add": ("operator.add", "operator.iadd", "torch.add", "Tensor.add"),
-    "Multiply": ("operator.mul", "operator.imul", "torch.mul", "Tensor.mul"),
-    "Concat": ("torch.cat", "torch.concat", "torch.concatenate"),
-    "Flatten": ("torch.flatten", "Tensor.flatten"),
-    "Reshape": ("torch.reshape", "Tensor.view", "Tensor.reshape"),
-    "Permute": ("torch.permute", "torch.transpose", "Tensor.permute", "Tensor.transpose"),
-    "SequencePool": ("torch.mean", "torch.amax", "torch.max", "Tensor.mean", "Tensor.amax",
-                     "Tensor.max"),  # fmt: skip
-    "ReLU": ("torch.relu", "torch.relu_", "torch.nn.functional.relu", "Tensor.relu",
-             "Tensor.relu_"),  # fmt: skip
-    "Sigmoid": ("torch.sigmoid", "torch.nn.functional.sigmoid", "Tensor.sigmoid"),
-    "Tanh": ("torch.tanh", "torch.nn.functional.tanh", "Tensor.tanh"),
-    "SiLU": ("torch.nn.functional.silu",),
-    "GELU": ("torch.nn.functional.gelu",),
-    "LeakyReLU": ("torch.nn.functional.leaky_relu",),
-    "Softmax": ("torch.softmax", "torch.nn.functional.softmax", "Tensor.softmax"),
-    "Dropout": ("torch.nn.functional.dropout",),
-    "MaxPool1d": ("torch.nn.functional.max_pool1d",),
-    "MaxPool2d": ("torch.nn.functional.max_pool2d",),
-    "AvgPool1d": ("torch.nn.functional.avg_pool1d",),
-    "AvgPool2d": ("torch.nn.functional.avg_pool2d",),
-    "AdaptiveAvgPool1d": ("torch.nn.functional.adaptive_avg_pool1d",),
-    "AdaptiveAvgPool2d": ("torch.nn.functional.adaptive_avg_pool2d",),
-}
-
-
 def _resolve(name: str) -> Any:
     """'torch.nn.functional.relu' -> the function itself (what fx records as the target)."""
     module, _, attribute = name.rpartition(".")
     return getattr(importlib.import_module(module), attribute)
 
 
-def functional_tables(
-    functional: dict[str, tuple[str, ...]],
-) -> tuple[dict[Any, str], dict[str, str]]:
-    """The catalog's functional names as two lookups: function object -> type, and tensor
-    method name -> type ('Tensor.relu' -> 'relu')."""
+def functional_tables(functional: dict[str, str]) -> tuple[dict[Any, str], dict[str, str]]:
+    """The catalog's functional names ({qualified name: type}) as two lookups: function object
+    -> type, and tensor method name -> type ('Tensor.relu' -> 'relu')."""
     functions: dict[Any, str] = {}
     methods: dict[str, str] = {}
-    for layer_type, names in functional.items():
-        for name in names:
-            if name.startswith("Tensor."):
-                methods[name.removeprefix("Tensor.")] = layer_type
-            else:
-                functions[_resolve(name)] = layer_type
+    for name, layer_type in functional.items():
+        if name.startswith("Tensor."):
+            methods[name.removeprefix("Tensor.")] = layer_type
+        else:
+            functions[_resolve(name)] = layer_type
     return functions, methods
 
 
-FUNCTION_TYPES, METHOD_TYPES = functional_tables(FUNCTIONAL)
+FUNCTION_TYPES, METHOD_TYPES = functional_tables(functional_table())
 
 
 # ---------------------------------------------------------------------------------------------
