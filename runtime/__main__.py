@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("graph", type=Path)
     train.add_argument("--dataset", default="digits", help="a built-in name or a .csv/.npz file")
     train.add_argument("--label-column", help="the label column of a CSV (default: the last)")
+    train.add_argument(
+        "--target", choices=("label", "input"), default="label", help="input: reproduce the input"
+    )
     train.add_argument("--epochs", type=int, default=5)
     train.add_argument("--batch-size", type=int, default=64)
     train.add_argument("--lr", type=float, default=1e-3)
@@ -105,6 +108,7 @@ def _train(args: argparse.Namespace) -> int:
         config = TrainConfig(
             dataset=upload.name if is_file else args.dataset,
             label_column=args.label_column,
+            target=args.target,
             epochs=args.epochs,
             batch_size=args.batch_size,
             lr=args.lr,
@@ -132,6 +136,7 @@ def _train(args: argparse.Namespace) -> int:
         "status": result.status,
         "val_loss": result.val_loss,
         "val_accuracy": result.val_accuracy,
+        "val_mae": (result.metrics or {}).get("val_mae"),
         "epochs": result.epochs,
         "run": str(folder),
     }
@@ -143,12 +148,14 @@ def _train(args: argparse.Namespace) -> int:
 
 def _epoch_line(record: dict[str, Any], config: TrainConfig) -> str:
     parts = [f"epoch {record['epoch']}/{config.epochs}", f"train loss {record['train_loss']:.4f}"]
-    if record["train_accuracy"] is not None:
+    if record.get("train_accuracy") is not None:
         parts.append(f"train acc {record['train_accuracy']:.1%}")
-    if record["val_loss"] is not None:
+    if record.get("val_loss") is not None:
         parts.append(f"val loss {record['val_loss']:.4f}")
-    if record["val_accuracy"] is not None:
+    if record.get("val_accuracy") is not None:
         parts.append(f"val acc {record['val_accuracy']:.1%}")
+    if record.get("val_mae") is not None:
+        parts.append(f"val MAE {record['val_mae']:.4f}")
     return "  ".join(parts)
 
 

@@ -45,7 +45,8 @@ class Data:
 
 
 def new_totals() -> torch.Tensor:
-    return torch.zeros(6, dtype=torch.float64)
+    """[loss x samples, hits (classifiers) or absolute error (others)], summed on the device."""
+    return torch.zeros(2, dtype=torch.float64)
 
 
 @dataclass
@@ -55,8 +56,10 @@ class Progress:
     step: int = 0
     epoch: int = 0  # completed epochs
     batch: int = 0  # batches done in the current epoch
-    # This epoch's sums on the device: loss x samples, samples, hits, predictions, |error|, values.
+    # This epoch's sums so far: new_totals() on the device, and what they were summed over.
     totals: torch.Tensor = field(default_factory=new_totals)
+    samples: int = 0
+    predictions: int = 0  # class predictions (accuracy) or output values (mean absolute error)
     best_val_loss: float | None = None
     stale_epochs: int = 0
 
@@ -204,37 +207,38 @@ def is_classifier(loss: str) -> bool:
     return loss in CLASS_LOSSES or loss == "bce_with_logits"
 
 
+def score(out: torch.Tensor, y: torch.Tensor, classes: bool, binary: bool) -> torch.Tensor:
+    """Hits for classifiers, else the summed absolute error, of one batch (on the device)."""
+    if classes:
+        return (out.argmax(-1) == y).sum()
+    if binary:
+        return ((out > 0) == (y.view_as(out) > 0.5)).sum()
+    return (out.float() - y.float().view_as(out)).abs().sum()
+
+
 def tally(
-    totals: torch.Tensor,
+    progress: Progress,
     out: torch.Tensor,
     y: torch.Tensor,
     loss: torch.Tensor,
     classes: bool,
     binary: bool,
 ) -> None:
-    """Add one batch to the sums: accuracy for classifiers, mean absolute error otherwise."""
+    """Add one batch to the epoch's sums: a few device ops, no wait for the device."""
     out = out.detach()
-    parts = [loss.detach().double() * len(y), torch.tensor(float(len(y)), device=out.device)]
-    if classes:
-        hits = (out.argmax(-1) == y).sum().double()
-        parts += [hits, torch.tensor(float(y.numel()), device=out.device), *totals.new_zeros(2)]
-    elif binary:
-        hits = ((out > 0) == (y.view_as(out) > 0.5)).sum().double()
-        parts += [hits, torch.tensor(float(out.numel()), device=out.device), *totals.new_zeros(2)]
-    else:
-        error = (out.float() - y.float().view_as(out)).abs().sum().double()
-        parts += [*totals.new_zeros(2), error, torch.tensor(float(out.numel()), device=out.device)]
-    totals += torch.stack(parts)
+    progress.totals[0].add_(loss.detach(), alpha=len(y))
+    progress.totals[1].add_(score(out, y, classes, binary))
+    progress.samples += len(y)
+    progress.predictions += y.numel() if classes else out.numel()
 
 
-def summary(totals: list[float], prefix: str, accuracy: bool) -> dict[str, float | None]:
-    """Mean loss and accuracy (or mean absolute error) from tallied sums."""
-    loss_sum, samples, hits, predictions, error, values = totals
+def summary(progress: Progress, prefix: str, accuracy: bool) -> dict[str, float | None]:
+    """Mean loss and accuracy (or mean absolute error) from an epoch's sums."""
+    loss_sum, scored = progress.totals.tolist()
+    samples, predictions = progress.samples, progress.predictions
     record: dict[str, float | None] = {f"{prefix}_loss": loss_sum / samples if samples else None}
-    if accuracy:
-        record[f"{prefix}_accuracy"] = hits / predictions if predictions else None
-    else:
-        record[f"{prefix}_mae"] = error / values if values else None
+    key = f"{prefix}_accuracy" if accuracy else f"{prefix}_mae"
+    record[key] = scored / predictions if predictions else None
     return record
 
 
@@ -316,7 +320,7 @@ class Loop:
             self.scaler.update()
         else:
             self.optimizer.step()
-        tally(progress.totals, output, y, loss, self.classes, self.binary)
+        tally(progress, output, y, loss, self.classes, self.binary)
         done = Step(progress.step, progress.epoch + 1, index, x, y, output, loss.detach(), lr)
         self.hooks.after_step(done)
         return done
@@ -326,7 +330,7 @@ class Loop:
         matrix [true][predicted] for classifiers of one label per sample and few classes."""
         model = model or self.model
         x_val, y_val = self.data.x_val, self.data.y_val
-        totals = new_totals().to(self.device)
+        sums = Progress(totals=new_totals().to(self.device))
         out_width = None
         confusion = None
         model.eval()
@@ -337,14 +341,14 @@ class Loop:
                 with self.autocast():
                     output = model(x)
                     loss = compute_loss(self.loss, output.float(), y, self.label_smoothing)
-                tally(totals, output, y, loss, self.classes, self.binary)
+                tally(sums, output, y, loss, self.classes, self.binary)
                 out_width = output.shape[-1]
                 if self.classes and y.dim() == 1 and out_width <= CONFUSION_MAX_CLASSES:
                     pairs = y * out_width + output.argmax(-1)
                     counts = torch.bincount(pairs, minlength=out_width * out_width)
                     confusion = counts if confusion is None else confusion + counts
         model.train()
-        record = summary(totals.tolist(), "val", self.classes or self.binary)
+        record = summary(sums, "val", self.classes or self.binary)
         if confusion is not None and out_width is not None:
             record["confusion"] = confusion.view(out_width, out_width).tolist()
         return record
@@ -354,7 +358,7 @@ class Loop:
         progress, patience = self.progress, self.settings.early_stopping_patience
         self.hooks.before_evaluate(progress)
         record = {"epoch": progress.epoch + 1, "step": progress.step}
-        record |= summary(progress.totals.tolist(), "train", self.classes or self.binary)
+        record |= summary(progress, "train", self.classes or self.binary)
         if record["train_loss"] is not None and not math.isfinite(record["train_loss"]):
             raise Diverged(progress.step)
         record |= self.evaluate()
@@ -369,5 +373,6 @@ class Loop:
         progress.epoch += 1
         progress.batch = 0
         progress.totals = new_totals().to(self.device)
+        progress.samples = progress.predictions = 0
         self.hooks.after_epoch(record, progress)
         return patience is not None and progress.stale_epochs >= patience

@@ -120,6 +120,17 @@ def load_model_source(source: str) -> nn.Module:
     return module.build_model()
 
 
+def trained_model(run_dir: Path) -> nn.Module | None:
+    """A run's model.py with its latest weights, on the CPU, or None before the first
+    checkpoint."""
+    weights = run_dir / store.CHECKPOINT_DIR / store.WEIGHTS_FILE
+    if not weights.exists():
+        return None
+    model = load_model_source((run_dir / store.MODEL_FILE).read_text())
+    model.load_state_dict(load_checkpoint(weights, torch.device("cpu")))
+    return model
+
+
 def node_types(analysis: Analysis) -> dict[str, str]:
     return {node.id: node.type for node in analysis.graph.nodes}
 
@@ -611,8 +622,7 @@ def train_run(
     store.update_status(
         run_dir,
         status=result.status,
-        message=result.message,
-        message_code=result.code,
+        message=store.message_from_json(result.code) or result.message,
         epoch=result.epochs,
         step=result.step,
     )
