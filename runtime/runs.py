@@ -181,7 +181,7 @@ def start_run(
 ) -> str:
     """Create a run and queue it for a trainer (it starts at once where a slot is free)."""
     folder = create_run(Path(runs_dir), graph, config, dataset_file, warm_start_from)
-    _spawn(folder)
+    _enqueue(folder)
     return folder.name
 
 
@@ -219,7 +219,7 @@ def warm_up() -> None:
     forkserver.ensure_running()
 
 
-def _spawn(folder: Path) -> None:
+def _enqueue(folder: Path) -> None:
     """Queue a run; a slot is filled in the background (the first fork may wait for the
     forkserver to finish importing), so Start returns at once."""
     store.update_status(folder, status="queued", pid=None, server=_this_process())
@@ -558,7 +558,7 @@ def resume_run(runs_dir: Path, run_id: str) -> RunInfo:
         )
     (folder / store.STOP_FILE).unlink(missing_ok=True)
     store.update_status(folder, message=msg("resuming"))
-    _spawn(folder)
+    _enqueue(folder)
     return _info(folder)
 
 
