@@ -127,8 +127,8 @@ def create_run(
                 msg(
                     "{file} is {size} MB; uploads are capped at {cap} MB",
                     file=dataset_file.name,
-                    size=f"{size / 1e6:.1f}",
-                    cap=f"{MAX_UPLOAD_BYTES / 1e6:.0f}",
+                    size=format(size / 1e6, ".1f"),
+                    cap=format(MAX_UPLOAD_BYTES / 1e6, ".0f"),
                 )
             )
         config = config.model_copy(update={"dataset": dataset_file.name})
