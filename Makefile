@@ -34,6 +34,7 @@ test: $(VENV)/.dev chromium
 bench: $(VENV)/.dev
 	$(PY) benchmarks/compile_speed.py
 	$(PY) benchmarks/canvas_speed.py
+	$(PY) benchmarks/chart_latency.py
 	$(PY) benchmarks/ui_latency.py
 	$(PY) benchmarks/train_speed.py
 

@@ -1,168 +1,257 @@
-"""How long a training step takes to reach the Train page's chart (target: at most 1 s).
+"""How fast the Build page answers in a real browser (issue 13 §4, issue 10 §4).
 
-A writer appends step records to a run's metrics.jsonl the way the trainer does (a batch every
-FLUSH_SECONDS); a reader does what the page's live fragment does every REFRESH_S: read_metrics from
-its last offset, add the records to the run's series, build the loss and accuracy figures and
-serialise them as Streamlit does. Latency is the time from a record's write to the moment a
-figure holding its point is ready.
+Starts the app as deployed (.streamlit/config.toml) and, as the baseline in the same run, with
+Streamlit's defaults (file watcher on, gc.collect after every run). Headless Chromium, driven by
+Playwright, then measures:
 
-The baseline, measured in the same run, is the naive refresh: re-read the whole file and rebuild
-the series from scratch every tick. Its cost grows with the run; the incremental one does not.
+- first load: a new tab -> the canvas shows its nodes (target < 3 s);
+- an edit on a 50-node graph: a palette click adds a layer, then the Delete key removes it;
+  click/keypress -> the canvas's DOM shows the change (targets p50 < 150 ms, p95 < 300 ms),
+  with the server's CPU time per edit (target < 50 ms);
+- eight browsers editing at once: every edit seen, p50 (target < 1 s);
+- big graphs: a 300- and a 600-node graph, load -> all nodes drawn, then one edit.
 
-    .venv/bin/python benchmarks/ui_latency.py
+Times are taken inside the browser (Date.now() at the click and at the DOM change), so Playwright's
+own overhead is not counted. The machine's load average is printed with the figures.
+
+    .venv/bin/python benchmarks/ui_latency.py [--rounds 20] [--no-baseline]
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import os
+import secrets
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
+import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import psutil
 
-from pages import charts  # noqa: E402
-from pages.train import REFRESH_S  # noqa: E402
-from runtime import store  # noqa: E402
-from builder.graph import load_graph  # noqa: E402
-from runtime.runs import create_run, read_metrics  # noqa: E402
-from runtime.trainer import FLUSH_SECONDS, TrainConfig  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "builder" / "templates" / "lenet5.json"
-HISTORY_STEPS = 20_000
-STEPS_PER_SECOND = 200
-WATCH_SECONDS = 8.0
-TARGET_S = 1.0
+from builder.graph import FORMAT, Edge, Graph, Node, dump_graph  # noqa: E402
+from builder.layout import with_layout  # noqa: E402
 
-
-def step_record(step: int, written: float) -> dict:
-    return {
-        "kind": "step", "step": step, "epoch": 1 + step // 500, "loss": 2.3 / (1 + step / 500),
-        "lr": 1e-3, "samples_per_s": 12_800.0, "time": written,
-    }  # fmt: skip
-
-
-def epoch_record(epoch: int) -> dict:
-    return {
-        "kind": "epoch", "epoch": epoch, "step": epoch * 500, "train_loss": 1 / epoch,
-        "train_accuracy": 0.9, "val_loss": 1.1 / epoch, "val_accuracy": 0.88, "time": 0.0,
-    }  # fmt: skip
-
-
-def history() -> list[dict]:
-    """A long run so far: steps, an epoch record every 500 steps, grad norms every 10."""
-    records: list[dict] = []
-    for step in range(1, HISTORY_STEPS + 1):
-        records.append(step_record(step, 0.0))
-        if step % 10 == 0:
-            norms = {f"layer{i}": 0.01 * (i + 1) for i in range(8)}
-            records.append({"kind": "grad_norms", "step": step, "norms": norms})
-        if step % 500 == 0:
-            records.append(epoch_record(step // 500))
-    return records
+CHROMIUM = "/usr/bin/chromium"
+CANVAS = 'iframe[title="streamlit_flow.streamlit_flow"]'
+DEPLOYED: list[str] = []  # .streamlit/config.toml as it is
+STREAMLIT_DEFAULTS = ["--server.fileWatcherType", "auto", "--runner.postScriptGC", "true"]
+WATCH = """() => {
+  // Record when the canvas's node count changes, in the page's clock (the frame shares Date).
+  const frame = document.querySelector('iframe[title="streamlit_flow.streamlit_flow"]');
+  const doc = frame.contentDocument;
+  window.nbCount = () => doc.querySelectorAll('.react-flow__node').length;
+  window.nbChanges = [];
+  let last = window.nbCount();
+  new MutationObserver(() => {
+    const now = window.nbCount();
+    if (now !== last) { window.nbChanges.push([Date.now(), now]); last = now; }
+  }).observe(doc.body, {childList: true, subtree: true});
+  window.nbStarts = [];
+  const mark = () => window.nbStarts.push(Date.now());
+  document.addEventListener('pointerdown', mark, true);
+  document.addEventListener('keydown', mark, true);
+  frame.contentWindow.addEventListener('keydown', mark, true);
+}"""
 
 
-def draw(series: charts.RunSeries) -> None:
-    """What one tick of the live fragment draws, serialised for the browser."""
-    charts.loss_figure(series).to_json()
-    charts.accuracy_figure(series).to_json()
+def chain_graph(layers: int, name: str) -> Graph:
+    """Input [64] -> (Linear, ReLU) x n -> Output: `layers` + 2 nodes, laid out."""
+    nodes = [Node(id="x", type="Input", params={"shape": [64]})]
+    for index in range(layers):
+        kind = ("Linear", "ReLU")[index % 2]
+        params = {"out_features": 64} if kind == "Linear" else {}
+        nodes.append(Node(id=f"n{index}", type=kind, params=params))
+    nodes.append(Node(id="y", type="Output"))
+    edges = [Edge(source=a.id, target=b.id) for a, b in zip(nodes, nodes[1:], strict=False)]
+    return with_layout(Graph(format=FORMAT, name=name, nodes=nodes, edges=edges))
 
 
-def incremental_tick(runs_dir: Path, run_id: str) -> Callable[[], set[float]]:
-    """The page's refresh; returns the write times of the steps it just drew."""
-    series, offset = charts.RunSeries(), 0
-
-    def tick() -> set[float]:
-        nonlocal offset
-        records, offset = read_metrics(runs_dir, run_id, offset)
-        series.add(records)
-        draw(series)
-        return {r["time"] for r in records if r.get("kind") == "step"}
-
-    return tick
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
-def full_reread_tick(runs_dir: Path, run_id: str) -> Callable[[], set[float]]:
-    def tick() -> set[float]:
-        records, _ = read_metrics(runs_dir, run_id, 0)
-        draw(charts.series_from(records))
-        return set()
+def start_app(home: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    command = [
+        sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+        "--server.address", "127.0.0.1", *extra,
+    ]  # fmt: skip
+    env = os.environ | {"NETBUILDER_HOME": str(home)}
+    log = (home / "server.log").open("w")
+    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1):
+                return server, url
+        except OSError:
+            time.sleep(0.2)
+    server.kill()
+    raise SystemExit(f"the app did not start: see {home / 'server.log'}")
 
-    return tick
+
+def workspace(home: Path, graph: Graph) -> str:
+    """A workspace whose autosave holds `graph`: opening ?w=<id> shows it."""
+    wid = f"bench{secrets.token_hex(6)}"
+    (home / "autosave").mkdir(exist_ok=True)
+    (home / "autosave" / f"{wid}.json").write_text(dump_graph(graph))
+    return wid
 
 
-def tick_cost(tick: Callable[[], set[float]], repeats: int = 5) -> float:
-    tick()  # the first read of the history is not a steady-state tick
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        tick()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+async def open_tab(browser, url: str, wid: str, timeout_ms: float = 60_000):
+    """A new tab on the workspace; returns it and the seconds until the canvas showed nodes."""
+    context = await browser.new_context(viewport={"width": 1440, "height": 900})
+    page = await context.new_page()
+    started = time.perf_counter()
+    await page.goto(f"{url}/?w={wid}&lang=en")
+    await page.frame_locator(CANVAS).locator(".react-flow__node").first.wait_for(
+        timeout=timeout_ms
+    )
+    loaded = time.perf_counter() - started
+    await page.wait_for_function(
+        "() => !document.querySelector('[data-testid=stStatusWidgetRunningIcon]')"
+    )
+    await page.evaluate(WATCH)
+    return page, loaded
 
 
-def watch_latency(runs_dir: Path, run_id: str, log: store.MetricsLog) -> list[float]:
-    """Write steps like the trainer while reading like the page; latency of every new step."""
-    tick = incremental_tick(runs_dir, run_id)
-    tick()
-    write_times: dict[int, float] = {}
-    done = threading.Event()
-
-    def writer() -> None:
-        step = HISTORY_STEPS
-        while not done.is_set():
-            batch = []
-            for _ in range(int(STEPS_PER_SECOND * FLUSH_SECONDS)):
-                step += 1
-                batch.append(step_record(step, 0.0))
-            written = time.time()
-            for record in batch:
-                record["time"] = written
-                write_times[record["step"]] = written
-            log.write(batch)
-            time.sleep(FLUSH_SECONDS)
-
-    thread = threading.Thread(target=writer, daemon=True)
-    thread.start()
-    latencies: list[float] = []
-    deadline = time.monotonic() + WATCH_SECONDS
+async def one_change(page, action, expected: int, timeout_s: float = 30.0) -> float | None:
+    """Run `action`, wait until the canvas shows `expected` nodes; ms from input to DOM, or None."""
+    starts = await page.evaluate("() => window.nbStarts.length")
+    changes = await page.evaluate("() => window.nbChanges.length")
+    await action()
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        time.sleep(REFRESH_S)
-        written = tick()
-        ready = time.time()
-        latencies += [ready - moment for moment in written]
-    done.set()
-    thread.join()
-    return latencies
+        found = await page.evaluate(
+            "([s, c, n]) => { const hit = window.nbChanges.slice(c).find(x => x[1] === n);"
+            " return hit ? hit[0] - window.nbStarts[s] : null; }",
+            [starts, changes, expected],
+        )
+        if found is not None:
+            await page.wait_for_function(
+                "() => !document.querySelector('[data-testid=stStatusWidgetRunningIcon]')"
+            )
+            return float(found)
+        await asyncio.sleep(0.01)
+    return None
+
+
+async def edit_rounds(page, rounds: int) -> tuple[list[float], int]:
+    """Palette click (add a Dropout, selected) then Delete (remove it); returns ms and misses."""
+    times: list[float] = []
+    misses = 0
+    count = await page.evaluate("() => window.nbCount()")
+    pill = page.get_by_test_id("stSidebar").get_by_text("Dropout", exact=True)
+    for _ in range(rounds):
+        added = await one_change(page, lambda: pill.click(), count + 1)
+        removed = await one_change(page, lambda: page.keyboard.press("Delete"), count)
+        for result in (added, removed):
+            if result is None:
+                misses += 1
+            else:
+                times.append(result)
+        if removed is None:
+            count = await page.evaluate("() => window.nbCount()")
+    return times, misses
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))]
+
+
+def cpu_seconds(server: subprocess.Popen) -> float:
+    process = psutil.Process(server.pid)
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+async def measure(label: str, extra: list[str], rounds: int, crowd: int, big: bool) -> None:
+    from playwright.async_api import async_playwright
+
+    with tempfile.TemporaryDirectory() as folder:
+        home = Path(folder)
+        server, url = start_app(home, extra)
+        try:
+            async with async_playwright() as playwright:
+                browser = await playwright.chromium.launch(
+                    executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"]
+                )
+                await run_all(label, browser, home, url, server, rounds, crowd, big)
+                await browser.close()
+        finally:
+            server.terminate()
+            server.wait(timeout=20)
+
+
+async def run_all(label, browser, home, url, server, rounds, crowd, big) -> None:
+    graph = chain_graph(48, "fifty")
+    loads = []
+    for _ in range(3):
+        page, loaded = await open_tab(browser, url, workspace(home, graph))
+        loads.append(loaded)
+        await page.context.close()
+    page, _ = await open_tab(browser, url, workspace(home, graph))
+    await edit_rounds(page, 2)  # warm-up
+    before = cpu_seconds(server)
+    times, misses = await edit_rounds(page, rounds)
+    cpu_ms = (cpu_seconds(server) - before) * 1000 / max(1, 2 * rounds)
+    await page.context.close()
+    print(f"[{label}] first load to canvas: median {statistics.median(loads):.2f} s (of 3)")
+    print(
+        f"[{label}] edit on a 50-node graph, click/key -> canvas DOM: p50 {percentile(times, .5):.0f}"
+        f" ms, p95 {percentile(times, .95):.0f} ms ({len(times)} edits, {misses} not shown);"
+        f" server CPU {cpu_ms:.1f} ms per edit"
+    )
+    if crowd > 1:
+        tabs = [await open_tab(browser, url, workspace(home, graph)) for _ in range(crowd)]
+        results = await asyncio.gather(*(edit_rounds(tab, 5) for tab, _ in tabs))
+        together = [t for times_, _ in results for t in times_]
+        missed = sum(m for _, m in results)
+        print(
+            f"[{label}] {crowd} browsers at once: p50 {percentile(together, .5):.0f} ms,"
+            f" p95 {percentile(together, .95):.0f} ms, {missed} of {len(together) + missed}"
+            " edits not shown within 30 s"
+        )
+        for tab, _ in tabs:
+            await tab.context.close()
+    if big:
+        for size in (300, 600):
+            page, loaded = await open_tab(browser, url, workspace(home, chain_graph(size, "big")))
+            drawn = await page.evaluate("() => window.nbCount()")
+            times, misses = await edit_rounds(page, 3)
+            print(
+                f"[{label}] {size + 2}-node graph: load to canvas {loaded:.2f} s ({drawn} nodes"
+                f" drawn); edit p50 {percentile(times, .5):.0f} ms, {misses} not shown"
+            )
+            await page.context.close()
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as folder:
-        runs_dir = Path(folder)
-        run_dir = create_run(runs_dir, load_graph(TEMPLATE.read_text()), TrainConfig())
-        log = store.MetricsLog(run_dir / store.METRICS_FILE)
-        log.write(history())
-        incremental = tick_cost(incremental_tick(runs_dir, run_dir.name))
-        baseline = tick_cost(full_reread_tick(runs_dir, run_dir.name))
-        latencies = watch_latency(runs_dir, run_dir.name, log)
-        log.close()
-    worst = max(latencies)
-    print(
-        f"history: {HISTORY_STEPS:,} steps; trainer flush every {FLUSH_SECONDS} s;"
-        f" page refresh every {REFRESH_S} s"
-    )
-    print(
-        f"refresh work per tick: incremental {incremental * 1e3:.1f} ms,"
-        f" full re-read baseline {baseline * 1e3:.1f} ms, ratio {baseline / incremental:.1f}x"
-    )
-    print(
-        f"step written -> point on chart: median {statistics.median(latencies):.2f} s,"
-        f" worst {worst:.2f} s over {len(latencies)} trainer flushes"
-        f" (target <= {TARGET_S:.1f} s: {'met' if worst <= TARGET_S else 'MISSED'})"
-    )
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--crowd", type=int, default=8)
+    parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--no-big", action="store_true")
+    args = parser.parse_args()
+    if not Path(CHROMIUM).exists():
+        raise SystemExit(f"{CHROMIUM} is missing: install chromium to run this benchmark")
+    print(f"load average before: {os.getloadavg()[0]:.2f} ({os.cpu_count()} cores)")
+    asyncio.run(measure("deployed", DEPLOYED, args.rounds, args.crowd, not args.no_big))
+    if not args.no_baseline:
+        asyncio.run(measure("streamlit defaults", STREAMLIT_DEFAULTS, args.rounds, 1, False))
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -198,6 +198,17 @@ class Pieces:
 
 
 @dataclass(frozen=True)
+class FinalStates:
+    """Item 1 of a recurrent layer's output: h_n, or (h_n, c_n) for an LSTM (`pair`). The last
+    layer's h_n, h_n[-1], is the output at the last step where the layer runs one way."""
+
+    node_id: str
+    pair: bool
+    one_way: bool
+    layers: int
+
+
+@dataclass(frozen=True)
 class Failed:
     """The value of a node already reported as unsupported."""
 
@@ -219,7 +230,7 @@ class Constant:
 
 
 # What an fx node computes: a str is the graph node whose output tensor it is.
-Value = str | Size | Device | Several | CausalMask | Constant | Failed
+Value = str | Size | Device | Several | FinalStates | CausalMask | Constant | Failed
 
 
 class NotMappable(Exception):
@@ -277,7 +288,8 @@ def import_model(
     name: str = "imported",
     helpers: tuple[Callable[..., Any], ...] = (),
 ) -> ImportResult:
-    """Trace `model` (a copy, in eval mode) and map it onto the catalog; see the module docstring.
+    """Trace a copy of `model` in eval mode and map it onto the catalog (see the module
+    docstring); `model` itself runs only for the comparison, in eval mode, and keeps its modes.
     `helpers` are functions to keep as single calls (the generated model.py's causal_mask)."""
     if not (
         isinstance(input_shape, (tuple, list))
@@ -292,10 +304,9 @@ def import_model(
             )
         )
     input_shape = tuple(input_shape)
-    model = copy.deepcopy(model).eval()
     example = _example_input(model, input_shape, dtype)
-    # A separate copy to trace: forward may keep traced values on self (self.src_mask = mask).
-    gm = _trace(copy.deepcopy(model), helpers, example, input_shape, dtype)
+    # A copy to trace: forward may keep traced values on self (self.src_mask = mask).
+    gm = _trace(copy.deepcopy(model).eval(), helpers, example, input_shape, dtype)
     walk = Walk(gm, helpers)
     for node in gm.graph.nodes:
         _visit(walk, node, input_shape, dtype)
@@ -303,7 +314,12 @@ def import_model(
     graph = None
     if not walk.problems:
         graph = _as_graph(walk, name)
-        walk.problems += _verify(graph, walk, model, example)
+        modes = {module: module.training for module in model.modules()}
+        try:
+            walk.problems += _verify(graph, walk, model.eval(), example)
+        finally:
+            for module, training in modes.items():
+                module.training = training
     return ImportResult(
         None if walk.problems else graph, walk.problems, warnings, dict(walk.module_paths)
     )
@@ -336,11 +352,32 @@ def _static(node: fx.Node) -> bool:
     return False
 
 
+def _uses_batch_size(node: fx.Node) -> bool:
+    """Whether a size computation reads dim 0, the batch: x.size(0), x.shape[0], len(x)."""
+    if node.op == "call_method" and node.target == "size":
+        return len(node.args) < 2 or node.args[1] == 0
+    if node.op == "call_function" and node.target is operator.getitem:
+        source, index = node.args
+        if isinstance(source, fx.Node) and (
+            (source.op == "call_method" and source.target == "size" and len(source.args) < 2)
+            or (source.target is builtins.getattr and source.args[1] == "shape")
+        ):
+            return index == 0
+    return any(_uses_batch_size(arg) for arg in node.all_input_nodes)
+
+
 class ConcreteProxy(fx.Proxy):
     """A traced value that also knows its value for the example input, so `len(x)` works."""
 
     def __len__(self) -> int:
         return len(self.node.meta["value"])
+
+    def __index__(self) -> int:
+        """A size used as a plain int (torch.ones(t, t)): fixed for the input shape, so its
+        value for the example, except the batch size, which a graph must never bake in."""
+        if not _static(self.node) or _uses_batch_size(self.node):
+            raise TypeError(f"{self.node.name} is not an int fixed by the input's shape")
+        return int(self.node.meta["value"])
 
 
 class ConcreteTracer(fx.Tracer):
@@ -402,6 +439,21 @@ class ConcreteTracer(fx.Tracer):
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return ConcreteProxy(node, self)
 
+    def create_proxy(self, kind: str, target: Any, args: Any, kwargs: Any, name: Any = None,
+                     type_expr: Any = None, proxy_factory_fn: Any = None) -> Any:  # fmt: skip
+        """A size other than the batch's, a device or a dtype is fixed for the input shape: it
+        is returned as its value (torch.ones(t, t) then just works); the rest stays traced."""
+        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        value = proxy.node.meta.get("value")
+        fixed = isinstance(value, (int, bool, torch.device, torch.dtype)) or (
+            isinstance(value, torch.Size) and not value  # never a size with the batch in it
+        )
+        attribute = kind == "call_function" and target is builtins.getattr  # fx's own, lazily
+        if fixed and not attribute and kind != "placeholder" and _static(proxy.node):
+            if not _uses_batch_size(proxy.node):
+                return value
+        return proxy
+
     def to_bool(self, obj: fx.Proxy) -> bool:
         if not _static(obj.node):
             raise ValueBranch(obj.node)
@@ -420,8 +472,9 @@ def _trace(
 ) -> fx.GraphModule:
     """The concrete trace, with forward's optional arguments fixed at their defaults."""
     tracer = ConcreteTracer(helpers, example.clone())
+    defaults = _defaults(model)
     try:
-        graph = tracer.trace(model, concrete_args=_defaults(model))
+        graph = tracer.trace(model, concrete_args=defaults)
     except ModelFailed as failed:
         cause = failed.args[0]
         raise ModelImportError(
@@ -454,8 +507,19 @@ def _trace(
         if node.op == "call_function" and node.target in CHECKS:
             graph.erase_node(node)  # a check that held for the example, not a computation
     gm = fx.GraphModule(model, graph)
+    _keep_first_output(gm.graph)
     gm.graph.eliminate_dead_code()  # e.g. the unused (h, c) of `out, (h, c) = self.lstm(x)`
     return gm
+
+
+def _keep_first_output(graph: fx.Graph) -> None:
+    """forward returning (output, hidden): the graph keeps the output, and what only fed the
+    rest goes with it; the number of values is kept for the warning."""
+    output = next(node for node in graph.nodes if node.op == "output")
+    value = output.args[0]
+    if isinstance(value, (tuple, list)) and value:
+        output.meta["returned"] = len(value)
+        output.args = (value[0],)
 
 
 # Calls that only check (fx's own for the fixed arguments, and torch._assert in user code).
@@ -532,17 +596,15 @@ def _visit(walk: Walk, node: fx.Node, input_shape: tuple[int, ...], dtype: str) 
 
 
 def _returned(walk: Walk, node: fx.Node) -> Any:
-    """What forward returns; of a tuple (output, hidden) the first item, said in a warning."""
-    value = node.args[0]
-    if isinstance(value, (tuple, list)) and value:
+    """What forward returns (of a tuple (output, hidden), the first item, said in a warning)."""
+    if "returned" in node.meta:
         walk.warnings.append(
             msg(
                 "forward returns {count} values; the graph keeps the first, the output",
-                count=len(value),
+                count=node.meta["returned"],
             )
         )
-        return value[0]
-    return value
+    return node.args[0]
 
 
 def _input(walk: Walk, node: fx.Node, input_shape: tuple[int, ...], dtype: str) -> str:
@@ -1129,6 +1191,12 @@ def _getitem(walk: Walk, node: fx.Node) -> Layer | Value:
     value = walk.values.get(source)
     if isinstance(value, Failed):
         return value
+    if isinstance(value, Several) and index == 1 and value.what in ("RNN", "GRU", "LSTM"):
+        params = next(n["params"] for n in walk.nodes if n["id"] == value.node_id)
+        one_way = not params.get("bidirectional", False)
+        return FinalStates(value.node_id, value.what == "LSTM", one_way, params.get("num_layers", 1))
+    if isinstance(value, FinalStates):
+        return _final_state(value, index)
     if isinstance(value, Several):
         if index != 0:
             raise NotMappable(
@@ -1151,6 +1219,24 @@ def _getitem(walk: Walk, node: fx.Node) -> Layer | Value:
     raise NotMappable(
         msg("indexing with [{index}]; x[:, -1] (the last time step) maps", index=repr(index))
     )
+
+
+def _final_state(value: FinalStates, index: Any) -> FinalStates | Layer:
+    """(h_n, c_n)[0] is h_n; h_n[-1] (h_n[0] of one layer) of a one-way layer is the output's
+    last step, a SequencePool; c_n and the other layers' states have no graph node."""
+    if value.pair:
+        if index != 0:
+            raise NotMappable(msg("the LSTM's final cell state c_n: only h_n maps"))
+        return replace(value, pair=False)
+    if index not in (-1, value.layers - 1) or not value.one_way:
+        raise NotMappable(
+            msg(
+                "h_n[{index}]: only the last layer's final state of a one-way layer, h_n[-1],"
+                " maps (as the output's last step)",
+                index=repr(index),
+            )
+        )
+    return Layer("SequencePool", {"mode": "last"}, (value.node_id,))
 
 
 def _reduce(walk: Walk, node: fx.Node) -> Layer | Stack:

@@ -145,4 +145,4 @@ def budget_diagnostic(
         return None
     counted = [n for n in analysis.order if n in analysis.live and analysis.infos[n].params]
     largest = max(counted, key=lambda n: analysis.infos[n].params or 0, default=None)
-    return Diagnostic(largest, str(problem))
+    return Diagnostic(largest, problem)

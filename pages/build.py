@@ -3,7 +3,11 @@
 The graph lives in pages/state.py; the canvas (streamlit-flow) only shows it and reports edits.
 A canvas edit reaches Python as the component's value, which is read at the top of the run,
 before anything is drawn, so the same run already shows the new shapes. (The browser answers
-every state it takes with an echo; an echo changes nothing and costs one cheap run.)
+every state it takes with an echo; an echo changes nothing and costs one cheap run.) Everything
+that shows the graph is one fragment, so a canvas edit reruns it alone, not the whole page.
+Keys (Delete, Ctrl+Z, Ctrl+Shift+Z) and clicks on the empty pane press the page's own buttons
+(KEYS_SCRIPT), so every edit goes through the same callbacks and the same undo history. The
+canvas fits the graph into its view as it mounts; Tidy, New, Open and templates remount it.
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ from pages import canvas, state
 CANVAS_KEY = "nb_canvas"  # the component's key is CANVAS_KEY_<n>: a new n remounts it
 CANVAS_HEIGHT = 560  # toolbar and canvas fit a 1280x720 window
 _PUSHED = "nb_pushed"  # (graph version, selection) -> the canvas state last sent to the browser
-_ECHO = "nb_echo"  # True while the browser's echo of the last state sent is still to come
 _SEEN = "nb_canvas_seen"  # timestamp of the last canvas value applied
 _PARAM_ERRORS = "nb_param_errors"  # (graph version, {(node, param): message})
 _ERROR = "nb_error"  # an Open or fix failure, shown once, in the next run of this page
@@ -96,6 +99,7 @@ KEYS_SCRIPT = """
 (() => {
   // Delete/Backspace, Ctrl+Z and Ctrl+Shift+Z (or Ctrl+Y) press the page's own buttons, on the
   // page and inside the canvas's frame; React Flow never sees them, so it never deletes on its own.
+  // A click on the canvas's empty pane presses the hidden Deselect button.
   if (window.nbKeys) return;
   window.nbKeys = true;
   const press = (key) => {
@@ -117,6 +121,42 @@ KEYS_SCRIPT = """
     event.stopPropagation();
     press(button);
   };
+  const onClick = (event) => {
+    const target = event.target;
+    if (target && target.classList && target.classList.contains("react-flow__pane")) {
+      press("nb_deselect");
+    }
+  };
+  // The selected node (a layer just added) is brought into view once, by panning the canvas as
+  // a hand would (a drag on the empty pane); after that the person's own panning is left alone.
+  let revealed = null;
+  const reveal = (frame) => {
+    const doc = frame.contentDocument;
+    const node = doc && doc.querySelector(".react-flow__node.nb-selected");
+    const pane = doc && doc.querySelector(".react-flow__pane");
+    if (!node || !pane) { revealed = null; return; }
+    const id = node.getAttribute("data-id");
+    if (id === revealed) return;
+    revealed = id;
+    const box = node.getBoundingClientRect();
+    const view = pane.getBoundingClientRect();
+    const margin = 48;
+    let dx = 0, dy = 0;
+    if (box.bottom > view.bottom - margin) dy = view.bottom - margin - box.bottom;
+    if (box.top < view.top + margin) dy = view.top + margin - box.top;
+    if (box.right > view.right - margin) dx = view.right - margin - box.right;
+    if (box.left < view.left + margin) dx = view.left + margin - box.left;
+    if (!dx && !dy) return;
+    const win = frame.contentWindow;
+    const at = (x, y, buttons) => ({
+      bubbles: true, cancelable: true, view: win, clientX: x, clientY: y, button: 0, buttons,
+    });
+    const x = view.left + 4, y = view.top + view.height / 2;
+    pane.dispatchEvent(new win.MouseEvent("mousedown", at(x, y, 1)));
+    win.dispatchEvent(new win.MouseEvent("mousemove", at(x + dx / 2, y + dy / 2, 1)));
+    win.dispatchEvent(new win.MouseEvent("mousemove", at(x + dx, y + dy, 1)));
+    win.dispatchEvent(new win.MouseEvent("mouseup", at(x + dx, y + dy, 0)));
+  };
   const hook = () => {
     for (const frame of document.querySelectorAll("iframe")) {
       try {
@@ -124,12 +164,14 @@ KEYS_SCRIPT = """
         if (inner && !inner.nbKeys) {
           inner.nbKeys = true;
           inner.addEventListener("keydown", onKey, true);
+          inner.addEventListener("click", onClick, true);
         }
+        if (frame.title === "streamlit_flow.streamlit_flow") reveal(frame);
       } catch (error) { /* another origin's frame */ }
     }
   };
   window.addEventListener("keydown", onKey, true);
-  setInterval(hook, 300);
+  setInterval(hook, 150);
 })();
 </script>
 """
@@ -163,6 +205,11 @@ def _add_from_palette(key: str) -> None:
     state.select(node_id)
     if reason is not None:
         st.toast(i18n.render(reason), icon=":material/info:")
+
+
+def _deselect() -> None:
+    if state.selected_node() is not None or state.selected_edge() is not None:
+        state.select(None)
 
 
 def _delete_selection() -> None:
@@ -316,9 +363,9 @@ def sync_canvas() -> None:
 
     A value built from an older state than the one last sent (a late echo, arriving after a
     palette click or an undo) would undo what came since: it is dropped, and the current state
-    is sent again with a newer timestamp, so the browser shows what the graph holds. The first
-    unchanged value after a state was sent is its echo; a later one with nothing selected is a
-    click on the empty pane, which clears the selection.
+    is sent again with a newer timestamp, so the browser shows what the graph holds. A value
+    with nothing selected says nothing about the selection: the canvas sends those for its own
+    layout passes too, so a click on the empty pane deselects through KEYS_SCRIPT instead.
     """
     value = st.session_state.get(canvas_key())
     if not isinstance(value, dict) or value.get("timestamp") == st.session_state.get(_SEEN):
@@ -328,14 +375,11 @@ def sync_canvas() -> None:
     if pushed is not None and canvas.sent_in(value) != pushed[1].timestamp:
         del st.session_state[_PUSHED]
         return
-    echo = st.session_state.pop(_ECHO, False)
     change = canvas.apply_canvas(state.current_graph(), value)
     if change.selected is not None:
         state.select(change.selected)
     elif change.edge is not None:
         state.select_edge(change.edge)
-    elif change.kind == "none" and not echo and value.get("selectedId") is None:
-        state.select(None)
     if change.kind == "edited":
         state.set_graph(change.graph)
     elif change.kind == "moved":
@@ -362,7 +406,6 @@ def flow_state(graph: Graph, analysis: Analysis, selected: str | None) -> Stream
     timestamp = max(int(time.time() * 1000), int(seen) + 1 if isinstance(seen, int) else 0)
     flow = canvas.graph_to_flow(graph, analysis, selected, timestamp, edge)
     st.session_state[_PUSHED] = (key, flow)
-    st.session_state[_ECHO] = True
     return flow
 
 
@@ -459,6 +502,7 @@ def toolbar(graph: Graph) -> None:
         _delete_selection,
         nothing_selected,
     )
+    delete.button("", key="nb_deselect", on_click=_deselect)  # hidden: a pane click presses it
     icon_button(
         tidy,
         "nb_tidy",
@@ -569,21 +613,23 @@ def _diagnostic(diagnostic: Diagnostic, key: str) -> None:
         )
 
 
-AXES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
+AXES = {"1d": ("L",), "2d": ("H", "W"), "3d": ("D", "H", "W")}
 
 
-def formula_lines(explanation: Any) -> list[str]:
+def formula_lines(explanation: Any, layer_type: str) -> list[str]:
     """The formula with the numbers plugged in, one line per axis, each named (H: ..., W: ...).
 
-    The catalog gives a Message per axis (or a list of them); older text gives "a; b".
+    The catalog gives a Message per axis (or a list of them); older text gives "a; b", one part
+    per spatial axis of a 1d/2d layer, which is named here.
     """
     if explanation is None:
         return []
     if isinstance(explanation, (list, tuple)):
         return [i18n.render(part) for part in explanation]
     parts = [part.strip() for part in i18n.render(explanation).split("; ") if part.strip()]
-    axes = AXES.get(len(parts))
-    if axes is None or len(parts) == 1 or any(p[:2] in {f"{a}:" for a in "LDHW"} for p in parts):
+    axes = AXES.get(layer_type[-2:].lower())
+    named = any(part[:2] in {"L:", "D:", "H:", "W:"} for part in parts)
+    if axes is None or len(axes) != len(parts) or named:
         return parts
     return [f"{axis}: {part}" for axis, part in zip(axes, parts, strict=True)]
 
@@ -624,7 +670,7 @@ def inspector(graph: Graph, analysis: Analysis, selected: str | None) -> None:
         )
     )
     st.code(
-        "\n".join([_(spec.formula), *formula_lines(info.explanation)]),
+        "\n".join([_(spec.formula), *formula_lines(info.explanation, node.type)]),
         language=None,
         wrap_lines=True,
     )
@@ -736,6 +782,7 @@ def layer_table(analysis: Analysis) -> None:
 STYLE = """
 <style>
 [data-testid="stMetricValue"] { font-size: 1.35rem; white-space: nowrap; }
+.st-key-nb_deselect { display: none; }
 [data-testid="stMetricLabel"] p { white-space: nowrap; overflow: visible; }
 </style>
 """

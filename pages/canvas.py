@@ -33,6 +33,7 @@ from compiler.analysis import Analysis, Diagnostic, NodeInfo
 
 NODE_WIDTH = 200
 MAX_MESSAGE = 90
+SELECTED_CLASS = "nb-selected"  # the page's script brings this node into view
 STAMP = "sent_in"  # node data key: the timestamp of the state the node was sent in
 SHORT_MESSAGES = {"does not lead to the Output": i18n.N_("not connected to the Output")}
 
@@ -221,6 +222,7 @@ def graph_to_flow(
                 connectable=True,
                 deletable=True,
                 style=node_style(node_status(found), node.id == selected),
+                className=SELECTED_CLASS if node.id == selected else "",
             )
         )
     edges = [

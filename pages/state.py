@@ -126,8 +126,9 @@ def _autosave(graph: Graph) -> None:
 
 
 def _changed(history: edit.History) -> None:
+    if history.present.edges != current_graph().edges:  # edges are selected by index
+        st.session_state[_SELECTED_EDGE] = None
     st.session_state[_HISTORY] = history
-    st.session_state[_SELECTED_EDGE] = None  # edges are selected by index: it may name another
     st.session_state[_VERSION] = graph_version() + 1
     _autosave(history.present)
 

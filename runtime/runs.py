@@ -181,7 +181,7 @@ def start_run(
 ) -> str:
     """Create a run and queue it for a trainer (it starts at once where a slot is free)."""
     folder = create_run(Path(runs_dir), graph, config, dataset_file, warm_start_from)
-    _enqueue(folder)
+    _spawn(folder)
     return folder.name
 
 
@@ -219,7 +219,7 @@ def warm_up() -> None:
     forkserver.ensure_running()
 
 
-def _enqueue(folder: Path) -> None:
+def _spawn(folder: Path) -> None:
     """Queue a run; a slot is filled in the background (the first fork may wait for the
     forkserver to finish importing), so Start returns at once."""
     store.update_status(folder, status="queued", pid=None, server=_this_process())
@@ -513,7 +513,9 @@ def _escalate(folder: Path, grace: float, kill_grace: float) -> None:
     """The stop flag is set; SIGTERM after grace, SIGKILL after kill_grace, then record it."""
     status = store.read_status(folder)
     process = _process(status.get("pid"), status.get("pid_started"))
-    if process is None or _ended(process, grace):
+    if process is None or process.pid == os.getpid():  # a trainer in this process: the flag
+        return
+    if _ended(process, grace):
         return
     for number, wait in ((signal.SIGTERM, kill_grace), (signal.SIGKILL, kill_grace)):
         try:
@@ -556,7 +558,7 @@ def resume_run(runs_dir: Path, run_id: str) -> RunInfo:
         )
     (folder / store.STOP_FILE).unlink(missing_ok=True)
     store.update_status(folder, message=msg("resuming"))
-    _enqueue(folder)
+    _spawn(folder)
     return _info(folder)
 
 

@@ -3,12 +3,16 @@ way runtime/runs.py writes them."""
 
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from builder.graph import load_graph
 from pages import charts, live_graph
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE_DIR = ROOT / "builder" / "templates"
 
 
 def step(n: int, loss: float, lr: float = 1e-3) -> dict:
@@ -272,7 +276,7 @@ def test_norm_colours_run_from_dark_for_vanishing_to_bright_for_large():
 
 
 def test_live_canvas_is_locked_and_marks_alarmed_nodes_red():
-    graph = load_graph(open("builder/templates/lenet5.json").read())
+    graph = load_graph(open(TEMPLATE_DIR / "lenet5.json").read())
     state = live_graph.flow_state(graph, live_graph.node_health(health_series({"c1": 1e-9})), 1)
     nodes = {n.id: n for n in state.nodes}
     assert not any(n.draggable or n.connectable or n.deletable or n.selectable for n in state.nodes)
@@ -288,7 +292,7 @@ def test_user_text_in_node_ids_is_shown_literally_not_as_markup():
 
 
 def test_live_layout_keeps_the_build_layout_order_but_draws_it_closer():
-    graph = load_graph(open("builder/templates/lenet5.json").read())
+    graph = load_graph(open(TEMPLATE_DIR / "lenet5.json").read())
     compact = live_graph.compact_positions(graph)
     rows = sorted({y for _, y in compact.values()})
     assert len(rows) == len(graph.nodes) and rows[1] - rows[0] < 110

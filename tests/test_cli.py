@@ -11,11 +11,13 @@ import pytest
 
 from builder.graph import MAX_FILE_BYTES, MAX_NODES
 
-LENET = Path("builder/templates/lenet5.json")
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE_DIR = ROOT / "builder" / "templates"
+LENET = TEMPLATE_DIR / "lenet5.json"
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "compiler", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "compiler", *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
 def write(tmp_path: Path, content: str | bytes) -> str:

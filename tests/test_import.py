@@ -21,12 +21,14 @@ from compiler.importer import ModelImportError, convert_state_dict, import_file,
 from runtime.import_job import import_allowed, import_python_file
 from tests.modelkit import load_module
 
-TEMPLATES = sorted(Path("builder/templates").glob("*.json"))
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE_DIR = ROOT / "builder" / "templates"
+TEMPLATES = sorted(TEMPLATE_DIR.glob("*.json"))
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "compiler", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "compiler", *args], capture_output=True, text=True, timeout=120, cwd=ROOT
     )
 
 

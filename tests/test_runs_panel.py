@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
-from builder.graph import load_graph
+from builder.graph import dump_graph, load_graph, parse_graph
 from compiler.memory import format_bytes
 from runtime.runs import create_run, list_runs
 from runtime.trainer import TrainConfig
@@ -49,6 +50,14 @@ def test_the_table_lists_each_run_with_its_disk_usage(tmp_path: Path):
     assert any(f"2 runs take {total} on disk." in c.value for c in app.caption)
 
 
+def test_the_table_speaks_the_readers_language(tmp_path: Path):
+    two_runs(tmp_path)
+    table = open_panel(tmp_path, lang="zh").dataframe[0].value
+    assert "磁盘占用" in table.columns and list(table["磁盘占用"]) == [
+        format_bytes(run.disk_bytes) for run in list_runs(tmp_path)
+    ]
+
+
 def test_delete_asks_first_and_cancel_keeps_the_run(tmp_path: Path):
     two_runs(tmp_path)
     newest = list_runs(tmp_path)[0].id
@@ -75,3 +84,40 @@ def test_a_confirmed_delete_removes_the_run_and_its_folder(tmp_path: Path):
 def test_an_empty_workspace_says_so(tmp_path: Path):
     app = open_panel(tmp_path)
     assert [c.value for c in app.caption] == ["No runs yet."]
+
+
+def test_the_train_page_names_a_model_too_big_instead_of_building_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Digits -> Linear(10M) -> Linear(10M) -> 10 classes: 400 TB, refused with both figures."""
+    monkeypatch.setenv("NETBUILDER_HOME", str(tmp_path))
+    wide = {"type": "Linear", "params": {"out_features": 10_000_000}}
+    graph = {
+        "format": "netbuilder.graph/1",
+        "name": "too-big",
+        "nodes": [
+            {"id": "image", "type": "Input", "params": {"shape": [1, 8, 8]}},
+            {"id": "flat", "type": "Flatten"},
+            {"id": "a", **wide},
+            {"id": "b", **wide},
+            {"id": "logits", "type": "Linear", "params": {"out_features": 10}},
+            {"id": "out", "type": "Output"},
+        ],
+        "edges": [
+            {"source": s, "target": t}
+            for s, t in [("image", "flat"), ("flat", "a"), ("a", "b"), ("b", "logits"), ("logits", "out")]
+        ],
+    }
+    autosave = tmp_path / "autosave" / "runspanel01.json"
+    autosave.parent.mkdir(parents=True)
+    autosave.write_text(dump_graph(parse_graph(graph)))
+    app = AppTest.from_file(str(ROOT / "pages" / "train.py"), default_timeout=60)
+    app.query_params["w"] = "runspanel01"
+    app.run()
+    app.selectbox(key="train-dataset").set_value("digits").run()
+    app.button(key="train-start").click().run()
+    assert not app.exception
+    errors = " ".join(e.value for e in app.error).replace("\\", "")  # markdown escapes
+    assert "the model needs 1.6 PB to train at batch size 64" in errors
+    assert " has only " in errors and "Traceback" not in errors
+    assert not list(tmp_path.rglob("status.json")), "no run was created"

@@ -54,7 +54,18 @@ def settled(page: Page) -> None:
 
 
 def click_node(page: Page, node_id: str) -> None:
-    page.mouse.click(*centre(node(page, node_id)))
+    """Click until the node shows as selected: a click that lands while a freshly mounted canvas
+    still sends its first layout is superseded by it (the component sends one value at a time)."""
+    for _attempt in range(3):
+        settled(page)
+        page.mouse.click(*centre(node(page, node_id)))
+        try:
+            expect(node(page, node_id)).to_have_css(
+                "border-top-color", SELECTED_BLUE, timeout=5_000
+            )
+            break
+        except AssertionError:
+            continue
     expect(node(page, node_id)).to_have_css("border-top-color", SELECTED_BLUE)
     settled(page)
 
@@ -65,10 +76,26 @@ def add(page: Page, layer: str, expected_id: str) -> None:
     settled(page)
 
 
-def set_field(page: Page, label: str, value: str) -> None:
+SHOWN = {
+    "out_channels": "out {}",
+    "out_features": "out {}",
+    "kernel_size": "k {}",
+    "padding": "pad {}",
+}
+
+
+def set_field(page: Page, label: str, value: str, node_id: str | None = None) -> None:
+    """Type a value and wait until the node shows it (the form is redrawn after each edit)."""
     field = page.get_by_label(label, exact=True)
     field.fill(value)
     field.press("Enter")
+    if node_id is not None and label in SHOWN:
+        shown = expect(node(page, node_id))
+        text = SHOWN[label].format(value)
+        if value == "0":  # a default is left off the node
+            shown.not_to_contain_text(text.replace(" 0", " "))
+        else:
+            shown.to_contain_text(text)
     settled(page)
 
 
@@ -93,22 +120,22 @@ def test_lenet5_from_a_blank_canvas_by_palette_clicks_and_handle_drags(small: Pa
 
     chain = [
         ("Conv2d", "conv2d_1", {"out_channels": "6", "kernel_size": "5", "padding": "2"}),
-        ("ReLU", "re_lu_1", {}),
+        ("ReLU", "relu_1", {}),
         ("MaxPool2d", "max_pool2d_1", {}),
         ("Conv2d", "conv2d_2", {"out_channels": "16", "kernel_size": "5", "padding": "0"}),
-        ("ReLU", "re_lu_2", {}),
+        ("ReLU", "relu_2", {}),
         ("MaxPool2d", "max_pool2d_2", {}),
         ("Flatten", "flatten_1", {}),
         ("Linear", "linear_1", {"out_features": "120"}),
-        ("ReLU", "re_lu_3", {}),
+        ("ReLU", "relu_3", {}),
         ("Linear", "linear_2", {"out_features": "84"}),
-        ("ReLU", "re_lu_4", {}),
+        ("ReLU", "relu_4", {}),
         ("Linear", "linear_3", {}),  # feeds the Output: 10 outputs for the digits, by itself
     ]
     for layer, node_id, params in chain:
         add(page, layer, node_id)
         for name, value in params.items():
-            set_field(page, name, value)
+            set_field(page, name, value, node_id)
     expect(page.get_by_text("linear_3 gets 10 outputs")).to_be_visible()
     expect(node(page, "linear_3")).to_contain_text("[10]")
 
