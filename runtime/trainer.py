@@ -28,9 +28,8 @@ from torch import nn
 
 from builder.catalog import CATALOG
 from builder.graph import Graph, GraphFormatError, load_graph
-from compiler.analysis import Analysis, analyse
+from compiler.analysis import Analysis, analyse, loss_of
 from compiler.codegen import attribute_names
-from compiler.losses import output_loss
 from i18n import Message, msg
 from runtime import store
 from runtime.datasets import (
@@ -699,7 +698,8 @@ def _prepare(
     input_dtype = analysis.infos[input_node.id].dtype or "float32"
     home = data_device(dataset, device)
     data = split_dataset(dataset, config, home, input_dtype)
-    loss = output_loss(analysis)
+    output = loss_of(analysis)
+    loss = (output.loss, output.label_smoothing)
     trainer = Trainer(run_dir, config, analysis, model, data, device, stop, on_epoch, loss)
     if home != device:
         trainer.event(
