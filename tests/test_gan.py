@@ -115,3 +115,21 @@ def test_a_pair_that_does_not_fit_the_data_fails_with_a_sentence(tmp_path: Path)
     result = train_run(folder)
     assert result.status == "failed"
     assert result.message.startswith("the generator outputs [1, 8, 8] but the data's samples")
+
+
+def test_the_dcgan_template_is_a_checked_pair_that_starts_to_draw_digits(tmp_path: Path):
+    template = TEMPLATES / "dcgan_digits.json"
+    graph = load_graph(template.read_text())
+    judge = discriminator_graph(graph)
+    assert judge is not None
+    assert check_pair(analyse(graph), analyse(judge), (1, 8, 8)) == []
+    result, records, _ = train_pair(tmp_path, template, epochs=3, lr=5e-4)
+    assert result.status == "completed", result.message
+    grids = [np.asarray(r["images"]) for r in records if r["kind"] == "samples"]
+    from runtime.datasets import load_dataset
+
+    mean_digit = load_dataset("digits").x.mean(0).numpy()
+    distance = [float(np.abs(grid.mean(0) - mean_digit).mean()) for grid in grids]
+    assert distance[-1] < 0.6 * distance[0]
+    # digits are mostly dark with bright strokes: the samples' pixels spread out likewise
+    assert grids[-1].std() > 2 * grids[0].std()
