@@ -242,9 +242,10 @@ def _fix_text(fix: dict[str, Any]) -> str:
 
 
 def _new_graph() -> None:
+    """A blank canvas, its Input selected: the page's script pans it into view at the zoom the
+    person had (a fit would blow two nodes up to twice their size)."""
     state.set_graph(edit.blank_graph())
-    state.select(None)
-    _fit_view()
+    state.select("input")
     st.toast(_("A new, blank canvas. Undo brings your graph back."), icon=":material/add:")
 
 
