@@ -141,9 +141,12 @@ def test_lenet5_from_a_blank_canvas_by_palette_clicks_and_handle_drags(small: Pa
 
     # Pick the Input in the layer list: the canvas pans to it. Delete the edge below it with the
     # keyboard, and draw it again from handle to handle.
-    page.get_by_test_id("stSelectbox").filter(has_text="Layer").click()
+    picker = page.get_by_test_id("stSelectbox").filter(has_text="Layer").locator("input")
+    picker.scroll_into_view_if_needed()
+    picker.click()
     page.get_by_role("option", name="input", exact=True).click()
     expect(node(page, "input")).to_have_css("border-top-color", SELECTED_BLUE)
+    page.locator(CANVAS).scroll_into_view_if_needed()  # the form below may have scrolled the page
     expect(node(page, "input")).to_be_in_viewport()
     settled(page)
     edge = canvas(page).locator('.react-flow__edge[data-testid$="input->conv2d_1"] path').first
@@ -168,12 +171,16 @@ def test_keys_delete_the_last_node_and_undo_redo_bring_it_back(small: Page, shot
         click_node(page, node_id)
         page.keyboard.press("Backspace")
         expect(nodes(page)).to_have_count(left)
+    settled(page)
     shot(page, "empty-canvas")
     page.keyboard.press("Control+z")
     expect(nodes(page)).to_have_count(1)
+    settled(page)
     page.keyboard.press("Control+Shift+z")
     expect(nodes(page)).to_have_count(0)
     page.keyboard.press("Control+z")
+    expect(nodes(page)).to_have_count(1)
+    settled(page)
     page.keyboard.press("Control+z")
     expect(nodes(page)).to_have_count(2)
 
