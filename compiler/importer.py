@@ -33,10 +33,9 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 
-from builder.catalog import CATALOG, NotMappable, module_table
+from builder.catalog import CATALOG, NotMappable, functional_table, module_table
 from builder.graph import FORMAT, Graph, GraphFormatError, parse_graph
 from compiler.analysis import Analysis, analyse
 from compiler.codegen import attribute_names, generate_source
@@ -190,14 +189,6 @@ class Several:
 
 
 @dataclass(frozen=True)
-class Pieces:
-    """A tuple of graph tensors (x.chunk(2, dim=1) has no layer, but a tuple returned from
-    forward does): item i is one graph node."""
-
-    node_ids: tuple[Any, ...]
-
-
-@dataclass(frozen=True)
 class FinalStates:
     """Item 1 of a recurrent layer's output: h_n, or (h_n, c_n) for an LSTM (`pair`). The last
     layer's h_n, h_n[-1], is the output at the last step where the layer runs one way."""
@@ -220,13 +211,16 @@ class CausalMask:
 
 @dataclass(frozen=True)
 class Constant:
-    """A tensor that does not depend on the input: a buffer, a parameter used outside a layer
-    (`trainable`), or what is computed from them and from sizes (a mask, a slice of a table).
-    `root` is the get_attr node it comes from, where there is one."""
+    """A tensor that does not depend on the input: a buffer, a parameter used outside a layer,
+    or what is computed from them and from sizes (a mask, a slice of a table, an Embedding of
+    arange(t)). `root` is the get_attr node it comes from, where there is one; `weights` the
+    parameter whose rows it holds, and `owner` the module that holds that parameter (where an
+    Embedding looked the rows up)."""
 
     node: fx.Node
     root: fx.Node | None
-    trainable: bool = False
+    weights: str | None = None
+    owner: str | None = None
 
 
 # What an fx node computes: a str is the graph node whose output tensor it is.
@@ -560,13 +554,13 @@ def _visit(walk: Walk, node: fx.Node, input_shape: tuple[int, ...], dtype: str) 
         if node.op == "placeholder":
             result: Layer | Stack | Value = _input(walk, node, input_shape, dtype)
         elif node.op == "output":
-            result = Layer("Output", {}, (_tensor(walk, _returned(walk, node), "forward must return"),))
+            result = Layer("Output", {}, (_tensor(walk, _returned(walk, node), returned=True),))
         elif node.op == "get_attr":
             result = _attribute(walk, node)
         else:
             result = _map(walk, node)
     except NotMappable as exc:
-        walk.problems.append(Unsupported(_op_name(walk, node), _where(node), exc.message))
+        walk.problems.append(Unsupported(_op_name(walk, node), _where(node), _reason(exc)))
         walk.values[node] = Failed()
         return
     except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
@@ -585,6 +579,13 @@ def _visit(walk: Walk, node: fx.Node, input_shape: tuple[int, ...], dtype: str) 
             walk.values[node] = _add_node(walk, node, f"{node.name}_{index}", chained)
     else:
         walk.values[node] = result
+
+
+def _reason(exc: NotMappable) -> Message:
+    """Why a call cannot be mapped: the Message it was raised with (a catalog entry's reader
+    may raise plain text, which is its own English template)."""
+    reason = exc.args[0] if exc.args else ""
+    return reason if isinstance(reason, Message) else Message(str(reason))
 
 
 def _returned(walk: Walk, node: fx.Node) -> Any:
@@ -629,7 +630,7 @@ def _attribute(walk: Walk, node: fx.Node) -> Constant:
     value = node.meta.get("value")
     if not isinstance(value, torch.Tensor):
         raise NotMappable(msg("an attribute that is not a tensor"))
-    return Constant(node, node, isinstance(value, nn.Parameter))
+    return Constant(node, node, str(node.target) if isinstance(value, nn.Parameter) else None)
 
 
 def _derived_constant(walk: Walk, node: fx.Node) -> Constant | None:
@@ -642,8 +643,7 @@ def _derived_constant(walk: Walk, node: fx.Node) -> Constant | None:
     if not all(isinstance(v, (Constant, Size, Device)) for v in values):
         return None
     roots = [v for v in values if isinstance(v, Constant)]
-    root = roots[0].root if roots else None
-    return Constant(node, root, any(v.trainable for v in roots))
+    return replace(roots[0], node=node) if roots else Constant(node, None)
 
 
 def _map(walk: Walk, node: fx.Node) -> Layer | Stack | Value:
@@ -722,9 +722,10 @@ def _where(node: fx.Node) -> str:
 
 
 def _inside_torch(file: str) -> bool:
-    return bool(re.search(r"[/\\]torch[/\\]", file)) or Path(file).resolve() == Path(
-        __file__
-    ).resolve()
+    return (
+        bool(re.search(r"[/\\]torch[/\\]", file))
+        or Path(file).resolve() == Path(__file__).resolve()
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -770,12 +771,29 @@ def _map_module(walk: Walk, node: fx.Node) -> Layer | Stack:
         raise NotMappable(msg("no NetBuilder layer does this"))
     layer_type, read_params = entry
     params = read_params(module)
+    positions = _positions(walk, node, module)
+    if positions is not None:
+        return positions
     if layer_type == "MultiheadAttention":
         x = _self_attention_input(walk, node, params)
     else:
         x = _only_input(node)
     several = TUPLE_OUTPUTS.get(layer_type)
     return Layer(layer_type, params, (_tensor(walk, x),), several, path)
+
+
+def _positions(walk: Walk, node: fx.Node, module: nn.Module) -> Constant | None:
+    """nanoGPT's self.wpe(torch.arange(t)): an Embedding of the positions 0..t-1 is the first
+    t rows of its table, a learned position table (a PositionalEncoding once added to x)."""
+    value = walk.values.get(node.args[0]) if node.args else None
+    if not (isinstance(module, nn.Embedding) and isinstance(value, Constant)):
+        return None
+    positions = value.node.meta.get("value")
+    steps = positions.shape[-1] if isinstance(positions, torch.Tensor) and positions.dim() else 0
+    if not steps or not torch.equal(positions.reshape(-1), torch.arange(steps)):
+        return None
+    path = str(node.target)
+    return Constant(node, None, weights=f"{path}.weight", owner=path)
 
 
 def _claim_weights(walk: Walk, node: fx.Node, module: nn.Module | nn.Parameter) -> None:
@@ -820,15 +838,19 @@ def _encoder_stack(walk: Walk, node: fx.Node, module: nn.TransformerEncoder) -> 
     """nn.TransformerEncoder as what it is: its encoder layers in a row, then its norm."""
     path = str(node.target)
     layers = [
-        Layer("TransformerEncoderLayer", _read_params("TransformerEncoderLayer", layer), (), path=f"{path}.layers.{index}")
+        Layer(
+            "TransformerEncoderLayer",
+            _read_params("TransformerEncoderLayer", layer),
+            (),
+            path=f"{path}.layers.{index}",
+        )
         for index, layer in enumerate(module.layers)
     ]
     if module.norm is not None:
         if type(module.norm) is not nn.LayerNorm:
-            raise NotMappable(
-                msg("a final norm of type {kind}", kind=type(module.norm).__name__)
-            )
-        layers.append(Layer("LayerNorm", _read_params("LayerNorm", module.norm), (), path=f"{path}.norm"))
+            raise NotMappable(msg("a final norm of type {kind}", kind=type(module.norm).__name__))
+        norm = _read_params("LayerNorm", module.norm)
+        layers.append(Layer("LayerNorm", norm, (), path=f"{path}.norm"))
     return Stack(_tensor(walk, _only_input(node)), tuple(layers))
 
 
@@ -878,7 +900,7 @@ def _arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
     return node.kwargs.get(name, default)
 
 
-def _tensor(walk: Walk, arg: Any, use: str = "works on") -> str:
+def _tensor(walk: Walk, arg: Any, returned: bool = False) -> str:
     """The graph node of a tensor argument (a Failed one stands in as "?", already reported)."""
     value = walk.values.get(arg) if isinstance(arg, fx.Node) else None
     if isinstance(value, Failed):
@@ -892,21 +914,24 @@ def _tensor(walk: Walk, arg: Any, use: str = "works on") -> str:
             )
         )
     if isinstance(value, Constant):
+        source = "self." + str(value.root.target) if value.root is not None else value.node.name
+        if returned:
+            raise NotMappable(msg("forward returns a constant tensor ({source})", source=source))
         raise NotMappable(
             msg(
-                "{use} a constant tensor{source}: only tensors computed from the input flow"
-                " through a graph",
-                use=use,
-                source=f" (self.{value.root.target})" if value.root is not None else "",
+                "works on a constant tensor ({source}): only tensors computed from the input"
+                " flow through a graph",
+                source=source,
             )
         )
     if not isinstance(value, str):
+        if returned:
+            raise NotMappable(
+                msg("forward returns {arg}, which is not one tensor computed from the input",
+                    arg=repr(arg))
+            )  # fmt: skip
         raise NotMappable(
-            msg(
-                "{use} {arg}, which is not one tensor computed from the input",
-                use=use,
-                arg=repr(arg),
-            )
+            msg("works on {arg}, which is not one tensor computed from the input", arg=repr(arg))
         )
     return value
 
@@ -934,6 +959,8 @@ def _positional_encoding(walk: Walk, node: fx.Node, x: Any, table: Constant) -> 
     buffer, or a learned [max_len, E] parameter, added to [B, T, E]."""
     rank = len(node.meta["shape"])
     root = table.root.meta["value"] if table.root is not None else None
+    if table.weights is not None:
+        root = walk.gm.get_parameter(table.weights)
     if rank != 3 or root is None or root.numel() % node.meta["shape"][-1]:
         raise NotMappable(
             msg("adds a constant tensor; only a positional encoding table added to [B, T, E] maps")
@@ -944,15 +971,14 @@ def _positional_encoding(walk: Walk, node: fx.Node, x: Any, table: Constant) -> 
     if not torch.equal(table.node.meta["value"].reshape(-1, embed), rows[:steps]):
         raise NotMappable(msg("adds a table other than its first rows, positions 0..T-1"))
     params = {"max_len": rows.shape[0]}
-    if table.trainable:
+    if table.weights is not None:
         params["kind"] = "learned"
-        path = str(table.root.target)
-        _claim_weights(walk, node, walk.gm.get_parameter(path))
+        if table.owner is None:  # a bare parameter: this node owns it
+            _claim_weights(walk, node, walk.gm.get_parameter(table.weights))
+        path = table.owner or table.weights
         return Layer("PositionalEncoding", params, (_tensor(walk, x),), path=path)
     if not torch.allclose(rows, sinusoidal_table(rows.shape[0], embed), atol=1e-5):
-        raise NotMappable(
-            msg("adds a fixed table that is not the sinusoidal positional encoding")
-        )
+        raise NotMappable(msg("adds a fixed table that is not the sinusoidal positional encoding"))
     params["kind"] = "sinusoidal"
     return Layer("PositionalEncoding", params, (_tensor(walk, x),))
 
@@ -1022,7 +1048,9 @@ def _getitem(walk: Walk, node: fx.Node) -> Layer | Value:
     if isinstance(value, Several) and index == 1 and value.what in ("RNN", "GRU", "LSTM"):
         params = next(n["params"] for n in walk.nodes if n["id"] == value.node_id)
         one_way = not params.get("bidirectional", False)
-        return FinalStates(value.node_id, value.what == "LSTM", one_way, params.get("num_layers", 1))
+        return FinalStates(
+            value.node_id, value.what == "LSTM", one_way, params.get("num_layers", 1)
+        )
     if isinstance(value, FinalStates):
         return _final_state(value, index)
     if isinstance(value, Several):
@@ -1074,7 +1102,10 @@ def _reduce(walk: Walk, node: fx.Node) -> Layer | Stack:
     name = getattr(node.target, "__name__", node.target)
     mode = "mean" if name == "mean" else "max"
     dim = _arg(node, 1, "dim")
-    dims = sorted(d % _rank(node.args[0]) for d in (dim if isinstance(dim, (list, tuple)) else [dim] if isinstance(dim, int) else []))
+    dims = sorted(
+        d % _rank(node.args[0])
+        for d in (dim if isinstance(dim, (list, tuple)) else [dim] if isinstance(dim, int) else [])
+    )
     keepdim = bool(_arg(node, 2, "keepdim", False))
     x = _tensor(walk, node.args[0])
     rank = _rank(node.args[0])
@@ -1182,6 +1213,39 @@ def _adaptive_pool(walk: Walk, node: fx.Node) -> Layer:
     )
 
 
+def _interpolate(walk: Walk, node: fx.Node) -> Layer:
+    """F.interpolate(x, size, scale_factor, mode, align_corners) as an Upsample."""
+    mode = _arg(node, 3, "mode", "nearest")
+    if mode not in ("nearest", "linear", "bilinear"):
+        raise NotMappable(
+            msg("mode={mode}: only nearest, linear and bilinear map", mode=repr(mode))
+        )
+    if _arg(node, 5, "recompute_scale_factor") or _arg(node, 6, "antialias", False):
+        raise NotMappable(msg("recompute_scale_factor or antialias"))
+    factor = _arg(node, 2, "scale_factor")
+    if isinstance(factor, (tuple, list)):
+        factor = float(factor[0]) if len(set(factor)) == 1 else [float(f) for f in factor]
+    params = {
+        "size": _compact(_arg(node, 1, "size")),
+        "scale_factor": float(factor) if isinstance(factor, (int, float)) else factor,
+        "mode": mode,
+        "align_corners": _arg(node, 4, "align_corners"),
+    }
+    return Layer("Upsample", params, (_tensor(walk, node.args[0]),))
+
+
+def _instance_norm(walk: Walk, node: fx.Node) -> Layer:
+    """F.instance_norm(x) without running statistics or weights: InstanceNorm1d/2d."""
+    names = ("running_mean", "running_var", "weight", "bias")
+    if any(_arg(node, index, name) is not None for index, name in enumerate(names, start=1)):
+        raise NotMappable(
+            msg("with running statistics or weights: only the plain F.instance_norm(x) maps")
+        )
+    rank = _rank(node.args[0])
+    eps = float(_arg(node, 7, "eps", 1e-5))
+    return Layer(f"InstanceNorm{rank - 2}d", {"eps": eps}, (_tensor(walk, node.args[0]),))
+
+
 Handler = Callable[[Walk, fx.Node], Layer | Stack | Value]
 
 # How each catalog type's functional forms pass their params (types without params need none).
@@ -1209,6 +1273,9 @@ ARGUMENTS: dict[str, Handler] = {
     "AdaptiveAvgPool2d": _adaptive_pool,
     "AdaptiveMaxPool1d": _adaptive_pool,
     "AdaptiveMaxPool2d": _adaptive_pool,
+    "Upsample": _interpolate,
+    "InstanceNorm1d": _instance_norm,
+    "InstanceNorm2d": _instance_norm,
 }
 
 # Calls that move values around without being a layer.
@@ -1222,38 +1289,26 @@ PLUMBING_METHODS: dict[str, Handler] = {
 }
 
 
-# The functional forms and tensor methods each catalog entry stands for, where this importer knows
-# how their arguments pass the params (ARGUMENTS) or the layer has no params.
-FUNCTIONAL: dict[str, tuple[str, ...]] = {
-    name: spec.functional
-    for name, spec in CATALOG.items()
-    if spec.functional and (name in ARGUMENTS or not spec.params.model_fields)
-}
-
-
 def _resolve(name: str) -> Any:
     """'torch.nn.functional.relu' -> the function itself (what fx records as the target)."""
     module, _, attribute = name.rpartition(".")
     return getattr(importlib.import_module(module), attribute)
 
 
-def functional_tables(
-    functional: dict[str, tuple[str, ...]],
-) -> tuple[dict[Any, str], dict[str, str]]:
-    """The catalog's functional names as two lookups: function object -> type, and tensor
-    method name -> type ('Tensor.relu' -> 'relu')."""
+def functional_tables(functional: dict[str, str]) -> tuple[dict[Any, str], dict[str, str]]:
+    """The catalog's functional names ({qualified name: type}) as two lookups: function object
+    -> type, and tensor method name -> type ('Tensor.relu' -> 'relu')."""
     functions: dict[Any, str] = {}
     methods: dict[str, str] = {}
-    for layer_type, names in functional.items():
-        for name in names:
-            if name.startswith("Tensor."):
-                methods[name.removeprefix("Tensor.")] = layer_type
-            else:
-                functions[_resolve(name)] = layer_type
+    for name, layer_type in functional.items():
+        if name.startswith("Tensor."):
+            methods[name.removeprefix("Tensor.")] = layer_type
+        else:
+            functions[_resolve(name)] = layer_type
     return functions, methods
 
 
-FUNCTION_TYPES, METHOD_TYPES = functional_tables(FUNCTIONAL)
+FUNCTION_TYPES, METHOD_TYPES = functional_tables(functional_table())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1369,7 +1424,7 @@ def _output_problems(
     if not math.isfinite(error) or error > TOLERANCE * (1 + float(expected.abs().max())):
         why = msg(
             "the compiled graph's outputs differ from the model's by up to {error}",
-            error=f"{error:.3g}",
+            error=format(error, ".3g"),
         )
         return [_problem(analysis, walk, None, why)]
     return []
@@ -1392,7 +1447,7 @@ def _unused_modules(model: nn.Module, walk: Walk) -> list[Message]:
             "self.{path} ({kind}, {count} parameters) is never used in forward; it is left out",
             path=path,
             kind=type(modules[path]).__name__ if path in modules else "Parameter",
-            count=f"{count:,}",
+            count=format(count, ","),
         )
         for path, count in unused.items()
     ]
