@@ -678,7 +678,7 @@ def inspector(graph: Graph, analysis: Analysis, selected: str | None) -> None:
         )
     )
     st.code(
-        "\n".join([_(spec.formula), *formula_lines(info.explanation, node.type)]),
+        "\n".join([_(spec.formula), *formula_lines(info.explained, node.type)]),
         language=None,
         wrap_lines=True,
     )
