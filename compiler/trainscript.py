@@ -19,9 +19,8 @@ from typing import Any, Literal
 import black
 from pydantic.fields import FieldInfo
 
-from compiler.analysis import Analysis
+from compiler.analysis import Analysis, loss_of
 from compiler.codegen import safe_text
-from compiler.losses import output_loss
 from runtime.settings import APP_ONLY, TrainConfig
 
 Shape = tuple[int, ...]
@@ -50,7 +49,8 @@ def train_source(analysis: Analysis, settings: TrainConfig | None = None) -> str
         analysis.infos[output_node.id].shape or (),
         settings.target,
     )
-    loss, smoothing = output_loss(analysis)
+    output = loss_of(analysis)
+    loss, smoothing = output.loss, output.label_smoothing
     source = (
         TEMPLATE.replace("__NAME__", safe_text(analysis.graph.name))
         .replace("__LOSS__", f"LOSS = {json.dumps(loss)}\nLABEL_SMOOTHING = {smoothing!r}")

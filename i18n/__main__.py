@@ -1,7 +1,8 @@
 """`python -m i18n missing`: every marked string of the app that lacks a Chinese translation,
 as .po entries with an empty msgstr, ready to fill in and append to messages.po.
 
-`python -m i18n check` exits 1 when any is missing (tests/test_i18n.py asserts the same)."""
+`python -m i18n check` exits 1 when any is missing (tests/test_i18n.py asserts the same).
+`python -m i18n dedupe` keeps the first translation of a string that a union merge left twice."""
 
 from __future__ import annotations
 
@@ -56,8 +57,44 @@ def missing(lang: str = "zh") -> dict[str, str]:
     }
 
 
+def po_path(lang: str = "zh") -> Path:
+    return i18n.LOCALES_DIR / lang / "LC_MESSAGES" / f"{i18n.DOMAIN}.po"
+
+
+def po_entries(text: str) -> list[tuple[str | None, str]]:
+    """(msgid or None for a block without one, the block's text) for each blank-line block."""
+    from babel.messages.pofile import denormalize
+
+    entries: list[tuple[str | None, str]] = []
+    for block in text.split("\n\n"):
+        lines = [line for line in block.splitlines() if not line.startswith("#")]
+        start = next((i for i, line in enumerate(lines) if line.startswith("msgid ")), None)
+        end = next((i for i, line in enumerate(lines) if line.startswith("msgstr")), None)
+        if start is None or end is None:
+            entries.append((None, block))
+            continue
+        entries.append((denormalize("\n".join(lines[start:end])[len("msgid ") :]), block))
+    return entries
+
+
+def dedupe(lang: str = "zh") -> int:
+    path = po_path(lang)
+    seen: set[str] = set()
+    kept = []
+    for msgid, block in po_entries(path.read_text(encoding="utf-8")):
+        if msgid is not None and msgid != "":
+            if msgid in seen:
+                continue
+            seen.add(msgid)
+        kept.append(block)
+    path.write_text("\n\n".join(kept), encoding="utf-8")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     command = argv[0] if argv else "missing"
+    if command == "dedupe":
+        return dedupe()
     gaps = missing()
     if command == "check":
         for text, where in sorted(gaps.items(), key=lambda item: item[1]):

@@ -31,6 +31,8 @@ REQUIRED = {
     "attention": ("step", "node", "weights"),
     "health": ("step",),
     "event": (),
+    "gan": ("step", "d_loss", "g_loss", "d_real", "d_fake"),
+    "samples": ("step", "images"),
 }
 PALETTE = ("#2563eb", "#f97316", "#16a34a", "#dc2626", "#9333ea", "#0891b2", "#ca8a04", "#db2777")
 
@@ -45,6 +47,8 @@ class RunSeries:
     attention: list[Record] = field(default_factory=list)
     health: list[Record] = field(default_factory=list)
     events: list[Record] = field(default_factory=list)
+    gan: list[Record] = field(default_factory=list)  # a GAN's steps: both losses, D's verdicts
+    samples: list[Record] = field(default_factory=list)  # grids of generated samples
 
     def add(self, records: Iterable[Record]) -> None:
         """Append new records (as read_metrics returns them); records of unknown kinds, or
@@ -56,6 +60,8 @@ class RunSeries:
             "attention": self.attention,
             "health": self.health,
             "event": self.events,
+            "gan": self.gan,
+            "samples": self.samples,
         }
         for record in records:
             group = groups.get(record.get("kind", ""))
@@ -261,6 +267,73 @@ def reconstruction_figure(inputs: np.ndarray, outputs: np.ndarray) -> go.Figure:
     return fig
 
 
+def gan_loss_figure(series: RunSeries) -> go.Figure:
+    """The discriminator's and the generator's loss per step (smoothed, raw faint)."""
+    if not series.gan:
+        return _empty(_("GAN losses"), _("waiting for the first step"))
+    steps = column(series.gan, "step")
+    fig = go.Figure()
+    for key, name, colour in (
+        ("d_loss", _("discriminator"), PALETTE[0]),
+        ("g_loss", _("generator"), PALETTE[1]),
+    ):
+        values = column(series.gan, key)
+        fig.add_trace(_line(steps, values, name, colour, width=1, opacity=0.25, showlegend=False))
+        fig.add_trace(_line(steps, smooth(values), name, colour))
+    return _layout(fig, _("GAN losses"), _("step"), _("loss"))
+
+
+def gan_verdict_figure(series: RunSeries) -> go.Figure:
+    """D(x) and D(G(z)): the probability the discriminator gives real and generated samples."""
+    if not series.gan:
+        return _empty(_("Discriminator's verdicts"), _("waiting for the first step"))
+    steps = column(series.gan, "step")
+    fig = go.Figure(
+        [
+            _line(steps, smooth(column(series.gan, "d_real")), "D(x)", PALETTE[2]),
+            _line(steps, smooth(column(series.gan, "d_fake")), "D(G(z))", PALETTE[3]),
+        ]
+    )
+    fig = _layout(fig, _("Discriminator's verdicts"), _("step"), _("probability real"))
+    fig.update_yaxes(range=[0, 1])
+    return fig
+
+
+def sample_grid_figure(series: RunSeries, columns: int = 8) -> go.Figure:
+    """The latest grid of generated samples (the same noise each time, so they can be
+    compared as training goes on)."""
+    if not series.samples:
+        return _empty(_("Generated samples"), _("waiting for the first samples"))
+    record = series.samples[-1]
+    images = np.asarray(record["images"], dtype=np.float64)
+    if images.ndim == 4 and images.shape[1] == 1:
+        images = images[:, 0]
+    elif images.ndim == 4:
+        images = images.transpose(0, 2, 3, 1)
+    fig = px.imshow(
+        np.clip(images, 0.0, 1.0),
+        facet_col=0,
+        facet_col_wrap=min(columns, len(images)),
+        facet_col_spacing=0.01,
+        facet_row_spacing=0.02,
+        binary_string=images.ndim == 4,
+        color_continuous_scale="gray",
+        zmin=0.0,
+        zmax=1.0,
+    )
+    fig.for_each_annotation(lambda annotation: annotation.update(text=""))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    title = _("Generated samples, step {step}", step=record["step"])
+    fig.update_layout(
+        title={"text": title, "x": 0, "xanchor": "left", "font": {"size": 14}},
+        height=HEIGHT,
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        coloraxis_showscale=False,
+    )
+    return fig
+
+
 def lr_figure(series: RunSeries) -> go.Figure:
     """The learning rate the optimizer actually used at each step (shows warm-up and schedule)."""
     if not series.steps:
@@ -335,8 +408,7 @@ def grad_norm_heatmap(series: RunSeries, order: Sequence[str] = ()) -> go.Figure
             y=layers,
             colorscale="Viridis",
             colorbar={"title": {"text": "log10"}, "thickness": 12},
-            hovertemplate=_("layer %{y}<br>step %{x}<br>log10 ‖grad‖ %{z:.2f}")
-            + "<extra></extra>",
+            hovertemplate=_("layer %{y}<br>step %{x}<br>log10 ‖grad‖ %{z:.2f}") + "<extra></extra>",
         )
     )
     fig = _layout(fig, _("Gradient norms by layer"), _("step"), "")
@@ -377,8 +449,7 @@ def attention_figure(series: RunSeries, node: str, step: int | None = None) -> g
                 colorscale="Blues",
                 showscale=h == len(heads) - 1,
                 colorbar={"thickness": 12},
-                hovertemplate=_("query %{y}<br>key %{x}<br>weight %{z:.3f}")
-                + "<extra></extra>",
+                hovertemplate=_("query %{y}<br>key %{x}<br>weight %{z:.3f}") + "<extra></extra>",
             ),
             row=1,
             col=h + 1,

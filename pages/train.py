@@ -708,8 +708,13 @@ def _live_view(runs_dir: Path, run_id: str, was_active: bool) -> None:
     graph = run_graph(info)
     charts_column, graph_column = st.columns([3, 2], gap="medium")
     with charts_column:
-        _chart(charts.loss_figure(series), f"loss-{run_id}")
-        _chart(charts.accuracy_figure(series), f"acc-{run_id}")
+        if series.gan:  # a GAN: both players' losses and the discriminator's verdicts
+            _chart(charts.gan_loss_figure(series), f"gan-loss-{run_id}")
+            _chart(charts.gan_verdict_figure(series), f"gan-verdict-{run_id}")
+            _chart(charts.sample_grid_figure(series), f"gan-samples-{run_id}")
+        else:
+            _chart(charts.loss_figure(series), f"loss-{run_id}")
+            _chart(charts.accuracy_figure(series), f"acc-{run_id}")
         view = st.segmented_control(
             _("More"),
             VIEWS,

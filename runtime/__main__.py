@@ -147,7 +147,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _epoch_line(record: dict[str, Any], config: TrainConfig) -> str:
-    parts = [f"epoch {record['epoch']}/{config.epochs}", f"train loss {record['train_loss']:.4f}"]
+    parts = [f"epoch {record['epoch']}/{config.epochs}"]
+    if "d_loss" in record:  # a GAN: both players' losses and the discriminator's verdicts
+        parts += [f"D loss {record['d_loss']:.4f}", f"G loss {record['g_loss']:.4f}"]
+        parts += [f"D(x) {record['d_real']:.2f}", f"D(G(z)) {record['d_fake']:.2f}"]
+        return "  ".join(parts)
+    parts.append(f"train loss {record['train_loss']:.4f}")
     if record.get("train_accuracy") is not None:
         parts.append(f"train acc {record['train_accuracy']:.1%}")
     if record.get("val_loss") is not None:

@@ -19,8 +19,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from compiler.analysis import Analysis
-from compiler.losses import output_loss
+from compiler.analysis import Analysis, loss_of
 from i18n import Message, msg
 from runtime import builtin_data
 
@@ -338,7 +337,7 @@ def check_compatibility(
         )
     if given.dtype == "int64" and dataset.dtype == "int64" and len(dataset):
         problems += _token_ids_fit(analysis, input_node.id, int(dataset.x.max()))
-    loss, _ = output_loss(analysis)
+    loss = loss_of(analysis).loss
     if target == "input":
         problems += _reproduces_input(analysis, dataset, out_shape, loss, last)
     else:

@@ -376,3 +376,130 @@ class Loop:
         progress.samples = progress.predictions = 0
         self.hooks.after_epoch(record, progress)
         return patience is not None and progress.stale_epochs >= patience
+
+
+# -- generative adversarial networks ---------------------------------------------------------
+
+GAN_LOSSES = ("non_saturating", "minimax", "least_squares")
+GAN_BETAS = (0.5, 0.999)  # Adam's momentum as DCGAN sets it, for both players
+
+
+@dataclass
+class GanStep:
+    """One round of the game, as the hooks see it (tensors stay on the device)."""
+
+    step: int
+    epoch: int
+    d_loss: torch.Tensor
+    g_loss: torch.Tensor
+    d_real: torch.Tensor  # mean D(x): the probability D gives real samples
+    d_fake: torch.Tensor  # mean D(G(z)) before D's update
+
+
+def discriminator_loss(loss: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """D's loss from its scores (logits) on real samples and on (detached) generated ones."""
+    if loss == "least_squares":
+        return 0.5 * ((real - 1) ** 2).mean() + 0.5 * (fake**2).mean()
+    ones, zeros = torch.ones_like(real), torch.zeros_like(fake)
+    return F.binary_cross_entropy_with_logits(real, ones) + F.binary_cross_entropy_with_logits(
+        fake, zeros
+    )
+
+
+def generator_loss(loss: str, fooled: torch.Tensor) -> torch.Tensor:
+    """G's loss from D's scores on its samples: non_saturating maximises log D(G(z)), minimax
+    minimises log(1 - D(G(z))), least_squares is LSGAN's square."""
+    if loss == "least_squares":
+        return 0.5 * ((fooled - 1) ** 2).mean()
+    if loss == "minimax":
+        return -F.binary_cross_entropy_with_logits(fooled, torch.zeros_like(fooled))
+    return F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
+
+
+class GanHooks:
+    """Places to watch a GAN's training from; each does nothing here."""
+
+    def after_step(self, done: GanStep) -> None:
+        """Both players have stepped."""
+
+    def after_batch(self, progress: Progress) -> None:
+        """Progress counts the batch; a hook may flush, checkpoint or stop here."""
+
+    def after_epoch(self, record: dict[str, Any], progress: Progress) -> None:
+        """The epoch's mean losses and D's mean probabilities on real and generated samples."""
+
+
+@dataclass
+class GanLoop:
+    """A generator against a discriminator, two Adam optimizers in alternating steps: first D
+    on real samples and detached fakes, then G through D's verdict on the same fakes."""
+
+    generator: nn.Module
+    discriminator: nn.Module
+    real: torch.Tensor  # the training samples; the generator learns to imitate them
+    settings: Any
+    noise_shape: tuple[int, ...]
+    loss: str = "non_saturating"
+    hooks: GanHooks = field(default_factory=GanHooks)
+    progress: Progress = field(default_factory=Progress)
+    device: torch.device = torch.device("cpu")
+
+    def __post_init__(self) -> None:
+        lr = self.settings.lr
+        self.g_optimizer = torch.optim.Adam(self.generator.parameters(), lr, betas=GAN_BETAS)
+        self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr, betas=GAN_BETAS)
+        self.batches = batch_count(len(self.real), self.settings.batch_size, True)
+
+    def train(self) -> str:
+        settings, progress = self.settings, self.progress
+        progress.totals = torch.zeros(4, dtype=torch.float64, device=self.device)
+        while progress.epoch < settings.epochs:
+            order = epoch_order(settings.seed, progress.epoch, len(self.real))
+            order = order.to(self.real.device)
+            for batch in range(progress.batch, self.batches):
+                self.step(order[batch * settings.batch_size : (batch + 1) * settings.batch_size])
+                progress.batch = batch + 1
+                self.hooks.after_batch(progress)
+            self.end_epoch()
+        return "completed"
+
+    def step(self, index: torch.Tensor) -> GanStep:
+        progress = self.progress
+        real = self.real.index_select(0, index).to(self.device, non_blocking=True)
+        noise = torch.randn(len(real), *self.noise_shape, device=self.device)
+        fake = self.generator(noise)
+        real_scores = self.discriminator(real)
+        fake_scores = self.discriminator(fake.detach())
+        d_loss = discriminator_loss(self.loss, real_scores, fake_scores)
+        self.d_optimizer.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.d_optimizer.step()
+        g_loss = generator_loss(self.loss, self.discriminator(fake))
+        self.g_optimizer.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.g_optimizer.step()
+        progress.step += 1
+        d_real = torch.sigmoid(real_scores.detach()).mean()
+        d_fake = torch.sigmoid(fake_scores.detach()).mean()
+        parts = torch.stack([d_loss.detach(), g_loss.detach(), d_real, d_fake]).double()
+        progress.totals += parts * len(real)
+        progress.samples += len(real)
+        done = GanStep(
+            progress.step, progress.epoch + 1, d_loss.detach(), g_loss.detach(), d_real, d_fake
+        )
+        self.hooks.after_step(done)
+        return done
+
+    def end_epoch(self) -> None:
+        progress = self.progress
+        sums = progress.totals.tolist()
+        means = [value / max(progress.samples, 1) for value in sums]
+        if not all(math.isfinite(value) for value in means):
+            raise Diverged(progress.step)
+        record = {"epoch": progress.epoch + 1, "step": progress.step}
+        record |= dict(zip(("d_loss", "g_loss", "d_real", "d_fake"), means, strict=True))
+        progress.epoch += 1
+        progress.batch = 0
+        progress.totals = torch.zeros(4, dtype=torch.float64, device=self.device)
+        progress.samples = 0
+        self.hooks.after_epoch(record, progress)

@@ -27,10 +27,9 @@ from pydantic import ValidationError
 from torch import nn
 
 from builder.catalog import CATALOG
-from builder.graph import Graph, load_graph
-from compiler.analysis import Analysis, analyse
+from builder.graph import Graph, GraphFormatError, load_graph
+from compiler.analysis import Analysis, analyse, loss_of
 from compiler.codegen import attribute_names
-from compiler.losses import output_loss
 from i18n import Message, msg
 from runtime import store
 from runtime.datasets import (
@@ -333,14 +332,14 @@ class Trainer(Hooks):
 
     def after_batch(self, progress: Progress) -> None:
         if self.stop.is_set():
-            raise _Stopped
+            raise Stopped
         if time.perf_counter() - self.last_flush >= FLUSH_SECONDS:
             self.flush()
             store.update_status(self.run_dir, step=progress.step)
             if self.checkpoint_due():
                 self.save_checkpoint()
             if self.stop.is_set():
-                raise _Stopped
+                raise Stopped
 
     def before_evaluate(self, progress: Progress) -> None:
         self.flush()
@@ -506,7 +505,7 @@ class Trainer(Hooks):
         started = time.perf_counter()
         try:
             status, message = "completed", self._train()
-        except _Stopped:
+        except Stopped:
             self.flush()
             status = "stopped"
             message = msg(
@@ -580,7 +579,7 @@ def message_json(message: Message | str) -> dict[str, Any] | None:
     return message.to_json() if isinstance(message, Message) else None
 
 
-class _Stopped(Exception):
+class Stopped(Exception):
     """A stop was requested; unwinds the loop to the graceful-stop path."""
 
 
@@ -603,7 +602,7 @@ def train_run(
         stop.set()
     store.update_status(run_dir, status="running", pid=os.getpid(), message="")
     config: TrainConfig | None = None
-    trainer: Trainer | None = None
+    trainer: Any = None  # a Trainer, or a GanTrainer for a generator/discriminator pair
     try:
         config = _read_config(run_dir)
         trainer = _prepare(run_dir, config, stop, on_epoch)
@@ -646,7 +645,7 @@ def _failure(exc: Exception, batch_size: int) -> RunResult:
     """The status and message for whatever ended training early."""
     if isinstance(exc, TrainingFault):
         return RunResult(exc.status, str(exc.message), 0, 0, code=message_json(exc.message))
-    if isinstance(exc, (DatasetError, CheckpointError)):
+    if isinstance(exc, (DatasetError, CheckpointError, GraphFormatError)):
         return RunResult("failed", str(exc), 0, 0)
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         half = max(1, batch_size // 2)
@@ -666,13 +665,21 @@ def _prepare(
     config: TrainConfig,
     stop: threading.Event,
     on_epoch: Callable[[dict[str, Any]], None] | None,
-) -> Trainer:
+) -> Any:
     """Load everything a run needs and restore its checkpoint or warm start."""
     graph = load_graph((run_dir / store.GRAPH_FILE).read_text())
     analysis = analyse(graph)
     too_big = check_fits(graph, analysis, config.batch_size, config.optimizer, config.device)
     if too_big is not None:  # refused before anything is built or loaded
         raise TrainingFault("failed", too_big)
+    from runtime import gan  # a GAN pair trains in runtime/gan.py (which imports this module)
+
+    judge = gan.discriminator_graph(graph)
+    if judge is not None:
+        dataset = dataset_for_run(run_dir, config)
+        device = pick_device(config.device)
+        store.update_status(run_dir, device=str(device))
+        return gan.prepare(run_dir, config, graph, judge, dataset, device, stop, on_epoch)
     input_node = next(n for n in graph.nodes if n.type == "Input")
     input_shape = analysis.infos[input_node.id].shape or ()
     dataset = dataset_for_run(run_dir, config, input_shape)
@@ -691,7 +698,8 @@ def _prepare(
     input_dtype = analysis.infos[input_node.id].dtype or "float32"
     home = data_device(dataset, device)
     data = split_dataset(dataset, config, home, input_dtype)
-    loss = output_loss(analysis)
+    output = loss_of(analysis)
+    loss = (output.loss, output.label_smoothing)
     trainer = Trainer(run_dir, config, analysis, model, data, device, stop, on_epoch, loss)
     if home != device:
         trainer.event(

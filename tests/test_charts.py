@@ -296,3 +296,35 @@ def test_live_layout_keeps_the_build_layout_order_but_draws_it_closer():
     compact = live_graph.compact_positions(graph)
     rows = sorted({y for _, y in compact.values()})
     assert len(rows) == len(graph.nodes) and rows[1] - rows[0] < 110
+
+
+def gan_step(n: int, d_loss: float, g_loss: float, d_real: float, d_fake: float) -> dict:
+    return {
+        "kind": "gan",
+        "step": n,
+        "d_loss": d_loss,
+        "g_loss": g_loss,
+        "d_real": d_real,
+        "d_fake": d_fake,
+    }
+
+
+def test_gan_figures_plot_both_losses_and_both_verdicts():
+    series = charts.series_from([gan_step(1, 1.4, 0.7, 0.5, 0.5), gan_step(2, 1.2, 0.9, 0.6, 0.4)])
+    losses = charts.gan_loss_figure(series)
+    smoothed = [t for t in losses.data if t.showlegend is not False]
+    assert [t.name for t in smoothed] == ["discriminator", "generator"]
+    raw = [t for t in losses.data if t.showlegend is False]
+    assert plotted(raw[0].y) == [1.4, 1.2] and plotted(raw[1].y) == [0.7, 0.9]
+    verdicts = charts.gan_verdict_figure(series)
+    assert [t.name for t in verdicts.data] == ["D(x)", "D(G(z))"]
+    assert plotted(verdicts.data[0].y)[0] == pytest.approx(0.5)
+    assert "waiting" in charts.gan_loss_figure(charts.RunSeries()).layout.annotations[0].text
+
+
+def test_the_sample_grid_shows_the_latest_samples():
+    first = {"kind": "samples", "step": 5, "images": np.zeros((4, 1, 8, 8)).tolist()}
+    latest = {"kind": "samples", "step": 9, "images": np.full((4, 1, 8, 8), 0.5).tolist()}
+    fig = charts.sample_grid_figure(charts.series_from([first, latest]))
+    assert len(fig.data) == 4 and np.allclose(fig.data[0].z, 0.5)
+    assert fig.layout.title.text == "Generated samples, step 9"

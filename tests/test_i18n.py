@@ -117,21 +117,15 @@ def _fstring_messages() -> list[str]:
 
 def test_no_message_is_an_f_string() -> None:
     found = _fstring_messages()
-    assert not found, "use a template with named values instead of an f-string:\n" + "\n".join(found)
+    assert not found, "use a template with named values instead of an f-string:\n" + "\n".join(
+        found
+    )
 
 
 def test_each_message_is_translated_once() -> None:
     """Branches merge messages.po by union: a string translated twice must be reconciled."""
-    from babel.messages.pofile import denormalize
+    from i18n.__main__ import po_entries, po_path
 
-    po = (i18n.LOCALES_DIR / "zh" / "LC_MESSAGES" / "messages.po").read_text(encoding="utf-8")
-    ids = []
-    for block in po.split("\n\n"):
-        lines = [line for line in block.splitlines() if not line.startswith("#")]
-        start = next((i for i, line in enumerate(lines) if line.startswith("msgid ")), None)
-        if start is None:
-            continue
-        end = next(i for i, line in enumerate(lines) if line.startswith("msgstr"))
-        ids.append(denormalize("\n".join(lines[start:end])[len("msgid ") :]))
+    ids = [msgid for msgid, _ in po_entries(po_path().read_text(encoding="utf-8")) if msgid]
     twice = sorted({text for text in ids if ids.count(text) > 1})
-    assert not twice, "translated more than once:\n" + "\n".join(twice)
+    assert not twice, "translated more than once (python -m i18n dedupe):\n" + "\n".join(twice)

@@ -505,3 +505,45 @@ def test_a_model_learns_to_reproduce_its_input(tmp_path: Path):
     variance = float(load_dataset("digits").x.var())
     assert epochs[-1]["val_loss"] < 0.3 * variance
     assert "val_accuracy" not in epochs[-1] and epochs[-1]["val_mae"] > 0
+
+
+def test_gpt_mini_learns_the_text_far_below_a_uniform_guess(tmp_path: Path):
+    from runtime.builtin_data import TEXT_ALPHABET
+
+    uniform = math.log(len(TEXT_ALPHABET))
+    result, records, _ = train(
+        tmp_path,
+        template("gpt_mini"),
+        dataset="text",
+        epochs=1,
+        batch_size=16,
+        lr=3e-3,
+        val_fraction=0.8,
+        device="cpu",
+    )
+    assert result.status == "completed", result.message
+    losses = [r["loss"] for r in of_kind(records, "step")]
+    assert sum(losses[:3]) / 3 > 0.9 * uniform  # it starts at chance
+    (epoch,) = of_kind(records, "epoch")
+    assert epoch["val_loss"] < 0.75 * uniform and epoch["val_accuracy"] > 0.25
+    assert of_kind(records, "attention")  # its causal attention maps are recorded per head
+
+
+def test_gpt_mini_writes_text_from_a_prompt():
+    from runtime.metrics import generate_text
+
+    model, _ = built(template("gpt_mini"))
+    text = generate_text(model, "the cat ", 40, 64, temperature=1.0, seed=3)
+    assert len(text) == 40 and text == generate_text(model, "the cat ", 40, 64, 1.0, seed=3)
+    greedy = generate_text(model, "the cat ", 10, 64, temperature=0.0)
+    assert greedy == generate_text(model, "the cat ", 10, 64, temperature=0.0, seed=9)
+
+
+def test_the_conv_autoencoder_learns_to_reproduce_digits(tmp_path: Path):
+    result, records, _ = train(
+        tmp_path, template("conv_autoencoder"), target="input", epochs=4, lr=3e-3, device="cpu"
+    )
+    assert result.status == "completed", result.message
+    first, *_, last = of_kind(records, "epoch")
+    variance = float(load_dataset("digits").x.var())
+    assert last["val_loss"] < 0.5 * variance and last["val_loss"] < 0.7 * first["train_loss"]
