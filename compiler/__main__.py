@@ -25,10 +25,9 @@ from builder.graph import (
 )
 import i18n
 from compiler.analysis import analyse
-from i18n import Message, msg
-from compiler.bundle import bundle_files
 from compiler.codegen import generate_source
 from compiler.memory import budget_diagnostic, estimate_memory
+from i18n import Message, msg
 
 MAX_CONFIG_BYTES = 100_000
 
@@ -70,6 +69,8 @@ def export(args: argparse.Namespace) -> int:
         raise GraphFormatError(msg("--config sets train.py's defaults; add --train"))
     files = {"model.py": generate_source(analysis)}
     if args.train:
+        from compiler.bundle import bundle_files  # black and train.py's template: only here
+
         try:
             files = bundle_files(graph, analysis, read_config(args.config))
         except ValidationError as exc:
