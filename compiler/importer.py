@@ -374,6 +374,7 @@ class ConcreteTracer(fx.Tracer):
     def __init__(self, helpers: tuple[Callable[..., Any], ...], example: torch.Tensor) -> None:
         super().__init__(autowrap_functions=helpers)
         self.record_stack_traces = True
+        self.proxy_buffer_attributes = True  # self.pe stays a named table, not a copied slice
         self.example = example
         self.inputs = 0
         self.running = 0  # > 0 while an op runs on the example
@@ -776,6 +777,8 @@ def _map_module(walk: Walk, node: fx.Node) -> Layer | Stack:
         return positions
     if layer_type == "MultiheadAttention":
         x = _self_attention_input(walk, node, params)
+    elif layer_type == "TransformerEncoderLayer":
+        x, params["causal"] = _encoder_input(walk, node)
     else:
         x = _only_input(node)
     several = TUPLE_OUTPUTS.get(layer_type)
@@ -837,10 +840,11 @@ def _only_input(node: fx.Node) -> Any:
 def _encoder_stack(walk: Walk, node: fx.Node, module: nn.TransformerEncoder) -> Stack:
     """nn.TransformerEncoder as what it is: its encoder layers in a row, then its norm."""
     path = str(node.target)
+    x, causal = _encoder_input(walk, node)
     layers = [
         Layer(
             "TransformerEncoderLayer",
-            _read_params("TransformerEncoderLayer", layer),
+            _read_params("TransformerEncoderLayer", layer) | {"causal": causal},
             (),
             path=f"{path}.layers.{index}",
         )
@@ -851,7 +855,22 @@ def _encoder_stack(walk: Walk, node: fx.Node, module: nn.TransformerEncoder) -> 
             raise NotMappable(msg("a final norm of type {kind}", kind=type(module.norm).__name__))
         norm = _read_params("LayerNorm", module.norm)
         layers.append(Layer("LayerNorm", norm, (), path=f"{path}.norm"))
-    return Stack(_tensor(walk, _only_input(node)), tuple(layers))
+    return Stack(_tensor(walk, x), tuple(layers))
+
+
+def _encoder_input(walk: Walk, node: fx.Node) -> tuple[Any, bool]:
+    """The input of encoder(x, mask) / layer(x, src_mask), and whether the mask is causal (a
+    constant that hides exactly the later positions, or is_causal=True with no mask)."""
+    mask = node.args[1] if len(node.args) > 1 else None
+    mask = node.kwargs.get("mask", node.kwargs.get("src_mask", mask))
+    rest = {k: v for k, v in node.kwargs.items() if k not in ("mask", "src_mask", "is_causal")}
+    if len(node.args) > 2 or any(v is not None and v is not False for v in rest.values()):
+        raise NotMappable(
+            msg("called with more than its input and a causal mask ({given})", given=", ".join(rest))
+        )
+    if mask is not None and not _is_causal(walk, mask):
+        raise NotMappable(msg("an attention mask other than a causal one"))
+    return node.args[0], mask is not None or node.kwargs.get("is_causal") is True
 
 
 def _self_attention_input(walk: Walk, node: fx.Node, params: dict[str, Any]) -> Any:

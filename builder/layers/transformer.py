@@ -165,6 +165,7 @@ class EncoderParams(Params):
     layer_norm_eps: Eps = Field(1e-5, description=EPS)
     norm_first: bool = Field(False, description=BOOL)
     bias: bool = Field(True, description=BOOL)
+    causal: bool = Field(False, description=N_("true or false (mask out future positions)"))
 
 
 def encoder_infer(p: EncoderParams, xs: list[Tensor]) -> Tensor:
@@ -197,6 +198,14 @@ def encoder_module(p: EncoderParams, xs: list[Tensor]) -> str:
     )
 
 
+def encoder_call(p: EncoderParams, attr: str, args: list[str]) -> str:
+    """A causal encoder layer masks later positions, as the word-level LMs do."""
+    x = args[0]
+    if not p.causal:
+        return f"self.{attr}({x})"
+    return f"self.{attr}({x}, src_mask=causal_mask({x}.size(1), {x}.device), is_causal=True)"
+
+
 def encoder_from_module(m: Any) -> dict[str, Any]:
     if not m.self_attn.batch_first:
         raise NotMappable("batch_first=False: NetBuilder's encoder layer reads [B, T, E]")
@@ -227,7 +236,9 @@ TRANSFORMER_ENCODER_LAYER = LayerSpec(
     count_params=encoder_count,
     macs=encoder_macs,
     module=encoder_module,
+    call=encoder_call,
     key_params=("nhead", "dim_feedforward"),
+    helper=("causal_mask", CAUSAL_MASK),
 )
 
 
