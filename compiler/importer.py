@@ -296,6 +296,8 @@ def import_model(
     walk = Walk(gm, helpers)
     for node in gm.graph.nodes:
         _visit(walk, node, input_shape, dtype)
+    for node in gm.graph.nodes:
+        node.meta.pop("value", None)  # the example's activations: not needed any more
     warnings = walk.warnings + _unused_modules(model, walk)
     graph = None
     if not walk.problems:
