@@ -37,6 +37,7 @@ from torch import nn
 
 from builder.catalog import CATALOG, NotMappable, functional_table, module_table
 from builder.graph import FORMAT, Graph, GraphFormatError, parse_graph
+from builder.layers.transformer import POSITIONAL_ENCODING
 from compiler.analysis import Analysis, analyse
 from compiler.codegen import attribute_names, generate_source
 from i18n import N_, Message, msg
@@ -1005,13 +1006,11 @@ def _positional_encoding(walk: Walk, node: fx.Node, x: Any, table: Constant) -> 
 
 
 def sinusoidal_table(max_len: int, embed: int) -> torch.Tensor:
-    """The fixed sines and cosines of "Attention Is All You Need" (and the catalog's entry)."""
-    position = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)
-    rate = torch.exp(torch.arange(0, embed, 2, dtype=torch.float32) * (-math.log(10000.0) / embed))
-    table = torch.zeros(max_len, embed)
-    table[:, 0::2] = torch.sin(position * rate)
-    table[:, 1::2] = torch.cos(position * rate[: embed // 2])
-    return table
+    """The fixed sines and cosines, computed by the very PositionalEncoding class that model.py
+    holds (the catalog's helper source), so the two can never disagree."""
+    namespace: dict[str, Any] = {"torch": torch, "nn": nn}
+    exec(compile(POSITIONAL_ENCODING, "model.py", "exec"), namespace)  # our own source
+    return namespace["PositionalEncoding"](embed, max_len, kind="sinusoidal").weight
 
 
 def _concat(walk: Walk, node: fx.Node) -> Layer | str:
