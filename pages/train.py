@@ -24,8 +24,9 @@ import torch
 from pydantic import ValidationError
 
 from builder.graph import Graph, GraphFormatError, load_graph
-from compiler.analysis import Analysis
-from i18n import N_, Message, _, translate
+from compiler.analysis import Analysis, analyse
+from compiler.gan import check_pair, discriminator_graph
+from i18n import N_, Message, _, msg, translate
 from i18n import render as render_message
 from pages import charts, live_graph, runs_panel, state
 from pages.live_graph import markdown_literal
@@ -327,7 +328,7 @@ def _dataset_section(analysis: Analysis) -> tuple[Dataset | None, Upload | None]
             st.error(error)
         upload = None
     if dataset is not None and analysis.ok:
-        problems = check_compatibility(analysis, dataset, target)
+        problems = _problems(analysis, dataset, target)
         if problems:
             st.warning(
                 _("This graph cannot train on this data yet:")
@@ -337,6 +338,17 @@ def _dataset_section(analysis: Analysis) -> tuple[Dataset | None, Upload | None]
             return None, upload
         st.success(_compatible_text(dataset, target))
     return dataset, upload
+
+
+def _problems(analysis: Analysis, dataset: Dataset, target: str) -> list[Message]:
+    """Why the graph cannot train on the data; a GAN pair is checked as a pair."""
+    try:
+        judge = discriminator_graph(analysis.graph)
+    except GraphFormatError as exc:
+        return [msg("the discriminator cannot be read: {reason}", reason=str(exc))]
+    if judge is not None:
+        return check_pair(analysis, analyse(judge), dataset.sample_shape)
+    return check_compatibility(analysis, dataset, target)
 
 
 def _compatible_text(dataset: Dataset, target: str) -> str:
