@@ -363,7 +363,7 @@ def _compatible_text(dataset: Dataset, target: str) -> str:
         learns = _("regression")
     return _(
         "Compatible: {count} samples of {shape} → {learns}.",
-        count=f"{len(dataset):,}",
+        count=format(len(dataset), ","),
         shape=shape,
         learns=learns,
     )
