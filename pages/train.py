@@ -31,7 +31,6 @@ from i18n import render as render_message
 from pages import charts, live_graph, runs_panel, state
 from pages.live_graph import markdown_literal
 from runtime import store
-from runtime.builtin_data import TEXT_ALPHABET
 from runtime.datasets import (
     BUILTIN_DATASETS,
     MAX_UPLOAD_BYTES,
