@@ -37,6 +37,7 @@ bench: $(VENV)/.dev
 	$(PY) benchmarks/chart_latency.py
 	$(PY) benchmarks/ui_latency.py
 	$(PY) benchmarks/train_speed.py
+	$(PY) benchmarks/first_point.py
 
 # Wheels the GPU machine lacks (it runs Python 3.12 with torch), for benchmarks/gpu_check.sh.
 GPU_WHEELS := pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \

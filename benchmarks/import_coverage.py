@@ -110,10 +110,14 @@ def main() -> int:
     for row in rows:
         diff = "-" if row.max_diff is None else f"{row.max_diff:.1e}"
         result = "ok" if row.ok else f"refused: {row.ops}"
-        print(f"| {row.model} | {row.nodes} | {row.params:,} | {diff} | {row.seconds:.1f} | {result} |")
+        print(
+            f"| {row.model} | {row.nodes} | {row.params:,} | {diff} | {row.seconds:.1f} | {result} |"
+        )
     ok = sum(row.ok for row in rows)
-    print(f"\n{ok} of {len(rows)} builders import and round-trip ({100 * ok / len(rows):.0f}%;"
-          f" target 90%); median import {sorted(r.seconds for r in rows)[len(rows) // 2]:.1f} s")
+    print(
+        f"\n{ok} of {len(rows)} builders import and round-trip ({100 * ok / len(rows):.0f}%;"
+        f" target 90%); median import {sorted(r.seconds for r in rows)[len(rows) // 2]:.1f} s"
+    )
     return 0
 
 

@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Import FILE.py, which defines build_model(), as a NetBuilder graph:"
         " trace it with torch.fx and map every layer and operation onto the catalog. This"
         " executes FILE.py: use it only on your own code, on your own machine.",
+        parents=[language],
     )
     import_cmd.add_argument("file", metavar="FILE.py")
     import_cmd.add_argument("-o", "--output", required=True, metavar="GRAPH.json")

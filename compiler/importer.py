@@ -33,10 +33,9 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 
-from builder.catalog import CATALOG
+from builder.catalog import CATALOG, NotMappable, functional_table, module_table
 from builder.graph import FORMAT, Graph, GraphFormatError, parse_graph
 from compiler.analysis import Analysis, analyse
 from compiler.codegen import attribute_names, generate_source
@@ -190,14 +189,6 @@ class Several:
 
 
 @dataclass(frozen=True)
-class Pieces:
-    """A tuple of graph tensors (x.chunk(2, dim=1) has no layer, but a tuple returned from
-    forward does): item i is one graph node."""
-
-    node_ids: tuple[Any, ...]
-
-
-@dataclass(frozen=True)
 class FinalStates:
     """Item 1 of a recurrent layer's output: h_n, or (h_n, c_n) for an LSTM (`pair`). The last
     layer's h_n, h_n[-1], is the output at the last step where the layer runs one way."""
@@ -220,25 +211,20 @@ class CausalMask:
 
 @dataclass(frozen=True)
 class Constant:
-    """A tensor that does not depend on the input: a buffer, a parameter used outside a layer
-    (`trainable`), or what is computed from them and from sizes (a mask, a slice of a table).
-    `root` is the get_attr node it comes from, where there is one."""
+    """A tensor that does not depend on the input: a buffer, a parameter used outside a layer,
+    or what is computed from them and from sizes (a mask, a slice of a table, an Embedding of
+    arange(t)). `root` is the get_attr node it comes from, where there is one; `weights` the
+    parameter whose rows it holds, and `owner` the module that holds that parameter (where an
+    Embedding looked the rows up)."""
 
     node: fx.Node
     root: fx.Node | None
-    trainable: bool = False
+    weights: str | None = None
+    owner: str | None = None
 
 
 # What an fx node computes: a str is the graph node whose output tensor it is.
 Value = str | Size | Device | Several | FinalStates | CausalMask | Constant | Failed
-
-
-class NotMappable(Exception):
-    """This call cannot become a catalog layer; the message says why."""
-
-    def __init__(self, message: Message) -> None:
-        super().__init__(str(message))
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -568,13 +554,13 @@ def _visit(walk: Walk, node: fx.Node, input_shape: tuple[int, ...], dtype: str) 
         if node.op == "placeholder":
             result: Layer | Stack | Value = _input(walk, node, input_shape, dtype)
         elif node.op == "output":
-            result = Layer("Output", {}, (_tensor(walk, _returned(walk, node), "forward must return"),))
+            result = Layer("Output", {}, (_tensor(walk, _returned(walk, node), returned=True),))
         elif node.op == "get_attr":
             result = _attribute(walk, node)
         else:
             result = _map(walk, node)
     except NotMappable as exc:
-        walk.problems.append(Unsupported(_op_name(walk, node), _where(node), exc.message))
+        walk.problems.append(Unsupported(_op_name(walk, node), _where(node), _reason(exc)))
         walk.values[node] = Failed()
         return
     except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
@@ -593,6 +579,13 @@ def _visit(walk: Walk, node: fx.Node, input_shape: tuple[int, ...], dtype: str) 
             walk.values[node] = _add_node(walk, node, f"{node.name}_{index}", chained)
     else:
         walk.values[node] = result
+
+
+def _reason(exc: NotMappable) -> Message:
+    """Why a call cannot be mapped: the Message it was raised with (a catalog entry's reader
+    may raise plain text, which is its own English template)."""
+    reason = exc.args[0] if exc.args else ""
+    return reason if isinstance(reason, Message) else Message(str(reason))
 
 
 def _returned(walk: Walk, node: fx.Node) -> Any:
@@ -637,7 +630,7 @@ def _attribute(walk: Walk, node: fx.Node) -> Constant:
     value = node.meta.get("value")
     if not isinstance(value, torch.Tensor):
         raise NotMappable(msg("an attribute that is not a tensor"))
-    return Constant(node, node, isinstance(value, nn.Parameter))
+    return Constant(node, node, str(node.target) if isinstance(value, nn.Parameter) else None)
 
 
 def _derived_constant(walk: Walk, node: fx.Node) -> Constant | None:
@@ -650,8 +643,7 @@ def _derived_constant(walk: Walk, node: fx.Node) -> Constant | None:
     if not all(isinstance(v, (Constant, Size, Device)) for v in values):
         return None
     roots = [v for v in values if isinstance(v, Constant)]
-    root = roots[0].root if roots else None
-    return Constant(node, root, any(v.trainable for v in roots))
+    return replace(roots[0], node=node) if roots else Constant(node, None)
 
 
 def _map(walk: Walk, node: fx.Node) -> Layer | Stack | Value:
@@ -730,9 +722,10 @@ def _where(node: fx.Node) -> str:
 
 
 def _inside_torch(file: str) -> bool:
-    return bool(re.search(r"[/\\]torch[/\\]", file)) or Path(file).resolve() == Path(
-        __file__
-    ).resolve()
+    return (
+        bool(re.search(r"[/\\]torch[/\\]", file))
+        or Path(file).resolve() == Path(__file__).resolve()
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -747,182 +740,18 @@ def _compact(value: Any) -> Any:
     return value
 
 
-def _conv(m: nn.Conv1d | nn.Conv2d) -> dict[str, Any]:
-    if m.padding_mode != "zeros":
-        raise NotMappable(
-            msg("padding_mode={mode}: only zero padding maps", mode=repr(m.padding_mode))
-        )
-    padding = m.padding if isinstance(m.padding, str) else _compact(m.padding)
-    return {
-        "out_channels": m.out_channels,
-        "kernel_size": _compact(m.kernel_size),
-        "stride": _compact(m.stride),
-        "padding": padding,
-        "dilation": _compact(m.dilation),
-        "groups": m.groups,
-        "bias": m.bias is not None,
-    }
+# {nn class: (catalog type, params_from_module)}: each catalog entry names the torch modules it
+# stands for and reads their params back (builder/layers/).
+MODULES: dict[type[nn.Module], tuple[str, Callable[[Any], dict[str, Any]]]] = module_table()
 
 
-def _max_pool(m: nn.MaxPool1d | nn.MaxPool2d) -> dict[str, Any]:
-    if m.return_indices:
-        raise NotMappable(msg("return_indices=True"))
-    kernel, stride = _compact(m.kernel_size), _compact(m.stride)
-    return {
-        "kernel_size": kernel,
-        "stride": None if stride == kernel else stride,
-        "padding": _compact(m.padding),
-        "dilation": _compact(m.dilation),
-        "ceil_mode": m.ceil_mode,
-    }
+def _read_params(layer_type: str, module: nn.Module) -> dict[str, Any]:
+    """A module's params as its catalog entry reads them."""
+    reader = CATALOG[layer_type].params_from_module
+    assert reader is not None, layer_type
+    return reader(module)
 
 
-def _avg_pool(m: nn.AvgPool1d | nn.AvgPool2d) -> dict[str, Any]:
-    if getattr(m, "divisor_override", None) is not None:
-        raise NotMappable(msg("divisor_override"))
-    kernel, stride = _compact(m.kernel_size), _compact(m.stride)
-    return {
-        "kernel_size": kernel,
-        "stride": None if stride == kernel else stride,
-        "padding": _compact(m.padding),
-        "ceil_mode": m.ceil_mode,
-        "count_include_pad": m.count_include_pad,
-    }
-
-
-def _adaptive(m: nn.AdaptiveAvgPool1d | nn.AdaptiveAvgPool2d) -> dict[str, Any]:
-    sizes = m.output_size if isinstance(m.output_size, (tuple, list)) else [m.output_size]
-    if any(s is None for s in sizes):
-        raise NotMappable(msg("an output_size of None (keep the input size)"))
-    return {"output_size": _compact(m.output_size)}
-
-
-def _batch_norm(m: nn.BatchNorm1d | nn.BatchNorm2d) -> dict[str, Any]:
-    return {
-        "eps": m.eps,
-        "momentum": m.momentum,
-        "affine": m.affine,
-        "track_running_stats": m.track_running_stats,
-    }
-
-
-def _last_dim_only(m: nn.LayerNorm | nn.RMSNorm) -> None:
-    if len(m.normalized_shape) != 1:
-        raise NotMappable(
-            msg(
-                "normalized_shape {shape}: only the last dim maps",
-                shape=str(list(m.normalized_shape)),
-            )
-        )
-
-
-def _layer_norm(m: nn.LayerNorm) -> dict[str, Any]:
-    _last_dim_only(m)
-    bias = m.bias is not None if m.elementwise_affine else True
-    return {"eps": m.eps, "elementwise_affine": m.elementwise_affine, "bias": bias}
-
-
-def _rms_norm(m: nn.RMSNorm) -> dict[str, Any]:
-    _last_dim_only(m)
-    return {"eps": m.eps, "elementwise_affine": m.elementwise_affine}
-
-
-def _embedding(m: nn.Embedding) -> dict[str, Any]:
-    if m.max_norm is not None or m.scale_grad_by_freq or m.sparse:
-        raise NotMappable(msg("max_norm, scale_grad_by_freq and sparse are not in the catalog"))
-    return {
-        "num_embeddings": m.num_embeddings,
-        "embedding_dim": m.embedding_dim,
-        "padding_idx": m.padding_idx,
-    }
-
-
-def _recurrent(m: nn.RNN | nn.LSTM | nn.GRU) -> dict[str, Any]:
-    if not m.batch_first:
-        raise NotMappable(msg("batch_first=False: NetBuilder's recurrent layers read [B, T, F]"))
-    if getattr(m, "proj_size", 0):
-        raise NotMappable(msg("proj_size"))
-    params = {
-        "hidden_size": m.hidden_size,
-        "num_layers": m.num_layers,
-        "bidirectional": m.bidirectional,
-        "dropout": float(m.dropout),
-        "bias": m.bias,
-    }
-    if isinstance(m, nn.RNN) and type(m) is nn.RNN:
-        params["nonlinearity"] = m.nonlinearity
-    return params
-
-
-def _attention(m: nn.MultiheadAttention) -> dict[str, Any]:
-    if not m.batch_first:
-        raise NotMappable(msg("batch_first=False: NetBuilder's attention reads [B, T, E]"))
-    if not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
-        raise NotMappable(msg("kdim/vdim, add_bias_kv and add_zero_attn are not in the catalog"))
-    return {
-        "num_heads": m.num_heads,
-        "dropout": float(m.dropout),
-        "bias": m.in_proj_bias is not None,
-    }
-
-
-def _encoder_layer(m: nn.TransformerEncoderLayer) -> dict[str, Any]:
-    if not m.self_attn.batch_first:
-        raise NotMappable(msg("batch_first=False: NetBuilder's encoder layer reads [B, T, E]"))
-    activation = {1: "relu", 2: "gelu"}.get(m.activation_relu_or_gelu)
-    if activation is None:
-        raise NotMappable(msg("an activation other than relu or gelu"))
-    return {
-        "nhead": m.self_attn.num_heads,
-        "dim_feedforward": m.linear1.out_features,
-        "dropout": float(m.dropout.p),
-        "activation": activation,
-        "layer_norm_eps": m.norm1.eps,
-        "norm_first": m.norm_first,
-        "bias": m.linear1.bias is not None,
-    }
-
-
-def _no_params(m: nn.Module) -> dict[str, Any]:
-    return {}
-
-
-MODULES: dict[type[nn.Module], tuple[str, Callable[[Any], dict[str, Any]]]] = {
-    nn.Linear: ("Linear", lambda m: {"out_features": m.out_features, "bias": m.bias is not None}),
-    nn.Conv1d: ("Conv1d", _conv),
-    nn.Conv2d: ("Conv2d", _conv),
-    nn.MaxPool1d: ("MaxPool1d", _max_pool),
-    nn.MaxPool2d: ("MaxPool2d", _max_pool),
-    nn.AvgPool1d: ("AvgPool1d", _avg_pool),
-    nn.AvgPool2d: ("AvgPool2d", _avg_pool),
-    nn.AdaptiveAvgPool1d: ("AdaptiveAvgPool1d", _adaptive),
-    nn.AdaptiveAvgPool2d: ("AdaptiveAvgPool2d", _adaptive),
-    nn.Flatten: ("Flatten", lambda m: {"start_dim": m.start_dim, "end_dim": m.end_dim}),
-    nn.BatchNorm1d: ("BatchNorm1d", _batch_norm),
-    nn.BatchNorm2d: ("BatchNorm2d", _batch_norm),
-    nn.LayerNorm: ("LayerNorm", _layer_norm),
-    nn.RMSNorm: ("RMSNorm", _rms_norm),
-    nn.GroupNorm: (
-        "GroupNorm",
-        lambda m: {"num_groups": m.num_groups, "eps": m.eps, "affine": m.affine},
-    ),
-    nn.Dropout: ("Dropout", lambda m: {"p": float(m.p)}),
-    nn.Dropout2d: ("Dropout2d", lambda m: {"p": float(m.p)}),
-    nn.ReLU: ("ReLU", _no_params),
-    nn.SiLU: ("SiLU", _no_params),
-    nn.Tanh: ("Tanh", _no_params),
-    nn.Sigmoid: ("Sigmoid", _no_params),
-    nn.Identity: ("Identity", _no_params),
-    nn.GELU: ("GELU", lambda m: {"approximate": m.approximate}),
-    nn.LeakyReLU: ("LeakyReLU", lambda m: {"negative_slope": float(m.negative_slope)}),
-    nn.Softmax: ("Softmax", lambda m: {"dim": m.dim}),
-    nn.Embedding: ("Embedding", _embedding),
-    nn.RNN: ("RNN", _recurrent),
-    nn.LSTM: ("LSTM", _recurrent),
-    nn.GRU: ("GRU", _recurrent),
-    nn.MultiheadAttention: ("MultiheadAttention", _attention),
-    nn.TransformerEncoderLayer: ("TransformerEncoderLayer", _encoder_layer),
-}
 TUPLE_OUTPUTS = {
     "RNN": N_("the final hidden state h_n"),
     "GRU": N_("the final hidden state h_n"),
@@ -942,12 +771,29 @@ def _map_module(walk: Walk, node: fx.Node) -> Layer | Stack:
         raise NotMappable(msg("no NetBuilder layer does this"))
     layer_type, read_params = entry
     params = read_params(module)
+    positions = _positions(walk, node, module)
+    if positions is not None:
+        return positions
     if layer_type == "MultiheadAttention":
         x = _self_attention_input(walk, node, params)
     else:
         x = _only_input(node)
     several = TUPLE_OUTPUTS.get(layer_type)
     return Layer(layer_type, params, (_tensor(walk, x),), several, path)
+
+
+def _positions(walk: Walk, node: fx.Node, module: nn.Module) -> Constant | None:
+    """nanoGPT's self.wpe(torch.arange(t)): an Embedding of the positions 0..t-1 is the first
+    t rows of its table, a learned position table (a PositionalEncoding once added to x)."""
+    value = walk.values.get(node.args[0]) if node.args else None
+    if not (isinstance(module, nn.Embedding) and isinstance(value, Constant)):
+        return None
+    positions = value.node.meta.get("value")
+    steps = positions.shape[-1] if isinstance(positions, torch.Tensor) and positions.dim() else 0
+    if not steps or not torch.equal(positions.reshape(-1), torch.arange(steps)):
+        return None
+    path = str(node.target)
+    return Constant(node, None, weights=f"{path}.weight", owner=path)
 
 
 def _claim_weights(walk: Walk, node: fx.Node, module: nn.Module | nn.Parameter) -> None:
@@ -992,15 +838,19 @@ def _encoder_stack(walk: Walk, node: fx.Node, module: nn.TransformerEncoder) -> 
     """nn.TransformerEncoder as what it is: its encoder layers in a row, then its norm."""
     path = str(node.target)
     layers = [
-        Layer("TransformerEncoderLayer", _encoder_layer(layer), (), path=f"{path}.layers.{index}")
+        Layer(
+            "TransformerEncoderLayer",
+            _read_params("TransformerEncoderLayer", layer),
+            (),
+            path=f"{path}.layers.{index}",
+        )
         for index, layer in enumerate(module.layers)
     ]
     if module.norm is not None:
         if type(module.norm) is not nn.LayerNorm:
-            raise NotMappable(
-                msg("a final norm of type {kind}", kind=type(module.norm).__name__)
-            )
-        layers.append(Layer("LayerNorm", _layer_norm(module.norm), (), path=f"{path}.norm"))
+            raise NotMappable(msg("a final norm of type {kind}", kind=type(module.norm).__name__))
+        norm = _read_params("LayerNorm", module.norm)
+        layers.append(Layer("LayerNorm", norm, (), path=f"{path}.norm"))
     return Stack(_tensor(walk, _only_input(node)), tuple(layers))
 
 
@@ -1050,7 +900,7 @@ def _arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
     return node.kwargs.get(name, default)
 
 
-def _tensor(walk: Walk, arg: Any, use: str = "works on") -> str:
+def _tensor(walk: Walk, arg: Any, returned: bool = False) -> str:
     """The graph node of a tensor argument (a Failed one stands in as "?", already reported)."""
     value = walk.values.get(arg) if isinstance(arg, fx.Node) else None
     if isinstance(value, Failed):
@@ -1064,21 +914,24 @@ def _tensor(walk: Walk, arg: Any, use: str = "works on") -> str:
             )
         )
     if isinstance(value, Constant):
+        source = "self." + str(value.root.target) if value.root is not None else value.node.name
+        if returned:
+            raise NotMappable(msg("forward returns a constant tensor ({source})", source=source))
         raise NotMappable(
             msg(
-                "{use} a constant tensor{source}: only tensors computed from the input flow"
-                " through a graph",
-                use=use,
-                source=f" (self.{value.root.target})" if value.root is not None else "",
+                "works on a constant tensor ({source}): only tensors computed from the input"
+                " flow through a graph",
+                source=source,
             )
         )
     if not isinstance(value, str):
+        if returned:
+            raise NotMappable(
+                msg("forward returns {arg}, which is not one tensor computed from the input",
+                    arg=repr(arg))
+            )  # fmt: skip
         raise NotMappable(
-            msg(
-                "{use} {arg}, which is not one tensor computed from the input",
-                use=use,
-                arg=repr(arg),
-            )
+            msg("works on {arg}, which is not one tensor computed from the input", arg=repr(arg))
         )
     return value
 
@@ -1106,6 +959,8 @@ def _positional_encoding(walk: Walk, node: fx.Node, x: Any, table: Constant) -> 
     buffer, or a learned [max_len, E] parameter, added to [B, T, E]."""
     rank = len(node.meta["shape"])
     root = table.root.meta["value"] if table.root is not None else None
+    if table.weights is not None:
+        root = walk.gm.get_parameter(table.weights)
     if rank != 3 or root is None or root.numel() % node.meta["shape"][-1]:
         raise NotMappable(
             msg("adds a constant tensor; only a positional encoding table added to [B, T, E] maps")
@@ -1116,15 +971,14 @@ def _positional_encoding(walk: Walk, node: fx.Node, x: Any, table: Constant) -> 
     if not torch.equal(table.node.meta["value"].reshape(-1, embed), rows[:steps]):
         raise NotMappable(msg("adds a table other than its first rows, positions 0..T-1"))
     params = {"max_len": rows.shape[0]}
-    if table.trainable:
+    if table.weights is not None:
         params["kind"] = "learned"
-        path = str(table.root.target)
-        _claim_weights(walk, node, walk.gm.get_parameter(path))
+        if table.owner is None:  # a bare parameter: this node owns it
+            _claim_weights(walk, node, walk.gm.get_parameter(table.weights))
+        path = table.owner or table.weights
         return Layer("PositionalEncoding", params, (_tensor(walk, x),), path=path)
     if not torch.allclose(rows, sinusoidal_table(rows.shape[0], embed), atol=1e-5):
-        raise NotMappable(
-            msg("adds a fixed table that is not the sinusoidal positional encoding")
-        )
+        raise NotMappable(msg("adds a fixed table that is not the sinusoidal positional encoding"))
     params["kind"] = "sinusoidal"
     return Layer("PositionalEncoding", params, (_tensor(walk, x),))
 
@@ -1194,7 +1048,9 @@ def _getitem(walk: Walk, node: fx.Node) -> Layer | Value:
     if isinstance(value, Several) and index == 1 and value.what in ("RNN", "GRU", "LSTM"):
         params = next(n["params"] for n in walk.nodes if n["id"] == value.node_id)
         one_way = not params.get("bidirectional", False)
-        return FinalStates(value.node_id, value.what == "LSTM", one_way, params.get("num_layers", 1))
+        return FinalStates(
+            value.node_id, value.what == "LSTM", one_way, params.get("num_layers", 1)
+        )
     if isinstance(value, FinalStates):
         return _final_state(value, index)
     if isinstance(value, Several):
@@ -1246,7 +1102,10 @@ def _reduce(walk: Walk, node: fx.Node) -> Layer | Stack:
     name = getattr(node.target, "__name__", node.target)
     mode = "mean" if name == "mean" else "max"
     dim = _arg(node, 1, "dim")
-    dims = sorted(d % _rank(node.args[0]) for d in (dim if isinstance(dim, (list, tuple)) else [dim] if isinstance(dim, int) else []))
+    dims = sorted(
+        d % _rank(node.args[0])
+        for d in (dim if isinstance(dim, (list, tuple)) else [dim] if isinstance(dim, int) else [])
+    )
     keepdim = bool(_arg(node, 2, "keepdim", False))
     x = _tensor(walk, node.args[0])
     rank = _rank(node.args[0])
@@ -1354,6 +1213,39 @@ def _adaptive_pool(walk: Walk, node: fx.Node) -> Layer:
     )
 
 
+def _interpolate(walk: Walk, node: fx.Node) -> Layer:
+    """F.interpolate(x, size, scale_factor, mode, align_corners) as an Upsample."""
+    mode = _arg(node, 3, "mode", "nearest")
+    if mode not in ("nearest", "linear", "bilinear"):
+        raise NotMappable(
+            msg("mode={mode}: only nearest, linear and bilinear map", mode=repr(mode))
+        )
+    if _arg(node, 5, "recompute_scale_factor") or _arg(node, 6, "antialias", False):
+        raise NotMappable(msg("recompute_scale_factor or antialias"))
+    factor = _arg(node, 2, "scale_factor")
+    if isinstance(factor, (tuple, list)):
+        factor = float(factor[0]) if len(set(factor)) == 1 else [float(f) for f in factor]
+    params = {
+        "size": _compact(_arg(node, 1, "size")),
+        "scale_factor": float(factor) if isinstance(factor, (int, float)) else factor,
+        "mode": mode,
+        "align_corners": _arg(node, 4, "align_corners"),
+    }
+    return Layer("Upsample", params, (_tensor(walk, node.args[0]),))
+
+
+def _instance_norm(walk: Walk, node: fx.Node) -> Layer:
+    """F.instance_norm(x) without running statistics or weights: InstanceNorm1d/2d."""
+    names = ("running_mean", "running_var", "weight", "bias")
+    if any(_arg(node, index, name) is not None for index, name in enumerate(names, start=1)):
+        raise NotMappable(
+            msg("with running statistics or weights: only the plain F.instance_norm(x) maps")
+        )
+    rank = _rank(node.args[0])
+    eps = float(_arg(node, 7, "eps", 1e-5))
+    return Layer(f"InstanceNorm{rank - 2}d", {"eps": eps}, (_tensor(walk, node.args[0]),))
+
+
 Handler = Callable[[Walk, fx.Node], Layer | Stack | Value]
 
 # How each catalog type's functional forms pass their params (types without params need none).
@@ -1381,6 +1273,9 @@ ARGUMENTS: dict[str, Handler] = {
     "AdaptiveAvgPool2d": _adaptive_pool,
     "AdaptiveMaxPool1d": _adaptive_pool,
     "AdaptiveMaxPool2d": _adaptive_pool,
+    "Upsample": _interpolate,
+    "InstanceNorm1d": _instance_norm,
+    "InstanceNorm2d": _instance_norm,
 }
 
 # Calls that move values around without being a layer.
@@ -1394,57 +1289,26 @@ PLUMBING_METHODS: dict[str, Handler] = {
 }
 
 
-# Until the catalog entries carry their own `functional` names: the same names, in its format.
-FUNCTIONAL: dict[str, tuple[str, ...]] = {
-    "Add": ("operator.add", "operator.iadd", "torch.add", "Tensor.add"),
-    "Multiply": ("operator.mul", "operator.imul", "torch.mul", "Tensor.mul"),
-    "Concat": ("torch.cat", "torch.concat", "torch.concatenate"),
-    "Flatten": ("torch.flatten", "Tensor.flatten"),
-    "Reshape": ("torch.reshape", "Tensor.view", "Tensor.reshape"),
-    "Permute": ("torch.permute", "torch.transpose", "Tensor.permute", "Tensor.transpose"),
-    "SequencePool": ("torch.mean", "torch.amax", "torch.max", "Tensor.mean", "Tensor.amax",
-                     "Tensor.max"),  # fmt: skip
-    "ReLU": ("torch.relu", "torch.relu_", "torch.nn.functional.relu", "Tensor.relu",
-             "Tensor.relu_"),  # fmt: skip
-    "Sigmoid": ("torch.sigmoid", "torch.nn.functional.sigmoid", "Tensor.sigmoid"),
-    "Tanh": ("torch.tanh", "torch.nn.functional.tanh", "Tensor.tanh"),
-    "SiLU": ("torch.nn.functional.silu",),
-    "GELU": ("torch.nn.functional.gelu",),
-    "LeakyReLU": ("torch.nn.functional.leaky_relu",),
-    "Softmax": ("torch.softmax", "torch.nn.functional.softmax", "Tensor.softmax"),
-    "Dropout": ("torch.nn.functional.dropout",),
-    "MaxPool1d": ("torch.nn.functional.max_pool1d",),
-    "MaxPool2d": ("torch.nn.functional.max_pool2d",),
-    "AvgPool1d": ("torch.nn.functional.avg_pool1d",),
-    "AvgPool2d": ("torch.nn.functional.avg_pool2d",),
-    "AdaptiveAvgPool1d": ("torch.nn.functional.adaptive_avg_pool1d",),
-    "AdaptiveAvgPool2d": ("torch.nn.functional.adaptive_avg_pool2d",),
-}
-
-
 def _resolve(name: str) -> Any:
     """'torch.nn.functional.relu' -> the function itself (what fx records as the target)."""
     module, _, attribute = name.rpartition(".")
     return getattr(importlib.import_module(module), attribute)
 
 
-def functional_tables(
-    functional: dict[str, tuple[str, ...]],
-) -> tuple[dict[Any, str], dict[str, str]]:
-    """The catalog's functional names as two lookups: function object -> type, and tensor
-    method name -> type ('Tensor.relu' -> 'relu')."""
+def functional_tables(functional: dict[str, str]) -> tuple[dict[Any, str], dict[str, str]]:
+    """The catalog's functional names ({qualified name: type}) as two lookups: function object
+    -> type, and tensor method name -> type ('Tensor.relu' -> 'relu')."""
     functions: dict[Any, str] = {}
     methods: dict[str, str] = {}
-    for layer_type, names in functional.items():
-        for name in names:
-            if name.startswith("Tensor."):
-                methods[name.removeprefix("Tensor.")] = layer_type
-            else:
-                functions[_resolve(name)] = layer_type
+    for name, layer_type in functional.items():
+        if name.startswith("Tensor."):
+            methods[name.removeprefix("Tensor.")] = layer_type
+        else:
+            functions[_resolve(name)] = layer_type
     return functions, methods
 
 
-FUNCTION_TYPES, METHOD_TYPES = functional_tables(FUNCTIONAL)
+FUNCTION_TYPES, METHOD_TYPES = functional_tables(functional_table())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1560,7 +1424,7 @@ def _output_problems(
     if not math.isfinite(error) or error > TOLERANCE * (1 + float(expected.abs().max())):
         why = msg(
             "the compiled graph's outputs differ from the model's by up to {error}",
-            error=f"{error:.3g}",
+            error=format(error, ".3g"),
         )
         return [_problem(analysis, walk, None, why)]
     return []
@@ -1583,7 +1447,7 @@ def _unused_modules(model: nn.Module, walk: Walk) -> list[Message]:
             "self.{path} ({kind}, {count} parameters) is never used in forward; it is left out",
             path=path,
             kind=type(modules[path]).__name__ if path in modules else "Parameter",
-            count=f"{count:,}",
+            count=format(count, ","),
         )
         for path, count in unused.items()
     ]

@@ -115,7 +115,7 @@ def over_parameter_budget(
         "the model needs {need} for parameters alone ({count} parameters), over the budget of"
         " {budget}; make the largest layers smaller",
         need=format_bytes(estimate.parameter_bytes),
-        count=f"{estimate.parameters:,}",
+        count=format(estimate.parameters, ","),
         budget=format_bytes(budget),
     )
 

@@ -37,6 +37,8 @@ _PARAM_ERRORS = "nb_param_errors"  # (graph version, {(node, param): message})
 _ERROR = "nb_error"  # an Open or fix failure, shown once, in the next run of this page
 _UPLOADS = "nb_uploads"  # how many files were opened: part of the uploader's key
 _MOUNTS = "nb_mounts"  # how many times the canvas was remounted to fit the graph into the view
+_FIT = "nb_fit"  # (graph version, selection) to fit: until the next edit or click, the canvas
+# fits the graph after each of its layout passes (the first comes after the echo)
 _PALETTE = "nb_palette_round"  # grows with every palette click: a fresh, empty set of pills
 
 TEMPLATES = {
@@ -240,9 +242,10 @@ def _fix_text(fix: dict[str, Any]) -> str:
 
 
 def _new_graph() -> None:
+    """A blank canvas, its Input selected: the page's script pans it into view at the zoom the
+    person had (a fit would blow two nodes up to twice their size)."""
     state.set_graph(edit.blank_graph())
-    state.select(None)
-    _fit_view()
+    state.select("input")
     st.toast(_("A new, blank canvas. Undo brings your graph back."), icon=":material/add:")
 
 
@@ -300,6 +303,11 @@ def _fit_view() -> None:
     """Remount the canvas, which fits the whole graph into the view as it mounts."""
     st.session_state[_MOUNTS] = st.session_state.get(_MOUNTS, 0) + 1
     st.session_state.pop(_PUSHED, None)
+    st.session_state[_FIT] = _view_key()
+
+
+def _view_key() -> tuple[int, str | None, int | None]:
+    return (state.graph_version(), state.selected_node(), state.selected_edge())
 
 
 def canvas_key() -> str:
@@ -414,7 +422,7 @@ def draw_canvas(graph: Graph, analysis: Analysis, selected: str | None) -> None:
         canvas_key(),
         flow_state(graph, analysis, selected),
         height=CANVAS_HEIGHT,
-        fit_view=True,  # as it mounts: a new session, and every remount that _fit_view asks for
+        fit_view=st.session_state.get(_FIT) == _view_key(),  # a new session, Tidy, New, Open
         show_controls=True,
         show_minimap=False,  # it covered nodes; the controls' fit button shows the whole graph
         allow_new_edges=True,
@@ -791,6 +799,7 @@ STYLE = """
 @st.fragment
 def workspace() -> None:
     """Everything the graph shows: a canvas edit reruns this fragment, not the whole page."""
+    st.session_state.setdefault(_FIT, _view_key())
     sync_canvas()
     graph = state.current_graph()
     selected = state.selected_node()

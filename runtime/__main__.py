@@ -124,6 +124,8 @@ def _train(args: argparse.Namespace) -> int:
         folder = runs.create_run(Path(args.runs), graph, config, upload if is_file else None)
     except runs.RunError as exc:
         return _fail(str(exc), 1)
+    except OSError as exc:
+        return _fail(f"cannot write the run folder in {args.runs}: {exc.strerror or exc}", 2)
     stop = _stop_on_signals()
     store.update_status(folder, pid=os.getpid(), pid_started=runs.process_start_time(os.getpid()))
     with (folder / store.LOG_FILE).open("a") as log, contextlib.redirect_stderr(log):

@@ -150,7 +150,9 @@ def _outcome(done: subprocess.CompletedProcess[bytes], time_limit_s: int) -> Imp
         try:
             return ImportOutcome(parse_graph(reply["graph"]), warnings=warnings)
         except GraphFormatError as exc:
-            return ImportOutcome(None, msg("the imported graph is not valid: {detail}", detail=str(exc)))
+            return ImportOutcome(
+                None, msg("the imported graph is not valid: {detail}", detail=str(exc))
+            )
     problems = tuple(_message(p) for p in reply.get("problems", []))
     return ImportOutcome(None, _message(reply.get("error")), problems, warnings)
 

@@ -127,8 +127,8 @@ def create_run(
                 msg(
                     "{file} is {size} MB; uploads are capped at {cap} MB",
                     file=dataset_file.name,
-                    size=f"{size / 1e6:.1f}",
-                    cap=f"{MAX_UPLOAD_BYTES / 1e6:.0f}",
+                    size=format(size / 1e6, ".1f"),
+                    cap=format(MAX_UPLOAD_BYTES / 1e6, ".0f"),
                 )
             )
         config = config.model_copy(update={"dataset": dataset_file.name})
@@ -181,7 +181,7 @@ def start_run(
 ) -> str:
     """Create a run and queue it for a trainer (it starts at once where a slot is free)."""
     folder = create_run(Path(runs_dir), graph, config, dataset_file, warm_start_from)
-    _spawn(folder)
+    _enqueue(folder)
     return folder.name
 
 
@@ -219,7 +219,7 @@ def warm_up() -> None:
     forkserver.ensure_running()
 
 
-def _spawn(folder: Path) -> None:
+def _enqueue(folder: Path) -> None:
     """Queue a run; a slot is filled in the background (the first fork may wait for the
     forkserver to finish importing), so Start returns at once."""
     store.update_status(folder, status="queued", pid=None, server=_this_process())
@@ -558,7 +558,7 @@ def resume_run(runs_dir: Path, run_id: str) -> RunInfo:
         )
     (folder / store.STOP_FILE).unlink(missing_ok=True)
     store.update_status(folder, message=msg("resuming"))
-    _spawn(folder)
+    _enqueue(folder)
     return _info(folder)
 
 

@@ -68,7 +68,7 @@ def update_status(run_dir: Path, **changes: Any) -> dict[str, Any]:
     """Merge changes into status.json (only one process writes a run's status at a time).
 
     A Message value is stored as its English text, with the message as data beside it under
-    KEY_data ({"code", "values"}), so that a page can render it in the reader's language.
+    message_data ({"code", "values"}), so that a page can render it in the reader's language.
     """
     stored: dict[str, Any] = {}
     for key, value in changes.items():

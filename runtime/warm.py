@@ -19,7 +19,9 @@ from torch import nn
 
 from runtime import store
 from runtime.datasets import load_dataset
-from runtime.trainer import TrainConfig, build_optimizer
+from runtime.loop import make_optimizer
+from runtime.settings import TrainConfig
+from runtime.trainer import train_run  # noqa: F401  (the trainer itself, imported once)
 
 # Loaded once in the forkserver, so that their files and imports are warm for every run.
 PRELOADED_DATASETS = ("digits", "digits-28")
@@ -31,7 +33,7 @@ def preload_training() -> None:
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3))
     x, y = torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.long)
     for name in TrainConfig.model_fields["optimizer"].annotation.__args__:
-        optimizer = build_optimizer(TrainConfig(optimizer=name), list(model.parameters()))
+        optimizer = make_optimizer(TrainConfig(optimizer=name), list(model.parameters()))
         F.cross_entropy(model(x), y).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -354,9 +354,9 @@ def test_a_loaded_template_is_fitted_to_the_view_and_an_edit_keeps_the_zoom(home
     assert _canvas_args(at)["fitView"] is True
     first = canvas_key(at)
     palette(at, "Regularisation").set_value("Dropout").run()
-    assert canvas_key(at) == first  # an edit keeps the person's zoom
+    assert canvas_key(at) == first and _canvas_args(at)["fitView"] is False  # the zoom is kept
     at.menu_button(key="nb_template").set_value("lenet5").run()
-    assert canvas_key(at) != first
+    assert canvas_key(at) != first and _canvas_args(at)["fitView"] is True
     tidied = canvas_key(at)
     toolbar(at, "nb_tidy").click().run()
     assert canvas_key(at) != tidied

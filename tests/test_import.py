@@ -382,3 +382,53 @@ def test_import_is_allowed_on_localhost_or_where_the_operator_turned_it_on(
     address: str | None, setting: str | None, allowed: bool
 ) -> None:
     assert import_allowed(address, setting) is allowed
+
+
+# ---------------------------------------------------------------------------------------------
+# Control flow fixed for the input shape
+
+
+class TinyGPT(nn.Module):
+    """nanoGPT's shape checks and learned positions: b, t = idx.size(); assert t <= block_size;
+    self.wpe(torch.arange(t)) added to the token embeddings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block_size = 16
+        self.wte = nn.Embedding(20, 8)
+        self.wpe = nn.Embedding(self.block_size, 8)
+        self.ln_f = nn.LayerNorm(8)
+        self.lm_head = nn.Linear(8, 20, bias=False)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        b, t = idx.size()
+        assert t <= self.block_size, f"Cannot forward sequence of length {t}"
+        pos = torch.arange(0, t, dtype=torch.long, device=idx.device)
+        x = self.wte(idx) + self.wpe(pos)
+        return self.lm_head(self.ln_f(x))
+
+
+def test_shape_checks_pass_and_learned_positions_become_a_positional_encoding() -> None:
+    model = TinyGPT().eval()
+    result = import_model(model, (10,), "int64")
+    assert result.problems == [], [str(p) for p in result.problems]
+    (position,) = [n for n in result.graph.nodes if n.type == "PositionalEncoding"]
+    assert position.params == {"max_len": 16} and position.label == "self.wpe"
+    analysis = analyse(result.graph)
+    assert analysis.total_params == sum(p.numel() for p in model.parameters())
+    compiled = load_module(generate_source(analysis)).build_model().eval()
+    names = attribute_names(analysis)
+    compiled.load_state_dict(convert_state_dict(model.state_dict(), result.module_paths, names))
+    x = torch.randint(0, 20, (4, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x))
+
+
+class BakesTheBatch(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.zeros(x.size(0), 4)
+
+
+def test_a_batch_size_used_as_a_plain_int_is_refused_not_baked_in() -> None:
+    with pytest.raises(ModelImportError, match="torch.fx cannot trace"):
+        import_model(BakesTheBatch(), (4,))

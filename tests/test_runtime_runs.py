@@ -584,3 +584,22 @@ def test_cli_run_that_fails_prints_the_sentence_its_status_records(tmp_path: Pat
     assert summary["status"] == "failed"
     status = store.read_status(tmp_path / summary["run"])
     assert status["status"] == "failed" and status["message"] == done.stderr.strip()
+
+
+def test_cli_runs_folder_that_cannot_be_written_is_one_line_and_exit_2(tmp_path: Path):
+    (tmp_path / "taken").write_text("a file where the runs folder should be")
+    done = cli(
+        "train", str(TEMPLATES / "lstm_classifier.json"), "--dataset", "digits-rows",
+        "--runs", "taken/runs", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "cannot write the run folder in taken/runs" in one_line_error(done)
+
+
+def test_cli_graph_with_a_non_finite_value_is_one_line(tmp_path: Path):
+    data = json.loads((TEMPLATES / "lstm_classifier.json").read_text())
+    data["nodes"][1]["params"]["dropout"] = float("nan")
+    (tmp_path / "g.json").write_text(json.dumps(data))  # Python writes NaN, as JSON readers accept
+    done = cli("train", "g.json", "--dataset", "digits-rows", cwd=tmp_path)
+    assert done.returncode in (1, 2)
+    one_line_error(done)

@@ -139,7 +139,16 @@ def test_lenet5_from_a_blank_canvas_by_palette_clicks_and_handle_drags(small: Pa
     expect(page.get_by_text("linear_3 gets 10 outputs")).to_be_visible()
     expect(node(page, "linear_3")).to_contain_text("[10]")
 
-    # Delete the first edge with the keyboard, and draw it again from handle to handle.
+    # Pick the Input in the layer list: the canvas pans to it. Delete the edge below it with the
+    # keyboard, and draw it again from handle to handle.
+    picker = page.get_by_test_id("stSelectbox").filter(has_text="Layer").locator("input")
+    picker.scroll_into_view_if_needed()
+    picker.click()
+    page.get_by_role("option", name="input", exact=True).click()
+    expect(node(page, "input")).to_have_css("border-top-color", SELECTED_BLUE)
+    page.locator(CANVAS).scroll_into_view_if_needed()  # the form below may have scrolled the page
+    expect(node(page, "input")).to_be_in_viewport()
+    settled(page)
     edge = canvas(page).locator('.react-flow__edge[data-testid$="input->conv2d_1"] path').first
     page.mouse.click(*centre(edge))
     settled(page)
@@ -162,12 +171,16 @@ def test_keys_delete_the_last_node_and_undo_redo_bring_it_back(small: Page, shot
         click_node(page, node_id)
         page.keyboard.press("Backspace")
         expect(nodes(page)).to_have_count(left)
+    settled(page)
     shot(page, "empty-canvas")
     page.keyboard.press("Control+z")
     expect(nodes(page)).to_have_count(1)
+    settled(page)
     page.keyboard.press("Control+Shift+z")
     expect(nodes(page)).to_have_count(0)
     page.keyboard.press("Control+z")
+    expect(nodes(page)).to_have_count(1)
+    settled(page)
     page.keyboard.press("Control+z")
     expect(nodes(page)).to_have_count(2)
 
@@ -195,5 +208,30 @@ def test_toolbar_and_summary_are_uncut(browser: Browser, app_url: str, width, he
         expect(node(page, "b1_add")).to_be_in_viewport()  # the middle of the default graph
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / f"build-{lang}-{width}x{height}.png"))
+    finally:
+        page.context.close()
+
+
+def test_in_chinese_a_template_is_built_and_trained(browser: Browser, app_url: str):
+    """中文: the sidebar switch, a template from the toolbar, a run on the Train page; the
+    screenshots show Chinese text drawn with a CJK font (look at them: no tofu boxes)."""
+    page = open_page(browser, app_url, 1280, 720, "en")
+    try:
+        page.get_by_test_id("stSidebar").get_by_text("中文", exact=True).click()
+        expect(page.get_by_test_id("stSidebar").get_by_text("卷积", exact=True)).to_be_visible()
+        tool(page, "nb_template").click()
+        page.get_by_text("LeNet-5 · ", exact=False).click()
+        expect(node(page, "c1")).to_be_visible()
+        expect(page.get_by_text("没有问题：所有形状都匹配。")).to_be_visible()
+        settled(page)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "zh-build-lenet5.png"))
+        page.get_by_test_id("stSidebarNav").get_by_role("link").nth(1).click()
+        start = page.locator(".st-key-train-start button").first
+        expect(start).to_be_enabled(timeout=30_000)
+        start.click()
+        expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=60_000)
+        settled(page)
+        page.screenshot(path=str(ARTIFACTS / "zh-train-lenet5.png"))
     finally:
         page.context.close()
