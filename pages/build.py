@@ -4,7 +4,8 @@ The graph lives in pages/state.py; the canvas (streamlit-flow) only shows it and
 A canvas edit reaches Python as the component's value, which is read at the top of the run,
 before anything is drawn, so the same run already shows the new shapes. (The browser answers
 every state it takes with an echo; an echo changes nothing and costs one cheap run.) Everything
-that shows the graph is one fragment, so a canvas edit reruns it alone, not the whole page.
+that shows the graph is drawn from the same state; the canvas is a fragment of its own, so its
+echoes rerun the canvas alone, and only a real change reruns the page.
 Keys (Delete, Ctrl+Z, Ctrl+Shift+Z) and clicks on the empty pane press the page's own buttons
 (KEYS_SCRIPT), so every edit goes through the same callbacks and the same undo history. The
 canvas fits the graph into its view as it mounts; Tidy, New, Open and templates remount it.
@@ -796,11 +797,8 @@ STYLE = """
 """
 
 
-@st.fragment
 def workspace() -> None:
-    """Everything the graph shows: a canvas edit reruns this fragment, not the whole page."""
-    st.session_state.setdefault(_FIT, _view_key())
-    sync_canvas()
+    """The toolbar, the canvas, the summary and the form: what shows the graph."""
     graph = state.current_graph()
     selected = state.selected_node()
     notice = state.take_notice()
@@ -813,7 +811,7 @@ def workspace() -> None:
     analysis = state.current_analysis()
     left, right = st.columns([13, 7], gap="medium")
     with left:
-        draw_canvas(graph, analysis, selected)
+        canvas_fragment()
     with right:
         summary_metrics(analysis)
         problems(analysis)
@@ -823,7 +821,23 @@ def workspace() -> None:
     layer_table(analysis)
 
 
+@st.fragment
+def canvas_fragment() -> None:
+    """The canvas alone: its echoes and layout passes (two per state sent) rerun only this.
+
+    A value that changes the graph or the selection reruns the whole page, so the summary, the
+    form and the table show it too.
+    """
+    before = _view_key()
+    sync_canvas()
+    if _view_key() != before:
+        st.rerun()
+    draw_canvas(state.current_graph(), state.current_analysis(), state.selected_node())
+
+
 def main() -> None:
+    st.session_state.setdefault(_FIT, _view_key())
+    sync_canvas()  # a value sent while the page was busy: applied before anything is drawn
     st.html(STYLE)
     st.html(KEYS_SCRIPT, unsafe_allow_javascript=True)
     palette()
