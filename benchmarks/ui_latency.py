@@ -57,8 +57,8 @@ WATCH = """() => {
   }).observe(doc.body, {childList: true, subtree: true});
   window.nbStarts = [];
   const mark = () => window.nbStarts.push(Date.now());
-  document.addEventListener('pointerdown', mark, true);
-  document.addEventListener('keydown', mark, true);
+  window.addEventListener('pointerdown', mark, true);  // on window: the page's key script
+  window.addEventListener('keydown', mark, true);  // stops keys from going further down
   frame.contentWindow.addEventListener('keydown', mark, true);
 }"""
 
