@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build; a GPU user can pass TORCH_SPEC=torch (any version that requirements.txt accepts).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: run test bench chromium clean
+.PHONY: run test bench chromium clean gpu-wheels
 
 $(VENV)/.deps: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,15 @@ bench: $(VENV)/.dev
 	$(PY) benchmarks/chart_latency.py
 	$(PY) benchmarks/ui_latency.py
 	$(PY) benchmarks/train_speed.py
+	$(PY) benchmarks/first_point.py
+
+# Wheels the GPU machine lacks (it runs Python 3.12 with torch), for benchmarks/gpu_check.sh.
+GPU_WHEELS := pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
+	black==26.10.1 platformdirs==4.14.9 pytokens==0.4.1 Babel==2.19.0
+gpu-wheels:
+	mkdir -p .whl && $(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 --platform any -d .whl $(GPU_WHEELS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis test-artifacts

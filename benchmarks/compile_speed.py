@@ -1,7 +1,13 @@
 """Compile speed: validate + infer + emit for 50- and 500-node graphs, and our shape inference
 against a `device="meta"` forward of the very module we export (the baseline, same run).
 
+Then `python -m compiler check` on hostile files the format accepts (2,000 nodes, up to 2 MB):
+every node failing with huge sizes (the fix suggestions must not search up to the size), a chain
+that grows sizes until they overflow, and a 2 MB file of long ids and labels; the baseline is the
+same check on the 500-node residual graph, in the same run.
+
 Targets (issue 2): full compile < 50 ms for 500 nodes; inference >= 10x faster than meta forward.
+Target (issue 8): check of any accepted file < 2 s.
 Run: .venv/bin/python benchmarks/compile_speed.py
 """
 
@@ -9,6 +15,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
 import sys
 import time
 import types
@@ -46,6 +53,61 @@ def residual_graph(target_nodes: int) -> Graph:
               {"id": "out", "type": "Output"}]
     edges += [{"source": a, "target": b} for a, b in zip([last, "pool", "flat", "head"], ["pool", "flat", "head", "out"])]
     return parse_graph({"format": "netbuilder.graph/1", "name": "bench", "nodes": nodes, "edges": edges})
+
+
+def hostile_graphs() -> dict[str, str]:
+    """File texts of 2,000 nodes that the format accepts, built to make the analysis work hard."""
+    big = 9_999_991  # a prime: no divisor but 1 and itself
+    fan = [{"id": "in", "type": "Input", "params": {"shape": [big, 1]}}]
+    fan += [{"id": f"g{i}", "type": "GroupNorm", "params": {"num_groups": big - 1 - i}} for i in range(1996)]
+    fan += [{"id": "att", "type": "MultiheadAttention", "params": {"num_heads": 9_999_989}},
+            {"id": "out", "type": "Output"}]
+    fan_edges = [{"source": "in", "target": n["id"]} for n in fan[1:-1]] + [{"source": "g0", "target": "out"}]
+    grow = [{"id": "in", "type": "Input", "params": {"shape": [1, 2]}}]
+    grow += [{"id": f"t{i}", "type": "ConvTranspose1d",
+              "params": {"out_channels": 1, "kernel_size": 10_000_000, "stride": 10_000_000}} for i in range(1998)]
+    grow.append({"id": "out", "type": "Output"})
+    grow_edges = [{"source": a["id"], "target": b["id"]} for a, b in zip(grow, grow[1:])]
+    padded = residual_graph(1996)
+    long = [{**n.model_dump(exclude_none=True), "id": n.id + "_" * (190 - len(n.id)), "label": "L" * 170,
+             "position": [123456.789, 987654.321]} for n in padded.nodes]
+    rename = {n.id: n.id + "_" * (190 - len(n.id)) for n in padded.nodes}
+    long_edges = [{"source": rename[e.source], "target": rename[e.target], "port": e.port} for e in padded.edges]
+    files = {}
+    for name, nodes, edges in (("fan of failing GroupNorms", fan, fan_edges),
+                               ("overflowing ConvTranspose chain", grow, grow_edges),
+                               ("2 MB of long ids and labels", long, long_edges)):
+        files[name] = json.dumps({"format": "netbuilder.graph/1", "name": name, "nodes": nodes, "edges": edges})
+    return files
+
+
+def check_ms(path: Path, repeat: int = 5) -> float:
+    """Median wall time of the whole command line, `python -m compiler check PATH`."""
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "compiler", "check", str(path)]
+    return median_ms(lambda: subprocess.run(command, cwd=root, capture_output=True, check=False), repeat)
+
+
+def hostile_checks() -> dict[str, dict[str, float]]:
+    import tempfile
+
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        baseline = Path(folder) / "residual500.json"
+        baseline.write_text(dump_graph(residual_graph(500)))
+        base_ms = check_ms(baseline)
+        print(f"{'python -m compiler check':<34} {'bytes':>9} {'nodes':>6} {'ms':>8} {'vs 500-node':>12}")
+        print(f"{'baseline: residual, 500 nodes':<34} {baseline.stat().st_size:>9} {500:>6} {base_ms:>8.0f} {1:>11.1f}x")
+        for name, text in hostile_graphs().items():
+            path = Path(folder) / "hostile.json"
+            path.write_text(text)
+            nodes = len(json.loads(text)["nodes"])
+            ms = check_ms(path)
+            results[name] = {"bytes": len(text), "nodes": nodes, "check_ms": ms, "over_baseline": ms / base_ms}
+            print(f"{name:<34} {len(text):>9} {nodes:>6} {ms:>8.0f} {ms / base_ms:>11.1f}x")
+    worst = max(r["check_ms"] for r in results.values())
+    print(f"target: check of any accepted file < 2 s: {'PASS' if worst < 2000 else 'FAIL'} ({worst:.0f} ms)")
+    return results
 
 
 def median_ms(work: Callable[[], object], repeat: int = 15) -> float:
@@ -89,7 +151,7 @@ def main() -> None:
           f" ({big['compile_ms']:.1f} ms)")
     print(f"target: inference >= 10x faster than meta forward: "
           f"{'PASS' if big['meta_forward_over_infer'] >= 10 else 'FAIL'} ({big['meta_forward_over_infer']:.1f}x)")
-    print(json.dumps(results))
+    print(json.dumps({**results, "hostile": hostile_checks()}))
 
 
 if __name__ == "__main__":

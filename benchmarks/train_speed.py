@@ -1,6 +1,7 @@
 """Training speed: our trainer against a careful hand-written PyTorch loop, measured in one run.
 
-For each architecture (LeNet-5 on digits-28; the Transformer template on tokens), the same data,
+For each architecture (LeNet-5 on digits-28; the Transformer template on tokens; GPT-mini, a
+next-character language model, on the text task), the same data,
 batch size, optimizer and epochs, with a validation pass after every epoch in all variants:
   baseline        a hand-written nn.Module and a hand-written loop (data on the device, sliced)
   ours            the generated model.py in runtime/trainer.py, reports switched off
@@ -39,7 +40,8 @@ from builder.graph import Graph, load_graph  # noqa: E402
 from runtime.datasets import load_dataset  # noqa: E402
 from runtime.runs import create_run  # noqa: E402
 from runtime.store import METRICS_FILE, read_records  # noqa: E402
-from runtime.trainer import TrainConfig, epoch_order, split_dataset, train_run  # noqa: E402
+from runtime.loop import epoch_order  # noqa: E402
+from runtime.trainer import TrainConfig, split_dataset, train_run  # noqa: E402
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "builder" / "templates"
 NEVER = 10**9
@@ -74,19 +76,62 @@ class HandTokenEncoder(nn.Module):
         return self.head(self.encoder(x).mean(dim=1))
 
 
+class HandGPTBlock(nn.Module):
+    """Pre-norm: x + attention(norm(x)), then x + MLP(norm(x)), as in nanoGPT."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.norm_a = nn.LayerNorm(width)
+        self.attention = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.norm_b = nn.LayerNorm(width)
+        self.expand = nn.Linear(width, 4 * width)
+        self.project = nn.Linear(4 * width, width)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.norm_a(x)
+        x = x + self.attention(h, h, h, attn_mask=mask, need_weights=False)[0]
+        return x + self.project(F.gelu(self.expand(self.norm_b(x))))
+
+
+class HandGPTMini(nn.Module):
+    """The gpt_mini template written by hand: characters in, next-character scores out."""
+
+    def __init__(self, vocab: int = 31, width: int = 64, length: int = 64) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.position = nn.Parameter(torch.randn(length, width) * 0.02)
+        self.blocks = nn.ModuleList(HandGPTBlock(width, 4) for _ in range(2))
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, vocab)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        length = ids.size(1)
+        x = self.embed(ids) + self.position[:length]
+        mask = torch.ones(length, length, dtype=torch.bool, device=ids.device).triu(1)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.head(self.norm(x))
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
     template: str
     hand: Callable[[], nn.Module]
     config: TrainConfig
+    input_shape: tuple[int, ...] = ()  # the text task's length
+
+
+def cross_entropy(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """One label per sample, or one per position for a language model's [B, T, V] scores."""
+    return F.cross_entropy(scores.flatten(0, -2), labels.flatten())
 
 
 def hand_loop(case: Case, device: torch.device, amp: bool) -> list[float]:
     """The baseline: seconds of each epoch after the first, validation pass included."""
     config = case.config
-    data = load_dataset(config.dataset, config.seed)
-    split = split_dataset(data, config.val_fraction, config.seed, device, data.dtype)
+    data = load_dataset(config.dataset, config.seed, case.input_shape)
+    split = split_dataset(data, config, device, data.dtype)
     torch.manual_seed(config.seed)
     model = case.hand().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -98,14 +143,14 @@ def hand_loop(case: Case, device: torch.device, amp: bool) -> list[float]:
         for start in range(0, len(order), size):
             index = order[start : start + size]
             with autocast():
-                loss = F.cross_entropy(model(split.x_train[index]), split.y_train[index])
+                loss = cross_entropy(model(split.x_train[index]), split.y_train[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         model.eval()
         with torch.no_grad(), autocast():
             total = sum(
-                F.cross_entropy(model(split.x_val[i : i + size]), split.y_val[i : i + size])
+                cross_entropy(model(split.x_val[i : i + size]), split.y_val[i : i + size])
                 * len(split.x_val[i : i + size])
                 for i in range(0, len(split.x_val), size)
             )
@@ -140,6 +185,13 @@ def cases(device: str, amp: bool) -> list[Case]:
             HandTokenEncoder,
             TrainConfig(dataset="tokens", epochs=3, **common),
         ),
+        Case(
+            "GPT-mini / text",
+            "gpt_mini",
+            HandGPTMini,
+            TrainConfig(dataset="text", epochs=3, **common),
+            input_shape=(64,),
+        ),
     ]
 
 
@@ -157,7 +209,7 @@ def measure(case: Case, runs: Path, amp: bool, repeats: int) -> dict[str, list[f
             our_loop, case, runs, graph, report_every=1, health_every=1, attention_every=1
         ),
     }
-    data = load_dataset(case.config.dataset)
+    data = load_dataset(case.config.dataset, input_shape=case.input_shape)
     train_size = len(data) - round(len(data) * case.config.val_fraction)
     steps = math.ceil(train_size / case.config.batch_size)  # per epoch
     for run in variants.values():
@@ -174,6 +226,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"])
     parser.add_argument("--amp", action="store_true")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--only", help="run only the cases whose name contains this text")
     args = parser.parse_args()
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, {args.device}, amp {args.amp}, {threads} CPU threads")
@@ -181,6 +234,8 @@ def main() -> None:
     print(f"{header} {'ratio best':>10} {'ratio median':>12}")
     with tempfile.TemporaryDirectory() as runs_dir:
         for case in cases(args.device, args.amp):
+            if args.only and args.only.lower() not in case.name.lower():
+                continue
             times = measure(case, Path(runs_dir), args.amp, args.repeats)
             base, base_median = min(times["baseline"]), statistics.median(times["baseline"])
             for name, values in times.items():

@@ -6,6 +6,7 @@ The page, the canvas adapter and the one-click fixes all edit through these func
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import typing
@@ -17,7 +18,7 @@ from typing import Any, Literal
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic import ValidationError
 
-from builder.catalog import CATALOG, describe_param_errors
+from builder.catalog import CATALOG, describe_param_errors, fitting_divisor
 from builder.graph import FORMAT, Edge, Graph, Node
 from builder.layout import CANVAS_ORIGIN, COLUMN_WIDTH, ROW_HEIGHT
 from i18n import Message, msg
@@ -112,37 +113,21 @@ def starter_params(layer_type: str, input_shape: tuple[int, ...] | None = None) 
     """
     width = input_shape[-1] if input_shape else None
     channels = input_shape[0] if input_shape else None
-    starters: dict[str, dict[str, Any]] = {
-        "Input": {"shape": [1, 8, 8]},
-        "Linear": {"out_features": 64},
-        "Conv1d": {"out_channels": 16, "kernel_size": 3, "padding": 1},
-        "Conv2d": {"out_channels": 16, "kernel_size": 3, "padding": 1},
-        "MaxPool1d": {"kernel_size": 2},
-        "MaxPool2d": {"kernel_size": 2},
-        "AvgPool1d": {"kernel_size": 2},
-        "AvgPool2d": {"kernel_size": 2},
-        "AdaptiveAvgPool1d": {"output_size": 1},
-        "AdaptiveAvgPool2d": {"output_size": 1},
+    fitted: dict[str, dict[str, Any]] = {
         "GroupNorm": {"num_groups": _largest_divisor(channels, 8)},
-        "Permute": {"dims": [0, 2, 1]},
-        "Reshape": {"shape": [-1]},
-        "Embedding": {"num_embeddings": 16, "embedding_dim": 32},
-        "RNN": {"hidden_size": 64},
-        "LSTM": {"hidden_size": 64},
-        "GRU": {"hidden_size": 64},
         "MultiheadAttention": {"num_heads": _largest_divisor(width, 4)},
         "TransformerEncoderLayer": {
             "nhead": _largest_divisor(width, 4),
             "dim_feedforward": 4 * width if width else 128,
         },
     }
-    return dict(starters.get(layer_type, {}))
+    spec = CATALOG.get(layer_type)
+    starter = copy.deepcopy(dict(spec.starter)) if spec else {}
+    return {**starter, **fitted.get(layer_type, {})}
 
 
 def _largest_divisor(n: int | None, limit: int) -> int:
-    if not n:
-        return 1
-    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+    return fitting_divisor(n, limit) if n else 1
 
 
 def add_node_after(
@@ -310,7 +295,10 @@ def insert_between(
 
 
 def apply_fix(graph: Graph, fix: dict[str, Any]) -> Graph:
-    """Apply a compiler fix (GRAPH_FORMAT.md): {"insert": ..., "between": [a, b]} or {"set": ...}."""
+    """Apply a compiler fix (GRAPH_FORMAT.md): {"insert": ..., "between": [a, b]}, {"set": ...}
+    or {"remove": {"node": id}} (the node is bridged over, as delete_nodes does)."""
+    if "remove" in fix:
+        return delete_nodes(graph, {fix["remove"]["node"]})
     if "set" in fix:
         return set_params(graph, fix["set"]["node"], dict(fix["set"]["params"]))
     if "insert" in fix:

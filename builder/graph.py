@@ -11,7 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from builder.catalog import CATALOG, describe_param_errors
+from builder.catalog import CATALOG, param_problem
+from i18n import Message, msg
 
 FORMAT = "netbuilder.graph/1"
 MAX_FILE_BYTES = 2_000_000
@@ -21,11 +22,16 @@ MAX_TEXT = 200
 
 
 class GraphFormatError(ValueError):
-    """The file cannot be read as a graph (the compiler's exit code 2)."""
+    """The file cannot be read as a graph (the compiler's exit code 2). `text` is the sentence
+    as a Message, to render in the reader's language; str() is its English."""
+
+    def __init__(self, text: Message | str) -> None:
+        self.text = text if isinstance(text, Message) else msg("{problem}", problem=text)
+        super().__init__(str(self.text))
 
 
 class Node(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     id: str = Field(min_length=1, max_length=MAX_TEXT)
     type: str
@@ -70,17 +76,24 @@ def typed_params(node: Node) -> BaseModel:
         return spec.params.model_validate(node.params)
     except ValidationError as exc:
         raise GraphFormatError(
-            f"node {node.id!r} ({node.type}): {describe_param_errors(spec.params, exc, node.params)}"
+            msg(
+                "node {node!r} ({layer}): {problem}",
+                node=node.id,
+                layer=node.type,
+                problem=param_problem(spec.params, exc, node.params),
+            )
         ) from None
 
 
 def parse_graph(data: Any) -> Graph:
     """Turn decoded JSON into a checked Graph: known types, valid params, unique ids."""
     if not isinstance(data, dict):
-        raise GraphFormatError("a graph file must hold a JSON object")
+        raise GraphFormatError(msg("a graph file must hold a JSON object"))
     nodes = data.get("nodes")
     if isinstance(nodes, list) and len(nodes) > MAX_NODES:
-        raise GraphFormatError(f"too many nodes: {len(nodes)} (the limit is {MAX_NODES})")
+        raise GraphFormatError(
+            msg("too many nodes: {count} (the limit is {limit})", count=len(nodes), limit=MAX_NODES)
+        )
     try:
         graph = Graph.model_validate(data)
     except ValidationError as exc:
@@ -89,11 +102,17 @@ def parse_graph(data: Any) -> Graph:
     for node in graph.nodes:
         if node.type not in CATALOG:
             raise GraphFormatError(
-                f"node {node.id!r}: unknown layer type {node.type!r}"
-                f" (known: {', '.join(sorted(CATALOG))})"
+                msg(
+                    "node {node!r}: unknown layer type {layer!r} (known: {known})",
+                    node=node.id,
+                    layer=node.type,
+                    known=", ".join(sorted(CATALOG)),
+                )
             )
         if node.id in seen:
-            raise GraphFormatError(f"node id {node.id!r} appears more than once; ids must be unique")
+            raise GraphFormatError(
+                msg("node id {node!r} appears more than once; ids must be unique", node=node.id)
+            )
         seen.add(node.id)
         typed_params(node)
     return graph
@@ -102,16 +121,24 @@ def parse_graph(data: Any) -> Graph:
 def load_graph(text: str | bytes) -> Graph:
     """Parse a graph file's text, capped at MAX_FILE_BYTES."""
     if len(text) > MAX_FILE_BYTES:
-        raise GraphFormatError(
-            f"file is too large: {len(text):,} bytes (the limit is {MAX_FILE_BYTES:,})"
-        )
+        raise GraphFormatError(too_large(len(text)))
     try:
         data = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise GraphFormatError(f"not valid JSON: {exc}") from None
+        raise GraphFormatError(msg("not valid JSON: {problem}", problem=str(exc))) from None
     except RecursionError:
-        raise GraphFormatError("not valid JSON: nested too deeply") from None
+        raise GraphFormatError(msg("not valid JSON: nested too deeply")) from None
+    except ValueError as exc:  # an integer of thousands of digits
+        raise GraphFormatError(msg("not valid JSON: {problem}", problem=str(exc))) from None
     return parse_graph(data)
+
+
+def too_large(size: int) -> Message:
+    return msg(
+        "file is too large: {size:,} bytes (the limit is {limit:,})",
+        size=size,
+        limit=MAX_FILE_BYTES,
+    )
 
 
 def dump_graph(graph: Graph) -> str:
@@ -119,11 +146,18 @@ def dump_graph(graph: Graph) -> str:
     return json.dumps(graph.model_dump(mode="json", exclude_none=True), indent=2) + "\n"
 
 
-def _describe_graph_error(exc: ValidationError) -> str:
+def _describe_graph_error(exc: ValidationError) -> Message:
     first = exc.errors()[0]
     where = ".".join(str(part) for part in first["loc"]) or "file"
-    message = first["msg"].removeprefix("Value error, ")
-    return f"{where}: {message}" + (f" ({exc.error_count()} problems)" if exc.error_count() > 1 else "")
+    problem = first["msg"].removeprefix("Value error, ")
+    if exc.error_count() > 1:
+        return msg(
+            "{where}: {problem} ({count} problems)",
+            where=where,
+            problem=problem,
+            count=exc.error_count(),
+        )
+    return msg("{where}: {problem}", where=where, problem=problem)
 
 
 def graph_schema() -> dict[str, Any]:

@@ -21,10 +21,14 @@ from builder.graph import (
     dump_graph,
     graph_schema,
     load_graph,
+    too_large,
 )
+import i18n
 from compiler.analysis import analyse
+from i18n import Message, msg
 from compiler.bundle import bundle_files
 from compiler.codegen import generate_source
+from compiler.memory import budget_diagnostic, estimate_memory
 
 MAX_CONFIG_BYTES = 100_000
 
@@ -34,18 +38,25 @@ def read_graph(path: str) -> Graph:
     file = Path(path)
     try:
         if file.stat().st_size > MAX_FILE_BYTES:
-            raise GraphFormatError(
-                f"file is too large: {file.stat().st_size:,} bytes (the limit is {MAX_FILE_BYTES:,})"
-            )
+            raise GraphFormatError(too_large(file.stat().st_size))
         return load_graph(file.read_bytes())
     except OSError as exc:
-        raise GraphFormatError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise GraphFormatError(cannot_read(path, exc)) from None
+
+
+def cannot_read(path: str, exc: OSError) -> Message:
+    return msg("cannot read {path}: {reason}", path=path, reason=exc.strerror or str(exc))
 
 
 def check(args: argparse.Namespace) -> int:
-    analysis = analyse(read_graph(args.graph))
-    print(json.dumps(analysis.report()))
-    return 0 if analysis.ok else 1
+    graph = read_graph(args.graph)
+    analysis = analyse(graph)
+    report = analysis.report(args.lang) | {"memory": estimate_memory(graph, analysis).to_json()}
+    too_big = budget_diagnostic(graph, analysis)
+    if too_big is not None:
+        report |= {"ok": False, "errors": [*report["errors"], too_big.to_json(args.lang)]}
+    print(json.dumps(report))
+    return 0 if report["ok"] else 1
 
 
 def export(args: argparse.Namespace) -> int:
@@ -53,10 +64,10 @@ def export(args: argparse.Namespace) -> int:
     analysis = analyse(graph)
     if not analysis.ok:
         for error in analysis.errors:
-            print(f"error: {error.message}", file=sys.stderr)
+            print(f"error: {error.text.render(args.lang)}", file=sys.stderr)
         return 1
     if args.config and not args.train:
-        raise GraphFormatError("--config sets train.py's defaults; add --train")
+        raise GraphFormatError(msg("--config sets train.py's defaults; add --train"))
     files = {"model.py": generate_source(analysis)}
     if args.train:
         try:
@@ -64,7 +75,14 @@ def export(args: argparse.Namespace) -> int:
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(map(str, first["loc"]))
-            raise GraphFormatError(f"{args.config}: {where}: {first['msg']}") from None
+            raise GraphFormatError(
+                msg(
+                    "{path}: {where}: {problem}",
+                    path=args.config,
+                    where=where,
+                    problem=first["msg"],
+                )
+            ) from None
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
@@ -80,14 +98,18 @@ def read_config(path: str | None) -> dict | None:
     try:
         text = Path(path).read_bytes()[: MAX_CONFIG_BYTES + 1]
         if len(text) > MAX_CONFIG_BYTES:
-            raise GraphFormatError(f"{path} is too large for a training config")
+            raise GraphFormatError(msg("{path} is too large for a training config", path=path))
         config = json.loads(text)
     except OSError as exc:
-        raise GraphFormatError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise GraphFormatError(cannot_read(path, exc)) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise GraphFormatError(f"{path} is not valid JSON: {exc}") from None
+        raise GraphFormatError(
+            msg("{path} is not valid JSON: {problem}", path=path, problem=str(exc))
+        ) from None
     if not isinstance(config, dict):
-        raise GraphFormatError(f"{path} must hold a JSON object of training settings")
+        raise GraphFormatError(
+            msg("{path} must hold a JSON object of training settings", path=path)
+        )
     return config
 
 
@@ -127,14 +149,24 @@ def schema(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m compiler", description=__doc__)
+    language = argparse.ArgumentParser(add_help=False)
+    language.add_argument(
+        "--lang",
+        choices=sorted(i18n.LANGUAGES),
+        default="en",
+        help="the language of messages (default: en)",
+    )
+    parser.set_defaults(lang="en")
     commands = parser.add_subparsers(dest="command", required=True)
     check_cmd = commands.add_parser(
-        "check", help="validate a graph; print shapes and errors as JSON"
+        "check", help="validate a graph; print shapes and errors as JSON", parents=[language]
     )
     check_cmd.add_argument("graph")
     check_cmd.set_defaults(run=check)
     export_cmd = commands.add_parser(
-        "export", help="write DIR/model.py for a valid graph (with --train: the whole bundle)"
+        "export",
+        help="write DIR/model.py for a valid graph (with --train: the whole bundle)",
+        parents=[language],
     )
     export_cmd.add_argument("graph")
     export_cmd.add_argument("-o", "--output", required=True, metavar="DIR")
@@ -157,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Import FILE.py, which defines build_model(), as a NetBuilder graph:"
         " trace it with torch.fx and map every layer and operation onto the catalog. This"
         " executes FILE.py: use it only on your own code, on your own machine.",
+        parents=[language],
     )
     import_cmd.add_argument("file", metavar="FILE.py")
     import_cmd.add_argument("-o", "--output", required=True, metavar="GRAPH.json")
@@ -171,13 +204,21 @@ def main(argv: list[str] | None = None) -> int:
     import_cmd.add_argument("--name", help="the graph's name (default: the file's name)")
     import_cmd.set_defaults(run=import_command)
     args = parser.parse_args(argv)
+    i18n.set_language(args.lang)
     try:
         return args.run(args)
     except GraphFormatError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc.text.render(args.lang)}", file=sys.stderr)
         return 2
     except OSError as exc:  # writing the output
-        print(f"error: cannot write {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        problem = msg(
+            "cannot write {path}: {reason}", path=exc.filename, reason=exc.strerror or str(exc)
+        )
+        print(f"error: {problem.render(args.lang)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a bug of ours: still one line, never a traceback
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(f"error: {type(exc).__name__}: {first}", file=sys.stderr)
         return 2
 
 

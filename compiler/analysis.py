@@ -14,30 +14,50 @@ from pydantic import ValidationError
 
 from builder.catalog import (
     CATALOG,
+    MAX_SIZE,
     Fix,
     LayerError,
+    OutputParams,
     Params,
     Tensor,
-    describe_param_errors,
+    param_problem,
+    shape_text,
 )
 from builder.graph import Graph, Node
+from i18n import Message, msg
 
 Severity = Literal["error", "warning"]
 
 
 @dataclass(frozen=True)
 class Diagnostic:
-    """One problem, on one node where there is one, with an optional suggested edit as data."""
+    """One problem, on one node where there is one, with an optional suggested edit as data.
+
+    `text` is a Message (template + values) that the page renders in the reader's language;
+    `message` is its English. `fix` is the contract's data (its "why" in English) and `why` the
+    same reason as a Message."""
 
     node: str | None
-    message: str
+    text: Message
     severity: Severity = "error"
     fix: dict[str, Any] | None = None
+    why: Message | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"node": self.node, "message": self.message}
+    @property
+    def message(self) -> str:
+        return str(self.text)
+
+    def to_json(self, lang: str | None = None) -> dict[str, Any]:
+        """The check report's entry: message (in lang, English by default), code and values."""
+        out: dict[str, Any] = {
+            "node": self.node,
+            "message": self.text.render(lang or "en"),
+            **_problem(self.text).to_json(),
+        }
         if self.fix is not None:
-            out["fix"] = self.fix
+            out["fix"] = (
+                {**self.fix, "why": self.why.render(lang or "en")} if self.why else self.fix
+            )
         return out
 
 
@@ -47,7 +67,12 @@ class NodeInfo:
     dtype: str | None = None
     params: int | None = None
     macs: int | None = None
-    explanation: str | None = None
+    explained: Message | None = None
+
+    @property
+    def explanation(self) -> str | None:
+        """The formula with this node's numbers plugged in, in English (`explained` renders)."""
+        return str(self.explained) if self.explained is not None else None
 
 
 @dataclass
@@ -84,8 +109,8 @@ class Analysis:
     def node_type(self, node_id: str) -> str:
         return self.nodes[node_id].type
 
-    def report(self) -> dict[str, Any]:
-        """The `python -m compiler check` object of GRAPH_FORMAT.md."""
+    def report(self, lang: str | None = None) -> dict[str, Any]:
+        """The `python -m compiler check` object of GRAPH_FORMAT.md (messages in lang)."""
         return {
             "ok": self.ok,
             "nodes": {
@@ -100,8 +125,8 @@ class Analysis:
             },
             "total_params": self.total_params,
             "total_macs": self.total_macs,
-            "errors": [d.to_json() for d in self.errors],
-            "warnings": [d.to_json() for d in self.warnings],
+            "errors": [d.to_json(lang) for d in self.errors],
+            "warnings": [d.to_json(lang) for d in self.warnings],
         }
 
 
@@ -120,8 +145,13 @@ def analyse(graph: Graph) -> Analysis:
             diagnostics.append(
                 Diagnostic(
                     known if known in nodes else None,
-                    f"edge {edge.source!r} -> {edge.target!r} refers to no node"
-                    f" {missing[0]!r}; remove the edge or add the node",
+                    msg(
+                        "edge {source!r} -> {target!r} refers to no node {missing!r}; remove the"
+                        " edge or add the node",
+                        source=edge.source,
+                        target=edge.target,
+                        missing=missing[0],
+                    ),
                 )
             )
             continue
@@ -135,7 +165,7 @@ def analyse(graph: Graph) -> Analysis:
         blocked |= component
         path = " -> ".join(repr(n) for n in cycle_nodes + [cycle_nodes[0]])
         diagnostics.append(
-            Diagnostic(cycle_nodes[0], f"cycle {path}; remove one of these edges")
+            Diagnostic(cycle_nodes[0], msg("cycle {path}; remove one of these edges", path=path))
         )
 
     acyclic = dag.subgraph(n for n in index if n not in blocked) if blocked else dag
@@ -153,16 +183,45 @@ def analyse(graph: Graph) -> Analysis:
 
     live = _live_nodes(graph, dag)
     for node_id in order:
-        if node_id not in live and infos[node_id].shape is not None and nodes[node_id].type not in ("Input", "Output"):
-            diagnostics.append(
-                Diagnostic(
-                    node_id,
-                    f"{nodes[node_id].type} {node_id!r} does not lead to the Output, so it is left"
-                    " out of the model; connect it or delete it",
-                    "warning",
-                )
+        node_type = nodes[node_id].type
+        if node_id in live or infos[node_id].shape is None or node_type in ("Input", "Output"):
+            continue
+        diagnostics.append(
+            Diagnostic(
+                node_id,
+                msg(
+                    "{layer} {node!r} does not lead to the Output, so it is left out of the"
+                    " model; connect it or delete it",
+                    layer=node_type,
+                    node=node_id,
+                ),
+                "warning",
             )
+        )
     return Analysis(graph, nodes, order, inputs, infos, typed, live, diagnostics)
+
+
+def output_loss(graph: Graph) -> OutputParams:
+    """The loss the graph's Output asks for (the defaults where it has none or it is unreadable)."""
+    output = next((node for node in graph.nodes if node.type == "Output"), None)
+    if output is None:
+        return OutputParams()
+    try:
+        return OutputParams.model_validate(output.params)
+    except ValidationError:
+        return OutputParams()
+
+
+def loss_of(analysis: Analysis) -> OutputParams:
+    """The Output's loss and label_smoothing, as analysed."""
+    return output_loss(analysis.graph)
+
+
+def resolved_loss(loss: str, integer_targets: bool) -> str:
+    """'auto' made concrete: cross_entropy for integer class targets, mse for float targets."""
+    if loss != "auto":
+        return loss
+    return "cross_entropy" if integer_targets else "mse"
 
 
 def _typed_params(nodes: list[Node]) -> tuple[dict[str, Params], list[Diagnostic]]:
@@ -172,14 +231,33 @@ def _typed_params(nodes: list[Node]) -> tuple[dict[str, Params], list[Diagnostic
     for node in nodes:
         spec = CATALOG.get(node.type)
         if spec is None:
-            found.append(Diagnostic(node.id, f"{node.id!r}: unknown layer type {node.type!r}"))
+            found.append(
+                Diagnostic(
+                    node.id,
+                    msg("{node!r}: unknown layer type {layer!r}", node=node.id, layer=node.type),
+                )
+            )
             continue
         try:
             typed[node.id] = spec.params.model_validate(node.params)
         except ValidationError as exc:
-            message = describe_param_errors(spec.params, exc, node.params)
-            found.append(Diagnostic(node.id, f"{node.type} {node.id!r}: {message}"))
+            problem = param_problem(spec.params, exc, node.params)
+            found.append(Diagnostic(node.id, _labelled(node, problem)))
     return typed, found
+
+
+LABELLED = "{layer} {node!r}: {problem}"
+
+
+def _labelled(node: Node, problem: Message | str) -> Message:
+    """'Conv2d 'c1': <problem>': every node's message starts with its layer and id."""
+    return msg(LABELLED, layer=node.type, node=node.id, problem=problem)
+
+
+def _problem(text: Message) -> Message:
+    """The problem inside a labelled message: its template is the diagnostic's code."""
+    inner = text.values.get("problem") if text.text == LABELLED else None
+    return inner if isinstance(inner, Message) else text
 
 
 def _check_ends(graph: Graph, dag: nx.DiGraph) -> list[Diagnostic]:
@@ -187,16 +265,30 @@ def _check_ends(graph: Graph, dag: nx.DiGraph) -> list[Diagnostic]:
     for kind in ("Input", "Output"):
         ends = [node.id for node in graph.nodes if node.type == kind]
         if not ends:
-            found.append(Diagnostic(None, f"the graph has no {kind} node; add one"))
+            found.append(Diagnostic(None, msg("the graph has no {kind} node; add one", kind=kind)))
         for extra in ends[1:]:
             found.append(
-                Diagnostic(extra, f"{kind} {extra!r}: a model has exactly one {kind}; delete this one")
+                Diagnostic(
+                    extra,
+                    msg(
+                        "{kind} {node!r}: a model has exactly one {kind}; delete this one",
+                        kind=kind,
+                        node=extra,
+                    ),
+                )
             )
     for node in graph.nodes:
         if node.type == "Output" and dag.out_degree(node.id):
             targets = ", ".join(repr(t) for t in dag.successors(node.id))
             found.append(
-                Diagnostic(node.id, f"Output {node.id!r} must be last; remove its edge to {targets}")
+                Diagnostic(
+                    node.id,
+                    msg(
+                        "Output {node!r} must be last; remove its edge to {targets}",
+                        node=node.id,
+                        targets=targets,
+                    ),
+                )
             )
     return found
 
@@ -233,10 +325,9 @@ def _infer_node(
     nodes: dict[str, Node],
 ) -> tuple[NodeInfo, list[Diagnostic]]:
     spec = CATALOG[node.type]
-    label = f"{node.type} {node.id!r}"
     arity = _arity_problem(node, len(sources), spec.min_inputs, spec.max_inputs)
     if arity:
-        return NodeInfo(None), [Diagnostic(node.id, f"{label}: {arity}")]
+        return NodeInfo(None), [Diagnostic(node.id, _labelled(node, arity))]
     upstream = [infos[s] for s in sources]
     if any(info.shape is None for info in upstream):
         return NodeInfo(None), []
@@ -249,51 +340,94 @@ def _infer_node(
         return NodeInfo(None), [
             Diagnostic(
                 node.id,
-                f"{label}: gets int64 token ids, which only an Embedding can take;"
-                " insert an Embedding before it",
+                _labelled(
+                    node,
+                    msg(
+                        "gets int64 token ids, which only an Embedding can take; insert an"
+                        " Embedding before it"
+                    ),
+                ),
             )
         ]
     try:
         out = spec.infer(params, tensors)
     except LayerError as exc:
-        return NodeInfo(None), [Diagnostic(node.id, f"{label}: {exc.message}", fix=_fix_json(exc.fix, node, sources))]
+        return NodeInfo(None), [_diagnostic(node, exc.text, "error", exc.fix, sources)]
+    if any(size > MAX_SIZE for size in out.shape):
+        problem = msg(
+            "gives {shape}: a size above {limit:,}, which no model can hold",
+            shape=shape_text(out.shape) if max(out.shape).bit_length() < 128 else "[...]",
+            limit=MAX_SIZE,
+        )
+        return NodeInfo(None), [Diagnostic(node.id, _labelled(node, problem))]
     advice = [
-        Diagnostic(node.id, f"{label}: {a.message}", "warning", _fix_json(a.fix, node, sources))
-        for a in spec.advise(params, tensors)
+        _diagnostic(node, a.text, "warning", a.fix, sources) for a in spec.advise(params, tensors)
     ]
     info = NodeInfo(
         shape=out.shape,
         dtype=out.dtype,
         params=spec.count_params(params, tensors),
         macs=spec.macs(params, tensors, out),
-        explanation=spec.explain(params, tensors, out) if spec.explain else None,
+        explained=spec.explain(params, tensors, out) if spec.explain else None,
     )
     return info, advice
 
 
-def _arity_problem(node: Node, count: int, least: int, most: int | None) -> str | None:
+def _diagnostic(
+    node: Node, text: Message, severity: Severity, fix: Fix | None, sources: list[str]
+) -> Diagnostic:
+    return Diagnostic(
+        node.id,
+        _labelled(node, text),
+        severity,
+        _fix_json(fix, node, sources),
+        fix.why if fix is not None else None,
+    )
+
+
+def _arity_problem(node: Node, count: int, least: int, most: int | None) -> Message | None:
     if node.type == "Input":
-        return "an Input takes no inputs; remove the edges into it" if count else None
+        return msg("an Input takes no inputs; remove the edges into it") if count else None
     if count == 0:
-        return "has no input; connect a layer into it"
+        return msg("has no input; connect a layer into it")
     if count < least:
-        return f"needs at least {least} inputs, has {count}; connect another layer into it"
+        return msg(
+            "needs at least {least} inputs, has {count}; connect another layer into it",
+            least=least,
+            count=count,
+        )
     if most is not None and count > most:
-        return f"takes exactly {most} input, has {count}; merge them first with Add or Concat"
+        return msg(
+            "takes exactly {most} input, has {count}; merge them first with Add or Concat",
+            most=most,
+            count=count,
+        )
     return None
 
 
 def _fix_json(fix: Fix | None, node: Node, sources: list[str]) -> dict[str, Any] | None:
-    """A catalog Fix (relative to the node) as the contract's data: insert ... between, or set."""
+    """A catalog Fix (relative to the node) as the contract's data: insert ... between, set, or
+    remove the layer feeding the node."""
     if fix is None:
         return None
+    why = str(fix.why)
+    if fix.remove_input:
+        return {"remove": {"node": sources[fix.on_input]}, "why": why}
     if fix.set_params is not None:
-        return {"set": {"node": node.id, "params": fix.set_params}, "why": fix.why}
+        return {"set": {"node": node.id, "params": fix.set_params}, "why": why}
     return {
         "insert": {"type": fix.insert_type, "params": fix.insert_params},
         "between": [sources[fix.on_input], node.id],
-        "why": fix.why,
+        "why": why,
     }
 
 
-__all__ = ["Analysis", "Diagnostic", "NodeInfo", "analyse"]
+__all__ = [
+    "Analysis",
+    "Diagnostic",
+    "NodeInfo",
+    "analyse",
+    "loss_of",
+    "output_loss",
+    "resolved_loss",
+]

@@ -1,7 +1,8 @@
 """The export bundle: everything a person takes home, as file name -> text. Pure.
 
 `model.py` is the very source the runtime trains, so a state_dict saved by a run (or by train.py)
-loads into it; `train.py` trains it anywhere; `graph.json` reopens the design in NetBuilder.
+loads into it; `train.py` trains it anywhere with `loop.py` and `builtin_data.py`, the runtime's
+own training loop and datasets copied verbatim; `graph.json` reopens the design in NetBuilder.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ from typing import Any
 from builder.graph import Graph, dump_graph
 from compiler.analysis import Analysis
 from compiler.codegen import class_name, generate_source, identifier, safe_text
-from compiler.trainscript import TrainDefaults, train_source
+from compiler.trainscript import shared_sources, train_source
+from runtime.settings import TrainConfig
 
 
 def bundle_files(
     graph: Graph, analysis: Analysis, train_defaults: dict[str, Any] | None = None
 ) -> dict[str, str]:
-    """{"model.py", "train.py", "graph.json", "README.md"} for a valid analysis of `graph`.
+    """model.py, train.py, loop.py, builtin_data.py, graph.json and README.md for a valid
+    analysis of `graph`.
 
     `train_defaults` holds TrainConfig fields (e.g. `config.model_dump()`); train.py takes them as
     its defaults. Raises ValueError for a graph with errors and pydantic's ValidationError for
@@ -27,10 +30,11 @@ def bundle_files(
     """
     if not analysis.ok:
         raise ValueError("cannot export a graph with errors")
-    defaults = TrainDefaults.model_validate(train_defaults or {})
+    defaults = TrainConfig.model_validate(train_defaults or {})
     return {
         "model.py": generate_source(analysis),
         "train.py": train_source(analysis, defaults),
+        **shared_sources(),
         "graph.json": dump_graph(graph),
         "README.md": readme(analysis, defaults),
     }
@@ -46,7 +50,7 @@ def bundle_zip(files: dict[str, str], folder: str) -> bytes:
     return buffer.getvalue()
 
 
-def readme(analysis: Analysis, defaults: TrainDefaults) -> str:
+def readme(analysis: Analysis, defaults: TrainConfig) -> str:
     """How to run the bundle, in a dozen lines."""
     graph = analysis.graph
     input_node = next(n for n in graph.nodes if n.type == "Input")
@@ -63,6 +67,7 @@ Exported from NetBuilder: {analysis.total_params:,} parameters, input [B, {shape
 | --- | --- |
 | model.py | the model: `from model import build_model` gives a `{class_name(graph.name)}` |
 | train.py | trains it on one device or many; `python train.py --help` lists every flag |
+| loop.py, builtin_data.py | NetBuilder's own training loop and built-in datasets, as the app runs them |
 | graph.json | the design: open it in NetBuilder to keep editing |
 
 Needs Python 3.10+ and PyTorch 2.3+ (scikit-learn too for the built-in digits).

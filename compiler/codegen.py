@@ -14,6 +14,8 @@ from builder.catalog import CATALOG, Tensor, shape_text
 from compiler.analysis import Analysis
 
 LINE_LENGTH = 100
+# Functions and classes model.py may define beside the model (a class name must not clash).
+HELPER_NAMES = frozenset(spec.helper[0] for spec in CATALOG.values() if spec.helper)
 MAX_IDENTIFIER = 32
 
 # Names the generated code itself uses, and every attribute of nn.Module (an attribute called
@@ -51,7 +53,7 @@ def class_name(text: str) -> str:
     name = "".join(w[:1].upper() + w[1:] for w in words)[:40] or "Model"
     if name[0].isdigit():
         name = f"Net{name}"
-    if keyword.iskeyword(name) or name in {"Tensor", "Module"}:
+    if keyword.iskeyword(name) or name in {"Tensor", "Module", *HELPER_NAMES}:
         name = f"{name}Model"
     return name
 
@@ -92,7 +94,7 @@ def generate_source(analysis: Analysis) -> str:
 
     init: list[str] = []
     forward: list[str] = []
-    uses_causal_mask = False
+    helpers: dict[str, str] = {}  # name -> source of what the code calls beyond torch
     for node_id in analysis.order:
         if node_id not in names:
             continue
@@ -107,10 +109,12 @@ def generate_source(analysis: Analysis) -> str:
         attr = names[node_id]
         args = [variables[s] for s in analysis.inputs[node_id]]
         expression = spec.call(params, attr, args)
-        uses_causal_mask |= "causal_mask(" in expression
+        constructor = spec.module(params, tensors) if spec.module is not None else ""
+        if spec.helper is not None and _calls(spec.helper[0], constructor + expression):
+            helpers[spec.helper[0]] = spec.helper[1]
         shape = shape_text(info.shape or ())
         if spec.module is not None:
-            init += _fit(8, f"self.{attr} = {spec.module(params, tensors)}", shape)
+            init += _fit(8, f"self.{attr} = {constructor}", shape)
             forward.append(f"{attr} = {expression}")
         else:
             forward.append(f"{attr} = {expression}  # {node.type}: {shape}")
@@ -137,15 +141,7 @@ def generate_source(analysis: Analysis) -> str:
         f"INPUT_DTYPE = {dtype}",
         f"OUTPUT_SHAPE = {_tuple_source(output_info.shape or ())}",
     ]
-    helpers: list[str] = []
-    if uses_causal_mask:
-        helpers = [
-            "",
-            "",
-            "def causal_mask(length: int, device: torch.device) -> torch.Tensor:",
-            '    """True above the diagonal: no position may attend to a later one."""',
-            "    return torch.ones(length, length, dtype=torch.bool, device=device).triu(1)",
-        ]
+    helper_lines = [line for name in sorted(helpers) for line in ("", "", helpers[name])]
     body = [
         "",
         "",
@@ -161,7 +157,12 @@ def generate_source(analysis: Analysis) -> str:
         "def build_model() -> nn.Module:",
         f"    return {cls}()",
     ]
-    return "\n".join(header + helpers + body) + "\n"
+    return "\n".join(header + helper_lines + body) + "\n"
+
+
+def _calls(name: str, code: str) -> bool:
+    """Whether generated code calls `name` (a helper function or class of model.py)."""
+    return re.search(rf"\b{name}\(", code) is not None
 
 
 def _tuple_source(shape: tuple[int, ...]) -> str:

@@ -1,47 +1,56 @@
 """Import an existing PyTorch model as a NetBuilder graph, through torch.fx.
 
-`import_model` traces a module with torch.fx, maps every module call and tensor operation onto a
-catalog layer (residual adds, concats, flatten/reshape/permute, `[0]` of a recurrent layer's
-output, `x[:, -1]`, `mean(dim=1)`, ...) and then proves the result: the graph must pass the
-compiler, every shape must equal the one PyTorch computed, and the compiled module, given the same
-weights, must return the same outputs. Whatever cannot be mapped is reported by name with where
-it occurs; nothing is dropped silently.
+`import_model` traces a module with torch.fx while running it on an example input (a concrete
+trace: Python control flow such as `if x.is_cuda and self.ngpu > 1:`, `assert t <= block_size`,
+`len(x)` or `b, c, h, w = x.size()` takes the branch the example takes), maps every module call
+and tensor operation onto a catalog layer (modules by their `torch_modules`, functions and tensor
+methods by their `functional` names; this file holds only how each call's arguments become
+params) and then proves the result: the graph must pass the compiler, every shape must equal the
+one PyTorch computed, and the compiled module, given the same weights, must return the same
+outputs. Whatever cannot be mapped is reported by name with the line of the op itself; nothing is
+dropped silently. Every sentence is an i18n Message.
 
-`load_build_model` executes a Python file: only ever the user's own file on the user's own machine
-(the CLI), never an upload in the web app.
+`load_build_model` executes a Python file: only ever the user's own file, or (runtime.import_job)
+an upload in a separate, limited process.
 """
 
 from __future__ import annotations
 
 import builtins
 import copy
+import importlib
 import importlib.util
+import inspect
 import math
 import operator
 import re
 import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 
-from builder.catalog import CATALOG
+from builder.catalog import CATALOG, NotMappable, functional_table, module_table
 from builder.graph import FORMAT, Graph, GraphFormatError, parse_graph
 from compiler.analysis import Analysis, analyse
 from compiler.codegen import attribute_names, generate_source
+from i18n import N_, Message, msg
 
 EXAMPLE_BATCH = 3
 TOLERANCE = 1e-4
 
 
 class ModelImportError(Exception):
-    """The file cannot be loaded, or its model cannot be traced at all."""
+    """The file cannot be loaded, or its model cannot be traced at all; `message` says why."""
+
+    def __init__(self, message: Message) -> None:
+        super().__init__(str(message))
+        self.message = message
 
 
 @dataclass(frozen=True)
@@ -50,20 +59,27 @@ class Unsupported:
 
     op: str
     where: str
-    why: str = ""
+    why: Message | None = None
+
+    def render(self, lang: str | None = None) -> str:
+        if self.why is None:
+            return msg("{op} at {where}", op=self.op, where=self.where).render(lang)
+        return msg("{op} at {where}: {why}", op=self.op, where=self.where, why=self.why).render(
+            lang
+        )
 
     def __str__(self) -> str:
-        return f"{self.op} at {self.where}" + (f": {self.why}" if self.why else "")
+        return self.render("en")
 
 
 @dataclass
 class ImportResult:
-    """The graph (None when anything is unsupported), the problems, warnings about modules left
+    """The graph (None when anything is unsupported), the problems, warnings about what was left
     out, and for each graph node the qualified name of the module whose weights it holds."""
 
     graph: Graph | None
     problems: list[Unsupported]
-    warnings: list[str]
+    warnings: list[Message]
     module_paths: dict[str, str]
 
 
@@ -72,25 +88,30 @@ class ImportResult:
 
 
 def load_build_model(path: Path) -> types.ModuleType:
-    """Execute the user's module file (their own code, on their own machine) and check that it
-    defines build_model(). Every way this can fail becomes a ModelImportError."""
+    """Execute the user's module file and check that it defines build_model(). Every way this
+    can fail becomes a ModelImportError."""
     if not path.is_file():
-        raise ModelImportError(f"no such file: {path}")
+        raise ModelImportError(msg("no such file: {path}", path=str(path)))
     spec = importlib.util.spec_from_file_location(f"netbuilder_import_{path.stem}", path)
     if spec is None or spec.loader is None:
-        raise ModelImportError(f"{path} is not a Python file")
+        raise ModelImportError(msg("{path} is not a Python file", path=str(path)))
     module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(path.parent.resolve()))  # so the file can import its neighbours
     try:
         spec.loader.exec_module(module)
     except (Exception, SystemExit) as exc:
         raise ModelImportError(
-            f"running {path} failed: {type(exc).__name__}: {_first_line(exc)}"
+            msg(
+                "running {path} failed: {error}: {detail}",
+                path=str(path),
+                error=type(exc).__name__,
+                detail=_first_line(exc),
+            )
         ) from None
     finally:
         sys.path.remove(str(path.parent.resolve()))
     if not callable(getattr(module, "build_model", None)):
-        raise ModelImportError(f"{path} defines no build_model() function")
+        raise ModelImportError(msg("{path} defines no build_model() function", path=str(path)))
     return module
 
 
@@ -106,7 +127,11 @@ def import_file(
     shape = input_shape or getattr(module, "INPUT_SHAPE", None)
     if shape is None:
         raise ModelImportError(
-            f"{path} has no INPUT_SHAPE; give the shape of one sample, e.g. --input-shape 1,28,28"
+            msg(
+                "{path} has no INPUT_SHAPE; give the shape of one sample,"
+                " e.g. --input-shape 1,28,28",
+                path=str(path),
+            )
         )
     if dtype is None:
         dtype = (
@@ -116,13 +141,19 @@ def import_file(
         model = module.build_model()
     except (Exception, SystemExit) as exc:
         raise ModelImportError(
-            f"build_model() failed: {type(exc).__name__}: {_first_line(exc)}"
+            msg(
+                "build_model() failed: {error}: {detail}",
+                error=type(exc).__name__,
+                detail=_first_line(exc),
+            )
         ) from None
     if not isinstance(model, nn.Module):
-        raise ModelImportError(f"build_model() returned {type(model).__name__}, not an nn.Module")
+        raise ModelImportError(
+            msg("build_model() returned {kind}, not an nn.Module", kind=type(model).__name__)
+        )
     mask = getattr(module, "causal_mask", None)
     helpers = (mask,) if callable(mask) else ()
-    return import_model(model, shape, dtype, name or path.stem, helpers)
+    return import_model(model, tuple(shape), dtype, name or path.stem, helpers)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -140,6 +171,9 @@ class Size:
     index: int | None = None
 
 
+FIXED = -2  # Size(FIXED): a number computed from sizes, fixed for the input shape
+
+
 @dataclass(frozen=True)
 class Device:
     """x.device: only useful as an argument to causal_mask."""
@@ -155,6 +189,17 @@ class Several:
 
 
 @dataclass(frozen=True)
+class FinalStates:
+    """Item 1 of a recurrent layer's output: h_n, or (h_n, c_n) for an LSTM (`pair`). The last
+    layer's h_n, h_n[-1], is the output at the last step where the layer runs one way."""
+
+    node_id: str
+    pair: bool
+    one_way: bool
+    layers: int
+
+
+@dataclass(frozen=True)
 class Failed:
     """The value of a node already reported as unsupported."""
 
@@ -164,12 +209,22 @@ class CausalMask:
     """The result of the generated model.py's causal_mask(): MultiheadAttention(causal=True)."""
 
 
+@dataclass(frozen=True)
+class Constant:
+    """A tensor that does not depend on the input: a buffer, a parameter used outside a layer,
+    or what is computed from them and from sizes (a mask, a slice of a table, an Embedding of
+    arange(t)). `root` is the get_attr node it comes from, where there is one; `weights` the
+    parameter whose rows it holds, and `owner` the module that holds that parameter (where an
+    Embedding looked the rows up)."""
+
+    node: fx.Node
+    root: fx.Node | None
+    weights: str | None = None
+    owner: str | None = None
+
+
 # What an fx node computes: a str is the graph node whose output tensor it is.
-Value = str | Size | Device | Several | CausalMask | Failed
-
-
-class NotMappable(Exception):
-    """This call cannot become a catalog layer; the message says why."""
+Value = str | Size | Device | Several | FinalStates | CausalMask | Constant | Failed
 
 
 @dataclass(frozen=True)
@@ -185,7 +240,7 @@ class Layer:
 
 @dataclass(frozen=True)
 class Stack:
-    """One module call that becomes a chain of layers (nn.TransformerEncoder)."""
+    """One call that becomes a chain of layers (nn.TransformerEncoder, x.mean((2, 3)))."""
 
     input: str
     layers: tuple[Layer, ...]
@@ -201,8 +256,11 @@ class Walk:
     nodes: list[dict[str, Any]] = field(default_factory=list)
     edges: list[dict[str, Any]] = field(default_factory=list)
     problems: list[Unsupported] = field(default_factory=list)
+    warnings: list[Message] = field(default_factory=list)
     module_paths: dict[str, str] = field(default_factory=dict)
     fx_nodes: dict[str, fx.Node] = field(default_factory=dict)
+    owners: dict[int, tuple[str, fx.Node]] = field(default_factory=dict)  # id(param) -> owner
+    inside_stacks: set[str] = field(default_factory=set)  # nodes whose fx shape is the stack's
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,7 +274,8 @@ def import_model(
     name: str = "imported",
     helpers: tuple[Callable[..., Any], ...] = (),
 ) -> ImportResult:
-    """Trace `model` (a copy, in eval mode) and map it onto the catalog; see the module docstring.
+    """Trace a copy of `model` in eval mode and map it onto the catalog (see the module
+    docstring); `model` itself runs only for the comparison, in eval mode, and keeps its modes.
     `helpers` are functions to keep as single calls (the generated model.py's causal_mask)."""
     if not (
         isinstance(input_shape, (tuple, list))
@@ -225,59 +284,255 @@ def import_model(
         and math.prod(input_shape) <= 50_000_000
     ):
         raise ModelImportError(
-            f"the input shape must be 1 to 6 positive sizes, got {input_shape!r}"
+            msg(
+                "the input shape must be 1 to 6 positive sizes, got {shape}",
+                shape=repr(input_shape),
+            )
         )
     input_shape = tuple(input_shape)
-    model = copy.deepcopy(model).eval()
-    gm = _trace(model, helpers)
     example = _example_input(model, input_shape, dtype)
-    try:
-        with torch.no_grad():
-            ShapeRecorder(gm).run(example)
-    except Exception as exc:
-        cause = exc.__cause__ or exc  # the interpreter wraps the model's own error
-        raise ModelImportError(
-            f"the model fails on an input of shape {[EXAMPLE_BATCH, *input_shape]} ({dtype}):"
-            f" {type(cause).__name__}: {_first_line(cause)}"
-        ) from None
+    # A copy to trace: forward may keep traced values on self (self.src_mask = mask).
+    gm = _trace(copy.deepcopy(model).eval(), helpers, example, input_shape, dtype)
     walk = Walk(gm, helpers)
     for node in gm.graph.nodes:
         _visit(walk, node, input_shape, dtype)
-    warnings = _unused_modules(model, walk)
+    warnings = walk.warnings + _unused_modules(model, walk)
     graph = None
     if not walk.problems:
         graph = _as_graph(walk, name)
-        walk.problems += _verify(graph, walk, model, example)
+        modes = {module: module.training for module in model.modules()}
+        try:
+            walk.problems += _verify(graph, walk, model.eval(), example)
+        finally:
+            for module, training in modes.items():
+                module.training = training
     return ImportResult(
         None if walk.problems else graph, walk.problems, warnings, dict(walk.module_paths)
     )
 
 
-class ShapeRecorder(fx.Interpreter):
-    """Runs the traced model once and notes each tensor's shape (batch included) on its node;
-    for a tuple output (a recurrent layer's), the shape of item 0."""
+class ModelFailed(Exception):
+    """The model itself raised while running on the example input (during the trace)."""
 
-    def run_node(self, node: fx.Node) -> Any:
-        result = super().run_node(node)
-        first = result[0] if isinstance(result, (tuple, list)) and result else result
+
+class ValueBranch(Exception):
+    """forward branches on what a tensor holds, which differs from input to input."""
+
+
+# What is fixed for a given input shape: a tensor's size, device, dtype, and arithmetic on those.
+STATIC_ATTRIBUTES = frozenset({"shape", "is_cuda", "device", "dtype", "ndim", "is_sparse"})
+STATIC_METHODS = frozenset({"size", "dim", "numel", "get_device"})
+
+
+def _static(node: fx.Node) -> bool:
+    """Whether a traced value depends only on shapes and devices, never on tensor contents."""
+    if node.op == "call_method":
+        return str(node.target) in STATIC_METHODS
+    if node.op == "call_function" and node.target is builtins.getattr:
+        return node.args[1] in STATIC_ATTRIBUTES
+    if node.op == "call_function" and getattr(node.target, "__module__", "") in (
+        "_operator",
+        "operator",
+    ):
+        return all(_static(arg) for arg in node.all_input_nodes)
+    return False
+
+
+def _uses_batch_size(node: fx.Node) -> bool:
+    """Whether a size computation reads dim 0, the batch: x.size(0), x.shape[0], len(x)."""
+    if node.op == "call_method" and node.target == "size":
+        return len(node.args) < 2 or node.args[1] == 0
+    if node.op == "call_function" and node.target is operator.getitem:
+        source, index = node.args
+        if isinstance(source, fx.Node) and (
+            (source.op == "call_method" and source.target == "size" and len(source.args) < 2)
+            or (source.target is builtins.getattr and source.args[1] == "shape")
+        ):
+            return index == 0
+    return any(_uses_batch_size(arg) for arg in node.all_input_nodes)
+
+
+class ConcreteProxy(fx.Proxy):
+    """A traced value that also knows its value for the example input, so `len(x)` works."""
+
+    def __len__(self) -> int:
+        return len(self.node.meta["value"])
+
+    def __index__(self) -> int:
+        """A size used as a plain int (torch.ones(t, t)): fixed for the input shape, so its
+        value for the example, except the batch size, which a graph must never bake in."""
+        if not _static(self.node) or _uses_batch_size(self.node):
+            raise TypeError(f"{self.node.name} is not an int fixed by the input's shape")
+        return int(self.node.meta["value"])
+
+
+class ConcreteTracer(fx.Tracer):
+    """torch.fx's tracer, running every op on the example as it records it: control flow on
+    values fixed for this input (x.is_cuda, x.size(), a flag) takes the example's branch, and
+    each node keeps the shape PyTorch computed (batch included; item 0's for a tuple)."""
+
+    def __init__(self, helpers: tuple[Callable[..., Any], ...], example: torch.Tensor) -> None:
+        super().__init__(autowrap_functions=helpers)
+        self.record_stack_traces = True
+        self.example = example
+        self.inputs = 0
+        self.running = 0  # > 0 while an op runs on the example
+
+    def create_node(self, kind: str, target: Any, args: Any, kwargs: Any, name: Any = None,
+                    type_expr: Any = None) -> fx.Node:  # fmt: skip
+        node = super().create_node(kind, target, args, kwargs, name, type_expr)
+        value = self._run(node)
+        node.meta["value"] = value
+        first = value[0] if isinstance(value, (tuple, list)) and value else value
         if isinstance(first, torch.Tensor):
             node.meta["shape"] = tuple(first.shape)
-        return result
+        return node
+
+    def _run(self, node: fx.Node) -> Any:
+        """What the node computes for the example input (the model's own error: ModelFailed)."""
+        args = fx.node.map_arg(node.args, lambda n: n.meta.get("value"))
+        kwargs = fx.node.map_arg(node.kwargs, lambda n: n.meta.get("value"))
+        if node.op == "placeholder":
+            self.inputs += 1
+            return self.example if self.inputs == 1 else (args[0] if args else None)
+        self.running += 1
+        try:
+            with torch.no_grad():
+                if node.op == "get_attr":
+                    return operator.attrgetter(str(node.target))(self.root)
+                if node.op == "call_module":
+                    return self.root.get_submodule(str(node.target))(*args, **kwargs)
+                if node.op == "call_function":
+                    return node.target(*args, **kwargs)
+                if node.op == "call_method":
+                    return getattr(args[0], str(node.target))(*args[1:], **kwargs)
+        except Exception as exc:
+            raise ModelFailed(exc) from exc
+        finally:
+            self.running -= 1
+        return args[0] if args else None
+
+    def call_module(self, m: nn.Module, forward: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        if self.running:  # running a leaf module on the example: its insides are not recorded
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        if self.running:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return ConcreteProxy(node, self)
+
+    def create_proxy(self, kind: str, target: Any, args: Any, kwargs: Any, name: Any = None,
+                     type_expr: Any = None, proxy_factory_fn: Any = None) -> Any:  # fmt: skip
+        """A size other than the batch's, a device or a dtype is fixed for the input shape: it
+        is returned as its value (torch.ones(t, t) then just works); the rest stays traced."""
+        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        value = proxy.node.meta.get("value")
+        fixed = isinstance(value, (int, bool, torch.device, torch.dtype)) or (
+            isinstance(value, torch.Size) and not value  # never a size with the batch in it
+        )
+        attribute = kind == "call_function" and target is builtins.getattr  # fx's own, lazily
+        if fixed and not attribute and kind != "placeholder" and _static(proxy.node):
+            if not _uses_batch_size(proxy.node):
+                return value
+        return proxy
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        if not _static(obj.node):
+            raise ValueBranch(obj.node)
+        return bool(obj.node.meta["value"])
+
+    def iter(self, obj: fx.Proxy) -> Iterator[Any]:
+        return iter([obj[index] for index in range(len(obj.node.meta["value"]))])
 
 
-def _trace(model: nn.Module, helpers: tuple[Callable[..., Any], ...]) -> fx.GraphModule:
-    tracer = fx.Tracer(autowrap_functions=helpers)
-    tracer.record_stack_traces = True
+def _trace(
+    model: nn.Module,
+    helpers: tuple[Callable[..., Any], ...],
+    example: torch.Tensor,
+    input_shape: tuple[int, ...],
+    dtype: str,
+) -> fx.GraphModule:
+    """The concrete trace, with forward's optional arguments fixed at their defaults."""
+    tracer = ConcreteTracer(helpers, example.clone())
+    defaults = _defaults(model)
     try:
-        graph = tracer.trace(model)
+        graph = tracer.trace(model, concrete_args=defaults)
+    except ModelFailed as failed:
+        cause = failed.args[0]
+        raise ModelImportError(
+            msg(
+                "the model fails on an input of shape {shape} ({dtype}): {error}: {detail}",
+                shape=str([EXAMPLE_BATCH, *input_shape]),
+                dtype=dtype,
+                error=type(cause).__name__,
+                detail=_first_line(cause),
+            )
+        ) from None
+    except ValueBranch as branch:
+        raise ModelImportError(
+            msg(
+                "forward branches on the values of a tensor at {where}: the branch taken would"
+                " differ from input to input, so no graph can stand for it",
+                where=_where(branch.args[0]),
+            )
+        ) from None
     except Exception as exc:
         raise ModelImportError(
-            f"torch.fx cannot trace the model's forward: {type(exc).__name__}: {_first_line(exc)}"
-            " (forward must not branch on tensor values or shapes)"
+            msg(
+                "torch.fx cannot trace the model's forward: {error}: {detail}"
+                " (forward must not branch on tensor values)",
+                error=type(exc).__name__,
+                detail=_first_line(exc),
+            )
         ) from None
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target in CHECKS:
+            graph.erase_node(node)  # a check that held for the example, not a computation
     gm = fx.GraphModule(model, graph)
+    _keep_first_output(gm.graph)
     gm.graph.eliminate_dead_code()  # e.g. the unused (h, c) of `out, (h, c) = self.lstm(x)`
     return gm
+
+
+def _keep_first_output(graph: fx.Graph) -> None:
+    """forward returning (output, hidden): the graph keeps the output, and what only fed the
+    rest goes with it; the number of values is kept for the warning."""
+    output = next(node for node in graph.nodes if node.op == "output")
+    value = output.args[0]
+    if isinstance(value, (tuple, list)) and value:
+        output.meta["returned"] = len(value)
+        output.args = (value[0],)
+
+
+# Calls that only check (fx's own for the fixed arguments, and torch._assert in user code).
+CHECKS = frozenset({torch._assert, fx._symbolic_trace._assert_is_none})
+
+
+def _defaults(model: nn.Module) -> dict[str, Any]:
+    """forward's arguments after the first, at their defaults (hidden=None, has_mask=True);
+    a second argument without a default is a second input, which a graph cannot have."""
+    parameters = list(inspect.signature(model.forward).parameters.values())
+    if not parameters:
+        raise ModelImportError(msg("forward takes no input"))
+    defaults: dict[str, Any] = {}
+    for parameter in parameters[1:]:
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        if parameter.default is parameter.empty:
+            raise ModelImportError(
+                msg(
+                    "forward takes a second required input '{name}': a NetBuilder graph has"
+                    " exactly one input (give {name} a default, e.g. {name}=None, if the"
+                    " model works without it)",
+                    name=parameter.name,
+                )
+            )
+        defaults[parameter.name] = parameter.default
+    return defaults
 
 
 def _example_input(model: nn.Module, shape: tuple[int, ...], dtype: str) -> torch.Tensor:
@@ -293,19 +548,23 @@ def _example_input(model: nn.Module, shape: tuple[int, ...], dtype: str) -> torc
 def _visit(walk: Walk, node: fx.Node, input_shape: tuple[int, ...], dtype: str) -> None:
     """Map one fx node: record its value and add its graph node, or report it. A reported
     node's value becomes Failed, so what follows is still checked (and reported) on its own."""
-    if node.op == "placeholder" and walk.nodes and not node.users:
-        return  # an optional argument of forward that the model never uses
+    if node.op == "placeholder" and walk.nodes:
+        return  # an optional argument of forward, fixed at its default
     try:
         if node.op == "placeholder":
             result: Layer | Stack | Value = _input(walk, node, input_shape, dtype)
         elif node.op == "output":
-            result = Layer("Output", {}, (_tensor(walk, node.args[0], "forward must return"),))
+            result = Layer("Output", {}, (_tensor(walk, _returned(walk, node), returned=True),))
         elif node.op == "get_attr":
-            raise NotMappable("a tensor attribute used directly, outside a layer")
+            result = _attribute(walk, node)
         else:
             result = _map(walk, node)
-    except (NotMappable, TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
-        why = str(exc) if isinstance(exc, NotMappable) else f"arguments it cannot read ({exc})"
+    except NotMappable as exc:
+        walk.problems.append(Unsupported(_op_name(walk, node), _where(node), _reason(exc)))
+        walk.values[node] = Failed()
+        return
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+        why = msg("arguments it cannot read ({detail})", detail=_first_line(exc))
         walk.problems.append(Unsupported(_op_name(walk, node), _where(node), why))
         walk.values[node] = Failed()
         return
@@ -315,14 +574,33 @@ def _visit(walk: Walk, node: fx.Node, input_shape: tuple[int, ...], dtype: str) 
         walk.values[node] = result.input
         for index, layer in enumerate(result.layers):
             chained = replace(layer, inputs=(walk.values[node],))
+            if index < len(result.layers) - 1:
+                walk.inside_stacks.add(f"{node.name}_{index}")
             walk.values[node] = _add_node(walk, node, f"{node.name}_{index}", chained)
     else:
         walk.values[node] = result
 
 
+def _reason(exc: NotMappable) -> Message:
+    """Why a call cannot be mapped: the Message it was raised with (a catalog entry's reader
+    may raise plain text, which is its own English template)."""
+    reason = exc.args[0] if exc.args else ""
+    return reason if isinstance(reason, Message) else Message(str(reason))
+
+
+def _returned(walk: Walk, node: fx.Node) -> Any:
+    """What forward returns (of a tuple (output, hidden), the first item, said in a warning)."""
+    if "returned" in node.meta:
+        walk.warnings.append(
+            msg(
+                "forward returns {count} values; the graph keeps the first, the output",
+                count=node.meta["returned"],
+            )
+        )
+    return node.args[0]
+
+
 def _input(walk: Walk, node: fx.Node, input_shape: tuple[int, ...], dtype: str) -> str:
-    if walk.nodes:
-        raise NotMappable("a second input: a NetBuilder graph has one")
     params = {"shape": list(input_shape), "dtype": dtype}
     walk.nodes.append({"id": node.name, "type": "Input", "params": params})
     return node.name
@@ -347,16 +625,70 @@ def _add_node(walk: Walk, node: fx.Node, node_id: str, layer: Layer) -> Value:
     return Several(node_id, layer.type, layer.several) if layer.several else node_id
 
 
+def _attribute(walk: Walk, node: fx.Node) -> Constant:
+    """self.table or self.weight read in forward: a constant (a parameter: a trainable one)."""
+    value = node.meta.get("value")
+    if not isinstance(value, torch.Tensor):
+        raise NotMappable(msg("an attribute that is not a tensor"))
+    return Constant(node, node, str(node.target) if isinstance(value, nn.Parameter) else None)
+
+
+def _derived_constant(walk: Walk, node: fx.Node) -> Constant | None:
+    """A call on constants and sizes only (torch.ones(t, t).triu(1), self.pe[:, :t]) is a
+    constant too; it becomes a layer only where a layer can hold it (a positional encoding,
+    a causal mask)."""
+    if not isinstance(node.meta.get("value"), torch.Tensor):
+        return None
+    values = [walk.values.get(n) for n in node.all_input_nodes]
+    if not all(isinstance(v, (Constant, Size, Device)) for v in values):
+        return None
+    roots = [v for v in values if isinstance(v, Constant)]
+    return replace(roots[0], node=node) if roots else Constant(node, None)
+
+
 def _map(walk: Walk, node: fx.Node) -> Layer | Stack | Value:
     if node.op == "call_module":
         return _map_module(walk, node)
-    table = FUNCTIONS if node.op == "call_function" else METHODS
-    handler = table.get(node.target)
-    if handler is not None:
-        return handler(walk, node)
+    constant = _derived_constant(walk, node)
+    if constant is not None:
+        return constant
     if node.op == "call_function" and node.target in walk.helpers:
         return CausalMask()
-    raise NotMappable("no NetBuilder layer does this")
+    handler = _handler(node)
+    if handler is not None:
+        return handler(walk, node)
+    if _passes_input_through(node):
+        return _tensor(walk, node.args[0])
+    if node.op == "call_function" and _static(node):
+        return Size(FIXED)  # arithmetic on sizes (num_channels // groups): a number, no layer
+    raise NotMappable(msg("no NetBuilder layer does this"))
+
+
+def _handler(node: fx.Node) -> Handler | None:
+    """The argument mapping for a call: by the catalog type its function or method stands for,
+    else one of the plumbing calls (indexing, x.size(), .contiguous())."""
+    if node.op == "call_function":
+        layer_type = FUNCTION_TYPES.get(node.target)
+        plumbing = PLUMBING_FUNCTIONS.get(node.target)
+    else:
+        layer_type = METHOD_TYPES.get(str(node.target))
+        plumbing = PLUMBING_METHODS.get(str(node.target))
+    if layer_type is not None:
+        return ARGUMENTS.get(layer_type, _no_arguments)
+    return plumbing
+
+
+def _passes_input_through(node: fx.Node) -> bool:
+    """A library function outside torch that returned its tensor argument itself for the
+    example (torchvision's stochastic_depth in eval mode): no layer, the same tensor."""
+    module = getattr(node.target, "__module__", "") or ""
+    first = node.args[0] if node.args else None
+    return (
+        node.op == "call_function"
+        and module.partition(".")[0] not in ("torch", "_operator", "operator", "builtins")
+        and isinstance(first, fx.Node)
+        and node.meta.get("value") is first.meta.get("value") is not None
+    )
 
 
 def _op_name(walk: Walk, node: fx.Node) -> str:
@@ -379,12 +711,21 @@ def _op_name(walk: Walk, node: fx.Node) -> str:
 
 
 def _where(node: fx.Node) -> str:
-    """'file.py:12 in forward: x = torch.sort(x)' from the trace, else the fx node's name."""
+    """'file.py:12 in forward: x = torch.sort(x)', the innermost frame outside torch (the op's
+    own line, not the `return self._forward_impl(x)` that led there); else the node's name."""
     frames = re.findall(r'File "([^"]+)", line (\d+), in (\w+)\n\s+(.*)', node.stack_trace or "")
-    for file, line, function, code in frames:
-        if not re.search(r"torch[/\\](fx|nn)[/\\]", file):
-            return f"{Path(file).name}:{line} in {function}: {code.strip()}"
+    outside = [frame for frame in frames if not _inside_torch(frame[0])]
+    if outside:
+        file, line, function, code = outside[-1]
+        return f"{Path(file).name}:{line} in {function}: {code.strip()}"
     return f"node {node.name!r}"
+
+
+def _inside_torch(file: str) -> bool:
+    return (
+        bool(re.search(r"[/\\]torch[/\\]", file))
+        or Path(file).resolve() == Path(__file__).resolve()
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,250 +740,157 @@ def _compact(value: Any) -> Any:
     return value
 
 
-def _conv(m: nn.Conv1d | nn.Conv2d) -> dict[str, Any]:
-    if m.padding_mode != "zeros":
-        raise NotMappable(f"padding_mode={m.padding_mode!r}: only zero padding maps")
-    padding = m.padding if isinstance(m.padding, str) else _compact(m.padding)
-    return {
-        "out_channels": m.out_channels,
-        "kernel_size": _compact(m.kernel_size),
-        "stride": _compact(m.stride),
-        "padding": padding,
-        "dilation": _compact(m.dilation),
-        "groups": m.groups,
-        "bias": m.bias is not None,
-    }
+# {nn class: (catalog type, params_from_module)}: each catalog entry names the torch modules it
+# stands for and reads their params back (builder/layers/).
+MODULES: dict[type[nn.Module], tuple[str, Callable[[Any], dict[str, Any]]]] = module_table()
 
 
-def _max_pool(m: nn.MaxPool1d | nn.MaxPool2d) -> dict[str, Any]:
-    if m.return_indices:
-        raise NotMappable("return_indices=True")
-    kernel, stride = _compact(m.kernel_size), _compact(m.stride)
-    return {
-        "kernel_size": kernel,
-        "stride": None if stride == kernel else stride,
-        "padding": _compact(m.padding),
-        "dilation": _compact(m.dilation),
-        "ceil_mode": m.ceil_mode,
-    }
+def _read_params(layer_type: str, module: nn.Module) -> dict[str, Any]:
+    """A module's params as its catalog entry reads them."""
+    reader = CATALOG[layer_type].params_from_module
+    assert reader is not None, layer_type
+    return reader(module)
 
 
-def _avg_pool(m: nn.AvgPool1d | nn.AvgPool2d) -> dict[str, Any]:
-    if getattr(m, "divisor_override", None) is not None:
-        raise NotMappable("divisor_override")
-    kernel, stride = _compact(m.kernel_size), _compact(m.stride)
-    return {
-        "kernel_size": kernel,
-        "stride": None if stride == kernel else stride,
-        "padding": _compact(m.padding),
-        "ceil_mode": m.ceil_mode,
-        "count_include_pad": m.count_include_pad,
-    }
-
-
-def _adaptive(m: nn.AdaptiveAvgPool1d | nn.AdaptiveAvgPool2d) -> dict[str, Any]:
-    sizes = m.output_size if isinstance(m.output_size, (tuple, list)) else [m.output_size]
-    if any(s is None for s in sizes):
-        raise NotMappable("an output_size of None (keep the input size)")
-    return {"output_size": _compact(m.output_size)}
-
-
-def _batch_norm(m: nn.BatchNorm1d | nn.BatchNorm2d) -> dict[str, Any]:
-    return {
-        "eps": m.eps,
-        "momentum": m.momentum,
-        "affine": m.affine,
-        "track_running_stats": m.track_running_stats,
-    }
-
-
-def _last_dim_only(m: nn.LayerNorm | nn.RMSNorm) -> None:
-    if len(m.normalized_shape) != 1:
-        raise NotMappable(f"normalized_shape {list(m.normalized_shape)}: only the last dim maps")
-
-
-def _layer_norm(m: nn.LayerNorm) -> dict[str, Any]:
-    _last_dim_only(m)
-    bias = m.bias is not None if m.elementwise_affine else True
-    return {"eps": m.eps, "elementwise_affine": m.elementwise_affine, "bias": bias}
-
-
-def _rms_norm(m: nn.RMSNorm) -> dict[str, Any]:
-    _last_dim_only(m)
-    return {"eps": m.eps, "elementwise_affine": m.elementwise_affine}
-
-
-def _embedding(m: nn.Embedding) -> dict[str, Any]:
-    if m.max_norm is not None or m.scale_grad_by_freq or m.sparse:
-        raise NotMappable("max_norm, scale_grad_by_freq and sparse are not in the catalog")
-    return {
-        "num_embeddings": m.num_embeddings,
-        "embedding_dim": m.embedding_dim,
-        "padding_idx": m.padding_idx,
-    }
-
-
-def _recurrent(m: nn.RNN | nn.LSTM | nn.GRU) -> dict[str, Any]:
-    if not m.batch_first:
-        raise NotMappable("batch_first=False: NetBuilder's recurrent layers read [B, T, F]")
-    if getattr(m, "proj_size", 0):
-        raise NotMappable("proj_size")
-    params = {
-        "hidden_size": m.hidden_size,
-        "num_layers": m.num_layers,
-        "bidirectional": m.bidirectional,
-        "dropout": float(m.dropout),
-        "bias": m.bias,
-    }
-    if isinstance(m, nn.RNN) and type(m) is nn.RNN:
-        params["nonlinearity"] = m.nonlinearity
-    return params
-
-
-def _attention(m: nn.MultiheadAttention) -> dict[str, Any]:
-    if not m.batch_first:
-        raise NotMappable("batch_first=False: NetBuilder's attention reads [B, T, E]")
-    if not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
-        raise NotMappable("kdim/vdim, add_bias_kv and add_zero_attn are not in the catalog")
-    return {
-        "num_heads": m.num_heads,
-        "dropout": float(m.dropout),
-        "bias": m.in_proj_bias is not None,
-    }
-
-
-def _encoder_layer(m: nn.TransformerEncoderLayer) -> dict[str, Any]:
-    if not m.self_attn.batch_first:
-        raise NotMappable("batch_first=False: NetBuilder's encoder layer reads [B, T, E]")
-    activation = {1: "relu", 2: "gelu"}.get(m.activation_relu_or_gelu)
-    if activation is None:
-        raise NotMappable("an activation other than relu or gelu")
-    return {
-        "nhead": m.self_attn.num_heads,
-        "dim_feedforward": m.linear1.out_features,
-        "dropout": float(m.dropout.p),
-        "activation": activation,
-        "layer_norm_eps": m.norm1.eps,
-        "norm_first": m.norm_first,
-        "bias": m.linear1.bias is not None,
-    }
-
-
-def _no_params(m: nn.Module) -> dict[str, Any]:
-    return {}
-
-
-MODULES: dict[type[nn.Module], tuple[str, Callable[[Any], dict[str, Any]]]] = {
-    nn.Linear: ("Linear", lambda m: {"out_features": m.out_features, "bias": m.bias is not None}),
-    nn.Conv1d: ("Conv1d", _conv),
-    nn.Conv2d: ("Conv2d", _conv),
-    nn.MaxPool1d: ("MaxPool1d", _max_pool),
-    nn.MaxPool2d: ("MaxPool2d", _max_pool),
-    nn.AvgPool1d: ("AvgPool1d", _avg_pool),
-    nn.AvgPool2d: ("AvgPool2d", _avg_pool),
-    nn.AdaptiveAvgPool1d: ("AdaptiveAvgPool1d", _adaptive),
-    nn.AdaptiveAvgPool2d: ("AdaptiveAvgPool2d", _adaptive),
-    nn.Flatten: ("Flatten", lambda m: {"start_dim": m.start_dim, "end_dim": m.end_dim}),
-    nn.BatchNorm1d: ("BatchNorm1d", _batch_norm),
-    nn.BatchNorm2d: ("BatchNorm2d", _batch_norm),
-    nn.LayerNorm: ("LayerNorm", _layer_norm),
-    nn.RMSNorm: ("RMSNorm", _rms_norm),
-    nn.GroupNorm: (
-        "GroupNorm",
-        lambda m: {"num_groups": m.num_groups, "eps": m.eps, "affine": m.affine},
-    ),
-    nn.Dropout: ("Dropout", lambda m: {"p": float(m.p)}),
-    nn.Dropout2d: ("Dropout2d", lambda m: {"p": float(m.p)}),
-    nn.ReLU: ("ReLU", _no_params),
-    nn.SiLU: ("SiLU", _no_params),
-    nn.Tanh: ("Tanh", _no_params),
-    nn.Sigmoid: ("Sigmoid", _no_params),
-    nn.Identity: ("Identity", _no_params),
-    nn.GELU: ("GELU", lambda m: {"approximate": m.approximate}),
-    nn.LeakyReLU: ("LeakyReLU", lambda m: {"negative_slope": float(m.negative_slope)}),
-    nn.Softmax: ("Softmax", lambda m: {"dim": m.dim}),
-    nn.Embedding: ("Embedding", _embedding),
-    nn.RNN: ("RNN", _recurrent),
-    nn.LSTM: ("LSTM", _recurrent),
-    nn.GRU: ("GRU", _recurrent),
-    nn.MultiheadAttention: ("MultiheadAttention", _attention),
-    nn.TransformerEncoderLayer: ("TransformerEncoderLayer", _encoder_layer),
-}
 TUPLE_OUTPUTS = {
-    "RNN": "the final hidden state h_n",
-    "GRU": "the final hidden state h_n",
-    "LSTM": "the final states (h_n, c_n)",
-    "MultiheadAttention": "the attention weights",
+    "RNN": N_("the final hidden state h_n"),
+    "GRU": N_("the final hidden state h_n"),
+    "LSTM": N_("the final states (h_n, c_n)"),
+    "MultiheadAttention": N_("the attention weights"),
 }
 
 
 def _map_module(walk: Walk, node: fx.Node) -> Layer | Stack:
     path = str(node.target)
     module = walk.gm.get_submodule(path)
-    if any(p == path or p.startswith(path + ".") for p in walk.module_paths.values()):
-        raise NotMappable(
-            "called a second time: a graph node owns its weights, so shared weights cannot"
-            " be imported"
-        )
+    _claim_weights(walk, node, module)
     if type(module) is nn.TransformerEncoder:
         return _encoder_stack(walk, node, module)
     entry = MODULES.get(type(module))
     if entry is None:
-        raise NotMappable("no NetBuilder layer does this")
+        raise NotMappable(msg("no NetBuilder layer does this"))
     layer_type, read_params = entry
     params = read_params(module)
+    positions = _positions(walk, node, module)
+    if positions is not None:
+        return positions
     if layer_type == "MultiheadAttention":
-        x = _self_attention_input(node, params)
+        x = _self_attention_input(walk, node, params)
     else:
         x = _only_input(node)
     several = TUPLE_OUTPUTS.get(layer_type)
     return Layer(layer_type, params, (_tensor(walk, x),), several, path)
 
 
+def _positions(walk: Walk, node: fx.Node, module: nn.Module) -> Constant | None:
+    """nanoGPT's self.wpe(torch.arange(t)): an Embedding of the positions 0..t-1 is the first
+    t rows of its table, a learned position table (a PositionalEncoding once added to x)."""
+    value = walk.values.get(node.args[0]) if node.args else None
+    if not (isinstance(module, nn.Embedding) and isinstance(value, Constant)):
+        return None
+    positions = value.node.meta.get("value")
+    steps = positions.shape[-1] if isinstance(positions, torch.Tensor) and positions.dim() else 0
+    if not steps or not torch.equal(positions.reshape(-1), torch.arange(steps)):
+        return None
+    path = str(node.target)
+    return Constant(node, None, weights=f"{path}.weight", owner=path)
+
+
+def _claim_weights(walk: Walk, node: fx.Node, module: nn.Module | nn.Parameter) -> None:
+    """A graph node owns its weights: a module without any (self.relu) may be called twice and
+    becomes two nodes, but weights used at two call sites (one module called twice, or tied
+    weights shared by two modules) cannot be imported; the message names both sites."""
+    parameters = [module] if isinstance(module, nn.Parameter) else list(module.parameters())
+    for parameter in parameters:
+        owner = walk.owners.get(id(parameter))
+        if owner is not None:
+            first_path, first_node = owner
+            raise NotMappable(
+                msg(
+                    "uses the weights of self.{first} a second time (first at {where}): a graph"
+                    " node owns its weights, so shared or tied weights cannot be imported",
+                    first=first_path,
+                    where=_where(first_node),
+                )
+            )
+    for parameter in parameters:
+        walk.owners[id(parameter)] = (str(node.target), node)
+
+
 def _only_input(node: fx.Node) -> Any:
-    """The one tensor a layer is called with; keywords set to None or False (no mask) are fine."""
+    """The one tensor a layer is called with; arguments set to None or False (no initial hidden
+    state, no mask) are fine."""
+    args = list(node.args)
+    while len(args) > 1 and (args[-1] is None or args[-1] is False):
+        args.pop()
     extra = [key for key, value in node.kwargs.items() if value is not None and value is not False]
-    if len(node.args) != 1 or extra:
-        given = ", ".join(extra) or "a second argument, e.g. an initial hidden state"
-        raise NotMappable(f"called with more than its input ({given})")
-    return node.args[0]
+    if len(args) != 1 or extra:
+        raise NotMappable(
+            msg(
+                "called with more than its input ({given})",
+                given=", ".join(extra) or "a second argument, e.g. an initial hidden state",
+            )
+        )
+    return args[0]
 
 
 def _encoder_stack(walk: Walk, node: fx.Node, module: nn.TransformerEncoder) -> Stack:
     """nn.TransformerEncoder as what it is: its encoder layers in a row, then its norm."""
     path = str(node.target)
     layers = [
-        Layer("TransformerEncoderLayer", _encoder_layer(layer), (), path=f"{path}.layers.{index}")
+        Layer(
+            "TransformerEncoderLayer",
+            _read_params("TransformerEncoderLayer", layer),
+            (),
+            path=f"{path}.layers.{index}",
+        )
         for index, layer in enumerate(module.layers)
     ]
     if module.norm is not None:
         if type(module.norm) is not nn.LayerNorm:
-            raise NotMappable(f"a final norm of type {type(module.norm).__name__}")
-        layers.append(Layer("LayerNorm", _layer_norm(module.norm), (), path=f"{path}.norm"))
+            raise NotMappable(msg("a final norm of type {kind}", kind=type(module.norm).__name__))
+        norm = _read_params("LayerNorm", module.norm)
+        layers.append(Layer("LayerNorm", norm, (), path=f"{path}.norm"))
     return Stack(_tensor(walk, _only_input(node)), tuple(layers))
 
 
-def _self_attention_input(node: fx.Node, params: dict[str, Any]) -> Any:
+def _self_attention_input(walk: Walk, node: fx.Node, params: dict[str, Any]) -> Any:
     """The one input of self-attention attn(x, x, x); a causal_mask() mask sets causal."""
     given = [*node.args, *(node.kwargs[k] for k in ("query", "key", "value") if k in node.kwargs)]
     if len(given) != 3 or not given[0] is given[1] is given[2]:
-        raise NotMappable("query, key and value differ: only self-attention attn(x, x, x) maps")
+        raise NotMappable(
+            msg("query, key and value differ: only self-attention attn(x, x, x) maps")
+        )
     mask = node.kwargs.get("attn_mask")
     if node.kwargs.get("key_padding_mask") is not None:
-        raise NotMappable("key_padding_mask")
+        raise NotMappable(msg("key_padding_mask"))
     if mask is not None:
-        if not (
-            isinstance(mask, fx.Node)
-            and mask.op == "call_function"
-            and getattr(mask.target, "__name__", "") == "causal_mask"
-        ):
-            raise NotMappable("an attn_mask other than model.py's causal_mask()")
+        if not _is_causal(walk, mask):
+            raise NotMappable(msg("an attn_mask other than a causal mask"))
         params["causal"] = True
     return given[0]
 
 
+def _is_causal(walk: Walk, mask: Any) -> bool:
+    """model.py's causal_mask(), or a constant [T, T] mask that hides exactly the later
+    positions: True (bool) or -inf (float) above the diagonal, nothing elsewhere."""
+    if isinstance(mask, fx.Node) and isinstance(walk.values.get(mask), CausalMask):
+        return True
+    value = mask.meta.get("value") if isinstance(mask, fx.Node) else None
+    if not isinstance(walk.values.get(mask), Constant) or not isinstance(value, torch.Tensor):
+        return False
+    if value.dim() != 2 or value.shape[0] != value.shape[1]:
+        return False
+    above = torch.ones_like(value, dtype=torch.bool).triu(1)
+    if value.dtype == torch.bool:
+        return bool(torch.equal(value, above))
+    hidden = torch.isneginf(value)
+    return bool(torch.equal(hidden, above) and (value[~above] == 0).all())
+
+
 # ---------------------------------------------------------------------------------------------
-# Functions and methods
+# Functions and methods: which catalog type each stands for comes from the catalog's
+# `functional` names; here is only how each call's arguments become that type's params.
 
 
 def _arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
@@ -652,17 +900,39 @@ def _arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
     return node.kwargs.get(name, default)
 
 
-def _tensor(walk: Walk, arg: Any, use: str = "works on") -> str:
+def _tensor(walk: Walk, arg: Any, returned: bool = False) -> str:
     """The graph node of a tensor argument (a Failed one stands in as "?", already reported)."""
     value = walk.values.get(arg) if isinstance(arg, fx.Node) else None
     if isinstance(value, Failed):
         return "?"
     if isinstance(value, Several):
         raise NotMappable(
-            f"uses the whole output tuple of {value.what} {value.node_id!r}; take [0]"
+            msg(
+                "uses the whole output tuple of {what} '{node}'; take [0]",
+                what=value.what,
+                node=value.node_id,
+            )
+        )
+    if isinstance(value, Constant):
+        source = "self." + str(value.root.target) if value.root is not None else value.node.name
+        if returned:
+            raise NotMappable(msg("forward returns a constant tensor ({source})", source=source))
+        raise NotMappable(
+            msg(
+                "works on a constant tensor ({source}): only tensors computed from the input"
+                " flow through a graph",
+                source=source,
+            )
         )
     if not isinstance(value, str):
-        raise NotMappable(f"{use} {arg!r}, which is not one tensor computed from the input")
+        if returned:
+            raise NotMappable(
+                msg("forward returns {arg}, which is not one tensor computed from the input",
+                    arg=repr(arg))
+            )  # fmt: skip
+        raise NotMappable(
+            msg("works on {arg}, which is not one tensor computed from the input", arg=repr(arg))
+        )
     return value
 
 
@@ -671,28 +941,72 @@ def _rank(arg: fx.Node) -> int:
     return len(arg.meta["shape"])
 
 
-def _merge(layer_type: str) -> Callable[[Walk, fx.Node], Layer]:
-    def handler(walk: Walk, node: fx.Node) -> Layer:
-        first, second = node.args[:2]
-        if node.kwargs.get("alpha", 1) != 1 or not isinstance(second, fx.Node):
-            raise NotMappable("with a constant: only two tensors of one shape merge")
-        return Layer(layer_type, {}, (_tensor(walk, first), _tensor(walk, second)))
+def _merge(walk: Walk, node: fx.Node) -> Layer:
+    """x + y, x * y, torch.add(x, y), x += y: Add or Multiply of two tensors."""
+    first, second = node.args[:2]
+    if node.kwargs.get("alpha", 1) != 1 or not isinstance(second, fx.Node):
+        raise NotMappable(msg("with a constant: only tensors merge"))
+    layer_type = FUNCTION_TYPES.get(node.target) or METHOD_TYPES[str(node.target)]
+    table = [walk.values.get(arg) for arg in (first, second)]
+    if layer_type == "Add" and any(isinstance(v, Constant) for v in table):
+        x, constant = (second, table[0]) if isinstance(table[0], Constant) else (first, table[1])
+        return _positional_encoding(walk, node, x, constant)
+    return Layer(layer_type, {}, (_tensor(walk, first), _tensor(walk, second)))
 
-    return handler
+
+def _positional_encoding(walk: Walk, node: fx.Node, x: Any, table: Constant) -> Layer:
+    """x + self.pe[:, :t] (the PyTorch tutorials' PositionalEncoding): a sinusoidal table
+    buffer, or a learned [max_len, E] parameter, added to [B, T, E]."""
+    rank = len(node.meta["shape"])
+    root = table.root.meta["value"] if table.root is not None else None
+    if table.weights is not None:
+        root = walk.gm.get_parameter(table.weights)
+    if rank != 3 or root is None or root.numel() % node.meta["shape"][-1]:
+        raise NotMappable(
+            msg("adds a constant tensor; only a positional encoding table added to [B, T, E] maps")
+        )
+    embed = node.meta["shape"][-1]
+    rows = root.detach().reshape(-1, embed)
+    steps = node.meta["shape"][1]
+    if not torch.equal(table.node.meta["value"].reshape(-1, embed), rows[:steps]):
+        raise NotMappable(msg("adds a table other than its first rows, positions 0..T-1"))
+    params = {"max_len": rows.shape[0]}
+    if table.weights is not None:
+        params["kind"] = "learned"
+        if table.owner is None:  # a bare parameter: this node owns it
+            _claim_weights(walk, node, walk.gm.get_parameter(table.weights))
+        path = table.owner or table.weights
+        return Layer("PositionalEncoding", params, (_tensor(walk, x),), path=path)
+    if not torch.allclose(rows, sinusoidal_table(rows.shape[0], embed), atol=1e-5):
+        raise NotMappable(msg("adds a fixed table that is not the sinusoidal positional encoding"))
+    params["kind"] = "sinusoidal"
+    return Layer("PositionalEncoding", params, (_tensor(walk, x),))
 
 
-def _concat(walk: Walk, node: fx.Node) -> Layer:
-    tensors = _arg(node, 0, "tensors")
+def sinusoidal_table(max_len: int, embed: int) -> torch.Tensor:
+    """The fixed sines and cosines of "Attention Is All You Need" (and the catalog's entry)."""
+    position = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)
+    rate = torch.exp(torch.arange(0, embed, 2, dtype=torch.float32) * (-math.log(10000.0) / embed))
+    table = torch.zeros(max_len, embed)
+    table[:, 0::2] = torch.sin(position * rate)
+    table[:, 1::2] = torch.cos(position * rate[: embed // 2])
+    return table
+
+
+def _concat(walk: Walk, node: fx.Node) -> Layer | str:
+    tensors = list(_arg(node, 0, "tensors"))
     dim = _arg(node, 1, "dim", 0)
     if dim % _rank(tensors[0]) == 0:
-        raise NotMappable("joins along the batch dim 0")
+        raise NotMappable(msg("joins along the batch dim 0"))
+    if len(tensors) == 1:
+        return _tensor(walk, tensors[0])  # torch.cat([x]) is x (DenseNet's first layer)
     return Layer("Concat", {"dim": dim}, tuple(_tensor(walk, t) for t in tensors))
 
 
 def _flatten(walk: Walk, node: fx.Node) -> Layer:
     start, end = _arg(node, 1, "start_dim", 0), _arg(node, 2, "end_dim", -1)
     if start % _rank(node.args[0]) == 0:
-        raise NotMappable("flattens the batch dim; use start_dim=1 (as nn.Flatten does)")
+        raise NotMappable(msg("flattens the batch dim; use start_dim=1 (as nn.Flatten does)"))
     return Layer("Flatten", {"start_dim": start, "end_dim": end}, (_tensor(walk, node.args[0]),))
 
 
@@ -706,27 +1020,23 @@ def _reshape(walk: Walk, node: fx.Node) -> Layer:
     sizes = _shape_args(node)
     batch = walk.values.get(sizes[0]) if isinstance(sizes[0], fx.Node) else sizes[0]
     if batch not in (-1, Size(0)):
-        raise NotMappable("the first size must be the batch, x.size(0) (or -1)")
+        raise NotMappable(msg("the first size must be the batch, x.size(0) (or -1)"))
     actual = node.meta["shape"][1:]
     shape = [-1 if size == -1 else int(real) for size, real in zip(sizes[1:], actual, strict=True)]
     return Layer("Reshape", {"shape": shape}, (_tensor(walk, node.args[0]),))
 
 
 def _permute(walk: Walk, node: fx.Node) -> Layer:
+    """x.permute(...) and x.transpose(a, b) (the same swap, as permuted dims)."""
     rank = _rank(node.args[0])
-    dims = [d % rank for d in _shape_args(node)]
+    if getattr(node.target, "__name__", node.target) == "transpose":
+        a, b = _arg(node, 1, "dim0") % rank, _arg(node, 2, "dim1") % rank
+        dims = list(range(rank))
+        dims[a], dims[b] = dims[b], dims[a]
+    else:
+        dims = [d % rank for d in _shape_args(node)]
     if dims[0] != 0:
-        raise NotMappable("moves the batch dim")
-    return Layer("Permute", {"dims": dims}, (_tensor(walk, node.args[0]),))
-
-
-def _transpose(walk: Walk, node: fx.Node) -> Layer:
-    rank = _rank(node.args[0])
-    a, b = _arg(node, 1, "dim0") % rank, _arg(node, 2, "dim1") % rank
-    if 0 in (a, b):
-        raise NotMappable("moves the batch dim")
-    dims = list(range(rank))
-    dims[a], dims[b] = dims[b], dims[a]
+        raise NotMappable(msg("moves the batch dim"))
     return Layer("Permute", {"dims": dims}, (_tensor(walk, node.args[0]),))
 
 
@@ -735,11 +1045,24 @@ def _getitem(walk: Walk, node: fx.Node) -> Layer | Value:
     value = walk.values.get(source)
     if isinstance(value, Failed):
         return value
+    if isinstance(value, Several) and index == 1 and value.what in ("RNN", "GRU", "LSTM"):
+        params = next(n["params"] for n in walk.nodes if n["id"] == value.node_id)
+        one_way = not params.get("bidirectional", False)
+        return FinalStates(
+            value.node_id, value.what == "LSTM", one_way, params.get("num_layers", 1)
+        )
+    if isinstance(value, FinalStates):
+        return _final_state(value, index)
     if isinstance(value, Several):
         if index != 0:
             raise NotMappable(
-                f"item {index} of {value.what} {value.node_id!r} is {value.item_one};"
-                " only item 0, the output, maps"
+                msg(
+                    "item {index} of {what} '{node}' is {item}; only item 0, the output, maps",
+                    index=index,
+                    what=value.what,
+                    node=value.node_id,
+                    item=Message(value.item_one),
+                )
             )
         return value.node_id
     if isinstance(value, Size) and value.index is None and isinstance(index, int):
@@ -749,21 +1072,57 @@ def _getitem(walk: Walk, node: fx.Node) -> Layer | Value:
         items.pop()
     if isinstance(value, str) and items == [slice(None), -1]:
         return Layer("SequencePool", {"mode": "last"}, (value,))
-    raise NotMappable(f"indexing with [{index!r}]; x[:, -1] (the last time step) maps")
+    raise NotMappable(
+        msg("indexing with [{index}]; x[:, -1] (the last time step) maps", index=repr(index))
+    )
 
 
-def _reduce(mode: str, with_indices: bool = False) -> Callable[[Walk, fx.Node], Layer]:
-    """mean/amax over dim 1 (the time steps) as a SequencePool; max(dim=1) also returns the
-    indices, so only its item 0 (or .values) maps."""
+def _final_state(value: FinalStates, index: Any) -> FinalStates | Layer:
+    """(h_n, c_n)[0] is h_n; h_n[-1] (h_n[0] of one layer) of a one-way layer is the output's
+    last step, a SequencePool; c_n and the other layers' states have no graph node."""
+    if value.pair:
+        if index != 0:
+            raise NotMappable(msg("the LSTM's final cell state c_n: only h_n maps"))
+        return replace(value, pair=False)
+    if index not in (-1, value.layers - 1) or not value.one_way:
+        raise NotMappable(
+            msg(
+                "h_n[{index}]: only the last layer's final state of a one-way layer, h_n[-1],"
+                " maps (as the output's last step)",
+                index=repr(index),
+            )
+        )
+    return Layer("SequencePool", {"mode": "last"}, (value.node_id,))
 
-    def handler(walk: Walk, node: fx.Node) -> Layer:
-        dim = _arg(node, 1, "dim")
-        if dim not in (1, [1], (1,)) or _arg(node, 2, "keepdim", False):
-            raise NotMappable("only a reduction over dim 1, the time steps, maps (SequencePool)")
-        several = "the indices" if with_indices else None
-        return Layer("SequencePool", {"mode": mode}, (_tensor(walk, node.args[0]),), several)
 
-    return handler
+def _reduce(walk: Walk, node: fx.Node) -> Layer | Stack:
+    """mean/amax/max over dim 1 (the time steps) as a SequencePool (max(dim=1) also returns
+    the indices, so only its item 0 or .values maps); a mean over all spatial dims, as in
+    x.mean((2, 3)), is a global average pool (then a Flatten unless keepdim)."""
+    name = getattr(node.target, "__name__", node.target)
+    mode = "mean" if name == "mean" else "max"
+    dim = _arg(node, 1, "dim")
+    dims = sorted(
+        d % _rank(node.args[0])
+        for d in (dim if isinstance(dim, (list, tuple)) else [dim] if isinstance(dim, int) else [])
+    )
+    keepdim = bool(_arg(node, 2, "keepdim", False))
+    x = _tensor(walk, node.args[0])
+    rank = _rank(node.args[0])
+    if dims == [1] and not keepdim:
+        several = N_("the indices") if name == "max" else None
+        return Layer("SequencePool", {"mode": mode}, (x,), several)
+    if mode == "mean" and rank in (3, 4) and dims == list(range(2, rank)):
+        pool = Layer(f"AdaptiveAvgPool{rank - 2}d", {"output_size": 1}, ())
+        flat = Layer("Flatten", {"start_dim": 1, "end_dim": -1}, ())
+        return Stack(x, (pool,) if keepdim else (pool, flat))
+    raise NotMappable(
+        msg(
+            "a reduction over dims {dims}: over dim 1 (the time steps, SequencePool) or over"
+            " every spatial dim (a global average pool) maps",
+            dims=str(dims),
+        )
+    )
 
 
 def _size(walk: Walk, node: fx.Node) -> Size:
@@ -782,81 +1141,174 @@ def _getattr(walk: Walk, node: fx.Node) -> Value:
         return Size()
     if isinstance(value, str) and name == "device":
         return Device()
-    raise NotMappable(f".{name}")
+    raise NotMappable(msg(".{name}", name=name))
 
 
 def _alias(walk: Walk, node: fx.Node) -> str:
     return _tensor(walk, node.args[0])
 
 
-def _unary(layer_type: str, **params: tuple[int, str, Any]) -> Callable[[Walk, fx.Node], Layer]:
-    """A function or method of one tensor with a catalog layer; params: name -> (position,
-    keyword, default) of the call's arguments."""
+def _keywords(**params: tuple[int, str, Any]) -> Handler:
+    """A call of one tensor whose params are its arguments: name -> (position, keyword,
+    default); F.leaky_relu(x, 0.2) -> LeakyReLU {negative_slope: 0.2}."""
 
     def handler(walk: Walk, node: fx.Node) -> Layer:
         values = {name: _arg(node, *where) for name, where in params.items()}
-        if layer_type == "Softmax" and values["dim"] is None:
-            raise NotMappable("softmax without dim")
-        if layer_type == "Dropout":
-            values["p"] = float(values["p"])
+        layer_type = FUNCTION_TYPES.get(node.target) or METHOD_TYPES[str(node.target)]
         return Layer(layer_type, values, (_tensor(walk, node.args[0]),))
 
     return handler
 
 
-Handler = Callable[[Walk, fx.Node], Layer | Value]
-_relu, _sigmoid, _tanh = _unary("ReLU"), _unary("Sigmoid"), _unary("Tanh")
-_softmax = _unary("Softmax", dim=(1, "dim", None))
-FUNCTIONS: dict[Any, Handler] = {
-    operator.add: _merge("Add"),
-    operator.iadd: _merge("Add"),
-    torch.add: _merge("Add"),
-    operator.mul: _merge("Multiply"),
-    operator.imul: _merge("Multiply"),
-    torch.mul: _merge("Multiply"),
-    torch.cat: _concat,
-    torch.concat: _concat,
-    torch.concatenate: _concat,
-    torch.flatten: _flatten,
-    torch.reshape: _reshape,
-    torch.permute: _permute,
-    torch.transpose: _transpose,
-    torch.mean: _reduce("mean"),
-    torch.amax: _reduce("max"),
-    torch.max: _reduce("max", with_indices=True),
+def _no_arguments(walk: Walk, node: fx.Node) -> Layer:
+    layer_type = FUNCTION_TYPES.get(node.target) or METHOD_TYPES[str(node.target)]
+    return Layer(layer_type, {}, (_tensor(walk, node.args[0]),))
+
+
+def _softmax(walk: Walk, node: fx.Node) -> Layer:
+    dim = _arg(node, 1, "dim")
+    if dim is None:
+        raise NotMappable(msg("softmax without dim"))
+    layer_type = FUNCTION_TYPES.get(node.target) or METHOD_TYPES[str(node.target)]
+    return Layer(layer_type, {"dim": dim}, (_tensor(walk, node.args[0]),))
+
+
+def _dropout(walk: Walk, node: fx.Node) -> Layer:
+    layer_type = FUNCTION_TYPES.get(node.target) or METHOD_TYPES[str(node.target)]
+    p = float(_arg(node, 1, "p", 0.5))
+    return Layer(layer_type, {"p": p}, (_tensor(walk, node.args[0]),))
+
+
+def _pool(walk: Walk, node: fx.Node) -> Layer:
+    """F.max_pool2d / F.avg_pool2d with PyTorch's positional order."""
+    layer_type = FUNCTION_TYPES[node.target]
+    kernel = _compact(_arg(node, 1, "kernel_size"))
+    stride = _arg(node, 2, "stride")
+    stride = None if not stride or _compact(stride) == kernel else _compact(stride)
+    params: dict[str, Any] = {
+        "kernel_size": kernel,
+        "stride": stride,
+        "padding": _compact(_arg(node, 3, "padding", 0)),
+    }
+    if layer_type.startswith("Max"):
+        params["dilation"] = _compact(_arg(node, 4, "dilation", 1))
+        params["ceil_mode"] = bool(_arg(node, 5, "ceil_mode", False))
+        if _arg(node, 6, "return_indices", False):
+            raise NotMappable(msg("return_indices=True"))
+    else:
+        params["ceil_mode"] = bool(_arg(node, 4, "ceil_mode", False))
+        params["count_include_pad"] = bool(_arg(node, 5, "count_include_pad", True))
+        if _arg(node, 6, "divisor_override") is not None:
+            raise NotMappable(msg("divisor_override"))
+    return Layer(layer_type, params, (_tensor(walk, node.args[0]),))
+
+
+def _adaptive_pool(walk: Walk, node: fx.Node) -> Layer:
+    size = _arg(node, 1, "output_size")
+    sizes = size if isinstance(size, (tuple, list)) else [size]
+    if any(s is None for s in sizes):
+        raise NotMappable(msg("an output_size of None (keep the input size)"))
+    return Layer(
+        FUNCTION_TYPES[node.target], {"output_size": _compact(size)}, (_tensor(walk, node.args[0]),)
+    )
+
+
+def _interpolate(walk: Walk, node: fx.Node) -> Layer:
+    """F.interpolate(x, size, scale_factor, mode, align_corners) as an Upsample."""
+    mode = _arg(node, 3, "mode", "nearest")
+    if mode not in ("nearest", "linear", "bilinear"):
+        raise NotMappable(
+            msg("mode={mode}: only nearest, linear and bilinear map", mode=repr(mode))
+        )
+    if _arg(node, 5, "recompute_scale_factor") or _arg(node, 6, "antialias", False):
+        raise NotMappable(msg("recompute_scale_factor or antialias"))
+    factor = _arg(node, 2, "scale_factor")
+    if isinstance(factor, (tuple, list)):
+        factor = float(factor[0]) if len(set(factor)) == 1 else [float(f) for f in factor]
+    params = {
+        "size": _compact(_arg(node, 1, "size")),
+        "scale_factor": float(factor) if isinstance(factor, (int, float)) else factor,
+        "mode": mode,
+        "align_corners": _arg(node, 4, "align_corners"),
+    }
+    return Layer("Upsample", params, (_tensor(walk, node.args[0]),))
+
+
+def _instance_norm(walk: Walk, node: fx.Node) -> Layer:
+    """F.instance_norm(x) without running statistics or weights: InstanceNorm1d/2d."""
+    names = ("running_mean", "running_var", "weight", "bias")
+    if any(_arg(node, index, name) is not None for index, name in enumerate(names, start=1)):
+        raise NotMappable(
+            msg("with running statistics or weights: only the plain F.instance_norm(x) maps")
+        )
+    rank = _rank(node.args[0])
+    eps = float(_arg(node, 7, "eps", 1e-5))
+    return Layer(f"InstanceNorm{rank - 2}d", {"eps": eps}, (_tensor(walk, node.args[0]),))
+
+
+Handler = Callable[[Walk, fx.Node], Layer | Stack | Value]
+
+# How each catalog type's functional forms pass their params (types without params need none).
+ARGUMENTS: dict[str, Handler] = {
+    "Add": _merge,
+    "Multiply": _merge,
+    "Concat": _concat,
+    "Flatten": _flatten,
+    "Reshape": _reshape,
+    "Permute": _permute,
+    "SequencePool": _reduce,
+    "GELU": _keywords(approximate=(1, "approximate", "none")),
+    "LeakyReLU": _keywords(negative_slope=(1, "negative_slope", 0.01)),
+    "ELU": _keywords(alpha=(1, "alpha", 1.0)),
+    "Softplus": _keywords(beta=(1, "beta", 1.0), threshold=(2, "threshold", 20.0)),
+    "Softmax": _softmax,
+    "LogSoftmax": _softmax,
+    "Dropout": _dropout,
+    "Dropout2d": _dropout,
+    "MaxPool1d": _pool,
+    "MaxPool2d": _pool,
+    "AvgPool1d": _pool,
+    "AvgPool2d": _pool,
+    "AdaptiveAvgPool1d": _adaptive_pool,
+    "AdaptiveAvgPool2d": _adaptive_pool,
+    "AdaptiveMaxPool1d": _adaptive_pool,
+    "AdaptiveMaxPool2d": _adaptive_pool,
+    "Upsample": _interpolate,
+    "InstanceNorm1d": _instance_norm,
+    "InstanceNorm2d": _instance_norm,
+}
+
+# Calls that move values around without being a layer.
+PLUMBING_FUNCTIONS: dict[Any, Handler] = {
     operator.getitem: _getitem,
     builtins.getattr: _getattr,
-    torch.relu: _relu,
-    F.relu: _relu,
-    torch.sigmoid: _sigmoid,
-    F.sigmoid: _sigmoid,
-    torch.tanh: _tanh,
-    F.tanh: _tanh,
-    F.silu: _unary("SiLU"),
-    F.gelu: _unary("GELU", approximate=(1, "approximate", "none")),
-    F.leaky_relu: _unary("LeakyReLU", negative_slope=(1, "negative_slope", 0.01)),
-    F.softmax: _softmax,
-    torch.softmax: _softmax,
-    F.dropout: _unary("Dropout", p=(1, "p", 0.5)),
 }
-METHODS: dict[str, Handler] = {
-    "add": _merge("Add"),
-    "mul": _merge("Multiply"),
-    "flatten": _flatten,
-    "view": _reshape,
-    "reshape": _reshape,
-    "permute": _permute,
-    "transpose": _transpose,
-    "mean": _reduce("mean"),
-    "amax": _reduce("max"),
-    "max": _reduce("max", with_indices=True),
+PLUMBING_METHODS: dict[str, Handler] = {
     "size": _size,
     "contiguous": _alias,
-    "relu": _relu,
-    "sigmoid": _sigmoid,
-    "tanh": _tanh,
-    "softmax": _softmax,
 }
+
+
+def _resolve(name: str) -> Any:
+    """'torch.nn.functional.relu' -> the function itself (what fx records as the target)."""
+    module, _, attribute = name.rpartition(".")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def functional_tables(functional: dict[str, str]) -> tuple[dict[Any, str], dict[str, str]]:
+    """The catalog's functional names ({qualified name: type}) as two lookups: function object
+    -> type, and tensor method name -> type ('Tensor.relu' -> 'relu')."""
+    functions: dict[Any, str] = {}
+    methods: dict[str, str] = {}
+    for name, layer_type in functional.items():
+        if name.startswith("Tensor."):
+            methods[name.removeprefix("Tensor.")] = layer_type
+        else:
+            functions[_resolve(name)] = layer_type
+    return functions, methods
+
+
+FUNCTION_TYPES, METHOD_TYPES = functional_tables(functional_table())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -874,7 +1326,8 @@ def _as_graph(walk: Walk, name: str) -> Graph | None:
     try:
         return parse_graph(data)
     except GraphFormatError as exc:
-        walk.problems.append(Unsupported("the imported graph", "its parameters", str(exc)))
+        why = msg("its parameters are not valid: {detail}", detail=str(exc))
+        walk.problems.append(Unsupported("the imported graph", "the whole model", why))
         return None
 
 
@@ -893,7 +1346,11 @@ def _verify(
     )
 
 
-def _problem(analysis: Analysis, walk: Walk, node_id: str | None, why: str) -> Unsupported:
+def _problem(
+    analysis: Analysis, walk: Walk, node_id: str | None, why: Message | str
+) -> Unsupported:
+    """A problem of the built graph, placed at the line of the op it came from."""
+    why = why if isinstance(why, Message) else Message(why)  # the compiler's own sentence
     if node_id is None or node_id not in walk.fx_nodes:
         return Unsupported("the graph", "the whole model", why)
     what = f"{analysis.node_type(node_id)} {node_id!r}"
@@ -909,17 +1366,34 @@ def _shape_and_count_problems(analysis: Analysis, walk: Walk) -> list[Unsupporte
     for node_id, fx_node in walk.fx_nodes.items():
         real = fx_node.meta["shape"][1:] if "shape" in fx_node.meta else None
         inferred = analysis.infos[node_id].shape
-        if analysis.node_type(node_id) != "Output" and inferred != real:
-            why = f"NetBuilder infers {inferred} but PyTorch computes {real}"
+        checked = analysis.node_type(node_id) != "Output" and node_id not in walk.inside_stacks
+        if checked and inferred != real:
+            why = msg(
+                "NetBuilder infers {inferred} but PyTorch computes {real}",
+                inferred=str(inferred),
+                real=str(real),
+            )
             problems.append(_problem(analysis, walk, node_id, why))
         path = walk.module_paths.get(node_id)
         if path is None:
             continue
-        count = sum(p.numel() for p in walk.gm.get_submodule(path).parameters())
+        count = _parameter_count(walk.gm, path)
         if count != analysis.infos[node_id].params:
-            why = f"{count} parameters in PyTorch, {analysis.infos[node_id].params} in NetBuilder"
+            why = msg(
+                "{count} parameters in PyTorch, {ours} in NetBuilder",
+                count=count,
+                ours=analysis.infos[node_id].params,
+            )
             problems.append(_problem(analysis, walk, node_id, why))
     return problems
+
+
+def _parameter_count(gm: fx.GraphModule, path: str) -> int:
+    """The weights a node holds: its module's, or one parameter (a learned position table)."""
+    try:
+        return sum(p.numel() for p in gm.get_submodule(path).parameters())
+    except AttributeError:
+        return gm.get_parameter(path).numel()
 
 
 def _output_problems(
@@ -934,19 +1408,29 @@ def _output_problems(
         compiled.load_state_dict(state)
         with torch.no_grad():
             expected, got = model(example), compiled(example)
+        if isinstance(expected, (tuple, list)):
+            expected = expected[0]  # (output, hidden): the graph keeps the output
     except Exception as exc:
-        return [_problem(analysis, walk, None, f"the compiled graph fails: {_first_line(exc)}")]
+        why = msg("the compiled graph fails: {detail}", detail=_first_line(exc))
+        return [_problem(analysis, walk, None, why)]
     if expected.shape != got.shape:
-        why = f"the compiled graph returns {list(got.shape)}, the model {list(expected.shape)}"
+        why = msg(
+            "the compiled graph returns {got}, the model {expected}",
+            got=str(list(got.shape)),
+            expected=str(list(expected.shape)),
+        )
         return [_problem(analysis, walk, None, why)]
     error = float((expected.float() - got.float()).abs().max()) if expected.numel() else 0.0
     if not math.isfinite(error) or error > TOLERANCE * (1 + float(expected.abs().max())):
-        why = f"the compiled graph's outputs differ from the model's by up to {error:.3g}"
+        why = msg(
+            "the compiled graph's outputs differ from the model's by up to {error}",
+            error=format(error, ".3g"),
+        )
         return [_problem(analysis, walk, None, why)]
     return []
 
 
-def _unused_modules(model: nn.Module, walk: Walk) -> list[str]:
+def _unused_modules(model: nn.Module, walk: Walk) -> list[Message]:
     """Weights that forward never uses: left out of the graph, and said so (weights used
     directly, outside a layer, are already reported as unsupported)."""
     nodes = walk.gm.graph.nodes
@@ -959,8 +1443,12 @@ def _unused_modules(model: nn.Module, walk: Walk) -> list[str]:
             owner = name.rpartition(".")[0] or name  # the model's own parameters: by name
             unused[owner] = unused.get(owner, 0) + parameter.numel()
     return [
-        f"self.{path} ({type(modules[path]).__name__ if path in modules else 'Parameter'},"
-        f" {count:,} parameters) is never used in forward; it is left out"
+        msg(
+            "self.{path} ({kind}, {count} parameters) is never used in forward; it is left out",
+            path=path,
+            kind=type(modules[path]).__name__ if path in modules else "Parameter",
+            count=format(count, ","),
+        )
         for path, count in unused.items()
     ]
 
@@ -975,4 +1463,6 @@ def convert_state_dict(
         for key, value in state.items():
             if key.startswith(path + "."):
                 renamed[f"{names[node_id]}.{key[len(path) + 1:]}"] = value
+            elif key == path:  # a parameter used as a layer's one weight (a position table)
+                renamed[f"{names[node_id]}.weight"] = value.reshape(-1, value.shape[-1])
     return renamed

@@ -31,13 +31,37 @@ class OnnxExportError(Exception):
     """The model could not be exported; the message says why in one line."""
 
 
+ADAPTIVE_MAX = ("AdaptiveMaxPool1d", "AdaptiveMaxPool2d")
+
+
 def unexportable_layers(analysis: Analysis) -> list[str]:
-    """One line per node whose layer type cannot export (an empty list: the graph exports)."""
-    return [
-        f"{node.type} {node.id!r}: {UNEXPORTABLE[node.type]}"
-        for node in analysis.graph.nodes
-        if node.id in analysis.live and node.type in UNEXPORTABLE
-    ]
+    """One line per node that cannot export (an empty list: the graph exports)."""
+    found = []
+    for node in analysis.graph.nodes:
+        if node.id not in analysis.live:
+            continue
+        reason = UNEXPORTABLE.get(node.type) or _uneven_adaptive_max(analysis, node.id)
+        if reason:
+            found.append(f"{node.type} {node.id!r}: {reason}")
+    return found
+
+
+def _uneven_adaptive_max(analysis: Analysis, node_id: str) -> str | None:
+    """ONNX has no adaptive max pooling: it exports as a plain MaxPool, which needs each output
+    size to divide the input size."""
+    if analysis.node_type(node_id) not in ADAPTIVE_MAX:
+        return None
+    source = analysis.infos[analysis.inputs[node_id][0]].shape
+    out = analysis.infos[node_id].shape
+    if source is None or out is None:
+        return None
+    n = 1 if analysis.node_type(node_id) == "AdaptiveMaxPool1d" else 2
+    if all(i % o == 0 for i, o in zip(source[-n:], out[-n:], strict=True)):
+        return None
+    return (
+        f"ONNX has no adaptive max pooling; it exports only where the output size divides the"
+        f" input size, here {list(source[-n:])} by {list(out[-n:])}"
+    )
 
 
 def export_graph_onnx(analysis: Analysis, weights: dict[str, torch.Tensor] | None = None) -> bytes:

@@ -12,8 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
+from i18n import _
 
 Record = dict[str, Any]
 
@@ -28,6 +31,8 @@ REQUIRED = {
     "attention": ("step", "node", "weights"),
     "health": ("step",),
     "event": (),
+    "gan": ("step", "d_loss", "g_loss", "d_real", "d_fake"),
+    "samples": ("step", "images"),
 }
 PALETTE = ("#2563eb", "#f97316", "#16a34a", "#dc2626", "#9333ea", "#0891b2", "#ca8a04", "#db2777")
 
@@ -42,6 +47,8 @@ class RunSeries:
     attention: list[Record] = field(default_factory=list)
     health: list[Record] = field(default_factory=list)
     events: list[Record] = field(default_factory=list)
+    gan: list[Record] = field(default_factory=list)  # a GAN's steps: both losses, D's verdicts
+    samples: list[Record] = field(default_factory=list)  # grids of generated samples
 
     def add(self, records: Iterable[Record]) -> None:
         """Append new records (as read_metrics returns them); records of unknown kinds, or
@@ -53,6 +60,8 @@ class RunSeries:
             "attention": self.attention,
             "health": self.health,
             "event": self.events,
+            "gan": self.gan,
+            "samples": self.samples,
         }
         for record in records:
             group = groups.get(record.get("kind", ""))
@@ -139,72 +148,207 @@ def _line(x: np.ndarray, y: np.ndarray, name: str, colour: str, **options: Any) 
 def loss_figure(series: RunSeries) -> go.Figure:
     """Per-step training loss (raw, faint, and smoothed), per-epoch train and validation loss."""
     if not series.steps and not series.epochs:
-        return _empty("Loss", "waiting for the first step")
+        return _empty(_("Loss"), _("waiting for the first step"))
     steps, losses = column(series.steps, "step"), column(series.steps, "loss")
     fig = go.Figure(
         [
             _line(
                 steps,
                 losses,
-                "step loss",
+                _("step loss"),
                 PALETTE[0],
                 width=1,
                 opacity=0.3,
                 showlegend=False,
                 hoverinfo="skip",
             ),
-            _line(steps, smooth(losses), "train (smoothed)", PALETTE[0]),
+            _line(steps, smooth(losses), _("train (smoothed)"), PALETTE[0]),
         ]
     )
     epoch_steps = column(series.epochs, "step")
     for key, name, dash in (
-        ("train_loss", "train (epoch)", "dot"),
-        ("val_loss", "validation", "solid"),
+        ("train_loss", _("train (epoch)"), "dot"),
+        ("val_loss", _("validation"), "solid"),
     ):
         values = column(series.epochs, key)
         if not np.isnan(values).all():
             colour = PALETTE[0] if key == "train_loss" else PALETTE[1]
             fig.add_trace(_line(epoch_steps, values, name, colour, dash=dash, mode="lines+markers"))
-    return _layout(fig, "Loss", "step", "loss")
+    return _layout(fig, _("Loss"), _("step"), _("loss"))
 
 
 def accuracy_figure(series: RunSeries) -> go.Figure:
-    """Train and validation accuracy per epoch, in percent (empty for regression runs)."""
+    """Train and validation accuracy per epoch, in percent; for regression runs (and models that
+    reproduce their input) the mean absolute error instead."""
+    if any("val_mae" in r or "train_mae" in r for r in series.epochs):
+        return _per_epoch(series, "mae", 1.0, _("Mean absolute error"), _("MAE"))
+    return _per_epoch(series, "accuracy", 100.0, _("Accuracy"), _("accuracy (%)"))
+
+
+def _per_epoch(series: RunSeries, metric: str, scale: float, title: str, axis: str) -> go.Figure:
     epochs = column(series.epochs, "epoch")
     fig = go.Figure()
-    for key, name, colour in (
-        ("train_accuracy", "train", PALETTE[0]),
-        ("val_accuracy", "validation", PALETTE[1]),
+    for prefix, name, colour in (
+        ("train", _("train"), PALETTE[0]),
+        ("val", _("validation"), PALETTE[1]),
     ):
-        values = column(series.epochs, key)
+        values = column(series.epochs, f"{prefix}_{metric}")
         if not np.isnan(values).all():
-            fig.add_trace(_line(epochs, 100 * values, name, colour, mode="lines+markers"))
+            fig.add_trace(_line(epochs, scale * values, name, colour, mode="lines+markers"))
     if not fig.data:
-        waiting = (
-            "no accuracy for a regression run" if series.epochs else "waiting for the first epoch"
-        )
-        return _empty("Accuracy", waiting)
-    fig = _layout(fig, "Accuracy", "epoch", "accuracy (%)")
+        return _empty(title, _("waiting for the first epoch"))
+    fig = _layout(fig, title, _("epoch"), axis)
     fig.update_xaxes(dtick=1)
+    return fig
+
+
+def confusion_figure(series: RunSeries) -> go.Figure:
+    """The last epoch's validation confusion matrix: true class down, predicted across."""
+    record = next((r for r in reversed(series.epochs) if r.get("confusion")), None)
+    if record is None:
+        return _empty(
+            _("Confusion matrix"), _("no confusion matrix: not a classifier, or no epoch yet")
+        )
+    counts = np.asarray(record["confusion"], dtype=np.int64)
+    fig = px.imshow(
+        counts,
+        text_auto=True,
+        color_continuous_scale="Blues",
+        labels={"x": _("predicted"), "y": _("true class"), "color": _("samples")},
+        aspect="equal",
+    )
+    title = _("Confusion matrix (validation, epoch {epoch})", epoch=record["epoch"])
+    fig.update_layout(
+        title={"text": title, "x": 0, "xanchor": "left", "font": {"size": 14}},
+        height=max(HEIGHT, 40 + 28 * len(counts)),
+        margin={"l": 50, "r": 10, "t": 40, "b": 40},
+    )
+    fig.update_xaxes(dtick=1, side="bottom")
+    fig.update_yaxes(dtick=1)
+    return fig
+
+
+def reconstruction_figure(inputs: np.ndarray, outputs: np.ndarray) -> go.Figure:
+    """Inputs (top row) beside the model's reconstructions (bottom row), as grey images; each
+    array is [n, H, W] (one channel) or [n, 3, H, W] (colour)."""
+    if inputs.ndim == 4 and inputs.shape[1] == 1:
+        inputs, outputs = inputs[:, 0], outputs[:, 0]
+    elif inputs.ndim == 4:
+        inputs, outputs = inputs.transpose(0, 2, 3, 1), outputs.transpose(0, 2, 3, 1)
+    count = len(inputs)
+    images = np.clip(np.concatenate([inputs, outputs]), 0.0, 1.0)
+    fig = px.imshow(
+        images,
+        facet_col=0,
+        facet_col_wrap=count,
+        binary_string=images.ndim == 4,
+        color_continuous_scale="gray",
+        zmin=0.0,
+        zmax=1.0,
+    )
+    titles = [_("input {n}", n=i + 1) for i in range(count)]
+    titles += [_("output {n}", n=i + 1) for i in range(count)]
+    for annotation in fig.layout.annotations:
+        index = int(annotation.text.split("=")[-1])
+        annotation.text = titles[index]
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_layout(
+        title={
+            "text": _("Inputs and reconstructions"),
+            "x": 0,
+            "xanchor": "left",
+            "font": {"size": 14},
+        },
+        height=HEIGHT,
+        margin={"l": 10, "r": 10, "t": 60, "b": 10},
+        coloraxis_showscale=False,
+    )
+    return fig
+
+
+def gan_loss_figure(series: RunSeries) -> go.Figure:
+    """The discriminator's and the generator's loss per step (smoothed, raw faint)."""
+    if not series.gan:
+        return _empty(_("GAN losses"), _("waiting for the first step"))
+    steps = column(series.gan, "step")
+    fig = go.Figure()
+    for key, name, colour in (
+        ("d_loss", _("discriminator"), PALETTE[0]),
+        ("g_loss", _("generator"), PALETTE[1]),
+    ):
+        values = column(series.gan, key)
+        fig.add_trace(_line(steps, values, name, colour, width=1, opacity=0.25, showlegend=False))
+        fig.add_trace(_line(steps, smooth(values), name, colour))
+    return _layout(fig, _("GAN losses"), _("step"), _("loss"))
+
+
+def gan_verdict_figure(series: RunSeries) -> go.Figure:
+    """D(x) and D(G(z)): the probability the discriminator gives real and generated samples."""
+    if not series.gan:
+        return _empty(_("Discriminator's verdicts"), _("waiting for the first step"))
+    steps = column(series.gan, "step")
+    fig = go.Figure(
+        [
+            _line(steps, smooth(column(series.gan, "d_real")), "D(x)", PALETTE[2]),
+            _line(steps, smooth(column(series.gan, "d_fake")), "D(G(z))", PALETTE[3]),
+        ]
+    )
+    fig = _layout(fig, _("Discriminator's verdicts"), _("step"), _("probability real"))
+    fig.update_yaxes(range=[0, 1])
+    return fig
+
+
+def sample_grid_figure(series: RunSeries, columns: int = 8) -> go.Figure:
+    """The latest grid of generated samples (the same noise each time, so they can be
+    compared as training goes on)."""
+    if not series.samples:
+        return _empty(_("Generated samples"), _("waiting for the first samples"))
+    record = series.samples[-1]
+    images = np.asarray(record["images"], dtype=np.float64)
+    if images.ndim == 4 and images.shape[1] == 1:
+        images = images[:, 0]
+    elif images.ndim == 4:
+        images = images.transpose(0, 2, 3, 1)
+    fig = px.imshow(
+        np.clip(images, 0.0, 1.0),
+        facet_col=0,
+        facet_col_wrap=min(columns, len(images)),
+        facet_col_spacing=0.01,
+        facet_row_spacing=0.02,
+        binary_string=images.ndim == 4,
+        color_continuous_scale="gray",
+        zmin=0.0,
+        zmax=1.0,
+    )
+    fig.for_each_annotation(lambda annotation: annotation.update(text=""))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    title = _("Generated samples, step {step}", step=record["step"])
+    fig.update_layout(
+        title={"text": title, "x": 0, "xanchor": "left", "font": {"size": 14}},
+        height=HEIGHT,
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        coloraxis_showscale=False,
+    )
     return fig
 
 
 def lr_figure(series: RunSeries) -> go.Figure:
     """The learning rate the optimizer actually used at each step (shows warm-up and schedule)."""
     if not series.steps:
-        return _empty("Learning rate", "waiting for the first step")
+        return _empty(_("Learning rate"), _("waiting for the first step"))
     line = _line(column(series.steps, "step"), column(series.steps, "lr"), "lr", PALETTE[2])
-    return _layout(go.Figure(line), "Learning rate", "step", "lr")
+    return _layout(go.Figure(line), _("Learning rate"), _("step"), "lr")
 
 
 def throughput_figure(series: RunSeries) -> go.Figure:
     """Samples per second, to see the device and batch size at work."""
     if not series.steps:
-        return _empty("Throughput", "waiting for the first step")
-    line = _line(
-        column(series.steps, "step"), column(series.steps, "samples_per_s"), "samples/s", PALETTE[4]
-    )
-    return _layout(go.Figure(line), "Throughput", "step", "samples/s")
+        return _empty(_("Throughput"), _("waiting for the first step"))
+    steps, rates = column(series.steps, "step"), column(series.steps, "samples_per_s")
+    line = _line(steps, rates, _("samples/s"), PALETTE[4])
+    return _layout(go.Figure(line), _("Throughput"), _("step"), _("samples/s"))
 
 
 def layer_order(series: RunSeries, order: Sequence[str] = ()) -> list[str]:
@@ -229,7 +373,7 @@ def norm_table(series: RunSeries, layers: Sequence[str]) -> np.ndarray:
 def grad_norm_lines(series: RunSeries, order: Sequence[str] = ()) -> go.Figure:
     """One line per layer: the gradient norm over steps, on a log scale."""
     if not series.grad_norms:
-        return _empty("Gradient norms", "waiting for the first report")
+        return _empty(_("Gradient norms"), _("waiting for the first report"))
     steps = column(series.grad_norms, "step")
     layers = layer_order(series, order)
     table = norm_table(series, layers)
@@ -247,13 +391,13 @@ def grad_norm_lines(series: RunSeries, order: Sequence[str] = ()) -> go.Figure:
             for i, (layer, row) in enumerate(zip(layers, table, strict=True))
         ]
     )
-    return _layout(fig, "Gradient norms", "step", "‖grad‖", log_y=True)
+    return _layout(fig, _("Gradient norms"), _("step"), "‖grad‖", log_y=True)
 
 
 def grad_norm_heatmap(series: RunSeries, order: Sequence[str] = ()) -> go.Figure:
     """Layers down, steps across, colour = log10 of the gradient norm: vanishing layers go dark."""
     if not series.grad_norms:
-        return _empty("Gradient norms by layer", "waiting for the first report")
+        return _empty(_("Gradient norms by layer"), _("waiting for the first report"))
     layers = layer_order(series, order)
     keep = thin(len(series.grad_norms), MAX_POINTS // 4)
     z = np.log10(norm_table(series, layers)[:, keep])
@@ -264,10 +408,10 @@ def grad_norm_heatmap(series: RunSeries, order: Sequence[str] = ()) -> go.Figure
             y=layers,
             colorscale="Viridis",
             colorbar={"title": {"text": "log10"}, "thickness": 12},
-            hovertemplate="layer %{y}<br>step %{x}<br>log10 ‖grad‖ %{z:.2f}<extra></extra>",
+            hovertemplate=_("layer %{y}<br>step %{x}<br>log10 ‖grad‖ %{z:.2f}") + "<extra></extra>",
         )
     )
-    fig = _layout(fig, "Gradient norms by layer", "step", "")
+    fig = _layout(fig, _("Gradient norms by layer"), _("step"), "")
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_layout(height=max(HEIGHT, 80 + 22 * len(layers)))
     return fig
@@ -285,13 +429,15 @@ def attention_figure(series: RunSeries, node: str, step: int | None = None) -> g
     """One heatmap per head (query down, key across) for one attention layer at one step."""
     records = [r for r in series.attention if r["node"] == node]
     if not records:
-        return _empty(f"Attention: {node}", "no attention maps recorded for this layer yet")
+        return _empty(
+            _("Attention: {node}", node=node), _("no attention maps recorded for this layer yet")
+        )
     record = next((r for r in records if r["step"] == step), records[-1])
     heads = np.asarray(record["weights"], dtype=np.float64)[:MAX_HEADS]
     fig = make_subplots(
         rows=1,
         cols=len(heads),
-        subplot_titles=[f"head {h + 1}" for h in range(len(heads))],
+        subplot_titles=[_("head {n}", n=h + 1) for h in range(len(heads))],
         horizontal_spacing=0.03,
     )
     for h, weights in enumerate(heads):
@@ -303,7 +449,7 @@ def attention_figure(series: RunSeries, node: str, step: int | None = None) -> g
                 colorscale="Blues",
                 showscale=h == len(heads) - 1,
                 colorbar={"thickness": 12},
-                hovertemplate="query %{y}<br>key %{x}<br>weight %{z:.3f}<extra></extra>",
+                hovertemplate=_("query %{y}<br>key %{x}<br>weight %{z:.3f}") + "<extra></extra>",
             ),
             row=1,
             col=h + 1,
@@ -317,7 +463,7 @@ def attention_figure(series: RunSeries, node: str, step: int | None = None) -> g
         )
     fig.update_layout(
         title={
-            "text": f"Attention: {node}, step {record['step']}",
+            "text": _("Attention: {node}, step {step}", node=node, step=record["step"]),
             "x": 0,
             "xanchor": "left",
             "font": {"size": 14},
@@ -334,14 +480,15 @@ def compare_figure(runs: dict[str, RunSeries]) -> go.Figure:
     for index, (label, series) in enumerate(runs.items()):
         colour = PALETTE[index % len(PALETTE)]
         steps, losses = column(series.steps, "step"), column(series.steps, "loss")
-        fig.add_trace(_line(steps, smooth(losses), f"{label} train", colour, legendgroup=label))
+        name = _("{run} train", run=label)
+        fig.add_trace(_line(steps, smooth(losses), name, colour, legendgroup=label))
         val = column(series.epochs, "val_loss")
         if not np.isnan(val).all():
             fig.add_trace(
                 _line(
                     column(series.epochs, "step"),
                     val,
-                    f"{label} val",
+                    _("{run} val", run=label),
                     colour,
                     dash="dot",
                     mode="lines+markers",
@@ -349,5 +496,5 @@ def compare_figure(runs: dict[str, RunSeries]) -> go.Figure:
                 )
             )
     if not fig.data:
-        return _empty("Compare runs", "select runs to compare")
-    return _layout(fig, "Compare runs: loss", "step", "loss")
+        return _empty(_("Compare runs"), _("select runs to compare"))
+    return _layout(fig, _("Compare runs: loss"), _("step"), _("loss"))

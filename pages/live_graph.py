@@ -23,6 +23,7 @@ from streamlit_flow.state import StreamlitFlowState
 
 from builder.graph import Graph
 from builder.layout import auto_layout
+from i18n import _
 from pages.charts import RunSeries
 
 VANISHING = 1e-7
@@ -63,9 +64,9 @@ def node_health(series: RunSeries) -> dict[str, NodeHealth]:
         fraction = _number(dead.get(node))
         alarms = _gradient_alarms(norm, node in norms)
         if fraction is not None and fraction > DEAD_FRACTION:
-            alarms.append(f"dead ReLU: {fraction:.0%} zeros")
+            alarms.append(_("dead ReLU: {fraction:.0%} zeros", fraction=fraction))
         if node == first_nonfinite:
-            alarms.append("first non-finite output")
+            alarms.append(_("first non-finite output"))
         report[node] = NodeHealth(norm, fraction, tuple(alarms))
     return report
 
@@ -80,10 +81,10 @@ def _gradient_alarms(norm: float | None, reported: bool) -> list[str]:
     if not reported:
         return []
     if norm is None or not math.isfinite(norm) or norm > EXPLODING:
-        shown = "not finite" if norm is None or not math.isfinite(norm) else f"{norm:.1e}"
-        return [f"exploding gradient ({shown})"]
+        shown = _("not finite") if norm is None or not math.isfinite(norm) else f"{norm:.1e}"
+        return [_("exploding gradient ({norm})", norm=shown)]
     if norm < VANISHING:
-        return [f"vanishing gradient ({norm:.1e} < 1e-7)"]
+        return [_("vanishing gradient ({norm:.1e} < 1e-7)", norm=norm)]
     return []
 
 
@@ -116,7 +117,8 @@ def node_content(node_id: str, layer_type: str, health: NodeHealth | None) -> st
     if health is not None and health.grad_norm is not None:
         rows.append(f"<span style='font-size:11px'>‖grad‖ {health.grad_norm:.1e}</span>")
     elif health is not None and health.dead_fraction is not None:
-        rows.append(f"<span style='font-size:11px'>{health.dead_fraction:.0%} zeros</span>")
+        zeros = _("{fraction:.0%} zeros", fraction=health.dead_fraction)
+        rows.append(f"<span style='font-size:11px'>{zeros}</span>")
     rows += [
         f"<div style='{ALARM_CHIP}'>{html.escape(alarm)}</div>"
         for alarm in (health.alarms if health else ())
@@ -225,7 +227,9 @@ def render(graph: Graph, series: RunSeries, key: str) -> None:
         for alarm in health.alarms:
             st.error(f"{markdown_literal(node)}: {alarm}", icon=":material/warning:")
     st.caption(
-        "Each layer is coloured by its gradient norm on a log scale: dark purple for tiny"
-        " (vanishing below 1e-7), yellow for large (exploding above 1e3). Grey layers have no"
-        " parameters; a red border is an alarm."
+        _(
+            "Each layer is coloured by its gradient norm on a log scale: dark purple for tiny"
+            " (vanishing below 1e-7), yellow for large (exploding above 1e3). Grey layers have"
+            " no parameters; a red border is an alarm."
+        )
     )

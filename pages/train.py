@@ -18,23 +18,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import streamlit as st
 import torch
 from pydantic import ValidationError
 
 from builder.graph import Graph, GraphFormatError, load_graph
 from compiler.analysis import Analysis
-from pages import charts, live_graph, state
+from i18n import N_, Message, _, translate
+from i18n import render as render_message
+from pages import charts, live_graph, runs_panel, state
 from pages.live_graph import markdown_literal
+from runtime import store
+from runtime.builtin_data import TEXT_ALPHABET
 from runtime.datasets import (
     BUILTIN_DATASETS,
     MAX_UPLOAD_BYTES,
     Dataset,
     DatasetError,
+    available_datasets,
     check_compatibility,
     dataset_from_upload,
     load_dataset,
 )
+from runtime.metrics import generate_text, reconstruct
 from runtime.runs import ACTIVE as TRAINER_ACTIVE
 from runtime.runs import (
     RESUMABLE,
@@ -45,9 +52,11 @@ from runtime.runs import (
     read_run,
     resume_run,
     start_run,
+    status_label,
+    status_text,
     stop_run,
 )
-from runtime.trainer import TrainConfig
+from runtime.trainer import TrainConfig, trained_model
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +68,25 @@ STATUS_COLOURS = {
     "completed": "green", "diverged": "red", "failed": "red", "interrupted": "orange",
 }  # fmt: skip
 # Built-in datasets cheap enough to try when suggesting one for the graph (no downloads).
-SUGGESTABLE = ("digits", "digits-28", "digits-rows", "tokens", "sine")
+SUGGESTABLE = ("digits", "digits-28", "digits-rows", "tokens", "sine", "text")
 OPTIMIZERS = {
     "adam": "Adam",
     "adamw": "AdamW",
     "sgd": "SGD",
-    "momentum": "SGD + momentum",
+    "momentum": N_("SGD + momentum"),
     "rmsprop": "RMSprop",
 }
-SCHEDULES = {"constant": "constant", "step": "step decay", "cosine": "cosine"}
-VIEWS = ("Gradient norms", "Learning rate & speed", "Attention")
+SCHEDULES = {"constant": N_("constant"), "step": N_("step decay"), "cosine": N_("cosine")}
+TARGETS = {"label": N_("Predict the labels"), "input": N_("Reproduce the input")}
+VIEWS = (
+    N_("Gradient norms"),
+    N_("Learning rate & speed"),
+    N_("Attention"),
+    N_("Confusion matrix"),
+    N_("Samples"),
+)
+SAMPLE_COUNT = 6  # reconstructions shown side by side
+SAMPLE_CHARACTERS = 200
 
 MAX_UPLOAD_MB = MAX_UPLOAD_BYTES // 10**6
 
@@ -137,7 +155,13 @@ def duration_text(seconds: float) -> str:
 def run_label(info: RunInfo) -> str:
     """How a run is named in pickers: its graph, a short id, its data and start time."""
     when = time.strftime("%H:%M:%S", time.localtime(info.created))
-    return f"{info.name} #{info.id[-6:]} · {info.dataset} · started {when}"
+    return _(
+        "{name} #{id} · {dataset} · started {when}",
+        name=info.name,
+        id=info.id[-6:],
+        dataset=info.dataset,
+        when=when,
+    )
 
 
 def csv_columns(data: bytes) -> list[str]:
@@ -190,22 +214,32 @@ def guarded(action: Callable[[], Any], what: str) -> tuple[Any, str | None]:
     try:
         return action(), None
     except (DatasetError, GraphFormatError, ValidationError, ValueError, OSError) as exc:
-        return None, markdown_literal(f"Could not {what}: {exc}")
+        reason = exc.detail.render() if isinstance(getattr(exc, "detail", None), Message) else exc
+        return None, markdown_literal(_("Could not {what}: {reason}", what=what, reason=reason))
     except Exception as exc:  # the page boundary: log it whole, show a sentence
         log.exception("unexpected error while trying to %s", what)
-        return None, markdown_literal(f"Could not {what}: {type(exc).__name__}: {exc}")
+        reason = f"{type(exc).__name__}: {exc}"
+        return None, markdown_literal(_("Could not {what}: {reason}", what=what, reason=reason))
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
-def builtin_dataset(name: str) -> Dataset:
-    return load_dataset(name)
+def builtin_dataset(name: str, input_shape: tuple[int, ...] = ()) -> Dataset:
+    """A built-in dataset; the text task's length follows the graph's Input."""
+    return load_dataset(name, input_shape=input_shape if name == "text" else ())
 
 
-def suggested_dataset(analysis: Analysis) -> str:
+def input_shape(analysis: Analysis) -> tuple[int, ...]:
+    node = next((n for n in analysis.graph.nodes if n.type == "Input"), None)
+    shape = analysis.infos[node.id].shape if node is not None and node.id in analysis.infos else ()
+    return tuple(shape or ())
+
+
+def suggested_dataset(analysis: Analysis, target: str = "label") -> str:
     """The first offline built-in dataset this graph can train on as it is (digits otherwise)."""
+    shape = input_shape(analysis)
     for name in SUGGESTABLE:
-        dataset, error = guarded(lambda: builtin_dataset(name), f"load {name}")
-        if error is None and not check_compatibility(analysis, dataset):
+        dataset, error = guarded(lambda: builtin_dataset(name, shape), _("load {name}", name=name))
+        if error is None and not check_compatibility(analysis, dataset, target):
             return name
     return "digits"
 
@@ -233,7 +267,7 @@ def run_graph(info: RunInfo) -> Graph | None:
 
 
 def render() -> None:
-    st.title("Train")
+    st.title(_("Train"))
     runs_dir = state.runs_dir()
     analysis = state.current_analysis()
     message = st.session_state.pop(_MESSAGE, None)
@@ -241,8 +275,9 @@ def render() -> None:
         st.error(message)
     if not analysis.ok:
         st.error(
-            "The graph has errors, so it cannot train yet. Fix them on the Build page:\n\n"
-            + "\n".join(f"- {markdown_literal(d.message)}" for d in analysis.errors)
+            _("The graph has errors, so it cannot train yet. Fix them on the Build page:")
+            + "\n\n"
+            + "\n".join(f"- {markdown_literal(render_message(d.message))}" for d in analysis.errors)
         )
     with st.container(border=True):
         data_column, settings_column = st.columns([2, 3], gap="large")
@@ -257,57 +292,89 @@ def render() -> None:
 def _dataset_section(analysis: Analysis) -> tuple[Dataset | None, Upload | None]:
     """The dataset picker and its compatibility check; returns the dataset (None when it cannot
     train this graph) and the uploaded file, if any."""
-    st.subheader("Data")
+    st.subheader(_("Data"))
+    sources = {"builtin": _("Built-in"), "upload": _("Upload CSV / NPZ")}
     source = st.segmented_control(
-        "Source",
-        ["Built-in", "Upload CSV / NPZ"],
-        default="Built-in",
+        _("Source"),
+        list(sources),
+        format_func=sources.get,
+        default="builtin",
         key="train-source",
         label_visibility="collapsed",
     )
-    if source == "Upload CSV / NPZ":
+    target = (
+        st.segmented_control(
+            _("Learn to"),
+            list(TARGETS),
+            format_func=lambda key: _(TARGETS[key]),
+            key=_remembered("target", "label"),
+            help=_("Reproduce the input trains an autoencoder: the target is the sample itself"),
+        )
+        or "label"
+    )
+    if source == "upload":
         dataset, upload = _uploaded_dataset()
     else:
-        names = list(BUILTIN_DATASETS)
-        if "train-dataset" not in st.session_state:
-            st.session_state["train-dataset"] = _builtin_choice(analysis)
-        name = st.selectbox("Dataset", names, key="train-dataset")
+        names = available_datasets()
+        if st.session_state.get("train-dataset") not in names:
+            st.session_state["train-dataset"] = _builtin_choice(analysis, target)
+        name = st.selectbox(_("Dataset"), names, key="train-dataset")
         st.session_state[_BUILTIN] = name
-        st.caption(BUILTIN_DATASETS[name])
-        dataset, error = guarded(lambda: builtin_dataset(name), f"load {name}")
+        st.caption(translate(BUILTIN_DATASETS[name]))
+        shape = input_shape(analysis)
+        dataset, error = guarded(lambda: builtin_dataset(name, shape), _("load {name}", name=name))
         if error:
             st.error(error)
         upload = None
     if dataset is not None and analysis.ok:
-        problems = check_compatibility(analysis, dataset)
+        problems = check_compatibility(analysis, dataset, target)
         if problems:
             st.warning(
-                "This graph cannot train on this data yet:\n\n"
-                + "\n".join(f"- {markdown_literal(p)}" for p in problems)
+                _("This graph cannot train on this data yet:")
+                + "\n\n"
+                + "\n".join(f"- {markdown_literal(render_message(p))}" for p in problems)
             )
             return None, upload
-        shape = list(dataset.sample_shape)
-        target = (
-            f"{dataset.num_classes} classes" if dataset.task == "classification" else "regression"
-        )
-        st.success(f"Compatible: {len(dataset):,} samples of {shape} → {target}.")
+        st.success(_compatible_text(dataset, target))
     return dataset, upload
 
 
-def _builtin_choice(analysis: Analysis) -> str:
+def _compatible_text(dataset: Dataset, target: str) -> str:
+    shape = list(dataset.sample_shape)
+    if target == "input":
+        learns = _("the sample itself")
+    elif dataset.task == "classification" and dataset.target_shape:
+        learns = _("{classes} classes at each position", classes=dataset.num_classes)
+    elif dataset.task == "classification":
+        learns = _("{classes} classes", classes=dataset.num_classes)
+    else:
+        learns = _("regression")
+    return _(
+        "Compatible: {count} samples of {shape} → {learns}.",
+        count=f"{len(dataset):,}",
+        shape=shape,
+        learns=learns,
+    )
+
+
+def _builtin_choice(analysis: Analysis, target: str) -> str:
     """The built-in dataset to show when the picker is drawn afresh (Streamlit forgets a widget
     that was off the page): the last one chosen if this graph can train on it, else a suggestion."""
     last = st.session_state.get(_BUILTIN)
-    if last in BUILTIN_DATASETS:
-        dataset, error = guarded(lambda: builtin_dataset(last), f"load {last}")
-        if error is None and not check_compatibility(analysis, dataset):
+    if last in available_datasets():
+        shape = input_shape(analysis)
+        dataset, error = guarded(lambda: builtin_dataset(last, shape), _("load {name}", name=last))
+        if error is None and not check_compatibility(analysis, dataset, target):
             return last
-    return suggested_dataset(analysis)
+    return suggested_dataset(analysis, target)
 
 
 def _uploaded_dataset() -> tuple[Dataset | None, Upload | None]:
     file = st.file_uploader(
-        f"CSV (one column is the label) or NPZ (arrays X and y), at most {MAX_UPLOAD_MB} MB",
+        _(
+            "CSV (one column is the label) or NPZ (arrays X and y), at most {mb} MB",
+            mb=MAX_UPLOAD_MB,
+        ),
         type=["csv", "npz"],
         key="train-upload",
     )
@@ -318,12 +385,14 @@ def _uploaded_dataset() -> tuple[Dataset | None, Upload | None]:
     if file.name.lower().endswith(".csv"):
         columns = csv_columns(data)
         if columns:
-            label = st.selectbox("Label column", columns, index=len(columns) - 1, key="train-label")
+            label = st.selectbox(
+                _("Label column"), columns, index=len(columns) - 1, key="train-label"
+            )
     cache: dict[tuple[str, str | None], Dataset] = st.session_state.setdefault(_UPLOADS, {})
     key = (file.file_id, label)
     if key not in cache:
         dataset, error = guarded(
-            lambda: dataset_from_upload(file.name, data, label), f"read {file.name}"
+            lambda: dataset_from_upload(file.name, data, label), _("read {name}", name=file.name)
         )
         if error:
             st.error(error)
@@ -345,17 +414,17 @@ def _remembered(key: str, value: Any) -> str:
 
 
 def _hyperparameters(dataset: Dataset | None, upload: Upload | None) -> TrainConfig | None:
-    st.subheader("Hyperparameters")
+    st.subheader(_("Hyperparameters"))
     defaults = TrainConfig()
     left, middle, right = st.columns(3)
     optimizer = left.selectbox(
-        "Optimizer",
+        _("Optimizer"),
         list(OPTIMIZERS),
-        format_func=OPTIMIZERS.get,
+        format_func=lambda key: translate(OPTIMIZERS[key]),
         key=_remembered("optimizer", defaults.optimizer),
     )
     lr = middle.number_input(
-        "Learning rate",
+        _("Learning rate"),
         min_value=1e-6,
         max_value=10.0,
         format="%g",
@@ -363,16 +432,20 @@ def _hyperparameters(dataset: Dataset | None, upload: Upload | None) -> TrainCon
         key=_remembered("lr", defaults.lr),
     )
     schedule = right.selectbox(
-        "Schedule",
+        _("Schedule"),
         list(SCHEDULES),
-        format_func=SCHEDULES.get,
+        format_func=lambda key: translate(SCHEDULES[key]),
         key=_remembered("schedule", defaults.schedule),
     )
     epochs = left.number_input(
-        "Epochs", min_value=1, max_value=1000, step=1, key=_remembered("epochs", defaults.epochs)
+        _("Epochs"),
+        min_value=1,
+        max_value=1000,
+        step=1,
+        key=_remembered("epochs", defaults.epochs),
     )
     batch_size = middle.number_input(
-        "Batch size",
+        _("Batch size"),
         min_value=1,
         max_value=8192,
         step=16,
@@ -380,20 +453,20 @@ def _hyperparameters(dataset: Dataset | None, upload: Upload | None) -> TrainCon
     )
     devices = available_devices()
     device = right.selectbox(
-        "Device",
+        _("Device"),
         devices,
         key=_remembered("device", "auto"),
-        help="auto picks a GPU when there is one",
+        help=_("auto picks a GPU when there is one"),
     )
     amp = st.toggle(
-        "Mixed precision (AMP)",
+        _("Mixed precision (AMP)"),
         key=_remembered("amp", defaults.amp),
-        help="Half-precision autocast: faster on GPUs",
+        help=_("Half-precision autocast: faster on GPUs"),
     )
-    with st.expander("More options"):
+    with st.expander(_("More options")):
         a, b = st.columns(2)
         weight_decay = a.number_input(
-            "Weight decay",
+            _("Weight decay"),
             min_value=0.0,
             max_value=1.0,
             format="%g",
@@ -401,30 +474,34 @@ def _hyperparameters(dataset: Dataset | None, upload: Upload | None) -> TrainCon
             key=_remembered("weight_decay", defaults.weight_decay),
         )
         warmup = b.number_input(
-            "Warm-up steps",
+            _("Warm-up steps"),
             min_value=0,
             max_value=100_000,
             step=10,
             key=_remembered("warmup_steps", defaults.warmup_steps),
         )
         clip = a.number_input(
-            "Gradient clip (0 = off)",
+            _("Gradient clip (0 = off)"),
             min_value=0.0,
             max_value=1e6,
             format="%g",
             key=_remembered("grad_clip", defaults.grad_clip or 0.0),
         )
         seed = b.number_input(
-            "Seed", min_value=0, max_value=2**31 - 1, step=1, key=_remembered("seed", defaults.seed)
+            _("Seed"),
+            min_value=0,
+            max_value=2**31 - 1,
+            step=1,
+            key=_remembered("seed", defaults.seed),
         )
         patience = a.number_input(
-            "Early stopping patience (0 = off)",
+            _("Early stopping patience (0 = off)"),
             min_value=0,
             max_value=1000,
             key=_remembered("early_stopping_patience", defaults.early_stopping_patience or 0),
         )
         val_fraction = b.slider(
-            "Validation fraction",
+            _("Validation fraction"),
             0.05,
             0.5,
             step=0.05,
@@ -433,6 +510,7 @@ def _hyperparameters(dataset: Dataset | None, upload: Upload | None) -> TrainCon
     values = {
         "dataset": dataset.name if dataset is not None else defaults.dataset,
         "label_column": upload.label_column if upload else None,
+        "target": st.session_state.get("train-target") or "label",
         "optimizer": optimizer,
         "lr": lr,
         "schedule": schedule,
@@ -447,7 +525,7 @@ def _hyperparameters(dataset: Dataset | None, upload: Upload | None) -> TrainCon
         "early_stopping_patience": patience or None,
         "val_fraction": val_fraction,
     }
-    config, error = guarded(lambda: TrainConfig(**values), "use these settings")
+    config, error = guarded(lambda: TrainConfig(**values), _("use these settings"))
     if error:
         st.error(error)
         return None
@@ -464,15 +542,15 @@ def _start_button(
 ) -> None:
     ready = analysis.ok and dataset is not None and config is not None
     if st.button(
-        "Start training", type="primary", disabled=not ready, width="stretch", key="train-start"
+        _("Start training"), type="primary", disabled=not ready, width="stretch", key="train-start"
     ):
         run_id, error = guarded(
             lambda: start_training(runs_dir, state.current_graph(), config, upload, None),
-            "start the run",
+            _("start the run"),
         )
         _after_start(run_id, error, compare_with=None)
     if not ready:
-        st.caption("Start needs a valid graph, compatible data and valid settings.")
+        st.caption(_("Start needs a valid graph, compatible data and valid settings."))
 
 
 def start_training(
@@ -522,13 +600,13 @@ def runs_table(runs: list[RunInfo]) -> list[dict[str, Any]]:
 
 
 def _runs_section(runs_dir: Path, config: TrainConfig | None) -> None:
-    st.subheader("Runs")
-    runs, error = guarded(lambda: list_runs(runs_dir), "list the runs")
+    st.subheader(_("Runs"))
+    runs, error = guarded(lambda: list_runs(runs_dir), _("list the runs"))
     if error:
         st.error(error)
         return
     if not runs:
-        st.info("No runs yet. Pick the data and settings, then press **Start training**.")
+        st.info(_("No runs yet. Pick the data and settings, then press **Start training**."))
         return
     any_active = any(run.status in ACTIVE for run in runs)
     st.fragment(_runs_list, run_every=TABLE_REFRESH_S if any_active else None)(runs_dir, runs)
@@ -540,18 +618,20 @@ def _runs_section(runs_dir: Path, config: TrainConfig | None) -> None:
         st.session_state[_RUN] = runs[0].id
     pick, stop, resume, branch = st.columns([3, 1, 1, 1.6], vertical_alignment="bottom")
     run_id = pick.selectbox(
-        "Watch run", list(by_id), format_func=lambda i: run_label(by_id[i]), key=_RUN
+        _("Watch run"), list(by_id), format_func=lambda i: run_label(by_id[i]), key=_RUN
     )
     _run_controls(runs_dir, by_id[run_id], config, (stop, resume, branch))
     active = by_id[run_id].status in ACTIVE
     st.fragment(_live_view, run_every=REFRESH_S if active else None)(runs_dir, run_id, active)
     _compare_section(runs_dir, runs)
+    with st.expander(_("Disk use and deleting runs")):
+        runs_panel.render(runs_dir)
 
 
 def _runs_list(runs_dir: Path, first: list[RunInfo]) -> None:
     """The runs table; while a run is active it refreshes itself (the first draw reuses the
     page's listing)."""
-    runs, error = guarded(lambda: list_runs(runs_dir), "list the runs")
+    runs, error = guarded(lambda: list_runs(runs_dir), _("list the runs"))
     st.dataframe(
         runs_table(first if error else runs),
         hide_index=True,
@@ -571,23 +651,23 @@ def _run_controls(
 ) -> None:
     stop, resume, branch = slots
     if stop.button(
-        "Stop",
+        _("Stop"),
         disabled=info.status not in ACTIVE - {"stopping"},
         width="stretch",
         key="train-stop",
-        help="Stop after the current step and keep a checkpoint",
+        help=_("Stop after the current step and keep a checkpoint"),
     ):
-        _, error = guarded(lambda: stop_run(runs_dir, info.id), "stop the run")
+        _result, error = guarded(lambda: stop_run(runs_dir, info.id), _("stop the run"))
         st.session_state[_MESSAGE] = error
         st.rerun()
     if resume.button(
-        "Resume",
+        _("Resume"),
         disabled=info.status not in RESUMABLE,
         width="stretch",
         key="train-resume",
-        help="Go on from the last checkpoint",
+        help=_("Go on from the last checkpoint"),
     ):
-        _, error = guarded(lambda: resume_run(runs_dir, info.id), "resume the run")
+        _result, error = guarded(lambda: resume_run(runs_dir, info.id), _("resume the run"))
         st.session_state[_MESSAGE] = error
         st.rerun()
     can_branch = (
@@ -597,28 +677,30 @@ def _run_controls(
         and checkpoint_path(runs_dir, info.id) is not None
     )
     if branch.button(
-        "Continue from this run",
+        _("Continue from this run"),
         disabled=not can_branch,
         width="stretch",
         key="train-branch",
-        help="Train the graph as it is now, starting from this run's weights wherever"
-        " a layer still fits them",
+        help=_(
+            "Train the graph as it is now, starting from this run's weights wherever"
+            " a layer still fits them"
+        ),
     ):
         run_id, error = guarded(
             lambda: start_training(runs_dir, state.current_graph(), config, None, info.id),
-            "continue from this run",
+            _("continue from this run"),
         )
         _after_start(run_id, error, compare_with=info.id)
 
 
 def _live_view(runs_dir: Path, run_id: str, was_active: bool) -> None:
-    info, error = guarded(lambda: read_run(runs_dir, run_id), "read the run")
+    info, error = guarded(lambda: read_run(runs_dir, run_id), _("read the run"))
     if error:
         st.error(error)
         return
     if was_active and info.status not in ACTIVE:
         st.rerun()  # the run ended: redraw the whole page so its buttons and list catch up
-    series, error = guarded(lambda: run_series(runs_dir, run_id), "read the run's metrics")
+    series, error = guarded(lambda: run_series(runs_dir, run_id), _("read the run's metrics"))
     if error:
         st.error(error)
         return
@@ -626,23 +708,40 @@ def _live_view(runs_dir: Path, run_id: str, was_active: bool) -> None:
     graph = run_graph(info)
     charts_column, graph_column = st.columns([3, 2], gap="medium")
     with charts_column:
-        _chart(charts.loss_figure(series), f"loss-{run_id}")
-        _chart(charts.accuracy_figure(series), f"acc-{run_id}")
+        if series.gan:  # a GAN: both players' losses and the discriminator's verdicts
+            _chart(charts.gan_loss_figure(series), f"gan-loss-{run_id}")
+            _chart(charts.gan_verdict_figure(series), f"gan-verdict-{run_id}")
+            _chart(charts.sample_grid_figure(series), f"gan-samples-{run_id}")
+        else:
+            _chart(charts.loss_figure(series), f"loss-{run_id}")
+            _chart(charts.accuracy_figure(series), f"acc-{run_id}")
         view = st.segmented_control(
-            "More", VIEWS, default=VIEWS[0], key="train-view", label_visibility="collapsed"
+            _("More"),
+            VIEWS,
+            format_func=translate,
+            default=VIEWS[0],
+            key="train-view",
+            label_visibility="collapsed",
         )
         _detail_view(view or VIEWS[0], info, series, [n.id for n in graph.nodes] if graph else [])
     with graph_column:
         if graph is None:
-            st.info("This run's graph file could not be read, so it cannot be drawn.")
+            st.info(_("This run's graph file could not be read, so it cannot be drawn."))
         else:
             live_graph.render(graph, series, key=f"live-{run_id}")
     if series.events:
-        with st.expander(f"Log ({len(series.events)} events)"):
+        with st.expander(_("Log ({count} events)", count=len(series.events))):
             lines = (
-                f"step {e.get('step', '?')}: {e.get('message', '')}" for e in series.events[-50:]
+                _("step {step}: {message}", step=e.get("step", "?"), message=event_text(e))
+                for e in series.events[-50:]
             )
             st.text("\n".join(lines))
+
+
+def event_text(record: dict[str, Any]) -> str:
+    """An event in the reader's language (recorded as data), or its English text."""
+    message = store.message_from_json(record.get("code"))
+    return message.render() if message else str(record.get("message", ""))
 
 
 def _chart(figure: Any, key: str) -> None:
@@ -651,22 +750,31 @@ def _chart(figure: Any, key: str) -> None:
 
 def _status_line(info: RunInfo, series: charts.RunSeries) -> None:
     done = progress(info, series)
-    left = "" if done.seconds_left is None else f" · about {duration_text(done.seconds_left)} left"
+    where = _(
+        "epoch {epoch}/{epochs} · step {step}", epoch=info.epoch, epochs=info.epochs, step=info.step
+    )
+    if done.seconds_left is not None:
+        where += " · " + _("about {time} left", time=duration_text(done.seconds_left))
     badge, bar = st.columns([1, 6], vertical_alignment="center")
-    badge.badge(info.status, color=STATUS_COLOURS.get(info.status, "gray"))
-    bar.progress(done.fraction, text=f"epoch {info.epoch}/{info.epochs} · step {info.step}{left}")
-    if info.status in ("failed", "diverged", "interrupted") and info.message:
-        st.error(markdown_literal(info.message))
-    elif info.message:
-        st.caption(markdown_literal(info.message))
+    badge.badge(status_label(info.status), color=STATUS_COLOURS.get(info.status, "gray"))
+    bar.progress(done.fraction, text=where)
+    message = status_text(info)
+    if info.status in ("failed", "diverged", "interrupted") and message:
+        st.error(markdown_literal(message))
+    elif message:
+        st.caption(markdown_literal(message))
     last_step = series.steps[-1] if series.steps else {}
     last_epoch = series.epochs[-1] if series.epochs else {}
     loss, accuracy, speed, device = st.columns(4)
-    loss.metric("Loss", _number(last_step.get("loss"), "{:.4f}"))
-    accuracy.metric("Val accuracy", _number(last_epoch.get("val_accuracy"), "{:.1%}"))
+    loss.metric(_("Loss"), _number(last_step.get("loss"), "{:.4f}"))
+    if "val_mae" in last_epoch:
+        accuracy.metric(_("Val MAE"), _number(last_epoch.get("val_mae"), "{:.4f}"))
+    else:
+        accuracy.metric(_("Val accuracy"), _number(last_epoch.get("val_accuracy"), "{:.1%}"))
     speeds = (r.get("samples_per_s") for r in reversed(series.steps[-50:]))
-    speed.metric("Samples/s", _number(next((v for v in speeds if v is not None), None), "{:,.0f}"))
-    device.metric("Device", info.device or "–")
+    rate = next((v for v in speeds if v is not None), None)
+    speed.metric(_("Samples/s"), _number(rate, "{:,.0f}"))
+    device.metric(_("Device"), info.device or "–")
 
 
 def _number(value: Any, pattern: str) -> str:
@@ -675,26 +783,34 @@ def _number(value: Any, pattern: str) -> str:
 
 
 def _detail_view(view: str, info: RunInfo, series: charts.RunSeries, order: list[str]) -> None:
-    if view == "Gradient norms":
+    if view == VIEWS[0]:
         _chart(charts.grad_norm_lines(series, order), f"gradlines-{info.id}")
         _chart(charts.grad_norm_heatmap(series, order), f"gradheat-{info.id}")
-    elif view == "Learning rate & speed":
+    elif view == VIEWS[1]:
         _chart(charts.lr_figure(series), f"lr-{info.id}")
         _chart(charts.throughput_figure(series), f"speed-{info.id}")
-    else:
+    elif view == VIEWS[2]:
         _attention_view(info, series)
+    elif view == VIEWS[3]:
+        _chart(charts.confusion_figure(series), f"confusion-{info.id}")
+    else:
+        _samples_view(info)
 
 
 def _attention_view(info: RunInfo, series: charts.RunSeries) -> None:
     layers = charts.attention_layers(series)
     if not layers:
-        st.info("No attention maps: this model has no attention layer, or none was recorded yet.")
+        st.info(
+            _("No attention maps: this model has no attention layer, or none was recorded yet.")
+        )
         return
-    layer = st.selectbox("Attention layer", layers, key=f"attn-layer-{info.id}")
+    layer = st.selectbox(_("Attention layer"), layers, key=f"attn-layer-{info.id}")
     steps = charts.attention_steps(series, layer)
     step = steps[-1]
     if len(steps) > 1:
-        step = st.select_slider("Step", steps, value=steps[-1], key=f"attn-step-{info.id}-{layer}")
+        step = st.select_slider(
+            _("Step"), steps, value=steps[-1], key=f"attn-step-{info.id}-{layer}"
+        )
     _chart(charts.attention_figure(series, layer, step), f"attn-{info.id}")
 
 
@@ -703,9 +819,9 @@ def _compare_section(runs_dir: Path, runs: list[RunInfo]) -> None:
     branched = [r for r in st.session_state.pop(_COMPARE, []) if r in by_id]
     if branched:
         st.session_state[_COMPARE_PICK] = branched
-    with st.expander("Compare runs", expanded=bool(st.session_state.get(_COMPARE_PICK))):
+    with st.expander(_("Compare runs"), expanded=bool(st.session_state.get(_COMPARE_PICK))):
         chosen = st.multiselect(
-            "Runs to overlay",
+            _("Runs to overlay"),
             list(by_id),
             format_func=lambda i: run_label(by_id[i]),
             key=_COMPARE_PICK,
@@ -713,6 +829,119 @@ def _compare_section(runs_dir: Path, runs: list[RunInfo]) -> None:
         if chosen:
             overlay = {f"{by_id[r].name} #{r[-6:]}": run_series(runs_dir, r) for r in chosen}
             _chart(charts.compare_figure(overlay), "compare")
+
+
+def run_kind(info: RunInfo) -> str | None:
+    """What samples a run's model gives: "text" (next characters), "reconstruction" (it
+    reproduces its input), or None."""
+    config = _run_config(info)
+    if config is None:
+        return None
+    if config.target == "input":
+        return "reconstruction"
+    return "text" if config.dataset == "text" else None
+
+
+def _run_config(info: RunInfo) -> TrainConfig | None:
+    try:
+        return TrainConfig.model_validate_json((Path(info.path) / store.CONFIG_FILE).read_text())
+    except (OSError, ValidationError):
+        return None
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _latest_model(run_dir: str, stamp: float) -> torch.nn.Module | None:
+    """A run's model with the weights of its latest checkpoint (`stamp`: the file's time)."""
+    return trained_model(Path(run_dir))
+
+
+def _checkpoint_stamp(info: RunInfo) -> float | None:
+    weights = Path(info.path) / store.CHECKPOINT_DIR / store.WEIGHTS_FILE
+    return weights.stat().st_mtime if weights.exists() else None
+
+
+def _samples_view(info: RunInfo) -> None:
+    """Live samples from the latest checkpoint: text the model writes from a prompt, or inputs
+    beside their reconstructions."""
+    kind = run_kind(info)
+    stamp = _checkpoint_stamp(info)
+    if kind is None:
+        st.info(
+            _(
+                "Samples are shown for models that write text (the text dataset) or that"
+                " reproduce their input."
+            )
+        )
+        return
+    if stamp is None:
+        st.info(_("waiting for the first checkpoint"))
+        return
+    model, error = guarded(lambda: _latest_model(info.path, stamp), _("load the trained model"))
+    if error or model is None:
+        st.error(error or _("waiting for the first checkpoint"))
+        return
+    if kind == "text":
+        _text_samples(info, model)
+    else:
+        _reconstructions(info, model)
+
+
+def _text_samples(info: RunInfo, model: torch.nn.Module) -> None:
+    prompt_column, temperature_column = st.columns([3, 2])
+    prompt = prompt_column.text_input(
+        _("Prompt"), value="the cat ", key=f"sample-prompt-{info.id}", max_chars=200
+    )
+    temperature = temperature_column.slider(
+        _("Temperature"),
+        0.0,
+        2.0,
+        value=0.8,
+        step=0.1,
+        key=f"sample-temperature-{info.id}",
+        help=_("0 always takes the likeliest next character; higher values take more chances"),
+    )
+    graph = run_graph(info)
+    context = _text_context(graph)
+    text, error = guarded(
+        lambda: generate_text(model, prompt, SAMPLE_CHARACTERS, context, temperature),
+        _("generate text"),
+    )
+    if error:
+        st.error(error)
+        return
+    st.caption(_("Generated after step {step}:", step=info.step))
+    st.code(prompt + text, language=None, wrap_lines=True)
+
+
+def _text_context(graph: Graph | None) -> int:
+    node = next((n for n in graph.nodes if n.type == "Input"), None) if graph else None
+    shape = node.params.get("shape") if node else None
+    return int(shape[0]) if shape else 64
+
+
+def _reconstructions(info: RunInfo, model: torch.nn.Module) -> None:
+    config = _run_config(info)
+    graph = run_graph(info)
+    if config is None or graph is None:
+        return
+    node = next(n for n in graph.nodes if n.type == "Input")
+    dataset, error = guarded(
+        lambda: builtin_dataset(config.dataset, tuple(node.params.get("shape", ()))),
+        _("load {name}", name=config.dataset),
+    )
+    if error:
+        st.error(error)
+        return
+    x = dataset.x[:SAMPLE_COUNT].float()
+    outputs, error = guarded(lambda: reconstruct(model, x), _("reconstruct the inputs"))
+    if error:
+        st.error(error)
+        return
+    if x.dim() != 4:
+        st.info(_("Reconstructions are drawn for image data [C, H, W]."))
+        return
+    figure = charts.reconstruction_figure(np.asarray(x), np.asarray(outputs))
+    _chart(figure, f"reconstructions-{info.id}")
 
 
 if __name__ == "__main__":

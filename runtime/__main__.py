@@ -2,44 +2,70 @@
 
 train runs the app's trainer headless (a remote GPU box, a script) and writes the same run folder
 as the app; it prints one line per epoch and, last, one JSON object with the outcome. Exit codes:
-0 completed or stopped, 1 the graph has errors or training failed or diverged, 2 a file or an
-option cannot be read.
+0 completed or stopped, 1 the graph has errors, does not fit the device, or training failed or
+diverged, 2 a file, a dataset or an option cannot be read. Every problem is one line on stderr,
+never a traceback: a run's traceback goes to its trainer.log.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, NoReturn, get_args
 
 from pydantic import ValidationError
 
 from builder.graph import GraphFormatError, load_graph
 from runtime import runs, store
+from runtime.datasets import BUILTIN_DATASETS
 from runtime.trainer import TrainConfig, train_run
+
+UPLOAD_SUFFIXES = (".csv", ".npz")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "train":
-        return _train(args)
-    if args.command == "runs":
-        return _list(Path(args.runs))
-    return _worker(Path(args.folder))
+    try:
+        args = _parser().parse_args(argv)
+        if args.command == "train":
+            return _train(args)
+        if args.command == "runs":
+            return _list(Path(args.runs))
+        return _worker(Path(args.folder))
+    except _UsageError as exc:
+        return _fail(str(exc), 2)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 1)
+    except Exception as exc:  # noqa: BLE001  (the last guard: one line, never a traceback)
+        return _fail(f"unexpected {type(exc).__name__}: {exc}", 1)
+
+
+class _UsageError(Exception):
+    """A bad command line: argparse's message, reported as one line with exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line (no usage block) and never exits by itself."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(message)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m runtime", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="python -m runtime", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     train = commands.add_parser("train", help="train a graph file headless")
     train.add_argument("graph", type=Path)
     train.add_argument("--dataset", default="digits", help="a built-in name or a .csv/.npz file")
     train.add_argument("--label-column", help="the label column of a CSV (default: the last)")
+    train.add_argument(
+        "--target", choices=("label", "input"), default="label", help="input: reproduce the input"
+    )
     train.add_argument("--epochs", type=int, default=5)
     train.add_argument("--batch-size", type=int, default=64)
     train.add_argument("--lr", type=float, default=1e-3)
@@ -70,13 +96,19 @@ def _train(args: argparse.Namespace) -> int:
     except GraphFormatError as exc:
         return _fail(f"{args.graph}: {exc}", 2)
     upload = Path(args.dataset)
-    is_file = upload.suffix.lower() in (".csv", ".npz")
+    is_file = upload.suffix.lower() in UPLOAD_SUFFIXES
     if is_file and not upload.is_file():
         return _fail(f"no such data file: {upload}", 2)
+    if not is_file and args.dataset not in BUILTIN_DATASETS:
+        known = ", ".join(BUILTIN_DATASETS)
+        return _fail(
+            f"unknown dataset {args.dataset!r}; choose one of: {known}, or a .csv/.npz file", 2
+        )
     try:
         config = TrainConfig(
             dataset=upload.name if is_file else args.dataset,
             label_column=args.label_column,
+            target=args.target,
             epochs=args.epochs,
             batch_size=args.batch_size,
             lr=args.lr,
@@ -92,15 +124,19 @@ def _train(args: argparse.Namespace) -> int:
         folder = runs.create_run(Path(args.runs), graph, config, upload if is_file else None)
     except runs.RunError as exc:
         return _fail(str(exc), 1)
+    except OSError as exc:
+        return _fail(f"cannot write the run folder in {args.runs}: {exc.strerror or exc}", 2)
     stop = _stop_on_signals()
-    store.update_status(folder, pid=os.getpid())
-    result = train_run(
-        folder, on_epoch=lambda record: print(_epoch_line(record, config)), stop=stop
-    )
+    store.update_status(folder, pid=os.getpid(), pid_started=runs.process_start_time(os.getpid()))
+    with (folder / store.LOG_FILE).open("a") as log, contextlib.redirect_stderr(log):
+        result = train_run(  # a fault's traceback goes to the run's log, its sentence to status
+            folder, on_epoch=lambda record: print(_epoch_line(record, config), flush=True), stop=stop
+        )
     summary = {
         "status": result.status,
         "val_loss": result.val_loss,
         "val_accuracy": result.val_accuracy,
+        "val_mae": (result.metrics or {}).get("val_mae"),
         "epochs": result.epochs,
         "run": str(folder),
     }
@@ -111,13 +147,20 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _epoch_line(record: dict[str, Any], config: TrainConfig) -> str:
-    parts = [f"epoch {record['epoch']}/{config.epochs}", f"train loss {record['train_loss']:.4f}"]
-    if record["train_accuracy"] is not None:
+    parts = [f"epoch {record['epoch']}/{config.epochs}"]
+    if "d_loss" in record:  # a GAN: both players' losses and the discriminator's verdicts
+        parts += [f"D loss {record['d_loss']:.4f}", f"G loss {record['g_loss']:.4f}"]
+        parts += [f"D(x) {record['d_real']:.2f}", f"D(G(z)) {record['d_fake']:.2f}"]
+        return "  ".join(parts)
+    parts.append(f"train loss {record['train_loss']:.4f}")
+    if record.get("train_accuracy") is not None:
         parts.append(f"train acc {record['train_accuracy']:.1%}")
-    if record["val_loss"] is not None:
+    if record.get("val_loss") is not None:
         parts.append(f"val loss {record['val_loss']:.4f}")
-    if record["val_accuracy"] is not None:
+    if record.get("val_accuracy") is not None:
         parts.append(f"val acc {record['val_accuracy']:.1%}")
+    if record.get("val_mae") is not None:
+        parts.append(f"val MAE {record['val_mae']:.4f}")
     return "  ".join(parts)
 
 
@@ -143,6 +186,11 @@ def _list(runs_dir: Path) -> int:
 def _worker(folder: Path) -> int:
     """Wait for the launcher to record the pid (it closes stdin), then train."""
     sys.stdin.read()
+    return run_worker(folder)
+
+
+def run_worker(folder: Path) -> int:
+    """Train a run folder in this process, a signal asking for a graceful stop."""
     stop = _stop_on_signals()
     result = train_run(folder, stop=stop)
     return 0 if result.status in ("completed", "stopped") else 1

@@ -7,41 +7,48 @@ checked here and rejected with a `DatasetError` whose message says what to chang
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import math
 import os
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from compiler.analysis import Analysis
+from compiler.analysis import Analysis, loss_of
+from i18n import Message, msg
+from runtime import builtin_data
 
 Task = Literal["classification", "regression"]
 
 MAX_UPLOAD_BYTES = 100_000_000
 MAX_UNPACKED_BYTES = 1_000_000_000
 MAX_CLASSES = 1_000
-TOKEN_LENGTH = 16
-TOKEN_VOCAB = 16
-MARKER = 1
-SINE_LENGTH = 32
 
-BUILTIN_DATASETS: dict[str, str] = {
-    "digits": "scikit-learn's 8x8 handwritten digits as images [1, 8, 8], 10 classes (1,797)",
-    "digits-28": "the same digits resized to [1, 28, 28], so LeNet-5 sized models train on them",
-    "digits-rows": "the same digits as sequences [8, 8]: each image row is one time step",
-    "tokens": "generated int64 token sequences [16], vocabulary 16, 16 classes: the label is the"
-    " token that follows the marker token 1 (needs attention)",
-    "sine": "generated noisy sine waves [32, 1]; predict the next value [1] (regression, MSE)",
-    "mnist": "MNIST handwritten digits [1, 28, 28], 10 classes (needs torchvision)",
-    "fashion-mnist": "Fashion-MNIST clothing images [1, 28, 28], 10 classes (needs torchvision)",
-    "cifar10": "CIFAR-10 colour images [3, 32, 32], 10 classes (needs torchvision)",
+TORCHVISION_DATASETS: dict[str, tuple[str, str]] = {
+    # name: (torchvision class, its folder under the data root)
+    "mnist": ("MNIST", "MNIST"),
+    "fashion-mnist": ("FashionMNIST", "FashionMNIST"),
+    "cifar10": ("CIFAR10", "cifar-10-batches-py"),
+}
+BUILTIN_DATASETS: dict[str, str] = builtin_data.DESCRIPTIONS | {
+    "mnist": "MNIST handwritten digits [1, 28, 28], 10 classes (needs torchvision and the files)",
+    "fashion-mnist": "Fashion-MNIST clothing images [1, 28, 28], 10 classes (needs torchvision"
+    " and the files)",
+    "cifar10": "CIFAR-10 colour images [3, 32, 32], 10 classes (needs torchvision and the files)",
+}
+# What each generated or bundled dataset is: task, classes (None for regression), input dtype.
+KINDS: dict[str, tuple[Task, int | None]] = {
+    "digits": ("classification", 10),
+    "digits-28": ("classification", 10),
+    "digits-rows": ("classification", 10),
+    "tokens": ("classification", builtin_data.TOKEN_VOCAB),
+    "sine": ("regression", None),
+    "text": ("classification", len(builtin_data.TEXT_ALPHABET)),
 }
 
 
@@ -62,117 +69,82 @@ class Dataset:
 
     @property
     def target_shape(self) -> tuple[int, ...]:
-        """Per-sample shape of y: () for class labels, (k,) for regression targets."""
+        """Per-sample shape of y: () for class labels, (T,) for one class per position, (k,)
+        for regression targets."""
         return tuple(self.y.shape[1:])
 
     def __len__(self) -> int:
         return len(self.x)
 
 
-def load_dataset(name: str, seed: int = 0) -> Dataset:
-    """A built-in dataset by name; generated ones are the same for the same seed."""
-    loader = _LOADERS.get(name)
-    if loader is None:
-        known = ", ".join(BUILTIN_DATASETS)
+def data_root() -> Path:
+    return Path(os.environ.get("NETBUILDER_DATA", Path.home() / ".cache" / "netbuilder"))
+
+
+def torchvision_ready(name: str) -> bool:
+    """torchvision is installed and the dataset's files are already on disk (nothing downloads)."""
+    if importlib.util.find_spec("torchvision") is None:
+        return False
+    folder = data_root() / TORCHVISION_DATASETS[name][1]
+    return folder.is_dir() and any(folder.iterdir())
+
+
+def available_datasets() -> list[str]:
+    """The built-in datasets this machine can offer: every generated one, and the torchvision
+    ones only where torchvision and their files are present."""
+    return [
+        name
+        for name in BUILTIN_DATASETS
+        if name not in TORCHVISION_DATASETS or torchvision_ready(name)
+    ]
+
+
+def load_dataset(name: str, seed: int = 0, input_shape: tuple[int, ...] = ()) -> Dataset:
+    """A built-in dataset by name; generated ones are the same for the same seed. The `text`
+    task takes its sequence length from the model's Input shape [T]."""
+    if name in TORCHVISION_DATASETS:
+        return _torchvision(name)
+    if name not in KINDS:
+        known = ", ".join(available_datasets())
         raise DatasetError(f"unknown dataset {name!r}; choose one of: {known}, or upload a file")
-    return loader(seed)
+    length = input_shape[0] if name == "text" and len(input_shape) == 1 else None
+    x, y = builtin_data.load(name, seed, length)
+    task, classes = KINDS[name]
+    dtype: Literal["float32", "int64"] = "int64" if x.dtype == torch.int64 else "float32"
+    return Dataset(name, BUILTIN_DATASETS[name], task, x, y, classes, tuple(x.shape[1:]), dtype)
 
 
-def _digits_arrays() -> tuple[torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    x = torch.tensor(bunch.data, dtype=torch.float32).reshape(-1, 8, 8) / 16.0
-    return x, torch.tensor(bunch.target, dtype=torch.int64)
-
-
-def _digits(seed: int) -> Dataset:
-    x, y = _digits_arrays()
-    return _classification("digits", x.unsqueeze(1), y, 10)
-
-
-def _digits_28(seed: int) -> Dataset:
-    x, y = _digits_arrays()
-    big = F.interpolate(x.unsqueeze(1), size=(28, 28), mode="bilinear", align_corners=False)
-    return _classification("digits-28", big, y, 10)
-
-
-def _digits_rows(seed: int) -> Dataset:
-    x, y = _digits_arrays()
-    return _classification("digits-rows", x, y, 10)
-
-
-def _tokens(seed: int, count: int = 4096) -> Dataset:
-    """Random tokens (never the marker) with one marker; the label is the token right after it."""
-    generator = torch.Generator().manual_seed(seed)
-    plain = torch.tensor([t for t in range(TOKEN_VOCAB) if t != MARKER])
-    x = plain[torch.randint(len(plain), (count, TOKEN_LENGTH), generator=generator)]
-    where = torch.randint(TOKEN_LENGTH - 1, (count,), generator=generator)
-    rows = torch.arange(count)
-    x[rows, where] = MARKER
-    return _classification("tokens", x, x[rows, where + 1].clone(), TOKEN_VOCAB)
-
-
-def _sine(seed: int, count: int = 2048) -> Dataset:
-    """Sine waves of random frequency and phase with noise; the target is the next clean value."""
-    generator = torch.Generator().manual_seed(seed)
-    frequency = 0.1 + 0.4 * torch.rand(count, 1, generator=generator)
-    phase = 2 * math.pi * torch.rand(count, 1, generator=generator)
-    t = torch.arange(SINE_LENGTH + 1, dtype=torch.float32)
-    clean = torch.sin(frequency * t + phase)
-    noisy = clean + 0.05 * torch.randn(clean.shape, generator=generator)
-    x = noisy[:, :SINE_LENGTH].unsqueeze(-1)
-    y = clean[:, SINE_LENGTH:]
+def _torchvision(name: str) -> Dataset:
+    """MNIST-like datasets read from NETBUILDER_DATA (default ~/.cache/netbuilder); never
+    downloaded."""
+    class_name, _ = TORCHVISION_DATASETS[name]
+    if importlib.util.find_spec("torchvision") is None:
+        raise DatasetError(
+            f"{name} needs torchvision, which is not installed; install it"
+            " (pip install torchvision) or choose digits"
+        )
+    try:
+        import torchvision.datasets
+    except Exception as exc:  # an install that does not match torch fails in many ways
+        raise DatasetError(
+            f"{name} needs torchvision, which cannot be imported here ({type(exc).__name__});"
+            " reinstall it to match torch, or choose digits"
+        ) from None
+    root = data_root()
+    try:
+        data = getattr(torchvision.datasets, class_name)(root=str(root), train=True, download=False)
+    except Exception as exc:  # missing or unreadable files mean "not available here"
+        raise DatasetError(
+            f"{name} is not available: its files are not in {root} ({type(exc).__name__});"
+            " nothing is downloaded: put the files there or choose digits"
+        ) from None
+    images = torch.as_tensor(np.asarray(data.data))
+    x = (images.permute(0, 3, 1, 2) if images.ndim == 4 else images.unsqueeze(1)) / 255.0
+    y = torch.as_tensor(np.asarray(data.targets), dtype=torch.int64)
+    x = x.float().contiguous()
     return Dataset(
-        "sine", BUILTIN_DATASETS["sine"], "regression", x, y, None, (SINE_LENGTH, 1), "float32"
+        name, BUILTIN_DATASETS[name], "classification", x, y, 10, tuple(x.shape[1:]), "float32"
     )
-
-
-def _classification(name: str, x: torch.Tensor, y: torch.Tensor, classes: int) -> Dataset:
-    dtype = "int64" if x.dtype == torch.int64 else "float32"
-    return Dataset(
-        name, BUILTIN_DATASETS[name], "classification", x, y, classes, tuple(x.shape[1:]), dtype
-    )
-
-
-def _torchvision(name: str, class_name: str) -> Callable[[int], Dataset]:
-    """MNIST-like datasets, from NETBUILDER_DATA (default ~/.cache/netbuilder) or downloaded."""
-
-    def load(seed: int) -> Dataset:
-        try:
-            import torchvision.datasets
-        except ImportError:
-            raise DatasetError(
-                f"{name} needs torchvision, which is not installed; install it"
-                " (pip install torchvision) or choose digits"
-            ) from None
-        root = Path(os.environ.get("NETBUILDER_DATA", Path.home() / ".cache" / "netbuilder"))
-        source = getattr(torchvision.datasets, class_name)
-        try:
-            data = source(root=str(root), train=True, download=True)
-        except Exception as exc:  # any download or parse failure means "not available here"
-            raise DatasetError(
-                f"{name} is not available: it is not in {root} and could not be downloaded"
-                f" ({type(exc).__name__}: {exc}); put the files there or choose digits"
-            ) from None
-        images = torch.as_tensor(np.asarray(data.data))
-        x = (images.permute(0, 3, 1, 2) if images.ndim == 4 else images.unsqueeze(1)) / 255.0
-        y = torch.as_tensor(np.asarray(data.targets), dtype=torch.int64)
-        return _classification(name, x.float().contiguous(), y, 10)
-
-    return load
-
-
-_LOADERS: dict[str, Callable[[int], Dataset]] = {
-    "digits": _digits,
-    "digits-28": _digits_28,
-    "digits-rows": _digits_rows,
-    "tokens": _tokens,
-    "sine": _sine,
-    "mnist": _torchvision("mnist", "MNIST"),
-    "fashion-mnist": _torchvision("fashion-mnist", "FashionMNIST"),
-    "cifar10": _torchvision("cifar10", "CIFAR10"),
-}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,45 +302,172 @@ def _integral(values: np.ndarray) -> bool:
 # Compatibility
 
 
-def check_compatibility(analysis: Analysis, dataset: Dataset) -> list[str]:
+def check_compatibility(
+    analysis: Analysis, dataset: Dataset, target: str = "label"
+) -> list[Message]:
     """Why this graph cannot train on this dataset, each reason saying what to change."""
     if not analysis.ok:
-        return ["the graph has errors; fix them before training"]
+        return [msg("the graph has errors; fix them before training")]
     graph = analysis.graph
     input_node = next(n for n in graph.nodes if n.type == "Input")
     output_node = next(n for n in graph.nodes if n.type == "Output")
     given = analysis.infos[input_node.id]
-    out_shape = analysis.infos[output_node.id].shape or ()
+    out_shape = tuple(analysis.infos[output_node.id].shape or ())
     last = analysis.inputs[output_node.id][0]
-    problems: list[str] = []
+    problems: list[Message] = []
     if given.shape != dataset.sample_shape:
         problems.append(
-            f"{dataset.name} samples are {list(dataset.sample_shape)} but Input {input_node.id!r}"
-            f" is {list(given.shape or ())}; set the Input's shape to {list(dataset.sample_shape)}"
+            msg(
+                "{dataset} samples are {samples} but Input {node!r} is {shape}; set the Input's"
+                " shape to {samples}",
+                dataset=dataset.name,
+                samples=list(dataset.sample_shape),
+                node=input_node.id,
+                shape=list(given.shape or ()),
+            )
         )
     if given.dtype == "int64" and dataset.dtype == "float32":
         problems.append(
-            f"Input {input_node.id!r} expects int64 token ids but {dataset.name} holds float32"
-            " values; set the Input's dtype to float32 (and remove the Embedding)"
-        )
-    if dataset.task == "classification":
-        if out_shape != (dataset.num_classes,):
-            problems.append(
-                f"{dataset.name} has {dataset.num_classes} classes, so the model must output"
-                f" [{dataset.num_classes}] scores per sample, but it outputs {list(out_shape)};"
-                f" {_set_width(analysis, last, dataset.num_classes)}"
+            msg(
+                "Input {node!r} expects int64 token ids but {dataset} holds float32 values; set"
+                " the Input's dtype to float32 (and remove the Embedding)",
+                node=input_node.id,
+                dataset=dataset.name,
             )
-    elif out_shape != dataset.target_shape:
-        width = math.prod(dataset.target_shape)
-        problems.append(
-            f"{dataset.name} is a regression task (mean squared error) with targets"
-            f" {list(dataset.target_shape)}, but the model outputs {list(out_shape)};"
-            f" {_set_width(analysis, last, width)}"
         )
+    if given.dtype == "int64" and dataset.dtype == "int64" and len(dataset):
+        problems += _token_ids_fit(analysis, input_node.id, int(dataset.x.max()))
+    loss = loss_of(analysis).loss
+    if target == "input":
+        problems += _reproduces_input(analysis, dataset, out_shape, loss, last)
+    else:
+        problems += _targets_fit(analysis, dataset, out_shape, loss, last)
     return problems
 
 
-def _set_width(analysis: Analysis, last: str, width: int | None) -> str:
+def _token_ids_fit(analysis: Analysis, input_id: str, largest: int) -> list[Message]:
+    """Every Embedding that reads the token ids has a row for the largest id."""
+    problems = []
+    for node_id, sources in analysis.inputs.items():
+        if analysis.node_type(node_id) != "Embedding" or input_id not in sources:
+            continue
+        rows = int(analysis.typed[node_id].num_embeddings)
+        if largest >= rows:
+            problems.append(
+                msg(
+                    "the data holds token ids up to {largest} but Embedding {node!r} has"
+                    " num_embeddings={rows}; set num_embeddings to at least {needed}",
+                    largest=largest,
+                    node=node_id,
+                    rows=rows,
+                    needed=largest + 1,
+                )
+            )
+    return problems
+
+
+def _targets_fit(
+    analysis: Analysis, dataset: Dataset, out_shape: tuple[int, ...], loss: str, last: str
+) -> list[Message]:
+    """Class targets need one score per class (per position); regression targets the same
+    shape as the output; and the loss must suit the targets."""
+    classes = dataset.task == "classification"
+    if classes and loss in ("mse", "l1", "huber"):
+        return [
+            msg(
+                "{dataset} has class labels, but the Output's loss {loss} needs numeric targets;"
+                " set the Output's loss to cross_entropy (or auto)",
+                dataset=dataset.name,
+                loss=loss,
+            )
+        ]
+    if not classes and loss in ("cross_entropy", "nll"):
+        return [
+            msg(
+                "{dataset} has numeric targets, but the Output's loss {loss} needs class labels;"
+                " set the Output's loss to mse (or auto)",
+                dataset=dataset.name,
+                loss=loss,
+            )
+        ]
+    if classes and loss == "bce_with_logits":
+        if dataset.num_classes == 2 and out_shape == (1,):
+            return []
+        return [
+            msg(
+                "bce_with_logits with class labels needs two classes and an output of [1], but"
+                " {dataset} has {classes} classes and the model outputs {shape}; use"
+                " cross_entropy",
+                dataset=dataset.name,
+                classes=dataset.num_classes,
+                shape=list(out_shape),
+            )
+        ]
+    if classes:
+        wanted = (*dataset.target_shape, dataset.num_classes)
+        if out_shape != wanted:
+            return [
+                msg(
+                    "{dataset} has {classes} classes, so the model must output {wanted} scores"
+                    " per sample, but it outputs {shape}; {fix}",
+                    dataset=dataset.name,
+                    classes=dataset.num_classes,
+                    wanted=list(wanted),
+                    shape=list(out_shape),
+                    fix=_set_width(analysis, last, dataset.num_classes),
+                )
+            ]
+        return []
+    if out_shape != dataset.target_shape:
+        return [
+            msg(
+                "{dataset} is a regression task with targets {targets}, but the model outputs"
+                " {shape}; {fix}",
+                dataset=dataset.name,
+                targets=list(dataset.target_shape),
+                shape=list(out_shape),
+                fix=_set_width(analysis, last, math.prod(dataset.target_shape)),
+            )
+        ]
+    return []
+
+
+def _reproduces_input(
+    analysis: Analysis, dataset: Dataset, out_shape: tuple[int, ...], loss: str, last: str
+) -> list[Message]:
+    """To reproduce its input, a model takes float samples and outputs their very shape."""
+    if dataset.dtype != "float32":
+        return [
+            msg(
+                "reproducing the input needs float samples, but {dataset} holds token ids;"
+                " choose an image dataset or train on the labels",
+                dataset=dataset.name,
+            )
+        ]
+    if loss in ("cross_entropy", "nll"):
+        return [
+            msg(
+                "reproducing the input compares numbers, but the Output's loss is {loss}; set"
+                " it to mse (or auto)",
+                loss=loss,
+            )
+        ]
+    if out_shape != dataset.sample_shape:
+        return [
+            msg(
+                "to reproduce its input the model must output {samples}, the shape of a sample,"
+                " but it outputs {shape}",
+                samples=list(dataset.sample_shape),
+                shape=list(out_shape),
+            )
+        ]
+    return []
+
+
+def _set_width(analysis: Analysis, last: str, width: int | None) -> Message:
     if analysis.node_type(last) == "Linear":
-        return f"set out_features of Linear {last!r} to {width}"
-    return f"end the model with a Linear of out_features={width} (after a Flatten if needed)"
+        return msg("set out_features of Linear {node!r} to {width}", node=last, width=width)
+    return msg(
+        "end the model with a Linear of out_features={width} (after a Flatten if needed)",
+        width=width,
+    )

@@ -162,3 +162,58 @@ def capture_attention(
         for handle in handles:
             handle.remove()
     return captured
+
+
+# ---------------------------------------------------------------------------------------------
+# Samples from a trained model: generated text and reconstructions
+
+
+@torch.no_grad()
+def generate_text(
+    model: nn.Module,
+    prompt: str,
+    length: int,
+    context: int,
+    temperature: float = 1.0,
+    seed: int = 0,
+) -> str:
+    """`length` characters that a next-character model writes after `prompt`, one at a time.
+
+    The model reads a fixed window of `context` characters (its Input's T): the prompt and what
+    it wrote so far, right-aligned and padded with spaces on the left, and the scores at the
+    last position pick the next character: sampled at `temperature`, or the likeliest at 0.
+    """
+    from runtime.builtin_data import TEXT_ALPHABET, decode, encode
+
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    ids = encode(prompt).tolist() or [TEXT_ALPHABET.index("\n")]
+    space = TEXT_ALPHABET.index(" ")
+    was_training = model.training
+    model.eval()
+    written: list[int] = []
+    try:
+        for _ in range(length):
+            window = (ids + written)[-context:]
+            window = [space] * (context - len(window)) + window
+            scores = model(torch.tensor([window], device=device))[0, -1].float()
+            if temperature <= 0:
+                written.append(int(scores.argmax()))
+            else:
+                probabilities = torch.softmax(scores / temperature, dim=-1)
+                written.append(int(torch.multinomial(probabilities, 1, generator=generator)))
+    finally:
+        model.train(was_training)
+    return decode(written)
+
+
+@torch.no_grad()
+def reconstruct(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's outputs for samples `x` in eval mode, on the host."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        return model(x.to(device)).float().cpu()
+    finally:
+        model.train(was_training)

@@ -1,30 +1,44 @@
 """Runs: one folder per training run, so that nothing is lost across page reloads and restarts.
 
 A run folder holds graph.json, config.json, model.py (the exact source trained), an append-only
-metrics.jsonl, status.json, checkpoints/ and, for an upload, the uploaded data. The trainer runs
-in its own process and records its pid; a reader that finds that process gone reports the run
-as "interrupted", with every metric written until then still readable.
+metrics.jsonl, status.json, checkpoints/, trainer.log (the trainer's output, tracebacks included)
+and, for an upload, the uploaded data. Each trainer runs in its own process, forked from a warm
+forkserver (runtime/warm.py) so that it starts without importing torch, and records its pid and
+the process's start time: a reader that finds that process gone, a zombie, or the pid reused by
+another process reports the run as "interrupted", with every metric written until then readable.
+
+At most max_trainers() trainers run at once per server; further runs wait as "queued" and start,
+oldest first, as slots free. Stop escalates: the stop flag, then SIGTERM, then SIGKILL, and a run
+always ends "stopped" with its last checkpoint kept.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, Literal
+
+import psutil
+import torch
 
 from builder.graph import Graph, dump_graph
 from compiler.analysis import analyse
 from compiler.codegen import generate_source, identifier
+from i18n import N_, Message, msg
 from runtime import store
 from runtime.datasets import MAX_UPLOAD_BYTES
+from runtime.sizing import check_fits
 from runtime.trainer import TrainConfig
 
 Status = Literal[
@@ -32,13 +46,33 @@ Status = Literal[
 ]
 ACTIVE = ("queued", "running")
 RESUMABLE = ("stopped", "interrupted")
-QUEUED_GRACE_SECONDS = 60.0
+QUEUED_GRACE_SECONDS = 60.0  # a run created outside a server may wait this long for its trainer
+STOP_GRACE_SECONDS = 10.0  # after the stop flag, SIGTERM
+KILL_GRACE_SECONDS = 5.0  # after SIGTERM, SIGKILL
+SAME_PROCESS_SECONDS = 0.1  # psutil start times of one process agree to well within this
+MAX_TRAINERS_ENV = "NETBUILDER_MAX_TRAINERS"
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 ROOT = Path(__file__).resolve().parents[1]
 
+# The status names as a person reads them (rendered with i18n.translate where shown).
+STATUS_LABELS: dict[str, str] = {
+    "queued": N_("queued"),
+    "running": N_("running"),
+    "stopping": N_("stopping"),
+    "stopped": N_("stopped"),
+    "completed": N_("completed"),
+    "diverged": N_("diverged"),
+    "failed": N_("failed"),
+    "interrupted": N_("interrupted"),
+}
+
 
 class RunError(ValueError):
-    """A run cannot be created, found, resumed or read; the message says why."""
+    """A run cannot be created, found, resumed or read; `detail` says why, as a Message."""
+
+    def __init__(self, detail: Message | str) -> None:
+        self.detail = detail if isinstance(detail, Message) else Message(detail)
+        super().__init__(str(self.detail))
 
 
 @dataclass
@@ -46,7 +80,7 @@ class RunInfo:
     id: str
     name: str
     status: Status
-    message: str
+    message: str  # English; `detail` is the same sentence as data, for the reader's language
     created: float
     dataset: str
     epochs: int
@@ -54,6 +88,12 @@ class RunInfo:
     step: int
     device: str
     path: Path
+    detail: Message = field(default_factory=lambda: Message(""))
+    disk_bytes: int = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Creating and starting runs
 
 
 def create_run(
@@ -63,23 +103,41 @@ def create_run(
     dataset_file: Path | None = None,
     warm_start_from: str | None = None,
 ) -> Path:
-    """Write a new run folder (queued, no trainer yet) and return it."""
+    """Write a new run folder (queued, no trainer yet) and return it.
+
+    Refuses, before anything is built, a graph with errors and a model that does not fit the
+    memory of the device it would train on.
+    """
     analysis = analyse(graph)
     if not analysis.ok:
-        first = analysis.errors[0].message
-        raise RunError(f"the graph has {len(analysis.errors)} error(s), first: {first}")
+        raise RunError(
+            msg(
+                "the graph has {count} error(s), first: {first}",
+                count=len(analysis.errors),
+                first=analysis.errors[0].message,
+            )
+        )
+    too_big = check_fits(graph, analysis, config.batch_size, config.optimizer, config.device)
+    if too_big is not None:
+        raise RunError(too_big)
     if dataset_file is not None:
         size = dataset_file.stat().st_size
         if size > MAX_UPLOAD_BYTES:
             raise RunError(
-                f"{dataset_file.name} is {size / 1e6:.1f} MB; uploads are capped at"
-                f" {MAX_UPLOAD_BYTES / 1e6:.0f} MB"
+                msg(
+                    "{file} is {size} MB; uploads are capped at {cap} MB",
+                    file=dataset_file.name,
+                    size=format(size / 1e6, ".1f"),
+                    cap=format(MAX_UPLOAD_BYTES / 1e6, ".0f"),
+                )
             )
         config = config.model_copy(update={"dataset": dataset_file.name})
     source_run = _run_dir(runs_dir, warm_start_from) if warm_start_from else None
     weights = source_run / store.CHECKPOINT_DIR / store.WEIGHTS_FILE if source_run else None
     if weights is not None and not weights.exists():
-        raise RunError(f"run {warm_start_from!r} has no checkpoint to start from yet")
+        raise RunError(
+            msg("run {run} has no checkpoint to start from yet", run=repr(warm_start_from))
+        )
 
     run_id = (
         f"{time.strftime('%Y%m%d-%H%M%S')}-{identifier(graph.name)[:24]}-{secrets.token_hex(3)}"
@@ -121,17 +179,126 @@ def start_run(
     dataset_file: Path | None = None,
     warm_start_from: str | None = None,
 ) -> str:
-    """Create a run and start its trainer process; returns the run id at once."""
+    """Create a run and queue it for a trainer (it starts at once where a slot is free)."""
     folder = create_run(Path(runs_dir), graph, config, dataset_file, warm_start_from)
-    _spawn(folder)
+    _enqueue(folder)
     return folder.name
 
 
-def _spawn(folder: Path) -> None:
-    """Start `python -m runtime worker FOLDER` in its own session, logging to trainer.log.
+def max_trainers() -> int:
+    """Trainers one server runs at once: NETBUILDER_MAX_TRAINERS, else one per GPU (1 on CPU)."""
+    value = os.environ.get(MAX_TRAINERS_ENV, "").strip()
+    if value.isdigit() and int(value) >= 1:
+        return int(value)
+    return max(1, torch.cuda.device_count())
 
-    The worker waits for its stdin to close before it starts, so the pid is in status.json
-    before the worker can write to it.
+
+# ---------------------------------------------------------------------------------------------
+# The server's trainers: a queue, the processes it started, and the warm forkserver
+
+
+@dataclass
+class _Trainers:
+    """This server's trainer processes and the runs waiting for one (guarded by lock)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    running: dict[Path, BaseProcess | None] = field(default_factory=dict)  # None: launching
+    queue: list[Path] = field(default_factory=list)
+
+
+_TRAINERS = _Trainers()
+_FORKSERVER = multiprocessing.get_context("forkserver")
+_FORKSERVER.set_forkserver_preload(["runtime.preload"])
+
+
+def warm_up() -> None:
+    """Start the trainers' forkserver now (it imports torch and the datasets in the background),
+    so that the first Start does not pay for it. Cheap when it is already running."""
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
+
+
+def _enqueue(folder: Path) -> None:
+    """Queue a run; a slot is filled in the background (the first fork may wait for the
+    forkserver to finish importing), so Start returns at once."""
+    store.update_status(folder, status="queued", pid=None, server=_this_process())
+    with _TRAINERS.lock:
+        _TRAINERS.queue.append(folder.resolve())
+    threading.Thread(target=_fill_slots, daemon=True).start()
+
+
+def _dequeue(folder: Path) -> bool:
+    """Take a run off the queue; True when it was waiting there."""
+    with _TRAINERS.lock:
+        waiting = folder.resolve() in _TRAINERS.queue
+        if waiting:
+            _TRAINERS.queue.remove(folder.resolve())
+    return waiting
+
+
+def _fill_slots() -> None:
+    """Start queued runs, oldest first, while fewer than max_trainers() trainers run."""
+    while (folder := _next_for_a_slot()) is not None:
+        try:
+            process = _launch(folder) if (folder / store.STATUS_FILE).exists() else None
+        except OSError:  # the run was deleted while it was being started
+            process = None
+        with _TRAINERS.lock:
+            if process is None:
+                _TRAINERS.running.pop(folder, None)
+            else:
+                _TRAINERS.running[folder] = process
+
+
+def _next_for_a_slot() -> Path | None:
+    """The oldest queued run, its slot reserved, or None when all slots are taken."""
+    with _TRAINERS.lock:
+        for folder, process in list(_TRAINERS.running.items()):
+            if process is not None and not process.is_alive():
+                del _TRAINERS.running[folder]
+        if not _TRAINERS.queue or len(_TRAINERS.running) >= max_trainers():
+            return None
+        folder = _TRAINERS.queue.pop(0)
+        _TRAINERS.running[folder] = None  # reserved while it is being launched
+        return folder
+
+
+def _launch(folder: Path) -> BaseProcess:
+    """Fork a trainer for the run from the warm forkserver; it starts once its pid is recorded."""
+    from runtime.warm import trainer_process
+
+    ready, give_word = _FORKSERVER.Pipe(duplex=False)
+    process = _FORKSERVER.Process(
+        target=trainer_process, args=(str(folder), ready), name=f"trainer {folder.name}"
+    )
+    process.daemon = False
+    process.start()
+    ready.close()
+    store.update_status(folder, pid=process.pid, pid_started=process_start_time(process.pid))
+    give_word.send(True)
+    give_word.close()
+    threading.Thread(target=_reap, args=(process,), daemon=True).start()
+    _forget_at_exit(process)
+    return process
+
+
+def _reap(process: BaseProcess) -> None:
+    """Wait for a trainer to end, then give its slot to the next queued run."""
+    process.join()
+    _fill_slots()
+
+
+def _forget_at_exit(process: BaseProcess) -> None:
+    """multiprocessing would join every child when the server exits; trainers outlive it."""
+    multiprocessing.process._children.discard(process)  # type: ignore[attr-defined]
+
+
+def spawn_cold(folder: Path) -> subprocess.Popen[bytes]:
+    """Start `python -m runtime worker FOLDER` in a fresh interpreter (no warm process).
+
+    The old way, kept for comparison (benchmarks/first_point.py) and for running a folder by
+    hand; the worker waits for its stdin to close, so its pid is recorded first.
     """
     env = os.environ | {
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
@@ -146,44 +313,91 @@ def _spawn(folder: Path) -> None:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    store.update_status(folder, pid=process.pid)
+    store.update_status(folder, pid=process.pid, pid_started=process_start_time(process.pid))
     assert process.stdin is not None
     process.stdin.close()
     threading.Thread(target=process.wait, daemon=True).start()  # reap it when it ends
+    return process
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes: alive means the same process (pid and start time), running and not a zombie
+
+
+def process_start_time(pid: int | None) -> float | None:
+    if pid is None:
+        return None
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def _this_process() -> dict[str, Any]:
+    return {"pid": os.getpid(), "started": process_start_time(os.getpid())}
+
+
+def _process(pid: Any, started: Any) -> psutil.Process | None:
+    """The live process a status records, or None: gone, a zombie, or the pid now reused."""
+    if not isinstance(pid, int):
+        return None
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        if isinstance(started, (int, float)):
+            if abs(process.create_time() - started) > SAME_PROCESS_SECONDS:
+                return None
+    except psutil.NoSuchProcess:
+        return None
+    except psutil.AccessDenied:
+        return process  # someone else's process, alive, with our pid: count it as ours
+    return process
+
+
+def _alive(pid: Any, started: Any = None) -> bool:
+    return _process(pid, started) is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading runs
 
 
 def _run_dir(runs_dir: Path, run_id: str) -> Path:
     if not RUN_ID.match(run_id):
-        raise RunError(f"{run_id!r} is not a run id")
+        raise RunError(msg("{run} is not a run id", run=repr(run_id)))
     folder = Path(runs_dir) / run_id
     if not (folder / store.STATUS_FILE).exists():
-        raise RunError(f"there is no run {run_id!r} in {runs_dir}")
+        raise RunError(msg("there is no run {run} in {folder}", run=repr(run_id), folder=str(runs_dir)))
     return folder
 
 
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def disk_usage(folder: Path) -> int:
+    """Bytes the run's files take (a file removed while counting counts as nothing)."""
+    total = 0
+    for path in folder.rglob("*"):
+        try:
+            if path.is_file():
+                total += path.stat().st_size
+        except OSError:
+            continue
+    return total
 
 
 def _info(folder: Path) -> RunInfo:
     try:
         status = store.read_status(folder)
     except (OSError, ValueError) as exc:
-        status = {"status": "failed", "message": f"status.json is unreadable ({exc})"}
-    state, message = _effective_status(folder, status)
+        status = {
+            "status": "failed",
+            "message_data": msg("status.json is unreadable ({reason})", reason=str(exc)).to_json(),
+        }
+    state, detail = _effective_status(folder, status)
     return RunInfo(
         id=folder.name,
         name=str(status.get("name", folder.name)),
         status=state,
-        message=message,
+        message=str(detail),
         created=float(status.get("created", folder.stat().st_mtime)),
         dataset=str(status.get("dataset", "")),
         epochs=int(status.get("epochs", 0)),
@@ -191,24 +405,53 @@ def _info(folder: Path) -> RunInfo:
         step=int(status.get("step", 0)),
         device=str(status.get("device", "")),
         path=folder,
+        detail=detail,
+        disk_bytes=disk_usage(folder),
     )
 
 
-def _effective_status(folder: Path, status: dict[str, Any]) -> tuple[Status, str]:
+def _effective_status(folder: Path, status: dict[str, Any]) -> tuple[Status, Message]:
     """The recorded status, corrected for a trainer that died or was asked to stop."""
-    state, message = status.get("status", "failed"), str(status.get("message", ""))
+    state, detail = status.get("status", "failed"), store.status_message(status)
     if state not in ACTIVE:
-        return state, message
-    pid = status.get("pid")
-    waiting = pid is None and time.time() - status.get("updated", 0) < QUEUED_GRACE_SECONDS
-    if not waiting and not _alive(pid):
-        return "interrupted", (
-            f"the trainer process ended unexpectedly at step {status.get('step', 0)};"
-            " resume to continue from the last checkpoint"
+        return state, detail
+    stop_requested = (folder / store.STOP_FILE).exists()
+    if status.get("pid") is None:
+        if _waiting_for_a_trainer(status):
+            return "queued", detail
+        if stop_requested:
+            return "stopped", msg("stopped before it started")
+        return "interrupted", msg(
+            "the server stopped before this run started; resume to start it"
         )
-    if (folder / store.STOP_FILE).exists():
-        return "stopping", "stopping: writing a final checkpoint"
-    return state, message
+    if not _alive(status.get("pid"), status.get("pid_started")):
+        if stop_requested:  # the trainer was killed while stopping: its checkpoint stands
+            return "stopped", _forced_stop_message(status)
+        return "interrupted", msg(
+            "the trainer process ended unexpectedly at step {step}; resume to continue from the"
+            " last checkpoint",
+            step=status.get("step", 0),
+        )
+    if stop_requested:
+        return "stopping", msg("stopping: writing a final checkpoint")
+    return state, detail
+
+
+def _waiting_for_a_trainer(status: dict[str, Any]) -> bool:
+    """A queued run without a pid waits while the server that queued it lives (or, created
+    outside a server, for a short grace while its trainer starts)."""
+    server = status.get("server")
+    if isinstance(server, dict):
+        return _alive(server.get("pid"), server.get("started"))
+    return time.time() - status.get("updated", status.get("created", 0)) < QUEUED_GRACE_SECONDS
+
+
+def _forced_stop_message(status: dict[str, Any]) -> Message:
+    return msg(
+        "stopped at step {step}: the trainer did not stop in time and was ended; its last"
+        " checkpoint is kept, resume to continue from it",
+        step=status.get("step", 0),
+    )
 
 
 def read_run(runs_dir: Path, run_id: str) -> RunInfo:
@@ -229,12 +472,76 @@ def read_metrics(runs_dir: Path, run_id: str, offset: int = 0) -> tuple[list[dic
     return store.read_records(_run_dir(runs_dir, run_id) / store.METRICS_FILE, offset)
 
 
-def stop_run(runs_dir: Path, run_id: str) -> RunInfo:
-    """Ask the trainer to stop; it writes a final checkpoint within about a second."""
+def status_text(info: RunInfo, lang: str | None = None) -> str:
+    """A run's message in the reader's language (default: the current one)."""
+    return info.detail.render(lang)
+
+
+def status_label(status: str, lang: str | None = None) -> str:
+    """A status name ("running") in the reader's language."""
+    from i18n import translate
+
+    return translate(STATUS_LABELS.get(status, status), lang)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stopping, resuming, deleting
+
+
+def stop_run(
+    runs_dir: Path,
+    run_id: str,
+    grace: float = STOP_GRACE_SECONDS,
+    kill_grace: float = KILL_GRACE_SECONDS,
+) -> RunInfo:
+    """Ask the trainer to stop (it writes a final checkpoint within about a second); if it has
+    not ended after `grace` seconds it gets SIGTERM, and `kill_grace` later SIGKILL. Returns
+    at once; the run always ends "stopped"."""
     folder = _run_dir(runs_dir, run_id)
-    if _info(folder).status in ACTIVE:
-        (folder / store.STOP_FILE).touch()
+    info = _info(folder)
+    if info.status not in ACTIVE:
+        return info
+    (folder / store.STOP_FILE).touch()
+    if _dequeue(folder):
+        store.update_status(folder, status="stopped", message=msg("stopped before it started"))
+    else:
+        threading.Thread(target=_escalate, args=(folder, grace, kill_grace), daemon=True).start()
     return _info(folder)
+
+
+def _escalate(folder: Path, grace: float, kill_grace: float) -> None:
+    """The stop flag is set; SIGTERM after grace, SIGKILL after kill_grace, then record it."""
+    status = store.read_status(folder)
+    process = _process(status.get("pid"), status.get("pid_started"))
+    if process is None or process.pid == os.getpid():  # a trainer in this process: the flag
+        return
+    if _ended(process, grace):
+        return
+    for number, wait in ((signal.SIGTERM, kill_grace), (signal.SIGKILL, kill_grace)):
+        try:
+            process.send_signal(number)  # psutil checks it is still the same process
+        except psutil.NoSuchProcess:
+            return
+        if _ended(process, wait):
+            break
+    if store.read_status(folder).get("status") in ACTIVE:
+        store.update_status(
+            folder, status="stopped", message=_forced_stop_message(store.read_status(folder))
+        )
+
+
+def _ended(process: psutil.Process, seconds: float) -> bool:
+    """Whether the process ends (or is a zombie) within seconds; polled, never a fixed sleep."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
 
 
 def resume_run(runs_dir: Path, run_id: str) -> RunInfo:
@@ -243,12 +550,28 @@ def resume_run(runs_dir: Path, run_id: str) -> RunInfo:
     info = _info(folder)
     if info.status not in RESUMABLE:
         raise RunError(
-            f"run {run_id!r} is {info.status}; only a stopped or interrupted run resumes"
+            msg(
+                "run {run} is {status}; only a stopped or interrupted run resumes",
+                run=repr(run_id),
+                status=info.status,
+            )
         )
     (folder / store.STOP_FILE).unlink(missing_ok=True)
-    store.update_status(folder, status="queued", pid=None, message="resuming")
-    _spawn(folder)
+    store.update_status(folder, message=msg("resuming"))
+    _enqueue(folder)
     return _info(folder)
+
+
+def delete_run(runs_dir: Path, run_id: str, kill_grace: float = KILL_GRACE_SECONDS) -> None:
+    """Delete a run and its folder; a running trainer is stopped (SIGTERM, then SIGKILL) first,
+    so that nothing writes into the folder while it goes."""
+    folder = _run_dir(runs_dir, run_id)
+    _dequeue(folder)
+    status = _info(folder).status
+    if status in ("running", "stopping"):
+        (folder / store.STOP_FILE).touch()
+        _escalate(folder, 0.0, kill_grace)
+    shutil.rmtree(folder)
 
 
 def checkpoint_path(runs_dir: Path, run_id: str) -> Path | None:

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
+from i18n import Message
+
 GRAPH_FILE = "graph.json"
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.py"
@@ -63,10 +65,39 @@ def read_status(run_dir: Path) -> dict[str, Any]:
 
 
 def update_status(run_dir: Path, **changes: Any) -> dict[str, Any]:
-    """Merge changes into status.json (only one process writes a run's status at a time)."""
-    status = read_status(run_dir) | changes | {"updated": time.time()}
+    """Merge changes into status.json (only one process writes a run's status at a time).
+
+    A Message value is stored as its English text, with the message as data beside it under
+    message_data ({"code", "values"}), so that a page can render it in the reader's language.
+    """
+    stored: dict[str, Any] = {}
+    for key, value in changes.items():
+        stored[key] = str(value) if isinstance(value, Message) else value
+        if key == "message":
+            stored[f"{key}_data"] = value.to_json() if isinstance(value, Message) else None
+    status = read_status(run_dir) | stored | {"updated": time.time()}
     write_json(run_dir / STATUS_FILE, status, durable=False)
     return status
+
+
+def status_message(status: dict[str, Any]) -> Message:
+    """status.json's message as data: recorded as a Message, or plain (older) English text."""
+    return message_from_json(status.get("message_data")) or Message(str(status.get("message", "")))
+
+
+def message_from_json(data: Any) -> Message | None:
+    """The inverse of Message.to_json (nested messages included); None for anything else."""
+    if not isinstance(data, dict) or not isinstance(data.get("code"), str):
+        return None
+    values = data.get("values") if isinstance(data.get("values"), dict) else {}
+    return Message(data["code"], {k: message_from_json(v) or v for k, v in values.items()})
+
+
+def _json_default(value: Any) -> Any:
+    """A Message inside a record is written as its English text."""
+    if isinstance(value, Message):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def finite(value: float | None) -> float | None:
@@ -83,7 +114,9 @@ class MetricsLog:
             self.file.write(b"\n")  # a killed writer left half a line; keep it apart
 
     def write(self, records: Iterable[dict[str, Any]]) -> None:
-        text = "".join(json.dumps(record, allow_nan=False) + "\n" for record in records)
+        text = "".join(
+            json.dumps(record, allow_nan=False, default=_json_default) + "\n" for record in records
+        )
         if text:
             self.file.write(text.encode())
             self.file.flush()

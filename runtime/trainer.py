@@ -1,9 +1,10 @@
 """The training loop: trains a run folder's model.py on its dataset and records what happens.
 
 It runs in its own process (started by runtime/runs.py, or headless by `python -m runtime train`),
-so a crash here cannot take the app down. The loop is a plain PyTorch loop over a dataset that
-sits on the device; everything it reports is gathered on the device and moved to the host in one
-go every FLUSH_SECONDS, so watching a run costs next to nothing. Faults end the run with a named
+so a crash here cannot take the app down. The loop itself is runtime/loop.py, the very code the
+exported train.py runs; this module adds what the app watches as hooks around it. Everything they
+report is gathered on the device and moved to the host in one go every FLUSH_SECONDS, so watching
+a run costs next to nothing. Faults end the run with a named
 status and a message that says what to change.
 """
 
@@ -15,21 +16,21 @@ import threading
 import time
 import traceback
 import types
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from torch import nn
 
 from builder.catalog import CATALOG
-from builder.graph import Graph, load_graph
-from compiler.analysis import Analysis, analyse
+from builder.graph import Graph, GraphFormatError, load_graph
+from compiler.analysis import Analysis, analyse, loss_of
 from compiler.codegen import attribute_names
+from i18n import Message, msg
 from runtime import store
 from runtime.datasets import (
     Dataset,
@@ -38,6 +39,16 @@ from runtime.datasets import (
     dataset_from_upload,
     load_dataset,
 )
+from runtime.loop import (
+    Data,
+    Diverged,
+    Hooks,
+    Loop,
+    Progress,
+    Step,
+    make_optimizer,
+    split,
+)
 from runtime.metrics import (
     ActivationReading,
     activation_probe,
@@ -45,38 +56,14 @@ from runtime.metrics import (
     capture_attention,
     grad_norm_probe,
 )
+from runtime.settings import TrainConfig
+from runtime.sizing import check_fits
 
 FLUSH_SECONDS = 0.5
 CHECKPOINT_MIN_SECONDS = 2.0
 CHECKPOINT_SHARE = 0.01  # checkpoints may take about this share of the training time
 CHECKPOINT_FORMAT = "netbuilder.checkpoint/1"
-STEP_DECAY_POINTS = (0.5, 0.75)  # the "step" schedule divides the lr by 10 at these fractions
 DEVICE_DATA_SHARE = 0.5  # a dataset may fill this share of the free GPU memory
-
-
-class TrainConfig(BaseModel):
-    """Everything a person chooses about a run; config.json holds exactly this."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    dataset: str = "digits"
-    label_column: str | None = None
-    epochs: int = Field(5, ge=1, le=100_000)
-    batch_size: int = Field(64, ge=1, le=1_000_000)
-    lr: float = Field(1e-3, gt=0)
-    optimizer: Literal["sgd", "momentum", "adam", "adamw", "rmsprop"] = "adam"
-    weight_decay: float = Field(0.0, ge=0)
-    schedule: Literal["constant", "step", "cosine"] = "constant"
-    warmup_steps: int = Field(0, ge=0)
-    grad_clip: float | None = Field(None, gt=0)
-    seed: int = Field(0, ge=0, lt=2**31)
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    amp: bool = False
-    early_stopping_patience: int | None = Field(None, ge=1)
-    val_fraction: float = Field(0.2, ge=0, le=0.9)
-    report_every: int = Field(10, ge=1)
-    health_every: int | None = Field(None, ge=1)  # None: every report_every steps
-    attention_every: int = Field(50, ge=1)
 
 
 class CheckpointError(ValueError):
@@ -86,8 +73,8 @@ class CheckpointError(ValueError):
 class TrainingFault(Exception):
     """Training ends early with a named status (diverged, failed) and a message."""
 
-    def __init__(self, status: str, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, status: str, message: Message | str) -> None:
+        super().__init__(str(message))
         self.status = status
         self.message = message
 
@@ -101,20 +88,8 @@ class RunResult:
     val_loss: float | None = None
     val_accuracy: float | None = None
     train_seconds: float = 0.0
-
-
-@dataclass
-class Progress:
-    """Where training stands; saved in every checkpoint so a resume continues exactly."""
-
-    step: int = 0
-    epoch: int = 0  # completed epochs
-    batch: int = 0  # batches done in the current epoch
-    loss_sum: float = 0.0
-    seen: int = 0
-    correct: int = 0
-    best_val_loss: float | None = None
-    stale_epochs: int = 0
+    code: dict[str, Any] | None = None  # the message as data (template and values)
+    metrics: dict[str, Any] | None = None  # the last epoch's record
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,44 +112,22 @@ def pick_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
-    """The lr for a 0-based step: linear warmup, then constant, step decay or cosine decay."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps)
-    if config.schedule == "step":
-        return config.lr * 0.1 ** sum(progress >= point for point in STEP_DECAY_POINTS)
-    if config.schedule == "cosine":
-        return config.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    return config.lr
-
-
-def epoch_order(seed: int, epoch: int, count: int) -> torch.Tensor:
-    """One epoch's shuffled sample order, fixed by seed and epoch so that a resume repeats it."""
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(count, generator=generator)
-
-
-def build_optimizer(config: TrainConfig, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
-    lr, decay = config.lr, config.weight_decay
-    match config.optimizer:
-        case "sgd":
-            return torch.optim.SGD(parameters, lr=lr, weight_decay=decay)
-        case "momentum":
-            return torch.optim.SGD(parameters, lr=lr, momentum=0.9, weight_decay=decay)
-        case "adam":
-            return torch.optim.Adam(parameters, lr=lr, weight_decay=decay)
-        case "adamw":
-            return torch.optim.AdamW(parameters, lr=lr, weight_decay=decay)
-        case "rmsprop":
-            return torch.optim.RMSprop(parameters, lr=lr, weight_decay=decay)
-
-
 def load_model_source(source: str) -> nn.Module:
     """Execute a generated model.py as a fresh module and build its model."""
     module = types.ModuleType("netbuilder_model")
     exec(compile(source, "model.py", "exec"), module.__dict__)
     return module.build_model()
+
+
+def trained_model(run_dir: Path) -> nn.Module | None:
+    """A run's model.py with its latest weights, on the CPU, or None before the first
+    checkpoint."""
+    weights = run_dir / store.CHECKPOINT_DIR / store.WEIGHTS_FILE
+    if not weights.exists():
+        return None
+    model = load_model_source((run_dir / store.MODEL_FILE).read_text())
+    model.load_state_dict(load_checkpoint(weights, torch.device("cpu")))
+    return model
 
 
 def node_types(analysis: Analysis) -> dict[str, str]:
@@ -190,16 +143,6 @@ def module_attributes(analysis: Analysis) -> dict[str, str]:
     }
 
 
-@dataclass
-class Split:
-    """Train and validation tensors, already on the training device."""
-
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-
-
 def data_device(dataset: Dataset, device: torch.device) -> torch.device:
     """Where the samples live: on the training device when they fit, else in host memory."""
     if device.type != "cuda":
@@ -210,30 +153,23 @@ def data_device(dataset: Dataset, device: torch.device) -> torch.device:
 
 
 def split_dataset(
-    dataset: Dataset, val_fraction: float, seed: int, device: torch.device, input_dtype: str
-) -> Split:
-    """A seeded shuffle split; x is cast to the Input's dtype and both parts move to device."""
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
-    val_count = min(len(dataset) - 1, round(len(dataset) * val_fraction))
+    dataset: Dataset, config: TrainConfig, device: torch.device, input_dtype: str
+) -> Data:
+    """The loop's seeded split, with x cast to the Input's dtype first."""
     dtype = torch.int64 if input_dtype == "int64" else torch.float32
-    x = dataset.x.to(dtype)
-    train, val = order[val_count:], order[:val_count]
-    return Split(
-        x[train].to(device),
-        dataset.y[train].to(device),
-        x[val].to(device),
-        dataset.y[val].to(device),
-    )
+    return split(dataset.x.to(dtype), dataset.y, config, device)
 
 
-def dataset_for_run(run_dir: Path, config: TrainConfig) -> Dataset:
+def dataset_for_run(
+    run_dir: Path, config: TrainConfig, input_shape: tuple[int, ...] = ()
+) -> Dataset:
     """The run's uploaded copy if it has one, else the named built-in dataset."""
     uploads = sorted(run_dir.glob(f"{store.DATA_PREFIX}.*"))
     if uploads:
         return dataset_from_upload(
             f"{config.dataset}", uploads[0].read_bytes(), label_column=config.label_column
         )
-    return load_dataset(config.dataset, seed=config.seed)
+    return load_dataset(config.dataset, seed=config.seed, input_shape=input_shape)
 
 
 def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
@@ -288,7 +224,7 @@ def warm_start(
 
 
 # ---------------------------------------------------------------------------------------------
-# The trainer
+# The trainer: the shared loop, watched through its hooks
 
 
 @dataclass
@@ -296,65 +232,136 @@ class _PendingStep:
     step: int
     epoch: int
     loss: torch.Tensor
-    guess: torch.Tensor | None  # predicted classes, checked against the labels at the flush
     lr: float
     time: float
-    batch: torch.Tensor
+    samples: int
 
 
-@dataclass
-class Trainer:
-    """One run's training state. `run()` trains until done, stopped or faulted."""
+class Trainer(Hooks):
+    """One run's training: runtime/loop.py's Loop, with the app's instruments as its hooks.
+    `run()` trains until done, stopped or faulted."""
 
-    run_dir: Path
-    config: TrainConfig
-    analysis: Analysis
-    model: nn.Module
-    split: Split
-    dataset: Dataset
-    device: torch.device
-    stop: threading.Event
-    on_epoch: Callable[[dict[str, Any]], None] | None = None
-    progress: Progress = field(default_factory=Progress)
-
-    def __post_init__(self) -> None:
-        self.modules = module_attributes(self.analysis)
-        types_ = node_types(self.analysis)
-        self.log = store.MetricsLog(self.run_dir / store.METRICS_FILE)
-        self.optimizer = build_optimizer(self.config, list(self.model.parameters()))
-        self.classify = self.dataset.task == "classification"
-        self.grad_probe = grad_norm_probe(self.model, self.modules)
-        self.activations = activation_probe(self.model, self.modules, types_)
-        self.attention = attention_layers(self.model, self.modules, types_)
-        examples = self.split.x_val if len(self.split.x_val) else self.split.x_train
-        self.example = examples[:1].to(self.device)
-        self.batches = math.ceil(len(self.split.x_train) / self.config.batch_size)
-        self.total_steps = self.batches * self.config.epochs
-        self.schedule_active = self.config.schedule != "constant" or self.config.warmup_steps > 0
-        self.autocast, self.scaler = self._mixed_precision()
+    def __init__(
+        self,
+        run_dir: Path,
+        config: TrainConfig,
+        analysis: Analysis,
+        model: nn.Module,
+        data: Data,
+        device: torch.device,
+        stop: threading.Event,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
+        loss: tuple[str, float] = ("auto", 0.0),
+    ) -> None:
+        self.run_dir, self.config, self.analysis = run_dir, config, analysis
+        self.model, self.data, self.device = model, data, device
+        self.stop, self.on_epoch = stop, on_epoch
+        self.modules = module_attributes(analysis)
+        types_ = node_types(analysis)
+        self.log = store.MetricsLog(run_dir / store.METRICS_FILE)
+        self.optimizer = make_optimizer(config, list(model.parameters()))
+        self.loop = Loop(
+            model, self.optimizer, data, config, loss[0], loss[1], hooks=self, device=device
+        )
+        self.grad_probe = grad_norm_probe(model, self.modules)
+        self.activations = activation_probe(model, self.modules, types_)
+        self.attention = attention_layers(model, self.modules, types_)
+        examples = data.x_val if len(data.x_val) else data.x_train
+        self.example = examples[:1].to(device)
         self.pending: list[_PendingStep] = []
         self.pending_norms: list[tuple[int, torch.Tensor]] = []
         self.pending_health: list[tuple[int, ActivationReading]] = []
         self.pending_attention: list[tuple[int, dict[str, torch.Tensor]]] = []
         self.last_flush = self.last_checkpoint = time.perf_counter()
         self.checkpoint_seconds: float | None = None  # how long the last checkpoint took
-        self.last_val: tuple[float | None, float | None] = (None, None)
+        self.last_record: dict[str, Any] = {}
+        self._reading: ActivationReading | None = None
+        self._announce()
 
-    def _mixed_precision(self) -> tuple[Callable[[], AbstractContextManager], Any]:
-        if not self.config.amp:
-            return nullcontext, None
-        if self.device.type != "cuda":
-            self.event("mixed precision applies on CUDA only; training in float32")
-            return nullcontext, None
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-        self.event(f"mixed precision: {str(dtype).removeprefix('torch.')}")
-        return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
+    @property
+    def progress(self) -> Progress:
+        return self.loop.progress
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler | None:
+        return self.loop.scaler
+
+    def _announce(self) -> None:
+        """Events for what the loop decided on its own: mixed precision, a dropped batch."""
+        if self.config.amp and self.device.type != "cuda":
+            self.event(msg("mixed precision applies on CUDA only; training in float32"))
+        elif self.config.amp:
+            self.event(msg("mixed precision on {device}", device=self.device.type))
+        if self.loop.left_out:
+            self.event(
+                msg(
+                    "the last batch of each epoch holds a single sample, which BatchNorm cannot"
+                    " normalise; it is left out of training ({count} of {total} samples)",
+                    count=self.loop.left_out,
+                    total=len(self.data.x_train),
+                )
+            )
+
+    # -- hooks around the loop -------------------------------------------------------------
+
+    @contextmanager
+    def _watching(self) -> Iterator[None]:
+        with self.activations.watching() as reading:
+            self._reading = reading
+            yield
+
+    def forward(self, step: int) -> AbstractContextManager:
+        health = step % (self.config.health_every or self.config.report_every) == 0
+        return self._watching() if health else nullcontext()
+
+    def after_backward(self, step: int) -> None:
+        if step % self.config.report_every == 0:
+            self.pending_norms.append((step, self.grad_probe.measure()))
+
+    def after_step(self, done: Step) -> None:
+        if self._reading is not None:
+            self.pending_health.append((done.step, self._reading))
+            self._reading = None
+        self.pending.append(
+            _PendingStep(done.step, done.epoch, done.loss, done.lr, time.time(), len(done.index))
+        )
+        if self.attention and done.step % self.config.attention_every == 0:
+            self.pending_attention.append(
+                (done.step, capture_attention(self.model, self.attention, self.example))
+            )
+
+    def after_batch(self, progress: Progress) -> None:
+        if self.stop.is_set():
+            raise Stopped
+        if time.perf_counter() - self.last_flush >= FLUSH_SECONDS:
+            self.flush()
+            store.update_status(self.run_dir, step=progress.step)
+            if self.checkpoint_due():
+                self.save_checkpoint()
+            if self.stop.is_set():
+                raise Stopped
+
+    def before_evaluate(self, progress: Progress) -> None:
+        self.flush()
+
+    def after_epoch(self, record: dict[str, Any], progress: Progress) -> None:
+        record = {
+            "kind": "epoch",
+            **{k: store.finite(v) if isinstance(v, float) else v for k, v in record.items()},
+            "time": time.time(),
+        }
+        self.log.write([record])
+        self.last_record = record
+        if progress.epoch < self.config.epochs and self.checkpoint_due():
+            self.save_checkpoint()
+        store.update_status(self.run_dir, step=progress.step, epoch=progress.epoch)
+        if self.on_epoch:
+            self.on_epoch(record)
 
     # -- records ---------------------------------------------------------------------------
 
-    def event(self, message: str) -> None:
-        self.log.write([{"kind": "event", "step": self.progress.step, "message": message}])
+    def event(self, message: Message | str) -> None:
+        self.log.write([event_record(self.progress.step, message)])
 
     def flush(self) -> None:
         """Move everything gathered on the device to the log; detect divergence."""
@@ -397,7 +404,7 @@ class Trainer:
         pending, self.pending = self.pending, []
         losses = torch.stack([p.loss for p in pending]).float().tolist()
         window = max(pending[-1].time - pending[0].time, 1e-9)
-        rate = sum(len(p.batch) for p in pending[1:]) / window if len(pending) > 1 else None
+        rate = sum(p.samples for p in pending[1:]) / window if len(pending) > 1 else None
         records = []
         for item, loss in zip(pending, losses, strict=True):
             records.append(
@@ -413,18 +420,12 @@ class Trainer:
             )
             if not math.isfinite(loss):
                 self.log.write(records)
-                self._diverged(item)
-            self.progress.loss_sum += loss * len(item.batch)
-            self.progress.seen += len(item.batch)
+                self._diverged(item.step)
         self.log.write(records)
-        if self.classify:
-            guesses = torch.cat([p.guess for p in pending])
-            labels = self.split.y_train.index_select(0, torch.cat([p.batch for p in pending]))
-            self.progress.correct += int((guesses == labels.to(guesses.device)).sum())
 
-    def _diverged(self, item: _PendingStep) -> None:
-        """Name the first node whose output is non-finite on the batch, then end the run."""
-        x = self.split.x_train.index_select(0, item.batch).to(self.device)
+    def _diverged(self, step: int) -> None:
+        """Name the first node whose output is non-finite on a batch, then end the run."""
+        x = self.data.x_train[: self.config.batch_size].to(self.device)
         with torch.no_grad(), self.activations.watching(find_nonfinite=True) as reading:
             self.model(x)
         node = reading.first_nonfinite()
@@ -432,15 +433,24 @@ class Trainer:
             [
                 {
                     "kind": "health",
-                    "step": item.step,
+                    "step": step,
                     "dead_fraction": reading.dead_fractions(),
                     "nonfinite_node": node,
                 }
             ]
         )
-        where = f" (first non-finite output: {node!r})" if node else ""
+        if node:
+            raise TrainingFault(
+                "diverged",
+                msg(
+                    "diverged at step {step}; lower the learning rate (first non-finite output:"
+                    " {node!r})",
+                    step=step,
+                    node=node,
+                ),
+            )
         raise TrainingFault(
-            "diverged", f"diverged at step {item.step}; lower the learning rate{where}"
+            "diverged", msg("diverged at step {step}; lower the learning rate", step=step)
         )
 
     # -- checkpoints -----------------------------------------------------------------------
@@ -479,7 +489,7 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             if self.scaler and state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
-            self.progress = Progress(**state["progress"])
+            self.loop.progress = Progress(**state["progress"])
         except (RuntimeError, KeyError, TypeError, ValueError) as exc:
             reason = str(exc).strip().splitlines()[0][:200]
             raise CheckpointError(
@@ -489,180 +499,87 @@ class Trainer:
         if state.get("cuda_rng") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
 
-    # -- the loop --------------------------------------------------------------------------
+    # -- the run ---------------------------------------------------------------------------
 
     def run(self) -> RunResult:
         started = time.perf_counter()
         try:
             status, message = "completed", self._train()
-        except _Stopped:
+        except Stopped:
             self.flush()
             status = "stopped"
-            message = (
-                f"stopped at step {self.progress.step} (epoch {self.progress.epoch + 1});"
-                " resume to continue"
+            message = msg(
+                "stopped at step {step} (epoch {epoch}); resume to continue",
+                step=self.progress.step,
+                epoch=self.progress.epoch + 1,
             )
         self.save_checkpoint()
         seconds = time.perf_counter() - started
         self.event(message)
-        val_loss, val_accuracy = self.last_val
         return RunResult(
             status,
-            message,
+            str(message),
             self.progress.epoch,
             self.progress.step,
-            val_loss,
-            val_accuracy,
+            *self.last_val,
             seconds,
+            message_json(message),
+            self.last_record,
         )
 
-    def _train(self) -> str:
-        config = self.config
-        while self.progress.epoch < config.epochs:
-            epoch = self.progress.epoch
-            order = epoch_order(config.seed, epoch, len(self.split.x_train))
-            order = order.to(self.split.x_train.device)
-            for batch in range(self.progress.batch, self.batches):
-                self._step(order[batch * config.batch_size : (batch + 1) * config.batch_size])
-                self.progress.batch = batch + 1
-                if self.stop.is_set():
-                    raise _Stopped
-                now = time.perf_counter()
-                if now - self.last_flush >= FLUSH_SECONDS:
-                    self.flush()
-                    store.update_status(self.run_dir, step=self.progress.step)
-                    if self.checkpoint_due():
-                        self.save_checkpoint()
-                    if self.stop.is_set():
-                        raise _Stopped
-            if self._end_epoch():
-                best = self.progress.best_val_loss
-                return (
-                    f"stopped early after epoch {self.progress.epoch}: validation loss has not"
-                    f" improved for {config.early_stopping_patience} epochs (best {best:.4g})"
-                )
-        return f"completed {self.progress.epoch} epochs" + self._val_summary()
+    @property
+    def last_val(self) -> tuple[float | None, float | None]:
+        return self.last_record.get("val_loss"), self.last_record.get("val_accuracy")
 
-    def _val_summary(self) -> str:
-        val_loss, val_accuracy = self.last_val
-        if val_accuracy is not None:
-            return f"; validation accuracy {val_accuracy:.1%}"
-        return f"; validation loss {val_loss:.4g}" if val_loss is not None else ""
-
-    def _step(self, index: torch.Tensor) -> None:
-        progress, config = self.progress, self.config
-        x = self.split.x_train.index_select(0, index).to(self.device, non_blocking=True)
-        y = self.split.y_train.index_select(0, index).to(self.device, non_blocking=True)
-        lr = config.lr
-        if self.schedule_active:
-            lr = learning_rate(config, progress.step, self.total_steps)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-        progress.step += 1
-        report = progress.step % config.report_every == 0
-        health = progress.step % (config.health_every or config.report_every) == 0
-        watch = self.activations.watching() if health else nullcontext()
-        with watch as reading, self.autocast():
-            output = self.model(x)
-            loss = self._loss(output, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler:
-            self.scaler.scale(loss).backward()
-            if report or config.grad_clip:
-                self.scaler.unscale_(self.optimizer)
-        else:
-            loss.backward()
-        if report:
-            self.pending_norms.append((progress.step, self.grad_probe.measure()))
-        if health:
-            self.pending_health.append((progress.step, reading))
-        if config.grad_clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
-        if self.scaler:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        guess = output.argmax(-1) if self.classify else None
-        self.pending.append(
-            _PendingStep(
-                progress.step, progress.epoch + 1, loss.detach(), guess, lr, time.time(), index
-            )
-        )
-        if self.attention and progress.step % config.attention_every == 0:
-            self.pending_attention.append(
-                (progress.step, capture_attention(self.model, self.attention, self.example))
-            )
-
-    def _loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.classify:
-            return F.cross_entropy(output, y)
-        return F.mse_loss(output, y)
-
-    def evaluate(self) -> tuple[float | None, float | None]:
-        """Mean validation loss and accuracy (None for regression, or with no validation set)."""
-        x_val, y_val = self.split.x_val, self.split.y_val
-        if not len(x_val):
-            return None, None
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
-        self.model.eval()
-        with torch.no_grad():
-            for start in range(0, len(x_val), self.config.batch_size):
-                x = x_val[start : start + self.config.batch_size].to(self.device)
-                y = y_val[start : start + self.config.batch_size].to(self.device)
-                with self.autocast():
-                    output = self.model(x)
-                    loss = self._loss(output, y)
-                loss_sum += loss.float() * len(x)
-                if self.classify:
-                    correct += (output.argmax(-1) == y).sum()
-        self.model.train()
-        total, hits = torch.stack([loss_sum, correct.float()]).tolist()
-        return total / len(x_val), (hits / len(x_val) if self.classify else None)
-
-    def _end_epoch(self) -> bool:
-        """Record the epoch, checkpoint, and say whether early stopping ends the run."""
-        self.flush()
-        progress = self.progress
-        val_loss, val_accuracy = self.evaluate()
-        if val_loss is not None and not math.isfinite(val_loss):
+    def _train(self) -> Message:
+        try:
+            outcome = self.loop.train()
+        except Diverged as exc:
+            self.flush()
             raise TrainingFault(
                 "diverged",
-                f"diverged at step {progress.step}: the validation loss is not finite;"
-                " lower the learning rate",
+                msg(
+                    "diverged at step {step}: the loss is not finite; lower the learning rate",
+                    step=exc.step,
+                ),
+            ) from None
+        if outcome == "early":
+            return msg(
+                "stopped early after epoch {epoch}: the validation loss has not improved for"
+                " {patience} epochs (best {best:.4g})",
+                epoch=self.progress.epoch,
+                patience=self.config.early_stopping_patience,
+                best=self.progress.best_val_loss,
             )
-        train_accuracy = progress.correct / progress.seen if self.classify else None
-        record = {
-            "kind": "epoch",
-            "epoch": progress.epoch + 1,
-            "step": progress.step,
-            "train_loss": store.finite(progress.loss_sum / max(progress.seen, 1)),
-            "train_accuracy": train_accuracy,
-            "val_loss": val_loss,
-            "val_accuracy": val_accuracy,
-            "time": time.time(),
-        }
-        self.log.write([record])
-        self.last_val = (val_loss, val_accuracy)
-        progress.epoch += 1
-        progress.batch = 0
-        progress.loss_sum, progress.seen, progress.correct = 0.0, 0, 0
-        patience = self.config.early_stopping_patience
+        val_loss, val_accuracy = self.last_val
+        if val_accuracy is not None:
+            return msg(
+                "completed {epochs} epochs; validation accuracy {accuracy:.1%}",
+                epochs=self.progress.epoch,
+                accuracy=val_accuracy,
+            )
         if val_loss is not None:
-            if progress.best_val_loss is None or val_loss < progress.best_val_loss:
-                progress.best_val_loss, progress.stale_epochs = val_loss, 0
-            else:
-                progress.stale_epochs += 1
-        if progress.epoch < self.config.epochs and self.checkpoint_due():
-            self.save_checkpoint()
-        store.update_status(self.run_dir, step=progress.step, epoch=progress.epoch)
-        if self.on_epoch:
-            self.on_epoch(record)
-        return patience is not None and progress.stale_epochs >= patience
+            return msg(
+                "completed {epochs} epochs; validation loss {loss:.4g}",
+                epochs=self.progress.epoch,
+                loss=val_loss,
+            )
+        return msg("completed {epochs} epochs", epochs=self.progress.epoch)
 
 
-class _Stopped(Exception):
+def event_record(step: int, message: Message | str) -> dict[str, Any]:
+    """An event for metrics.jsonl: the English sentence, and the message as data to render."""
+    record = {"kind": "event", "step": step, "message": str(message)}
+    if isinstance(message, Message):
+        record["code"] = message.to_json()
+    return record
+
+
+def message_json(message: Message | str) -> dict[str, Any] | None:
+    return message.to_json() if isinstance(message, Message) else None
+
+
+class Stopped(Exception):
     """A stop was requested; unwinds the loop to the graceful-stop path."""
 
 
@@ -685,7 +602,7 @@ def train_run(
         stop.set()
     store.update_status(run_dir, status="running", pid=os.getpid(), message="")
     config: TrainConfig | None = None
-    trainer: Trainer | None = None
+    trainer: Any = None  # a Trainer, or a GanTrainer for a generator/discriminator pair
     try:
         config = _read_config(run_dir)
         trainer = _prepare(run_dir, config, stop, on_epoch)
@@ -697,13 +614,14 @@ def train_run(
             trainer.event(result.message)
             result.epochs, result.step = trainer.progress.epoch, trainer.progress.step
             result.val_loss, result.val_accuracy = trainer.last_val
+            result.metrics = trainer.last_record
         trainer.log.close()
     else:
         _write_event(run_dir, result.message)
     store.update_status(
         run_dir,
         status=result.status,
-        message=result.message,
+        message=store.message_from_json(result.code) or result.message,
         epoch=result.epochs,
         step=result.step,
     )
@@ -726,8 +644,8 @@ def _read_config(run_dir: Path) -> TrainConfig:
 def _failure(exc: Exception, batch_size: int) -> RunResult:
     """The status and message for whatever ended training early."""
     if isinstance(exc, TrainingFault):
-        return RunResult(exc.status, exc.message, 0, 0)
-    if isinstance(exc, (DatasetError, CheckpointError)):
+        return RunResult(exc.status, str(exc.message), 0, 0, code=message_json(exc.message))
+    if isinstance(exc, (DatasetError, CheckpointError, GraphFormatError)):
         return RunResult("failed", str(exc), 0, 0)
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         half = max(1, batch_size // 2)
@@ -738,7 +656,7 @@ def _failure(exc: Exception, batch_size: int) -> RunResult:
 
 def _write_event(run_dir: Path, message: str) -> None:
     log = store.MetricsLog(run_dir / store.METRICS_FILE)
-    log.write([{"kind": "event", "step": 0, "message": message}])
+    log.write([event_record(0, message)])
     log.close()
 
 
@@ -747,14 +665,28 @@ def _prepare(
     config: TrainConfig,
     stop: threading.Event,
     on_epoch: Callable[[dict[str, Any]], None] | None,
-) -> Trainer:
+) -> Any:
     """Load everything a run needs and restore its checkpoint or warm start."""
     graph = load_graph((run_dir / store.GRAPH_FILE).read_text())
     analysis = analyse(graph)
-    dataset = dataset_for_run(run_dir, config)
-    problems = check_compatibility(analysis, dataset)
+    too_big = check_fits(graph, analysis, config.batch_size, config.optimizer, config.device)
+    if too_big is not None:  # refused before anything is built or loaded
+        raise TrainingFault("failed", too_big)
+    from runtime import gan  # a GAN pair trains in runtime/gan.py (which imports this module)
+
+    judge = gan.discriminator_graph(graph)
+    if judge is not None:
+        dataset = dataset_for_run(run_dir, config)
+        device = pick_device(config.device)
+        store.update_status(run_dir, device=str(device))
+        return gan.prepare(run_dir, config, graph, judge, dataset, device, stop, on_epoch)
+    input_node = next(n for n in graph.nodes if n.type == "Input")
+    input_shape = analysis.infos[input_node.id].shape or ()
+    dataset = dataset_for_run(run_dir, config, input_shape)
+    problems = check_compatibility(analysis, dataset, config.target)
     if problems:
-        raise TrainingFault("failed", "; ".join(problems))
+        joined = "; ".join(map(str, problems))
+        raise TrainingFault("failed", problems[0] if len(problems) == 1 else joined)
     device = pick_device(config.device)
     store.update_status(run_dir, device=str(device))
     torch.manual_seed(config.seed)
@@ -763,11 +695,12 @@ def _prepare(
         raise TrainingFault(
             "failed", "the model has no trainable parameters; add a layer with weights (a Linear)"
         )
-    input_node = next(n for n in graph.nodes if n.type == "Input")
     input_dtype = analysis.infos[input_node.id].dtype or "float32"
     home = data_device(dataset, device)
-    split = split_dataset(dataset, config.val_fraction, config.seed, home, input_dtype)
-    trainer = Trainer(run_dir, config, analysis, model, split, dataset, device, stop, on_epoch)
+    data = split_dataset(dataset, config, home, input_dtype)
+    output = loss_of(analysis)
+    loss = (output.loss, output.label_smoothing)
+    trainer = Trainer(run_dir, config, analysis, model, data, device, stop, on_epoch, loss)
     if home != device:
         trainer.event(
             f"the dataset does not fit in {device.type} memory: it stays in host memory and"

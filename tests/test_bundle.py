@@ -20,14 +20,20 @@ from builder.graph import load_graph
 from compiler import analyse, generate_source
 from compiler.bundle import bundle_files, bundle_zip
 
-TEMPLATES = sorted(Path("builder/templates").glob("*.json"))
-LENET = Path("builder/templates/lenet5.json")
-RESNET = Path("builder/templates/resnet.json")
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATES = sorted((ROOT / "builder" / "templates").glob("*.json"))
+LENET = ROOT / "builder" / "templates" / "lenet5.json"
+RESNET = ROOT / "builder" / "templates" / "resnet.json"
+BUNDLE = {"model.py", "train.py", "loop.py", "builtin_data.py", "graph.json", "README.md"}
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "compiler", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "compiler", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
 
 
@@ -39,11 +45,11 @@ def import_model_py(path: Path):
 
 
 @pytest.mark.parametrize("template", TEMPLATES, ids=lambda p: p.stem)
-def test_bundle_holds_the_four_files_and_model_py_is_the_trained_source(template: Path) -> None:
+def test_bundle_holds_its_files_and_model_py_is_the_trained_source(template: Path) -> None:
     graph = load_graph(template.read_text())
     analysis = analyse(graph)
     files = bundle_files(graph, analysis)
-    assert set(files) == {"model.py", "train.py", "graph.json", "README.md"}
+    assert set(files) == BUNDLE
     assert files["model.py"] == generate_source(analysis)
     assert load_graph(files["graph.json"]) == graph
     compile(files["train.py"], "train.py", "exec")
@@ -92,14 +98,10 @@ def test_cli_export_train_writes_the_bundle_with_a_runs_settings(tmp_path: Path)
         "export", str(LENET), "-o", str(tmp_path / "out"), "--train", "--config", str(config)
     )
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "README.md",
-        "graph.json",
-        "model.py",
-        "train.py",
-    ]
+    assert {p.name for p in (tmp_path / "out").iterdir()} == BUNDLE
     train = (tmp_path / "out" / "train.py").read_text()
-    assert '"lr": 0.02,' in train and '"schedule": "step",' in train
+    assert 'add("--lr", type=float, default=0.02,' in train
+    assert 'default="step",' in train
 
 
 @pytest.mark.parametrize(
@@ -125,6 +127,7 @@ def test_weights_trained_by_the_runtime_load_into_the_exported_model_py(tmp_path
         capture_output=True,
         text=True,
         timeout=300,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     (weights_file,) = (tmp_path / "runs").rglob("weights.pt")

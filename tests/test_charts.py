@@ -3,12 +3,16 @@ way runtime/runs.py writes them."""
 
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from builder.graph import load_graph
 from pages import charts, live_graph
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE_DIR = ROOT / "builder" / "templates"
 
 
 def step(n: int, loss: float, lr: float = 1e-3) -> dict:
@@ -111,11 +115,43 @@ def test_empty_run_shows_a_waiting_message():
     assert "waiting" in fig.layout.annotations[0].text
 
 
-def test_accuracy_is_in_percent_and_regression_runs_say_there_is_none():
+def test_accuracy_is_in_percent_and_regression_runs_show_the_mean_absolute_error():
     fig = charts.accuracy_figure(charts.series_from([epoch(1, 10, 0.5, 0.25)]))
     assert plotted(trace(fig, "validation").y) == [25.0]
-    regression = charts.accuracy_figure(charts.series_from([epoch(1, 10, 0.5, None)]))
-    assert "regression" in regression.layout.annotations[0].text
+    assert fig.layout.title.text == "Accuracy"
+    record = {"kind": "epoch", "epoch": 1, "step": 10, "train_mae": 0.5, "val_mae": 0.25}
+    regression = charts.accuracy_figure(charts.series_from([record]))
+    assert regression.layout.title.text == "Mean absolute error"
+    assert plotted(trace(regression, "validation").y) == [0.25]
+    assert plotted(trace(regression, "train").y) == [0.5]
+
+
+def test_confusion_matrix_shows_the_last_epochs_counts_true_class_down():
+    first = {"kind": "epoch", "epoch": 1, "step": 5, "confusion": [[1, 0], [0, 1]]}
+    last = {"kind": "epoch", "epoch": 2, "step": 10, "confusion": [[3, 1], [2, 4]]}
+    fig = charts.confusion_figure(charts.series_from([first, last]))
+    assert np.asarray(fig.data[0].z).tolist() == [[3, 1], [2, 4]]
+    assert "epoch 2" in fig.layout.title.text
+    assert fig.layout.yaxis.title.text == "true class"
+    assert fig.layout.xaxis.title.text == "predicted"
+    empty = charts.confusion_figure(charts.series_from([epoch(1, 10, 0.5, None)]))
+    assert "no confusion matrix" in empty.layout.annotations[0].text
+
+
+def test_reconstructions_sit_under_their_inputs():
+    inputs = np.random.default_rng(0).random((3, 1, 8, 8))
+    outputs = 1 - inputs
+    fig = charts.reconstruction_figure(inputs, outputs)
+    assert len(fig.data) == 6
+    titles = sorted(a.text for a in fig.layout.annotations)
+    assert titles == ["input 1", "input 2", "input 3", "output 1", "output 2", "output 3"]
+    assert np.allclose(fig.data[1].z, inputs[1, 0]) and np.allclose(fig.data[4].z, outputs[1, 0])
+
+    def top(trace) -> float:
+        axis = "yaxis" + trace.yaxis.removeprefix("y")
+        return fig.layout[axis].domain[1]
+
+    assert top(fig.data[1]) > top(fig.data[4])  # inputs on the upper row
 
 
 def test_learning_rate_figure_follows_the_schedule():
@@ -240,7 +276,7 @@ def test_norm_colours_run_from_dark_for_vanishing_to_bright_for_large():
 
 
 def test_live_canvas_is_locked_and_marks_alarmed_nodes_red():
-    graph = load_graph(open("builder/templates/lenet5.json").read())
+    graph = load_graph(open(TEMPLATE_DIR / "lenet5.json").read())
     state = live_graph.flow_state(graph, live_graph.node_health(health_series({"c1": 1e-9})), 1)
     nodes = {n.id: n for n in state.nodes}
     assert not any(n.draggable or n.connectable or n.deletable or n.selectable for n in state.nodes)
@@ -256,7 +292,39 @@ def test_user_text_in_node_ids_is_shown_literally_not_as_markup():
 
 
 def test_live_layout_keeps_the_build_layout_order_but_draws_it_closer():
-    graph = load_graph(open("builder/templates/lenet5.json").read())
+    graph = load_graph(open(TEMPLATE_DIR / "lenet5.json").read())
     compact = live_graph.compact_positions(graph)
     rows = sorted({y for _, y in compact.values()})
     assert len(rows) == len(graph.nodes) and rows[1] - rows[0] < 110
+
+
+def gan_step(n: int, d_loss: float, g_loss: float, d_real: float, d_fake: float) -> dict:
+    return {
+        "kind": "gan",
+        "step": n,
+        "d_loss": d_loss,
+        "g_loss": g_loss,
+        "d_real": d_real,
+        "d_fake": d_fake,
+    }
+
+
+def test_gan_figures_plot_both_losses_and_both_verdicts():
+    series = charts.series_from([gan_step(1, 1.4, 0.7, 0.5, 0.5), gan_step(2, 1.2, 0.9, 0.6, 0.4)])
+    losses = charts.gan_loss_figure(series)
+    smoothed = [t for t in losses.data if t.showlegend is not False]
+    assert [t.name for t in smoothed] == ["discriminator", "generator"]
+    raw = [t for t in losses.data if t.showlegend is False]
+    assert plotted(raw[0].y) == [1.4, 1.2] and plotted(raw[1].y) == [0.7, 0.9]
+    verdicts = charts.gan_verdict_figure(series)
+    assert [t.name for t in verdicts.data] == ["D(x)", "D(G(z))"]
+    assert plotted(verdicts.data[0].y)[0] == pytest.approx(0.5)
+    assert "waiting" in charts.gan_loss_figure(charts.RunSeries()).layout.annotations[0].text
+
+
+def test_the_sample_grid_shows_the_latest_samples():
+    first = {"kind": "samples", "step": 5, "images": np.zeros((4, 1, 8, 8)).tolist()}
+    latest = {"kind": "samples", "step": 9, "images": np.full((4, 1, 8, 8), 0.5).tolist()}
+    fig = charts.sample_grid_figure(charts.series_from([first, latest]))
+    assert len(fig.data) == 4 and np.allclose(fig.data[0].z, 0.5)
+    assert fig.layout.title.text == "Generated samples, step 9"

@@ -11,11 +11,13 @@ import pytest
 
 from builder.graph import MAX_FILE_BYTES, MAX_NODES
 
-LENET = Path("builder/templates/lenet5.json")
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE_DIR = ROOT / "builder" / "templates"
+LENET = TEMPLATE_DIR / "lenet5.json"
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "compiler", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "compiler", *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
 def write(tmp_path: Path, content: str | bytes) -> str:
@@ -133,3 +135,53 @@ def test_schema_lists_every_layer_and_its_params() -> None:
     assert "Conv2dParams" in schema["$defs"]
     assert schema["$defs"]["Conv2dParams"]["properties"]["out_channels"]["minimum"] == 1
     assert "Conv2d" in schema["$defs"]["Node"]["properties"]["type"]["enum"]
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_non_finite_number_in_a_file_exits_2_naming_the_field(tmp_path: Path, value: str) -> None:
+    data = json.loads(LENET.read_text())
+    data["nodes"].insert(-1, {"id": "leaky", "type": "LeakyReLU", "params": {"negative_slope": 0.5}})
+    raw = json.dumps(data).replace('"negative_slope": 0.5', f'"negative_slope": {value}')
+    result = run("check", write(tmp_path, raw))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith("error: node 'leaky' (LeakyReLU): negative_slope must be a float")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_an_integer_of_thousands_of_digits_exits_2_with_one_line(tmp_path: Path) -> None:
+    raw = LENET.read_text().replace('"out_features": 120', '"out_features": ' + "9" * 5000)
+    result = run("check", write(tmp_path, raw))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: not valid JSON")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_check_reports_each_error_as_data_with_code_and_values(tmp_path: Path) -> None:
+    data = lenet_with()
+    data["nodes"][0]["params"]["shape"] = [1, 3, 3]
+    report = json.loads(run("check", write(tmp_path, json.dumps(data))).stdout)
+    error = report["errors"][0]
+    assert error["code"] == (
+        "kernel {kernel} (dilated {dilated}) exceeds padded input {padded}; use a smaller kernel or"
+        " more padding"
+    )
+    assert error["values"]["padded"] == "1x1"
+    assert error["message"].endswith(error["code"].format(**error["values"]))
+
+
+def test_lang_zh_renders_messages_in_chinese_and_english_stays_the_default(tmp_path: Path) -> None:
+    import i18n
+
+    data = lenet_with()
+    data["nodes"][0]["params"]["shape"] = [1, 3, 3]
+    path = write(tmp_path, json.dumps(data))
+    english = json.loads(run("check", path).stdout)["errors"][0]
+    chinese = json.loads(run("check", path, "--lang", "zh").stdout)["errors"][0]
+    assert english["code"] == chinese["code"] and english["values"] == chinese["values"]
+    message = i18n.Message(english["code"], english["values"])
+    if i18n.translate(english["code"], "zh") == english["code"]:
+        pytest.skip("this message has no Chinese yet (the translator's pass)")
+    assert chinese["message"].endswith(message.render("zh"))
+    assert chinese["message"] != english["message"]

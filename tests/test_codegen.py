@@ -16,7 +16,9 @@ from compiler import analyse, generate_source
 from compiler.codegen import LINE_LENGTH, RESERVED, class_name, identifier
 from tests.modelkit import assert_matches_torch, load_module
 
-TEMPLATES = sorted(Path("builder/templates").glob("*.json"))
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE_DIR = ROOT / "builder" / "templates"
+TEMPLATES = sorted(TEMPLATE_DIR.glob("*.json"))
 HOSTILE = [
     'a"; import os; os.system("touch /tmp/pwned") #',
     "x\nimport os\nos.system('touch /tmp/pwned')",
@@ -112,7 +114,7 @@ def test_long_lines_are_wrapped_the_way_black_would() -> None:
 
 
 def test_forward_reads_in_topological_order_with_named_attributes() -> None:
-    source = generate_source(analyse(parse_graph(json.loads(Path("builder/templates/resnet.json").read_text()))))
+    source = generate_source(analyse(parse_graph(json.loads((TEMPLATE_DIR / "resnet.json").read_text()))))
     assert "self.b1_conv1 = nn.Conv2d(16, 16, kernel_size=3, padding=1, bias=False)  # [16, 8, 8]" in source
     assert "b1_add = b1_bn2 + stem_relu  # Add: [16, 8, 8]" in source
     assert "return self.head(flatten)" in source

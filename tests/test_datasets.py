@@ -13,8 +13,9 @@ import torch
 from sklearn.datasets import load_digits
 
 from builder.graph import load_graph
+from tests.modelkit import chain_graph
 from compiler import analyse
-from runtime import datasets
+from runtime import builtin_data, datasets
 from runtime.datasets import (
     DatasetError,
     check_compatibility,
@@ -64,7 +65,7 @@ def test_digits_28_is_a_bilinear_resize_that_keeps_the_labels():
 def test_tokens_label_is_the_token_after_the_single_marker():
     data = load_dataset("tokens", seed=3)
     assert data.x.dtype == torch.int64 and data.sample_shape == (16,) and data.dtype == "int64"
-    markers = data.x == datasets.MARKER
+    markers = data.x == builtin_data.MARKER
     assert torch.all(markers.sum(dim=1) == 1)
     position = markers.int().argmax(dim=1)
     assert int(position.max()) <= 14
@@ -189,22 +190,126 @@ def test_lenet5_fits_digits_28():
 def test_wrong_sample_shape_says_what_to_set():
     problems = check_compatibility(template_analysis("lenet5"), load_dataset("digits"))
     assert len(problems) == 1
-    assert "[1, 8, 8]" in problems[0] and "Input 'image'" in problems[0]
+    assert "[1, 8, 8]" in str(problems[0]) and "Input 'image'" in str(problems[0])
 
 
 def test_wrong_class_count_names_the_linear_to_change():
     analysis = template_analysis("lstm_classifier")
     upload = dataset_from_upload("d.npz", npz_bytes(X=np.zeros((3, 8, 8)), y=np.array([0, 1, 2])))
-    (problem,) = check_compatibility(analysis, upload)
+    (problem,) = map(str, check_compatibility(analysis, upload))
     assert "3 classes" in problem and "out_features of Linear 'head' to 3" in problem
 
 
 def test_float_data_into_a_token_model_is_refused():
-    problems = check_compatibility(template_analysis("transformer_encoder"), load_dataset("sine"))
+    found = check_compatibility(template_analysis("transformer_encoder"), load_dataset("sine"))
+    problems = list(map(str, found))
     assert any("int64 token ids" in p for p in problems)
     assert any("regression" in p and "[1]" in p for p in problems)
 
 
 def test_regression_output_width_must_match_the_targets():
-    problems = check_compatibility(template_analysis("lstm_classifier"), load_dataset("sine"))
-    assert any("regression task (mean squared error)" in p and "to 1" in p for p in problems)
+    found = check_compatibility(template_analysis("lstm_classifier"), load_dataset("sine"))
+    assert any("regression task" in str(p) and "to 1" in str(p) for p in found)
+
+
+def test_problems_are_messages_that_render_in_chinese_too():
+    (problem,) = check_compatibility(template_analysis("lenet5"), load_dataset("digits"))
+    assert isinstance(problem, datasets.Message) and "{dataset}" in problem.text
+    assert problem.render("en") == str(problem)
+
+
+def test_token_ids_beyond_the_embedding_are_named_before_training():
+    graph = chain_graph(
+        [16],
+        ("Embedding", {"num_embeddings": 8, "embedding_dim": 8}),
+        ("SequencePool", {"mode": "mean"}),
+        ("Linear", {"out_features": 16}),
+        dtype="int64",
+    )
+    (problem,) = check_compatibility(analyse(graph), load_dataset("tokens"))
+    assert str(problem) == (
+        "the data holds token ids up to 15 but Embedding 'n1' has num_embeddings=8;"
+        " set num_embeddings to at least 16"
+    )
+
+
+def test_text_gives_the_next_character_at_every_position():
+    data = load_dataset("text", seed=1, input_shape=(32,))
+    assert data.x.shape == data.y.shape == (builtin_data.TEXT_SAMPLES, 32)
+    assert data.x.dtype == data.y.dtype == torch.int64 and data.dtype == "int64"
+    assert torch.equal(data.y[:, :-1], data.x[:, 1:])
+    assert data.num_classes == len(builtin_data.TEXT_ALPHABET) > int(data.x.max())
+    assert load_dataset("text", seed=1, input_shape=(8,)).sample_shape == (8,)
+
+
+def test_text_is_english_from_the_grammar_and_repeats_for_a_seed():
+    assert builtin_data.corpus(3, 500) == builtin_data.corpus(3, 500)
+    words = set(builtin_data.corpus(3, 5000).replace(".", " ").replace(",", " ").split())
+    assert {"the", "cat", "dog", "sees", "likes"} <= words
+    ids = builtin_data.encode("the cat.")
+    assert builtin_data.decode(ids.tolist()) == "the cat."
+
+
+def test_a_model_with_scores_per_position_fits_the_text_task():
+    vocab = len(builtin_data.TEXT_ALPHABET)
+    graph = chain_graph(
+        [32],
+        ("Embedding", {"num_embeddings": vocab, "embedding_dim": 16}),
+        ("Linear", {"out_features": vocab}),
+        dtype="int64",
+    )
+    assert check_compatibility(analyse(graph), load_dataset("text", input_shape=(32,))) == []
+    pooled = chain_graph(
+        [32],
+        ("Embedding", {"num_embeddings": vocab, "embedding_dim": 16}),
+        ("SequencePool", {"mode": "mean"}),
+        ("Linear", {"out_features": vocab}),
+        dtype="int64",
+    )
+    (problem,) = check_compatibility(analyse(pooled), load_dataset("text", input_shape=(32,)))
+    assert f"must output [32, {vocab}] scores" in str(problem)
+
+
+def test_reproducing_the_input_needs_the_output_to_have_the_samples_shape():
+    same = chain_graph([1, 8, 8], ("Conv2d", {"out_channels": 1, "kernel_size": 3, "padding": 1}))
+    digits = load_dataset("digits")
+    assert check_compatibility(analyse(same), digits, target="input") == []
+    (problem,) = check_compatibility(analyse(same), digits)  # as a classifier it is not
+    assert "10 classes" in str(problem)
+    smaller = chain_graph([1, 8, 8], ("Conv2d", {"out_channels": 1, "kernel_size": 3}))
+    (problem,) = check_compatibility(analyse(smaller), digits, target="input")
+    assert str(problem) == (
+        "to reproduce its input the model must output [1, 8, 8], the shape of a sample,"
+        " but it outputs [1, 6, 6]"
+    )
+
+
+def test_reproducing_token_ids_is_refused_by_name():
+    graph = chain_graph(
+        [16], ("Embedding", {"num_embeddings": 16, "embedding_dim": 4}), dtype="int64"
+    )
+    problems = check_compatibility(analyse(graph), load_dataset("tokens"), target="input")
+    assert any("needs float samples" in str(p) for p in problems)
+
+
+def test_torchvision_datasets_are_offered_only_with_their_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("NETBUILDER_DATA", str(tmp_path))
+    offered = datasets.available_datasets()
+    assert "digits" in offered and "text" in offered
+    assert not {"mnist", "fashion-mnist", "cifar10"} & set(offered)
+    if importlib.util.find_spec("torchvision") is not None:
+        (tmp_path / "MNIST").mkdir()
+        (tmp_path / "MNIST" / "raw").mkdir()
+        assert "mnist" in datasets.available_datasets()
+
+
+def test_missing_torchvision_files_are_named_and_nothing_downloads(tmp_path, monkeypatch):
+    monkeypatch.setenv("NETBUILDER_DATA", str(tmp_path))
+    # tests/conftest.py declares torchvision's compiled ops, so it imports on this torch build
+    if importlib.util.find_spec("torchvision") is None:
+        with pytest.raises(DatasetError, match="needs torchvision"):
+            load_dataset("mnist")
+        return
+    with pytest.raises(DatasetError, match="nothing is downloaded"):
+        load_dataset("mnist")
+    assert list(tmp_path.iterdir()) == []

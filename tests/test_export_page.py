@@ -66,7 +66,14 @@ def test_the_page_shows_the_generated_model_source_highlighted(home):
 
 def test_every_bundle_file_gets_a_tab(home):
     app = open_page(home, LENET.read_text())
-    assert [tab.label for tab in app.tabs] == ["model.py", "train.py", "graph.json", "README.md"]
+    assert [tab.label for tab in app.tabs] == [
+        "model.py",
+        "train.py",
+        "loop.py",
+        "builtin_data.py",
+        "graph.json",
+        "README.md",
+    ]
 
 
 def test_the_zip_holds_the_bundle_in_one_folder_and_reopens_as_the_same_graph():

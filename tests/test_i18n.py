@@ -8,41 +8,15 @@ import string
 from pathlib import Path
 
 import pytest
-from babel.messages.extract import extract_from_dir
-
 import i18n
+from i18n.__main__ import missing, needs_translation, source_messages
 from i18n import Message, msg
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCE_DIRS = ("app.py", "builder", "compiler", "runtime", "pages", "i18n")
 GLOSSARY = json.loads((ROOT / "i18n" / "glossary.json").read_text(encoding="utf-8"))["terms"]
 
 
-def _source_messages() -> dict[str, str]:
-    """msgid -> 'file:line' for every message marked in the app's own source."""
-    found: dict[str, str] = {}
-    method_map = [("**.py", "python")]
-    for entry in SOURCE_DIRS:
-        path = ROOT / entry
-        if path.is_file():
-            with path.open("rb") as handle:
-                from babel.messages.extract import extract
-
-                for line, text, _comments, _ctx in extract(
-                    "python", handle, keywords=i18n.KEYWORDS
-                ):
-                    if isinstance(text, str) and text:
-                        found.setdefault(text, f"{entry}:{line}")
-            continue
-        for filename, line, text, _comments, _ctx in extract_from_dir(
-            path, method_map, keywords=i18n.KEYWORDS
-        ):
-            if isinstance(text, str) and text:
-                found.setdefault(text, f"{entry}/{filename}:{line}")
-    return found
-
-
-SOURCE = _source_messages()
+SOURCE = source_messages()
 
 
 def _placeholders(text: str) -> set[str]:
@@ -54,9 +28,13 @@ def test_the_source_marks_messages() -> None:
 
 
 def test_every_message_has_a_chinese_translation() -> None:
-    zh = i18n.catalog("zh")
-    missing = [f"{where}: {text!r}" for text, where in SOURCE.items() if text not in zh]
-    assert not missing, "untranslated strings:\n" + "\n".join(sorted(missing))
+    gaps = [f"{where}: {text!r}" for text, where in missing("zh").items()]
+    assert not gaps, "untranslated (python -m i18n missing):\n" + "\n".join(sorted(gaps))
+
+
+def test_only_templates_without_words_may_go_untranslated() -> None:
+    assert not needs_translation("{first}; {rest}")
+    assert needs_translation("{n} steps")
 
 
 def test_translations_keep_every_placeholder() -> None:
@@ -81,7 +59,9 @@ def test_translations_use_the_glossary_terms() -> None:
 
 
 def test_a_message_is_data_rendered_in_either_language() -> None:
-    message = msg("This page hit an unexpected problem and stopped. Your graph is autosaved: reload the page to carry on. The details are in the server log.")
+    message = msg(
+        "This page hit an unexpected problem and stopped. Your graph is autosaved: reload the page to carry on. The details are in the server log."
+    )
     assert message.render("en").startswith("This page")
     assert message.render("zh") == i18n.catalog("zh")[message.text]
     assert message.to_json()["code"] == message.text
@@ -111,3 +91,41 @@ def test_the_language_is_per_context() -> None:
     finally:
         i18n.set_language(None)
     assert i18n._("Train") == "Train"
+
+
+def _fstring_messages() -> list[str]:
+    """Calls like _(f"{n} steps"): the f-string is filled before lookup, so it never translates."""
+    import ast
+
+    found = []
+    root = Path(__file__).resolve().parent.parent
+    for entry in ("app.py", "builder", "compiler", "runtime", "pages", "i18n"):
+        path = root / entry
+        for file in [path] if path.is_file() else sorted(path.rglob("*.py")):
+            tree = ast.parse(file.read_text(encoding="utf-8"))
+            for node in ast.walk(tree):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Name)
+                    and node.func.id in i18n.KEYWORDS
+                    and node.args
+                    and isinstance(node.args[0], ast.JoinedStr)
+                ):
+                    found.append(f"{file.relative_to(root)}:{node.lineno}")
+    return found
+
+
+def test_no_message_is_an_f_string() -> None:
+    found = _fstring_messages()
+    assert not found, "use a template with named values instead of an f-string:\n" + "\n".join(
+        found
+    )
+
+
+def test_each_message_is_translated_once() -> None:
+    """Branches merge messages.po by union: a string translated twice must be reconciled."""
+    from i18n.__main__ import po_entries, po_path
+
+    ids = [msgid for msgid, _ in po_entries(po_path().read_text(encoding="utf-8")) if msgid]
+    twice = sorted({text for text in ids if ids.count(text) > 1})
+    assert not twice, "translated more than once (python -m i18n dedupe):\n" + "\n".join(twice)

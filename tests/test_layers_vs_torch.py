@@ -7,8 +7,14 @@ import torch
 from torch import nn
 
 from builder.catalog import CATALOG, Tensor
-from compiler import analyse
-from tests.modelkit import assert_matches_torch, chain_graph
+from builder.graph import Graph, parse_graph
+from compiler import analyse, generate_source
+from tests.modelkit import (
+    assert_matches_torch,
+    chain_graph,
+    layer_runs_in_torch,
+    load_module,
+)
 
 CASES: list[tuple[list[int], str, dict, str]] = [
     ([1, 28, 28], "Conv2d", {"out_channels": 6, "kernel_size": 5, "padding": 2}, "float32"),
@@ -68,6 +74,32 @@ CASES: list[tuple[list[int], str, dict, str]] = [
     ([2, 3, 4], "Permute", {"dims": [0, 3, 1, 2]}, "float32"),
     ([2, 3, 4], "Reshape", {"shape": [6, -1]}, "float32"),
     ([2, 3, 4], "Reshape", {"shape": [24]}, "float32"),
+    ([4, 7, 5], "ConvTranspose2d", {"out_channels": 6, "kernel_size": 2, "stride": 2}, "float32"),
+    ([4, 7, 5], "ConvTranspose2d", {"out_channels": 6, "kernel_size": [3, 4], "stride": [2, 3], "padding": 1, "output_padding": [1, 2], "groups": 2, "bias": False}, "float32"),
+    ([4, 7, 5], "ConvTranspose2d", {"out_channels": 2, "kernel_size": 3, "dilation": 2, "output_padding": 1}, "float32"),
+    ([3, 9], "ConvTranspose1d", {"out_channels": 5, "kernel_size": 4, "stride": 3, "padding": 2, "output_padding": 2}, "float32"),
+    ([3, 5, 7], "Upsample", {"scale_factor": 2.0}, "float32"),
+    ([3, 5, 7], "Upsample", {"scale_factor": [1.5, 2.7], "mode": "bilinear", "align_corners": True}, "float32"),
+    ([3, 5, 7], "Upsample", {"size": [8, 9], "mode": "bilinear"}, "float32"),
+    ([3, 5], "Upsample", {"scale_factor": 3.3, "mode": "linear"}, "float32"),
+    ([3, 5], "Upsample", {"size": 11}, "float32"),
+    ([5, 9, 7], "AdaptiveMaxPool2d", {"output_size": [2, 3]}, "float32"),
+    ([5, 9], "AdaptiveMaxPool1d", {"output_size": 4}, "float32"),
+    ([6, 4], "ReLU6", {}, "float32"),
+    ([6, 4], "ELU", {"alpha": 0.5}, "float32"),
+    ([6, 4], "PReLU", {}, "float32"),
+    ([6, 4, 3], "PReLU", {"num_parameters": 6, "init": 0.1}, "float32"),
+    ([6, 4], "Hardswish", {}, "float32"),
+    ([6, 4], "Hardsigmoid", {}, "float32"),
+    ([6, 4], "Softplus", {"beta": 2.0, "threshold": 10.0}, "float32"),
+    ([6, 4], "LogSoftmax", {"dim": 1}, "float32"),
+    ([10], "LogSoftmax", {"dim": -1}, "float32"),
+    ([6, 10], "InstanceNorm1d", {}, "float32"),
+    ([6, 10], "InstanceNorm1d", {"affine": True, "track_running_stats": True}, "float32"),
+    ([6, 4, 5], "InstanceNorm2d", {"affine": True, "eps": 1e-3}, "float32"),
+    ([7, 8], "PositionalEncoding", {"max_len": 16}, "float32"),
+    ([7, 8], "PositionalEncoding", {"kind": "sinusoidal", "max_len": 7, "dropout": 0.1}, "float32"),
+    ([7, 5], "PositionalEncoding", {"kind": "sinusoidal", "max_len": 9}, "float32"),
 ]
 
 
@@ -97,6 +129,16 @@ def test_every_layer_type_is_covered() -> None:
         ([2, 3, 4], "Reshape", {"shape": [5, -1]}, "not divisible"),
         ([2, 3, 4], "Reshape", {"shape": [5, 5]}, "element counts"),
         ([2, 3, 4], "Permute", {"dims": [0, 1, 1, 2]}, "permutation"),
+        ([4, 5, 5], "ConvTranspose2d", {"out_channels": 2, "kernel_size": 3, "stride": 2, "output_padding": 2}, "smaller than the stride"),
+        ([4, 5], "ConvTranspose1d", {"out_channels": 2, "kernel_size": 1, "padding": 3}, "removes more"),
+        ([3, 5, 7], "Upsample", {"scale_factor": 2.0, "mode": "linear"}, "use bilinear"),
+        ([3, 5, 7], "Upsample", {"size": [4, 4, 4]}, "one value per spatial dim"),
+        ([6, 4], "PReLU", {"num_parameters": 4}, "num_parameters=4"),
+        ([6, 4], "LogSoftmax", {"dim": 3}, "out of range"),
+        ([9, 8], "PositionalEncoding", {"max_len": 8}, "max_len is 8"),
+        ([3, 1, 1], "InstanceNorm2d", {}, "more than one value per channel"),
+        ([3, 1], "InstanceNorm1d", {}, "more than one value per channel"),
+        ([9, 8], "PositionalEncoding", {"max_len": 8, "kind": "sinusoidal"}, "max_len is 8"),
     ],
 )
 def test_rejected_layer_fails_in_torch_too(shape, layer, params, fragment) -> None:
@@ -119,7 +161,72 @@ def assert_torch_fails(layer: str, params: dict, shapes: list[list[int]]) -> Non
 
     holder = Holder()
     names = [f"args[{i}]" for i in range(len(shapes))]
-    with pytest.raises((RuntimeError, ValueError, AssertionError, IndexError)):
+    if spec.helper is not None:
+        exec(spec.helper[1], namespace)
+    with pytest.raises((RuntimeError, ValueError, AssertionError, IndexError, NotImplementedError)):
         if spec.module is not None:
             holder.layer = eval(spec.module(typed, tensors), namespace)
         eval(spec.call(typed, "layer", names), {**namespace, "self": holder})
+
+
+def merge_graph(shape: list[int], branch: list[tuple[str, dict]], merge: str) -> Graph:
+    """Input -> branch... -> merge(Input, branch end) -> Output."""
+    ids = ["in"] + [f"b{i}" for i in range(len(branch))]
+    nodes = [{"id": "in", "type": "Input", "params": {"shape": shape}}]
+    nodes += [{"id": f"b{i}", "type": t, "params": p} for i, (t, p) in enumerate(branch)]
+    nodes += [{"id": "m", "type": merge}, {"id": "out", "type": "Output"}]
+    edges = [{"source": a, "target": b} for a, b in zip(ids, ids[1:])]
+    edges += [{"source": "in", "target": "m"}, {"source": ids[-1], "target": "m"}]
+    edges += [{"source": "m", "target": "out"}]
+    return parse_graph({"format": "netbuilder.graph/1", "name": "t", "nodes": nodes, "edges": edges})
+
+
+@pytest.mark.parametrize("merge", ["Add", "Multiply"])
+def test_channel_gate_broadcasts_as_in_torch(merge: str) -> None:
+    """Squeeze-and-excitation: [C, 1, 1] scales every pixel of [C, H, W]."""
+    graph = merge_graph([4, 6, 5], [("AdaptiveAvgPool2d", {"output_size": 1}), ("Sigmoid", {})], merge)
+    analysis = analyse(graph)
+    assert analysis.infos["b0"].shape == (4, 1, 1)
+    assert analysis.infos["m"].shape == (4, 6, 5)
+    assert_matches_torch(analysis)
+
+
+def test_one_row_broadcasts_over_time_as_in_torch() -> None:
+    """[1, E] (one vector for every step) against [T, E]."""
+    branch = [
+        ("Permute", {"dims": [0, 2, 1]}),
+        ("AdaptiveAvgPool1d", {"output_size": 1}),
+        ("Permute", {"dims": [0, 2, 1]}),
+    ]
+    analysis = analyse(merge_graph([5, 8], branch, "Add"))
+    assert analysis.infos["b2"].shape == (1, 8)
+    assert analysis.infos["m"].shape == (5, 8)
+    assert_matches_torch(analysis)
+
+
+def test_inputs_of_different_ranks_are_refused_with_the_reason() -> None:
+    """Torch would align [8] with [B, 5, 8] from the right: silently wrong where B == 5."""
+    analysis = analyse(merge_graph([5, 8], [("SequencePool", {"mode": "mean"})], "Add"))
+    assert [e.node for e in analysis.errors] == ["m"]
+    assert "different numbers of dims" in analysis.errors[0].message
+    assert "mix the batch" in analysis.errors[0].message
+
+
+def test_mismatched_sizes_that_are_not_one_are_refused_as_in_torch() -> None:
+    analysis = analyse(merge_graph([3, 4], [("Linear", {"out_features": 5})], "Add"))
+    assert [e.node for e in analysis.errors] == ["m"]
+    assert "got [3, 4] and [3, 5]" in analysis.errors[0].message
+    assert not layer_runs_in_torch("Add", {}, [((3, 4), "float32"), ((3, 5), "float32")])
+
+
+def test_sinusoidal_encoding_is_the_transformer_papers_table() -> None:
+    """P[t, 2i] = sin(t / 10000^(2i/E)), P[t, 2i+1] = cos(t / 10000^(2i/E)), added to x."""
+    analysis = analyse(chain_graph([6, 5], ("PositionalEncoding", {"kind": "sinusoidal", "max_len": 10})))
+    model = load_module(generate_source(analysis)).build_model().eval()
+    x = torch.zeros(1, 6, 5)
+    got = model(x)[0]
+    t = torch.arange(6, dtype=torch.float64).unsqueeze(1)
+    i = torch.arange(5, dtype=torch.float64)
+    angle = t / 10000 ** ((i - i % 2) / 5)
+    expected = torch.where(i % 2 == 0, torch.sin(angle), torch.cos(angle))
+    assert torch.allclose(got.double(), expected, atol=1e-5)

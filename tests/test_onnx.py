@@ -24,7 +24,9 @@ from compiler.onnx_export import (
 )
 from tests.modelkit import load_module, random_input
 
-TEMPLATES = sorted(Path("builder/templates").glob("*.json"))
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE_DIR = ROOT / "builder" / "templates"
+TEMPLATES = sorted(TEMPLATE_DIR.glob("*.json"))
 TOLERANCE = 1e-4
 
 
@@ -100,6 +102,47 @@ COVERAGE = {
             ("Reshape", {"shape": [4, -1]}),
             ("SequencePool", {"mode": "mean"}),
         ],
+    ),
+    "growing": chain(
+        [3, 6, 6],
+        [
+            ("ConvTranspose2d", {"out_channels": 4, "kernel_size": 3, "stride": 2, "output_padding": 1}),
+            ("InstanceNorm2d", {"affine": True}),
+            ("ReLU6", {}),
+            ("Upsample", {"scale_factor": 1.5, "mode": "bilinear"}),
+            ("Upsample", {"size": [9, 9]}),
+            ("AdaptiveMaxPool2d", {"output_size": 3}),
+            ("PReLU", {"num_parameters": 4}),
+            ("Hardswish", {}),
+            ("ELU", {"alpha": 0.5}),
+            ("Hardsigmoid", {}),
+            ("Softplus", {"beta": 2.0}),
+            ("Flatten", {}),
+            ("Linear", {"out_features": 5}),
+            ("LogSoftmax", {"dim": 1}),
+        ],
+    ),
+    "positions": chain(
+        [6, 8],
+        [
+            ("PositionalEncoding", {"kind": "sinusoidal", "max_len": 10}),
+            ("PositionalEncoding", {"max_len": 6, "dropout": 0.1}),
+            ("Permute", {"dims": [0, 2, 1]}),
+            ("ConvTranspose1d", {"out_channels": 4, "kernel_size": 3, "stride": 2}),
+            ("InstanceNorm1d", {}),
+            ("Upsample", {"scale_factor": 2.0, "mode": "linear"}),
+            ("AdaptiveMaxPool1d", {"output_size": 13}),
+        ],
+    ),
+    "gate": graph(
+        [4, 6, 6],
+        [
+            ("squeeze", "AdaptiveAvgPool2d", {"output_size": 1}),
+            ("excite", "Sigmoid", {}),
+            ("scaled", "Multiply", {}),
+            ("out", "Output", {}),
+        ],
+        [("in", "squeeze"), ("squeeze", "excite"), ("in", "scaled"), ("excite", "scaled"), ("scaled", "out")],
     ),
     "tokens": chain(
         [5],
@@ -209,7 +252,7 @@ def test_a_model_that_cannot_export_raises_a_named_error() -> None:
 
 
 def test_a_graph_exports_with_a_runs_trained_weights() -> None:
-    graph = load_graph(Path("builder/templates/resnet.json").read_text())
+    graph = load_graph((TEMPLATE_DIR / "resnet.json").read_text())
     analysis = analyse(graph)
     trained = randomised(load_module(generate_source(analysis)).build_model())
     session = onnxruntime.InferenceSession(export_graph_onnx(analysis, trained.state_dict()))
@@ -221,8 +264,16 @@ def test_a_graph_exports_with_a_runs_trained_weights() -> None:
 
 
 def test_weights_of_another_graph_are_refused_by_name() -> None:
-    lenet = analyse(load_graph(Path("builder/templates/lenet5.json").read_text()))
-    resnet = analyse(load_graph(Path("builder/templates/resnet.json").read_text()))
+    lenet = analyse(load_graph((TEMPLATE_DIR / "lenet5.json").read_text()))
+    resnet = analyse(load_graph((TEMPLATE_DIR / "resnet.json").read_text()))
     weights = load_module(generate_source(resnet)).build_model().state_dict()
     with pytest.raises(OnnxExportError, match="the weights do not fit this graph"):
         export_graph_onnx(lenet, weights)
+
+
+def test_adaptive_max_pool_that_onnx_cannot_express_is_named_before_export() -> None:
+    uneven = chain([4, 26], [("AdaptiveMaxPool1d", {"output_size": 5})])
+    (reason,) = unexportable_layers(analyse(uneven))
+    assert reason.startswith("AdaptiveMaxPool1d 'n0': ONNX has no adaptive max pooling")
+    with pytest.raises(OnnxExportError, match="divides the input size, here \\[26\\] by \\[5\\]"):
+        export_graph_onnx(analyse(uneven))

@@ -24,19 +24,30 @@ STRICTER_THAN_TORCH = (
     "needs [T, E] input",
     "is the batch dimension",  # dims that count the batch may not touch it
     "needs [C, H, W] input",  # Dropout2d on other shapes
+    "needs [C, L] input",  # InstanceNorm1d: torch reads a [B, F] batch as one unbatched [C, L]
+    "different numbers of dims",  # Add/Multiply: torch would align the batch with another dim
+    "positions beyond max_len",  # max_len 1: torch would add the one row to every step
 )
 
-SHAPE_KEEPING = ["ReLU", "GELU", "SiLU", "Tanh", "Sigmoid", "Identity", "LeakyReLU", "Dropout"]
+SHAPE_KEEPING = [
+    "ReLU", "GELU", "SiLU", "Tanh", "Sigmoid", "Identity", "LeakyReLU", "Dropout", "ReLU6", "ELU",
+    "Hardswish", "Hardsigmoid", "Softplus", "PReLU",
+]
 
 
 def layer_choices(shape: tuple[int, ...]) -> list[str]:
     rank = len(shape)
-    common = SHAPE_KEEPING + ["Linear", "LayerNorm", "RMSNorm", "Softmax", "Reshape", "Permute", "Flatten"]
+    common = SHAPE_KEEPING + [
+        "Linear", "LayerNorm", "RMSNorm", "Softmax", "LogSoftmax", "Reshape", "Permute", "Flatten",
+        "Upsample", "InstanceNorm1d", "PositionalEncoding",
+    ]
     by_rank = {
         1: ["BatchNorm1d"],
         2: ["Conv1d", "MaxPool1d", "AvgPool1d", "AdaptiveAvgPool1d", "BatchNorm1d", "LSTM", "GRU", "RNN",
-            "MultiheadAttention", "TransformerEncoderLayer", "SequencePool", "GroupNorm"],
-        3: ["Conv2d", "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm2d", "GroupNorm", "Dropout2d"],
+            "MultiheadAttention", "TransformerEncoderLayer", "SequencePool", "GroupNorm",
+            "ConvTranspose1d", "AdaptiveMaxPool1d", "PositionalEncoding"],
+        3: ["Conv2d", "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm2d", "GroupNorm", "Dropout2d",
+            "ConvTranspose2d", "AdaptiveMaxPool2d", "InstanceNorm2d", "Upsample"],
     }
     return common + by_rank.get(rank, [])
 
@@ -70,8 +81,32 @@ def layer_params(draw: st.DrawFn, layer: str, shape: tuple[int, ...]) -> dict[st
         if layer.startswith("MaxPool") and draw(st.booleans()):
             params["dilation"] = draw(st.integers(1, 2))
         return params
-    if layer.startswith("AdaptiveAvgPool"):
+    if layer.startswith(("AdaptiveAvgPool", "AdaptiveMaxPool")):
         return {"output_size": draw(st.integers(1, 3))}
+    if layer.startswith("ConvTranspose"):
+        params = {"out_channels": draw(st.sampled_from([2, 4, 6])), "kernel_size": draw(small)}
+        for name, values in (("stride", st.integers(1, 3)), ("padding", st.integers(0, 2)),
+                             ("output_padding", st.integers(0, 2)), ("dilation", st.integers(1, 2)),
+                             ("groups", st.sampled_from([1, 2]))):
+            if draw(st.booleans()):
+                params[name] = draw(values)
+        return params
+    if layer == "Upsample":
+        mode = draw(st.sampled_from(["nearest", "linear", "bilinear"]))
+        if draw(st.booleans()):
+            return {"size": draw(st.integers(1, 12)), "mode": mode}
+        return {"scale_factor": draw(st.sampled_from([0.5, 1.0, 1.5, 2.0, 2.5])), "mode": mode}
+    if layer == "PReLU":
+        return {"num_parameters": draw(st.sampled_from([1, shape[0], 3]))}
+    if layer == "ELU":
+        return {"alpha": draw(st.floats(0.0, 2.0))}
+    if layer == "Softplus":
+        return {"beta": draw(st.floats(0.1, 3.0)), "threshold": draw(st.floats(1.0, 30.0))}
+    if layer == "PositionalEncoding":
+        return {"kind": draw(st.sampled_from(["learned", "sinusoidal"])),
+                "max_len": draw(st.integers(max(1, shape[0] - 1), shape[0] + 3))}
+    if layer.startswith("InstanceNorm"):
+        return {"affine": draw(st.booleans())}
     if layer == "Linear":
         return {"out_features": draw(st.integers(1, 12)), "bias": draw(st.booleans())}
     if layer == "GroupNorm":
@@ -85,7 +120,7 @@ def layer_params(draw: st.DrawFn, layer: str, shape: tuple[int, ...]) -> dict[st
         return {"nhead": draw(st.integers(1, 4)), "dim_feedforward": 8, "norm_first": draw(st.booleans())}
     if layer == "SequencePool":
         return {"mode": draw(st.sampled_from(["last", "mean", "max"]))}
-    if layer == "Softmax":
+    if layer in ("Softmax", "LogSoftmax"):
         return {"dim": draw(st.integers(-rank - 1, rank))}
     if layer == "Flatten":
         return {"start_dim": draw(st.integers(0, rank)) if draw(st.booleans()) else 1}
@@ -163,3 +198,47 @@ def test_random_graphs_agree_with_torch(graph) -> None:
                     torch.broadcast_shapes(*[(2, *shape) for shape, _ in inputs])
                 except RuntimeError:
                     raise AssertionError("torch fails here, so the layer must not have run") from None
+
+
+@st.composite
+def hostile_params(draw: st.DrawFn) -> tuple[str, str, Any]:
+    """A layer, one of its numeric params and a value at, near or beyond one of its bounds."""
+    from tests.test_hostile_values import LAYERS_WITH_NUMBERS, numeric_fields
+
+    layer = draw(st.sampled_from(LAYERS_WITH_NUMBERS))
+    fields = numeric_fields(layer)
+    name = draw(st.sampled_from(sorted(fields)))
+    anchor = draw(st.sampled_from([v for v in fields[name] if not isinstance(v, list)]))
+    nudged = st.one_of(
+        st.just(anchor),
+        st.integers(-3, 3).map(lambda step: anchor + step),
+        st.floats(0.5, 2.0).map(lambda scale: anchor * scale),
+        st.integers(-(2**70), 2**70),
+        st.floats(allow_nan=True, allow_infinity=True),
+    )
+    value = draw(st.one_of(nudged, st.lists(nudged, min_size=1, max_size=3)))
+    return layer, name, value
+
+
+@given(hostile_params())
+def test_values_at_and_beyond_bounds_are_named_errors_or_valid_analyses(drawn) -> None:
+    """Never another exception: a GraphFormatError naming the field, or an analysis (and, for
+    a valid one, its model.py)."""
+    from builder.graph import GraphFormatError
+    from compiler import generate_source
+    from tests.test_hostile_values import FIRST_CASE, graph_for, undefined_names
+
+    layer, name, value = drawn
+    params = {**FIRST_CASE[layer][1], name: value}
+    try:
+        graph = parse_graph(graph_for(layer, params))
+    except GraphFormatError as exc:
+        event("refused by name")
+        assert name in str(exc) or "Upsample takes exactly one" in str(exc), str(exc)
+        return
+    analysis = analyse(graph)
+    event("valid" if analysis.ok else "error at a node")
+    if analysis.ok:
+        assert not undefined_names(generate_source(analysis))
+    else:
+        assert all(error.node for error in analysis.errors)

@@ -1,4 +1,5 @@
-"""Runs: trainer processes, live metrics, stop, kill -9, resume, bad checkpoints, the CLI."""
+"""Runs: trainer processes, live metrics, stop (escalating), kill -9, resume, the queue,
+deletion, sizes, bad checkpoints, and the CLI's one-line errors."""
 
 from __future__ import annotations
 
@@ -15,11 +16,15 @@ import pytest
 import torch
 
 from builder.graph import Graph, load_graph, parse_graph
+from runtime import runs as runs_module
 from runtime import store
 from runtime.runs import (
+    MAX_TRAINERS_ENV,
     RunError,
     checkpoint_path,
     create_run,
+    delete_run,
+    disk_usage,
     list_runs,
     read_metrics,
     read_run,
@@ -32,6 +37,43 @@ from runtime.trainer import TrainConfig, load_model_source, train_run
 ROOT = Path(__file__).parents[1]
 TEMPLATES = ROOT / "builder" / "templates"
 CONFIG = TrainConfig(dataset="digits-rows", epochs=12, lr=3e-3)
+
+
+@pytest.fixture(autouse=True)
+def no_trainer_outlives_its_test(tmp_path: Path):
+    """A failed test must not leave trainers running on a shared machine."""
+    yield
+    for status in tmp_path.rglob(store.STATUS_FILE):
+        try:
+            pid = json.loads(status.read_text()).get("pid")
+        except ValueError:
+            continue
+        if isinstance(pid, int) and pid != os.getpid():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def huge() -> Graph:
+    """Two Linear(10_000_000): 2e14 parameters, 800 TB; nothing may try to build it."""
+    return parse_graph(
+        {
+            "format": "netbuilder.graph/1",
+            "name": "huge",
+            "nodes": [
+                {"id": "in", "type": "Input", "params": {"shape": [10_000_000]}},
+                {"id": "a", "type": "Linear", "params": {"out_features": 10_000_000}},
+                {"id": "b", "type": "Linear", "params": {"out_features": 10_000_000}},
+                {"id": "out", "type": "Output"},
+            ],
+            "edges": [
+                {"source": "in", "target": "a"},
+                {"source": "a", "target": "b"},
+                {"source": "b", "target": "out"},
+            ],
+        }
+    )
 
 
 def lstm() -> Graph:
@@ -74,25 +116,18 @@ def stopped_after_one_step(runs: Path, graph: Graph | None = None) -> Path:
 # -- the trainer process ---------------------------------------------------------------------
 
 
-def test_metrics_reach_a_reader_within_a_second_and_stop_resume_is_exact(
+def test_metrics_reach_a_reader_as_they_are_written_and_stop_resume_is_exact(
     tmp_path: Path, reference: Path
 ):
-    began = time.monotonic()
     run_id = start_run(tmp_path, lstm(), CONFIG)
-    assert time.monotonic() - began < 1.0, "start_run returns at once"
     assert read_run(tmp_path, run_id).status in ("queued", "running")
 
-    latencies, offset, steps = [], 0, []
-    while len(steps) < 60:
+    offset, steps = 0, []
+    while len(steps) < 60:  # how fast they arrive is measured in benchmarks/first_point.py
         records, offset = read_metrics(tmp_path, run_id, offset)
-        now = time.time()
-        for record in records:
-            if record["kind"] == "step":
-                latencies.append(now - record["time"])
-                steps.append(record["step"])
+        steps += [record["step"] for record in records if record["kind"] == "step"]
         assert read_run(tmp_path, run_id).status in ("queued", "running")
         time.sleep(0.05)
-    assert max(latencies) < 1.0
     assert steps == list(range(1, len(steps) + 1)), "each record is read exactly once"
 
     assert stop_run(tmp_path, run_id).status == "stopping"
@@ -131,7 +166,10 @@ def test_a_killed_trainer_is_interrupted_keeps_its_metrics_and_resumes_exactly(
     assert any(r["kind"] == "event" and "resumed from" in r["message"] for r in records)
 
 
-def test_two_runs_train_side_by_side_in_their_own_processes(tmp_path: Path):
+def test_two_runs_train_side_by_side_in_their_own_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv(MAX_TRAINERS_ENV, "2")
     long = CONFIG.model_copy(update={"epochs": 10_000})
     runs = [start_run(tmp_path, lstm(), long), start_run(tmp_path, lstm(), long)]
     wait_for(lambda: all(read_run(tmp_path, r).step > 0 for r in runs))
@@ -335,3 +373,233 @@ def test_a_hand_edited_bad_config_fails_with_the_field_named(tmp_path: Path):
     assert result.status == "failed"
     assert result.message.startswith("config.json is not a valid training config: epochs:")
     assert read_run(tmp_path, folder.name).status == "failed"
+
+
+# -- trainer processes: liveness, the queue, escalating stop, deletion --------------------------
+
+LONG = CONFIG.model_copy(update={"epochs": 10_000})
+
+
+def fake_trainer(tmp_path: Path, *, ignore_term: bool) -> tuple[Path, subprocess.Popen[bytes]]:
+    """A run recorded as running whose 'trainer' never looks at the stop flag (a stuck step),
+    optionally ignoring SIGTERM too, with a checkpoint already written."""
+    folder = create_run(tmp_path, lstm(), CONFIG)
+    ignore = "signal.signal(signal.SIGTERM, signal.SIG_IGN);" if ignore_term else ""
+    process = subprocess.Popen(
+        [sys.executable, "-c", f"import signal, time; {ignore} print('ready', flush=True);"
+         " time.sleep(600)"],
+        stdout=subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stdout.readline() == b"ready\n"
+    started = runs_module.process_start_time(process.pid)
+    store.update_status(folder, status="running", pid=process.pid, pid_started=started, step=7)
+    (folder / store.CHECKPOINT_DIR).mkdir()
+    (folder / store.CHECKPOINT_DIR / store.STATE_FILE).write_bytes(b"the last checkpoint")
+    return folder, process
+
+
+def test_a_reused_pid_reads_as_interrupted(tmp_path: Path):
+    folder = create_run(tmp_path, lstm(), CONFIG)
+    mine = runs_module.process_start_time(os.getpid())
+    store.update_status(folder, status="running", pid=os.getpid(), pid_started=mine)
+    assert read_run(tmp_path, folder.name).status == "running"
+    store.update_status(folder, pid_started=mine - 3600)  # same pid, another process's birth
+    info = read_run(tmp_path, folder.name)
+    assert info.status == "interrupted" and "ended unexpectedly" in info.message
+
+
+def test_a_zombie_trainer_reads_as_interrupted(tmp_path: Path):
+    folder = create_run(tmp_path, lstm(), CONFIG)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    started = runs_module.process_start_time(child.pid)
+    store.update_status(folder, status="running", pid=child.pid, pid_started=started)
+    wait_for(lambda: runs_module.psutil.Process(child.pid).status() == "zombie", 30)
+    assert read_run(tmp_path, folder.name).status == "interrupted"
+    child.wait()
+
+
+@pytest.mark.parametrize("ignore_term", [False, True], ids=["sigterm", "sigkill"])
+def test_stop_escalates_and_always_ends_stopped_with_the_checkpoint(
+    tmp_path: Path, ignore_term: bool
+):
+    folder, process = fake_trainer(tmp_path, ignore_term=ignore_term)
+    assert stop_run(tmp_path, folder.name, grace=0.2, kill_grace=0.5).status == "stopping"
+    wait_for(lambda: process.poll() is not None, 30)
+    wait_for(lambda: store.read_status(folder)["status"] == "stopped", 30)
+    info = read_run(tmp_path, folder.name)
+    assert info.status == "stopped" and "last checkpoint is kept" in info.message
+    assert process.returncode == (-signal.SIGKILL if ignore_term else -signal.SIGTERM)
+    state = folder / store.CHECKPOINT_DIR / store.STATE_FILE
+    assert state.read_bytes() == b"the last checkpoint"
+
+
+def test_a_trainer_killed_while_stopping_reads_as_stopped(tmp_path: Path):
+    folder, process = fake_trainer(tmp_path, ignore_term=False)
+    (folder / store.STOP_FILE).touch()
+    process.kill()
+    process.wait()
+    assert read_run(tmp_path, folder.name).status == "stopped"
+
+
+def test_runs_beyond_the_trainer_limit_queue_and_start_as_slots_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv(MAX_TRAINERS_ENV, "1")
+    first = start_run(tmp_path, lstm(), LONG)
+    second = start_run(tmp_path, lstm(), LONG)
+    wait_for(lambda: read_run(tmp_path, first).step > 0)
+    assert read_run(tmp_path, second).status == "queued"
+    assert store.read_status(tmp_path / second)["pid"] is None
+    stop_run(tmp_path, first)
+    wait_for(lambda: read_run(tmp_path, first).status == "stopped")
+    wait_for(lambda: read_run(tmp_path, second).step > 0)
+    assert read_run(tmp_path, second).status == "running"
+    stop_run(tmp_path, second)
+    wait_for(lambda: read_run(tmp_path, second).status == "stopped")
+
+
+def test_a_queued_run_stops_without_ever_starting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv(MAX_TRAINERS_ENV, "1")
+    first = start_run(tmp_path, lstm(), LONG)
+    second = start_run(tmp_path, lstm(), LONG)
+    wait_for(lambda: read_run(tmp_path, first).step > 0)
+    assert stop_run(tmp_path, second).status == "stopped"
+    assert store.read_status(tmp_path / second)["pid"] is None
+    delete_run(tmp_path, first)
+    assert [run.id for run in list_runs(tmp_path)] == [second]
+
+
+def test_the_queue_default_is_one_trainer_per_gpu_or_one(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv(MAX_TRAINERS_ENV, raising=False)
+    assert runs_module.max_trainers() == max(1, torch.cuda.device_count())
+    monkeypatch.setenv(MAX_TRAINERS_ENV, "3")
+    assert runs_module.max_trainers() == 3
+
+
+def test_deleting_a_running_run_ends_its_trainer_and_removes_its_folder(tmp_path: Path):
+    run_id = start_run(tmp_path, lstm(), LONG)
+    wait_for(lambda: read_run(tmp_path, run_id).step > 0)
+    status = store.read_status(tmp_path / run_id)
+    delete_run(tmp_path, run_id)
+    assert not (tmp_path / run_id).exists() and list_runs(tmp_path) == []
+    assert not runs_module._alive(status["pid"], status["pid_started"])
+    with pytest.raises(RunError, match="there is no run"):
+        read_run(tmp_path, run_id)
+
+
+def test_the_runs_table_says_how_much_disk_each_run_takes(reference: Path):
+    files = [path for path in reference.rglob("*") if path.is_file()]
+    expected = sum(path.stat().st_size for path in files)
+    assert disk_usage(reference) == expected > 0
+    assert read_run(reference.parent, reference.name).disk_bytes == expected
+
+
+# -- sizes: refused before anything is built ----------------------------------------------------
+
+
+def test_a_model_too_big_for_the_device_is_refused_before_a_run_exists(tmp_path: Path):
+    with pytest.raises(RunError) as refused:
+        start_run(tmp_path, huge(), CONFIG)
+    text = str(refused.value)
+    assert "the model needs 3.2 PB to train at batch size 64" in text
+    assert " has only " in text and "available" in text
+    assert refused.value.detail.values["need"] == "3.2 PB"
+    assert list_runs(tmp_path) == []
+
+
+def test_the_trainer_refuses_a_model_too_big_first_thing(tmp_path: Path):
+    folder = create_run(tmp_path, lstm(), CONFIG)  # fits when created; the graph then grows
+    (folder / store.GRAPH_FILE).write_text(huge().model_dump_json())
+    (folder / store.MODEL_FILE).write_text("raise SystemExit('the model must never be built')")
+    result = train_run(folder)
+    assert result.status == "failed" and "the model needs 3.2 PB" in str(result.message)
+    status = store.read_status(folder)
+    assert status["message"].startswith("the model needs 3.2 PB to train")
+    assert status["message_data"]["code"].startswith("the model needs {need} to train")
+    assert status["message_data"]["values"]["need"] == "3.2 PB"
+    info = read_run(tmp_path, folder.name)
+    assert info.message == status["message"]
+    assert runs_module.status_text(info, "zh").startswith("模型以批大小 64 训练需要 3.2 PB")
+    assert runs_module.status_label(info.status, "zh") == "失败"
+
+
+def test_a_failing_run_records_a_sentence_and_logs_the_traceback(tmp_path: Path):
+    folder = create_run(tmp_path, lstm(), CONFIG)
+    (folder / store.MODEL_FILE).write_text("def build_model():\n    raise RuntimeError('boom')\n")
+    store.update_status(folder, status="stopped")
+    resume_run(tmp_path, folder.name)  # through the queue and the warm trainer process
+    wait_for(lambda: read_run(tmp_path, folder.name).status == "failed")
+    status = store.read_status(folder)
+    assert status["message"] == "RuntimeError: boom" and "Traceback" not in status["message"]
+    log = (folder / store.LOG_FILE).read_text()
+    assert "Traceback (most recent call last)" in log and "RuntimeError: boom" in log
+
+
+# -- the command line: one line, never a traceback ----------------------------------------------
+
+
+def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in done.stderr + done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+def test_cli_refuses_a_model_too_big_with_both_figures(tmp_path: Path):
+    (tmp_path / "huge.json").write_text(huge().model_dump_json())
+    done = cli("train", "huge.json", cwd=tmp_path)
+    assert done.returncode == 1
+    line = one_line_error(done)
+    assert line.startswith("error: the model needs 3.2 PB") and "has only" in line
+    assert not (tmp_path / "runs").exists() or list_runs(tmp_path / "runs") == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dataset", "no-such-set"], "unknown dataset 'no-such-set'"),
+        (["--dataset", "missing.csv"], "no such data file: missing.csv"),
+        (["--epochs", "many"], "argument --epochs: invalid int value"),
+        (["--epochs", "0"], "--epochs:"),
+        (["--lr", "nan"], "--lr:"),
+        (["--device", "tpu"], "argument --device: invalid choice"),
+        (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    ],
+)
+def test_cli_bad_dataset_or_flag_is_one_line_and_exit_2(
+    tmp_path: Path, args: list[str], message: str
+):
+    done = cli("train", str(TEMPLATES / "lstm_classifier.json"), *args, cwd=tmp_path)
+    assert done.returncode == 2
+    assert message in one_line_error(done)
+
+
+def test_cli_run_that_fails_prints_the_sentence_its_status_records(tmp_path: Path):
+    done = cli("train", str(TEMPLATES / "lstm_classifier.json"), "--dataset", "digits", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "digits samples are" in one_line_error(done)
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["status"] == "failed"
+    status = store.read_status(tmp_path / summary["run"])
+    assert status["status"] == "failed" and status["message"] == done.stderr.strip()
+
+
+def test_cli_runs_folder_that_cannot_be_written_is_one_line_and_exit_2(tmp_path: Path):
+    (tmp_path / "taken").write_text("a file where the runs folder should be")
+    done = cli(
+        "train", str(TEMPLATES / "lstm_classifier.json"), "--dataset", "digits-rows",
+        "--runs", "taken/runs", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "cannot write the run folder in taken/runs" in one_line_error(done)
+
+
+def test_cli_graph_with_a_non_finite_value_is_one_line(tmp_path: Path):
+    data = json.loads((TEMPLATES / "lstm_classifier.json").read_text())
+    data["nodes"][1]["params"]["dropout"] = float("nan")
+    (tmp_path / "g.json").write_text(json.dumps(data))  # Python writes NaN, as JSON readers accept
+    done = cli("train", "g.json", "--dataset", "digits-rows", cwd=tmp_path)
+    assert done.returncode in (1, 2)
+    one_line_error(done)

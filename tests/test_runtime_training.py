@@ -16,14 +16,13 @@ from builder.graph import Graph, load_graph, parse_graph
 from compiler import analyse, generate_source
 from runtime import store
 from runtime.datasets import load_dataset
+from runtime.loop import Loop, compute_loss, epoch_order, learning_rate, resolved_loss
 from runtime.metrics import activation_probe, attention_layers, capture_attention
 from runtime.runs import create_run
 from runtime.trainer import (
     RunResult,
     TrainConfig,
     Trainer,
-    epoch_order,
-    learning_rate,
     load_model_source,
     module_attributes,
     node_types,
@@ -87,7 +86,7 @@ def test_transformer_solves_the_marker_task_far_above_chance(tmp_path: Path):
     assert of_kind(records, "attention"), "an encoder run reports attention maps"
 
 
-def test_sine_regression_learns_with_mse_and_reports_no_accuracy(tmp_path: Path):
+def test_sine_regression_learns_with_mse_and_reports_mae_not_accuracy(tmp_path: Path):
     graph = chain_graph(
         [32, 1],
         ("GRU", {"hidden_size": 16}),
@@ -98,7 +97,10 @@ def test_sine_regression_learns_with_mse_and_reports_no_accuracy(tmp_path: Path)
     assert result.status == "completed", result.message
     variance = float(load_dataset("sine").y.var())
     assert result.val_accuracy is None and result.val_loss < 0.1 * variance
-    assert all(e["train_accuracy"] is None for e in of_kind(records, "epoch"))
+    epochs = of_kind(records, "epoch")
+    assert all("train_accuracy" not in e and "val_accuracy" not in e for e in epochs)
+    # the mean absolute error is reported instead, and it is at most the RMSE
+    assert all(0 < e["val_mae"] <= math.sqrt(e["val_loss"]) + 1e-9 for e in epochs)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "adamw", "rmsprop"])
@@ -131,7 +133,7 @@ def test_grad_norms_equal_a_direct_computation(tmp_path: Path):
     assert logged["step"] == 1
 
     model, analysis = built(graph)
-    split = split_dataset(load_dataset("digits-28"), 0.2, 0, torch.device("cpu"), "float32")
+    split = split_dataset(load_dataset("digits-28"), TrainConfig(), torch.device("cpu"), "float32")
     batch = epoch_order(0, 0, len(split.x_train))[:32]
     F.cross_entropy(model(split.x_train[batch]), split.y_train[batch]).backward()
     for node_id, attribute in module_attributes(analysis).items():
@@ -271,10 +273,10 @@ def test_exploding_lr_ends_as_diverged_naming_the_step_and_the_node(tmp_path: Pa
 
 
 def test_out_of_memory_suggests_half_the_batch(tmp_path: Path, monkeypatch):
-    def no_memory(self, output, y):
+    def no_memory(self, index):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(Trainer, "_loss", no_memory)
+    monkeypatch.setattr(Loop, "step", no_memory)
     result, records, _ = train(tmp_path, template("lstm_classifier"), dataset="digits-rows")
     assert (result.status, result.message) == ("failed", "out of memory at batch size 64; try 32")
     assert of_kind(records, "event")[-1]["message"] == result.message
@@ -397,3 +399,151 @@ def test_a_model_without_weights_is_refused_by_name(tmp_path: Path):
     folder = create_run(tmp_path / "runs", chain_graph([10], ("ReLU", {})), TrainConfig(), upload)
     result = train_run(folder)
     assert result.status == "failed" and "no trainable parameters" in result.message
+
+
+# -- losses and data against the graph -------------------------------------------------------
+
+
+def test_each_named_loss_is_pytorchs():
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randn(8, 5, generator=generator)
+    labels = torch.randint(0, 5, (8,), generator=generator)
+    targets = torch.randn(8, 5, generator=generator)
+    expected = {
+        "cross_entropy": F.cross_entropy(scores, labels, label_smoothing=0.1),
+        "nll": F.nll_loss(F.log_softmax(scores, -1), labels),
+        "mse": F.mse_loss(scores, targets),
+        "l1": F.l1_loss(scores, targets),
+        "huber": F.huber_loss(scores, targets),
+        "bce_with_logits": F.binary_cross_entropy_with_logits(scores, (targets > 0).float()),
+    }
+    given = {
+        "cross_entropy": (scores, labels),
+        "nll": (F.log_softmax(scores, -1), labels),
+        "mse": (scores, targets),
+        "l1": (scores, targets),
+        "huber": (scores, targets),
+        "bce_with_logits": (scores, (targets > 0).float()),
+    }
+    for name, (out, y) in given.items():
+        assert torch.allclose(compute_loss(name, out, y, 0.1), expected[name]), name
+
+
+def test_auto_is_cross_entropy_for_labels_and_mse_for_numbers():
+    assert resolved_loss("auto", torch.tensor([1, 2])) == "cross_entropy"
+    assert resolved_loss("auto", torch.tensor([[0.5]])) == "mse"
+    assert resolved_loss("l1", torch.tensor([1, 2])) == "l1"
+
+
+def test_class_targets_per_position_average_over_every_position():
+    generator = torch.Generator().manual_seed(1)
+    scores = torch.randn(4, 6, 9, generator=generator)
+    labels = torch.randint(0, 9, (4, 6), generator=generator)
+    per_position = torch.stack(
+        [F.cross_entropy(scores[:, t], labels[:, t]) for t in range(6)]
+    ).mean()
+    assert torch.allclose(compute_loss("cross_entropy", scores, labels), per_position)
+
+
+def test_a_last_batch_of_one_is_left_out_where_batchnorm_needs_two(tmp_path: Path):
+    graph = chain_graph(
+        [1, 8, 8],
+        ("Flatten", {}),
+        ("Linear", {"out_features": 16}),
+        ("BatchNorm1d", {}),
+        ("Linear", {"out_features": 10}),
+    )
+    # 1,797 digits, 20% held out: 1,438 to train on = 3 x 479 + 1
+    result, records, _ = train(tmp_path, graph, epochs=1, batch_size=479, device="cpu")
+    assert result.status == "completed", result.message
+    (event,) = [e for e in of_kind(records, "event") if "BatchNorm" in e["message"]]
+    assert event["message"] == (
+        "the last batch of each epoch holds a single sample, which BatchNorm cannot normalise;"
+        " it is left out of training (1 of 1438 samples)"
+    )
+    assert event["code"]["code"].startswith("the last batch of each epoch")
+    assert max(r["step"] for r in of_kind(records, "step")) == 3
+    without = chain_graph([1, 8, 8], ("Flatten", {}), ("Linear", {"out_features": 10}))
+    _, records, _ = train(tmp_path, without, epochs=1, batch_size=479, device="cpu")
+    assert max(r["step"] for r in of_kind(records, "step")) == 4  # no BatchNorm: nothing left out
+
+
+def test_a_next_character_model_reports_accuracy_over_every_position(tmp_path: Path):
+    from runtime.builtin_data import TEXT_ALPHABET
+
+    vocab = len(TEXT_ALPHABET)
+    graph = chain_graph(
+        [12],
+        ("Embedding", {"num_embeddings": vocab, "embedding_dim": 16}),
+        ("Linear", {"out_features": vocab}),
+        dtype="int64",
+    )
+    result, records, folder = train(tmp_path, graph, dataset="text", epochs=2, lr=0.01)
+    assert result.status == "completed", result.message
+    first, last = of_kind(records, "epoch")
+    assert last["val_loss"] < first["train_loss"] < math.log(vocab)
+    # a bigram model: far better than chance, and its accuracy counts every position
+    model, _ = built(graph)
+    model.load_state_dict(torch.load(folder / "checkpoints" / "weights.pt", weights_only=True))
+    data = load_dataset("text", seed=0, input_shape=(12,))
+    split = split_dataset(data, TrainConfig(), torch.device("cpu"), "int64")
+    with torch.no_grad():
+        hits = (model.eval()(split.x_val).argmax(-1) == split.y_val).float().mean()
+    assert last["val_accuracy"] == pytest.approx(float(hits), abs=1e-6) and hits > 3 / vocab
+
+
+def test_a_model_learns_to_reproduce_its_input(tmp_path: Path):
+    graph = chain_graph(
+        [1, 8, 8],
+        ("Conv2d", {"out_channels": 4, "kernel_size": 3, "padding": 1}),
+        ("ReLU", {}),
+        ("Conv2d", {"out_channels": 1, "kernel_size": 3, "padding": 1}),
+    )
+    result, records, _ = train(tmp_path, graph, target="input", epochs=3, lr=0.01)
+    assert result.status == "completed", result.message
+    epochs = of_kind(records, "epoch")
+    variance = float(load_dataset("digits").x.var())
+    assert epochs[-1]["val_loss"] < 0.3 * variance
+    assert "val_accuracy" not in epochs[-1] and epochs[-1]["val_mae"] > 0
+
+
+def test_gpt_mini_learns_the_text_far_below_a_uniform_guess(tmp_path: Path):
+    from runtime.builtin_data import TEXT_ALPHABET
+
+    uniform = math.log(len(TEXT_ALPHABET))
+    result, records, _ = train(
+        tmp_path,
+        template("gpt_mini"),
+        dataset="text",
+        epochs=1,
+        batch_size=16,
+        lr=3e-3,
+        val_fraction=0.8,
+        device="cpu",
+    )
+    assert result.status == "completed", result.message
+    losses = [r["loss"] for r in of_kind(records, "step")]
+    assert sum(losses[:3]) / 3 > 0.9 * uniform  # it starts at chance
+    (epoch,) = of_kind(records, "epoch")
+    assert epoch["val_loss"] < 0.75 * uniform and epoch["val_accuracy"] > 0.25
+    assert of_kind(records, "attention")  # its causal attention maps are recorded per head
+
+
+def test_gpt_mini_writes_text_from_a_prompt():
+    from runtime.metrics import generate_text
+
+    model, _ = built(template("gpt_mini"))
+    text = generate_text(model, "the cat ", 40, 64, temperature=1.0, seed=3)
+    assert len(text) == 40 and text == generate_text(model, "the cat ", 40, 64, 1.0, seed=3)
+    greedy = generate_text(model, "the cat ", 10, 64, temperature=0.0)
+    assert greedy == generate_text(model, "the cat ", 10, 64, temperature=0.0, seed=9)
+
+
+def test_the_conv_autoencoder_learns_to_reproduce_digits(tmp_path: Path):
+    result, records, _ = train(
+        tmp_path, template("conv_autoencoder"), target="input", epochs=4, lr=3e-3, device="cpu"
+    )
+    assert result.status == "completed", result.message
+    first, *_, last = of_kind(records, "epoch")
+    variance = float(load_dataset("digits").x.var())
+    assert last["val_loss"] < 0.5 * variance and last["val_loss"] < 0.7 * first["train_loss"]

@@ -12,7 +12,9 @@ from builder.graph import load_graph
 from compiler import analyse
 from tests.modelkit import assert_matches_torch
 
-TEMPLATES = sorted(Path("builder/templates").glob("*.json"))
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE_DIR = ROOT / "builder" / "templates"
+TEMPLATES = sorted(TEMPLATE_DIR.glob("*.json"))
 
 
 @pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.stem)
@@ -23,7 +25,7 @@ def test_template_is_valid_and_matches_torch(path: Path) -> None:
 
 
 def test_lenet5_has_its_published_parameter_count() -> None:
-    analysis = analyse(load_graph(Path("builder/templates/lenet5.json").read_text()))
+    analysis = analyse(load_graph((TEMPLATE_DIR / "lenet5.json").read_text()))
     assert analysis.total_params == 61_706
 
 
@@ -40,7 +42,7 @@ def test_resnet_template_equals_a_hand_written_resnet() -> None:
     modules += block(16, 16, 1) + block(16, 32, 2)
     modules += [nn.Conv2d(16, 32, 1, stride=2, bias=False), nn.BatchNorm2d(32), nn.Linear(32, 10)]
     expected = sum(p.numel() for m in modules for p in m.parameters())
-    analysis = analyse(load_graph(Path("builder/templates/resnet.json").read_text()))
+    analysis = analyse(load_graph((TEMPLATE_DIR / "resnet.json").read_text()))
     assert analysis.total_params == expected
 
 
@@ -50,5 +52,5 @@ def test_transformer_template_equals_hand_written_modules() -> None:
         nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), nn.Linear(32, 16),
     ]
     expected = sum(p.numel() for m in modules for p in m.parameters())
-    data = json.loads(Path("builder/templates/transformer_encoder.json").read_text())
+    data = json.loads((TEMPLATE_DIR / "transformer_encoder.json").read_text())
     assert analyse(load_graph(json.dumps(data))).total_params == expected

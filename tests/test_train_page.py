@@ -256,15 +256,15 @@ def test_coming_back_from_an_upload_keeps_the_built_in_dataset_that_fits(home):
     lenet = json.loads((ROOT / "builder" / "templates" / "lenet5.json").read_text())
     app = open_page(home, lenet)
     assert app.selectbox(key="train-dataset").value == "digits-28"
-    app.button_group(key="train-source").set_value("Upload CSV / NPZ").run()
+    app.button_group(key="train-source").set_value("upload").run()
     assert not [s for s in app.selectbox if s.key == "train-dataset"]
-    app.button_group(key="train-source").set_value("Built-in").run()
+    app.button_group(key="train-source").set_value("builtin").run()
     assert app.selectbox(key="train-dataset").value == "digits-28"
     assert not app.button(key="train-start").disabled
 
 
 def test_an_upload_reaches_the_trainer_exactly_as_the_page_checked_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(runtime.runs, "_spawn", lambda folder: None)  # no trainer process
+    monkeypatch.setattr(runtime.runs, "_enqueue", lambda folder: None)  # no trainer process
     rows = "".join(f"{i},{i * 0.5},{i % 4},{-i}\n" for i in range(40))
     upload = train.Upload("my data.csv", f"a,b,target,c\n{rows}".encode(), "target")
     checked = dataset_from_upload(upload.name, upload.data, upload.label_column)
@@ -351,6 +351,8 @@ def test_every_detail_view_draws_its_charts(home):
             figure(app, title)
     app.select_slider(key=next(s.key for s in app.select_slider)).set_value(10).run()
     assert figure(app, "Attention: fc, step 10")
+    app.button_group(key="train-view").set_value("Confusion matrix").run()
+    assert figure(app, "Confusion matrix")
 
 
 def test_node_ids_in_messages_are_shown_as_text_not_markup(home):
@@ -369,7 +371,7 @@ def test_node_ids_in_messages_are_shown_as_text_not_markup(home):
 
 def test_resume_hands_a_stopped_run_back_to_a_trainer(home, monkeypatch):
     spawned: list[Path] = []
-    monkeypatch.setattr(runtime.runs, "_spawn", spawned.append)  # record instead of starting
+    monkeypatch.setattr(runtime.runs, "_enqueue", spawned.append)  # record instead of starting
     run_id = recorded_run(home, [], status="stopped", message="stopped at step 20")
     app = open_page(home, tiny_graph())
     assert app.button(key="train-stop").disabled and not app.button(key="train-resume").disabled
@@ -377,3 +379,102 @@ def test_resume_hands_a_stopped_run_back_to_a_trainer(home, monkeypatch):
     assert not app.exception
     assert [folder.name for folder in spawned] == [run_id]
     assert store.read_status(spawned[0])["message"] == "resuming"
+
+
+def autoencoder_graph() -> dict:
+    """Digits [1, 8, 8] -> Conv2d(1 channel, same size) -> Sigmoid: reproduces its input."""
+    return {
+        "format": "netbuilder.graph/1",
+        "name": "ae",
+        "nodes": [
+            {"id": "image", "type": "Input", "params": {"shape": [1, 8, 8]}},
+            {
+                "id": "conv",
+                "type": "Conv2d",
+                "params": {"out_channels": 1, "kernel_size": 3, "padding": 1},
+            },
+            {"id": "squash", "type": "Sigmoid"},
+            {"id": "out", "type": "Output"},
+        ],
+        "edges": [
+            {"source": "image", "target": "conv"},
+            {"source": "conv", "target": "squash"},
+            {"source": "squash", "target": "out"},
+        ],
+    }
+
+
+def test_the_picker_offers_only_datasets_that_load_here(home, monkeypatch):
+    monkeypatch.setenv("NETBUILDER_DATA", str(home / "no-data"))
+    app = open_page(home, tiny_graph())
+    options = app.selectbox(key="train-dataset").options
+    assert "digits" in options and "text" in options
+    assert not {"mnist", "fashion-mnist", "cifar10"} & set(options)
+
+
+def test_reproducing_the_input_makes_an_autoencoder_trainable(home):
+    app = open_page(home, autoencoder_graph())
+    assert "10 classes" in shown(app) and app.button(key="train-start").disabled
+    app.button_group(key="train-target").set_value("input").run()
+    assert not app.exception
+    assert "Compatible: 1,797 samples of [1, 8, 8] → the sample itself." in shown(app)
+    assert not app.button(key="train-start").disabled
+    assert app.session_state["train-config"]["target"] == "input"
+
+
+def trained_weights(folder: Path) -> None:
+    """Weights for the run's model.py, as a first checkpoint would leave them."""
+    from runtime.trainer import load_model_source
+
+    torch.manual_seed(0)
+    model = load_model_source((folder / store.MODEL_FILE).read_text())
+    (folder / store.CHECKPOINT_DIR).mkdir(exist_ok=True)
+    torch.save(model.state_dict(), folder / store.CHECKPOINT_DIR / store.WEIGHTS_FILE)
+
+
+def test_samples_show_text_the_model_writes_after_the_prompt(home):
+    from runtime.builtin_data import TEXT_ALPHABET
+
+    vocab = len(TEXT_ALPHABET)
+    lm = {
+        "format": "netbuilder.graph/1",
+        "name": "lm",
+        "nodes": [
+            {"id": "ids", "type": "Input", "params": {"shape": [16], "dtype": "int64"}},
+            {
+                "id": "emb",
+                "type": "Embedding",
+                "params": {"num_embeddings": vocab, "embedding_dim": 8},
+            },
+            {"id": "head", "type": "Linear", "params": {"out_features": vocab}},
+            {"id": "out", "type": "Output"},
+        ],
+        "edges": [
+            {"source": "ids", "target": "emb"},
+            {"source": "emb", "target": "head"},
+            {"source": "head", "target": "out"},
+        ],
+    }
+    folder = create_run(home / "runs" / WORKSPACE, parse_graph(lm), TrainConfig(dataset="text"))
+    store.update_status(folder, status="completed", epoch=1, step=20)
+    trained_weights(folder)
+    app = open_page(home, lm)
+    app.button_group(key="train-view").set_value("Samples").run()
+    assert not app.exception
+    app.text_input(key=f"sample-prompt-{folder.name}").set_value("the dog ").run()
+    app.slider(key=f"sample-temperature-{folder.name}").set_value(0.0).run()
+    (code,) = app.code
+    assert code.value.startswith("the dog ") and len(code.value) == len("the dog ") + 200
+    assert set(code.value) <= set(TEXT_ALPHABET)
+
+
+def test_samples_show_inputs_beside_reconstructions(home):
+    graph = parse_graph(autoencoder_graph())
+    folder = create_run(home / "runs" / WORKSPACE, graph, TrainConfig(target="input"))
+    store.update_status(folder, status="completed", epoch=1, step=20)
+    trained_weights(folder)
+    app = open_page(home, autoencoder_graph())
+    app.button_group(key="train-view").set_value("Samples").run()
+    assert not app.exception
+    spec = figure(app, "Inputs and reconstructions")
+    assert len(spec["data"]) == 2 * train.SAMPLE_COUNT

@@ -1,4 +1,5 @@
-"""The exported train.py: readable, standalone, carries the app's settings, trains, checkpoints,
+"""The exported train.py: readable, standalone, runs the app's own loop (the same weights as a run
+in the app), carries the app's settings as flags derived from TrainConfig, trains, checkpoints,
 resumes exactly, rejects bad data by name, and runs under torchrun (2 CPU processes, gloo) with
 the same result on every rank and about the same accuracy as one process."""
 
@@ -22,9 +23,15 @@ import torch
 from builder.graph import Graph, load_graph, parse_graph
 from compiler import analyse
 from compiler.bundle import bundle_files
-from compiler.trainscript import TrainDefaults, train_source
+from compiler.trainscript import train_source
+from runtime import store
+from runtime.runs import create_run
+from runtime.settings import APP_ONLY, TrainConfig
+from runtime.trainer import train_run
 
-TEMPLATES = sorted(Path("builder/templates").glob("*.json"))
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATES = sorted((ROOT / "builder" / "templates").glob("*.json"))
+BUNDLE_MODULES = ("model", "builtin_data", "loop", "train")
 SMALL_CNN = [
     ("Conv2d", {"out_channels": 8, "kernel_size": 3, "padding": 1}),
     ("BatchNorm2d", {}),
@@ -54,9 +61,10 @@ def write_bundle(folder: Path, graph: Graph, defaults: dict | None = None) -> Pa
 
 
 def load_train(folder: Path) -> types.ModuleType:
-    """Import a bundle's train.py with its own model.py, as `python train.py` would see them."""
+    """Import a bundle's train.py with its own model.py, loop.py and builtin_data.py, as
+    `python train.py` would see them."""
     modules = {}
-    for name in ("model", "train"):
+    for name in BUNDLE_MODULES:
         spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
         modules[name] = importlib.util.module_from_spec(spec)
         sys.modules[name] = modules[name]
@@ -71,8 +79,12 @@ def bundle(tmp_path: Path) -> Iterator[tuple[Path, types.ModuleType]]:
     try:
         yield folder, load_train(folder)
     finally:
-        sys.modules.pop("model", None)
-        sys.modules.pop("train", None)
+        forget_bundle()
+
+
+def forget_bundle() -> None:
+    for name in BUNDLE_MODULES:
+        sys.modules.pop(name, None)
 
 
 def last_record(folder: Path) -> dict:
@@ -105,6 +117,8 @@ def test_train_py_is_black_formatted_and_standalone(template: Path) -> None:
         "pathlib",
         "torch",
         "model",
+        "loop",
+        "builtin_data",
     }
     inner = {
         alias.name if isinstance(node, ast.Import) else node.module
@@ -114,7 +128,25 @@ def test_train_py_is_black_formatted_and_standalone(template: Path) -> None:
         if isinstance(node, (ast.Import, ast.ImportFrom))
         for alias in node.names
     }
-    assert inner <= {"numpy", "sklearn.datasets"}
+    assert inner <= {"numpy"}
+
+
+@pytest.mark.parametrize("name", ["loop.py", "builtin_data.py"])
+def test_the_bundle_carries_the_runtimes_own_loop_and_data_verbatim(name: str) -> None:
+    graph = load_graph(TEMPLATES[0].read_text())
+    files = bundle_files(graph, analyse(graph))
+    assert files[name] == (ROOT / "runtime" / name).read_text()
+    tree = ast.parse(files[name])
+    top = {
+        (node.module if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
+        for node in tree.body
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    }
+    assert top <= {"__future__", "collections", "contextlib", "dataclasses", "math", "random"} | {
+        "typing",
+        "torch",
+    }
 
 
 def test_train_py_carries_the_apps_settings_as_defaults(tmp_path: Path) -> None:
@@ -126,11 +158,21 @@ def test_train_py_carries_the_apps_settings_as_defaults(tmp_path: Path) -> None:
     try:
         args = load_train(folder).parse_args([])
     finally:
-        sys.modules.pop("model", None)
-        sys.modules.pop("train", None)
+        forget_bundle()
     assert (args.epochs, args.batch_size, args.lr, args.optimizer) == (7, 32, 0.05, "momentum")
     assert (args.schedule, args.warmup_steps, args.grad_clip, args.amp) == ("cosine", 10, 1.0, True)
-    assert (args.weight_decay, args.seed, args.patience, args.val_fraction) == (1e-4, 3, 2, 0.1)
+    assert (args.weight_decay, args.seed, args.val_fraction) == (1e-4, 3, 0.1)
+    assert (args.early_stopping_patience, args.dataset, args.target) == (2, "digits", "label")
+
+
+def test_train_py_has_a_flag_for_every_trainconfig_field_outside_the_app(bundle) -> None:
+    _, train = bundle
+    args = vars(train.parse_args([]))
+    fields = set(TrainConfig.model_fields) - set(APP_ONLY)
+    assert fields <= set(args) and not set(APP_ONLY) & set(args)
+    assert set(args) - fields == {"data", "out", "resume"}
+    defaults = TrainConfig().model_dump()
+    assert all(args[name] == defaults[name] for name in fields if name != "dataset")
 
 
 @pytest.mark.parametrize(
@@ -138,7 +180,7 @@ def test_train_py_carries_the_apps_settings_as_defaults(tmp_path: Path) -> None:
 )
 def test_settings_out_of_range_are_refused_before_they_reach_code(bad: dict) -> None:
     with pytest.raises(ValueError):
-        TrainDefaults.model_validate(bad)
+        TrainConfig.model_validate(bad)
 
 
 def test_a_hostile_graph_name_cannot_break_out_of_the_docstring() -> None:
@@ -161,7 +203,6 @@ def test_a_hostile_graph_name_cannot_break_out_of_the_docstring() -> None:
     [
         ([1, 8, 8], "float32", 10, (1, 8, 8)),
         ([8, 8], "float32", 10, (8, 8)),
-        ([64], "float32", 10, (64,)),
         ([1, 28, 28], "float32", 10, (1, 28, 28)),
         ([16], "int64", 16, (16,)),
         ([32, 1], "float32", 1, (32, 1)),
@@ -173,10 +214,9 @@ def test_built_in_data_fits_the_models_input(tmp_path, shape, dtype, output, exp
     folder = write_bundle(tmp_path, chain(shape, layers, dtype))
     try:
         train = load_train(folder)
-        x, y = train.load_data(None)
+        x, y = train.load_data(train.parse_args([]))
     finally:
-        sys.modules.pop("model", None)
-        sys.modules.pop("train", None)
+        forget_bundle()
     assert tuple(x.shape[1:]) == expected and x.dtype == getattr(torch, dtype)
     if output == 1:
         assert y.shape == (len(x), 1) and y.is_floating_point()
@@ -192,31 +232,84 @@ def test_without_fitting_built_in_data_the_data_flag_is_required(tmp_path: Path)
         [sys.executable, "train.py"], cwd=folder, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 2
-    assert "the following arguments are required: --data" in result.stderr
+    assert "no built-in dataset fits input [3, 5]; pass --data FILE.npz" in result.stderr
+
+
+class Recorder:
+    """Hooks that keep the sample indices of every step."""
+
+    def __init__(self, hooks) -> None:
+        self.seen: list[list[int]] = []
+        self.base = hooks
+
+    def __getattr__(self, name: str):
+        return getattr(self.base, name)
+
+    def after_step(self, done) -> None:
+        self.seen.append(done.index.tolist())
 
 
 def test_processes_split_each_global_batch_and_the_seed_drives_the_shuffle(bundle) -> None:
     _, train = bundle
-    args = train.parse_args(["--batch-size", "64", "--seed", "5"])
-    data = torch.utils.data.TensorDataset(torch.arange(100.0), torch.zeros(100, dtype=torch.long))
-    train_set, val_set = train.split(data, 0.2, args.seed)
-    shares = [train.make_loaders(train_set, val_set, args, rank, 2) for rank in (0, 1)]
-    (first, val_first), (second, val_second) = shares
-    assert first.batch_size == second.batch_size == 32 and first.sampler.seed == 5
-    assert set(first.sampler).isdisjoint(second.sampler)
-    assert len(val_first.dataset) + len(val_second.dataset) == len(val_set) == 20
-
-
-def test_lr_schedules_warm_up_then_decay(bundle) -> None:
-    _, train = bundle
-    factor = train.lr_factor
-    assert [factor(s, 100, "constant", 4) for s in (0, 1, 3, 50)] == [0.25, 0.5, 1.0, 1.0]
-    assert factor(4, 104, "cosine", 4) == 1.0 and factor(103, 104, "cosine", 4) < 1e-3
-    assert [round(factor(s, 100, "step", 0), 6) for s in (49, 50, 75)] == [1.0, 0.1, 0.01]
+    loop = sys.modules["loop"]
+    args = train.parse_args(["--batch-size", "8", "--seed", "5", "--epochs", "1"])
+    x, y = torch.randn(40, 1, 8, 8), torch.zeros(40, dtype=torch.long)
+    shares = []
+    for rank in (0, 1):
+        data = loop.split(x, y, args)
+        model = sys.modules["model"].build_model()
+        hooks = Recorder(loop.Hooks())
+        optimizer = loop.make_optimizer(args, list(model.parameters()))
+        trainer = loop.Loop(model, optimizer, data, args, "auto", hooks=hooks, rank=rank, world=2)
+        trainer.train()
+        shares.append(hooks.seen)
+    order = loop.epoch_order(5, 0, 32).tolist()
+    assert len(shares[0]) == len(shares[1]) == 4  # 32 training samples, global batches of 8
+    for step, (first, second) in enumerate(zip(*shares, strict=True)):
+        batch = order[step * 8 : (step + 1) * 8]
+        assert first == batch[0::2] and second == batch[1::2]
 
 
 # ---------------------------------------------------------------------------------------------
 # Training
+
+
+DROPOUT_CNN = [*SMALL_CNN[:4], ("Dropout", {"p": 0.3}), *SMALL_CNN[4:]]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"optimizer": "adamw", "schedule": "cosine", "warmup_steps": 5, "grad_clip": 0.5},
+        {"optimizer": "momentum", "batch_size": 479, "schedule": "step", "weight_decay": 1e-3},
+    ],
+    ids=["adamw-cosine-clip", "momentum-step-single-sample-batch"],
+)
+def test_a_run_in_the_app_and_train_py_end_with_identical_weights(tmp_path, settings) -> None:
+    config = TrainConfig(dataset="digits", epochs=2, lr=0.01, seed=7, device="cpu", **settings)
+    graph = chain([1, 8, 8], DROPOUT_CNN)
+    run = create_run(tmp_path / "runs", graph, config)
+    assert train_run(run).status == "completed"
+    app = torch.load(run / store.CHECKPOINT_DIR / store.WEIGHTS_FILE, weights_only=True)
+    folder = write_bundle(tmp_path / "bundle", graph, config.model_dump())
+    try:
+        script = load_train(folder).main(["--out", str(tmp_path / "ck")]).state_dict()
+    finally:
+        forget_bundle()
+    assert app.keys() == script.keys()
+    assert all(torch.equal(app[key], script[key]) for key in app)
+    assert any(not torch.equal(app[key], value) for key, value in fresh_weights(graph).items())
+
+
+def fresh_weights(graph: Graph) -> dict[str, torch.Tensor]:
+    torch.manual_seed(7)
+    return load_train_model(graph).state_dict()
+
+
+def load_train_model(graph: Graph) -> torch.nn.Module:
+    from runtime.trainer import load_model_source
+
+    return load_model_source(bundle_files(graph, analyse(graph))["model.py"])
 
 
 def test_trains_on_digits_and_saves_weights_that_load_safely_into_model_py(
@@ -244,14 +337,14 @@ def test_resume_continues_exactly_where_the_run_stopped(bundle, tmp_path) -> Non
 
 
 def test_early_stopping_ends_the_run_after_patience_epochs_without_progress(tmp_path) -> None:
-    folder = write_bundle(tmp_path / "b", chain([64], [("Linear", {"out_features": 10})]))
+    layers = [("Flatten", {}), ("Linear", {"out_features": 10})]  # lr 1e-30: weights never move
+    folder = write_bundle(tmp_path / "b", chain([1, 8, 8], layers))
     try:
         train = load_train(folder)
-        frozen = ["--optimizer", "sgd", "--lr", "1e-30", "--patience", "2"]  # weights never move
+        frozen = ["--optimizer", "sgd", "--lr", "1e-30", "--early-stopping-patience", "2"]
         train.main([*FAST, "--epochs", "6", *frozen, "--out", str(tmp_path / "ck")])
     finally:
-        sys.modules.pop("model", None)
-        sys.modules.pop("train", None)
+        forget_bundle()
     lines = (tmp_path / "ck" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
 
@@ -262,7 +355,7 @@ def test_resume_without_a_checkpoint_says_so(bundle, tmp_path) -> None:
         train.main([*FAST, "--resume", "--out", str(tmp_path / "empty")])
 
 
-def test_trains_on_an_npz_file_and_bf16_autocast_on_cpu(bundle, tmp_path) -> None:
+def test_trains_on_an_npz_file_and_amp_on_cpu_stays_float32(bundle, tmp_path) -> None:
     _, train = bundle
     generator = torch.Generator().manual_seed(0)
     x = torch.rand(200, 1, 8, 8, generator=generator)
@@ -306,7 +399,7 @@ def test_bad_data_files_stop_with_a_named_message(bundle, tmp_path, arrays, mess
 
 def test_a_diverging_run_stops_with_advice_and_keeps_no_bad_checkpoint(bundle, tmp_path) -> None:
     _, train = bundle
-    with pytest.raises(SystemExit, match="the loss became (nan|inf).*lower --lr"):
+    with pytest.raises(SystemExit, match="the loss is not finite at step .*lower --lr"):
         train.main([*FAST, "--optimizer", "sgd", "--lr", "1e30", "--out", str(tmp_path / "ck")])
     assert not (tmp_path / "ck" / "model.pt").exists()
 

@@ -172,3 +172,80 @@ def test_interlocked_cycles_in_one_component_are_one_error_not_a_crash() -> None
     cycle_errors = [e for e in analysis.errors if "cycle" in e.message]
     assert len(cycle_errors) == 1 and cycle_errors[0].node in {"a", "b", "c"}
     assert all(analysis.infos[n].shape is None for n in ("a", "b", "c", "out"))
+
+
+def classifier(head: list[tuple[str, dict]], output: dict | None = None):
+    """Input [6] -> Linear 4 -> head... -> Output (with `output` params)."""
+    layers = [("fc", "Linear", {"out_features": 4})] + [
+        (f"h{i}", t, p) for i, (t, p) in enumerate(head)
+    ]
+    ids = ["in"] + [i for i, _, _ in layers] + ["out"]
+    nodes = [("in", "Input", {"shape": [6]}), *layers, ("out", "Output", output or {})]
+    return graph(nodes, list(zip(ids, ids[1:])))
+
+
+def test_softmax_before_a_loss_that_applies_its_own_is_a_warning_with_a_removal_fix() -> None:
+    from builder.edit import apply_fix
+
+    g = classifier([("Softmax", {"dim": 1})])
+    analysis = analyse(g)
+    assert analysis.ok
+    (warning,) = analysis.warnings
+    assert warning.node == "out"
+    assert "expects raw scores (logits)" in warning.message
+    assert warning.fix["remove"] == {"node": "h0"}
+    fixed = analyse(apply_fix(g, warning.fix))
+    assert fixed.ok and not fixed.warnings
+    assert fixed.inputs["out"] == ["fc"]
+
+
+def test_log_softmax_before_cross_entropy_suggests_the_nll_loss() -> None:
+    from builder.edit import apply_fix
+
+    g = classifier([("LogSoftmax", {"dim": -1})], {"loss": "cross_entropy"})
+    (warning,) = analyse(g).warnings
+    assert warning.fix["set"] == {"node": "out", "params": {"loss": "nll"}}
+    fixed = analyse(apply_fix(g, warning.fix))
+    assert fixed.ok and not fixed.warnings
+
+
+def test_softmax_before_a_regression_loss_is_not_warned_about() -> None:
+    assert not analyse(classifier([("Softmax", {})], {"loss": "mse"})).warnings
+
+
+def test_class_loss_needs_scores_per_class() -> None:
+    g = graph(
+        [("in", "Input", {"shape": [2, 4, 4]}), ("c", "Conv2d", {"out_channels": 3, "kernel_size": 1}),
+         ("out", "Output", {"loss": "cross_entropy"})],
+        [("in", "c"), ("c", "out")],
+    )
+    (error,) = analyse(g).errors
+    assert error.node == "out"
+    assert "needs scores shaped [classes] or [T, classes], got [3, 4, 4]" in error.message
+
+
+def test_label_smoothing_belongs_to_cross_entropy_only() -> None:
+    (error,) = analyse(classifier([], {"loss": "mse", "label_smoothing": 0.1})).errors
+    assert "label_smoothing applies to cross_entropy only" in error.message
+    assert error.fix["set"]["params"] == {"label_smoothing": 0.0}
+
+
+def test_the_chosen_loss_is_readable_for_the_trainer() -> None:
+    from compiler.analysis import loss_of, output_loss, resolved_loss
+
+    g = classifier([], {"loss": "cross_entropy", "label_smoothing": 0.2})
+    assert output_loss(g).loss == "cross_entropy"
+    assert loss_of(analyse(g)).label_smoothing == 0.2
+    assert output_loss(classifier([])).loss == "auto"
+    assert resolved_loss("auto", integer_targets=True) == "cross_entropy"
+    assert resolved_loss("auto", integer_targets=False) == "mse"
+    assert resolved_loss("huber", integer_targets=True) == "huber"
+
+
+def test_diagnostics_are_data_with_a_code_and_values() -> None:
+    g = chain_graph([1, 3, 3], ("Conv2d", {"out_channels": 2, "kernel_size": 5}))
+    (error,) = analyse(g).errors
+    entry = error.to_json()
+    assert entry["code"].startswith("kernel {kernel} (dilated {dilated}) exceeds padded input")
+    assert entry["values"]["padded"] == "3x3"
+    assert entry["message"] == error.message

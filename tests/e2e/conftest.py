@@ -1,6 +1,7 @@
 """The browser tests' harness: the app on a free port (8610-8619) with a temporary home for its
 runs and autosaves, Debian's headless chromium driven by Playwright, and a screenshot per step in
-test-artifacts/. Without /usr/bin/chromium every browser test is skipped, with the reason."""
+test-artifacts/. Without /usr/bin/chromium every browser test is skipped, with the reason; in CI
+(CI=true) each fails instead, so a broken CI image cannot pass by skipping them."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(os.environ.get("NETBUILDER_CHROMIUM", "/usr/bin/chromium"))
 PORTS = range(8610, 8620)
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_ARGS = [
@@ -29,20 +30,39 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 START_TIMEOUT_S = 60
+# Resolves after the browser has drawn two more frames (layout done after a resize).
+NEXT_FRAMES = "() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))"
 # Streamlit has drawn everything: no element is a loading placeholder and no script is running.
 SETTLED = """() => !document.querySelector('[data-testid=stSkeleton]')
     && !document.querySelector('[data-testid=stStatusWidget] [data-testid=stStatusWidgetRunningIcon]')"""
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def chromium_missing() -> str | None:
     if CHROMIUM.exists():
+        return None
+    return f"{CHROMIUM} is missing: install it (apt-get install chromium) to run the browser tests"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Without chromium the browser tests are skipped, except in CI, where they fail."""
+    reason = chromium_missing()
+    if reason is None or in_ci():
         return
-    reason = (
-        f"{CHROMIUM} is missing: install it (apt-get install chromium) to run the browser tests"
-    )
     for item in items:
         if Path(item.fspath).is_relative_to(Path(__file__).parent):
             item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def chromium_required() -> None:
+    """In CI (CI=true) a missing chromium is a failure of every browser test, never a skip."""
+    reason = chromium_missing()
+    if reason is not None:
+        pytest.fail(f"CI=true and {reason}" if in_ci() else reason, pytrace=False)
 
 
 def free_port() -> int:
@@ -144,7 +164,8 @@ def shot() -> Callable[[object, str], Path]:
             "() => document.querySelector('[data-testid=stMain]')?.scrollHeight ?? 0"
         )
         tab.set_viewport_size({"width": size["width"], "height": max(size["height"], height)})
-        tab.wait_for_timeout(400)
+        tab.wait_for_function(SETTLED, timeout=15_000)
+        tab.evaluate(NEXT_FRAMES)  # the resized page has been laid out and painted
         tab.screenshot(path=str(path))
         tab.set_viewport_size(size)
         return path

@@ -1,0 +1,436 @@
+"""Core layers: Input, Output (and its loss), Linear, Identity, Flatten, Permute, Reshape."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from builder.layers.base import (
+    BOOL,
+    MAX_RANK,
+    MAX_SIZE,
+    Advice,
+    Fix,
+    LayerError,
+    LayerSpec,
+    NoParams,
+    Params,
+    Tensor,
+    call,
+    changed,
+    count,
+    dim_field,
+    full_dim,
+    keep_shape,
+    no_params_from_module,
+    need_rank,
+    numel,
+    same_shape_explained,
+    shape_text,
+)
+from i18n import Message, N_, msg
+
+# ---------------------------------------------------------------------------------------------
+# Input
+
+
+class InputParams(Params):
+    shape: list[Annotated[int, Field(ge=1, le=MAX_SIZE)]] = Field(
+        min_length=1,
+        max_length=MAX_RANK,
+        description=N_("a list of 1 to 6 positive ints, batch excluded"),
+    )
+    dtype: Literal["float32", "int64"] = Field("float32", description=N_("'float32' or 'int64'"))
+
+    @model_validator(mode="after")
+    def _not_huge(self) -> InputParams:
+        if numel(self.shape) > 50_000_000:
+            raise ValueError("shape has over 50 million elements per sample")
+        return self
+
+
+def input_infer(p: InputParams, xs: list[Tensor]) -> Tensor:
+    return Tensor(tuple(p.shape), p.dtype)
+
+
+INPUT = LayerSpec(
+    name="Input",
+    category="Core",
+    description=N_("The data that enters the model: one sample's shape, without the batch."),
+    formula=N_("x: [B, *shape]"),
+    params=InputParams,
+    infer=input_infer,
+    starter={"shape": [1, 8, 8]},
+    min_inputs=0,
+    max_inputs=0,
+    key_params=("shape", "dtype"),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Output and its loss
+
+Loss = Literal["auto", "cross_entropy", "nll", "bce_with_logits", "mse", "l1", "huber"]
+
+# name -> (what it is for, its formula): the teaching text of each choice.
+LOSSES: dict[str, tuple[str, str]] = {
+    "auto": (
+        N_("Cross-entropy for integer class targets, mean squared error for float targets."),
+        "cross_entropy | mse",
+    ),
+    "cross_entropy": (
+        N_(
+            "Classes: applies log-softmax to the scores (logits) itself, then takes the"
+            " negative log-probability of the true class."
+        ),
+        "L = -log(softmax(y)[target]), smoothed: (1 - e) * L + e * mean_c(-log softmax(y)_c)",
+    ),
+    "nll": (
+        N_(
+            "Classes, for a model that ends in LogSoftmax: the negative log-probability of the"
+            " true class."
+        ),
+        "L = -y[target]",
+    ),
+    "bce_with_logits": (
+        N_(
+            "Independent yes/no targets in [0, 1] per output: sigmoid and binary cross-entropy"
+            " in one stable step."
+        ),
+        "L = -(t log sigmoid(y) + (1 - t) log(1 - sigmoid(y)))",
+    ),
+    "mse": (N_("Regression: the mean squared error."), "L = mean((y - t)^2)"),
+    "l1": (
+        N_("Regression: the mean absolute error, less sensitive to outliers."),
+        "L = mean(|y - t|)",
+    ),
+    "huber": (
+        N_("Regression: squared error near the target, absolute error far from it (delta 1)."),
+        "L = 0.5 (y - t)^2 if |y - t| < 1 else |y - t| - 0.5",
+    ),
+}
+CLASS_LOSSES = frozenset({"cross_entropy", "nll"})
+SOFTMAX_LOSSES = frozenset({"auto", "cross_entropy"})  # they apply log-softmax themselves
+
+
+class OutputParams(Params):
+    loss: Loss = Field(
+        "auto",
+        description=N_("one of auto, cross_entropy, nll, bce_with_logits, mse, l1, huber"),
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0.0, lt=1.0, description=N_("a float in [0, 1) (cross_entropy only)")
+    )
+
+
+def output_infer(p: OutputParams, xs: list[Tensor]) -> Tensor:
+    """The model's output is its input; the chosen loss must fit that shape."""
+    y = xs[0]
+    if p.label_smoothing and p.loss not in ("auto", "cross_entropy"):
+        raise LayerError(
+            msg("label_smoothing applies to cross_entropy only, not to {loss}", loss=p.loss),
+            Fix(msg("label smoothing needs cross-entropy"), set_params={"label_smoothing": 0.0}),
+        )
+    if p.loss in CLASS_LOSSES and len(y.shape) not in (1, 2):
+        raise LayerError(
+            msg(
+                "loss {loss} needs scores shaped [classes] or [T, classes], got {shape};"
+                " Flatten or pool to one score per class",
+                loss=p.loss,
+                shape=shape_text(y.shape),
+            )
+        )
+    return y
+
+
+def output_advise(p: OutputParams, xs: list[Tensor]) -> list[Advice]:
+    """A softmax just before a loss that applies its own squashes the scores twice."""
+    source = xs[0].source_type
+    if p.loss not in SOFTMAX_LOSSES or source not in ("Softmax", "LogSoftmax"):
+        return []
+    if source == "LogSoftmax":
+        return [
+            Advice(
+                msg(
+                    "the loss {loss} applies log-softmax itself, so after LogSoftmax it is"
+                    " applied twice; use the loss nll, which expects log-probabilities",
+                    loss=p.loss,
+                ),
+                Fix(msg("nll is cross-entropy for log-probabilities"), set_params={"loss": "nll"}),
+            )
+        ]
+    return [
+        Advice(
+            msg(
+                "the loss {loss} applies softmax itself and expects raw scores (logits);"
+                " a Softmax before it squashes them twice and slows learning: remove it",
+                loss=p.loss,
+            ),
+            Fix(msg("the loss expects logits"), remove_input=True),
+        )
+    ]
+
+
+OUTPUT = LayerSpec(
+    name="Output",
+    category="Core",
+    description=N_("Marks what the model returns, and the loss that training minimises."),
+    formula=N_("y = x; loss(y, target)"),
+    params=OutputParams,
+    infer=output_infer,
+    advise=output_advise,
+    key_params=("loss",),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Linear
+
+
+class LinearParams(Params):
+    out_features: int = count()
+    bias: bool = Field(True, description=BOOL)
+
+
+def linear_infer(p: LinearParams, xs: list[Tensor]) -> Tensor:
+    need_rank(xs[0], range(1, MAX_RANK + 1), "[..., F]")
+    return Tensor(xs[0].shape[:-1] + (p.out_features,))
+
+
+def linear_count(p: LinearParams, xs: list[Tensor]) -> int:
+    return xs[0].shape[-1] * p.out_features + p.out_features * p.bias
+
+
+def linear_macs(p: LinearParams, xs: list[Tensor], y: Tensor) -> int:
+    return numel(xs[0].shape) * p.out_features
+
+
+def linear_module(p: LinearParams, xs: list[Tensor]) -> str:
+    return call("nn.Linear", xs[0].shape[-1], p.out_features, **changed(p, "bias"))
+
+
+def linear_explain(p: LinearParams, xs: list[Tensor], y: Tensor) -> Message:
+    i, o = xs[0].shape[-1], p.out_features
+    if p.bias:
+        return msg("[..., {i}] -> [..., {o}]; weights {i}*{o} + bias {o}", i=i, o=o)
+    return msg("[..., {i}] -> [..., {o}]; weights {i}*{o}", i=i, o=o)
+
+
+def linear_advise(p: LinearParams, xs: list[Tensor]) -> list[Advice]:
+    if len(xs[0].shape) < 3:
+        return []
+    return [
+        Advice(
+            msg(
+                "Linear acts on the last dim only, so {before} gives {after}; insert a Flatten"
+                " before it for one vector of {flat} features per sample",
+                before=shape_text(xs[0].shape),
+                after=shape_text(xs[0].shape[:-1] + (p.out_features,)),
+                flat=numel(xs[0].shape),
+            ),
+            Fix(msg("a classifier head usually wants one flat vector per sample"), "Flatten"),
+        )
+    ]
+
+
+def linear_from_module(m: Any) -> dict[str, Any]:
+    return {"out_features": m.out_features, "bias": m.bias is not None}
+
+
+LINEAR = LayerSpec(
+    name="Linear",
+    category="Core",
+    description=N_(
+        "A fully connected layer: every output is a weighted sum of all input features."
+    ),
+    formula=N_("y = x W^T + b"),
+    params=LinearParams,
+    infer=linear_infer,
+    torch_modules=("Linear",),
+    params_from_module=linear_from_module,
+    starter={"out_features": 64},
+    count_params=linear_count,
+    macs=linear_macs,
+    module=linear_module,
+    explain=linear_explain,
+    advise=linear_advise,
+    key_params=("out_features",),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Identity
+
+
+def identity_module(p: NoParams, xs: list[Tensor]) -> str:
+    return "nn.Identity()"
+
+
+IDENTITY = LayerSpec(
+    name="Identity",
+    category="Core",
+    description=N_("Passes its input through unchanged."),
+    formula=N_("y = x"),
+    params=NoParams,
+    infer=keep_shape,
+    torch_modules=("Identity",),
+    params_from_module=no_params_from_module,
+    module=identity_module,
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Flatten
+
+
+class FlattenParams(Params):
+    start_dim: int = dim_field(1)
+    end_dim: int = dim_field(-1)
+
+
+def flatten_infer(p: FlattenParams, xs: list[Tensor]) -> Tensor:
+    shape = xs[0].shape
+    start = full_dim(p.start_dim, len(shape), "start_dim")
+    end = full_dim(p.end_dim, len(shape), "end_dim")
+    if start > end:
+        raise LayerError(
+            msg("start_dim {start} comes after end_dim {end}", start=p.start_dim, end=p.end_dim)
+        )
+    merged = numel(shape[start - 1 : end])
+    return Tensor(shape[: start - 1] + (merged,) + shape[end:], xs[0].dtype)
+
+
+def flatten_module(p: FlattenParams, xs: list[Tensor]) -> str:
+    return call("nn.Flatten", **changed(p, "start_dim", "end_dim"))
+
+
+def flatten_from_module(m: Any) -> dict[str, Any]:
+    return {"start_dim": m.start_dim, "end_dim": m.end_dim}
+
+
+FLATTEN = LayerSpec(
+    name="Flatten",
+    category="Core",
+    description=N_("Joins dimensions into one, e.g. [C, H, W] into one vector for a Linear head."),
+    formula=N_("[C, H, W] -> [C*H*W]"),
+    params=FlattenParams,
+    infer=flatten_infer,
+    torch_modules=("Flatten",),
+    functional=("torch.flatten", "Tensor.flatten"),
+    params_from_module=flatten_from_module,
+    module=flatten_module,
+    explain=same_shape_explained,
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Permute
+
+
+class PermuteParams(Params):
+    dims: list[Annotated[int, Field(ge=0, le=MAX_RANK)]] = Field(
+        max_length=MAX_RANK + 1,
+        description=N_("a permutation of all dims, counting the batch, 0 first"),
+    )
+
+
+def permute_infer(p: PermuteParams, xs: list[Tensor]) -> Tensor:
+    shape = xs[0].shape
+    full = len(shape) + 1
+    if sorted(p.dims) != list(range(full)):
+        raise LayerError(
+            msg(
+                "dims {dims} must be a permutation of 0..{last} for input {shape}",
+                dims=p.dims,
+                last=full - 1,
+                shape=shape_text(("B", *shape)),  # type: ignore[arg-type]
+            )
+        )
+    if p.dims[0] != 0:
+        raise LayerError(msg("dims {dims} must keep the batch first (start with 0)", dims=p.dims))
+    return Tensor(tuple(shape[d - 1] for d in p.dims[1:]), xs[0].dtype)
+
+
+def permute_call(p: PermuteParams, attr: str, args: list[str]) -> str:
+    return f"{args[0]}.permute({', '.join(map(str, p.dims))})"
+
+
+PERMUTE = LayerSpec(
+    name="Permute",
+    category="Core",
+    description=N_("Reorders dimensions, e.g. [C, L] from a Conv1d into [T, F] for an RNN."),
+    formula=N_("y = x.permute(dims)"),
+    params=PermuteParams,
+    infer=permute_infer,
+    functional=("torch.permute", "Tensor.permute", "torch.transpose", "Tensor.transpose"),
+    starter={"dims": [0, 2, 1]},
+    call=permute_call,
+    key_params=("dims",),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reshape
+
+
+class ReshapeParams(Params):
+    shape: list[Annotated[int, Field(ge=-1, le=MAX_SIZE)]] = Field(
+        min_length=1,
+        max_length=MAX_RANK,
+        description=N_("a list of positive ints, one of them may be -1"),
+    )
+
+
+def reshape_infer(p: ReshapeParams, xs: list[Tensor]) -> Tensor:
+    total = numel(xs[0].shape)
+    if p.shape.count(-1) > 1 or any(s == 0 or s < -1 for s in p.shape):
+        raise LayerError(
+            msg("shape {shape} may hold positive sizes and at most one -1", shape=p.shape)
+        )
+    known = numel(s for s in p.shape if s != -1)
+    if -1 in p.shape:
+        if total % known:
+            raise LayerError(
+                msg(
+                    "cannot reshape {before} ({total} elements) to {shape}: {total} is not"
+                    " divisible by {known}",
+                    before=shape_text(xs[0].shape),
+                    total=total,
+                    shape=p.shape,
+                    known=known,
+                )
+            )
+        return Tensor(tuple(total // known if s == -1 else s for s in p.shape), xs[0].dtype)
+    if known != total:
+        raise LayerError(
+            msg(
+                "cannot reshape {before} ({total} elements) to {after} ({known} elements); the"
+                " element counts must match",
+                before=shape_text(xs[0].shape),
+                total=total,
+                after=shape_text(p.shape),
+                known=known,
+            )
+        )
+    return Tensor(tuple(p.shape), xs[0].dtype)
+
+
+def reshape_call(p: ReshapeParams, attr: str, args: list[str]) -> str:
+    return f"{args[0]}.reshape({args[0]}.size(0), {', '.join(map(str, p.shape))})"
+
+
+RESHAPE = LayerSpec(
+    name="Reshape",
+    category="Core",
+    description=N_("Views each sample with a new shape of the same number of elements."),
+    formula=N_("y = x.reshape(B, *shape)"),
+    params=ReshapeParams,
+    infer=reshape_infer,
+    functional=("torch.reshape", "Tensor.reshape", "Tensor.view"),
+    starter={"shape": [-1]},
+    call=reshape_call,
+    key_params=("shape",),
+)
+
+ENTRIES = (INPUT, OUTPUT, LINEAR, IDENTITY, FLATTEN, PERMUTE, RESHAPE)

@@ -1,0 +1,170 @@
+"""Merges of two or more inputs: Add and Multiply (element-wise, broadcasting where one side has
+1s, as PyTorch does) and Concat (along one dim, in port order)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from builder.layers.base import (
+    Fix,
+    LayerError,
+    LayerSpec,
+    NoParams,
+    Params,
+    Shape,
+    Tensor,
+    dim_field,
+    full_dim,
+    shape_text,
+)
+from i18n import N_, msg
+
+
+def broadcast(first: Shape, other: Shape) -> Shape | None:
+    """PyTorch's broadcast of two shapes of one rank (each dim equal or 1), else None.
+
+    Shapes of different ranks are refused even where torch would broadcast them: with the batch
+    in front, torch aligns [E] with [T, E] from the right and would pair the batch with T."""
+    if len(first) != len(other):
+        return None
+    if any(a != b and 1 not in (a, b) for a, b in zip(first, other, strict=True)):
+        return None
+    return tuple(max(a, b) for a, b in zip(first, other, strict=True))
+
+
+def projection_fix(skip: Shape, main: Shape, index: int) -> Fix | None:
+    """A 1x1 Conv2d on the skip path, the standard ResNet fix for a channel or stride change."""
+    if len(skip) != 3 or len(main) != 3 or skip[1] % main[1] or skip[2] % main[2]:
+        return None
+    stride = skip[1] // main[1]
+    if stride != skip[2] // main[2]:
+        return None
+    params: dict[str, Any] = {"out_channels": main[0], "kernel_size": 1}
+    if stride > 1:
+        params["stride"] = stride
+    return Fix(
+        msg("a 1x1 Conv2d projects {skip} to {main}", skip=shape_text(skip), main=shape_text(main)),
+        "Conv2d",
+        params,
+        on_input=index,
+    )
+
+
+def elementwise_infer(p: NoParams, xs: list[Tensor]) -> Tensor:
+    shape = xs[0].shape
+    for index, x in enumerate(xs[1:], start=1):
+        joined = broadcast(shape, x.shape)
+        if joined is not None:
+            shape = joined
+            continue
+        if len(shape) != len(x.shape):
+            raise LayerError(
+                msg(
+                    "inputs {first} and {other} have different numbers of dims; with the batch"
+                    " in front torch would align them from the right and mix the batch into"
+                    " another dim, so Reshape one to the other's rank (1s where it repeats)",
+                    first=shape_text(shape),
+                    other=shape_text(x.shape),
+                )
+            )
+        raise LayerError(
+            msg(
+                "inputs must have one shape, or 1 where one repeats along a dim; got {first} and"
+                " {other}; project the skip input to match",
+                first=shape_text(shape),
+                other=shape_text(x.shape),
+            ),
+            projection_fix(x.shape, shape, index),
+        )
+    return Tensor(shape)
+
+
+def add_call(p: NoParams, attr: str, args: list[str]) -> str:
+    return " + ".join(args)
+
+
+def multiply_call(p: NoParams, attr: str, args: list[str]) -> str:
+    return " * ".join(args)
+
+
+ADD = LayerSpec(
+    name="Add",
+    category="Merge",
+    description=N_(
+        "Adds its inputs element-wise: the residual connection of a ResNet. A dim of 1 repeats"
+        " to match the other input ([1, E] with [T, E])."
+    ),
+    formula=N_("y = a + b + ..."),
+    params=NoParams,
+    infer=elementwise_infer,
+    functional=("operator.add", "operator.iadd", "torch.add", "Tensor.add"),
+    min_inputs=2,
+    max_inputs=None,
+    call=add_call,
+)
+
+MULTIPLY = LayerSpec(
+    name="Multiply",
+    category="Merge",
+    description=N_(
+        "Multiplies its inputs element-wise, e.g. a gate; [C, 1, 1] scales each channel of"
+        " [C, H, W] (squeeze-and-excitation)."
+    ),
+    formula=N_("y = a * b * ..."),
+    params=NoParams,
+    infer=elementwise_infer,
+    functional=("operator.mul", "operator.imul", "torch.mul", "Tensor.mul"),
+    min_inputs=2,
+    max_inputs=None,
+    call=multiply_call,
+)
+
+
+class ConcatParams(Params):
+    dim: int = dim_field(1)
+
+
+def concat_infer(p: ConcatParams, xs: list[Tensor]) -> Tensor:
+    first = xs[0].shape
+    if any(len(x.shape) != len(first) for x in xs):
+        raise LayerError(
+            msg(
+                "inputs must have the same number of dims, got {shapes}",
+                shapes=" and ".join(shape_text(x.shape) for x in xs),
+            )
+        )
+    dim = full_dim(p.dim, len(first))
+    for x in xs[1:]:
+        others = [i for i in range(len(first)) if i != dim - 1 and x.shape[i] != first[i]]
+        if others:
+            raise LayerError(
+                msg(
+                    "inputs must match except along dim {dim}, got {first} and {other}",
+                    dim=p.dim,
+                    first=shape_text(first),
+                    other=shape_text(x.shape),
+                )
+            )
+    joined = sum(x.shape[dim - 1] for x in xs)
+    return Tensor(first[: dim - 1] + (joined,) + first[dim:])
+
+
+def concat_call(p: ConcatParams, attr: str, args: list[str]) -> str:
+    return f"torch.cat([{', '.join(args)}], dim={p.dim})"
+
+
+CONCAT = LayerSpec(
+    name="Concat",
+    category="Merge",
+    description=N_("Joins its inputs along one dim (channels by default), in port order."),
+    formula=N_("y = cat([a, b, ...], dim)"),
+    params=ConcatParams,
+    infer=concat_infer,
+    functional=("torch.cat", "torch.concat", "torch.concatenate"),
+    min_inputs=2,
+    max_inputs=None,
+    call=concat_call,
+    key_params=("dim",),
+)
+
+ENTRIES = (ADD, MULTIPLY, CONCAT)

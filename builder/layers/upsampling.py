@@ -1,0 +1,164 @@
+"""Upsample: grows [C, L] or [C, H, W] by a scale factor or to a size (nearest or linear)."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from builder.layers.base import (
+    MAX_SIZE,
+    Fix,
+    LayerError,
+    LayerSpec,
+    NotMappable,
+    Params,
+    Shape,
+    Tensor,
+    as_tuple,
+    call,
+    changed,
+    need_rank,
+    shape_text,
+)
+from builder.layers.conv import AXES, per_axis
+from i18n import Message, N_, msg
+
+Scale = Annotated[float, Field(gt=0.0, le=1000.0)]
+Sizes = Annotated[int, Field(ge=1, le=MAX_SIZE)]
+
+
+class UpsampleParams(Params):
+    size: Sizes | list[Sizes] | None = Field(
+        None, description=N_("a positive int or list of one per spatial dim, or null")
+    )
+    scale_factor: Scale | list[Scale] | None = Field(
+        None, description=N_("a positive float up to 1000 or list of one per spatial dim, or null")
+    )
+    mode: Literal["nearest", "linear", "bilinear"] = Field(
+        "nearest", description=N_("'nearest', 'linear' (for [C, L]) or 'bilinear' (for [C, H, W])")
+    )
+    align_corners: bool | None = Field(
+        None, description=N_("true, false or null (linear modes only)")
+    )
+
+    @model_validator(mode="after")
+    def _one_of_size_or_scale(self) -> UpsampleParams:
+        if (self.size is None) == (self.scale_factor is None):
+            raise ValueError("Upsample takes exactly one of size and scale_factor")
+        return self
+
+
+def scales(p: UpsampleParams, n: int) -> tuple[float, ...]:
+    factor = p.scale_factor
+    return tuple([float(factor)] * n) if not isinstance(factor, list) else tuple(factor)
+
+
+def upsample_sizes(p: UpsampleParams, size: Shape) -> Shape:
+    """PyTorch's rule: the given size, or floor(I * scale_factor) per axis."""
+    if p.size is not None:
+        return as_tuple(p.size, len(size))
+    return tuple(math.floor(i * s) for i, s in zip(size, scales(p, len(size)), strict=True))
+
+
+def upsample_infer(p: UpsampleParams, xs: list[Tensor]) -> Tensor:
+    x = xs[0]
+    need_rank(x, (2, 3), "[C, L] or [C, H, W]")
+    n = len(x.shape) - 1
+    wanted = {"linear": 1, "bilinear": 2}.get(p.mode)
+    if wanted is not None and wanted != n:
+        right = "linear" if n == 1 else "bilinear"
+        raise LayerError(
+            msg(
+                "mode {mode} works on {layout} input, got {shape}; use {right}",
+                mode=p.mode,
+                layout="[C, L]" if wanted == 1 else "[C, H, W]",
+                shape=shape_text(x.shape),
+                right=right,
+            ),
+            Fix(msg("the mode must match the spatial dims"), set_params={"mode": right}),
+        )
+    if p.mode == "nearest" and p.align_corners is not None:
+        raise LayerError(
+            msg("align_corners applies to linear modes only; leave it null for nearest"),
+            Fix(msg("nearest has no corners to align"), set_params={"align_corners": None}),
+        )
+    for value in (p.size, p.scale_factor):
+        if isinstance(value, list) and len(value) != n:
+            raise LayerError(
+                msg(
+                    "{value} needs one value per spatial dim of {shape} ({n})",
+                    value=value,
+                    shape=shape_text(x.shape),
+                    n=n,
+                )
+            )
+    out = upsample_sizes(p, x.shape[1:])
+    if min(out) < 1 or max(out) > MAX_SIZE:
+        raise LayerError(
+            msg(
+                "the output would be {shape}; each size must be from 1 to {limit}",
+                shape=shape_text((x.shape[0], *out)),
+                limit=MAX_SIZE,
+            )
+        )
+    return Tensor((x.shape[0], *out))
+
+
+def upsample_module(p: UpsampleParams, xs: list[Tensor]) -> str:
+    return call("nn.Upsample", **changed(p, "size", "scale_factor", "mode", "align_corners"))
+
+
+def upsample_explain(p: UpsampleParams, xs: list[Tensor], y: Tensor) -> Message:
+    size = xs[0].shape[1:]
+    if p.size is not None:
+        return msg(
+            "size {before} -> {after}", before=shape_text(size), after=shape_text(y.shape[1:])
+        )
+    return per_axis(
+        [
+            msg("{axis}: O = floor({size} * {scale}) = {out}", axis=axis, size=i, scale=s, out=o)
+            for axis, i, s, o in zip(
+                AXES[len(size)], size, scales(p, len(size)), y.shape[1:], strict=True
+            )
+        ]
+    )
+
+
+def upsample_from_module(m: Any) -> dict[str, Any]:
+    if getattr(m, "recompute_scale_factor", None):
+        raise NotMappable("recompute_scale_factor=True")
+    if m.mode not in ("nearest", "linear", "bilinear"):
+        raise NotMappable(f"mode={m.mode!r}: only nearest, linear and bilinear map")
+    factor = m.scale_factor
+    if isinstance(factor, (tuple, list)):
+        factor = float(factor[0]) if len(set(factor)) == 1 else [float(f) for f in factor]
+    elif factor is not None:
+        factor = float(factor)
+    size = m.size
+    if isinstance(size, (tuple, list)):
+        size = int(size[0]) if len(set(size)) == 1 else [int(s) for s in size]
+    return {"size": size, "scale_factor": factor, "mode": m.mode, "align_corners": m.align_corners}
+
+
+UPSAMPLE = LayerSpec(
+    name="Upsample",
+    category="Convolution",
+    description=N_(
+        "Grows the spatial size without weights: repeats values (nearest) or interpolates"
+        " (linear, bilinear)."
+    ),
+    formula=N_("O = floor(I * scale_factor), or O = size"),
+    params=UpsampleParams,
+    infer=upsample_infer,
+    torch_modules=("Upsample", "UpsamplingNearest2d", "UpsamplingBilinear2d"),
+    functional=("torch.nn.functional.interpolate", "torch.nn.functional.upsample"),
+    params_from_module=upsample_from_module,
+    starter={"scale_factor": 2.0},
+    module=upsample_module,
+    explain=upsample_explain,
+    key_params=("scale_factor", "size", "mode"),
+)
+
+ENTRIES = (UPSAMPLE,)

@@ -1,0 +1,48 @@
+"""The training settings: one pydantic model for the app's runs and the exported train.py.
+
+config.json holds exactly a TrainConfig; the export writes train.py's command line from these
+fields (names, types, choices, defaults and help), so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Fields that only the app's trainer reads (uploads and live instruments); train.py has no flag
+# for them.
+APP_ONLY = ("label_column", "report_every", "health_every", "attention_every")
+
+
+class TrainConfig(BaseModel):
+    """Everything a person chooses about a run."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    dataset: str = Field("digits", description="a built-in dataset")
+    label_column: str | None = None
+    target: Literal["label", "input"] = Field(
+        "label", description="label: learn the dataset's targets; input: reproduce the input"
+    )
+    epochs: int = Field(5, ge=1, le=100_000)
+    batch_size: int = Field(64, ge=1, le=1_000_000, description="global batch")
+    lr: float = Field(1e-3, gt=0, le=1e6, description="peak learning rate")
+    optimizer: Literal["sgd", "momentum", "adam", "adamw", "rmsprop"] = "adam"
+    weight_decay: float = Field(0.0, ge=0, le=100)
+    schedule: Literal["constant", "step", "cosine"] = Field(
+        "constant",
+        description="after warm-up: constant, x0.1 at 50% and 75% of the steps, or cosine",
+    )
+    warmup_steps: int = Field(0, ge=0, le=100_000_000)
+    grad_clip: float | None = Field(None, gt=0, le=1e6, description="max gradient norm")
+    seed: int = Field(0, ge=0, lt=2**31)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    amp: bool = Field(False, description="mixed precision (bfloat16 or float16), CUDA only")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, le=1_000_000, description="stop after this many epochs without a lower loss"
+    )
+    val_fraction: float = Field(0.2, ge=0, le=0.9)
+    report_every: int = Field(10, ge=1)
+    health_every: int | None = Field(None, ge=1)  # None: every report_every steps
+    attention_every: int = Field(50, ge=1)
