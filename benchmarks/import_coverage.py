@@ -96,6 +96,12 @@ def measure(name: str, size: int) -> Row:
     return Row(name, len(result.graph.nodes), params, diff, seconds, ok, why)
 
 
+def table_row(row: Row) -> str:
+    diff = "-" if row.max_diff is None else f"{row.max_diff:.1e}"
+    result = "ok" if row.ok else f"refused: {row.ops}"
+    return f"| {row.model} | {row.nodes} | {row.params:,} | {diff} | {row.seconds:.1f} | {result} |"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("names", nargs="*", help="builders (default: every one of the families)")
@@ -103,16 +109,13 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=64, help="input height and width")
     args = parser.parse_args()
     names = args.names or builders()
-    with ProcessPoolExecutor(max_workers=args.jobs, max_tasks_per_child=1) as pool:
-        rows = list(pool.map(measure, names, [args.size] * len(names)))
     print("| model | nodes | params | max diff | s | result |")
-    print("| --- | ---: | ---: | ---: | ---: | --- |")
-    for row in rows:
-        diff = "-" if row.max_diff is None else f"{row.max_diff:.1e}"
-        result = "ok" if row.ok else f"refused: {row.ops}"
-        print(
-            f"| {row.model} | {row.nodes} | {row.params:,} | {diff} | {row.seconds:.1f} | {result} |"
-        )
+    print("| --- | ---: | ---: | ---: | ---: | --- |", flush=True)
+    rows = []
+    with ProcessPoolExecutor(max_workers=args.jobs, max_tasks_per_child=1) as pool:
+        for row in pool.map(measure, names, [args.size] * len(names)):
+            rows.append(row)
+            print(table_row(row), flush=True)  # as each one is done
     ok = sum(row.ok for row in rows)
     print(
         f"\n{ok} of {len(rows)} builders import and round-trip ({100 * ok / len(rows):.0f}%;"

@@ -12,9 +12,15 @@ import zipfile
 from typing import Any
 
 from builder.graph import Graph, dump_graph
-from compiler.analysis import Analysis
+from compiler.analysis import Analysis, analyse
+from compiler.gan import check_pair, discriminator_graph
 from compiler.codegen import class_name, generate_source, identifier, safe_text
-from compiler.trainscript import shared_sources, train_source
+from compiler.trainscript import (
+    gan_model_source,
+    gan_train_source,
+    shared_sources,
+    train_source,
+)
 from runtime.settings import TrainConfig
 
 
@@ -31,12 +37,36 @@ def bundle_files(
     if not analysis.ok:
         raise ValueError("cannot export a graph with errors")
     defaults = TrainConfig.model_validate(train_defaults or {})
+    judge = discriminator_graph(graph)
+    if judge is not None:
+        return gan_bundle_files(graph, analysis, analyse(judge), defaults)
     return {
         "model.py": generate_source(analysis),
         "train.py": train_source(analysis, defaults),
         **shared_sources(),
         "graph.json": dump_graph(graph),
         "README.md": readme(analysis, defaults),
+    }
+
+
+def gan_bundle_files(
+    graph: Graph, generator: Analysis, judge: Analysis, defaults: TrainConfig
+) -> dict[str, str]:
+    """A GAN pair's bundle: model.py (build_generator, build_discriminator) over generator.py
+    and discriminator.py, and a train.py running the shared GanLoop."""
+    output = next(n.id for n in graph.nodes if n.type == "Output")
+    problems = check_pair(generator, judge, tuple(generator.infos[output].shape or ()))
+    if problems:
+        raise ValueError(f"cannot export this GAN pair: {problems[0]}")
+    fake = tuple(generator.infos[output].shape or ())
+    return {
+        "model.py": gan_model_source(graph.name),
+        "generator.py": generate_source(generator),
+        "discriminator.py": generate_source(judge),
+        "train.py": gan_train_source(generator, fake, defaults),
+        **shared_sources(),
+        "graph.json": dump_graph(graph),
+        "README.md": readme(generator, defaults),
     }
 
 

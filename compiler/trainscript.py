@@ -387,3 +387,129 @@ def main(argv: list[str] | None = None) -> nn.Module:
 if __name__ == "__main__":
     main()
 '''
+
+
+# ---------------------------------------------------------------------------------------------
+# A GAN pair
+
+
+def gan_model_source(name: str) -> str:
+    """model.py of a GAN bundle: both players, from generator.py and discriminator.py."""
+    return f'''"""The GAN '{safe_text(name)}', exported by NetBuilder: build_generator() and
+build_discriminator(). NOISE_SHAPE is the generator's input (one sample, no batch)."""
+
+from discriminator import build_model as build_discriminator
+from generator import INPUT_SHAPE as NOISE_SHAPE
+from generator import build_model as build_generator
+
+__all__ = ["NOISE_SHAPE", "build_discriminator", "build_generator"]
+'''
+
+
+def gan_train_source(
+    generator: Analysis, sample_shape: Shape, settings: TrainConfig | None = None
+) -> str:
+    """train.py of a GAN bundle: the shared GanLoop with flags derived from TrainConfig."""
+    settings = settings or TrainConfig()
+    images = {(1, 8, 8): "digits", (1, 28, 28): "digits-28"}
+    dataset = settings.dataset if settings.dataset in images.values() else None
+    dataset = dataset or images.get(sample_shape)
+    source = GAN_TEMPLATE.replace("__NAME__", safe_text(generator.graph.name)).replace(
+        "__FLAGS__", "\n    ".join(flag_lines(settings, dataset))
+    )
+    return black.format_str(source, mode=black.Mode(line_length=LINE_LENGTH))
+
+
+GAN_TEMPLATE = '''"""Train the GAN in model.py, exported by NetBuilder from graph '__NAME__'.
+
+    python train.py                      # the settings chosen in NetBuilder
+    python train.py --epochs 50          # override any of them (--help lists all)
+    python train.py --data mine.npz      # your images: an array X in an NPZ file
+
+loop.py is NetBuilder's own training loop (GanLoop: the discriminator, then the
+generator, each with Adam, in alternating steps) and builtin_data.py its datasets.
+Every epoch writes, in checkpoints/, generator.pt and discriminator.pt (state_dicts),
+samples.pt (generated images from fixed noise) and a line of metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+import builtin_data
+import loop
+from model import NOISE_SHAPE, build_discriminator, build_generator
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """NetBuilder's TrainConfig fields, defaulting to the values chosen there."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add = parser.add_argument
+    __FLAGS__
+    add("--gan-loss", choices=loop.GAN_LOSSES, default="non_saturating")
+    add("--data", type=Path, help="an NPZ file with an array X of images")
+    add("--out", type=Path, default=Path("checkpoints"), help="checkpoint folder")
+    args = parser.parse_args(argv)
+    if args.data is None and args.dataset is None:
+        parser.error("no built-in dataset fits the generator's output; pass --data")
+    return args
+
+
+def real_samples(args: argparse.Namespace) -> torch.Tensor:
+    """The images the generator learns to imitate."""
+    if args.data is None:
+        return builtin_data.load(args.dataset, args.seed)[0].float()
+    import numpy as np
+
+    with np.load(args.data, allow_pickle=False) as arrays:
+        return torch.from_numpy(arrays["X"]).float()
+
+
+class Checkpoints(loop.GanHooks):
+    """Each epoch: a metrics line, both players' weights and a grid of samples."""
+
+    def __init__(self, args: argparse.Namespace, trainer: loop.GanLoop) -> None:
+        self.args, self.trainer = args, trainer
+        noise = torch.Generator().manual_seed(args.seed + 1)
+        self.noise = torch.randn(16, *NOISE_SHAPE, generator=noise)
+
+    def after_epoch(self, record: dict, progress: loop.Progress) -> None:
+        print("  ".join(f"{key} {value:.4g}" for key, value in record.items()))
+        generator = self.trainer.generator
+        torch.save(generator.state_dict(), self.args.out / "generator.pt")
+        judge = self.trainer.discriminator.state_dict()
+        torch.save(judge, self.args.out / "discriminator.pt")
+        with torch.no_grad():
+            generator.eval()
+            samples = generator(self.noise.to(self.trainer.device)).cpu()
+            generator.train()
+        torch.save(samples, self.args.out / "samples.pt")
+        with open(self.args.out / "metrics.jsonl", "a") as metrics:
+            metrics.write(json.dumps(record) + "\\n")
+
+
+def main(argv: list[str] | None = None) -> torch.nn.Module:
+    """Train and return the generator."""
+    args = parse_args(argv)
+    device = torch.device("cuda" if args.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    real = real_samples(args).to(device)
+    torch.manual_seed(args.seed)
+    generator, discriminator = build_generator().to(device), build_discriminator().to(device)
+    trainer = loop.GanLoop(
+        generator, discriminator, real, args, tuple(NOISE_SHAPE), args.gan_loss, device=device
+    )
+    trainer.hooks = Checkpoints(args, trainer)
+    args.out.mkdir(parents=True, exist_ok=True)
+    trainer.train()
+    return generator
+
+
+if __name__ == "__main__":
+    main()
+'''

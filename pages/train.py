@@ -24,13 +24,13 @@ import torch
 from pydantic import ValidationError
 
 from builder.graph import Graph, GraphFormatError, load_graph
-from compiler.analysis import Analysis
-from i18n import N_, Message, _, translate
+from compiler.analysis import Analysis, analyse
+from compiler.gan import check_pair, discriminator_graph
+from i18n import N_, Message, _, msg, translate
 from i18n import render as render_message
 from pages import charts, live_graph, runs_panel, state
 from pages.live_graph import markdown_literal
 from runtime import store
-from runtime.builtin_data import TEXT_ALPHABET
 from runtime.datasets import (
     BUILTIN_DATASETS,
     MAX_UPLOAD_BYTES,
@@ -327,7 +327,7 @@ def _dataset_section(analysis: Analysis) -> tuple[Dataset | None, Upload | None]
             st.error(error)
         upload = None
     if dataset is not None and analysis.ok:
-        problems = check_compatibility(analysis, dataset, target)
+        problems = _problems(analysis, dataset, target)
         if problems:
             st.warning(
                 _("This graph cannot train on this data yet:")
@@ -337,6 +337,17 @@ def _dataset_section(analysis: Analysis) -> tuple[Dataset | None, Upload | None]
             return None, upload
         st.success(_compatible_text(dataset, target))
     return dataset, upload
+
+
+def _problems(analysis: Analysis, dataset: Dataset, target: str) -> list[Message]:
+    """Why the graph cannot train on the data; a GAN pair is checked as a pair."""
+    try:
+        judge = discriminator_graph(analysis.graph)
+    except GraphFormatError as exc:
+        return [msg("the discriminator cannot be read: {reason}", reason=str(exc))]
+    if judge is not None:
+        return check_pair(analysis, analyse(judge), dataset.sample_shape)
+    return check_compatibility(analysis, dataset, target)
 
 
 def _compatible_text(dataset: Dataset, target: str) -> str:
@@ -351,7 +362,7 @@ def _compatible_text(dataset: Dataset, target: str) -> str:
         learns = _("regression")
     return _(
         "Compatible: {count} samples of {shape} → {learns}.",
-        count=f"{len(dataset):,}",
+        count=format(len(dataset), ","),
         shape=shape,
         learns=learns,
     )
@@ -876,17 +887,19 @@ def _samples_view(info: RunInfo) -> None:
     if stamp is None:
         st.info(_("waiting for the first checkpoint"))
         return
-    model, error = guarded(lambda: _latest_model(info.path, stamp), _("load the trained model"))
+    model, error = guarded(
+        lambda: _latest_model(str(info.path), stamp), _("load the trained model")
+    )
     if error or model is None:
         st.error(error or _("waiting for the first checkpoint"))
         return
     if kind == "text":
-        _text_samples(info, model)
+        _text_samples(info)
     else:
-        _reconstructions(info, model)
+        _reconstructions(info)
 
 
-def _text_samples(info: RunInfo, model: torch.nn.Module) -> None:
+def _text_samples(info: RunInfo) -> None:
     prompt_column, temperature_column = st.columns([3, 2])
     prompt = prompt_column.text_input(
         _("Prompt"), value="the cat ", key=f"sample-prompt-{info.id}", max_chars=200
@@ -900,10 +913,10 @@ def _text_samples(info: RunInfo, model: torch.nn.Module) -> None:
         key=f"sample-temperature-{info.id}",
         help=_("0 always takes the likeliest next character; higher values take more chances"),
     )
-    graph = run_graph(info)
-    context = _text_context(graph)
+    context = _text_context(run_graph(info))
+    stamp = _checkpoint_stamp(info)
     text, error = guarded(
-        lambda: generate_text(model, prompt, SAMPLE_CHARACTERS, context, temperature),
+        lambda: _generated(str(info.path), stamp, prompt, temperature, context),
         _("generate text"),
     )
     if error:
@@ -913,13 +926,35 @@ def _text_samples(info: RunInfo, model: torch.nn.Module) -> None:
     st.code(prompt + text, language=None, wrap_lines=True)
 
 
+@st.cache_data(max_entries=32, show_spinner=False)
+def _generated(
+    run_dir: str, stamp: float | None, prompt: str, temperature: float, context: int
+) -> str:
+    """Text from the checkpoint of `stamp`: written again only for a new checkpoint, prompt or
+    temperature, not on every refresh of the live view."""
+    model = _latest_model(run_dir, stamp or 0.0)
+    if model is None:
+        return ""
+    return generate_text(model, prompt, SAMPLE_CHARACTERS, context, temperature)
+
+
 def _text_context(graph: Graph | None) -> int:
     node = next((n for n in graph.nodes if n.type == "Input"), None) if graph else None
     shape = node.params.get("shape") if node else None
     return int(shape[0]) if shape else 64
 
 
-def _reconstructions(info: RunInfo, model: torch.nn.Module) -> None:
+@st.cache_data(max_entries=8, show_spinner=False)
+def _reconstructed(
+    run_dir: str, stamp: float | None, dataset: str, shape: tuple[int, ...]
+) -> np.ndarray:
+    """The first samples' reconstructions by the checkpoint of `stamp` (cached per checkpoint)."""
+    model = _latest_model(run_dir, stamp or 0.0)
+    x = builtin_dataset(dataset, shape[1:]).x[: shape[0]].float()
+    return np.asarray(reconstruct(model, x)) if model is not None else np.zeros(shape)
+
+
+def _reconstructions(info: RunInfo) -> None:
     config = _run_config(info)
     graph = run_graph(info)
     if config is None or graph is None:
@@ -933,7 +968,11 @@ def _reconstructions(info: RunInfo, model: torch.nn.Module) -> None:
         st.error(error)
         return
     x = dataset.x[:SAMPLE_COUNT].float()
-    outputs, error = guarded(lambda: reconstruct(model, x), _("reconstruct the inputs"))
+    stamp = _checkpoint_stamp(info)
+    outputs, error = guarded(
+        lambda: _reconstructed(str(info.path), stamp, config.dataset, tuple(x.shape)),
+        _("reconstruct the inputs"),
+    )
     if error:
         st.error(error)
         return

@@ -1,12 +1,6 @@
 """Generative adversarial networks: a generator graph and a discriminator graph trained together.
 
-The file format: a graph file whose own nodes and edges are the generator may carry an optional
-`discriminator` object with its own `name`, `nodes` and `edges` (the same schema as a graph).
-Every earlier file still opens, and a reader that knows nothing of GANs sees the generator.
-The generator's Input is the noise (float32 [Z]); its output must be a sample of the dataset;
-the discriminator takes such a sample and outputs one score (a logit) per sample.
-
-A GAN run is a run folder like any other (graph.json holds the pair, model.py the generator,
+The pair's file format and its checks are in compiler/gan.py. A GAN run is a run folder like any other (graph.json holds the pair, model.py the generator,
 discriminator.py the discriminator); runtime/loop.py's GanLoop trains it, and this module records
 both losses, D(x) and D(G(z)) per step and a grid of generated samples as it goes.
 """
@@ -24,9 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from builder.graph import FORMAT, Graph, GraphFormatError, parse_graph
-from compiler.analysis import Analysis, analyse
+from builder.graph import Graph
+from compiler.analysis import analyse
 from compiler.codegen import generate_source
+from compiler.gan import check_pair, end_node
 from i18n import Message, msg
 from runtime import store
 from runtime.datasets import Dataset
@@ -42,72 +37,11 @@ from runtime.trainer import (
     message_json,
 )
 
-DISCRIMINATOR = "discriminator"
 DISCRIMINATOR_FILE = "discriminator.py"
 DISCRIMINATOR_WEIGHTS = "discriminator.pt"
 FLUSH_SECONDS = 0.5
 SAMPLE_SECONDS = 3.0  # a new grid of generated samples at most this often (and every epoch)
 SAMPLE_COUNT = 16
-
-
-def discriminator_graph(graph: Graph) -> Graph | None:
-    """The pair's discriminator, or None for a plain graph; GraphFormatError if it is malformed."""
-    extra = graph.model_extra or {}
-    if DISCRIMINATOR not in extra:
-        return None
-    part = extra[DISCRIMINATOR]
-    if not isinstance(part, dict):
-        raise GraphFormatError(msg("'discriminator' must be an object with nodes and edges"))
-    return parse_graph({"format": FORMAT, "name": f"{graph.name} discriminator", **part})
-
-
-def check_pair(
-    generator: Analysis, discriminator: Analysis, sample_shape: tuple[int, ...]
-) -> list[Message]:
-    """Why these two graphs cannot play against each other on samples of `sample_shape`."""
-    problems: list[Message] = []
-    for role, analysis in (("generator", generator), ("discriminator", discriminator)):
-        for error in analysis.errors:
-            problems.append(msg("the {role} has an error: {error}", role=role, error=error.message))
-    if problems:
-        return problems
-    noise = _end(generator, "Input")
-    fake = _end(generator, "Output")
-    judged = _end(discriminator, "Input")
-    verdict = _end(discriminator, "Output")
-    if generator.infos[noise].dtype == "int64":
-        problems.append(msg("the generator's Input is the noise: make its dtype float32"))
-    if generator.infos[fake].shape != sample_shape:
-        problems.append(
-            msg(
-                "the generator outputs {shape} but the data's samples are {samples}; its last"
-                " layer must produce a sample",
-                shape=list(generator.infos[fake].shape or ()),
-                samples=list(sample_shape),
-            )
-        )
-    if discriminator.infos[judged].shape != generator.infos[fake].shape:
-        problems.append(
-            msg(
-                "the discriminator takes {shape} but the generator outputs {fake}; set the"
-                " discriminator's Input shape to {fake}",
-                shape=list(discriminator.infos[judged].shape or ()),
-                fake=list(generator.infos[fake].shape or ()),
-            )
-        )
-    if discriminator.infos[verdict].shape != (1,):
-        problems.append(
-            msg(
-                "the discriminator outputs {shape}; it must output one score [1] per sample"
-                " (end it with a Linear of out_features=1, no Sigmoid)",
-                shape=list(discriminator.infos[verdict].shape or ()),
-            )
-        )
-    return problems
-
-
-def _end(analysis: Analysis, kind: str) -> str:
-    return next(n.id for n in analysis.graph.nodes if n.type == kind)
 
 
 def load_source(source: str, filename: str) -> nn.Module:
@@ -326,7 +260,7 @@ def prepare(
     torch.manual_seed(config.seed)
     generator = load_model_source((run_dir / store.MODEL_FILE).read_text()).to(device)
     discriminator = load_source(source.read_text(), DISCRIMINATOR_FILE).to(device)
-    noise = generator_analysis.infos[_end(generator_analysis, "Input")].shape or ()
+    noise = generator_analysis.infos[end_node(generator_analysis, "Input")].shape or ()
     real = dataset.x.float().to(device)
     loop = GanLoop(generator, discriminator, real, config, tuple(noise), device=device)
     trainer = GanTrainer(run_dir, config, loop, stop, on_epoch)

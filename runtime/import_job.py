@@ -103,11 +103,13 @@ def import_python_file(
 
 
 def _limit(time_limit_s: int, memory_limit_bytes: int) -> None:
-    """In the child, before it imports torch or runs the file: CPU seconds, address space."""
+    """In the child, before it imports torch or runs the file: CPU seconds, and the memory it
+    may allocate (RLIMIT_DATA: heap and anonymous mappings, which tensors live in; not the
+    shared libraries a CUDA build of torch maps, which RLIMIT_AS would count)."""
     import resource
 
     resource.setrlimit(resource.RLIMIT_CPU, (time_limit_s, time_limit_s + 1))
-    resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
+    resource.setrlimit(resource.RLIMIT_DATA, (memory_limit_bytes, memory_limit_bytes))
 
 
 def _too_long(time_limit_s: int) -> Message:
@@ -182,7 +184,8 @@ def _child(request: dict[str, Any]) -> dict[str, Any]:
     try:
         result = import_file(Path(request["path"]), shape, request["dtype"], request["name"])
     except ModelImportError as exc:
-        if exc.message.values.get("error") == "MemoryError":
+        values = exc.message.values
+        if values.get("error") == "MemoryError" or "allocate memory" in str(values.get("detail")):
             return {"error": _out_of_memory(int(request["bytes"])).to_json()}
         return {"error": exc.message.to_json()}
     except MemoryError:

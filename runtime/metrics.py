@@ -180,8 +180,9 @@ def generate_text(
     """`length` characters that a next-character model writes after `prompt`, one at a time.
 
     The model reads a fixed window of `context` characters (its Input's T): the prompt and what
-    it wrote so far, right-aligned and padded with spaces on the left, and the scores at the
-    last position pick the next character: sampled at `temperature`, or the likeliest at 0.
+    it wrote so far, from position 0 (padded with spaces after it, which a causal model cannot
+    see), and the scores at the last written position pick the next character: sampled at
+    `temperature`, or the likeliest at 0. Once the window is full it slides along.
     """
     from runtime.builtin_data import TEXT_ALPHABET, decode, encode
 
@@ -195,8 +196,9 @@ def generate_text(
     try:
         for _ in range(length):
             window = (ids + written)[-context:]
-            window = [space] * (context - len(window)) + window
-            scores = model(torch.tensor([window], device=device))[0, -1].float()
+            last = len(window) - 1
+            window = window + [space] * (context - len(window))
+            scores = model(torch.tensor([window], device=device))[0, last].float()
             if temperature <= 0:
                 written.append(int(scores.argmax()))
             else:

@@ -30,6 +30,7 @@ from builder.catalog import CATALOG
 from builder.graph import Graph, GraphFormatError, load_graph
 from compiler.analysis import Analysis, analyse, loss_of
 from compiler.codegen import attribute_names
+from compiler.gan import discriminator_graph
 from i18n import Message, msg
 from runtime import store
 from runtime.datasets import (
@@ -672,10 +673,10 @@ def _prepare(
     too_big = check_fits(graph, analysis, config.batch_size, config.optimizer, config.device)
     if too_big is not None:  # refused before anything is built or loaded
         raise TrainingFault("failed", too_big)
-    from runtime import gan  # a GAN pair trains in runtime/gan.py (which imports this module)
+    judge = discriminator_graph(graph)
+    if judge is not None:  # a GAN pair trains in runtime/gan.py (which imports this module)
+        from runtime import gan
 
-    judge = gan.discriminator_graph(graph)
-    if judge is not None:
         dataset = dataset_for_run(run_dir, config)
         device = pick_device(config.device)
         store.update_status(run_dir, device=str(device))

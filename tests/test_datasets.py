@@ -313,3 +313,8 @@ def test_missing_torchvision_files_are_named_and_nothing_downloads(tmp_path, mon
     with pytest.raises(DatasetError, match="nothing is downloaded"):
         load_dataset("mnist")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_pandas_which_reads_csv_uploads_is_a_declared_requirement():
+    requirements = (Path(__file__).parents[1] / "requirements.txt").read_text().splitlines()
+    assert any(line.split(">")[0].split("=")[0].strip() == "pandas" for line in requirements)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from builder.graph import GraphFormatError, load_graph
 from compiler import analyse
 from runtime import store
-from runtime.gan import check_pair, discriminator_graph
+from compiler.gan import check_pair, discriminator_graph
 from runtime.loop import discriminator_loss, generator_loss
 from runtime.runs import create_run
 from runtime.trainer import TrainConfig, train_run
@@ -133,3 +133,47 @@ def test_the_dcgan_template_is_a_checked_pair_that_starts_to_draw_digits(tmp_pat
     assert distance[-1] < 0.6 * distance[0]
     # digits are mostly dark with bright strokes: the samples' pixels spread out likewise
     assert grids[-1].std() > 2 * grids[0].std()
+
+
+def test_the_pair_exports_both_players_and_train_py_ends_with_the_apps_weights(tmp_path: Path):
+    import importlib.util
+    import sys
+
+    from compiler.bundle import bundle_files
+
+    template = TEMPLATES / "dcgan_digits.json"
+    graph = load_graph(template.read_text())
+    config = TrainConfig(dataset="digits", epochs=2, lr=5e-4, seed=3, device="cpu")
+    files = bundle_files(graph, analyse(graph), config.model_dump())
+    assert set(files) == {
+        "model.py",
+        "generator.py",
+        "discriminator.py",
+        "train.py",
+        "loop.py",
+        "builtin_data.py",
+        "graph.json",
+        "README.md",
+    }
+    folder = tmp_path / "bundle"
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    names = ("generator", "discriminator", "model", "builtin_data", "loop", "train")
+    try:
+        for name in names:
+            spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+            sys.modules[name] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(sys.modules[name])
+        exported = sys.modules["train"].main(["--out", str(tmp_path / "ck")])
+    finally:
+        for name in names:
+            sys.modules.pop(name, None)
+    run = create_run(tmp_path / "runs", graph, config)
+    assert train_run(run).status == "completed"
+    app = torch.load(run / store.CHECKPOINT_DIR / store.WEIGHTS_FILE, weights_only=True)
+    script = exported.state_dict()
+    assert app.keys() == script.keys()
+    assert all(torch.equal(app[key], script[key]) for key in app)
+    samples = torch.load(tmp_path / "ck" / "samples.pt", weights_only=True)
+    assert samples.shape == (16, 1, 8, 8)

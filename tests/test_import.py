@@ -344,8 +344,11 @@ def test_a_file_that_loops_forever_is_stopped_with_a_named_error() -> None:
     assert "took over 8 s and was stopped" in str(outcome.error)
 
 
-def test_a_file_that_allocates_too_much_is_stopped_with_a_named_error() -> None:
-    source = GOOD_FILE + "\nhoard = bytearray(6 * 1024**3)\n"
+@pytest.mark.parametrize(
+    "hoard", ["bytearray(6 * 1024**3)", "torch.zeros(2**31)"], ids=["bytes", "tensor"]
+)
+def test_a_file_that_allocates_too_much_is_stopped_with_a_named_error(hoard: str) -> None:
+    source = GOOD_FILE + f"\nhoard = {hoard}\n"
     outcome = import_python_file(source.encode(), None, "float32")
     assert outcome.graph is None
     assert "needed over 4.0 GiB of memory" in str(outcome.error)

@@ -478,3 +478,31 @@ def test_samples_show_inputs_beside_reconstructions(home):
     assert not app.exception
     spec = figure(app, "Inputs and reconstructions")
     assert len(spec["data"]) == 2 * train.SAMPLE_COUNT
+
+
+def test_a_gan_pair_is_checked_as_a_pair_and_can_start(home):
+    pair = json.loads((ROOT / "builder" / "templates" / "dcgan_digits.json").read_text())
+    app = open_page(home, pair)
+    assert not app.exception
+    assert "Compatible: 1,797 samples of [1, 8, 8]" in shown(app)
+    assert not app.button(key="train-start").disabled
+    pair["discriminator"]["nodes"][0]["params"]["shape"] = [1, 4, 4]
+    app = open_page(home, pair)
+    assert "the discriminator takes [1, 4, 4] but the generator outputs [1, 8, 8]" in shown(app)
+    assert app.button(key="train-start").disabled
+
+
+def test_a_gan_run_shows_both_losses_the_verdicts_and_the_samples(home):
+    images = [[[[0.5] * 8] * 8]] * 4
+    recorded_run(
+        home,
+        [
+            {"kind": "gan", "step": s, "d_loss": 1.3, "g_loss": 0.8, "d_real": 0.6, "d_fake": 0.4}
+            for s in range(1, 11)
+        ]
+        + [{"kind": "samples", "step": 10, "images": images}],
+    )
+    app = open_page(home, tiny_graph())
+    assert not app.exception
+    assert figure(app, "GAN losses") and figure(app, "Discriminator's verdicts")
+    assert figure(app, "Generated samples, step 10")
