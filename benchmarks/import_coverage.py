@@ -43,6 +43,22 @@ FAMILIES = (
     "regnet",
 )
 TOLERANCE = 1e-4
+FIRST = (  # one small builder per family
+    "resnet18",
+    "resnext50_32x4d",
+    "wide_resnet50_2",
+    "vgg11",
+    "alexnet",
+    "squeezenet1_0",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "shufflenet_v2_x0_5",
+    "googlenet",
+    "densenet121",
+    "efficientnet_b0",
+    "mnasnet0_5",
+    "regnet_y_400mf",
+)
 
 
 @dataclass(frozen=True)
@@ -57,9 +73,15 @@ class Row:
 
 
 def builders() -> list[str]:
+    """Every builder of the families: a small one of each family first (so a partial run still
+    covers them all), the largest last."""
     from torchvision import models
 
-    return sorted(n for n in models.list_models(module=models) if n.startswith(FAMILIES))
+    names = sorted(n for n in models.list_models(module=models) if n.startswith(FAMILIES))
+    largest = [n for n in names if n.endswith(("128gf", "32gf", "16gf", "_l", "101_2", "64x4d"))]
+    first = [n for n in FIRST if n in names]
+    rest = [n for n in names if n not in first and n not in largest]
+    return [*first, *rest, *largest]
 
 
 def measure(name: str, size: int) -> Row:

@@ -77,6 +77,10 @@ def import_python_file(
     input shape (INPUT_SHAPE) where `input_shape` is None; dtype is "float32" or "int64"."""
     if len(source) > MAX_SOURCE_BYTES:
         return ImportOutcome(None, msg("the file is over 1 MB; a model file is far smaller"))
+    if dtype not in ("float32", "int64"):
+        return ImportOutcome(
+            None, msg("the input dtype must be float32 or int64, got {dtype}", dtype=repr(dtype))
+        )
     with tempfile.TemporaryDirectory(prefix="netbuilder-import-") as folder:
         path = Path(folder) / "model.py"
         path.write_bytes(source)

@@ -435,3 +435,9 @@ class BakesTheBatch(nn.Module):
 def test_a_batch_size_used_as_a_plain_int_is_refused_not_baked_in() -> None:
     with pytest.raises(ModelImportError, match="torch.fx cannot trace"):
         import_model(BakesTheBatch(), (4,))
+
+
+def test_an_unknown_dtype_is_refused_before_anything_runs() -> None:
+    outcome = import_python_file(GOOD_FILE.encode(), None, "float16")
+    assert outcome.graph is None
+    assert str(outcome.error) == "the input dtype must be float32 or int64, got 'float16'"
