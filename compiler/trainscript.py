@@ -147,7 +147,8 @@ def literal(value: object) -> str:
     return json.dumps(value) if isinstance(value, str) else repr(value)
 
 
-TEMPLATE = '''"""Train the model in model.py, exported by NetBuilder from graph '__NAME__'.
+TEMPLATE = '''"""Train the model in model.py, exported by NetBuilder from graph
+'__NAME__'.
 
     python train.py                        # the settings chosen in NetBuilder
     python train.py --epochs 20 --lr 3e-4  # override any of them (--help lists all)
@@ -420,7 +421,8 @@ def gan_train_source(
     return black.format_str(source, mode=black.Mode(line_length=LINE_LENGTH))
 
 
-GAN_TEMPLATE = '''"""Train the GAN in model.py, exported by NetBuilder from graph '__NAME__'.
+GAN_TEMPLATE = '''"""Train the GAN in model.py, exported by NetBuilder from graph
+'__NAME__'.
 
     python train.py                      # the settings chosen in NetBuilder
     python train.py --epochs 50          # override any of them (--help lists all)
