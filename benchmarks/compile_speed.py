@@ -14,6 +14,7 @@ Run: .venv/bin/python benchmarks/compile_speed.py
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -81,11 +82,21 @@ def hostile_graphs() -> dict[str, str]:
     return files
 
 
-def check_ms(path: Path, repeat: int = 5) -> float:
-    """Median wall time of the whole command line, `python -m compiler check PATH`."""
+def check_ms(path: Path, repeat: int = 5) -> tuple[float, float]:
+    """Median wall time and median CPU time (user + system, what the machine's load does not
+    inflate) of the whole command line, `python -m compiler check PATH`, in milliseconds."""
     root = Path(__file__).resolve().parents[1]
     command = [sys.executable, "-m", "compiler", "check", str(path)]
-    return median_ms(lambda: subprocess.run(command, cwd=root, capture_output=True, check=False), repeat)
+    walls, cpus = [], []
+    for _ in range(repeat):
+        before = os.times()
+        start = time.perf_counter()
+        subprocess.run(command, cwd=root, capture_output=True, check=False)
+        walls.append((time.perf_counter() - start) * 1000)
+        after = os.times()
+        cpus.append((after.children_user + after.children_system
+                     - before.children_user - before.children_system) * 1000)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def hostile_checks() -> dict[str, dict[str, float]]:
@@ -95,18 +106,21 @@ def hostile_checks() -> dict[str, dict[str, float]]:
     with tempfile.TemporaryDirectory() as folder:
         baseline = Path(folder) / "residual500.json"
         baseline.write_text(dump_graph(residual_graph(500)))
-        base_ms = check_ms(baseline)
-        print(f"{'python -m compiler check':<34} {'bytes':>9} {'nodes':>6} {'ms':>8} {'vs 500-node':>12}")
-        print(f"{'baseline: residual, 500 nodes':<34} {baseline.stat().st_size:>9} {500:>6} {base_ms:>8.0f} {1:>11.1f}x")
+        base_ms, base_cpu = check_ms(baseline)
+        print(f"{'python -m compiler check':<34} {'bytes':>9} {'nodes':>6} {'wall ms':>8} {'cpu ms':>7} {'vs 500-node':>12}")
+        print(f"{'baseline: residual, 500 nodes':<34} {baseline.stat().st_size:>9} {500:>6} {base_ms:>8.0f} {base_cpu:>7.0f} {1:>11.1f}x")
         for name, text in hostile_graphs().items():
             path = Path(folder) / "hostile.json"
             path.write_text(text)
             nodes = len(json.loads(text)["nodes"])
-            ms = check_ms(path)
-            results[name] = {"bytes": len(text), "nodes": nodes, "check_ms": ms, "over_baseline": ms / base_ms}
-            print(f"{name:<34} {len(text):>9} {nodes:>6} {ms:>8.0f} {ms / base_ms:>11.1f}x")
+            ms, cpu = check_ms(path)
+            results[name] = {"bytes": len(text), "nodes": nodes, "check_ms": ms, "cpu_ms": cpu,
+                             "over_baseline": ms / base_ms}
+            print(f"{name:<34} {len(text):>9} {nodes:>6} {ms:>8.0f} {cpu:>7.0f} {ms / base_ms:>11.1f}x")
     worst = max(r["check_ms"] for r in results.values())
-    print(f"target: check of any accepted file < 2 s: {'PASS' if worst < 2000 else 'FAIL'} ({worst:.0f} ms)")
+    worst_cpu = max(r["cpu_ms"] for r in results.values())
+    print(f"target: check of any accepted file < 2 s: {'PASS' if worst < 2000 else 'FAIL'}"
+          f" ({worst:.0f} ms wall; {worst_cpu:.0f} ms of CPU, which a loaded machine does not inflate)")
     return results
 
 

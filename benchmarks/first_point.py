@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from builder.graph import Graph, load_graph  # noqa: E402
 from runtime import runs  # noqa: E402
+from runtime.launcher import warm_up  # noqa: E402
 from runtime.trainer import TrainConfig  # noqa: E402
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "builder" / "templates"
@@ -84,7 +85,7 @@ def main() -> None:
     config = TrainConfig(dataset=args.dataset, epochs=1000)
     with tempfile.TemporaryDirectory() as home:
         runs_dir = Path(home)
-        runs.warm_up()
+        warm_up()
         warm(runs_dir, graph, config)  # the forkserver's own start is not what a Start costs
         results: dict[str, list[float]] = {"cold": [], "warm": []}
         delays: list[float] = []

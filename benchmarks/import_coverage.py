@@ -43,6 +43,22 @@ FAMILIES = (
     "regnet",
 )
 TOLERANCE = 1e-4
+FIRST = (  # one small builder per family
+    "resnet18",
+    "resnext50_32x4d",
+    "wide_resnet50_2",
+    "vgg11",
+    "alexnet",
+    "squeezenet1_0",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "shufflenet_v2_x0_5",
+    "googlenet",
+    "densenet121",
+    "efficientnet_b0",
+    "mnasnet0_5",
+    "regnet_y_400mf",
+)
 
 
 @dataclass(frozen=True)
@@ -57,9 +73,15 @@ class Row:
 
 
 def builders() -> list[str]:
+    """Every builder of the families: a small one of each family first (so a partial run still
+    covers them all), the largest last."""
     from torchvision import models
 
-    return sorted(n for n in models.list_models(module=models) if n.startswith(FAMILIES))
+    names = sorted(n for n in models.list_models(module=models) if n.startswith(FAMILIES))
+    largest = [n for n in names if n.endswith(("128gf", "32gf", "16gf", "_l", "101_2", "64x4d"))]
+    first = [n for n in FIRST if n in names]
+    rest = [n for n in names if n not in first and n not in largest]
+    return [*first, *rest, *largest]
 
 
 def measure(name: str, size: int) -> Row:
@@ -96,6 +118,12 @@ def measure(name: str, size: int) -> Row:
     return Row(name, len(result.graph.nodes), params, diff, seconds, ok, why)
 
 
+def table_row(row: Row) -> str:
+    diff = "-" if row.max_diff is None else f"{row.max_diff:.1e}"
+    result = "ok" if row.ok else f"refused: {row.ops}"
+    return f"| {row.model} | {row.nodes} | {row.params:,} | {diff} | {row.seconds:.1f} | {result} |"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("names", nargs="*", help="builders (default: every one of the families)")
@@ -103,16 +131,13 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=64, help="input height and width")
     args = parser.parse_args()
     names = args.names or builders()
-    with ProcessPoolExecutor(max_workers=args.jobs, max_tasks_per_child=1) as pool:
-        rows = list(pool.map(measure, names, [args.size] * len(names)))
     print("| model | nodes | params | max diff | s | result |")
-    print("| --- | ---: | ---: | ---: | ---: | --- |")
-    for row in rows:
-        diff = "-" if row.max_diff is None else f"{row.max_diff:.1e}"
-        result = "ok" if row.ok else f"refused: {row.ops}"
-        print(
-            f"| {row.model} | {row.nodes} | {row.params:,} | {diff} | {row.seconds:.1f} | {result} |"
-        )
+    print("| --- | ---: | ---: | ---: | ---: | --- |", flush=True)
+    rows = []
+    with ProcessPoolExecutor(max_workers=args.jobs, max_tasks_per_child=1) as pool:
+        for row in pool.map(measure, names, [args.size] * len(names)):
+            rows.append(row)
+            print(table_row(row), flush=True)  # as each one is done
     ok = sum(row.ok for row in rows)
     print(
         f"\n{ok} of {len(rows)} builders import and round-trip ({100 * ok / len(rows):.0f}%;"

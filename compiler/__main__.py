@@ -8,6 +8,7 @@ Exit codes: 0 valid, 1 a well-formed graph with errors, 2 a file that cannot be 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 from pathlib import Path
@@ -25,10 +26,9 @@ from builder.graph import (
 )
 import i18n
 from compiler.analysis import analyse
-from i18n import Message, msg
-from compiler.bundle import bundle_files
 from compiler.codegen import generate_source
 from compiler.memory import budget_diagnostic, estimate_memory
+from i18n import Message, msg
 
 MAX_CONFIG_BYTES = 100_000
 
@@ -70,6 +70,8 @@ def export(args: argparse.Namespace) -> int:
         raise GraphFormatError(msg("--config sets train.py's defaults; add --train"))
     files = {"model.py": generate_source(analysis)}
     if args.train:
+        from compiler.bundle import bundle_files  # black and train.py's template: only here
+
         try:
             files = bundle_files(graph, analysis, read_config(args.config))
         except ValidationError as exc:
@@ -205,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     import_cmd.set_defaults(run=import_command)
     args = parser.parse_args(argv)
     i18n.set_language(args.lang)
+    # One short command over at most 2 MB: the cyclic garbage collector would only rescan the
+    # parsed graph's objects again and again (about half of a big check's time).
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         return args.run(args)
     except GraphFormatError as exc:
@@ -220,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         first = (str(exc).strip().splitlines() or [""])[0]
         print(f"error: {type(exc).__name__}: {first}", file=sys.stderr)
         return 2
+    finally:
+        if collecting:
+            gc.enable()
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from torch import nn
 
 from builder.catalog import CATALOG, NotMappable, functional_table, module_table
 from builder.graph import FORMAT, Graph, GraphFormatError, parse_graph
+from builder.layers.transformer import POSITIONAL_ENCODING
 from compiler.analysis import Analysis, analyse
 from compiler.codegen import attribute_names, generate_source
 from i18n import N_, Message, msg
@@ -296,6 +297,8 @@ def import_model(
     walk = Walk(gm, helpers)
     for node in gm.graph.nodes:
         _visit(walk, node, input_shape, dtype)
+    for node in gm.graph.nodes:
+        node.meta.pop("value", None)  # the example's activations: not needed any more
     warnings = walk.warnings + _unused_modules(model, walk)
     graph = None
     if not walk.problems:
@@ -374,6 +377,7 @@ class ConcreteTracer(fx.Tracer):
     def __init__(self, helpers: tuple[Callable[..., Any], ...], example: torch.Tensor) -> None:
         super().__init__(autowrap_functions=helpers)
         self.record_stack_traces = True
+        self.proxy_buffer_attributes = True  # self.pe stays a named table, not a copied slice
         self.example = example
         self.inputs = 0
         self.running = 0  # > 0 while an op runs on the example
@@ -776,6 +780,8 @@ def _map_module(walk: Walk, node: fx.Node) -> Layer | Stack:
         return positions
     if layer_type == "MultiheadAttention":
         x = _self_attention_input(walk, node, params)
+    elif layer_type == "TransformerEncoderLayer":
+        x, params["causal"] = _encoder_input(walk, node)
     else:
         x = _only_input(node)
     several = TUPLE_OUTPUTS.get(layer_type)
@@ -837,10 +843,11 @@ def _only_input(node: fx.Node) -> Any:
 def _encoder_stack(walk: Walk, node: fx.Node, module: nn.TransformerEncoder) -> Stack:
     """nn.TransformerEncoder as what it is: its encoder layers in a row, then its norm."""
     path = str(node.target)
+    x, causal = _encoder_input(walk, node)
     layers = [
         Layer(
             "TransformerEncoderLayer",
-            _read_params("TransformerEncoderLayer", layer),
+            _read_params("TransformerEncoderLayer", layer) | {"causal": causal},
             (),
             path=f"{path}.layers.{index}",
         )
@@ -851,7 +858,22 @@ def _encoder_stack(walk: Walk, node: fx.Node, module: nn.TransformerEncoder) -> 
             raise NotMappable(msg("a final norm of type {kind}", kind=type(module.norm).__name__))
         norm = _read_params("LayerNorm", module.norm)
         layers.append(Layer("LayerNorm", norm, (), path=f"{path}.norm"))
-    return Stack(_tensor(walk, _only_input(node)), tuple(layers))
+    return Stack(_tensor(walk, x), tuple(layers))
+
+
+def _encoder_input(walk: Walk, node: fx.Node) -> tuple[Any, bool]:
+    """The input of encoder(x, mask) / layer(x, src_mask), and whether the mask is causal (a
+    constant that hides exactly the later positions, or is_causal=True with no mask)."""
+    mask = node.args[1] if len(node.args) > 1 else None
+    mask = node.kwargs.get("mask", node.kwargs.get("src_mask", mask))
+    rest = {k: v for k, v in node.kwargs.items() if k not in ("mask", "src_mask", "is_causal")}
+    if len(node.args) > 2 or any(v is not None and v is not False for v in rest.values()):
+        raise NotMappable(
+            msg("called with more than its input and a causal mask ({given})", given=", ".join(rest))
+        )
+    if mask is not None and not _is_causal(walk, mask):
+        raise NotMappable(msg("an attention mask other than a causal one"))
+    return node.args[0], mask is not None or node.kwargs.get("is_causal") is True
 
 
 def _self_attention_input(walk: Walk, node: fx.Node, params: dict[str, Any]) -> Any:
@@ -984,13 +1006,11 @@ def _positional_encoding(walk: Walk, node: fx.Node, x: Any, table: Constant) -> 
 
 
 def sinusoidal_table(max_len: int, embed: int) -> torch.Tensor:
-    """The fixed sines and cosines of "Attention Is All You Need" (and the catalog's entry)."""
-    position = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)
-    rate = torch.exp(torch.arange(0, embed, 2, dtype=torch.float32) * (-math.log(10000.0) / embed))
-    table = torch.zeros(max_len, embed)
-    table[:, 0::2] = torch.sin(position * rate)
-    table[:, 1::2] = torch.cos(position * rate[: embed // 2])
-    return table
+    """The fixed sines and cosines, computed by the very PositionalEncoding class that model.py
+    holds (the catalog's helper source), so the two can never disagree."""
+    namespace: dict[str, Any] = {"torch": torch, "nn": nn}
+    exec(compile(POSITIONAL_ENCODING, "model.py", "exec"), namespace)  # our own source
+    return namespace["PositionalEncoding"](embed, max_len, kind="sinusoidal").weight
 
 
 def _concat(walk: Walk, node: fx.Node) -> Layer | str:

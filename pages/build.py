@@ -4,7 +4,8 @@ The graph lives in pages/state.py; the canvas (streamlit-flow) only shows it and
 A canvas edit reaches Python as the component's value, which is read at the top of the run,
 before anything is drawn, so the same run already shows the new shapes. (The browser answers
 every state it takes with an echo; an echo changes nothing and costs one cheap run.) Everything
-that shows the graph is one fragment, so a canvas edit reruns it alone, not the whole page.
+that shows the graph is drawn from the same state; the canvas is a fragment of its own, so its
+echoes rerun the canvas alone, and only a real change reruns the page.
 Keys (Delete, Ctrl+Z, Ctrl+Shift+Z) and clicks on the empty pane press the page's own buttons
 (KEYS_SCRIPT), so every edit goes through the same callbacks and the same undo history. The
 canvas fits the graph into its view as it mounts; Tidy, New, Open and templates remount it.
@@ -12,6 +13,7 @@ canvas fits the graph into its view as it mounts; Tidy, New, Open and templates 
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from typing import Any
@@ -28,6 +30,7 @@ from builder.graph import MAX_FILE_BYTES, Graph, GraphFormatError, dump_graph, l
 from builder.layout import needs_layout, with_layout
 from compiler.analysis import Analysis, Diagnostic, NodeInfo
 from pages import canvas, state
+from runtime import import_job
 
 CANVAS_KEY = "nb_canvas"  # the component's key is CANVAS_KEY_<n>: a new n remounts it
 CANVAS_HEIGHT = 560  # toolbar and canvas fit a 1280x720 window
@@ -270,6 +273,9 @@ def _open_file() -> None:
     if uploaded is None:
         return
     st.session_state[_UPLOADS] = st.session_state.get(_UPLOADS, 0) + 1
+    if uploaded.name.lower().endswith(".py"):
+        _import_python(uploaded.name, uploaded.getvalue())
+        return
     if uploaded.size > MAX_FILE_BYTES:
         _flash_error(
             msg(
@@ -292,6 +298,48 @@ def _open_file() -> None:
     _fit_view()
     st.session_state["nb_open_popover"] = False
     st.toast(_("Opened {file}. Undo brings your previous graph back.", file=uploaded.name))
+
+
+def import_allowed_here() -> bool:
+    """Importing runs the file's code: only where the server is the person's own machine, or
+    where its operator allowed it (runtime/import_job.py decides)."""
+    address = st.get_option("server.address")
+    return import_job.import_allowed(address, os.environ.get(import_job.ALLOW_IMPORT_ENV))
+
+
+def _import_shape() -> tuple[int, ...] | None:
+    """The input shape typed beside the uploader ("1, 28, 28"); None: the file's INPUT_SHAPE."""
+    text = (st.session_state.get("nb_import_shape") or "").replace("[", "").replace("]", "")
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts or not all(part.isdigit() and int(part) > 0 for part in parts):
+        return None
+    return tuple(int(part) for part in parts)
+
+
+def _import_python(name: str, source: bytes) -> None:
+    """A .py file with build_model(): traced in a limited child process into a graph."""
+    if not import_allowed_here():
+        _flash_error(import_job.import_refused())
+        return
+    dtype = st.session_state.get("nb_import_dtype") or "float32"
+    with st.spinner(_("Importing {file}: running its build_model() and tracing it…", file=name)):
+        outcome = import_job.import_python_file(source, _import_shape(), dtype, name=_stem(name))
+    if outcome.graph is None:
+        reasons = [outcome.error, *outcome.problems] if outcome.error else list(outcome.problems)
+        text = "; ".join(i18n.render(reason) for reason in reasons if reason is not None)
+        _flash_error(msg("{file} could not be imported: {reason}", file=name, reason=text))
+        return
+    state.set_graph(with_layout(outcome.graph))
+    state.select(None)
+    _fit_view()
+    st.session_state["nb_open_popover"] = False
+    st.toast(_("Imported {file}. Undo brings your previous graph back.", file=name))
+    for warning in outcome.warnings:
+        st.toast(i18n.render(warning), icon=":material/warning:")
+
+
+def _stem(filename: str) -> str:
+    return filename.rsplit(".", 1)[0] or "imported"
 
 
 def _tidy() -> None:
@@ -536,13 +584,23 @@ def toolbar(graph: Graph) -> None:
         key="nb_open_popover",
         on_change="rerun",
     ):
+        allowed = import_allowed_here()
         st.file_uploader(
-            _("A graph file saved by NetBuilder (.json)"),
-            type=["json"],
+            _("A graph file saved by NetBuilder (.json), or a PyTorch model file (.py)"),
+            type=["json", "py"],
             key=_uploader_key(),
             on_change=_open_file,
             max_upload_size=max(1, MAX_FILE_BYTES // 1_000_000),
         )
+        if allowed:
+            st.text_input(
+                _("Input shape for a .py file"),
+                key="nb_import_shape",
+                placeholder=_("e.g. 1, 28, 28 (empty: the file's INPUT_SHAPE)"),
+            )
+            st.selectbox(_("Input dtype"), ["float32", "int64"], key="nb_import_dtype")
+        else:
+            st.caption(i18n.render(import_job.import_refused()))
     save.download_button(
         "",
         data=dump_graph(graph),
@@ -678,7 +736,7 @@ def inspector(graph: Graph, analysis: Analysis, selected: str | None) -> None:
         )
     )
     st.code(
-        "\n".join([_(spec.formula), *formula_lines(info.explanation, node.type)]),
+        "\n".join([_(spec.formula), *formula_lines(info.explained, node.type)]),
         language=None,
         wrap_lines=True,
     )
@@ -796,11 +854,8 @@ STYLE = """
 """
 
 
-@st.fragment
 def workspace() -> None:
-    """Everything the graph shows: a canvas edit reruns this fragment, not the whole page."""
-    st.session_state.setdefault(_FIT, _view_key())
-    sync_canvas()
+    """The toolbar, the canvas, the summary and the form: what shows the graph."""
     graph = state.current_graph()
     selected = state.selected_node()
     notice = state.take_notice()
@@ -813,7 +868,7 @@ def workspace() -> None:
     analysis = state.current_analysis()
     left, right = st.columns([13, 7], gap="medium")
     with left:
-        draw_canvas(graph, analysis, selected)
+        canvas_fragment()
     with right:
         summary_metrics(analysis)
         problems(analysis)
@@ -823,7 +878,23 @@ def workspace() -> None:
     layer_table(analysis)
 
 
+@st.fragment
+def canvas_fragment() -> None:
+    """The canvas alone: its echoes and layout passes (two per state sent) rerun only this.
+
+    A value that changes the graph or the selection reruns the whole page, so the summary, the
+    form and the table show it too.
+    """
+    before = _view_key()
+    sync_canvas()
+    if _view_key() != before:
+        st.rerun()
+    draw_canvas(state.current_graph(), state.current_analysis(), state.selected_node())
+
+
 def main() -> None:
+    st.session_state.setdefault(_FIT, _view_key())
+    sync_canvas()  # a value sent while the page was busy: applied before anything is drawn
     st.html(STYLE)
     st.html(KEYS_SCRIPT, unsafe_allow_javascript=True)
     palette()

@@ -15,6 +15,7 @@ import streamlit as st
 from compiler.memory import format_bytes
 from i18n import _
 from pages.live_graph import markdown_literal
+from runtime.launcher import warm_up
 from runtime.runs import (
     RunError,
     RunInfo,
@@ -22,7 +23,6 @@ from runtime.runs import (
     list_runs,
     status_label,
     status_text,
-    warm_up,
 )
 
 _CONFIRM = "runs-panel-confirm-delete"

@@ -77,6 +77,10 @@ def import_python_file(
     input shape (INPUT_SHAPE) where `input_shape` is None; dtype is "float32" or "int64"."""
     if len(source) > MAX_SOURCE_BYTES:
         return ImportOutcome(None, msg("the file is over 1 MB; a model file is far smaller"))
+    if dtype not in ("float32", "int64"):
+        return ImportOutcome(
+            None, msg("the input dtype must be float32 or int64, got {dtype}", dtype=repr(dtype))
+        )
     with tempfile.TemporaryDirectory(prefix="netbuilder-import-") as folder:
         path = Path(folder) / "model.py"
         path.write_bytes(source)
@@ -103,11 +107,13 @@ def import_python_file(
 
 
 def _limit(time_limit_s: int, memory_limit_bytes: int) -> None:
-    """In the child, before it imports torch or runs the file: CPU seconds, address space."""
+    """In the child, before it imports torch or runs the file: CPU seconds, and the memory it
+    may allocate (RLIMIT_DATA: heap and anonymous mappings, which tensors live in; not the
+    shared libraries a CUDA build of torch maps, which RLIMIT_AS would count)."""
     import resource
 
     resource.setrlimit(resource.RLIMIT_CPU, (time_limit_s, time_limit_s + 1))
-    resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
+    resource.setrlimit(resource.RLIMIT_DATA, (memory_limit_bytes, memory_limit_bytes))
 
 
 def _too_long(time_limit_s: int) -> Message:
@@ -182,7 +188,8 @@ def _child(request: dict[str, Any]) -> dict[str, Any]:
     try:
         result = import_file(Path(request["path"]), shape, request["dtype"], request["name"])
     except ModelImportError as exc:
-        if exc.message.values.get("error") == "MemoryError":
+        values = exc.message.values
+        if values.get("error") == "MemoryError" or "allocate memory" in str(values.get("detail")):
             return {"error": _out_of_memory(int(request["bytes"])).to_json()}
         return {"error": exc.message.to_json()}
     except MemoryError:

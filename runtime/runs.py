@@ -38,6 +38,7 @@ from compiler.codegen import generate_source, identifier
 from i18n import N_, Message, msg
 from runtime import store
 from runtime.datasets import MAX_UPLOAD_BYTES
+from runtime.launcher import CONTEXT
 from runtime.sizing import check_fits
 from runtime.trainer import TrainConfig
 
@@ -207,16 +208,6 @@ class _Trainers:
 
 
 _TRAINERS = _Trainers()
-_FORKSERVER = multiprocessing.get_context("forkserver")
-_FORKSERVER.set_forkserver_preload(["runtime.preload"])
-
-
-def warm_up() -> None:
-    """Start the trainers' forkserver now (it imports torch and the datasets in the background),
-    so that the first Start does not pay for it. Cheap when it is already running."""
-    from multiprocessing import forkserver
-
-    forkserver.ensure_running()
 
 
 def _enqueue(folder: Path) -> None:
@@ -268,8 +259,8 @@ def _launch(folder: Path) -> BaseProcess:
     """Fork a trainer for the run from the warm forkserver; it starts once its pid is recorded."""
     from runtime.warm import trainer_process
 
-    ready, give_word = _FORKSERVER.Pipe(duplex=False)
-    process = _FORKSERVER.Process(
+    ready, give_word = CONTEXT.Pipe(duplex=False)
+    process = CONTEXT.Process(
         target=trainer_process, args=(str(folder), ready), name=f"trainer {folder.name}"
     )
     process.daemon = False

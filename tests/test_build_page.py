@@ -457,3 +457,41 @@ def test_the_formula_names_each_axis(home):
     conv = next(n.id for n in _current_graph(at).nodes if n.type == "Conv2d")
     code = "\n".join(c.value for c in select(at, conv).code)
     assert "H: O = " in code and "W: O = " in code
+
+
+MODEL_PY = b"""
+import torch
+from torch import nn
+
+INPUT_SHAPE = (1, 8, 8)
+
+
+def build_model() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+"""
+
+
+def test_a_python_file_is_refused_where_importing_is_off_and_the_page_says_how(home, monkeypatch):
+    monkeypatch.delenv("NETBUILDER_ALLOW_IMPORT", raising=False)
+    at = open_app()
+    before = metric(at, "Parameters")
+    at.file_uploader[0].set_value(("model.py", MODEL_PY, "text/x-python")).run()
+    no_exception(at)
+    assert any("python -m compiler import model.py" in e for e in errors(at))
+    assert metric(at, "Parameters") == before
+
+
+def test_a_python_file_is_imported_where_allowed_with_the_torch_parameter_count(
+    home, monkeypatch
+):
+    monkeypatch.setenv("NETBUILDER_ALLOW_IMPORT", "1")
+    at = open_app()
+    at.file_uploader[0].set_value(("model.py", MODEL_PY, "text/x-python")).run(timeout=120)
+    no_exception(at)
+    assert not errors(at), errors(at)
+    namespace = types.ModuleType("uploaded")
+    exec(compile(MODEL_PY, "model.py", "exec"), namespace.__dict__)
+    expected = sum(p.numel() for p in namespace.build_model().parameters())
+    assert metric(at, "Parameters") == f"{expected:,}"
+    toolbar(at, "nb_undo").click().run()
+    assert metric(at, "Parameters") != f"{expected:,}"

@@ -126,3 +126,37 @@ def test_generation_refuses_an_invalid_graph() -> None:
     broken = analysis.graph.model_copy(update={"edges": []})
     with pytest.raises(ValueError):
         generate_source(analyse(broken))
+
+
+def test_positional_encoding_class_is_emitted_only_where_used_and_once() -> None:
+    from tests.modelkit import chain_graph
+
+    plain = generate_source(analyse(chain_graph([5, 8], ("Linear", {"out_features": 8}))))
+    assert "PositionalEncoding" not in plain and "causal_mask" not in plain
+    two = chain_graph(
+        [5, 8],
+        ("PositionalEncoding", {"max_len": 5}),
+        ("PositionalEncoding", {"kind": "sinusoidal", "max_len": 9}),
+        ("TransformerEncoderLayer", {"nhead": 2, "dim_feedforward": 8, "causal": True}),
+        ("MultiheadAttention", {"num_heads": 2, "causal": True}),
+    )
+    source = generate_source(analyse(two))
+    assert source.count("class PositionalEncoding(nn.Module):") == 1
+    assert source.count("def causal_mask(") == 1
+    assert black.format_str(source, mode=black.Mode(line_length=LINE_LENGTH)) == source
+    assert_matches_torch(analyse(two))
+
+
+def test_a_graph_named_like_a_helper_gets_another_class_name() -> None:
+    assert class_name("positional encoding") != "PositionalEncoding"
+
+
+def test_fix_divisors_divide_and_fit_whatever_the_sizes() -> None:
+    from builder.catalog import fitting_divisor
+
+    for n in (1, 6, 97, 360, 9_999_991, 10_000_000):
+        for limit in (1, 3, 4, 8, 64, 1000, 9_999_989, 10_000_000):
+            d = fitting_divisor(n, limit)
+            assert n % d == 0 and 1 <= d <= limit
+    assert fitting_divisor(6, 4) == 3  # the largest, where the limit is small
+    assert fitting_divisor(360, 8) == 8

@@ -344,8 +344,11 @@ def test_a_file_that_loops_forever_is_stopped_with_a_named_error() -> None:
     assert "took over 8 s and was stopped" in str(outcome.error)
 
 
-def test_a_file_that_allocates_too_much_is_stopped_with_a_named_error() -> None:
-    source = GOOD_FILE + "\nhoard = bytearray(6 * 1024**3)\n"
+@pytest.mark.parametrize(
+    "hoard", ["bytearray(6 * 1024**3)", "torch.zeros(2**31)"], ids=["bytes", "tensor"]
+)
+def test_a_file_that_allocates_too_much_is_stopped_with_a_named_error(hoard: str) -> None:
+    source = GOOD_FILE + f"\nhoard = {hoard}\n"
     outcome = import_python_file(source.encode(), None, "float32")
     assert outcome.graph is None
     assert "needed over 4.0 GiB of memory" in str(outcome.error)
@@ -432,3 +435,9 @@ class BakesTheBatch(nn.Module):
 def test_a_batch_size_used_as_a_plain_int_is_refused_not_baked_in() -> None:
     with pytest.raises(ModelImportError, match="torch.fx cannot trace"):
         import_model(BakesTheBatch(), (4,))
+
+
+def test_an_unknown_dtype_is_refused_before_anything_runs() -> None:
+    outcome = import_python_file(GOOD_FILE.encode(), None, "float16")
+    assert outcome.graph is None
+    assert str(outcome.error) == "the input dtype must be float32 or int64, got 'float16'"

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from compiler import analyse
-from compiler.importer import ImportResult, import_model
+from compiler.importer import ImportResult, import_file, import_model
 from tests.test_import_classics import exported_twin
 
 models = pytest.importorskip("torchvision.models")
@@ -100,3 +100,25 @@ def test_shufflenet_is_refused_for_chunk_at_the_line_of_the_chunk(outcomes) -> N
         problem.where.startswith("shufflenetv2.py:") and "x.chunk(2, dim=1)" in problem.where
         for problem in result.problems
     )
+
+
+RESNET_FILE = """
+from torchvision.models import resnet18
+
+INPUT_SHAPE = (3, 64, 64)
+
+
+def build_model():
+    return resnet18(num_classes=10)
+"""
+
+
+def test_resnet18_imports_from_a_file_with_every_shape_known(tmp_path) -> None:
+    (tmp_path / "my_resnet.py").write_text(RESNET_FILE)
+    result = import_file(tmp_path / "my_resnet.py")
+    assert result.problems == [] and result.warnings == []
+    analysis = analyse(result.graph)
+    assert analysis.ok and analysis.total_params == 11_181_642
+    assert all(analysis.infos[node.id].shape is not None for node in result.graph.nodes)
+    (head,) = [node for node, path in result.module_paths.items() if path == "fc"]
+    assert analysis.infos[head].shape == (10,)

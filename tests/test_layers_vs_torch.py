@@ -68,6 +68,7 @@ CASES: list[tuple[list[int], str, dict, str]] = [
     ([7, 8], "MultiheadAttention", {"num_heads": 4, "bias": False, "causal": True}, "float32"),
     ([7, 8], "TransformerEncoderLayer", {"nhead": 2, "dim_feedforward": 16}, "float32"),
     ([7, 8], "TransformerEncoderLayer", {"nhead": 4, "activation": "gelu", "norm_first": True, "bias": False}, "float32"),
+    ([7, 8], "TransformerEncoderLayer", {"nhead": 2, "dim_feedforward": 16, "causal": True}, "float32"),
     ([7, 8], "SequencePool", {"mode": "last"}, "float32"),
     ([7, 8], "SequencePool", {"mode": "mean"}, "float32"),
     ([7, 8, 3], "SequencePool", {"mode": "max"}, "float32"),
@@ -230,3 +231,16 @@ def test_sinusoidal_encoding_is_the_transformer_papers_table() -> None:
     angle = t / 10000 ** ((i - i % 2) / 5)
     expected = torch.where(i % 2 == 0, torch.sin(angle), torch.cos(angle))
     assert torch.allclose(got.double(), expected, atol=1e-5)
+
+
+def test_a_causal_encoder_layer_never_looks_ahead() -> None:
+    """Changing the last position leaves every earlier output unchanged (and not so without)."""
+    for causal in (True, False):
+        layer = ("TransformerEncoderLayer", {"nhead": 2, "dim_feedforward": 16, "dropout": 0.0, "causal": causal})
+        model = load_module(generate_source(analyse(chain_graph([5, 8], layer)))).build_model().eval()
+        x = torch.randn(1, 5, 8)
+        changed = x.clone()
+        changed[0, -1] += 1.0
+        with torch.no_grad():
+            same = torch.allclose(model(x)[0, :-1], model(changed)[0, :-1], atol=1e-6)
+        assert same == causal

@@ -127,6 +127,7 @@ COVERAGE = {
         [
             ("PositionalEncoding", {"kind": "sinusoidal", "max_len": 10}),
             ("PositionalEncoding", {"max_len": 6, "dropout": 0.1}),
+            ("TransformerEncoderLayer", {"nhead": 2, "dim_feedforward": 16, "causal": True}),
             ("Permute", {"dims": [0, 2, 1]}),
             ("ConvTranspose1d", {"out_channels": 4, "kernel_size": 3, "stride": 2}),
             ("InstanceNorm1d", {}),

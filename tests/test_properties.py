@@ -27,6 +27,7 @@ STRICTER_THAN_TORCH = (
     "needs [C, L] input",  # InstanceNorm1d: torch reads a [B, F] batch as one unbatched [C, L]
     "different numbers of dims",  # Add/Multiply: torch would align the batch with another dim
     "positions beyond max_len",  # max_len 1: torch would add the one row to every step
+    "removes more than the layer makes",  # ConvTranspose: torch returns an empty tensor
 )
 
 SHAPE_KEEPING = [

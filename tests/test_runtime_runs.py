@@ -603,3 +603,20 @@ def test_cli_graph_with_a_non_finite_value_is_one_line(tmp_path: Path):
     done = cli("train", "g.json", "--dataset", "digits-rows", cwd=tmp_path)
     assert done.returncode in (1, 2)
     one_line_error(done)
+
+
+def test_a_trainer_never_runs_the_launching_script(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Streamlit puts the running page script in sys.modules["__main__"]; multiprocessing would
+    run it again in each child. The trainer must start without rendering the page."""
+    marker = tmp_path / "page-ran"
+    script = tmp_path / "page.py"
+    script.write_text(f"open({str(marker)!r}, 'w').close()\n")
+    page = type(sys)("__main__")
+    page.__file__ = str(script)
+    monkeypatch.setitem(sys.modules, "__main__", page)
+    run_id = start_run(tmp_path / "runs", lstm(), LONG)
+    wait_for(lambda: read_run(tmp_path / "runs", run_id).step > 0)
+    delete_run(tmp_path / "runs", run_id)
+    assert not marker.exists()

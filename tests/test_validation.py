@@ -249,3 +249,19 @@ def test_diagnostics_are_data_with_a_code_and_values() -> None:
     assert entry["code"].startswith("kernel {kernel} (dilated {dilated}) exceeds padded input")
     assert entry["values"]["padded"] == "3x3"
     assert entry["message"] == error.message
+
+
+def test_sigmoid_before_bce_with_logits_is_a_warning_with_a_removal_fix() -> None:
+    from builder.edit import apply_fix
+
+    g = classifier([("Sigmoid", {})], {"loss": "bce_with_logits"})
+    (warning,) = analyse(g).warnings
+    assert "applies sigmoid itself" in warning.message
+    assert warning.fix["remove"] == {"node": "h0"}
+    assert not analyse(apply_fix(g, warning.fix)).warnings
+
+
+def test_softmax_before_nll_says_to_use_log_softmax() -> None:
+    (warning,) = analyse(classifier([("Softmax", {"dim": 1})], {"loss": "nll"})).warnings
+    assert "use LogSoftmax instead" in warning.message
+    assert not analyse(classifier([("LogSoftmax", {"dim": 1})], {"loss": "nll"})).warnings

@@ -347,7 +347,7 @@ def log_softmax_module(p: LogSoftmaxParams, xs: list[Tensor]) -> str:
 
 def softmax_from_module(m: Any) -> dict[str, Any]:
     if m.dim is None:
-        raise NotMappable("softmax without dim")
+        raise NotMappable(msg("softmax without dim"))
     return {"dim": m.dim}
 
 

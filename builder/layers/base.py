@@ -33,7 +33,15 @@ CATEGORIES = (
     "Merge",
 )
 SEQUENCE_TYPES = frozenset(
-    {"Embedding", "RNN", "LSTM", "GRU", "MultiheadAttention", "TransformerEncoderLayer"}
+    {
+        "Embedding",
+        "RNN",
+        "LSTM",
+        "GRU",
+        "MultiheadAttention",
+        "TransformerEncoderLayer",
+        "PositionalEncoding",
+    }
 )
 
 
@@ -83,6 +91,10 @@ class Advice:
 
 class NotMappable(Exception):
     """A live torch module (or call) that no catalog entry can stand for; the message says why."""
+
+    def __init__(self, message: Message) -> None:
+        super().__init__(str(message))
+        self.message = message
 
 
 # ---------------------------------------------------------------------------------------------

@@ -240,7 +240,9 @@ def conv_advise(p: Conv1dParams | Conv2dParams, xs: list[Tensor]) -> list[Advice
 
 def zero_padding_only(m: Any) -> None:
     if m.padding_mode != "zeros":
-        raise NotMappable(f"padding_mode={m.padding_mode!r}: only zero padding maps")
+        raise NotMappable(
+            msg("padding_mode={mode}: only zero padding maps", mode=repr(m.padding_mode))
+        )
 
 
 def conv_from_module(m: Any) -> dict[str, Any]:

@@ -145,11 +145,10 @@ def output_infer(p: OutputParams, xs: list[Tensor]) -> Tensor:
 
 
 def output_advise(p: OutputParams, xs: list[Tensor]) -> list[Advice]:
-    """A softmax just before a loss that applies its own squashes the scores twice."""
+    """A squashing layer just before a loss that squashes by itself (or the wrong one for nll):
+    the model still trains, but slowly or towards the wrong thing."""
     source = xs[0].source_type
-    if p.loss not in SOFTMAX_LOSSES or source not in ("Softmax", "LogSoftmax"):
-        return []
-    if source == "LogSoftmax":
+    if p.loss in SOFTMAX_LOSSES and source == "LogSoftmax":
         return [
             Advice(
                 msg(
@@ -160,16 +159,37 @@ def output_advise(p: OutputParams, xs: list[Tensor]) -> list[Advice]:
                 Fix(msg("nll is cross-entropy for log-probabilities"), set_params={"loss": "nll"}),
             )
         ]
-    return [
-        Advice(
-            msg(
-                "the loss {loss} applies softmax itself and expects raw scores (logits);"
-                " a Softmax before it squashes them twice and slows learning: remove it",
-                loss=p.loss,
-            ),
-            Fix(msg("the loss expects logits"), remove_input=True),
-        )
-    ]
+    if p.loss in SOFTMAX_LOSSES and source == "Softmax":
+        return [
+            Advice(
+                msg(
+                    "the loss {loss} applies softmax itself and expects raw scores (logits);"
+                    " a Softmax before it squashes them twice and slows learning: remove it",
+                    loss=p.loss,
+                ),
+                Fix(msg("the loss expects logits"), remove_input=True),
+            )
+        ]
+    if p.loss == "bce_with_logits" and source == "Sigmoid":
+        return [
+            Advice(
+                msg(
+                    "the loss bce_with_logits applies sigmoid itself and expects raw scores"
+                    " (logits); a Sigmoid before it squashes them twice: remove it"
+                ),
+                Fix(msg("the loss expects logits"), remove_input=True),
+            )
+        ]
+    if p.loss == "nll" and source == "Softmax":
+        return [
+            Advice(
+                msg(
+                    "the loss nll expects log-probabilities, but Softmax gives probabilities;"
+                    " use LogSoftmax instead, or remove the Softmax and use cross_entropy"
+                )
+            )
+        ]
+    return []
 
 
 OUTPUT = LayerSpec(

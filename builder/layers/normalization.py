@@ -161,7 +161,6 @@ INSTANCE_NORM1D = LayerSpec(
     params=InstanceNorm1dParams,
     infer=instance_norm_infer,
     torch_modules=("InstanceNorm1d",),
-    functional=("torch.nn.functional.instance_norm",),
     params_from_module=batch_norm_from_module,
     count_params=channel_affine_count,
     module=instance_norm_module,
@@ -203,7 +202,12 @@ def layer_norm_module(p: LayerNormParams, xs: list[Tensor]) -> str:
 
 def last_dim_only(m: Any) -> None:
     if len(m.normalized_shape) != 1:
-        raise NotMappable(f"normalized_shape {list(m.normalized_shape)}: only the last dim maps")
+        raise NotMappable(
+            msg(
+                "normalized_shape {shape}: only the last dim maps",
+                shape=str(list(m.normalized_shape)),
+            )
+        )
 
 
 def layer_norm_from_module(m: Any) -> dict[str, Any]:

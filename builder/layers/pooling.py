@@ -98,9 +98,12 @@ def pool_infer(p: Any, xs: list[Tensor]) -> Tensor:
     return Tensor(lead + window_sizes(p, size, padding))
 
 
-def pool_module(p: Any, xs: list[Tensor]) -> str:
-    kind = "Max" if "dilation" in type(p).model_fields else "Avg"
-    return call(f"nn.{kind}Pool{p.dims}d", **changed(p, *type(p).model_fields))
+def max_pool_module(p: MaxPool1dParams | MaxPool2dParams, xs: list[Tensor]) -> str:
+    return call(f"nn.MaxPool{p.dims}d", **changed(p, *type(p).model_fields))
+
+
+def avg_pool_module(p: AvgPool1dParams | AvgPool2dParams, xs: list[Tensor]) -> str:
+    return call(f"nn.AvgPool{p.dims}d", **changed(p, *type(p).model_fields))
 
 
 def pool_explain(p: Any, xs: list[Tensor], y: Tensor) -> Message:
@@ -114,7 +117,7 @@ def pool_stride(m: Any) -> Any:
 
 def max_pool_from_module(m: Any) -> dict[str, Any]:
     if m.return_indices:
-        raise NotMappable("return_indices=True")
+        raise NotMappable(msg("return_indices=True"))
     return {
         "kernel_size": compact(m.kernel_size),
         "stride": pool_stride(m),
@@ -126,7 +129,7 @@ def max_pool_from_module(m: Any) -> dict[str, Any]:
 
 def avg_pool_from_module(m: Any) -> dict[str, Any]:
     if getattr(m, "divisor_override", None) is not None:
-        raise NotMappable("divisor_override")
+        raise NotMappable(msg("divisor_override"))
     return {
         "kernel_size": compact(m.kernel_size),
         "stride": pool_stride(m),
@@ -149,7 +152,7 @@ MAX_POOL1D = LayerSpec(
     functional=("torch.nn.functional.max_pool1d", "torch.max_pool1d"),
     params_from_module=max_pool_from_module,
     starter={"kernel_size": 2},
-    module=pool_module,
+    module=max_pool_module,
     explain=pool_explain,
     key_params=("kernel_size", "stride"),
 )
@@ -165,7 +168,7 @@ MAX_POOL2D = LayerSpec(
     functional=("torch.nn.functional.max_pool2d", "torch.max_pool2d"),
     params_from_module=max_pool_from_module,
     starter={"kernel_size": 2},
-    module=pool_module,
+    module=max_pool_module,
     explain=pool_explain,
     key_params=("kernel_size", "stride"),
 )
@@ -181,7 +184,7 @@ AVG_POOL1D = LayerSpec(
     functional=("torch.nn.functional.avg_pool1d", "torch.avg_pool1d"),
     params_from_module=avg_pool_from_module,
     starter={"kernel_size": 2},
-    module=pool_module,
+    module=avg_pool_module,
     explain=pool_explain,
     key_params=("kernel_size", "stride"),
 )
@@ -197,7 +200,7 @@ AVG_POOL2D = LayerSpec(
     functional=("torch.nn.functional.avg_pool2d",),
     params_from_module=avg_pool_from_module,
     starter={"kernel_size": 2},
-    module=pool_module,
+    module=avg_pool_module,
     explain=pool_explain,
     key_params=("kernel_size", "stride"),
 )
@@ -232,10 +235,10 @@ def adaptive_max_module(p: Adaptive1dParams | Adaptive2dParams, xs: list[Tensor]
 
 def adaptive_from_module(m: Any) -> dict[str, Any]:
     if getattr(m, "return_indices", False):
-        raise NotMappable("return_indices=True")
+        raise NotMappable(msg("return_indices=True"))
     sizes = m.output_size if isinstance(m.output_size, (tuple, list)) else [m.output_size]
     if any(s is None for s in sizes):
-        raise NotMappable("an output_size of None (keep the input size)")
+        raise NotMappable(msg("an output_size of None (keep the input size)"))
     return {"output_size": compact(m.output_size)}
 
 

@@ -105,9 +105,9 @@ def recurrent_advise(p: RecurrentParams, xs: list[Tensor]) -> list[Advice]:
 
 def recurrent_from_module(m: Any) -> dict[str, Any]:
     if not m.batch_first:
-        raise NotMappable("batch_first=False: NetBuilder's recurrent layers read [B, T, F]")
+        raise NotMappable(msg("batch_first=False: NetBuilder's recurrent layers read [B, T, F]"))
     if getattr(m, "proj_size", 0):
-        raise NotMappable("proj_size")
+        raise NotMappable(msg("proj_size"))
     params = {
         "hidden_size": m.hidden_size,
         "num_layers": m.num_layers,

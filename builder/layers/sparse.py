@@ -57,7 +57,7 @@ def embedding_module(p: EmbeddingParams, xs: list[Tensor]) -> str:
 
 def embedding_from_module(m: Any) -> dict[str, Any]:
     if m.max_norm is not None or m.scale_grad_by_freq or m.sparse:
-        raise NotMappable("max_norm, scale_grad_by_freq and sparse are not in the catalog")
+        raise NotMappable(msg("max_norm, scale_grad_by_freq and sparse are not in the catalog"))
     return {
         "num_embeddings": m.num_embeddings,
         "embedding_dim": m.embedding_dim,

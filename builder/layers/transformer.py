@@ -124,9 +124,9 @@ def attention_call(p: AttentionParams, attr: str, args: list[str]) -> str:
 
 def attention_from_module(m: Any) -> dict[str, Any]:
     if not m.batch_first:
-        raise NotMappable("batch_first=False: NetBuilder's attention reads [B, T, E]")
+        raise NotMappable(msg("batch_first=False: NetBuilder's attention reads [B, T, E]"))
     if not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
-        raise NotMappable("kdim/vdim, add_bias_kv and add_zero_attn are not in the catalog")
+        raise NotMappable(msg("kdim/vdim, add_bias_kv and add_zero_attn are not in the catalog"))
     return {
         "num_heads": m.num_heads,
         "dropout": float(m.dropout),
@@ -165,6 +165,7 @@ class EncoderParams(Params):
     layer_norm_eps: Eps = Field(1e-5, description=EPS)
     norm_first: bool = Field(False, description=BOOL)
     bias: bool = Field(True, description=BOOL)
+    causal: bool = Field(False, description=N_("true or false (mask out future positions)"))
 
 
 def encoder_infer(p: EncoderParams, xs: list[Tensor]) -> Tensor:
@@ -197,12 +198,20 @@ def encoder_module(p: EncoderParams, xs: list[Tensor]) -> str:
     )
 
 
+def encoder_call(p: EncoderParams, attr: str, args: list[str]) -> str:
+    """The layer on its input; a causal one masks every later position (a language model)."""
+    x = args[0]
+    if not p.causal:
+        return f"self.{attr}({x})"
+    return f"self.{attr}({x}, src_mask=causal_mask({x}.size(1), {x}.device))"
+
+
 def encoder_from_module(m: Any) -> dict[str, Any]:
     if not m.self_attn.batch_first:
-        raise NotMappable("batch_first=False: NetBuilder's encoder layer reads [B, T, E]")
+        raise NotMappable(msg("batch_first=False: NetBuilder's encoder layer reads [B, T, E]"))
     activation = {1: "relu", 2: "gelu"}.get(m.activation_relu_or_gelu)
     if activation is None:
-        raise NotMappable("an activation other than relu or gelu")
+        raise NotMappable(msg("an activation other than relu or gelu"))
     return {
         "nhead": m.self_attn.num_heads,
         "dim_feedforward": m.linear1.out_features,
@@ -227,7 +236,9 @@ TRANSFORMER_ENCODER_LAYER = LayerSpec(
     count_params=encoder_count,
     macs=encoder_macs,
     module=encoder_module,
-    key_params=("nhead", "dim_feedforward"),
+    call=encoder_call,
+    key_params=("nhead", "dim_feedforward", "causal"),
+    helper=("causal_mask", CAUSAL_MASK),
 )
 
 

@@ -128,9 +128,11 @@ def upsample_explain(p: UpsampleParams, xs: list[Tensor], y: Tensor) -> Message:
 
 def upsample_from_module(m: Any) -> dict[str, Any]:
     if getattr(m, "recompute_scale_factor", None):
-        raise NotMappable("recompute_scale_factor=True")
+        raise NotMappable(msg("recompute_scale_factor=True"))
     if m.mode not in ("nearest", "linear", "bilinear"):
-        raise NotMappable(f"mode={m.mode!r}: only nearest, linear and bilinear map")
+        raise NotMappable(
+            msg("mode={mode}: only nearest, linear and bilinear map", mode=repr(m.mode))
+        )
     factor = m.scale_factor
     if isinstance(factor, (tuple, list)):
         factor = float(factor[0]) if len(set(factor)) == 1 else [float(f) for f in factor]

@@ -181,18 +181,19 @@ def test_keys_delete_the_last_node_and_undo_redo_bring_it_back(small: Page, shot
     page.keyboard.press("Control+z")
     expect(nodes(page)).to_have_count(1)
     settled(page)
+    expect(tool(page, "nb_redo")).to_be_enabled()  # the page has drawn the undo's result
     page.keyboard.press("Control+z")
     expect(nodes(page)).to_have_count(2)
 
 
 def test_a_pane_click_deselects(small: Page):
     page = small
-    click_node(page, "head")
-    expect(page.get_by_text("head", exact=False).first).to_be_visible()
+    click_node(page, "b1_add")  # the middle of the default graph, in view
+    expect(page.get_by_text("Add · b1_add")).to_be_visible()
     frame = page.locator(CANVAS).bounding_box()
     page.mouse.click(frame["x"] + frame["width"] - 30, frame["y"] + 30)
-    expect(node(page, "head")).not_to_have_css("border-top-color", SELECTED_BLUE)
-    expect(page.get_by_text("Click a node on the canvas")).to_be_visible()
+    expect(node(page, "b1_add")).not_to_have_css("border-top-color", SELECTED_BLUE)
+    expect(page.get_by_text("Select a layer to edit its parameters.", exact=False)).to_be_visible()
 
 
 @pytest.mark.parametrize("width,height", [(1280, 720), (1920, 1080)])
