@@ -52,7 +52,7 @@ def train_source(analysis: Analysis, settings: TrainConfig | None = None) -> str
     output = loss_of(analysis)
     loss, smoothing = output.loss, output.label_smoothing
     source = (
-        TEMPLATE.replace("__NAME__", safe_text(analysis.graph.name))
+        TEMPLATE.replace("__NAME__", docstring_name(analysis.graph.name))
         .replace("__LOSS__", f"LOSS = {json.dumps(loss)}\nLABEL_SMOOTHING = {smoothing!r}")
         .replace("__FLAGS__", "\n    ".join(flag_lines(settings, dataset)))
     )
@@ -142,13 +142,20 @@ def bounds_text(info: FieldInfo) -> str:
     return ", ".join(parts)
 
 
+def docstring_name(name: str, limit: int = 70) -> str:
+    """The graph's name for the docstring: sanitised, and cut to keep the line short."""
+    text = safe_text(name)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def literal(value: object) -> str:
     """Python source for a validated setting, with black's double quotes for strings."""
     return json.dumps(value) if isinstance(value, str) else repr(value)
 
 
-TEMPLATE = '''"""Train the model in model.py, exported by NetBuilder from graph
-'__NAME__'.
+TEMPLATE = '''"""Train the model in model.py, exported by NetBuilder.
+
+Graph: '__NAME__'.
 
     python train.py                        # the settings chosen in NetBuilder
     python train.py --epochs 20 --lr 3e-4  # override any of them (--help lists all)
@@ -415,14 +422,15 @@ def gan_train_source(
     images = {(1, 8, 8): "digits", (1, 28, 28): "digits-28"}
     dataset = settings.dataset if settings.dataset in images.values() else None
     dataset = dataset or images.get(sample_shape)
-    source = GAN_TEMPLATE.replace("__NAME__", safe_text(generator.graph.name)).replace(
+    source = GAN_TEMPLATE.replace("__NAME__", docstring_name(generator.graph.name)).replace(
         "__FLAGS__", "\n    ".join(flag_lines(settings, dataset))
     )
     return black.format_str(source, mode=black.Mode(line_length=LINE_LENGTH))
 
 
-GAN_TEMPLATE = '''"""Train the GAN in model.py, exported by NetBuilder from graph
-'__NAME__'.
+GAN_TEMPLATE = '''"""Train the GAN in model.py, exported by NetBuilder.
+
+Graph: '__NAME__'.
 
     python train.py                      # the settings chosen in NetBuilder
     python train.py --epochs 50          # override any of them (--help lists all)
