@@ -230,18 +230,20 @@ def _delete_selection() -> None:
     state.select(None)
 
 
-def _apply_fix(fix: dict[str, Any]) -> None:
+def _apply_fix(fix: dict[str, Any], why: Message | None = None) -> None:
     try:
         state.set_graph(edit.apply_fix(state.current_graph(), fix))
     except edit.EditError as exc:
         _flash_error(msg("The fix no longer applies: {reason}", reason=str(exc)))
         return
-    st.toast(_("Applied: {fix}", fix=_fix_text(fix)), icon=":material/auto_fix_high:")
+    st.toast(_("Applied: {fix}", fix=_fix_text(fix, why)), icon=":material/auto_fix_high:")
 
 
-def _fix_text(fix: dict[str, Any]) -> str:
-    why = fix.get("why")
-    return i18n.render(why) if why else _("apply the suggested edit")
+def _fix_text(fix: dict[str, Any], why: Message | None = None) -> str:
+    """The fix's reason in the reader's language: its Message, else the contract's English."""
+    if why is not None:
+        return why.render()
+    return i18n.render(fix["why"]) if fix.get("why") else _("apply the suggested edit")
 
 
 def _new_graph() -> None:
@@ -666,16 +668,16 @@ def problems(analysis: Analysis) -> None:
 def _diagnostic(diagnostic: Diagnostic, key: str) -> None:
     show = st.error if diagnostic.severity == "error" else st.warning
     show(
-        _md(i18n.render(diagnostic.message)),
+        _md(diagnostic.text.render()),
         icon=":material/error:" if diagnostic.severity == "error" else ":material/warning:",
     )
     if diagnostic.fix is not None:
         st.button(
-            _("Fix: {fix}", fix=_fix_text(diagnostic.fix)),
+            _("Fix: {fix}", fix=_fix_text(diagnostic.fix, diagnostic.why)),
             key=f"nb_fix_{key}",
             icon=":material/auto_fix_high:",
             on_click=_apply_fix,
-            args=(diagnostic.fix,),
+            args=(diagnostic.fix, diagnostic.why),
         )
 
 

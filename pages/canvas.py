@@ -162,7 +162,7 @@ def _short(diagnostic: Diagnostic, node: Node) -> str:
     for start, short in SHORT_MESSAGES.items():
         if start in english:
             return i18n._(short)
-    message = i18n.render(diagnostic.message).removeprefix(f"{node.type} {node.id!r}: ")
+    message = diagnostic.text.render().removeprefix(f"{node.type} {node.id!r}: ")
     message = message.removeprefix(f"{node.type} {node.id!r} ").split("; ")[0]
     return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
 

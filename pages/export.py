@@ -77,7 +77,7 @@ def render() -> None:
     folder = identifier(graph.name)
     if not analysis.ok:
         problems = "\n".join(
-            f"- {markdown_literal(i18n.render(d.message))}" for d in analysis.errors
+            f"- {markdown_literal(d.text.render())}" for d in analysis.errors
         )
         st.error(
             _(

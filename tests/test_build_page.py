@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+import i18n
 from builder.graph import MAX_FILE_BYTES, dump_graph, load_graph
 from compiler.analysis import analyse
 from compiler.codegen import generate_source
@@ -495,3 +496,19 @@ def test_a_python_file_is_imported_where_allowed_with_the_torch_parameter_count(
     assert metric(at, "Parameters") == f"{expected:,}"
     toolbar(at, "nb_undo").click().run()
     assert metric(at, "Parameters") != f"{expected:,}"
+
+
+def test_problems_and_fixes_read_in_chinese(home):
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.query_params["lang"] = "zh"
+    at = at.run()
+    layer = next(s for s in at.selectbox if s.label == i18n.translate("Layer", "zh"))
+    at = layer.set_value("stem").run()
+    text_field(at, "kernel_size").input("20").run()
+    error = analyse(_current_graph(at)).errors[0]
+    shown = [e.value for e in at.error]
+    assert any(error.text.render("zh") in value for value in shown), shown
+    assert error.text.render("zh") != error.message, "the message has a Chinese translation"
+    fix = next(b for b in at.button if b.label.startswith(i18n.translate("Fix: {fix}", "zh")[:3]))
+    assert fix.label == i18n.translate("Fix: {fix}", "zh").format(fix=error.why.render("zh"))
+    no_exception(at)
