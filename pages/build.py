@@ -29,6 +29,7 @@ from builder.catalog import CATALOG, CATEGORIES
 from builder.graph import MAX_FILE_BYTES, Graph, GraphFormatError, dump_graph, load_graph
 from builder.layout import needs_layout, with_layout
 from compiler.analysis import Analysis, Diagnostic, NodeInfo
+from compiler.memory import estimate_memory, format_bytes
 from pages import canvas, state
 from runtime import import_job
 
@@ -636,13 +637,27 @@ def _file_stem(name: str) -> str:
 
 def summary_metrics(analysis: Analysis) -> None:
     params = analysis.total_params
+    memory = estimate_memory(analysis.graph, analysis)
     columns = st.columns(3)
     columns[0].metric(_("Parameters"), f"{params:,}")
     columns[1].metric(
-        _("Size"), f"{params * 4 / 1e6:.2f} MB", help=_("The weights in float32, 4 bytes each")
+        _("Size"),
+        format_bytes(memory.parameter_bytes),
+        help=_("The weights in float32, 4 bytes each"),
     )
     columns[2].metric(
         _("MACs"), _si(analysis.total_macs), help=_("Multiply-accumulates for one sample")
+    )
+    st.caption(
+        _(
+            "Memory: {activations} of activations per sample; a training step at batch size"
+            " {batch} with Adam needs about {training} (weights, gradients and optimizer state"
+            " {state}).",
+            activations=format_bytes(memory.activation_bytes_per_sample),
+            batch=memory.batch_size,
+            training=format_bytes(memory.training_bytes),
+            state=format_bytes(memory.weights_and_state_bytes),
+        )
     )
 
 

@@ -19,6 +19,7 @@ import i18n
 from builder.graph import MAX_FILE_BYTES, dump_graph, load_graph
 from compiler.analysis import analyse
 from compiler.codegen import generate_source
+from compiler.memory import estimate_memory, format_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "app.py"
@@ -103,7 +104,7 @@ def test_the_app_opens_on_the_residual_template_with_the_torch_parameter_count(h
     no_exception(at)
     expected = torch_param_count((TEMPLATES / "resnet.json").read_text())
     assert metric(at, "Parameters") == f"{expected:,}"
-    assert metric(at, "Size") == f"{expected * 4 / 1e6:.2f} MB"
+    assert metric(at, "Size") == format_bytes(expected * 4)
     assert at.success[0].value.startswith("No problems")
 
 
@@ -512,3 +513,14 @@ def test_problems_and_fixes_read_in_chinese(home):
     fix = next(b for b in at.button if b.label.startswith(i18n.translate("Fix: {fix}", "zh")[:3]))
     assert fix.label == i18n.translate("Fix: {fix}", "zh").format(fix=error.why.render("zh"))
     no_exception(at)
+
+
+def test_the_summary_shows_the_memory_a_training_step_needs(home):
+    at = open_app()
+    graph = _current_graph(at)
+    analysis = analyse(graph)
+    memory = estimate_memory(graph, analysis)
+    caption = " ".join(c.value for c in at.caption)
+    assert format_bytes(memory.training_bytes) in caption
+    assert format_bytes(memory.activation_bytes_per_sample) in caption
+    assert metric(at, "Size") == format_bytes(analysis.total_params * 4)
