@@ -196,3 +196,26 @@ def test_building_onnx_shows_its_progress_and_ends_complete(home):
     app.button(key="export-onnx-build").click().run(timeout=120)
     assert not app.exception and not app.error
     assert [s.label for s in app.status][-1].startswith("The ONNX file is ready (")
+
+
+def test_a_model_too_big_for_this_server_is_never_built_for_onnx(home, monkeypatch):
+    huge = parse_graph(
+        {
+            "format": "netbuilder.graph/1",
+            "name": "huge",
+            "nodes": [
+                {"id": "in", "type": "Input", "params": {"shape": [10_000_000]}},
+                {"id": "fc", "type": "Linear", "params": {"out_features": 10_000_000}},
+                {"id": "out", "type": "Output"},
+            ],
+            "edges": [{"source": "in", "target": "fc"}, {"source": "fc", "target": "out"}],
+        }
+    )
+
+    def must_not_build(*args, **kwargs):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(export, "export_graph_onnx", must_not_build)
+    data, error = export.onnx_file(analyse(huge), None)
+    assert data is None
+    assert "800.0 TB" in error and "ONNX" in error and "available" in error
