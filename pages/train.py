@@ -277,7 +277,7 @@ def render() -> None:
         st.error(
             _("The graph has errors, so it cannot train yet. Fix them on the Build page:")
             + "\n\n"
-            + "\n".join(f"- {markdown_literal(render_message(d.message))}" for d in analysis.errors)
+            + "\n".join(f"- {markdown_literal(d.text.render())}" for d in analysis.errors)
         )
     with st.container(border=True):
         data_column, settings_column = st.columns([2, 3], gap="large")
