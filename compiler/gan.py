@@ -34,7 +34,7 @@ def check_pair(
     problems: list[Message] = []
     for role, analysis in (("generator", generator), ("discriminator", discriminator)):
         for error in analysis.errors:
-            problems.append(msg("the {role} has an error: {error}", role=role, error=error.message))
+            problems.append(msg("the {role} has an error: {error}", role=role, error=error.text))
     if problems:
         return problems
     noise = end_node(generator, "Input")
