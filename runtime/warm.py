@@ -25,6 +25,11 @@ from runtime.trainer import train_run  # noqa: F401  (the trainer itself, import
 
 # Loaded once in the forkserver, so that their files and imports are warm for every run.
 PRELOADED_DATASETS = ("digits", "digits-28")
+# The threads torch would use here. The forkserver itself runs on one: OpenMP's worker threads do
+# not survive a fork, and a trainer forked from a server that had started them hangs in its first
+# parallel op. Each trainer sets this back before it trains.
+TRAINER_THREADS = torch.get_num_threads()
+torch.set_num_threads(1)
 
 
 def preload_training() -> None:
@@ -64,6 +69,7 @@ def trainer_process(folder: str, ready: Connection) -> None:
     except EOFError:  # the launcher went away before the pid was recorded: do not start
         sys.exit(1)
     ready.close()
+    torch.set_num_threads(TRAINER_THREADS)
     from runtime.__main__ import run_worker  # the same entry as `python -m runtime worker`
 
     sys.exit(run_worker(Path(folder)))

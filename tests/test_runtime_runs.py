@@ -620,3 +620,32 @@ def test_a_trainer_never_runs_the_launching_script(
     wait_for(lambda: read_run(tmp_path / "runs", run_id).step > 0)
     delete_run(tmp_path / "runs", run_id)
     assert not marker.exists()
+
+
+def test_a_trainer_forked_from_the_warm_server_trains_on_several_threads(tmp_path: Path):
+    """OpenMP's worker threads do not survive a fork: a forkserver that had started them would
+    hand every trainer a pool that hangs in its first parallel op. A fresh server, two threads."""
+    script = f"""
+import time
+from pathlib import Path
+from builder.graph import load_graph
+from runtime.runs import read_run, start_run
+from runtime.trainer import TrainConfig
+runs = Path({str(tmp_path / "runs")!r})
+graph = load_graph(Path({str(TEMPLATES / "resnet.json")!r}).read_text())
+run_id = start_run(runs, graph, TrainConfig(epochs=1))
+deadline = time.monotonic() + 120
+while read_run(runs, run_id).status not in ("completed", "failed") and time.monotonic() < deadline:
+    time.sleep(0.2)
+info = read_run(runs, run_id)
+print(info.status, info.step)
+"""
+    env = os.environ | {"OMP_NUM_THREADS": "2"}
+    output = tmp_path / "launcher.txt"  # a file, not a pipe: a hung trainer would hold a pipe open
+    with output.open("w") as sink:
+        launched = subprocess.run(
+            [sys.executable, "-c", script], cwd=ROOT, env=env, stdout=sink, stderr=sink
+        )
+    assert launched.returncode == 0, output.read_text()[-2000:]
+    status, step = output.read_text().split()[-2:]
+    assert status == "completed" and int(step) > 0
