@@ -262,6 +262,7 @@ class Walk:
     fx_nodes: dict[str, fx.Node] = field(default_factory=dict)
     owners: dict[int, tuple[str, fx.Node]] = field(default_factory=dict)  # id(param) -> owner
     inside_stacks: set[str] = field(default_factory=set)  # nodes whose fx shape is the stack's
+    encodings: dict[str, str] = field(default_factory=dict)  # PositionalEncoding node -> module
 
 
 # ---------------------------------------------------------------------------------------------
@@ -778,6 +779,8 @@ def _map_module(walk: Walk, node: fx.Node) -> Layer | Stack:
     positions = _positions(walk, node, module)
     if positions is not None:
         return positions
+    if layer_type == "Dropout" and _folds_into_encoding(walk, node, params):
+        return walk.values[node.args[0]]
     if layer_type == "MultiheadAttention":
         x = _self_attention_input(walk, node, params)
     elif layer_type == "TransformerEncoderLayer":
@@ -786,6 +789,19 @@ def _map_module(walk: Walk, node: fx.Node) -> Layer | Stack:
         x = _only_input(node)
     several = TUPLE_OUTPUTS.get(layer_type)
     return Layer(layer_type, params, (_tensor(walk, x),), several, path)
+
+
+def _folds_into_encoding(walk: Walk, node: fx.Node, params: dict[str, Any]) -> bool:
+    """A PositionalEncoding module's own dropout (self.dropout(x + self.pe[:t])) is the
+    encoding's dropout param, not a node of its own."""
+    source = walk.values.get(node.args[0]) if node.args else None
+    owner = walk.encodings.pop(source, None) if isinstance(source, str) else None
+    if owner is None or str(node.target).rpartition(".")[0] != owner:
+        return False
+    entry = next(n for n in walk.nodes if n["id"] == source)
+    if params["p"]:
+        entry["params"]["dropout"] = params["p"]
+    return True
 
 
 def _positions(walk: Walk, node: fx.Node, module: nn.Module) -> Constant | None:
@@ -869,7 +885,9 @@ def _encoder_input(walk: Walk, node: fx.Node) -> tuple[Any, bool]:
     rest = {k: v for k, v in node.kwargs.items() if k not in ("mask", "src_mask", "is_causal")}
     if len(node.args) > 2 or any(v is not None and v is not False for v in rest.values()):
         raise NotMappable(
-            msg("called with more than its input and a causal mask ({given})", given=", ".join(rest))
+            msg(
+                "called with more than its input and a causal mask ({given})", given=", ".join(rest)
+            )
         )
     if mask is not None and not _is_causal(walk, mask):
         raise NotMappable(msg("an attention mask other than a causal one"))
@@ -972,7 +990,9 @@ def _merge(walk: Walk, node: fx.Node) -> Layer:
     table = [walk.values.get(arg) for arg in (first, second)]
     if layer_type == "Add" and any(isinstance(v, Constant) for v in table):
         x, constant = (second, table[0]) if isinstance(table[0], Constant) else (first, table[1])
-        return _positional_encoding(walk, node, x, constant)
+        layer = _positional_encoding(walk, node, x, constant)
+        walk.encodings[node.name] = _encoding_owner(constant)  # its dropout may follow
+        return layer
     return Layer(layer_type, {}, (_tensor(walk, first), _tensor(walk, second)))
 
 
@@ -1003,6 +1023,12 @@ def _positional_encoding(walk: Walk, node: fx.Node, x: Any, table: Constant) -> 
         raise NotMappable(msg("adds a fixed table that is not the sinusoidal positional encoding"))
     params["kind"] = "sinusoidal"
     return Layer("PositionalEncoding", params, (_tensor(walk, x),))
+
+
+def _encoding_owner(table: Constant) -> str:
+    """The module a position table belongs to ('pos' for self.pos.weight or self.pos.pe)."""
+    name = table.owner or table.weights or (str(table.root.target) if table.root else "")
+    return name.rpartition(".")[0]
 
 
 def sinusoidal_table(max_len: int, embed: int) -> torch.Tensor:

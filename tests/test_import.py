@@ -28,17 +28,23 @@ TEMPLATES = sorted(TEMPLATE_DIR.glob("*.json"))
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "compiler", *args], capture_output=True, text=True, timeout=120, cwd=ROOT
+        [sys.executable, "-m", "compiler", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
 
 
 def as_networkx(graph: Graph) -> nx.MultiDiGraph:
-    """The graph with each node's type, inferred shape and full typed params as attributes."""
+    """The graph with each node's type, inferred shape and full typed params as attributes;
+    the Output's params (its loss) are a training choice that model.py does not hold."""
     analysis = analyse(graph)
     assert analysis.ok, analysis.errors
     dag = nx.MultiDiGraph()
     for node in graph.nodes:
-        described = (node.type, analysis.infos[node.id].shape, typed_params(node).model_dump())
+        params = typed_params(node).model_dump() if node.type != "Output" else {}
+        described = (node.type, analysis.infos[node.id].shape, params)
         dag.add_node(node.id, described=described)
     for edge in graph.edges:
         dag.add_edge(edge.source, edge.target, port=edge.port)
