@@ -136,9 +136,9 @@ def browser() -> Iterator[object]:
         chromium.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def page(browser, app_url: str) -> Iterator[object]:
-    """One person's browser tab, kept across a module's steps (each step builds on the last)."""
+    """A fresh browser tab (a new context: no cookies, a new workspace) for each test."""
     context = browser.new_context(viewport={"width": 1440, "height": 900}, accept_downloads=True)
     context.set_default_timeout(15_000)
     tab = context.new_page()

@@ -71,7 +71,11 @@ def click_node(page: Page, node_id: str) -> None:
 
 
 def add(page: Page, layer: str, expected_id: str) -> None:
-    page.get_by_test_id("stSidebar").get_by_text(layer, exact=True).click()
+    """Click the layer's pill in the palette (the one pill: a rerun may briefly show a stale copy
+    of the palette beside the new one, so wait until only one is left)."""
+    pill = page.get_by_test_id("stSidebar").get_by_role("radio", name=layer, exact=True)
+    expect(pill).to_have_count(1)
+    pill.click()
     expect(node(page, expected_id)).to_have_css("border-top-color", SELECTED_BLUE)
     settled(page)
 

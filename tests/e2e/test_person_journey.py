@@ -1,7 +1,7 @@
 """One person's session in a real browser: build LeNet-5, edit it on the canvas, train, export.
 
-The steps run in order in one tab, each building on the last, and each saves a screenshot in
-test-artifacts/. The canvas is streamlit-flow's React Flow inside an iframe; it is used with the
+One test runs the steps in order in its own tab (each step builds on the last; the test sets up
+everything it needs from a fresh workspace), and each step saves a screenshot in test-artifacts/. The canvas is streamlit-flow's React Flow inside an iframe; it is used with the
 mouse only (small moves, as a hand would), never by calling into the page's scripts.
 """
 
@@ -27,7 +27,6 @@ CANVAS = 'iframe[title="streamlit_flow.streamlit_flow"]'
 LENET = ROOT / "builder" / "templates" / "lenet5.json"
 ERROR_RED = "rgb(220, 38, 38)"  # pages/canvas.py's error border, #dc2626
 SELECTED_BLUE = "rgb(37, 99, 235)"  # its selected border, #2563eb
-ECHO_S = 1.0  # the canvas answers each state it is sent; let that round trip end
 
 
 def canvas(page: Page) -> FrameLocator:
@@ -96,10 +95,13 @@ def select(page: Page, node_id: str) -> None:
     """
     page.mouse.click(*centre(node(page, node_id)))
     expect(node(page, node_id)).to_have_css("border-top-color", SELECTED_BLUE)
-    page.wait_for_timeout(ECHO_S * 1000)
+    # the page's run for the click (and the canvas's answer to it) has ended
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=stStatusWidgetRunningIcon]')"
+    )
 
 
-def test_open_the_app_and_load_lenet5(page: Page, app_url: str, shot):
+def step_open_the_app_and_load_lenet5(page: Page, app_url: str, shot):
     page.goto(app_url)
     expect(canvas(page).locator(".react-flow__node").first).to_be_visible(timeout=30_000)
     page.locator(".st-key-nb_template button").first.click()
@@ -109,14 +111,14 @@ def test_open_the_app_and_load_lenet5(page: Page, app_url: str, shot):
     shot(page, "lenet5-loaded")
 
 
-def test_every_layer_shows_the_shape_pytorch_computes(page: Page, shot):
+def step_every_layer_shows_the_shape_pytorch_computes(page: Page, shot):
     for node_id, shape in torch_shapes().items():
         expect(node(page, node_id)).to_contain_text(str(shape))
     expect(node(page, "c1")).to_contain_text("156 params")
     shot(page, "shapes-on-nodes")
 
 
-def test_a_new_layer_is_connected_by_dragging_an_edge(page: Page, shot):
+def step_a_new_layer_is_connected_by_dragging_an_edge(page: Page, shot):
     pan_to(page, "flatten")
     select(page, "flatten")
     expect(page.get_by_text("Flatten · flatten")).to_be_visible()
@@ -138,7 +140,7 @@ def test_a_new_layer_is_connected_by_dragging_an_edge(page: Page, shot):
     shot(page, "identity-connected-by-drag")
 
 
-def test_an_impossible_kernel_turns_the_layer_red_with_its_message(page: Page, shot):
+def step_an_impossible_kernel_turns_the_layer_red_with_its_message(page: Page, shot):
     pan_to(page, "c3")
     select(page, "c3")
     kernel = page.get_by_role("textbox", name="kernel_size")
@@ -157,7 +159,7 @@ def loss_line(page: Page) -> Locator:
     return chart.locator(".scatterlayer .trace path.js-line").nth(1)  # the smoothed loss
 
 
-def test_training_on_digits_draws_the_loss_as_it_falls(page: Page, shot):
+def step_training_on_digits_draws_the_loss_as_it_falls(page: Page, shot):
     page.get_by_test_id("stSidebarNav").get_by_text("Train").click()
     expect(page.get_by_text("Compatible: 1,797 samples of [1, 28, 28]")).to_be_visible()
     epochs = page.get_by_role("spinbutton", name="Epochs")
@@ -175,7 +177,7 @@ def test_training_on_digits_draws_the_loss_as_it_falls(page: Page, shot):
     shot(page, "training-live")
 
 
-def test_stop_ends_the_run_and_keeps_a_checkpoint(page: Page, shot):
+def step_stop_ends_the_run_and_keeps_a_checkpoint(page: Page, shot):
     page.get_by_role("button", name="Stop").click()
     expect(page.get_by_text("stopped", exact=True).filter(visible=True).first).to_be_visible(
         timeout=30_000
@@ -184,7 +186,7 @@ def test_stop_ends_the_run_and_keeps_a_checkpoint(page: Page, shot):
     shot(page, "training-stopped")
 
 
-def test_an_uploaded_csv_is_checked_against_the_graph_before_training(page: Page, shot, tmp_path):
+def step_an_uploaded_csv_is_checked_against_the_graph_before_training(page: Page, shot, tmp_path):
     table = tmp_path / "measurements.csv"
     table.write_text(
         "width,height,depth,kind\n" + "".join(f"{i},{i + 1},{i + 2},{i % 3}\n" for i in range(30))
@@ -201,13 +203,20 @@ def test_an_uploaded_csv_is_checked_against_the_graph_before_training(page: Page
     expect(page.get_by_role("button", name="Start training")).to_be_enabled()
 
 
-def test_export_downloads_code_weights_and_onnx_that_agree(page: Page, shot, tmp_path):
+def step_export_downloads_code_weights_and_onnx_that_agree(page: Page, shot, tmp_path):
     page.get_by_test_id("stSidebarNav").get_by_text("Export").click()
     with page.expect_download() as code_download:
         page.get_by_role("button", name="Download the code (.zip)").click()
     archive = zipfile.ZipFile(io.BytesIO(open(code_download.value.path(), "rb").read()))
     names = sorted(name.split("/", 1)[1] for name in archive.namelist())
-    assert names == ["README.md", "graph.json", "model.py", "train.py"]
+    assert names == [
+        "README.md",
+        "builtin_data.py",
+        "graph.json",
+        "loop.py",
+        "model.py",
+        "train.py",
+    ]
     folder = archive.namelist()[0].split("/")[0]
     namespace = types.ModuleType("exported")
     exec(compile(archive.read(f"{folder}/model.py"), "model.py", "exec"), namespace.__dict__)
@@ -231,9 +240,9 @@ def test_export_downloads_code_weights_and_onnx_that_agree(page: Page, shot, tmp
     shot(page, "export")
 
 
-def test_a_second_tab_is_another_person_and_a_reload_loses_nothing(
+def step_a_second_tab_is_another_person_and_a_reload_loses_nothing(
     page: Page, browser, app_url: str, shot
-):
+) -> None:
     workspace = page.url.split("?", 1)[1]
     stranger = browser.new_context(viewport={"width": 1440, "height": 900}).new_page()
     stranger.goto(f"{app_url}/train")
@@ -247,3 +256,17 @@ def test_a_second_tab_is_another_person_and_a_reload_loses_nothing(
     expect(returning.get_by_text("Compatible: 1,797 samples of [1, 28, 28]")).to_be_visible()
     shot(returning, "same-workspace-after-reopening")
     returning.context.close()
+
+
+def test_a_person_builds_edits_trains_and_exports_lenet5(
+    page: Page, browser, app_url: str, shot, tmp_path: Path
+):
+    step_open_the_app_and_load_lenet5(page, app_url, shot)
+    step_every_layer_shows_the_shape_pytorch_computes(page, shot)
+    step_a_new_layer_is_connected_by_dragging_an_edge(page, shot)
+    step_an_impossible_kernel_turns_the_layer_red_with_its_message(page, shot)
+    step_training_on_digits_draws_the_loss_as_it_falls(page, shot)
+    step_stop_ends_the_run_and_keeps_a_checkpoint(page, shot)
+    step_an_uploaded_csv_is_checked_against_the_graph_before_training(page, shot, tmp_path)
+    step_export_downloads_code_weights_and_onnx_that_agree(page, shot, tmp_path)
+    step_a_second_tab_is_another_person_and_a_reload_loses_nothing(page, browser, app_url, shot)
