@@ -411,7 +411,7 @@ def _uploaded_dataset() -> tuple[Dataset | None, Upload | None]:
         cache.clear()
         cache[key] = dataset
     dataset = cache[key]
-    st.caption(markdown_literal(dataset.description))
+    st.caption(markdown_literal(_(dataset.description)))
     return dataset, Upload(file.name, data, label)
 
 

@@ -24,16 +24,29 @@ TEXT_CORPUS_CHARACTERS = 200_000
 # The text task's vocabulary: a character's id is its index here.
 TEXT_ALPHABET = "\n .,?abcdefghijklmnopqrstuvwxyz"
 
+
+def N_(text: str) -> str:
+    """Marks a description for translation (the app shows it in the reader's language; this file
+    also travels alone in an exported bundle, so it imports nothing of NetBuilder's)."""
+    return text
+
+
 DESCRIPTIONS: dict[str, str] = {
-    "digits": "scikit-learn's 8x8 handwritten digits as images [1, 8, 8], 10 classes (1,797)",
-    "digits-28": "the same digits resized to [1, 28, 28], so LeNet-5 sized models train on them",
-    "digits-rows": "the same digits as sequences [8, 8]: each image row is one time step",
-    "tokens": "generated int64 token sequences [16], vocabulary 16, 16 classes: the label is the"
-    " token that follows the marker token 1 (needs attention)",
-    "sine": "generated noisy sine waves [32, 1]; predict the next value [1] (regression, MSE)",
-    "text": "character-level English generated from a small grammar (no internet): int64"
-    f" character ids [T] (T from the Input), vocabulary {len(TEXT_ALPHABET)}; the target at"
-    " each position is the next character [T]",
+    "digits": N_("scikit-learn's 8x8 handwritten digits as images [1, 8, 8], 10 classes (1,797)"),
+    "digits-28": N_(
+        "the same digits resized to [1, 28, 28], so LeNet-5 sized models train on them"
+    ),
+    "digits-rows": N_("the same digits as sequences [8, 8]: each image row is one time step"),
+    "tokens": N_(
+        "generated int64 token sequences [16], vocabulary 16, 16 classes: the label is the"
+        " token that follows the marker token 1 (needs attention)"
+    ),
+    "sine": N_("generated noisy sine waves [32, 1]; predict the next value [1] (regression, MSE)"),
+    "text": N_(
+        "character-level English generated from a small grammar (no internet): int64"
+        " character ids [T] (T from the Input), vocabulary 31; the target at each position is"
+        " the next character [T]"
+    ),
 }
 
 

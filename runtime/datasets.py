@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from compiler.analysis import Analysis, loss_of
-from i18n import Message, msg
+from i18n import Message, N_, msg
 from runtime import builtin_data
 
 Task = Literal["classification", "regression"]
@@ -36,10 +36,15 @@ TORCHVISION_DATASETS: dict[str, tuple[str, str]] = {
     "cifar10": ("CIFAR10", "cifar-10-batches-py"),
 }
 BUILTIN_DATASETS: dict[str, str] = builtin_data.DESCRIPTIONS | {
-    "mnist": "MNIST handwritten digits [1, 28, 28], 10 classes (needs torchvision and the files)",
-    "fashion-mnist": "Fashion-MNIST clothing images [1, 28, 28], 10 classes (needs torchvision"
-    " and the files)",
-    "cifar10": "CIFAR-10 colour images [3, 32, 32], 10 classes (needs torchvision and the files)",
+    "mnist": N_(
+        "MNIST handwritten digits [1, 28, 28], 10 classes (needs torchvision and the files)"
+    ),
+    "fashion-mnist": N_(
+        "Fashion-MNIST clothing images [1, 28, 28], 10 classes (needs torchvision and the files)"
+    ),
+    "cifar10": N_(
+        "CIFAR-10 colour images [3, 32, 32], 10 classes (needs torchvision and the files)"
+    ),
 }
 # What each generated or bundled dataset is: task, classes (None for regression), input dtype.
 KINDS: dict[str, tuple[Task, int | None]] = {

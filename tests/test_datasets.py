@@ -318,3 +318,7 @@ def test_missing_torchvision_files_are_named_and_nothing_downloads(tmp_path, mon
 def test_pandas_which_reads_csv_uploads_is_a_declared_requirement():
     requirements = (Path(__file__).parents[1] / "requirements.txt").read_text().splitlines()
     assert any(line.split(">")[0].split("=")[0].strip() == "pandas" for line in requirements)
+
+
+def test_the_text_description_states_the_real_vocabulary():
+    assert f"vocabulary {len(builtin_data.TEXT_ALPHABET)};" in builtin_data.DESCRIPTIONS["text"]

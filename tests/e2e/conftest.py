@@ -187,8 +187,8 @@ FAILED = pytest.StashKey[bool]()
 @pytest.fixture(autouse=True)
 def screenshot_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
     """A failed step leaves a picture of the page as it was, next to the step screenshots."""
-    yield
-    if request.node.stash.get(FAILED, False) and "page" in request.fixturenames:
+    page = request.getfixturevalue("page") if "page" in request.fixturenames else None
+    yield  # (the tab was asked for first, so it is still open when the test has failed)
+    if request.node.stash.get(FAILED, False) and page is not None:
         ARTIFACTS.mkdir(exist_ok=True)
-        page = request.getfixturevalue("page")
         page.screenshot(path=str(ARTIFACTS / f"FAILED-{request.node.name}.png"))

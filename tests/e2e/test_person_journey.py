@@ -27,6 +27,7 @@ CANVAS = 'iframe[title="streamlit_flow.streamlit_flow"]'
 LENET = ROOT / "builder" / "templates" / "lenet5.json"
 ERROR_RED = "rgb(220, 38, 38)"  # pages/canvas.py's error border, #dc2626
 SELECTED_BLUE = "rgb(37, 99, 235)"  # its selected border, #2563eb
+IDLE = "() => !document.querySelector('[data-testid=stStatusWidgetRunningIcon]')"
 
 
 def canvas(page: Page) -> FrameLocator:
@@ -88,17 +89,23 @@ def torch_shapes() -> dict[str, list[int]]:
 
 
 def select(page: Page, node_id: str) -> None:
-    """Click a node and wait until the page and the canvas agree that it is selected.
+    """Click a node until the page and the canvas agree that it is selected.
 
-    Waiting out the canvas's echo works around a Build-page race (reported): a palette click
-    that lands before the echo adds a layer which the stale echo then removes.
+    A click that lands while the canvas still answers the page's previous state is superseded by
+    that answer (the component sends one value at a time), so click again once the page is idle.
     """
-    page.mouse.click(*centre(node(page, node_id)))
+    for _attempt in range(5):
+        page.wait_for_function(IDLE)
+        page.mouse.click(*centre(node(page, node_id)))
+        try:
+            expect(node(page, node_id)).to_have_css(
+                "border-top-color", SELECTED_BLUE, timeout=5_000
+            )
+            break
+        except AssertionError:
+            continue
     expect(node(page, node_id)).to_have_css("border-top-color", SELECTED_BLUE)
-    # the page's run for the click (and the canvas's answer to it) has ended
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=stStatusWidgetRunningIcon]')"
-    )
+    page.wait_for_function(IDLE)  # the page's run for the click has ended
 
 
 def step_open_the_app_and_load_lenet5(page: Page, app_url: str, shot):
