@@ -431,7 +431,9 @@ def sync_canvas() -> None:
         return
     st.session_state[_SEEN] = value.get("timestamp")
     pushed = st.session_state.get(_PUSHED)
-    if pushed is not None and canvas.sent_in(value) != pushed[1].timestamp:
+    # An empty canvas has no nodes to carry the stamp: its echo is the (empty) state last sent.
+    empty_echo = pushed is not None and not pushed[1].nodes and not value.get("nodes")
+    if pushed is not None and not empty_echo and canvas.sent_in(value) != pushed[1].timestamp:
         del st.session_state[_PUSHED]
         return
     change = canvas.apply_canvas(state.current_graph(), value)

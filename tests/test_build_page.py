@@ -524,3 +524,21 @@ def test_the_summary_shows_the_memory_a_training_step_needs(home):
     assert format_bytes(memory.training_bytes) in caption
     assert format_bytes(memory.activation_bytes_per_sample) in caption
     assert metric(at, "Size") == format_bytes(analysis.total_params * 4)
+
+
+def test_the_echo_of_an_empty_canvas_is_not_sent_back_again(home):
+    """An empty canvas's echo has no nodes to carry the state's stamp; it is still the state the
+    page sent, so the page must not answer it with a new state (the two would ping-pong)."""
+    at = open_app()
+    toolbar(at, "nb_new").click().run()
+    for node_id in ("output", "input"):
+        at = select(at, node_id)
+        toolbar(at, "nb_delete").click().run()
+    sent = at.session_state["nb_pushed"][1]
+    assert sent.nodes == []
+    send(at, _canvas_value(sent, None, 77))
+    assert at.session_state["nb_pushed"][1].timestamp == sent.timestamp
+    toolbar(at, "nb_undo").click().run()
+    assert [n.id for n in _current_graph(at).nodes] == ["input"]
+    assert not toolbar(at, "nb_redo").disabled
+    no_exception(at)
