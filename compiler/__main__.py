@@ -73,7 +73,7 @@ def export(args: argparse.Namespace) -> int:
         from compiler.bundle import bundle_files  # black and train.py's template: only here
 
         try:
-            files = bundle_files(graph, analysis, read_config(args.config))
+            files = bundle_files(graph, analysis, read_config(args.config), args.lang)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(map(str, first["loc"]))

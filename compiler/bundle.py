@@ -21,36 +21,45 @@ from compiler.trainscript import (
     shared_sources,
     train_source,
 )
+from i18n import N_, msg
 from runtime.settings import TrainConfig
 
 
 def bundle_files(
-    graph: Graph, analysis: Analysis, train_defaults: dict[str, Any] | None = None
+    graph: Graph,
+    analysis: Analysis,
+    train_defaults: dict[str, Any] | None = None,
+    lang: str | None = None,
 ) -> dict[str, str]:
     """model.py, train.py, loop.py, builtin_data.py, graph.json and README.md for a valid
     analysis of `graph`.
 
     `train_defaults` holds TrainConfig fields (e.g. `config.model_dump()`); train.py takes them as
     its defaults. Raises ValueError for a graph with errors and pydantic's ValidationError for
-    settings out of range.
+    settings out of range. The README is written in `lang` (default English); the code is
+    always English.
     """
     if not analysis.ok:
         raise ValueError("cannot export a graph with errors")
     defaults = TrainConfig.model_validate(train_defaults or {})
     judge = discriminator_graph(graph)
     if judge is not None:
-        return gan_bundle_files(graph, analysis, analyse(judge), defaults)
+        return gan_bundle_files(graph, analysis, analyse(judge), defaults, lang)
     return {
         "model.py": generate_source(analysis),
         "train.py": train_source(analysis, defaults),
         **shared_sources(),
         "graph.json": dump_graph(graph),
-        "README.md": readme(analysis, defaults),
+        "README.md": readme(analysis, defaults, lang),
     }
 
 
 def gan_bundle_files(
-    graph: Graph, generator: Analysis, judge: Analysis, defaults: TrainConfig
+    graph: Graph,
+    generator: Analysis,
+    judge: Analysis,
+    defaults: TrainConfig,
+    lang: str | None = None,
 ) -> dict[str, str]:
     """A GAN pair's bundle: model.py (build_generator, build_discriminator) over generator.py
     and discriminator.py, and a train.py running the shared GanLoop."""
@@ -66,7 +75,7 @@ def gan_bundle_files(
         "train.py": gan_train_source(generator, fake, defaults),
         **shared_sources(),
         "graph.json": dump_graph(graph),
-        "README.md": readme(generator, defaults),
+        "README.md": readme(generator, defaults, lang),
     }
 
 
@@ -80,22 +89,14 @@ def bundle_zip(files: dict[str, str], folder: str) -> bytes:
     return buffer.getvalue()
 
 
-def readme(analysis: Analysis, defaults: TrainConfig) -> str:
-    """How to run the bundle, in a dozen lines."""
-    graph = analysis.graph
-    input_node = next(n for n in graph.nodes if n.type == "Input")
-    output_node = next(n for n in graph.nodes if n.type == "Output")
-    shape_in = ", ".join(map(str, analysis.infos[input_node.id].shape or ()))
-    shape_out = ", ".join(map(str, analysis.infos[output_node.id].shape or ()))
-    settings = f"{defaults.epochs} epochs, {defaults.optimizer}, lr {defaults.lr}"
-    return f"""# {safe_text(graph.name)}
+README = N_("""# {name}
 
-Exported from NetBuilder: {analysis.total_params:,} parameters, input [B, {shape_in}]
-({analysis.infos[input_node.id].dtype}), output [B, {shape_out}].
+Exported from NetBuilder: {params} parameters, input [B, {shape_in}]
+({dtype}), output [B, {shape_out}].
 
 | file | what |
 | --- | --- |
-| model.py | the model: `from model import build_model` gives a `{class_name(graph.name)}` |
+| model.py | the model: `from model import build_model` gives a `{class_name}` |
 | train.py | trains it on one device or many; `python train.py --help` lists every flag |
 | loop.py, builtin_data.py | NetBuilder's own training loop and built-in datasets, as the app runs them |
 | graph.json | the design: open it in NetBuilder to keep editing |
@@ -118,4 +119,21 @@ from model import build_model
 model = build_model()
 model.load_state_dict(torch.load("model.pt", weights_only=True))
 ```
-"""
+""")
+
+
+def readme(analysis: Analysis, defaults: TrainConfig, lang: str | None = None) -> str:
+    """How to run the bundle, in a dozen lines, in the reader's language (the code stays English)."""
+    graph = analysis.graph
+    input_node = next(n for n in graph.nodes if n.type == "Input")
+    output_node = next(n for n in graph.nodes if n.type == "Output")
+    return msg(
+        README,
+        name=safe_text(graph.name),
+        params=f"{analysis.total_params:,}",
+        shape_in=", ".join(map(str, analysis.infos[input_node.id].shape or ())),
+        dtype=analysis.infos[input_node.id].dtype,
+        shape_out=", ".join(map(str, analysis.infos[output_node.id].shape or ())),
+        class_name=class_name(graph.name),
+        settings=f"{defaults.epochs} epochs, {defaults.optimizer}, lr {defaults.lr}",
+    ).render(lang or "en")

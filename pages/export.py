@@ -113,7 +113,7 @@ def render() -> None:
         )
         return
     try:
-        files = bundle_files(graph, analysis, train.chosen_settings())
+        files = bundle_files(graph, analysis, train.chosen_settings(), i18n.language())
     except ValidationError as exc:
         reason = exc.errors()[0]["msg"]
         st.warning(
@@ -122,7 +122,7 @@ def render() -> None:
                 reason=reason,
             )
         )
-        files = bundle_files(graph, analysis)
+        files = bundle_files(graph, analysis, lang=i18n.language())
     code_box, weights_box, onnx_box = st.columns(3, gap="medium")
     with code_box.container(border=True, height="stretch"):
         _code_section(files, folder, analysis.total_params)

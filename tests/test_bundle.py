@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -153,3 +154,15 @@ def test_the_zip_holds_the_bundle_in_one_safely_named_folder() -> None:
     with zipfile.ZipFile(io.BytesIO(bundle_zip(files, "../../etc/Le Net"))) as archive:
         assert sorted(archive.namelist()) == sorted(f"etc_le_net/{name}" for name in files)
         assert archive.read("etc_le_net/train.py").decode() == files["train.py"]
+
+
+def test_the_bundle_readme_is_written_in_the_readers_language_and_the_code_is_not() -> None:
+    graph = load_graph(LENET.read_text())
+    english = bundle_files(graph, analyse(graph))
+    chinese = bundle_files(graph, analyse(graph), lang="zh")
+    assert "由 NetBuilder 导出：61,706 个参数" in chinese["README.md"]
+    assert "Exported from NetBuilder: 61,706 parameters" in english["README.md"]
+    assert not re.search(r"\{[a-z_]+\}", chinese["README.md"]), "every placeholder is filled"
+    assert {k: v for k, v in chinese.items() if k != "README.md"} == {
+        k: v for k, v in english.items() if k != "README.md"
+    }
