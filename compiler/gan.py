@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from builder.graph import FORMAT, Graph, GraphFormatError, parse_graph
 from compiler.analysis import Analysis
-from i18n import Message, msg
+from i18n import N_, Message, msg
 
 DISCRIMINATOR = "discriminator"
 
@@ -32,9 +32,11 @@ def check_pair(
 ) -> list[Message]:
     """Why these two graphs cannot play against each other on samples of `sample_shape`."""
     problems: list[Message] = []
-    for role, analysis in (("generator", generator), ("discriminator", discriminator)):
+    for role, analysis in ((N_("generator"), generator), (N_("discriminator"), discriminator)):
         for error in analysis.errors:
-            problems.append(msg("the {role} has an error: {error}", role=role, error=error.text))
+            problems.append(
+                msg("the {role} has an error: {error}", role=msg(role), error=error.text)
+            )
     if problems:
         return problems
     noise = end_node(generator, "Input")

@@ -58,7 +58,12 @@ KINDS: dict[str, tuple[Task, int | None]] = {
 
 
 class DatasetError(ValueError):
-    """A dataset cannot be loaded or used; the message says why and what to do."""
+    """A dataset cannot be loaded or used; the message says why and what to do. `detail` is the
+    sentence as a Message, rendered in the reader's language; str() is its English."""
+
+    def __init__(self, detail: Message) -> None:
+        self.detail = detail
+        super().__init__(str(detail))
 
 
 @dataclass
@@ -111,7 +116,13 @@ def load_dataset(name: str, seed: int = 0, input_shape: tuple[int, ...] = ()) ->
         return _torchvision(name)
     if name not in KINDS:
         known = ", ".join(available_datasets())
-        raise DatasetError(f"unknown dataset {name!r}; choose one of: {known}, or upload a file")
+        raise DatasetError(
+            msg(
+                "unknown dataset {name}; choose one of: {known}, or upload a file",
+                name=repr(name),
+                known=known,
+            )
+        )
     length = input_shape[0] if name == "text" and len(input_shape) == 1 else None
     x, y = builtin_data.load(name, seed, length)
     task, classes = KINDS[name]
@@ -125,23 +136,35 @@ def _torchvision(name: str) -> Dataset:
     class_name, _ = TORCHVISION_DATASETS[name]
     if importlib.util.find_spec("torchvision") is None:
         raise DatasetError(
-            f"{name} needs torchvision, which is not installed; install it"
-            " (pip install torchvision) or choose digits"
+            msg(
+                "{name} needs torchvision, which is not installed; install it"
+                " (pip install torchvision) or choose digits",
+                name=name,
+            )
         )
     try:
         import torchvision.datasets
     except Exception as exc:  # an install that does not match torch fails in many ways
         raise DatasetError(
-            f"{name} needs torchvision, which cannot be imported here ({type(exc).__name__});"
-            " reinstall it to match torch, or choose digits"
+            msg(
+                "{name} needs torchvision, which cannot be imported here ({error});"
+                " reinstall it to match torch, or choose digits",
+                name=name,
+                error=type(exc).__name__,
+            )
         ) from None
     root = data_root()
     try:
         data = getattr(torchvision.datasets, class_name)(root=str(root), train=True, download=False)
     except Exception as exc:  # missing or unreadable files mean "not available here"
         raise DatasetError(
-            f"{name} is not available: its files are not in {root} ({type(exc).__name__});"
-            " nothing is downloaded: put the files there or choose digits"
+            msg(
+                "{name} is not available: its files are not in {root} ({error});"
+                " nothing is downloaded: put the files there or choose digits",
+                name=name,
+                root=str(root),
+                error=type(exc).__name__,
+            )
         ) from None
     images = torch.as_tensor(np.asarray(data.data))
     x = (images.permute(0, 3, 1, 2) if images.ndim == 4 else images.unsqueeze(1)) / 255.0
@@ -163,8 +186,12 @@ def dataset_from_upload(filename: str, data: bytes, label_column: str | None = N
     """
     if len(data) > MAX_UPLOAD_BYTES:
         raise DatasetError(
-            f"{filename} is {len(data) / 1e6:.1f} MB; uploads are capped at"
-            f" {MAX_UPLOAD_BYTES / 1e6:.0f} MB"
+            msg(
+                "{file} is {size} MB; uploads are capped at {cap} MB",
+                file=filename,
+                size=f"{len(data) / 1e6:.1f}",
+                cap=f"{MAX_UPLOAD_BYTES / 1e6:.0f}",
+            )
         )
     suffix = Path(filename).suffix.lower()
     if suffix == ".csv":
@@ -173,7 +200,11 @@ def dataset_from_upload(filename: str, data: bytes, label_column: str | None = N
         x, y = _read_npz(filename, data)
     else:
         raise DatasetError(
-            f"{filename}: upload a .csv or an .npz file (got {suffix or 'no'} suffix)"
+            msg(
+                "{file}: upload a .csv or an .npz file (got the suffix {suffix})",
+                file=filename,
+                suffix=repr(suffix),
+            )
         )
     return _from_arrays(filename, x, y)
 
@@ -186,32 +217,52 @@ def _read_csv(
     try:
         frame = pd.read_csv(io.BytesIO(data))
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        raise DatasetError(f"{filename} is not a readable CSV file: {exc}") from None
+        raise DatasetError(
+            msg("{file} is not a readable CSV file: {detail}", file=filename, detail=str(exc))
+        ) from None
     if frame.shape[1] < 2 or len(frame) < 2:
         raise DatasetError(
-            f"{filename} has {len(frame)} rows and {frame.shape[1]} columns; it needs a header row,"
-            " at least 2 rows, and at least one feature column beside the label column"
+            msg(
+                "{file} has {rows} rows and {columns} columns; it needs a header row, at least 2"
+                " rows, and at least one feature column beside the label column",
+                file=filename,
+                rows=len(frame),
+                columns=frame.shape[1],
+            )
         )
     columns = [str(c) for c in frame.columns]
     frame.columns = columns
     label = columns[-1] if label_column is None else label_column
     if label not in columns:
         raise DatasetError(
-            f"{filename} has no column {label!r};"
-            f" choose the label column among: {', '.join(columns)}"
+            msg(
+                "{file} has no column {label}; choose the label column among: {columns}",
+                file=filename,
+                label=repr(label),
+                columns=", ".join(columns),
+            )
         )
     text = [c for c in columns if not pd.api.types.is_numeric_dtype(frame[c])]
     if text:
         raise DatasetError(
-            f"{filename}: column(s) {', '.join(map(repr, text[:5]))} are not numeric; every column"
-            " must hold numbers (encode categories as integers, or drop the column)"
+            msg(
+                "{file}: column(s) {columns} are not numeric; every column must hold numbers"
+                " (encode categories as integers, or drop the column)",
+                file=filename,
+                columns=", ".join(map(repr, text[:5])),
+            )
         )
     missing = [c for c in columns if frame[c].isna().any()]
     if missing:
         rows = int(frame[missing].isna().any(axis=1).sum())
         raise DatasetError(
-            f"{filename}: {rows} row(s) have empty or NaN values in column(s)"
-            f" {', '.join(map(repr, missing[:5]))}; fill them in or remove those rows"
+            msg(
+                "{file}: {rows} row(s) have empty or NaN values in column(s) {columns}; fill them"
+                " in or remove those rows",
+                file=filename,
+                rows=rows,
+                columns=", ".join(map(repr, missing[:5])),
+            )
         )
     features = frame.drop(columns=[label]).to_numpy(dtype=np.float32)
     return features, frame[label].to_numpy()
@@ -222,47 +273,80 @@ def _read_npz(filename: str, data: bytes) -> tuple[np.ndarray, np.ndarray]:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             unpacked = sum(info.file_size for info in archive.infolist())
     except zipfile.BadZipFile:
-        raise DatasetError(f"{filename} is not an .npz archive (np.savez writes one)") from None
+        raise DatasetError(
+            msg("{file} is not an .npz archive (np.savez writes one)", file=filename)
+        ) from None
     if unpacked > MAX_UNPACKED_BYTES:
         raise DatasetError(
-            f"{filename} unpacks to {unpacked / 1e9:.1f} GB; the limit is"
-            f" {MAX_UNPACKED_BYTES / 1e9:.0f} GB"
+            msg(
+                "{file} unpacks to {size} GB; the limit is {cap} GB",
+                file=filename,
+                size=f"{unpacked / 1e9:.1f}",
+                cap=f"{MAX_UNPACKED_BYTES / 1e9:.0f}",
+            )
         )
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
             if "X" not in arrays or "y" not in arrays:
                 raise DatasetError(
-                    f"{filename} holds arrays {sorted(arrays.files)}; it needs one named 'X'"
-                    " (samples) and one named 'y' (labels), e.g. np.savez(f, X=X, y=y)"
+                    msg(
+                        "{file} holds arrays {arrays}; it needs one named 'X' (samples) and one"
+                        " named 'y' (labels), e.g. np.savez(f, X=X, y=y)",
+                        file=filename,
+                        arrays=str(sorted(arrays.files)),
+                    )
                 )
             return arrays["X"], arrays["y"]
     except (ValueError, OSError, zipfile.BadZipFile) as exc:
-        raise DatasetError(f"{filename}: cannot read its arrays ({exc})") from None
+        raise DatasetError(
+            msg("{file}: cannot read its arrays ({detail})", file=filename, detail=str(exc))
+        ) from None
 
 
 def _from_arrays(filename: str, x: np.ndarray, y: np.ndarray) -> Dataset:
     if x.dtype.kind not in "biuf" or y.dtype.kind not in "biuf":
         raise DatasetError(
-            f"{filename}: X and y must be numeric arrays, got {x.dtype} and {y.dtype}"
+            msg(
+                "{file}: X and y must be numeric arrays, got {x} and {y}",
+                file=filename,
+                x=str(x.dtype),
+                y=str(y.dtype),
+            )
         )
     if x.ndim < 2:
         raise DatasetError(
-            f"{filename}: X has shape {list(x.shape)}; it needs one row per sample,"
-            " e.g. [N, features] or [N, C, H, W]"
+            msg(
+                "{file}: X has shape {shape}; it needs one row per sample, e.g. [N, features] or"
+                " [N, C, H, W]",
+                file=filename,
+                shape=str(list(x.shape)),
+            )
         )
     if y.ndim not in (1, 2) or len(y) != len(x):
         raise DatasetError(
-            f"{filename}: y has shape {list(y.shape)} but X has {len(x)} samples;"
-            f" y must be [{len(x)}] (labels) or [{len(x)}, k] (regression targets)"
+            msg(
+                "{file}: y has shape {shape} but X has {n} samples; y must be [{n}] (labels) or"
+                " [{n}, k] (regression targets)",
+                file=filename,
+                shape=str(list(y.shape)),
+                n=len(x),
+            )
         )
     if len(x) < 2:
-        raise DatasetError(f"{filename}: it holds {len(x)} sample; training needs at least 2")
+        raise DatasetError(
+            msg("{file}: it holds {n} sample; training needs at least 2", file=filename, n=len(x))
+        )
     for label, array in (("X", x), ("y", y)):
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             bad = int((~np.isfinite(array)).reshape(len(array), -1).any(axis=1).sum())
             raise DatasetError(
-                f"{filename}: {bad} sample(s) of {label} hold NaN or infinite values;"
-                " fix or remove them"
+                msg(
+                    "{file}: {bad} sample(s) of {array} hold NaN or infinite values; fix or"
+                    " remove them",
+                    file=filename,
+                    bad=bad,
+                    array=label,
+                )
             )
     integral_x = x.dtype.kind in "biu"
     xs = torch.tensor(x, dtype=torch.int64 if integral_x else torch.float32)
@@ -273,8 +357,14 @@ def _from_arrays(filename: str, x: np.ndarray, y: np.ndarray) -> Dataset:
         classes = int(labels.max()) + 1
         if labels.min() < 0 or classes > MAX_CLASSES:
             raise DatasetError(
-                f"{filename}: class labels must run from 0 to at most {MAX_CLASSES - 1},"
-                f" got {labels.min()}..{labels.max()}; renumber them from 0"
+                msg(
+                    "{file}: class labels must run from 0 to at most {top}, got {low}..{high};"
+                    " renumber them from 0",
+                    file=filename,
+                    top=MAX_CLASSES - 1,
+                    low=int(labels.min()),
+                    high=int(labels.max()),
+                )
             )
         return Dataset(
             filename,

@@ -647,7 +647,8 @@ def _failure(exc: Exception, batch_size: int) -> RunResult:
     if isinstance(exc, TrainingFault):
         return RunResult(exc.status, str(exc.message), 0, 0, code=message_json(exc.message))
     if isinstance(exc, (DatasetError, CheckpointError, GraphFormatError)):
-        return RunResult("failed", str(exc), 0, 0)
+        text = getattr(exc, "detail", None) or getattr(exc, "text", str(exc))  # a Message, mostly
+        return RunResult("failed", str(exc), 0, 0, code=message_json(text))
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         half = max(1, batch_size // 2)
         return RunResult("failed", f"out of memory at batch size {batch_size}; try {half}", 0, 0)
