@@ -18,35 +18,43 @@ from torch import nn
 
 from compiler.analysis import Analysis
 from compiler.codegen import generate_source
+from i18n import Message, msg
 
 # Catalog layer types that cannot export, with the reason. Empty: every type in the catalog
 # exports (tests/test_onnx.py proves it for each type not listed here).
-UNEXPORTABLE: dict[str, str] = {}
+UNEXPORTABLE: dict[str, Message] = {}
 
 INPUT_NAME = "x"
 OUTPUT_NAME = "y"
 
 
 class OnnxExportError(Exception):
-    """The model could not be exported; the message says why in one line."""
+    """The model could not be exported; the message says why in one line. `detail` is it as a
+    Message, rendered in the reader's language; str() is its English."""
+
+    def __init__(self, detail: Message) -> None:
+        self.detail = detail
+        super().__init__(str(detail))
 
 
 ADAPTIVE_MAX = ("AdaptiveMaxPool1d", "AdaptiveMaxPool2d")
 
 
-def unexportable_layers(analysis: Analysis) -> list[str]:
-    """One line per node that cannot export (an empty list: the graph exports)."""
+def unexportable_layers(analysis: Analysis) -> list[Message]:
+    """One sentence per node that cannot export (an empty list: the graph exports)."""
     found = []
     for node in analysis.graph.nodes:
         if node.id not in analysis.live:
             continue
         reason = UNEXPORTABLE.get(node.type) or _uneven_adaptive_max(analysis, node.id)
         if reason:
-            found.append(f"{node.type} {node.id!r}: {reason}")
+            found.append(
+                msg("{layer} {node}: {reason}", layer=node.type, node=repr(node.id), reason=reason)
+            )
     return found
 
 
-def _uneven_adaptive_max(analysis: Analysis, node_id: str) -> str | None:
+def _uneven_adaptive_max(analysis: Analysis, node_id: str) -> Message | None:
     """ONNX has no adaptive max pooling: it exports as a plain MaxPool, which needs each output
     size to divide the input size."""
     if analysis.node_type(node_id) not in ADAPTIVE_MAX:
@@ -58,9 +66,11 @@ def _uneven_adaptive_max(analysis: Analysis, node_id: str) -> str | None:
     n = 1 if analysis.node_type(node_id) == "AdaptiveMaxPool1d" else 2
     if all(i % o == 0 for i, o in zip(source[-n:], out[-n:], strict=True)):
         return None
-    return (
-        f"ONNX has no adaptive max pooling; it exports only where the output size divides the"
-        f" input size, here {list(source[-n:])} by {list(out[-n:])}"
+    return msg(
+        "ONNX has no adaptive max pooling; it exports only where the output size divides the"
+        " input size, here {size} by {out}",
+        size=str(list(source[-n:])),
+        out=str(list(out[-n:])),
     )
 
 
@@ -69,7 +79,10 @@ def export_graph_onnx(analysis: Analysis, weights: dict[str, torch.Tensor] | Non
     or, without them, freshly initialised ones."""
     blocked = unexportable_layers(analysis)
     if blocked:
-        raise OnnxExportError("cannot export to ONNX: " + "; ".join(blocked))
+        # one sentence per node, joined: "{r0}; {r1}" has no words of its own to translate
+        joined = Message("; ".join(f"{{r{i}}}" for i in range(len(blocked))))
+        reasons = Message(joined.text, {f"r{i}": reason for i, reason in enumerate(blocked)})
+        raise OnnxExportError(msg("cannot export to ONNX: {reasons}", reasons=reasons))
     namespace: dict[str, object] = {"__name__": "netbuilder_onnx"}
     exec(compile(generate_source(analysis), "model.py", "exec"), namespace)  # sanitised source
     model = namespace["build_model"]()
@@ -78,7 +91,9 @@ def export_graph_onnx(analysis: Analysis, weights: dict[str, torch.Tensor] | Non
             model.load_state_dict(weights)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
-            raise OnnxExportError(f"the weights do not fit this graph: {first}") from None
+            raise OnnxExportError(
+                msg("the weights do not fit this graph: {detail}", detail=first)
+            ) from None
     shape, dtype = namespace["INPUT_SHAPE"], namespace["INPUT_DTYPE"]
     return export_onnx(model, torch.zeros((2, *shape), dtype=dtype))
 
@@ -89,7 +104,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor) -> bytes:
     try:
         import onnxscript  # noqa: F401  (the exporter needs it; say so plainly if missing)
     except ImportError:
-        raise OnnxExportError("ONNX export needs the onnx and onnxscript packages") from None
+        raise OnnxExportError(msg("ONNX export needs the onnx and onnxscript packages")) from None
     frozen = copy.deepcopy(model).eval()
     if len(example) < 2:  # a batch of 1 would be specialised into the graph
         example = torch.cat([example, example])
@@ -109,7 +124,13 @@ def export_onnx(model: nn.Module, example: torch.Tensor) -> bytes:
     except Exception as exc:
         plain = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # the exporter's colours
         first = (plain.splitlines() or [""])[0]
-        raise OnnxExportError(f"torch.onnx.export failed: {type(exc).__name__}: {first}") from None
+        raise OnnxExportError(
+            msg(
+                "torch.onnx.export failed: {error}: {detail}",
+                error=type(exc).__name__,
+                detail=first,
+            )
+        ) from None
     finally:
         logger.setLevel(previous)
     return program.model_proto.SerializeToString()

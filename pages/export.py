@@ -84,7 +84,7 @@ def onnx_file(analysis: Analysis, weights_path: Path | None) -> tuple[bytes | No
     try:
         return export_graph_onnx(analysis, weights), None
     except OnnxExportError as exc:
-        return None, str(exc)
+        return None, exc.detail.render()
 
 
 def render() -> None:

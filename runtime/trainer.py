@@ -68,7 +68,12 @@ DEVICE_DATA_SHARE = 0.5  # a dataset may fill this share of the free GPU memory
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file is corrupt, foreign, or does not fit the graph."""
+    """A checkpoint file is corrupt, foreign, or does not fit the graph. `detail` is the sentence
+    as a Message, rendered in the reader's language; str() is its English."""
+
+    def __init__(self, detail: Message) -> None:
+        self.detail = detail
+        super().__init__(str(detail))
 
 
 class TrainingFault(Exception):
@@ -178,14 +183,18 @@ def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path.name} is missing") from None
+        raise CheckpointError(msg("checkpoint {file} is missing", file=path.name)) from None
     except Exception as exc:  # torch.load raises many types for corrupt or unsafe files
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"checkpoint {path.name} is corrupt or not a NetBuilder checkpoint ({reason})"
+            msg(
+                "checkpoint {file} is corrupt or not a NetBuilder checkpoint ({reason})",
+                file=path.name,
+                reason=reason,
+            )
         ) from None
     if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {path.name} holds no state dict")
+        raise CheckpointError(msg("checkpoint {file} holds no state dict", file=path.name))
     return state
 
 
@@ -484,7 +493,9 @@ class Trainer(Hooks):
     def restore(self, path: Path) -> None:
         state = load_checkpoint(path, self.device)
         if state.get("format") != CHECKPOINT_FORMAT or not isinstance(state.get("model"), dict):
-            raise CheckpointError(f"checkpoint {path.name} is not a NetBuilder training checkpoint")
+            raise CheckpointError(
+                msg("checkpoint {file} is not a NetBuilder training checkpoint", file=path.name)
+            )
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -494,7 +505,11 @@ class Trainer(Hooks):
         except (RuntimeError, KeyError, TypeError, ValueError) as exc:
             reason = str(exc).strip().splitlines()[0][:200]
             raise CheckpointError(
-                f"checkpoint {path.name} does not fit this graph and config ({reason})"
+                msg(
+                    "checkpoint {file} does not fit this graph and config ({reason})",
+                    file=path.name,
+                    reason=reason,
+                )
             ) from None
         torch.set_rng_state(state["rng"].cpu())
         if state.get("cuda_rng") is not None and self.device.type == "cuda":
