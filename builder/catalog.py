@@ -115,7 +115,8 @@ def param_problem(model: type[Params], exc: ValidationError, given: dict[str, An
                 value=shown(given.get(name)),
             )
         else:
-            problem = msg("{problem}", problem=error["msg"].removeprefix("Value error, "))
+            # a model validator's sentence (N_-marked where it is raised): translated if known
+            problem = msg("{problem}", problem=msg(error["msg"].removeprefix("Value error, ")))
         problems.setdefault(str(problem), problem)
     return joined(list(problems.values()))
 

@@ -265,3 +265,19 @@ def test_softmax_before_nll_says_to_use_log_softmax() -> None:
     (warning,) = analyse(classifier([("Softmax", {"dim": 1})], {"loss": "nll"})).warnings
     assert "use LogSoftmax instead" in warning.message
     assert not analyse(classifier([("LogSoftmax", {"dim": 1})], {"loss": "nll"})).warnings
+
+
+def test_a_model_level_parameter_problem_reads_in_chinese_too() -> None:
+    from builder.catalog import CATALOG, param_problem
+    from pydantic import ValidationError
+
+    params = CATALOG["Upsample"].params
+    given = {"size": 4, "scale_factor": 2.0}
+    try:
+        params.model_validate(given)
+    except ValidationError as exc:
+        problem = param_problem(params, exc, given)
+    else:
+        raise AssertionError("size and scale_factor together must be refused")
+    assert problem.render("en") == "Upsample takes exactly one of size and scale_factor"
+    assert problem.render("zh") == "Upsample 只能在 size 和 scale_factor 中二选一"

@@ -46,7 +46,7 @@ class InputParams(Params):
     @model_validator(mode="after")
     def _not_huge(self) -> InputParams:
         if numel(self.shape) > 50_000_000:
-            raise ValueError("shape has over 50 million elements per sample")
+            raise ValueError(N_("shape has over 50 million elements per sample"))
         return self
 
 

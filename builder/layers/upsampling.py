@@ -46,7 +46,7 @@ class UpsampleParams(Params):
     @model_validator(mode="after")
     def _one_of_size_or_scale(self) -> UpsampleParams:
         if (self.size is None) == (self.scale_factor is None):
-            raise ValueError("Upsample takes exactly one of size and scale_factor")
+            raise ValueError(N_("Upsample takes exactly one of size and scale_factor"))
         return self
 
 
