@@ -211,7 +211,9 @@ def compact(value: Any) -> Any:
     return value
 
 
-def need_rank(x: Tensor, ranks: Sequence[int], layout: str, hint: Message | str = "") -> None:
+def need_rank(
+    x: Tensor, ranks: Sequence[int], layout: Message | str, hint: Message | str = ""
+) -> None:
     if len(x.shape) not in ranks:
         raise LayerError(
             msg(

@@ -50,7 +50,7 @@ class BatchNorm2dParams(BatchNorm1dParams):
 
 def batch_norm_infer(p: BatchNorm1dParams, xs: list[Tensor]) -> Tensor:
     if p.dims == 1:
-        need_rank(xs[0], (1, 2), "[C] or [C, L]", msg("; use BatchNorm2d for that shape"))
+        need_rank(xs[0], (1, 2), msg("[C] or [C, L]"), msg("; use BatchNorm2d for that shape"))
     else:
         need_rank(xs[0], (3,), "[C, H, W]", msg("; use BatchNorm1d for that shape"))
     return as_float(xs[0])

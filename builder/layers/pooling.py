@@ -35,7 +35,7 @@ from builder.layers.base import (
 from builder.layers.conv import window_explain, window_sizes
 from i18n import Message, N_, msg
 
-LAYOUT = {1: "[L] or [C, L]", 2: "[H, W] or [C, H, W]"}
+LAYOUT = {1: msg("[L] or [C, L]"), 2: msg("[H, W] or [C, H, W]")}
 STRIDE1 = N_("a positive int (default: kernel_size)")
 STRIDE2 = N_("a positive int or list of 2 (default: kernel_size)")
 

@@ -64,7 +64,7 @@ def upsample_sizes(p: UpsampleParams, size: Shape) -> Shape:
 
 def upsample_infer(p: UpsampleParams, xs: list[Tensor]) -> Tensor:
     x = xs[0]
-    need_rank(x, (2, 3), "[C, L] or [C, H, W]")
+    need_rank(x, (2, 3), msg("[C, L] or [C, H, W]"))
     n = len(x.shape) - 1
     wanted = {"linear": 1, "bilinear": 2}.get(p.mode)
     if wanted is not None and wanted != n:
