@@ -593,18 +593,18 @@ def _after_start(run_id: str | None, error: str | None, compare_with: str | None
 
 
 def runs_table(runs: list[RunInfo]) -> list[dict[str, Any]]:
-    """One row per run for the runs list, newest first."""
+    """One row per run for the runs list, newest first, in the reader's language."""
     return [
         {
-            "Run": f"{run.name} #{run.id[-6:]}",
-            "Status": run.status,
-            "Dataset": run.dataset,
-            "Progress": run.epoch / run.epochs if run.epochs else 0.0,
-            "Epoch": f"{run.epoch}/{run.epochs}",
-            "Step": run.step,
-            "Device": run.device,
-            "Started": time.strftime("%H:%M:%S", time.localtime(run.created)),
-            "Message": run.message,
+            _("Run"): f"{run.name} #{run.id[-6:]}",
+            _("Status"): status_label(run.status),
+            _("Dataset"): run.dataset,
+            _("Progress"): run.epoch / run.epochs if run.epochs else 0.0,
+            _("Epoch"): f"{run.epoch}/{run.epochs}",
+            _("Step"): run.step,
+            _("Device"): run.device,
+            _("Started"): time.strftime("%H:%M:%S", time.localtime(run.created)),
+            _("Message"): status_text(run),
         }
         for run in runs
     ]
@@ -649,10 +649,10 @@ def _runs_list(runs_dir: Path, first: list[RunInfo]) -> None:
         width="stretch",
         height=min(38 + 35 * len(first), 220),
         column_config={
-            "Progress": st.column_config.ProgressColumn(
+            _("Progress"): st.column_config.ProgressColumn(
                 min_value=0.0, max_value=1.0, format="percent"
             ),
-            "Message": st.column_config.TextColumn(width="large"),
+            _("Message"): st.column_config.TextColumn(width="large"),
         },
     )
 

@@ -506,3 +506,24 @@ def test_a_gan_run_shows_both_losses_the_verdicts_and_the_samples(home):
     assert not app.exception
     assert figure(app, "GAN losses") and figure(app, "Discriminator's verdicts")
     assert figure(app, "Generated samples, step 10")
+
+
+def test_the_runs_table_reads_in_chinese(tmp_path: Path) -> None:
+    import i18n
+    from pages.train import runs_table
+    from runtime.runs import RunInfo
+
+    from builder.graph import load_graph
+
+    lenet = load_graph((ROOT / "builder" / "templates" / "lenet5.json").read_text())
+    folder = create_run(tmp_path, lenet, TrainConfig(dataset="digits-28", epochs=1))
+    info = read_run(tmp_path, folder.name)
+    assert isinstance(info, RunInfo)
+    i18n.set_language("zh")
+    try:
+        (row,) = runs_table([info])
+    finally:
+        i18n.set_language(None)
+    assert row["状态"] == i18n.translate(runtime.runs.STATUS_LABELS[info.status], "zh")
+    assert row["状态"] != info.status
+    assert "运行" in row and "进度" in row
