@@ -143,8 +143,8 @@ def test_lenet5_from_a_blank_canvas_by_palette_clicks_and_handle_drags(small: Pa
     expect(page.get_by_text("linear_3 gets 10 outputs")).to_be_visible()
     expect(node(page, "linear_3")).to_contain_text("[10]")
 
-    # Pick the Input in the layer list: the canvas pans to it. Delete the edge below it with the
-    # keyboard, and draw it again from handle to handle.
+    # Pick the Input in the layer list: the canvas pans to it. Delete the edge below it, and draw
+    # it again from handle to handle.
     picker = page.get_by_test_id("stSelectbox").filter(has_text="Layer").locator("input")
     picker.scroll_into_view_if_needed()
     picker.click()
@@ -154,10 +154,12 @@ def test_lenet5_from_a_blank_canvas_by_palette_clicks_and_handle_drags(small: Pa
     expect(node(page, "input")).to_be_in_viewport()
     settled(page)
     edge = canvas(page).locator('.react-flow__edge[data-testid$="input->conv2d_1"] path').first
-    page.mouse.click(*centre(edge))
-    settled(page)
-    page.keyboard.press("Delete")
+    # The edge's own menu (a left click on an edge can land as a click on the pane, which
+    # deselects; Delete would then have nothing to delete: see the closing note of issue 13).
+    page.mouse.click(*centre(edge), button="right")
+    canvas(page).get_by_text("Delete Edge").click()
     expect(node(page, "conv2d_1")).to_contain_text("has no input")
+    expect(node(page, "input")).to_be_visible()
     source = node(page, "input").locator(".react-flow__handle.source")
     target = node(page, "conv2d_1").locator(".react-flow__handle.target")
     drag(page, centre(source), centre(target))
