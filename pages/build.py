@@ -434,7 +434,7 @@ def sync_canvas() -> None:
     # An empty canvas has no nodes to carry the stamp: its echo is the (empty) state last sent.
     empty_echo = pushed is not None and not pushed[1].nodes and not value.get("nodes")
     if pushed is not None and not empty_echo and canvas.sent_in(value) != pushed[1].timestamp:
-        del st.session_state[_PUSHED]
+        _send_again(pushed)
         return
     change = canvas.apply_canvas(state.current_graph(), value)
     if change.selected is not None:
@@ -445,11 +445,18 @@ def sync_canvas() -> None:
         state.set_graph(change.graph)
     elif change.kind == "moved":
         state.set_graph(change.graph, record_undo=False)
-        if pushed is not None:  # the browser already shows the move: nothing to send
+        if pushed is not None and pushed[0] is not None:  # the browser shows the move already
             st.session_state[_PUSHED] = ((state.graph_version(), *pushed[0][1:]), pushed[1])
     clicked_edge = value.get("selectedId") is not None and change.selected is None
     if pushed is not None and (clicked_edge or canvas.looks_different(pushed[1], value)):
-        del st.session_state[_PUSHED]  # sent again: a clicked edge loses React Flow's selection
+        _send_again(pushed)  # a clicked edge loses React Flow's selection
+
+
+def _send_again(pushed: tuple[Any, StreamlitFlowState]) -> None:
+    """Have flow_state build and send the state anew (with a newer timestamp), while keeping
+    what was last sent: a run interrupted before it sends (a newer event reruns the page) must
+    still tell the next late echo from a real edit."""
+    st.session_state[_PUSHED] = (None, pushed[1])
 
 
 def flow_state(graph: Graph, analysis: Analysis, selected: str | None) -> StreamlitFlowState:
