@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import i18n
-from i18n.__main__ import missing, needs_translation, source_messages
+from i18n.__main__ import SOURCES, missing, needs_translation, source_messages
 from i18n import Message, msg
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,7 +99,7 @@ def _fstring_messages() -> list[str]:
 
     found = []
     root = Path(__file__).resolve().parent.parent
-    for entry in ("app.py", "builder", "compiler", "runtime", "pages", "i18n"):
+    for entry in SOURCES:  # the same files the extractor reads
         path = root / entry
         for file in [path] if path.is_file() else sorted(path.rglob("*.py")):
             tree = ast.parse(file.read_text(encoding="utf-8"))
