@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import streamlit as st
 from streamlit_flow import streamlit_flow
@@ -35,7 +35,7 @@ from runtime import import_job
 
 CANVAS_KEY = "nb_canvas"  # the component's key is CANVAS_KEY_<n>: a new n remounts it
 CANVAS_HEIGHT = 560  # toolbar and canvas fit a 1280x720 window
-_PUSHED = "nb_pushed"  # (graph version, selection) -> the canvas state last sent to the browser
+_PUSHED = "nb_pushed"  # a Pushed: the canvas state last sent to the browser
 _SEEN = "nb_canvas_seen"  # timestamp of the last canvas value applied
 _PARAM_ERRORS = "nb_param_errors"  # (graph version, {(node, param): message})
 _ERROR = "nb_error"  # an Open or fix failure, shown once, in the next run of this page
@@ -417,6 +417,14 @@ def _param_errors() -> dict[tuple[str, str], Any]:
 # The canvas
 
 
+class Pushed(NamedTuple):
+    """The canvas state last sent, what it was built from, and the graph version it shows."""
+
+    key: tuple[Any, ...] | None  # (graph version, selection, edge, language); None: send anew
+    flow: StreamlitFlowState
+    version: int
+
+
 def sync_canvas() -> None:
     """Apply the value the canvas sent since the last run (an edge drawn, a node deleted...).
 
@@ -430,10 +438,15 @@ def sync_canvas() -> None:
     if not isinstance(value, dict) or value.get("timestamp") == st.session_state.get(_SEEN):
         return
     st.session_state[_SEEN] = value.get("timestamp")
-    pushed = st.session_state.get(_PUSHED)
+    pushed: Pushed | None = st.session_state.get(_PUSHED)
+    if pushed is not None and pushed.version != state.graph_version():
+        # A button's callback changed the graph in this run, after the browser built its value
+        # from the state last sent: applying the value would undo the callback's edit.
+        _send_again(pushed)
+        return
     # An empty canvas has no nodes to carry the stamp: its echo is the (empty) state last sent.
-    empty_echo = pushed is not None and not pushed[1].nodes and not value.get("nodes")
-    if pushed is not None and not empty_echo and canvas.sent_in(value) != pushed[1].timestamp:
+    empty_echo = pushed is not None and not pushed.flow.nodes and not value.get("nodes")
+    if pushed is not None and not empty_echo and canvas.sent_in(value) != pushed.flow.timestamp:
         _send_again(pushed)
         return
     change = canvas.apply_canvas(state.current_graph(), value)
@@ -445,18 +458,20 @@ def sync_canvas() -> None:
         state.set_graph(change.graph)
     elif change.kind == "moved":
         state.set_graph(change.graph, record_undo=False)
-        if pushed is not None and pushed[0] is not None:  # the browser shows the move already
-            st.session_state[_PUSHED] = ((state.graph_version(), *pushed[0][1:]), pushed[1])
+        if pushed is not None:  # the browser shows the move already
+            key = None if pushed.key is None else (state.graph_version(), *pushed.key[1:])
+            pushed = Pushed(key, pushed.flow, state.graph_version())
+            st.session_state[_PUSHED] = pushed
     clicked_edge = value.get("selectedId") is not None and change.selected is None
-    if pushed is not None and (clicked_edge or canvas.looks_different(pushed[1], value)):
+    if pushed is not None and (clicked_edge or canvas.looks_different(pushed.flow, value)):
         _send_again(pushed)  # a clicked edge loses React Flow's selection
 
 
-def _send_again(pushed: tuple[Any, StreamlitFlowState]) -> None:
+def _send_again(pushed: Pushed) -> None:
     """Have flow_state build and send the state anew (with a newer timestamp), while keeping
     what was last sent: a run interrupted before it sends (a newer event reruns the page) must
     still tell the next late echo from a real edit."""
-    st.session_state[_PUSHED] = (None, pushed[1])
+    st.session_state[_PUSHED] = pushed._replace(key=None)
 
 
 def flow_state(graph: Graph, analysis: Analysis, selected: str | None) -> StreamlitFlowState:
@@ -467,13 +482,13 @@ def flow_state(graph: Graph, analysis: Analysis, selected: str | None) -> Stream
     """
     edge = state.selected_edge()
     key = (state.graph_version(), selected, edge, i18n.language())
-    pushed = st.session_state.get(_PUSHED)
-    if pushed is not None and pushed[0] == key:
-        return pushed[1]
+    pushed: Pushed | None = st.session_state.get(_PUSHED)
+    if pushed is not None and pushed.key == key:
+        return pushed.flow
     seen = st.session_state.get(_SEEN)
     timestamp = max(int(time.time() * 1000), int(seen) + 1 if isinstance(seen, int) else 0)
     flow = canvas.graph_to_flow(graph, analysis, selected, timestamp, edge)
-    st.session_state[_PUSHED] = (key, flow)
+    st.session_state[_PUSHED] = Pushed(key, flow, state.graph_version())
     return flow
 
 

@@ -483,9 +483,7 @@ def test_a_python_file_is_refused_where_importing_is_off_and_the_page_says_how(h
     assert metric(at, "Parameters") == before
 
 
-def test_a_python_file_is_imported_where_allowed_with_the_torch_parameter_count(
-    home, monkeypatch
-):
+def test_a_python_file_is_imported_where_allowed_with_the_torch_parameter_count(home, monkeypatch):
     monkeypatch.setenv("NETBUILDER_ALLOW_IMPORT", "1")
     at = open_app()
     at.file_uploader[0].set_value(("model.py", MODEL_PY, "text/x-python")).run(timeout=120)
@@ -542,3 +540,21 @@ def test_the_echo_of_an_empty_canvas_is_not_sent_back_again(home):
     assert [n.id for n in _current_graph(at).nodes] == ["input"]
     assert not toolbar(at, "nb_redo").disabled
     no_exception(at)
+
+
+def test_an_echo_that_arrives_with_an_undo_click_does_not_undo_the_undo(home):
+    """The browser's echo of the state last sent can reach the page in the same run as a click on
+    Undo: the echo was built before the undo, so applying it would take the undone edit back."""
+    at = open_app()
+    toolbar(at, "nb_new").click().run()
+    at = select(at, "output")
+    toolbar(at, "nb_delete").click().run()
+    assert [n.id for n in _current_graph(at).nodes] == ["input"]
+    echo = _canvas_value(at.session_state["nb_pushed"][1], None, 90)
+    at.session_state[canvas_key(at)] = echo
+    toolbar(at, "nb_undo").click().run()
+    no_exception(at)
+    assert [n.id for n in _current_graph(at).nodes] == ["input", "output"]
+    resent = at.session_state["nb_pushed"][1]
+    assert resent.timestamp > 90 and {n.id for n in resent.nodes} == {"input", "output"}
+    assert not toolbar(at, "nb_redo").disabled
