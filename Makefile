@@ -29,7 +29,7 @@ run: $(VENV)/.deps
 	$(VENV)/bin/streamlit run app.py
 
 test: $(VENV)/.dev chromium
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 bench: $(VENV)/.dev
 	$(PY) benchmarks/compile_speed.py

@@ -1,8 +1,11 @@
 """Shared pytest setup: hypothesis profiles (CI runs at least 300 examples per property), and the
 torchvision operators its import needs where the installed wheel's C++ ops are not loadable."""
 
+import contextlib
 import os
+from collections.abc import Callable, Iterator
 
+import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
@@ -31,3 +34,27 @@ def _declare_torchvision_ops() -> torch.library.Library | None:
 
 
 TORCHVISION_OPS = _declare_torchvision_ops()
+
+TRAINER_THREADS = torch.get_num_threads()  # what a fresh process (a trainer) starts with
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on two cores: one torch thread each, or they oversubscribe.
+    # (Only this process: trainers and other children keep their own thread settings.)
+    torch.set_num_threads(1)
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def as_in_a_trainer() -> Callable[[], contextlib.AbstractContextManager[None]]:
+    """Torch's thread count as in a trainer process, for weights compared bit for bit with a
+    run's (a float sum can round differently when split over another number of threads)."""
+    return lambda: _torch_threads(TRAINER_THREADS)

@@ -13,14 +13,18 @@ from compiler import Analysis, generate_source
 from compiler.codegen import attribute_names
 
 
-def chain_graph(input_shape: list[int], *layers: tuple[str, dict[str, Any]], dtype: str = "float32") -> Graph:
+def chain_graph(
+    input_shape: list[int], *layers: tuple[str, dict[str, Any]], dtype: str = "float32"
+) -> Graph:
     """Input -> layers... -> Output, with ids n1, n2, ..."""
     nodes = [{"id": "in", "type": "Input", "params": {"shape": input_shape, "dtype": dtype}}]
     nodes += [{"id": f"n{i}", "type": t, "params": p} for i, (t, p) in enumerate(layers, start=1)]
     nodes.append({"id": "out", "type": "Output"})
     ids = [n["id"] for n in nodes]
     edges = [{"source": a, "target": b} for a, b in zip(ids, ids[1:])]
-    return parse_graph({"format": "netbuilder.graph/1", "name": "t", "nodes": nodes, "edges": edges})
+    return parse_graph(
+        {"format": "netbuilder.graph/1", "name": "t", "nodes": nodes, "edges": edges}
+    )
 
 
 def load_module(source: str) -> types.ModuleType:
@@ -38,19 +42,23 @@ def random_input(analysis: Analysis, batch: int = 2) -> torch.Tensor:
     return torch.randn(shape)
 
 
-def observed_shapes(model: torch.nn.Module, x: torch.Tensor) -> tuple[dict[str, tuple[int, ...]], torch.Tensor]:
+def observed_shapes(
+    model: torch.nn.Module, x: torch.Tensor
+) -> tuple[dict[str, tuple[int, ...]], torch.Tensor]:
     """Run forward and read every local variable's shape as forward returns (one per node)."""
     seen: dict[str, tuple[int, ...]] = {}
     code = type(model).forward.__code__
 
     def tracer(frame: types.FrameType, event: str, arg: Any):
         if frame.f_code is code:
+
             def local(frame: types.FrameType, event: str, arg: Any):
                 if event == "return":
                     for name, value in frame.f_locals.items():
                         if isinstance(value, torch.Tensor) and name != "x":
                             seen[name] = tuple(value.shape[1:])
                 return local
+
             return local
         return None
 
@@ -82,7 +90,9 @@ def assert_matches_torch(analysis: Analysis) -> None:
     assert sum(p.numel() for p in model.parameters()) == analysis.total_params
 
 
-def layer_runs_in_torch(layer: str, params: dict[str, Any], inputs: list[tuple[tuple[int, ...], str]]) -> bool:
+def layer_runs_in_torch(
+    layer: str, params: dict[str, Any], inputs: list[tuple[tuple[int, ...], str]]
+) -> bool:
     """Whether the layer's own emitted constructor and forward expression run in torch on a
     batch of 2 with these per-sample input shapes and dtypes (the 'equivalent torch code')."""
     from torch import nn

@@ -21,7 +21,14 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 # Types that stand for no single torch module: graph ends, views and merges done in forward,
 # and PositionalEncoding, which torch does not have.
 NO_TORCH_MODULE = {
-    "Input", "Output", "Permute", "Reshape", "SequencePool", "Add", "Multiply", "Concat",
+    "Input",
+    "Output",
+    "Permute",
+    "Reshape",
+    "SequencePool",
+    "Add",
+    "Multiply",
+    "Concat",
     "PositionalEncoding",
 }
 
@@ -74,7 +81,9 @@ CASES_WITH_MODULES = [case for case in CASES if CATALOG[case[1]].torch_modules]
 
 
 @pytest.mark.parametrize(("shape", "layer", "params", "dtype"), CASES_WITH_MODULES, ids=str)
-def test_params_read_back_from_the_emitted_torch_module_equal_the_nodes(shape, layer, params, dtype) -> None:
+def test_params_read_back_from_the_emitted_torch_module_equal_the_nodes(
+    shape, layer, params, dtype
+) -> None:
     """What the importer reads from a live module is what the node said (a round trip)."""
     analysis = analyse(chain_graph(shape, (layer, params), dtype=dtype))
     model = load_module(generate_source(analysis)).build_model()
@@ -94,7 +103,9 @@ def _same_meaning(read, params, spec, fields: set[str]) -> bool:
     for field_name in fields:
         a, b = getattr(read, field_name), getattr(given, field_name)
         if isinstance(a, list) != isinstance(b, list):
-            a, b = (a if isinstance(a, list) else [a] * len(b)), (b if isinstance(b, list) else [b] * len(a))
+            a, b = (a if isinstance(a, list) else [a] * len(b)), (
+                b if isinstance(b, list) else [b] * len(a)
+            )
         if a != b:
             return False
     return True
@@ -104,5 +115,13 @@ def test_readme_documents_every_type_and_the_output_loss() -> None:
     text = README.read_text(encoding="utf-8")
     missing = [name for name in CATALOG if f"| {name}" not in text and f", {name}" not in text]
     assert not missing, f"document {missing} in the README's layer table"
-    for loss in ("cross_entropy", "nll", "bce_with_logits", "mse", "l1", "huber", "label_smoothing"):
+    for loss in (
+        "cross_entropy",
+        "nll",
+        "bce_with_logits",
+        "mse",
+        "l1",
+        "huber",
+        "label_smoothing",
+    ):
         assert loss in text

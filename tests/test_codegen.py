@@ -43,7 +43,9 @@ def hostile_graph(ids: list[str], name: str):
     nodes.append({"id": "out", "type": "Output"})
     order = [n["id"] for n in nodes]
     edges = [{"source": a, "target": b} for a, b in zip(order, order[1:])]
-    return parse_graph({"format": "netbuilder.graph/1", "name": name, "nodes": nodes, "edges": edges})
+    return parse_graph(
+        {"format": "netbuilder.graph/1", "name": name, "nodes": nodes, "edges": edges}
+    )
 
 
 @pytest.mark.parametrize("name", HOSTILE)
@@ -64,9 +66,18 @@ def test_hostile_ids_and_names_cannot_inject_code(name: str, monkeypatch, tmp_pa
     assert set(calls) <= {"torch"}
     assert not Path("/tmp/pwned").exists()
     tree = ast.parse(source)
-    imported = {alias.name for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names}
+    imported = {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    }
     assert imported == {"torch", "nn"}
-    calls_in_source = {node.func.attr for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)}
+    calls_in_source = {
+        node.func.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+    }
     assert "system" not in calls_in_source
     assert_matches_torch(analysis)
     assert isinstance(module.build_model(), nn.Module)
@@ -96,16 +107,35 @@ def test_generated_code_is_black_formatted(path: Path) -> None:
 def test_long_lines_are_wrapped_the_way_black_would() -> None:
     nodes = [
         {"id": "in", "type": "Input", "params": {"shape": [7, 8]}},
-        {"id": "a_rather_long_encoder_layer_name_here", "type": "TransformerEncoderLayer",
-         "params": {"nhead": 2, "dim_feedforward": 16, "dropout": 0.25, "activation": "gelu",
-                    "layer_norm_eps": 1e-6, "norm_first": True, "bias": False}},
-        {"id": "another_rather_long_attention_name", "type": "MultiheadAttention",
-         "params": {"num_heads": 2, "causal": True, "dropout": 0.1}},
+        {
+            "id": "a_rather_long_encoder_layer_name_here",
+            "type": "TransformerEncoderLayer",
+            "params": {
+                "nhead": 2,
+                "dim_feedforward": 16,
+                "dropout": 0.25,
+                "activation": "gelu",
+                "layer_norm_eps": 1e-6,
+                "norm_first": True,
+                "bias": False,
+            },
+        },
+        {
+            "id": "another_rather_long_attention_name",
+            "type": "MultiheadAttention",
+            "params": {"num_heads": 2, "causal": True, "dropout": 0.1},
+        },
         {"id": "out", "type": "Output"},
     ]
     ids = [n["id"] for n in nodes]
-    graph = parse_graph({"format": "netbuilder.graph/1", "name": "long", "nodes": nodes,
-                         "edges": [{"source": a, "target": b} for a, b in zip(ids, ids[1:])]})
+    graph = parse_graph(
+        {
+            "format": "netbuilder.graph/1",
+            "name": "long",
+            "nodes": nodes,
+            "edges": [{"source": a, "target": b} for a, b in zip(ids, ids[1:])],
+        }
+    )
     analysis = analyse(graph)
     source = generate_source(analysis)
     assert max(len(line) for line in source.splitlines()) <= LINE_LENGTH
@@ -114,8 +144,13 @@ def test_long_lines_are_wrapped_the_way_black_would() -> None:
 
 
 def test_forward_reads_in_topological_order_with_named_attributes() -> None:
-    source = generate_source(analyse(parse_graph(json.loads((TEMPLATE_DIR / "resnet.json").read_text()))))
-    assert "self.b1_conv1 = nn.Conv2d(16, 16, kernel_size=3, padding=1, bias=False)  # [16, 8, 8]" in source
+    source = generate_source(
+        analyse(parse_graph(json.loads((TEMPLATE_DIR / "resnet.json").read_text())))
+    )
+    assert (
+        "self.b1_conv1 = nn.Conv2d(16, 16, kernel_size=3, padding=1, bias=False)  # [16, 8, 8]"
+        in source
+    )
     assert "b1_add = b1_bn2 + stem_relu  # Add: [16, 8, 8]" in source
     assert "return self.head(flatten)" in source
     assert source.index("b1_add = b1_bn2") < source.index("b2_conv1 = self.b2_conv1(")

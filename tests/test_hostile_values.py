@@ -23,9 +23,32 @@ from tests.test_layers_vs_torch import CASES
 # Numbers tried in every numeric field besides the field's own bounds: around 0, 1, the float
 # bounds used by the catalog (1000) and the int bound (MAX_SIZE), and what JSON readers accept.
 POOL: list[Any] = [
-    -MAX_SIZE - 1, -MAX_SIZE, -1001, -1000, -8, -7, -1, 0, 1, 2, 7, 1000, 1001, MAX_SIZE,
-    MAX_SIZE + 1, -1e3, 0.0, 5e-324, 1e-300, 0.5, 1.0, 1e3, 1e300,
-    math.nan, math.inf, -math.inf,
+    -MAX_SIZE - 1,
+    -MAX_SIZE,
+    -1001,
+    -1000,
+    -8,
+    -7,
+    -1,
+    0,
+    1,
+    2,
+    7,
+    1000,
+    1001,
+    MAX_SIZE,
+    MAX_SIZE + 1,
+    -1e3,
+    0.0,
+    5e-324,
+    1e-300,
+    0.5,
+    1.0,
+    1e3,
+    1e300,
+    math.nan,
+    math.inf,
+    -math.inf,
 ]
 FIRST_CASE = {layer: (shape, params, dtype) for shape, layer, params, dtype in reversed(CASES)}
 FIRST_CASE["Input"] = ([4], {"shape": [4]}, "float32")
@@ -119,7 +142,9 @@ LAYERS_WITH_NUMBERS = [layer for layer in CATALOG if numeric_fields(layer)]
 
 
 @pytest.mark.parametrize("layer", LAYERS_WITH_NUMBERS)
-def test_every_numeric_param_at_its_extremes_is_refused_by_name_or_compiles_cleanly(layer: str) -> None:
+def test_every_numeric_param_at_its_extremes_is_refused_by_name_or_compiles_cleanly(
+    layer: str,
+) -> None:
     base = FIRST_CASE[layer][1]
     compiled = 0
     for field_name, values in numeric_fields(layer).items():

@@ -12,7 +12,9 @@ class Drawing:
     """A tiny graph writer for these tests: add nodes after the current one, merge branches."""
 
     def __init__(self, shape: list[int]) -> None:
-        self.nodes: list[dict[str, Any]] = [{"id": "in", "type": "Input", "params": {"shape": shape}}]
+        self.nodes: list[dict[str, Any]] = [
+            {"id": "in", "type": "Input", "params": {"shape": shape}}
+        ]
         self.edges: list[dict[str, Any]] = []
         self.last = "in"
 
@@ -24,7 +26,14 @@ class Drawing:
 
     def graph(self) -> Graph:
         self.add("out", "Output")
-        return parse_graph({"format": "netbuilder.graph/1", "name": "net", "nodes": self.nodes, "edges": self.edges})
+        return parse_graph(
+            {
+                "format": "netbuilder.graph/1",
+                "name": "net",
+                "nodes": self.nodes,
+                "edges": self.edges,
+            }
+        )
 
 
 def resnet18() -> Graph:
@@ -39,13 +48,29 @@ def resnet18() -> Graph:
             stride = 2 if stage > 1 and block == 0 else 1
             skip = d.last
             p = f"l{stage}_{block}"
-            d.add(f"{p}_conv1", "Conv2d", out_channels=width, kernel_size=3, stride=stride, padding=1, bias=False)
+            d.add(
+                f"{p}_conv1",
+                "Conv2d",
+                out_channels=width,
+                kernel_size=3,
+                stride=stride,
+                padding=1,
+                bias=False,
+            )
             d.add(f"{p}_bn1", "BatchNorm2d")
             d.add(f"{p}_relu1", "ReLU")
             d.add(f"{p}_conv2", "Conv2d", out_channels=width, kernel_size=3, padding=1, bias=False)
             main = d.add(f"{p}_bn2", "BatchNorm2d")
             if stride != 1 or channels != width:
-                d.add(f"{p}_down", "Conv2d", after=skip, out_channels=width, kernel_size=1, stride=stride, bias=False)
+                d.add(
+                    f"{p}_down",
+                    "Conv2d",
+                    after=skip,
+                    out_channels=width,
+                    kernel_size=1,
+                    stride=stride,
+                    bias=False,
+                )
                 skip = d.add(f"{p}_down_bn", "BatchNorm2d")
             d.add(f"{p}_add", "Add", after=main)
             d.edges.append({"source": skip, "target": f"{p}_add"})
@@ -59,7 +84,26 @@ def resnet18() -> Graph:
 
 def vgg16() -> Graph:
     d = Drawing([3, 224, 224])
-    config = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+    config = [
+        64,
+        64,
+        "M",
+        128,
+        128,
+        "M",
+        256,
+        256,
+        256,
+        "M",
+        512,
+        512,
+        512,
+        "M",
+        512,
+        512,
+        512,
+        "M",
+    ]
     for index, item in enumerate(config):
         if item == "M":
             d.add(f"pool{index}", "MaxPool2d", kernel_size=2, stride=2)
@@ -80,7 +124,13 @@ def bert_base_encoder() -> Graph:
     """BERT-base's 12 encoder layers (without its embeddings and pooler): 85,054,464 parameters."""
     d = Drawing([128, 768])
     for layer in range(12):
-        d.add(f"layer{layer}", "TransformerEncoderLayer", nhead=12, dim_feedforward=3072, activation="gelu")
+        d.add(
+            f"layer{layer}",
+            "TransformerEncoderLayer",
+            nhead=12,
+            dim_feedforward=3072,
+            activation="gelu",
+        )
     return d.graph()
 
 

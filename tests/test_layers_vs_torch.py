@@ -18,19 +18,59 @@ from tests.modelkit import (
 
 CASES: list[tuple[list[int], str, dict, str]] = [
     ([1, 28, 28], "Conv2d", {"out_channels": 6, "kernel_size": 5, "padding": 2}, "float32"),
-    ([3, 17, 23], "Conv2d", {"out_channels": 8, "kernel_size": [3, 5], "stride": [2, 3]}, "float32"),
-    ([4, 16, 16], "Conv2d", {"out_channels": 8, "kernel_size": 3, "dilation": 2, "groups": 4}, "float32"),
-    ([4, 9, 10], "Conv2d", {"out_channels": 6, "kernel_size": 4, "padding": "same", "dilation": 2}, "float32"),
-    ([2, 7, 7], "Conv2d", {"out_channels": 3, "kernel_size": 3, "padding": "valid", "bias": False}, "float32"),
-    ([2, 7, 7], "Conv2d", {"out_channels": 3, "kernel_size": 2, "padding": [1, 0], "stride": 2}, "float32"),
-    ([3, 50], "Conv1d", {"out_channels": 5, "kernel_size": 7, "stride": 3, "padding": 2}, "float32"),
-    ([4, 20], "Conv1d", {"out_channels": 4, "kernel_size": 4, "padding": "same", "groups": 2}, "float32"),
+    (
+        [3, 17, 23],
+        "Conv2d",
+        {"out_channels": 8, "kernel_size": [3, 5], "stride": [2, 3]},
+        "float32",
+    ),
+    (
+        [4, 16, 16],
+        "Conv2d",
+        {"out_channels": 8, "kernel_size": 3, "dilation": 2, "groups": 4},
+        "float32",
+    ),
+    (
+        [4, 9, 10],
+        "Conv2d",
+        {"out_channels": 6, "kernel_size": 4, "padding": "same", "dilation": 2},
+        "float32",
+    ),
+    (
+        [2, 7, 7],
+        "Conv2d",
+        {"out_channels": 3, "kernel_size": 3, "padding": "valid", "bias": False},
+        "float32",
+    ),
+    (
+        [2, 7, 7],
+        "Conv2d",
+        {"out_channels": 3, "kernel_size": 2, "padding": [1, 0], "stride": 2},
+        "float32",
+    ),
+    (
+        [3, 50],
+        "Conv1d",
+        {"out_channels": 5, "kernel_size": 7, "stride": 3, "padding": 2},
+        "float32",
+    ),
+    (
+        [4, 20],
+        "Conv1d",
+        {"out_channels": 4, "kernel_size": 4, "padding": "same", "groups": 2},
+        "float32",
+    ),
     ([3, 13, 11], "MaxPool2d", {"kernel_size": 3, "stride": 2, "padding": 1}, "float32"),
     ([3, 13, 11], "MaxPool2d", {"kernel_size": 2, "ceil_mode": True}, "float32"),
     ([3, 13, 11], "MaxPool2d", {"kernel_size": 3, "dilation": 2, "stride": 1}, "float32"),
     ([13, 11], "MaxPool2d", {"kernel_size": 2}, "float32"),
     ([3, 13], "MaxPool1d", {"kernel_size": 3, "stride": 2, "ceil_mode": True}, "float32"),
-    ([3, 12, 12], "AvgPool2d", {"kernel_size": 5, "stride": 3, "padding": 2, "ceil_mode": True}, "float32"),
+    (
+        [3, 12, 12],
+        "AvgPool2d",
+        {"kernel_size": 5, "stride": 3, "padding": 2, "ceil_mode": True},
+        "float32",
+    ),
     ([3, 12], "AvgPool1d", {"kernel_size": 4, "count_include_pad": False, "padding": 1}, "float32"),
     ([5, 9, 7], "AdaptiveAvgPool2d", {"output_size": [2, 3]}, "float32"),
     ([5, 9], "AdaptiveAvgPool1d", {"output_size": 4}, "float32"),
@@ -61,14 +101,29 @@ CASES: list[tuple[list[int], str, dict, str]] = [
     ([3, 4], "Embedding", {"num_embeddings": 5, "embedding_dim": 2}, "int64"),
     ([7, 5], "RNN", {"hidden_size": 6, "nonlinearity": "relu"}, "float32"),
     ([7, 5], "LSTM", {"hidden_size": 6}, "float32"),
-    ([7, 5], "LSTM", {"hidden_size": 6, "num_layers": 3, "bidirectional": True, "dropout": 0.1}, "float32"),
+    (
+        [7, 5],
+        "LSTM",
+        {"hidden_size": 6, "num_layers": 3, "bidirectional": True, "dropout": 0.1},
+        "float32",
+    ),
     ([7, 5], "GRU", {"hidden_size": 4, "num_layers": 2, "bias": False}, "float32"),
     ([7, 5], "GRU", {"hidden_size": 4, "bidirectional": True}, "float32"),
     ([7, 8], "MultiheadAttention", {"num_heads": 2}, "float32"),
     ([7, 8], "MultiheadAttention", {"num_heads": 4, "bias": False, "causal": True}, "float32"),
     ([7, 8], "TransformerEncoderLayer", {"nhead": 2, "dim_feedforward": 16}, "float32"),
-    ([7, 8], "TransformerEncoderLayer", {"nhead": 4, "activation": "gelu", "norm_first": True, "bias": False}, "float32"),
-    ([7, 8], "TransformerEncoderLayer", {"nhead": 2, "dim_feedforward": 16, "causal": True}, "float32"),
+    (
+        [7, 8],
+        "TransformerEncoderLayer",
+        {"nhead": 4, "activation": "gelu", "norm_first": True, "bias": False},
+        "float32",
+    ),
+    (
+        [7, 8],
+        "TransformerEncoderLayer",
+        {"nhead": 2, "dim_feedforward": 16, "causal": True},
+        "float32",
+    ),
     ([7, 8], "SequencePool", {"mode": "last"}, "float32"),
     ([7, 8], "SequencePool", {"mode": "mean"}, "float32"),
     ([7, 8, 3], "SequencePool", {"mode": "max"}, "float32"),
@@ -76,11 +131,39 @@ CASES: list[tuple[list[int], str, dict, str]] = [
     ([2, 3, 4], "Reshape", {"shape": [6, -1]}, "float32"),
     ([2, 3, 4], "Reshape", {"shape": [24]}, "float32"),
     ([4, 7, 5], "ConvTranspose2d", {"out_channels": 6, "kernel_size": 2, "stride": 2}, "float32"),
-    ([4, 7, 5], "ConvTranspose2d", {"out_channels": 6, "kernel_size": [3, 4], "stride": [2, 3], "padding": 1, "output_padding": [1, 2], "groups": 2, "bias": False}, "float32"),
-    ([4, 7, 5], "ConvTranspose2d", {"out_channels": 2, "kernel_size": 3, "dilation": 2, "output_padding": 1}, "float32"),
-    ([3, 9], "ConvTranspose1d", {"out_channels": 5, "kernel_size": 4, "stride": 3, "padding": 2, "output_padding": 2}, "float32"),
+    (
+        [4, 7, 5],
+        "ConvTranspose2d",
+        {
+            "out_channels": 6,
+            "kernel_size": [3, 4],
+            "stride": [2, 3],
+            "padding": 1,
+            "output_padding": [1, 2],
+            "groups": 2,
+            "bias": False,
+        },
+        "float32",
+    ),
+    (
+        [4, 7, 5],
+        "ConvTranspose2d",
+        {"out_channels": 2, "kernel_size": 3, "dilation": 2, "output_padding": 1},
+        "float32",
+    ),
+    (
+        [3, 9],
+        "ConvTranspose1d",
+        {"out_channels": 5, "kernel_size": 4, "stride": 3, "padding": 2, "output_padding": 2},
+        "float32",
+    ),
     ([3, 5, 7], "Upsample", {"scale_factor": 2.0}, "float32"),
-    ([3, 5, 7], "Upsample", {"scale_factor": [1.5, 2.7], "mode": "bilinear", "align_corners": True}, "float32"),
+    (
+        [3, 5, 7],
+        "Upsample",
+        {"scale_factor": [1.5, 2.7], "mode": "bilinear", "align_corners": True},
+        "float32",
+    ),
     ([3, 5, 7], "Upsample", {"size": [8, 9], "mode": "bilinear"}, "float32"),
     ([3, 5], "Upsample", {"scale_factor": 3.3, "mode": "linear"}, "float32"),
     ([3, 5], "Upsample", {"size": 11}, "float32"),
@@ -121,7 +204,12 @@ def test_every_layer_type_is_covered() -> None:
         ([1, 3, 3], "Conv2d", {"out_channels": 2, "kernel_size": 5}, "exceeds padded input 3x3"),
         ([1, 8, 8], "Conv2d", {"out_channels": 2, "kernel_size": 3, "dilation": 4}, "dilated 9x9"),
         ([3, 8, 8], "Conv2d", {"out_channels": 4, "kernel_size": 3, "groups": 2}, "groups=2"),
-        ([3, 8, 8], "Conv2d", {"out_channels": 4, "kernel_size": 3, "padding": "same", "stride": 2}, "stride 1"),
+        (
+            [3, 8, 8],
+            "Conv2d",
+            {"out_channels": 4, "kernel_size": 3, "padding": "same", "stride": 2},
+            "stride 1",
+        ),
         ([2, 5], "MaxPool1d", {"kernel_size": 6}, "exceeds"),
         ([2, 5, 5], "MaxPool2d", {"kernel_size": 2, "padding": 2}, "at most half"),
         ([5, 4], "GroupNorm", {"num_groups": 2}, "must divide"),
@@ -130,8 +218,18 @@ def test_every_layer_type_is_covered() -> None:
         ([2, 3, 4], "Reshape", {"shape": [5, -1]}, "not divisible"),
         ([2, 3, 4], "Reshape", {"shape": [5, 5]}, "element counts"),
         ([2, 3, 4], "Permute", {"dims": [0, 1, 1, 2]}, "permutation"),
-        ([4, 5, 5], "ConvTranspose2d", {"out_channels": 2, "kernel_size": 3, "stride": 2, "output_padding": 2}, "smaller than the stride"),
-        ([4, 5], "ConvTranspose1d", {"out_channels": 2, "kernel_size": 1, "padding": 3}, "removes more"),
+        (
+            [4, 5, 5],
+            "ConvTranspose2d",
+            {"out_channels": 2, "kernel_size": 3, "stride": 2, "output_padding": 2},
+            "smaller than the stride",
+        ),
+        (
+            [4, 5],
+            "ConvTranspose1d",
+            {"out_channels": 2, "kernel_size": 1, "padding": 3},
+            "removes more",
+        ),
         ([3, 5, 7], "Upsample", {"scale_factor": 2.0, "mode": "linear"}, "use bilinear"),
         ([3, 5, 7], "Upsample", {"size": [4, 4, 4]}, "one value per spatial dim"),
         ([6, 4], "PReLU", {"num_parameters": 4}, "num_parameters=4"),
@@ -179,13 +277,17 @@ def merge_graph(shape: list[int], branch: list[tuple[str, dict]], merge: str) ->
     edges = [{"source": a, "target": b} for a, b in zip(ids, ids[1:])]
     edges += [{"source": "in", "target": "m"}, {"source": ids[-1], "target": "m"}]
     edges += [{"source": "m", "target": "out"}]
-    return parse_graph({"format": "netbuilder.graph/1", "name": "t", "nodes": nodes, "edges": edges})
+    return parse_graph(
+        {"format": "netbuilder.graph/1", "name": "t", "nodes": nodes, "edges": edges}
+    )
 
 
 @pytest.mark.parametrize("merge", ["Add", "Multiply"])
 def test_channel_gate_broadcasts_as_in_torch(merge: str) -> None:
     """Squeeze-and-excitation: [C, 1, 1] scales every pixel of [C, H, W]."""
-    graph = merge_graph([4, 6, 5], [("AdaptiveAvgPool2d", {"output_size": 1}), ("Sigmoid", {})], merge)
+    graph = merge_graph(
+        [4, 6, 5], [("AdaptiveAvgPool2d", {"output_size": 1}), ("Sigmoid", {})], merge
+    )
     analysis = analyse(graph)
     assert analysis.infos["b0"].shape == (4, 1, 1)
     assert analysis.infos["m"].shape == (4, 6, 5)
@@ -222,7 +324,9 @@ def test_mismatched_sizes_that_are_not_one_are_refused_as_in_torch() -> None:
 
 def test_sinusoidal_encoding_is_the_transformer_papers_table() -> None:
     """P[t, 2i] = sin(t / 10000^(2i/E)), P[t, 2i+1] = cos(t / 10000^(2i/E)), added to x."""
-    analysis = analyse(chain_graph([6, 5], ("PositionalEncoding", {"kind": "sinusoidal", "max_len": 10})))
+    analysis = analyse(
+        chain_graph([6, 5], ("PositionalEncoding", {"kind": "sinusoidal", "max_len": 10}))
+    )
     model = load_module(generate_source(analysis)).build_model().eval()
     x = torch.zeros(1, 6, 5)
     got = model(x)[0]
@@ -236,8 +340,13 @@ def test_sinusoidal_encoding_is_the_transformer_papers_table() -> None:
 def test_a_causal_encoder_layer_never_looks_ahead() -> None:
     """Changing the last position leaves every earlier output unchanged (and not so without)."""
     for causal in (True, False):
-        layer = ("TransformerEncoderLayer", {"nhead": 2, "dim_feedforward": 16, "dropout": 0.0, "causal": causal})
-        model = load_module(generate_source(analyse(chain_graph([5, 8], layer)))).build_model().eval()
+        layer = (
+            "TransformerEncoderLayer",
+            {"nhead": 2, "dim_feedforward": 16, "dropout": 0.0, "causal": causal},
+        )
+        model = (
+            load_module(generate_source(analyse(chain_graph([5, 8], layer)))).build_model().eval()
+        )
         x = torch.randn(1, 5, 8)
         changed = x.clone()
         changed[0, -1] += 1.0

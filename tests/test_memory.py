@@ -132,7 +132,9 @@ def test_a_device_that_is_too_small_gets_both_figures():
     assert does_not_fit(estimate, "cpu", estimate.training_bytes) is None
     refusal = does_not_fit(estimate, "cuda", 1_000_000)
     assert refusal is not None
-    assert f"needs {format_bytes(estimate.training_bytes)} to train at batch size 64" in str(refusal)
+    assert f"needs {format_bytes(estimate.training_bytes)} to train at batch size 64" in str(
+        refusal
+    )
     assert "but cuda has only 1.0 MB available" in str(refusal)
 
 

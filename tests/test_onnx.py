@@ -106,7 +106,10 @@ COVERAGE = {
     "growing": chain(
         [3, 6, 6],
         [
-            ("ConvTranspose2d", {"out_channels": 4, "kernel_size": 3, "stride": 2, "output_padding": 1}),
+            (
+                "ConvTranspose2d",
+                {"out_channels": 4, "kernel_size": 3, "stride": 2, "output_padding": 1},
+            ),
             ("InstanceNorm2d", {"affine": True}),
             ("ReLU6", {}),
             ("Upsample", {"scale_factor": 1.5, "mode": "bilinear"}),
@@ -143,7 +146,13 @@ COVERAGE = {
             ("scaled", "Multiply", {}),
             ("out", "Output", {}),
         ],
-        [("in", "squeeze"), ("squeeze", "excite"), ("in", "scaled"), ("excite", "scaled"), ("scaled", "out")],
+        [
+            ("in", "squeeze"),
+            ("squeeze", "excite"),
+            ("in", "scaled"),
+            ("excite", "scaled"),
+            ("scaled", "out"),
+        ],
     ),
     "tokens": chain(
         [5],

@@ -31,24 +31,71 @@ STRICTER_THAN_TORCH = (
 )
 
 SHAPE_KEEPING = [
-    "ReLU", "GELU", "SiLU", "Tanh", "Sigmoid", "Identity", "LeakyReLU", "Dropout", "ReLU6", "ELU",
-    "Hardswish", "Hardsigmoid", "Softplus", "PReLU",
+    "ReLU",
+    "GELU",
+    "SiLU",
+    "Tanh",
+    "Sigmoid",
+    "Identity",
+    "LeakyReLU",
+    "Dropout",
+    "ReLU6",
+    "ELU",
+    "Hardswish",
+    "Hardsigmoid",
+    "Softplus",
+    "PReLU",
 ]
 
 
 def layer_choices(shape: tuple[int, ...]) -> list[str]:
     rank = len(shape)
     common = SHAPE_KEEPING + [
-        "Linear", "LayerNorm", "RMSNorm", "Softmax", "LogSoftmax", "Reshape", "Permute", "Flatten",
-        "Upsample", "InstanceNorm1d", "PositionalEncoding",
+        "Linear",
+        "LayerNorm",
+        "RMSNorm",
+        "Softmax",
+        "LogSoftmax",
+        "Reshape",
+        "Permute",
+        "Flatten",
+        "Upsample",
+        "InstanceNorm1d",
+        "PositionalEncoding",
     ]
     by_rank = {
         1: ["BatchNorm1d"],
-        2: ["Conv1d", "MaxPool1d", "AvgPool1d", "AdaptiveAvgPool1d", "BatchNorm1d", "LSTM", "GRU", "RNN",
-            "MultiheadAttention", "TransformerEncoderLayer", "SequencePool", "GroupNorm",
-            "ConvTranspose1d", "AdaptiveMaxPool1d", "PositionalEncoding"],
-        3: ["Conv2d", "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm2d", "GroupNorm", "Dropout2d",
-            "ConvTranspose2d", "AdaptiveMaxPool2d", "InstanceNorm2d", "Upsample"],
+        2: [
+            "Conv1d",
+            "MaxPool1d",
+            "AvgPool1d",
+            "AdaptiveAvgPool1d",
+            "BatchNorm1d",
+            "LSTM",
+            "GRU",
+            "RNN",
+            "MultiheadAttention",
+            "TransformerEncoderLayer",
+            "SequencePool",
+            "GroupNorm",
+            "ConvTranspose1d",
+            "AdaptiveMaxPool1d",
+            "PositionalEncoding",
+        ],
+        3: [
+            "Conv2d",
+            "Conv2d",
+            "MaxPool2d",
+            "AvgPool2d",
+            "AdaptiveAvgPool2d",
+            "BatchNorm2d",
+            "GroupNorm",
+            "Dropout2d",
+            "ConvTranspose2d",
+            "AdaptiveMaxPool2d",
+            "InstanceNorm2d",
+            "Upsample",
+        ],
     }
     return common + by_rank.get(rank, [])
 
@@ -63,7 +110,10 @@ def layer_params(draw: st.DrawFn, layer: str, shape: tuple[int, ...]) -> dict[st
         spatial = small if layer == "Conv1d" else spatial2
         params = {"out_channels": draw(st.sampled_from([2, 4, 6])), "kernel_size": draw(spatial)}
         if draw(st.booleans()):
-            params["padding"] = draw(st.sampled_from(["same", "valid"]) | (st.integers(0, 2) if layer == "Conv1d" else pad2))
+            params["padding"] = draw(
+                st.sampled_from(["same", "valid"])
+                | (st.integers(0, 2) if layer == "Conv1d" else pad2)
+            )
         if draw(st.booleans()):
             params["stride"] = draw(st.integers(1, 3))
         if draw(st.booleans()):
@@ -86,9 +136,13 @@ def layer_params(draw: st.DrawFn, layer: str, shape: tuple[int, ...]) -> dict[st
         return {"output_size": draw(st.integers(1, 3))}
     if layer.startswith("ConvTranspose"):
         params = {"out_channels": draw(st.sampled_from([2, 4, 6])), "kernel_size": draw(small)}
-        for name, values in (("stride", st.integers(1, 3)), ("padding", st.integers(0, 2)),
-                             ("output_padding", st.integers(0, 2)), ("dilation", st.integers(1, 2)),
-                             ("groups", st.sampled_from([1, 2]))):
+        for name, values in (
+            ("stride", st.integers(1, 3)),
+            ("padding", st.integers(0, 2)),
+            ("output_padding", st.integers(0, 2)),
+            ("dilation", st.integers(1, 2)),
+            ("groups", st.sampled_from([1, 2])),
+        ):
             if draw(st.booleans()):
                 params[name] = draw(values)
         return params
@@ -104,8 +158,10 @@ def layer_params(draw: st.DrawFn, layer: str, shape: tuple[int, ...]) -> dict[st
     if layer == "Softplus":
         return {"beta": draw(st.floats(0.1, 3.0)), "threshold": draw(st.floats(1.0, 30.0))}
     if layer == "PositionalEncoding":
-        return {"kind": draw(st.sampled_from(["learned", "sinusoidal"])),
-                "max_len": draw(st.integers(max(1, shape[0] - 1), shape[0] + 3))}
+        return {
+            "kind": draw(st.sampled_from(["learned", "sinusoidal"])),
+            "max_len": draw(st.integers(max(1, shape[0] - 1), shape[0] + 3)),
+        }
     if layer.startswith("InstanceNorm"):
         return {"affine": draw(st.booleans())}
     if layer == "Linear":
@@ -113,12 +169,19 @@ def layer_params(draw: st.DrawFn, layer: str, shape: tuple[int, ...]) -> dict[st
     if layer == "GroupNorm":
         return {"num_groups": draw(st.integers(1, 4))}
     if layer in ("LSTM", "GRU", "RNN"):
-        return {"hidden_size": draw(st.integers(1, 6)), "num_layers": draw(st.integers(1, 2)),
-                "bidirectional": draw(st.booleans())}
+        return {
+            "hidden_size": draw(st.integers(1, 6)),
+            "num_layers": draw(st.integers(1, 2)),
+            "bidirectional": draw(st.booleans()),
+        }
     if layer == "MultiheadAttention":
         return {"num_heads": draw(st.integers(1, 4)), "causal": draw(st.booleans())}
     if layer == "TransformerEncoderLayer":
-        return {"nhead": draw(st.integers(1, 4)), "dim_feedforward": 8, "norm_first": draw(st.booleans())}
+        return {
+            "nhead": draw(st.integers(1, 4)),
+            "dim_feedforward": 8,
+            "norm_first": draw(st.booleans()),
+        }
     if layer == "SequencePool":
         return {"mode": draw(st.sampled_from(["last", "mean", "max"]))}
     if layer in ("Softmax", "LogSoftmax"):
@@ -151,7 +214,11 @@ def graphs(draw: st.DrawFn) -> dict[str, Any]:
     edges: list[dict[str, Any]] = []
     last = "in"
     for index in range(draw(st.integers(1, 7))):
-        shapes = {k: v.shape for k, v in analyse(_graph(nodes, edges)).infos.items() if v.shape is not None}
+        shapes = {
+            k: v.shape
+            for k, v in analyse(_graph(nodes, edges)).infos.items()
+            if v.shape is not None
+        }
         node_id = f"n{index}"
         merge = draw(st.sampled_from([None, None, None, "Add", "Concat", "Multiply"]))
         if merge:
@@ -161,10 +228,15 @@ def graphs(draw: st.DrawFn) -> dict[str, Any]:
             other = draw(st.sampled_from(pool or sorted(shapes)))
             params = {"dim": draw(st.integers(1, len(shapes[last])))} if merge == "Concat" else {}
             nodes.append({"id": node_id, "type": merge, "params": params})
-            edges += [{"source": last, "target": node_id}, {"source": other, "target": node_id, "port": 1}]
+            edges += [
+                {"source": last, "target": node_id},
+                {"source": other, "target": node_id, "port": 1},
+            ]
         else:
             layer = draw(st.sampled_from(layer_choices(shapes[last])))
-            nodes.append({"id": node_id, "type": layer, "params": draw(layer_params(layer, shapes[last]))})
+            nodes.append(
+                {"id": node_id, "type": layer, "params": draw(layer_params(layer, shapes[last]))}
+            )
             edges.append({"source": last, "target": node_id})
         last = node_id
         if analyse(_graph(nodes, edges)).infos[node_id].shape is None:
@@ -175,7 +247,9 @@ def graphs(draw: st.DrawFn) -> dict[str, Any]:
 
 
 def _graph(nodes: list[dict[str, Any]], edges: list[dict[str, Any]]):
-    return parse_graph({"format": "netbuilder.graph/1", "name": "random", "nodes": nodes, "edges": edges})
+    return parse_graph(
+        {"format": "netbuilder.graph/1", "name": "random", "nodes": nodes, "edges": edges}
+    )
 
 
 @given(graphs())
@@ -188,7 +262,9 @@ def test_random_graphs_agree_with_torch(graph) -> None:
     for error in analysis.errors:
         assert error.node is not None
         node = graph.node(error.node)
-        inputs = [(analysis.infos[s].shape, analysis.infos[s].dtype) for s in analysis.inputs[error.node]]
+        inputs = [
+            (analysis.infos[s].shape, analysis.infos[s].dtype) for s in analysis.inputs[error.node]
+        ]
         if layer_runs_in_torch(node.type, node.params, inputs):
             event("rejected, torch runs: stricter rule")
             assert any(rule in error.message for rule in STRICTER_THAN_TORCH), error.message
@@ -198,7 +274,9 @@ def test_random_graphs_agree_with_torch(graph) -> None:
                 try:
                     torch.broadcast_shapes(*[(2, *shape) for shape, _ in inputs])
                 except RuntimeError:
-                    raise AssertionError("torch fails here, so the layer must not have run") from None
+                    raise AssertionError(
+                        "torch fails here, so the layer must not have run"
+                    ) from None
 
 
 @st.composite

@@ -105,7 +105,13 @@ def test_the_train_page_names_a_model_too_big_instead_of_building_it(
         ],
         "edges": [
             {"source": s, "target": t}
-            for s, t in [("image", "flat"), ("flat", "a"), ("a", "b"), ("b", "logits"), ("logits", "out")]
+            for s, t in [
+                ("image", "flat"),
+                ("flat", "a"),
+                ("a", "b"),
+                ("b", "logits"),
+                ("logits", "out"),
+            ]
         ],
     }
     autosave = tmp_path / "autosave" / "runspanel01.json"

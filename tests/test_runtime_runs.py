@@ -96,10 +96,11 @@ def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """CONFIG trained without interruption, in this process."""
+def reference(tmp_path_factory: pytest.TempPathFactory, as_in_a_trainer) -> Path:
+    """CONFIG trained without interruption, in this process (on a trainer's threads)."""
     folder = create_run(tmp_path_factory.mktemp("reference"), lstm(), CONFIG)
-    assert train_run(folder).status == "completed"
+    with as_in_a_trainer():
+        assert train_run(folder).status == "completed"
     return folder
 
 
@@ -386,8 +387,11 @@ def fake_trainer(tmp_path: Path, *, ignore_term: bool) -> tuple[Path, subprocess
     folder = create_run(tmp_path, lstm(), CONFIG)
     ignore = "signal.signal(signal.SIGTERM, signal.SIG_IGN);" if ignore_term else ""
     process = subprocess.Popen(
-        [sys.executable, "-c", f"import signal, time; {ignore} print('ready', flush=True);"
-         " time.sleep(600)"],
+        [
+            sys.executable,
+            "-c",
+            f"import signal, time; {ignore} print('ready', flush=True);" " time.sleep(600)",
+        ],
         stdout=subprocess.PIPE,
     )
     assert process.stdout is not None and process.stdout.readline() == b"ready\n"
@@ -458,9 +462,7 @@ def test_runs_beyond_the_trainer_limit_queue_and_start_as_slots_free(
     wait_for(lambda: read_run(tmp_path, second).status == "stopped")
 
 
-def test_a_queued_run_stops_without_ever_starting(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
+def test_a_queued_run_stops_without_ever_starting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv(MAX_TRAINERS_ENV, "1")
     first = start_run(tmp_path, lstm(), LONG)
     second = start_run(tmp_path, lstm(), LONG)
@@ -577,7 +579,9 @@ def test_cli_bad_dataset_or_flag_is_one_line_and_exit_2(
 
 
 def test_cli_run_that_fails_prints_the_sentence_its_status_records(tmp_path: Path):
-    done = cli("train", str(TEMPLATES / "lstm_classifier.json"), "--dataset", "digits", cwd=tmp_path)
+    done = cli(
+        "train", str(TEMPLATES / "lstm_classifier.json"), "--dataset", "digits", cwd=tmp_path
+    )
     assert done.returncode == 1
     assert "digits samples are" in one_line_error(done)
     summary = json.loads(done.stdout.strip().splitlines()[-1])
@@ -605,9 +609,7 @@ def test_cli_graph_with_a_non_finite_value_is_one_line(tmp_path: Path):
     one_line_error(done)
 
 
-def test_a_trainer_never_runs_the_launching_script(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
+def test_a_trainer_never_runs_the_launching_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Streamlit puts the running page script in sys.modules["__main__"]; multiprocessing would
     run it again in each child. The trainer must start without rendering the page."""
     marker = tmp_path / "page-ran"

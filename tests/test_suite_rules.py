@@ -45,8 +45,7 @@ def wall_clock_assertions(source: str) -> list[int]:
             for p in parts
         )
         timing_name = any(
-            isinstance(p, ast.Name) and any(w in p.id.lower() for w in TIMING_WORDS)
-            for p in parts
+            isinstance(p, ast.Name) and any(w in p.id.lower() for w in TIMING_WORDS) for p in parts
         )
         if clock_difference or timing_name:
             found.append(node.lineno)

@@ -34,8 +34,10 @@ def test_resnet_template_equals_a_hand_written_resnet() -> None:
 
     def block(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
         return [
-            nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out),
-            nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out),
+            nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(c_out),
         ]
 
     modules = [nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)]
@@ -48,8 +50,10 @@ def test_resnet_template_equals_a_hand_written_resnet() -> None:
 
 def test_transformer_template_equals_hand_written_modules() -> None:
     modules = [
-        nn.Embedding(16, 32), nn.Conv1d(32, 32, 3, padding="same"),
-        nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), nn.Linear(32, 16),
+        nn.Embedding(16, 32),
+        nn.Conv1d(32, 32, 3, padding="same"),
+        nn.TransformerEncoderLayer(32, 4, 64, batch_first=True),
+        nn.Linear(32, 16),
     ]
     expected = sum(p.numel() for m in modules for p in m.parameters())
     data = json.loads((TEMPLATE_DIR / "transformer_encoder.json").read_text())

@@ -20,8 +20,13 @@ def graph(nodes: list[tuple[str, str, dict]], edges: list[tuple[str, str]]):
 
 def test_cycle_is_reported_with_its_node_ids() -> None:
     g = graph(
-        [("in", "Input", {"shape": [4]}), ("a", "Linear", {"out_features": 4}),
-         ("b", "Add", {}), ("c", "ReLU", {}), ("out", "Output", {})],
+        [
+            ("in", "Input", {"shape": [4]}),
+            ("a", "Linear", {"out_features": 4}),
+            ("b", "Add", {}),
+            ("c", "ReLU", {}),
+            ("out", "Output", {}),
+        ],
         [("in", "a"), ("a", "b"), ("b", "c"), ("c", "b"), ("c", "out")],
     )
     analysis = analyse(g)
@@ -43,12 +48,22 @@ def test_missing_input_output_and_unknown_edge_are_all_reported() -> None:
 
 def test_independent_errors_are_all_reported_and_downstream_nodes_stay_quiet() -> None:
     g = graph(
-        [("in", "Input", {"shape": [3, 8, 8]}),
-         ("big", "Conv2d", {"out_channels": 4, "kernel_size": 9}),
-         ("after", "ReLU", {}),
-         ("gn", "GroupNorm", {"num_groups": 2}),
-         ("cat", "Concat", {}), ("out", "Output", {})],
-        [("in", "big"), ("big", "after"), ("in", "gn"), ("after", "cat"), ("gn", "cat"), ("cat", "out")],
+        [
+            ("in", "Input", {"shape": [3, 8, 8]}),
+            ("big", "Conv2d", {"out_channels": 4, "kernel_size": 9}),
+            ("after", "ReLU", {}),
+            ("gn", "GroupNorm", {"num_groups": 2}),
+            ("cat", "Concat", {}),
+            ("out", "Output", {}),
+        ],
+        [
+            ("in", "big"),
+            ("big", "after"),
+            ("in", "gn"),
+            ("after", "cat"),
+            ("gn", "cat"),
+            ("cat", "out"),
+        ],
     )
     analysis = analyse(g)
     assert sorted(e.node for e in analysis.errors) == ["big", "gn"]
@@ -59,8 +74,14 @@ def test_independent_errors_are_all_reported_and_downstream_nodes_stay_quiet() -
 
 def test_arity_of_merges_and_single_input_layers() -> None:
     g = graph(
-        [("in", "Input", {"shape": [4]}), ("r1", "ReLU", {}), ("r2", "ReLU", {}),
-         ("two", "ReLU", {}), ("add", "Add", {}), ("out", "Output", {})],
+        [
+            ("in", "Input", {"shape": [4]}),
+            ("r1", "ReLU", {}),
+            ("r2", "ReLU", {}),
+            ("two", "ReLU", {}),
+            ("add", "Add", {}),
+            ("out", "Output", {}),
+        ],
         [("in", "r1"), ("in", "r2"), ("r1", "two"), ("r2", "two"), ("r1", "add"), ("add", "out")],
     )
     errors = {e.node: e.message for e in analyse(g).errors}
@@ -71,14 +92,20 @@ def test_arity_of_merges_and_single_input_layers() -> None:
 def test_int64_only_feeds_an_embedding() -> None:
     analysis = analyse(chain_graph([5], ("Linear", {"out_features": 3}), dtype="int64"))
     assert "only an Embedding" in analysis.errors[0].message
-    float_to_embedding = analyse(chain_graph([5], ("Embedding", {"num_embeddings": 9, "embedding_dim": 2})))
+    float_to_embedding = analyse(
+        chain_graph([5], ("Embedding", {"num_embeddings": 9, "embedding_dim": 2}))
+    )
     assert "set the Input's dtype to int64" in float_to_embedding.errors[0].message
 
 
 def test_dead_end_branch_is_a_warning_and_left_out_of_the_model() -> None:
     g = graph(
-        [("in", "Input", {"shape": [4]}), ("fc", "Linear", {"out_features": 2}),
-         ("dangling", "Linear", {"out_features": 100}), ("out", "Output", {})],
+        [
+            ("in", "Input", {"shape": [4]}),
+            ("fc", "Linear", {"out_features": 2}),
+            ("dangling", "Linear", {"out_features": 100}),
+            ("out", "Output", {}),
+        ],
         [("in", "fc"), ("fc", "out"), ("in", "dangling")],
     )
     analysis = analyse(g)
@@ -110,24 +137,39 @@ def test_flatten_fix_for_linear_on_an_image() -> None:
 
 def test_residual_projection_fix_for_channel_and_stride_change() -> None:
     g = graph(
-        [("in", "Input", {"shape": [16, 8, 8]}),
-         ("down", "Conv2d", {"out_channels": 32, "kernel_size": 3, "stride": 2, "padding": 1}),
-         ("add", "Add", {}), ("out", "Output", {})],
+        [
+            ("in", "Input", {"shape": [16, 8, 8]}),
+            ("down", "Conv2d", {"out_channels": 32, "kernel_size": 3, "stride": 2, "padding": 1}),
+            ("add", "Add", {}),
+            ("out", "Output", {}),
+        ],
         [("in", "down"), ("down", "add"), ("in", "add"), ("add", "out")],
     )
     error = analyse(g).errors[0]
     assert error.node == "add"
-    assert error.fix["insert"] == {"type": "Conv2d", "params": {"out_channels": 32, "kernel_size": 1, "stride": 2}}
+    assert error.fix["insert"] == {
+        "type": "Conv2d",
+        "params": {"out_channels": 32, "kernel_size": 1, "stride": 2},
+    }
     assert error.fix["between"] == ["in", "add"]
 
 
 def test_same_padding_fix_when_kernel_exceeds_input() -> None:
-    error = analyse(chain_graph([1, 3, 3], ("Conv2d", {"out_channels": 2, "kernel_size": 5}))).errors[0]
-    assert error.fix == {"set": {"node": "n1", "params": {"padding": "same"}}, "why": error.fix["why"]}
+    error = analyse(
+        chain_graph([1, 3, 3], ("Conv2d", {"out_channels": 2, "kernel_size": 5}))
+    ).errors[0]
+    assert error.fix == {
+        "set": {"node": "n1", "params": {"padding": "same"}},
+        "why": error.fix["why"],
+    }
 
 
 def test_permute_fix_between_conv1d_and_rnn() -> None:
-    analysis = analyse(chain_graph([4, 20], ("Conv1d", {"out_channels": 8, "kernel_size": 3}), ("LSTM", {"hidden_size": 5})))
+    analysis = analyse(
+        chain_graph(
+            [4, 20], ("Conv1d", {"out_channels": 8, "kernel_size": 3}), ("LSTM", {"hidden_size": 5})
+        )
+    )
     assert analysis.warnings[0].node == "n2"
     assert analysis.warnings[0].fix["insert"] == {"type": "Permute", "params": {"dims": [0, 2, 1]}}
 
@@ -158,14 +200,21 @@ def test_concat_joins_in_port_order() -> None:
 
 
 def test_conv_explanation_plugs_in_the_numbers() -> None:
-    analysis = analyse(chain_graph([1, 28, 28], ("Conv2d", {"out_channels": 6, "kernel_size": 5, "padding": 2})))
+    analysis = analyse(
+        chain_graph([1, 28, 28], ("Conv2d", {"out_channels": 6, "kernel_size": 5, "padding": 2}))
+    )
     assert "O = floor((28 + 2*2 - 1*(5-1) - 1)/1) + 1 = 28" in analysis.infos["n1"].explanation
 
 
 def test_interlocked_cycles_in_one_component_are_one_error_not_a_crash() -> None:
     g = graph(
-        [("in", "Input", {"shape": [4]}), ("a", "ReLU", {}), ("b", "Add", {}), ("c", "Add", {}),
-         ("out", "Output", {})],
+        [
+            ("in", "Input", {"shape": [4]}),
+            ("a", "ReLU", {}),
+            ("b", "Add", {}),
+            ("c", "Add", {}),
+            ("out", "Output", {}),
+        ],
         [("in", "a"), ("a", "b"), ("b", "c"), ("c", "b"), ("c", "a"), ("in", "c"), ("c", "out")],
     )
     analysis = analyse(g)
@@ -215,8 +264,11 @@ def test_softmax_before_a_regression_loss_is_not_warned_about() -> None:
 
 def test_class_loss_needs_scores_per_class() -> None:
     g = graph(
-        [("in", "Input", {"shape": [2, 4, 4]}), ("c", "Conv2d", {"out_channels": 3, "kernel_size": 1}),
-         ("out", "Output", {"loss": "cross_entropy"})],
+        [
+            ("in", "Input", {"shape": [2, 4, 4]}),
+            ("c", "Conv2d", {"out_channels": 3, "kernel_size": 1}),
+            ("out", "Output", {"loss": "cross_entropy"}),
+        ],
         [("in", "c"), ("c", "out")],
     )
     (error,) = analyse(g).errors

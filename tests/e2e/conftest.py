@@ -1,4 +1,4 @@
-"""The browser tests' harness: the app on a free port (8610-8619) with a temporary home for its
+"""The browser tests' harness: the app on a free port (8610-8619; ten more per pytest-xdist worker) with a temporary home for its
 runs and autosaves, Debian's headless chromium driven by Playwright, and a screenshot per step in
 test-artifacts/. Without /usr/bin/chromium every browser test is skipped, with the reason; in CI
 (CI=true) each fails instead, so a broken CI image cannot pass by skipping them."""
@@ -18,7 +18,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("NETBUILDER_CHROMIUM", "/usr/bin/chromium"))
-PORTS = range(8610, 8620)
+
+
+def _worker_number() -> int:
+    """pytest-xdist's worker (gw0, gw1...): each worker's app listens on its own ten ports."""
+    return int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+
+
+PORTS = range(8610 + 10 * _worker_number(), 8620 + 10 * _worker_number())
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_ARGS = [
     "--headless",

@@ -46,6 +46,9 @@ def nodes(page: Page) -> Locator:
     return canvas(page).locator(".react-flow__node")
 
 
+FRESH = "[data-testid=stElementContainer]:not([data-stale=true])"  # drawn by the current run
+
+
 def settled(page: Page) -> None:
     """Streamlit has finished the run in progress (the canvas then shows its result)."""
     page.wait_for_function(
@@ -89,8 +92,10 @@ SHOWN = {
 
 
 def set_field(page: Page, label: str, value: str, node_id: str | None = None) -> None:
-    """Type a value and wait until the node shows it (the form is redrawn after each edit)."""
-    field = page.get_by_label(label, exact=True)
+    """Type a value and wait until the node shows it (the form is redrawn after each edit; while
+    a rerun draws it, the last form's stale copy may still be there: take the fresh one)."""
+    field = page.locator(FRESH).get_by_label(label, exact=True)
+    expect(field).to_have_count(1)
     field.fill(value)
     field.press("Enter")
     if node_id is not None and label in SHOWN:
