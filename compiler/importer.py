@@ -190,6 +190,16 @@ class Several:
 
 
 @dataclass(frozen=True)
+class Chunks:
+    """torch.chunk's tuple of pieces: each item taken becomes a Chunk node."""
+
+    source: str
+    chunks: int
+    dim: int
+    made: int  # how many pieces there are (fewer than `chunks` where they run out)
+
+
+@dataclass(frozen=True)
 class FinalStates:
     """Item 1 of a recurrent layer's output: h_n, or (h_n, c_n) for an LSTM (`pair`). The last
     layer's h_n, h_n[-1], is the output at the last step where the layer runs one way."""
@@ -225,7 +235,7 @@ class Constant:
 
 
 # What an fx node computes: a str is the graph node whose output tensor it is.
-Value = str | Size | Device | Several | FinalStates | CausalMask | Constant | Failed
+Value = str | Size | Device | Several | Chunks | FinalStates | CausalMask | Constant | Failed
 
 
 @dataclass(frozen=True)
@@ -953,6 +963,8 @@ def _tensor(walk: Walk, arg: Any, returned: bool = False) -> str:
                 node=value.node_id,
             )
         )
+    if isinstance(value, Chunks):
+        raise NotMappable(msg("uses the whole tuple of torch.chunk; take its pieces one by one"))
     if isinstance(value, Constant):
         source = "self." + str(value.root.target) if value.root is not None else value.node.name
         if returned:
@@ -982,11 +994,15 @@ def _rank(arg: fx.Node) -> int:
 
 
 def _merge(walk: Walk, node: fx.Node) -> Layer:
-    """x + y, x * y, torch.add(x, y), x += y: Add or Multiply of two tensors."""
+    """x + y, x * y, torch.add(x, y), x += y: Add or Multiply of two tensors; x * c (or c * x)
+    with a number c is a Scale."""
     first, second = node.args[:2]
+    layer_type = FUNCTION_TYPES.get(node.target) or METHOD_TYPES[str(node.target)]
+    if layer_type == "Multiply" and _is_number(first) != _is_number(second):
+        x, factor = (second, first) if _is_number(first) else (first, second)
+        return Layer("Scale", {"factor": float(factor)}, (_tensor(walk, x),))
     if node.kwargs.get("alpha", 1) != 1 or not isinstance(second, fx.Node):
         raise NotMappable(msg("with a constant: only tensors merge"))
-    layer_type = FUNCTION_TYPES.get(node.target) or METHOD_TYPES[str(node.target)]
     table = [walk.values.get(arg) for arg in (first, second)]
     if layer_type == "Add" and any(isinstance(v, Constant) for v in table):
         x, constant = (second, table[0]) if isinstance(table[0], Constant) else (first, table[1])
@@ -994,6 +1010,30 @@ def _merge(walk: Walk, node: fx.Node) -> Layer:
         walk.encodings[node.name] = _encoding_owner(constant)  # its dropout may follow
         return layer
     return Layer(layer_type, {}, (_tensor(walk, first), _tensor(walk, second)))
+
+
+def _is_number(arg: Any) -> bool:
+    return isinstance(arg, int | float) and not isinstance(arg, bool) and math.isfinite(arg)
+
+
+def _scale(walk: Walk, node: fx.Node) -> Layer:
+    """x / c, torch.div(x, c): a Scale by 1 / c (a tensor divisor has no layer)."""
+    x, divisor = node.args[0], _arg(node, 1, "other")
+    if node.kwargs.get("rounding_mode") is not None:
+        raise NotMappable(msg("division with a rounding mode"))
+    if not isinstance(x, fx.Node) or not _is_number(divisor) or divisor == 0:
+        raise NotMappable(msg("division by a tensor or by 0; only x / a number maps (a Scale)"))
+    return Layer("Scale", {"factor": 1.0 / float(divisor)}, (_tensor(walk, x),))
+
+
+def _chunk(walk: Walk, node: fx.Node) -> Chunks:
+    """x.chunk(n, dim), torch.chunk(x, n, dim): the pieces, each taken one becomes a node."""
+    chunks, dim = int(_arg(node, 1, "chunks")), int(_arg(node, 2, "dim", 0))
+    shape = node.args[0].meta["shape"]
+    if dim % len(shape) == 0:
+        raise NotMappable(msg("cuts along the batch dim"))
+    made = len(torch.empty(shape, device="meta").chunk(chunks, dim))
+    return Chunks(_tensor(walk, node.args[0]), chunks, dim % len(shape), made)
 
 
 def _positional_encoding(walk: Walk, node: fx.Node, x: Any, table: Constant) -> Layer:
@@ -1099,6 +1139,9 @@ def _getitem(walk: Walk, node: fx.Node) -> Layer | Value:
         )
     if isinstance(value, FinalStates):
         return _final_state(value, index)
+    if isinstance(value, Chunks) and isinstance(index, int) and -value.made <= index < value.made:
+        params = {"chunks": value.chunks, "dim": value.dim, "index": index % value.made}
+        return Layer("Chunk", params, (value.source,))
     if isinstance(value, Several):
         if index != 0:
             raise NotMappable(
@@ -1299,6 +1342,8 @@ ARGUMENTS: dict[str, Handler] = {
     "Add": _merge,
     "Multiply": _merge,
     "Concat": _concat,
+    "Chunk": _chunk,
+    "Scale": _scale,
     "Flatten": _flatten,
     "Reshape": _reshape,
     "Permute": _permute,

@@ -29,6 +29,8 @@ NO_TORCH_MODULE = {
     "Add",
     "Multiply",
     "Concat",
+    "Chunk",
+    "Scale",
     "PositionalEncoding",
 }
 

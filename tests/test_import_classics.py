@@ -120,6 +120,8 @@ def test_transformer_language_model_takes_the_has_mask_branch_as_a_causal_encode
     assert len(encoders) == 2 and all(n.params["causal"] for n in encoders)
     (position,) = [n for n in result.graph.nodes if n.type == "PositionalEncoding"]
     assert position.params == {"kind": "sinusoidal", "max_len": 64, "dropout": 0.5}  # its own
+    (scale,) = [n for n in result.graph.nodes if n.type == "Scale"]
+    assert scale.params == {"factor": 4.0}  # * math.sqrt(self.ninp), ninp = 16
 
 
 def test_a_second_required_input_is_refused_with_a_sentence_that_says_so() -> None:

@@ -91,15 +91,17 @@ def test_the_refused_are_refused_with_every_unsupported_op_named_at_its_line(out
             assert "_forward_impl(x)" not in problem.where  # the op's own line, innermost
 
 
-def test_shufflenet_is_refused_for_chunk_at_the_line_of_the_chunk(outcomes) -> None:
+def test_shufflenet_splits_its_channels_with_one_chunk_node_per_piece(outcomes) -> None:
+    """x1, x2 = x.chunk(2, dim=1) in each stride-1 block: two Chunk nodes on the same input."""
     _, result = outcomes["shufflenet_v2_x0_5"]
-    if result.graph is not None:
-        pytest.skip("shufflenet imports: nothing refused")
-    assert {problem.op for problem in result.problems} == {"Tensor.chunk"}
-    assert all(
-        problem.where.startswith("shufflenetv2.py:") and "x.chunk(2, dim=1)" in problem.where
-        for problem in result.problems
-    )
+    assert result.problems == []
+    chunks = [node for node in result.graph.nodes if node.type == "Chunk"]
+    assert len(chunks) == 26  # 13 blocks with stride 1, two pieces each
+    pieces = [
+        (n.params.get("chunks", 2), n.params.get("dim", 1), n.params.get("index", 0))
+        for n in chunks
+    ]
+    assert sorted(pieces) == [(2, 1, 0)] * 13 + [(2, 1, 1)] * 13  # defaults are left out
 
 
 RESNET_FILE = """

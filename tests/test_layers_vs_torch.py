@@ -184,6 +184,10 @@ CASES: list[tuple[list[int], str, dict, str]] = [
     ([7, 8], "PositionalEncoding", {"max_len": 16}, "float32"),
     ([7, 8], "PositionalEncoding", {"kind": "sinusoidal", "max_len": 7, "dropout": 0.1}, "float32"),
     ([7, 5], "PositionalEncoding", {"kind": "sinusoidal", "max_len": 9}, "float32"),
+    ([6, 5, 4], "Chunk", {"chunks": 4, "index": 2}, "float32"),  # 6 in 4: 2, 2, 2
+    ([6, 5], "Chunk", {"chunks": 2, "dim": -1, "index": 1}, "float32"),  # 5 in 2: 3, 2
+    ([7], "Chunk", {"chunks": 3, "index": 2}, "float32"),  # 7 in 3: 3, 3, 1
+    ([3, 4], "Scale", {"factor": -0.5}, "float32"),
 ]
 
 
@@ -238,6 +242,8 @@ def test_every_layer_type_is_covered() -> None:
         ([3, 1, 1], "InstanceNorm2d", {}, "more than one value per channel"),
         ([3, 1], "InstanceNorm1d", {}, "more than one value per channel"),
         ([9, 8], "PositionalEncoding", {"max_len": 8, "kind": "sinusoidal"}, "max_len is 8"),
+        ([6, 5, 4], "Chunk", {"chunks": 4, "index": 3}, "makes 3 pieces"),  # 2, 2, 2
+        ([6, 5], "Chunk", {"dim": 3}, "out of range"),
     ],
 )
 def test_rejected_layer_fails_in_torch_too(shape, layer, params, fragment) -> None:

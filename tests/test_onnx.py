@@ -187,6 +187,24 @@ COVERAGE = {
             ("pool", "out"),
         ],
     ),
+    "pieces": graph(  # ShuffleNet's split: two pieces of the channels, one scaled, joined again
+        [6, 5],
+        [
+            ("first", "Chunk", {"chunks": 2, "index": 0}),
+            ("second", "Chunk", {"chunks": 2, "index": 1}),
+            ("scaled", "Scale", {"factor": 2.5}),
+            ("joined", "Concat", {"dim": 1}),
+            ("out", "Output", {}),
+        ],
+        [
+            ("in", "first"),
+            ("in", "second"),
+            ("second", "scaled"),
+            ("scaled", "joined"),
+            ("first", "joined"),
+            ("joined", "out"),
+        ],
+    ),
 }
 
 

@@ -1,11 +1,15 @@
 """Merges of two or more inputs: Add and Multiply (element-wise, broadcasting where one side has
-1s, as PyTorch does) and Concat (along one dim, in port order)."""
+1s, as PyTorch does) and Concat (along one dim, in port order); and their one-input kin: Chunk
+(one piece of torch.chunk, Concat's inverse) and Scale (times a constant)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from pydantic import Field
+
 from builder.layers.base import (
+    MAX_SIZE,
     Fix,
     LayerError,
     LayerSpec,
@@ -14,10 +18,13 @@ from builder.layers.base import (
     Shape,
     Tensor,
     dim_field,
+    fmt,
     full_dim,
+    keep_shape,
+    same_shape_explained,
     shape_text,
 )
-from i18n import N_, msg
+from i18n import N_, Message, msg
 
 
 def broadcast(first: Shape, other: Shape) -> Shape | None:
@@ -167,4 +174,114 @@ CONCAT = LayerSpec(
     key_params=("dim",),
 )
 
-ENTRIES = (ADD, MULTIPLY, CONCAT)
+# ---------------------------------------------------------------------------------------------
+# Chunk: one piece of torch.chunk (ShuffleNet splits its channels in two this way)
+
+
+class ChunkParams(Params):
+    chunks: int = Field(2, ge=1, le=MAX_SIZE, description=N_("how many pieces torch.chunk cuts"))
+    dim: int = dim_field(1)
+    index: int = Field(
+        0, ge=0, le=MAX_SIZE, description=N_("which piece this node passes on, 0 first")
+    )
+
+
+def chunk_piece(length: int, chunks: int, index: int) -> tuple[int, int, int]:
+    """torch.chunk's rule, in constant time: pieces of ceil(length / chunks), the last one
+    smaller, and fewer pieces than asked where they run out (5 in 4 pieces: 2, 2, 1).
+    Returns (piece size, pieces made, the size of piece `index`, 0 where it does not exist)."""
+    size = -(-length // chunks)
+    made = -(-length // size)
+    return size, made, max(0, min(size, length - index * size))
+
+
+def chunk_infer(p: ChunkParams, xs: list[Tensor]) -> Tensor:
+    shape = xs[0].shape
+    dim = full_dim(p.dim, len(shape))
+    _size, made, piece = chunk_piece(shape[dim - 1], p.chunks, p.index)
+    if piece == 0:
+        raise LayerError(
+            msg(
+                "piece {index} does not exist: chunk({chunks}) of {length} along dim {dim} makes"
+                " {made} pieces (0 to {last})",
+                index=p.index,
+                chunks=p.chunks,
+                length=shape[dim - 1],
+                dim=p.dim,
+                made=made,
+                last=made - 1,
+            ),
+            Fix(msg("take the last piece"), set_params={"index": made - 1}),
+        )
+    return Tensor(shape[: dim - 1] + (piece,) + shape[dim:], xs[0].dtype)
+
+
+def chunk_call(p: ChunkParams, attr: str, args: list[str]) -> str:
+    return f"torch.chunk({args[0]}, {p.chunks}, dim={p.dim})[{p.index}]"
+
+
+def chunk_explain(p: ChunkParams, xs: list[Tensor], y: Tensor) -> Message:
+    shape = xs[0].shape
+    length = shape[full_dim(p.dim, len(shape)) - 1]
+    size, made, piece = chunk_piece(length, p.chunks, p.index)
+    return msg(
+        "ceil({length} / {chunks}) = {size} per piece, {made} pieces; piece {index} has {piece}",
+        length=length,
+        chunks=p.chunks,
+        size=size,
+        made=made,
+        index=p.index,
+        piece=piece,
+    )
+
+
+CHUNK = LayerSpec(
+    name="Chunk",
+    category="Merge",
+    description=N_(
+        "One piece of its input cut into equal pieces along a dim (torch.chunk); use one Chunk"
+        " node per piece, e.g. index 0 and 1 to split the channels in two."
+    ),
+    formula=N_("y = chunk(x, chunks, dim)[index]"),
+    params=ChunkParams,
+    infer=chunk_infer,
+    functional=("torch.chunk", "Tensor.chunk"),
+    starter={"chunks": 2, "dim": 1, "index": 0},
+    call=chunk_call,
+    explain=chunk_explain,
+    key_params=("chunks", "index"),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scale: times a constant (a Transformer's embedding times sqrt(d_model))
+
+
+class ScaleParams(Params):
+    factor: float = Field(
+        1.0, ge=-1e6, le=1e6, description=N_("the constant every value is multiplied by")
+    )
+
+
+def scale_call(p: ScaleParams, attr: str, args: list[str]) -> str:
+    return f"{args[0]} * {fmt(float(p.factor))}"
+
+
+SCALE = LayerSpec(
+    name="Scale",
+    category="Merge",
+    description=N_(
+        "Multiplies every value by a constant, e.g. a Transformer's embedding by sqrt(d_model);"
+        " x / c is a Scale by 1 / c."
+    ),
+    formula=N_("y = x * factor"),
+    params=ScaleParams,
+    infer=keep_shape,
+    functional=("operator.truediv", "torch.div", "Tensor.div"),
+    starter={"factor": 2.0},
+    call=scale_call,
+    explain=same_shape_explained,
+    key_params=("factor",),
+)
+
+ENTRIES = (ADD, MULTIPLY, CONCAT, CHUNK, SCALE)
