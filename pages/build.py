@@ -98,6 +98,8 @@ GLOSS = {
     "Add": N_("add (residual connection)"),
     "Multiply": N_("multiply"),
     "Concat": N_("concatenate"),
+    "Chunk": N_("split into pieces"),
+    "Scale": N_("scale by a constant"),
 }
 
 KEYS_SCRIPT = """
@@ -196,7 +198,14 @@ def _palette_key(category: str) -> str:
 
 
 def _add_from_palette(key: str) -> None:
-    """One click, one layer: the pills are replaced by fresh ones, so no value is sent twice."""
+    """One click, one layer: the pills are replaced by fresh ones, so no value is sent twice.
+
+    A run interrupted by the next event (a canvas echo) before it finished calls this callback
+    again with the same value in the next run (Streamlit commits widget values at a run's end):
+    pills of an earlier round have been handled already, and add nothing.
+    """
+    if key.rsplit("_", 1)[-1] != str(st.session_state.get(_PALETTE, 0)):
+        return
     layer_type = st.session_state.get(key)
     st.session_state[_PALETTE] = st.session_state.get(_PALETTE, 0) + 1
     if not layer_type:

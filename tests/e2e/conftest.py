@@ -136,7 +136,7 @@ def app_url(app_home: Path) -> Iterator[str]:
 def browser() -> Iterator[object]:
     from playwright.sync_api import expect, sync_playwright
 
-    expect.set_options(timeout=15_000)  # a loaded 2-core machine: the app may take seconds
+    expect.set_options(timeout=30_000)  # a loaded 2-core machine: the app may take seconds
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield chromium
@@ -147,7 +147,7 @@ def browser() -> Iterator[object]:
 def page(browser, app_url: str) -> Iterator[object]:
     """A fresh browser tab (a new context: no cookies, a new workspace) for each test."""
     context = browser.new_context(viewport={"width": 1440, "height": 900}, accept_downloads=True)
-    context.set_default_timeout(15_000)
+    context.set_default_timeout(30_000)
     tab = context.new_page()
     yield tab
     context.close()
@@ -165,13 +165,13 @@ def shot() -> Callable[[object, str], Path]:
 
     def take(tab, name: str) -> Path:
         path = ARTIFACTS / f"{next(counter):02d}-{name}.png"
-        tab.wait_for_function(SETTLED, timeout=15_000)
+        tab.wait_for_function(SETTLED, timeout=30_000)
         size = tab.viewport_size
         height = tab.evaluate(
             "() => document.querySelector('[data-testid=stMain]')?.scrollHeight ?? 0"
         )
         tab.set_viewport_size({"width": size["width"], "height": max(size["height"], height)})
-        tab.wait_for_function(SETTLED, timeout=15_000)
+        tab.wait_for_function(SETTLED, timeout=30_000)
         tab.evaluate(NEXT_FRAMES)  # the resized page has been laid out and painted
         tab.screenshot(path=str(path))
         tab.set_viewport_size(size)
@@ -194,7 +194,8 @@ FAILED = pytest.StashKey[bool]()
 @pytest.fixture(autouse=True)
 def screenshot_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
     """A failed step leaves a picture of the page as it was, next to the step screenshots."""
-    page = request.getfixturevalue("page") if "page" in request.fixturenames else None
+    name = next((n for n in ("page", "small") if n in request.fixturenames), None)
+    page = request.getfixturevalue(name) if name is not None else None
     yield  # (the tab was asked for first, so it is still open when the test has failed)
     if request.node.stash.get(FAILED, False) and page is not None:
         ARTIFACTS.mkdir(exist_ok=True)

@@ -23,7 +23,7 @@ LENET_PARAMS = "61,706"  # builder/templates/lenet5.json, counted by PyTorch in 
 
 def open_page(browser: Browser, app_url: str, width: int, height: int, lang: str) -> Page:
     context = browser.new_context(viewport={"width": width, "height": height})
-    context.set_default_timeout(20_000)
+    context.set_default_timeout(30_000)
     page = context.new_page()
     page.goto(f"{app_url}/?w=e2e{secrets.token_hex(6)}&lang={lang}")
     expect(canvas(page).locator(".react-flow__node").first).to_be_visible(timeout=40_000)
@@ -44,9 +44,6 @@ def tool(page: Page, key: str) -> Locator:
 
 def nodes(page: Page) -> Locator:
     return canvas(page).locator(".react-flow__node")
-
-
-FRESH = "[data-testid=stElementContainer]:not([data-stale=true])"  # drawn by the current run
 
 
 def settled(page: Page) -> None:
@@ -91,16 +88,31 @@ SHOWN = {
 }
 
 
-def set_field(page: Page, label: str, value: str, node_id: str | None = None) -> None:
-    """Type a value and wait until the node shows it (the form is redrawn after each edit; while
-    a rerun draws it, the last form's stale copy may still be there: take the fresh one)."""
-    field = page.locator(FRESH).get_by_label(label, exact=True)
-    expect(field).to_have_count(1)
+def param_field(page: Page, node_id: str, name: str) -> Locator:
+    """The form's field for a node's param, as drawn by the latest run: a field's key holds the
+    graph version, and while a rerun draws the form the last form's copy may still be there."""
+    prefix, suffix = "st-key-nb_param_", f"_{node_id}_{name}"
+    newest = f"""() => {{
+        const versions = [...document.querySelectorAll('[class*="{prefix}"]')]
+            .flatMap(e => [...e.classList])
+            .filter(c => c.startsWith("{prefix}") && c.endsWith("{suffix}"))
+            .map(c => Number(c.slice({len(prefix)}, -{len(suffix)})))
+            .filter(Number.isInteger);
+        return versions.length ? Math.max(...versions) : null;
+    }}"""
+    version = page.wait_for_function(newest).json_value()
+    return page.locator(f".{prefix}{version}{suffix} input")
+
+
+def set_field(page: Page, node_id: str, name: str, value: str) -> None:
+    """Type a value and wait until the node shows it (the form is redrawn after each edit)."""
+    settled(page)
+    field = param_field(page, node_id, name)
     field.fill(value)
     field.press("Enter")
-    if node_id is not None and label in SHOWN:
+    if name in SHOWN:
         shown = expect(node(page, node_id))
-        text = SHOWN[label].format(value)
+        text = SHOWN[name].format(value)
         if value == "0":  # a default is left off the node
             shown.not_to_contain_text(text.replace(" 0", " "))
         else:
@@ -124,7 +136,7 @@ def test_lenet5_from_a_blank_canvas_by_palette_clicks_and_handle_drags(small: Pa
     expect(nodes(page)).to_have_count(2)
     expect(node(page, "output")).to_be_in_viewport()
     click_node(page, "input")
-    set_field(page, "shape", "1, 28, 28")
+    set_field(page, "input", "shape", "1, 28, 28")
     expect(node(page, "input")).to_contain_text("[1, 28, 28]")
 
     chain = [
@@ -144,7 +156,7 @@ def test_lenet5_from_a_blank_canvas_by_palette_clicks_and_handle_drags(small: Pa
     for layer, node_id, params in chain:
         add(page, layer, node_id)
         for name, value in params.items():
-            set_field(page, name, value, node_id)
+            set_field(page, node_id, name, value)
     expect(page.get_by_text("linear_3 gets 10 outputs")).to_be_visible()
     expect(node(page, "linear_3")).to_contain_text("[10]")
 
