@@ -303,12 +303,8 @@ class Checkpoints(loop.Hooks):
         self.started = time.perf_counter()
 
     def before_evaluate(self, progress: loop.Progress) -> None:
-        if self.world > 1:  # the epoch's sums over every process
-            counts = [progress.samples, progress.predictions]
-            counted = torch.tensor(counts, dtype=torch.float64, device=progress.totals.device)
-            dist.all_reduce(progress.totals)
-            dist.all_reduce(counted)
-            progress.samples, progress.predictions = (int(c) for c in counted.tolist())
+        if self.world > 1:
+            loop.sum_over_processes(progress)
 
     def after_epoch(self, record: dict, progress: loop.Progress) -> None:
         seconds = time.perf_counter() - self.started

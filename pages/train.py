@@ -474,6 +474,18 @@ def _hyperparameters(dataset: Dataset | None, upload: Upload | None) -> TrainCon
         key=_remembered("amp", defaults.amp),
         help=_("Half-precision autocast: faster on GPUs"),
     )
+    processes = 1
+    gpus = torch.cuda.device_count()
+    if gpus > 1 and device in ("auto", "cuda"):
+        every_gpu = st.toggle(
+            _("All {count} GPUs", count=gpus),
+            key=_remembered("all_gpus", False),
+            help=_(
+                "torchrun starts one trainer per GPU (DistributedDataParallel, NCCL); each takes"
+                " its share of every batch, and the first writes the metrics and checkpoints"
+            ),
+        )
+        processes = gpus if every_gpu else 1
     with st.expander(_("More options")):
         a, b = st.columns(2)
         weight_decay = a.number_input(
@@ -529,6 +541,7 @@ def _hyperparameters(dataset: Dataset | None, upload: Upload | None) -> TrainCon
         "batch_size": batch_size,
         "device": device,
         "amp": amp,
+        "processes": processes,
         "weight_decay": weight_decay,
         "warmup_steps": warmup,
         "grad_clip": clip or None,

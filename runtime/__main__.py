@@ -19,9 +19,12 @@ import threading
 from pathlib import Path
 from typing import Any, NoReturn, get_args
 
+import torch
+import torch.distributed as dist
 from pydantic import ValidationError
 
 from builder.graph import GraphFormatError, load_graph
+from i18n import msg
 from runtime import runs, store
 from runtime.datasets import BUILTIN_DATASETS
 from runtime.trainer import TrainConfig, train_run
@@ -130,7 +133,9 @@ def _train(args: argparse.Namespace) -> int:
     store.update_status(folder, pid=os.getpid(), pid_started=runs.process_start_time(os.getpid()))
     with (folder / store.LOG_FILE).open("a") as log, contextlib.redirect_stderr(log):
         result = train_run(  # a fault's traceback goes to the run's log, its sentence to status
-            folder, on_epoch=lambda record: print(_epoch_line(record, config), flush=True), stop=stop
+            folder,
+            on_epoch=lambda record: print(_epoch_line(record, config), flush=True),
+            stop=stop,
         )
     summary = {
         "status": result.status,
@@ -190,10 +195,45 @@ def _worker(folder: Path) -> int:
 
 
 def run_worker(folder: Path) -> int:
-    """Train a run folder in this process, a signal asking for a graceful stop."""
+    """Train a run folder in this process, a signal asking for a graceful stop. Under torchrun
+    (WORLD_SIZE > 1) the process joins the group first: NCCL for GPUs, gloo for CPUs."""
     stop = _stop_on_signals()
-    result = train_run(folder, stop=stop)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        result = train_run(folder, stop=stop)
+    else:
+        rank = int(os.environ.get("RANK", "0"))
+        if not _join_processes(folder, rank, world):
+            return 1
+        try:
+            result = train_run(folder, stop=stop, rank=rank, world=world)
+        finally:
+            dist.destroy_process_group()
     return 0 if result.status in ("completed", "stopped") else 1
+
+
+def _join_processes(folder: Path, rank: int, world: int) -> bool:
+    """Join torchrun's process group: NCCL for GPU tensors where torch has it, gloo for CPU
+    ones. A failure is the run's status (process 0 records it), not a traceback."""
+    gpus = torch.cuda.is_available() and dist.is_nccl_available()
+    try:
+        dist.init_process_group("cuda:nccl,cpu:gloo" if gpus else "gloo")
+    except (RuntimeError, ValueError, OSError) as exc:
+        if rank == 0:
+            reason = (
+                str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            )
+            store.update_status(
+                folder,
+                status="failed",
+                message=msg(
+                    "the {world} training processes could not start together: {reason}",
+                    world=world,
+                    reason=reason,
+                ),
+            )
+        return False
+    return True
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -240,6 +241,26 @@ def summary(progress: Progress, prefix: str, accuracy: bool) -> dict[str, float 
     key = f"{prefix}_accuracy" if accuracy else f"{prefix}_mae"
     record[key] = scored / predictions if predictions else None
     return record
+
+
+# -- several processes (torchrun) --------------------------------------------------------------
+
+
+def sum_over_processes(progress: Progress) -> None:
+    """Before validation under torchrun: the epoch's sums over every process, on each."""
+    counts = [progress.samples, progress.predictions]
+    counted = torch.tensor(counts, dtype=torch.float64, device=progress.totals.device)
+    dist.all_reduce(progress.totals)
+    dist.all_reduce(counted)
+    progress.samples, progress.predictions = (int(c) for c in counted.tolist())
+
+
+def any_process(flag: bool, device: torch.device) -> bool:
+    """True on every process when it is true on one (a stop asked of one stops all at the same
+    batch: a process that went on alone would wait forever for the others' gradients)."""
+    raised = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(raised, op=dist.ReduceOp.MAX)
+    return bool(raised.item())
 
 
 # -- the loop --------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ always ends "stopped" with its last checkpoint kept.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import re
@@ -203,7 +204,9 @@ class _Trainers:
     """This server's trainer processes and the runs waiting for one (guarded by lock)."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
-    running: dict[Path, BaseProcess | None] = field(default_factory=dict)  # None: launching
+    running: dict[Path, BaseProcess | Torchrun | None] = field(
+        default_factory=dict
+    )  # None: launching
     queue: list[Path] = field(default_factory=list)
 
 
@@ -255,8 +258,12 @@ def _next_for_a_slot() -> Path | None:
         return folder
 
 
-def _launch(folder: Path) -> BaseProcess:
-    """Fork a trainer for the run from the warm forkserver; it starts once its pid is recorded."""
+def _launch(folder: Path) -> BaseProcess | Torchrun:
+    """Fork a trainer for the run from the warm forkserver; it starts once its pid is recorded.
+    A run on several devices is started by torchrun instead (one process per device)."""
+    processes = _config_processes(folder)
+    if processes > 1:
+        return _launch_torchrun(folder, processes)
     from runtime.warm import trainer_process
 
     ready, give_word = CONTEXT.Pipe(duplex=False)
@@ -274,7 +281,60 @@ def _launch(folder: Path) -> BaseProcess:
     return process
 
 
-def _reap(process: BaseProcess) -> None:
+def _config_processes(folder: Path) -> int:
+    try:
+        return TrainConfig.model_validate_json((folder / store.CONFIG_FILE).read_text()).processes
+    except (OSError, ValueError):
+        return 1  # the trainer reports the bad config itself
+
+
+@dataclass
+class Torchrun:
+    """torchrun and the trainers it starts, one per device (DistributedDataParallel)."""
+
+    process: subprocess.Popen[bytes]
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def is_alive(self) -> bool:
+        return self.process.poll() is None
+
+    def join(self) -> None:
+        self.process.wait()
+
+
+def _launch_torchrun(folder: Path, processes: int) -> Torchrun:
+    """`torchrun --standalone --nproc_per_node=N -m runtime worker FOLDER`, in its own session,
+    its output in the run's log; the workers start once torchrun's pid is recorded (they wait
+    for their stdin, inherited from torchrun, to close)."""
+    env = os.environ | {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    }
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc_per_node={processes}", "-m", "runtime", "worker", str(folder.resolve()),
+    ]  # fmt: skip
+    with (folder / store.LOG_FILE).open("ab") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    store.update_status(folder, pid=process.pid, pid_started=process_start_time(process.pid))
+    assert process.stdin is not None
+    process.stdin.close()
+    launched = Torchrun(process)
+    threading.Thread(target=_reap, args=(launched,), daemon=True).start()
+    return launched
+
+
+def _reap(process: BaseProcess | Torchrun) -> None:
     """Wait for a trainer to end, then give its slot to the next queued run."""
     process.join()
     _fill_slots()
@@ -359,7 +419,9 @@ def _run_dir(runs_dir: Path, run_id: str) -> Path:
         raise RunError(msg("{run} is not a run id", run=repr(run_id)))
     folder = Path(runs_dir) / run_id
     if not (folder / store.STATUS_FILE).exists():
-        raise RunError(msg("there is no run {run} in {folder}", run=repr(run_id), folder=str(runs_dir)))
+        raise RunError(
+            msg("there is no run {run} in {folder}", run=repr(run_id), folder=str(runs_dir))
+        )
     return folder
 
 
@@ -412,9 +474,7 @@ def _effective_status(folder: Path, status: dict[str, Any]) -> tuple[Status, Mes
             return "queued", detail
         if stop_requested:
             return "stopped", msg("stopped before it started")
-        return "interrupted", msg(
-            "the server stopped before this run started; resume to start it"
-        )
+        return "interrupted", msg("the server stopped before this run started; resume to start it")
     if not _alive(status.get("pid"), status.get("pid_started")):
         if stop_requested:  # the trainer was killed while stopping: its checkpoint stands
             return "stopped", _forced_stop_message(status)
@@ -510,9 +570,14 @@ def _escalate(folder: Path, grace: float, kill_grace: float) -> None:
         return
     for number, wait in ((signal.SIGTERM, kill_grace), (signal.SIGKILL, kill_grace)):
         try:
+            # torchrun's trainers too: SIGTERM reaches them through torchrun, SIGKILL cannot
+            children = process.children(recursive=True) if number == signal.SIGKILL else []
             process.send_signal(number)  # psutil checks it is still the same process
         except psutil.NoSuchProcess:
             return
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.send_signal(number)
         if _ended(process, wait):
             break
     if store.read_status(folder).get("status") in ACTIVE:

@@ -10,9 +10,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# Fields that only the app's trainer reads (uploads and live instruments); train.py has no flag
-# for them.
-APP_ONLY = ("label_column", "report_every", "health_every", "attention_every")
+# Fields that only the app's trainer reads (uploads, live instruments, its launcher); train.py
+# has no flag
+# for them (train.py runs on several devices under torchrun instead of a `processes` flag).
+APP_ONLY = ("label_column", "report_every", "health_every", "attention_every", "processes")
 
 
 class TrainConfig(BaseModel):
@@ -46,3 +47,9 @@ class TrainConfig(BaseModel):
     report_every: int = Field(10, ge=1)
     health_every: int | None = Field(None, ge=1)  # None: every report_every steps
     attention_every: int = Field(50, ge=1)
+    processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="more than 1: torchrun starts one process per GPU (DistributedDataParallel)",
+    )

@@ -125,6 +125,19 @@ class MetricsLog:
         self.file.close()
 
 
+class NoLog(MetricsLog):
+    """What the processes other than the first write under torchrun: nothing."""
+
+    def __init__(self) -> None:
+        pass
+
+    def write(self, records: Iterable[dict[str, Any]]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _ends_with_newline(path: Path) -> bool:
     with path.open("rb") as file:
         file.seek(-1, os.SEEK_END)

@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from pydantic import ValidationError
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from builder.catalog import CATALOG
 from builder.graph import Graph, GraphFormatError, load_graph
@@ -47,8 +49,10 @@ from runtime.loop import (
     Loop,
     Progress,
     Step,
+    any_process,
     make_optimizer,
     split,
+    sum_over_processes,
 )
 from runtime.metrics import (
     ActivationReading,
@@ -102,20 +106,23 @@ class RunResult:
 # Small pure pieces
 
 
-def pick_device(requested: str) -> torch.device:
-    """auto prefers cuda, then mps, then cpu; an unavailable explicit choice is an error."""
+def pick_device(requested: str, local_rank: int = 0) -> torch.device:
+    """auto prefers cuda, then mps, then cpu; an unavailable explicit choice is an error.
+    Under torchrun each process takes the GPU of its local rank."""
     available = {
         "cuda": torch.cuda.is_available(),
         "mps": torch.backends.mps.is_available(),
         "cpu": True,
     }
-    if requested == "auto":
-        return torch.device(next(name for name, ok in available.items() if ok))
-    if not available[requested]:
-        raise TrainingFault(
-            "failed", f"device {requested!r} is not available on this machine; choose auto or cpu"
-        )
-    return torch.device(requested)
+    chosen = next(name for name, ok in available.items() if ok)
+    if requested != "auto":
+        if not available[requested]:
+            raise TrainingFault(
+                "failed",
+                f"device {requested!r} is not available on this machine; choose auto or cpu",
+            )
+        chosen = requested
+    return torch.device("cuda", local_rank) if chosen == "cuda" else torch.device(chosen)
 
 
 def load_model_source(source: str) -> nn.Module:
@@ -249,7 +256,12 @@ class _PendingStep:
 
 class Trainer(Hooks):
     """One run's training: runtime/loop.py's Loop, with the app's instruments as its hooks.
-    `run()` trains until done, stopped or faulted."""
+    `run()` trains until done, stopped or faulted.
+
+    Under torchrun (`world` processes), the loop trains a DistributedDataParallel wrapper;
+    process 0 alone measures and writes (metrics, checkpoints, status), and a stop asked of any
+    process stops them all at the same batch.
+    """
 
     def __init__(
         self,
@@ -262,16 +274,33 @@ class Trainer(Hooks):
         stop: threading.Event,
         on_epoch: Callable[[dict[str, Any]], None] | None = None,
         loss: tuple[str, float] = ("auto", 0.0),
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         self.run_dir, self.config, self.analysis = run_dir, config, analysis
         self.model, self.data, self.device = model, data, device
         self.stop, self.on_epoch = stop, on_epoch
+        self.rank, self.world, self.writer = rank, world, rank == 0
         self.modules = module_attributes(analysis)
         types_ = node_types(analysis)
-        self.log = store.MetricsLog(run_dir / store.METRICS_FILE)
+        self.log = store.MetricsLog(run_dir / store.METRICS_FILE) if self.writer else store.NoLog()
         self.optimizer = make_optimizer(config, list(model.parameters()))
+        trained = model
+        if world > 1:
+            trained = DistributedDataParallel(
+                model, device_ids=[device] if device.type == "cuda" else None
+            )
         self.loop = Loop(
-            model, self.optimizer, data, config, loss[0], loss[1], hooks=self, device=device
+            trained,
+            self.optimizer,
+            data,
+            config,
+            loss[0],
+            loss[1],
+            hooks=self,
+            device=device,
+            rank=rank,
+            world=world,
         )
         self.grad_probe = grad_norm_probe(model, self.modules)
         self.activations = activation_probe(model, self.modules, types_)
@@ -322,13 +351,15 @@ class Trainer(Hooks):
 
     def forward(self, step: int) -> AbstractContextManager:
         health = step % (self.config.health_every or self.config.report_every) == 0
-        return self._watching() if health else nullcontext()
+        return self._watching() if health and self.writer else nullcontext()
 
     def after_backward(self, step: int) -> None:
-        if step % self.config.report_every == 0:
+        if step % self.config.report_every == 0 and self.writer:
             self.pending_norms.append((step, self.grad_probe.measure()))
 
     def after_step(self, done: Step) -> None:
+        if not self.writer:
+            return
         if self._reading is not None:
             self.pending_health.append((done.step, self._reading))
             self._reading = None
@@ -341,18 +372,21 @@ class Trainer(Hooks):
             )
 
     def after_batch(self, progress: Progress) -> None:
-        if self.stop.is_set():
-            raise Stopped
-        if time.perf_counter() - self.last_flush >= FLUSH_SECONDS:
-            self.flush()
+        if self.writer and time.perf_counter() - self.last_flush >= FLUSH_SECONDS:
+            self.flush()  # (it also reads the stop flag)
             store.update_status(self.run_dir, step=progress.step)
-            if self.checkpoint_due():
+            if not self.stop.is_set() and self.checkpoint_due():
                 self.save_checkpoint()
-            if self.stop.is_set():
-                raise Stopped
+        stop = self.stop.is_set()
+        if self.world > 1:
+            stop = any_process(stop, self.device)
+        if stop:
+            raise Stopped
 
     def before_evaluate(self, progress: Progress) -> None:
         self.flush()
+        if self.world > 1:
+            sum_over_processes(progress)
 
     def after_epoch(self, record: dict[str, Any], progress: Progress) -> None:
         record = {
@@ -362,6 +396,8 @@ class Trainer(Hooks):
         }
         self.log.write([record])
         self.last_record = record
+        if not self.writer:
+            return
         if progress.epoch < self.config.epochs and self.checkpoint_due():
             self.save_checkpoint()
         store.update_status(self.run_dir, step=progress.step, epoch=progress.epoch)
@@ -414,7 +450,8 @@ class Trainer(Hooks):
         pending, self.pending = self.pending, []
         losses = torch.stack([p.loss for p in pending]).float().tolist()
         window = max(pending[-1].time - pending[0].time, 1e-9)
-        rate = sum(p.samples for p in pending[1:]) / window if len(pending) > 1 else None
+        samples = sum(p.samples for p in pending[1:]) * self.world  # every process's share
+        rate = samples / window if len(pending) > 1 else None
         records = []
         for item, loss in zip(pending, losses, strict=True):
             records.append(
@@ -473,6 +510,8 @@ class Trainer(Hooks):
         return time.perf_counter() - self.last_checkpoint >= interval
 
     def save_checkpoint(self) -> None:
+        if not self.writer:
+            return
         started = time.perf_counter()
         folder = self.run_dir / store.CHECKPOINT_DIR
         state = {
@@ -531,6 +570,8 @@ class Trainer(Hooks):
             )
         self.save_checkpoint()
         seconds = time.perf_counter() - started
+        if self.world > 1:
+            self._check_processes_agree()
         self.event(message)
         return RunResult(
             status,
@@ -542,6 +583,20 @@ class Trainer(Hooks):
             message_json(message),
             self.last_record,
         )
+
+    def _check_processes_agree(self) -> None:
+        """Every process ends with the same weights (DistributedDataParallel's promise): each
+        weight's sum, compared across processes."""
+        sums = torch.stack([p.detach().double().sum() for p in self.model.parameters()])
+        low, high = sums.clone(), sums.clone()
+        dist.all_reduce(low, op=dist.ReduceOp.MIN)
+        dist.all_reduce(high, op=dist.ReduceOp.MAX)
+        if not torch.equal(low, high):
+            raise TrainingFault(
+                "failed",
+                msg("the {world} processes ended with different weights", world=self.world),
+            )
+        self.event(msg("the weights agree on all {world} processes", world=self.world))
 
     @property
     def last_val(self) -> tuple[float | None, float | None]:
@@ -607,24 +662,34 @@ def train_run(
     run_dir: Path,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     stop: threading.Event | None = None,
+    rank: int = 0,
+    world: int = 1,
 ) -> RunResult:
     """Train the run in run_dir (fresh, warm-started or resumed) and record its final status.
 
     Never raises for a training fault: divergence, out of memory, bad data, a bad checkpoint or
     an unexpected error each end as a status with a message (the traceback goes to stderr).
+    Under torchrun (`world` > 1, the process group joined), process 0 records the status.
     """
     stop = stop or threading.Event()
     if (run_dir / store.STOP_FILE).exists():
         stop.set()
-    store.update_status(run_dir, status="running", pid=os.getpid(), message="")
+    if world == 1:
+        store.update_status(run_dir, status="running", pid=os.getpid(), message="")
+    elif rank == 0:  # the launcher recorded torchrun's pid
+        store.update_status(run_dir, status="running", message="")
     config: TrainConfig | None = None
     trainer: Any = None  # a Trainer, or a GanTrainer for a generator/discriminator pair
     try:
         config = _read_config(run_dir)
-        trainer = _prepare(run_dir, config, stop, on_epoch)
+        trainer = _prepare(run_dir, config, stop, on_epoch, rank, world)
         result = trainer.run()
     except Exception as exc:  # every fault ends as a named status, never as a crash
         result = _failure(exc, config.batch_size if config else 0)
+    if rank != 0:
+        if trainer is not None:
+            trainer.log.close()
+        return result
     if trainer is not None:
         if result.status in ("diverged", "failed"):
             trainer.event(result.message)
@@ -682,6 +747,8 @@ def _prepare(
     config: TrainConfig,
     stop: threading.Event,
     on_epoch: Callable[[dict[str, Any]], None] | None,
+    rank: int = 0,
+    world: int = 1,
 ) -> Any:
     """Load everything a run needs and restore its checkpoint or warm start."""
     graph = load_graph((run_dir / store.GRAPH_FILE).read_text())
@@ -690,6 +757,8 @@ def _prepare(
     if too_big is not None:  # refused before anything is built or loaded
         raise TrainingFault("failed", too_big)
     judge = discriminator_graph(graph)
+    if judge is not None and world > 1:
+        raise TrainingFault("failed", msg("a GAN pair trains in one process; choose one device"))
     if judge is not None:  # a GAN pair trains in runtime/gan.py (which imports this module)
         from runtime import gan
 
@@ -704,9 +773,14 @@ def _prepare(
     if problems:
         joined = "; ".join(map(str, problems))
         raise TrainingFault("failed", problems[0] if len(problems) == 1 else joined)
-    device = pick_device(config.device)
-    store.update_status(run_dir, device=str(device))
-    torch.manual_seed(config.seed)
+    device = pick_device(config.device, int(os.environ.get("LOCAL_RANK", 0)))
+    if world > 1 and device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL's collectives run on this process's GPU
+    if rank == 0:
+        store.update_status(
+            run_dir, device=str(device) if world == 1 else f"{device.type} x{world}"
+        )
+    torch.manual_seed(config.seed)  # the same first weights in every process
     model = load_model_source((run_dir / store.MODEL_FILE).read_text()).to(device)
     if not any(p.requires_grad for p in model.parameters()):
         raise TrainingFault(
@@ -717,7 +791,9 @@ def _prepare(
     data = split_dataset(dataset, config, home, input_dtype)
     output = loss_of(analysis)
     loss = (output.loss, output.label_smoothing)
-    trainer = Trainer(run_dir, config, analysis, model, data, device, stop, on_epoch, loss)
+    trainer = Trainer(
+        run_dir, config, analysis, model, data, device, stop, on_epoch, loss, rank, world
+    )
     if home != device:
         trainer.event(
             f"the dataset does not fit in {device.type} memory: it stays in host memory and"
@@ -740,9 +816,10 @@ def _warm_start(trainer: Trainer, run_dir: Path, graph: Graph) -> None:
     old_graph = load_graph((run_dir / store.WARM_START_GRAPH).read_text())
     copied, fresh = warm_start(trainer.model, trainer.modules, graph, old_graph, old_weights)
     report = store.read_status(run_dir).get("warm_start_from")
-    store.write_json(
-        run_dir / store.WARM_START_REPORT, {"from": report, "copied": copied, "fresh": fresh}
-    )
+    if trainer.writer:
+        store.write_json(
+            run_dir / store.WARM_START_REPORT, {"from": report, "copied": copied, "fresh": fresh}
+        )
     trainer.event(
         f"warm start from run {report}: copied {', '.join(copied) or 'nothing'};"
         f" fresh {', '.join(fresh) or 'nothing'}"

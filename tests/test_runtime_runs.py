@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -49,9 +50,10 @@ def no_trainer_outlives_its_test(tmp_path: Path):
         except ValueError:
             continue
         if isinstance(pid, int) and pid != os.getpid():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
+            try:  # torchrun's trainers with it
+                for process in [*psutil.Process(pid).children(recursive=True), psutil.Process(pid)]:
+                    process.kill()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
 
 
@@ -165,6 +167,37 @@ def test_a_killed_trainer_is_interrupted_keeps_its_metrics_and_resumes_exactly(
     assert same_weights(weights(tmp_path / run_id), weights(reference))
     records, _ = read_metrics(tmp_path, run_id)
     assert any(r["kind"] == "event" and "resumed from" in r["message"] for r in records)
+
+
+def test_a_run_on_two_processes_is_started_by_torchrun_writes_once_stops_and_resumes(
+    tmp_path: Path,
+):
+    """"All GPUs", tried on CPU: torchrun starts two trainers joined by gloo; the first alone
+    writes metrics and checkpoints, a stop stops both at the same batch, and a resume goes on
+    where they stopped; at the end both hold the same weights."""
+    config = CONFIG.model_copy(update={"epochs": 4, "processes": 2, "device": "cpu"})
+    run_id = start_run(tmp_path, lstm(), config)
+    wait_for(lambda: any(r["kind"] == "step" for r in read_metrics(tmp_path, run_id)[0]), 120)
+    assert psutil.Process(store.read_status(tmp_path / run_id)["pid"]).children(recursive=True)
+    assert stop_run(tmp_path, run_id).status == "stopping"
+    wait_for(lambda: read_run(tmp_path, run_id).status == "stopped", 120)
+    stopped = read_run(tmp_path, run_id)
+    assert (tmp_path / run_id / "checkpoints" / "state.pt").exists() and stopped.step > 0
+
+    resume_run(tmp_path, run_id)
+    wait_for(lambda: read_run(tmp_path, run_id).status in ("completed", "failed"), 180)
+    done = read_run(tmp_path, run_id)
+    assert done.status == "completed", done.message
+    records, _ = read_metrics(tmp_path, run_id)
+    steps = [r["step"] for r in records if r["kind"] == "step"]
+    assert steps == list(range(1, done.step + 1)), "each step recorded once, by one process"
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4]
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    events = [r["message"] for r in records if r["kind"] == "event"]
+    assert "the weights agree on all 2 processes" in events
+    assert any("resumed from" in event for event in events)
+    assert store.read_status(tmp_path / run_id)["device"] == "cpu x2"
 
 
 def test_two_runs_train_side_by_side_in_their_own_processes(

@@ -527,3 +527,21 @@ def test_the_runs_table_reads_in_chinese(tmp_path: Path) -> None:
     assert row["状态"] == i18n.translate(runtime.runs.STATUS_LABELS[info.status], "zh")
     assert row["状态"] != info.status
     assert "运行" in row and "进度" in row
+
+
+def test_all_gpus_is_offered_where_there_are_several_and_sets_one_process_each(home, monkeypatch):
+    """"All GPUs" appears only where torch sees more than one; chosen, the run's settings ask
+    for one process per GPU, which runtime.runs starts with torchrun (tested there on CPU)."""
+    app = open_page(home, tiny_graph())
+    assert not [t for t in app.toggle if t.key == "train-all_gpus"]
+    assert app.session_state["train-config"]["processes"] == 1
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    app.run()
+    every_gpu = app.toggle(key="train-all_gpus")
+    assert every_gpu.label == "All 4 GPUs" and every_gpu.value is False
+    every_gpu.set_value(True).run()
+    assert not app.exception
+    assert app.session_state["train-config"]["processes"] == 4
+    app.selectbox(key="train-device").set_value("cpu").run()  # CPU processes: not offered
+    assert app.session_state["train-config"]["processes"] == 1
