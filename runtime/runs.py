@@ -306,30 +306,13 @@ class Torchrun:
 
 
 def _launch_torchrun(folder: Path, processes: int) -> Torchrun:
-    """`torchrun --standalone --nproc_per_node=N -m runtime worker FOLDER`, in its own session,
-    its output in the run's log; the workers start once torchrun's pid is recorded (they wait
-    for their stdin, inherited from torchrun, to close)."""
-    env = os.environ | {
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    }
+    """`torchrun --standalone --nproc_per_node=N -m runtime worker FOLDER`: its workers inherit
+    its stdin, so they too start once torchrun's pid is recorded."""
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
-        f"--nproc_per_node={processes}", "-m", "runtime", "worker", str(folder.resolve()),
+        "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+        "-m", "runtime", "worker", str(folder.resolve()),
     ]  # fmt: skip
-    with (folder / store.LOG_FILE).open("ab") as log:
-        process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    store.update_status(folder, pid=process.pid, pid_started=process_start_time(process.pid))
-    assert process.stdin is not None
-    process.stdin.close()
-    launched = Torchrun(process)
+    launched = Torchrun(_start_logged(folder, command))
     threading.Thread(target=_reap, args=(launched,), daemon=True).start()
     return launched
 
@@ -349,14 +332,23 @@ def spawn_cold(folder: Path) -> subprocess.Popen[bytes]:
     """Start `python -m runtime worker FOLDER` in a fresh interpreter (no warm process).
 
     The old way, kept for comparison (benchmarks/first_point.py) and for running a folder by
-    hand; the worker waits for its stdin to close, so its pid is recorded first.
+    hand.
     """
+    process = _start_logged(folder, ["-m", "runtime", "worker", str(folder.resolve())])
+    threading.Thread(target=process.wait, daemon=True).start()  # reap it when it ends
+    return process
+
+
+def _start_logged(folder: Path, arguments: list[str]) -> subprocess.Popen[bytes]:
+    """`python ARGUMENTS` in its own session, output to the run's log, its pid recorded; the
+    worker (every worker torchrun starts, too) waits for its stdin to close, so the pid is
+    recorded before it writes its own status."""
     env = os.environ | {
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     }
     with (folder / store.LOG_FILE).open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "runtime", "worker", str(folder.resolve())],
+            [sys.executable, *arguments],
             cwd=ROOT,
             env=env,
             stdin=subprocess.PIPE,
@@ -367,7 +359,6 @@ def spawn_cold(folder: Path) -> subprocess.Popen[bytes]:
     store.update_status(folder, pid=process.pid, pid_started=process_start_time(process.pid))
     assert process.stdin is not None
     process.stdin.close()
-    threading.Thread(target=process.wait, daemon=True).start()  # reap it when it ends
     return process
 
 
