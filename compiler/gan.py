@@ -9,7 +9,9 @@ the discriminator takes such a sample and outputs one score (a logit) per sample
 
 from __future__ import annotations
 
-from builder.graph import FORMAT, Graph, GraphFormatError, parse_graph
+import json
+
+from builder.graph import FORMAT, Graph, GraphFormatError, dump_graph, parse_graph
 from compiler.analysis import Analysis
 from i18n import N_, Message, msg
 
@@ -25,6 +27,13 @@ def discriminator_graph(graph: Graph) -> Graph | None:
     if not isinstance(part, dict):
         raise GraphFormatError(msg("'discriminator' must be an object with nodes and edges"))
     return parse_graph({"format": FORMAT, "name": f"{graph.name} discriminator", **part})
+
+
+def with_discriminator(graph: Graph, discriminator: Graph) -> Graph:
+    """The pair with `discriminator` in place of its own (stored as the file stores it)."""
+    part = json.loads(dump_graph(discriminator))
+    part.pop("format", None)
+    return graph.model_copy(update={DISCRIMINATOR: part})
 
 
 def check_pair(

@@ -51,6 +51,16 @@ TEMPLATES = {
     "lstm_classifier": (N_("LSTM classifier"), N_("Digit rows read as a sequence")),
     "gru_conv1d": (N_("Conv1d + GRU"), N_("Digit rows · convolution, then recurrence")),
     "transformer_encoder": (N_("Transformer encoder"), N_("Token sequences · self-attention")),
+    "alexnet_digits28": (N_("AlexNet-style"), N_("28×28 digits · five convolutions")),
+    "vgg_bn_digits": (N_("VGG-style with BatchNorm"), N_("8×8 digits · 3×3 convolution blocks")),
+    "mobilenet_block_digits": (
+        N_("MobileNet-style block"),
+        N_("8×8 digits · depthwise-separable, ReLU6, squeeze-excitation"),
+    ),
+    "unet_digits": (N_("Small U-Net"), N_("8×8 digits · encoder and decoder joined by Concat")),
+    "conv_autoencoder": (N_("Convolutional autoencoder"), N_("8×8 digits · reproduces its input")),
+    "gpt_mini": (N_("GPT-mini"), N_("Text · next character, causal self-attention")),
+    "dcgan_digits": (N_("DCGAN"), N_("Digits · a generator and a discriminator")),
 }
 
 # What each layer is called in a primer: shown beside PyTorch's name where it helps (in Chinese).
@@ -210,13 +220,13 @@ def _add_from_palette(key: str) -> None:
     st.session_state[_PALETTE] = st.session_state.get(_PALETTE, 0) + 1
     if not layer_type:
         return
-    analysis = state.current_analysis()
+    analysis = state.edited_analysis()
     shapes = {node_id: info.shape for node_id, info in analysis.infos.items()}
     graph, node_id = edit.add_node_after(
-        state.current_graph(), layer_type, state.selected_node(), shapes
+        state.edited_graph(), layer_type, state.selected_node(), shapes
     )
     graph, reason = edit.fit_to_output(graph, node_id)
-    state.set_graph(graph)
+    state.set_edited_graph(graph)
     state.select(node_id)
     if reason is not None:
         st.toast(i18n.render(reason), icon=":material/info:")
@@ -229,12 +239,12 @@ def _deselect() -> None:
 
 def _delete_selection() -> None:
     """Delete the selected node (any node, the last one too), else the selected edge."""
-    graph = state.current_graph()
+    graph = state.edited_graph()
     node_id, edge = state.selected_node(), state.selected_edge()
     if node_id is not None:
-        state.set_graph(edit.delete_nodes(graph, {node_id}))
+        state.set_edited_graph(edit.delete_nodes(graph, {node_id}))
     elif edge is not None:
-        state.set_graph(
+        state.set_edited_graph(
             graph.model_copy(update={"edges": [*graph.edges[:edge], *graph.edges[edge + 1 :]]})
         )
     state.select(None)
@@ -242,7 +252,7 @@ def _delete_selection() -> None:
 
 def _apply_fix(fix: dict[str, Any], why: Message | None = None) -> None:
     try:
-        state.set_graph(edit.apply_fix(state.current_graph(), fix))
+        state.set_edited_graph(edit.apply_fix(state.edited_graph(), fix))
     except edit.EditError as exc:
         _flash_error(msg("The fix no longer applies: {reason}", reason=str(exc)))
         return
@@ -259,6 +269,7 @@ def _fix_text(fix: dict[str, Any], why: Message | None = None) -> str:
 def _new_graph() -> None:
     """A blank canvas, its Input selected: the page's script pans it into view at the zoom the
     person had (a fit would blow two nodes up to twice their size)."""
+    state.edit_part(state.GENERATOR)  # a new file opens on its (first) graph
     state.set_graph(edit.blank_graph())
     state.select("input")
     st.toast(_("A new, blank canvas. Undo brings your graph back."), icon=":material/add:")
@@ -268,6 +279,7 @@ def _load_template() -> None:
     name = st.session_state.get("nb_template")
     if name is None:
         return
+    state.edit_part(state.GENERATOR)  # a new file opens on its (first) graph
     state.set_graph(state.load_template(name))
     state.select(None)
     _fit_view()
@@ -305,6 +317,7 @@ def _open_file() -> None:
             msg("{file} is not a NetBuilder graph: {reason}", file=uploaded.name, reason=str(exc))
         )
         return
+    state.edit_part(state.GENERATOR)  # a new file opens on its (first) graph
     state.set_graph(with_layout(graph) if needs_layout(graph) else graph)
     state.select(None)
     _fit_view()
@@ -341,6 +354,7 @@ def _import_python(name: str, source: bytes) -> None:
         text = "; ".join(i18n.render(reason) for reason in reasons if reason is not None)
         _flash_error(msg("{file} could not be imported: {reason}", file=name, reason=text))
         return
+    state.edit_part(state.GENERATOR)  # a new file opens on its (first) graph
     state.set_graph(with_layout(outcome.graph))
     state.select(None)
     _fit_view()
@@ -355,7 +369,7 @@ def _stem(filename: str) -> str:
 
 
 def _tidy() -> None:
-    state.set_graph(with_layout(state.current_graph()))
+    state.set_edited_graph(with_layout(state.edited_graph()))
     _fit_view()
 
 
@@ -366,8 +380,8 @@ def _fit_view() -> None:
     st.session_state[_FIT] = _view_key()
 
 
-def _view_key() -> tuple[int, str | None, int | None]:
-    return (state.graph_version(), state.selected_node(), state.selected_edge())
+def _view_key() -> tuple[int, str, str | None, int | None]:
+    return (state.graph_version(), state.editing(), state.selected_node(), state.selected_edge())
 
 
 def canvas_key() -> str:
@@ -400,7 +414,7 @@ def _set_param(key: str, version: int, node_id: str, field: edit.ParamField) -> 
         value = edit.parse_text_value(raw or "")
     else:
         value = edit.UNSET if raw is None else raw
-    graph = state.current_graph()
+    graph = state.edited_graph()
     node = graph.node(node_id)
     current = node.params.get(field.name, edit.UNSET)
     if value == current or (current is edit.UNSET and value in (edit.UNSET, field.default)):
@@ -414,7 +428,7 @@ def _set_param(key: str, version: int, node_id: str, field: edit.ParamField) -> 
             {**errors, (node_id, field.name): problem},
         )
         return
-    state.set_graph(edit.set_params(graph, node_id, {field.name: value}))
+    state.set_edited_graph(edit.set_params(graph, node_id, {field.name: value}))
 
 
 def _param_errors() -> dict[tuple[str, str], Any]:
@@ -429,7 +443,7 @@ def _param_errors() -> dict[tuple[str, str], Any]:
 class Pushed(NamedTuple):
     """The canvas state last sent, what it was built from, and the graph version it shows."""
 
-    key: tuple[Any, ...] | None  # (graph version, selection, edge, language); None: send anew
+    key: tuple[Any, ...] | None  # (version, part, selection, edge, language); None: send anew
     flow: StreamlitFlowState
     version: int
 
@@ -458,15 +472,15 @@ def sync_canvas() -> None:
     if pushed is not None and not empty_echo and canvas.sent_in(value) != pushed.flow.timestamp:
         _send_again(pushed)
         return
-    change = canvas.apply_canvas(state.current_graph(), value)
+    change = canvas.apply_canvas(state.edited_graph(), value)
     if change.selected is not None:
         state.select(change.selected)
     elif change.edge is not None:
         state.select_edge(change.edge)
     if change.kind == "edited":
-        state.set_graph(change.graph)
+        state.set_edited_graph(change.graph)
     elif change.kind == "moved":
-        state.set_graph(change.graph, record_undo=False)
+        state.set_edited_graph(change.graph, record_undo=False)
         if pushed is not None:  # the browser shows the move already
             key = None if pushed.key is None else (state.graph_version(), *pushed.key[1:])
             pushed = Pushed(key, pushed.flow, state.graph_version())
@@ -490,7 +504,7 @@ def flow_state(graph: Graph, analysis: Analysis, selected: str | None) -> Stream
     takes with an echo, so an unchanged state must keep its timestamp or the two would loop.
     """
     edge = state.selected_edge()
-    key = (state.graph_version(), selected, edge, i18n.language())
+    key = (state.graph_version(), state.editing(), selected, edge, i18n.language())
     pushed: Pushed | None = st.session_state.get(_PUSHED)
     if pushed is not None and pushed.key == key:
         return pushed.flow
@@ -639,8 +653,8 @@ def toolbar(graph: Graph) -> None:
             st.caption(i18n.render(import_job.import_refused()))
     save.download_button(
         "",
-        data=dump_graph(graph),
-        file_name=f"{_file_stem(graph.name)}.json",
+        data=dump_graph(state.current_graph()),  # the whole file: both graphs of a GAN pair
+        file_name=f"{_file_stem(state.current_graph().name)}.json",
         mime="application/json",
         icon=":material/download:",
         on_click="ignore",
@@ -906,16 +920,18 @@ STYLE = """
 
 def workspace() -> None:
     """The toolbar, the canvas, the summary and the form: what shows the graph."""
-    graph = state.current_graph()
+    graph = state.edited_graph()
     selected = state.selected_node()
     notice = state.take_notice()
     if notice:
         st.warning(_md(i18n.render(notice)))
+    if state.is_pair():
+        part_switch()
     toolbar(graph)  # before the analysis: undo and open stay usable whatever the graph holds
     error = st.session_state.pop(_ERROR, None)  # shown once: not again after other pages
     if error is not None:
         st.error(_md(i18n.render(error)), icon=":material/error:")
-    analysis = state.current_analysis()
+    analysis = state.edited_analysis()
     left, right = st.columns([13, 7], gap="medium")
     with left:
         canvas_fragment()
@@ -926,6 +942,35 @@ def workspace() -> None:
             inspector(graph, analysis, selected)
     st.markdown("#### " + _("Layers"))
     layer_table(analysis)
+
+
+PART_LABELS = {
+    state.GENERATOR: N_("Generator"),
+    state.DISCRIMINATOR: N_("Discriminator"),
+}
+
+
+def part_switch() -> None:
+    """A GAN pair's two graphs, one canvas: the switch chooses which one it shows and edits;
+    what keeps the two from playing together is said here, whichever is shown."""
+    st.session_state["nb_part_choice"] = state.editing()
+    st.segmented_control(
+        _("GAN pair"),
+        state.PARTS,
+        format_func=lambda part: _(PART_LABELS[part]),
+        key="nb_part_choice",
+        on_change=_switch_part,
+        label_visibility="collapsed",
+    )
+    for problem in state.pair_problems():
+        st.error(_md(i18n.render(problem)), icon=":material/error:")
+
+
+def _switch_part() -> None:
+    chosen = st.session_state.get("nb_part_choice")
+    if chosen is not None and chosen != state.editing():
+        state.edit_part(chosen)
+        _fit_view()
 
 
 @st.fragment
@@ -939,7 +984,7 @@ def canvas_fragment() -> None:
     sync_canvas()
     if _view_key() != before:
         st.rerun()
-    draw_canvas(state.current_graph(), state.current_analysis(), state.selected_node())
+    draw_canvas(state.edited_graph(), state.edited_analysis(), state.selected_node())
 
 
 def main() -> None:

@@ -93,9 +93,7 @@ def render() -> None:
     analysis = state.current_analysis()
     folder = identifier(graph.name)
     if not analysis.ok:
-        problems = "\n".join(
-            f"- {markdown_literal(d.text.render())}" for d in analysis.errors
-        )
+        problems = "\n".join(f"- {markdown_literal(d.text.render())}" for d in analysis.errors)
         st.error(
             _(
                 "The graph has errors, so there is no model code to export yet. Fix them on the"

@@ -24,6 +24,7 @@ from i18n import Message, msg
 from builder.graph import Graph, GraphFormatError, dump_graph, load_graph
 from builder.layout import needs_layout, with_layout
 from compiler.analysis import Analysis, analyse
+from compiler.gan import DISCRIMINATOR, check_pair, discriminator_graph, with_discriminator
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "builder" / "templates"
 DEFAULT_TEMPLATE = "resnet"
@@ -39,6 +40,11 @@ _SELECTED = "nb_selected"
 _SELECTED_EDGE = "nb_selected_edge"
 _NOTICE = "nb_notice"
 _LANGUAGE = "nb_language"
+_PART = "nb_part"  # which graph of a GAN pair the Build page edits
+_JUDGE = "nb_judge"  # (graph version, (the pair's discriminator, its analysis))
+
+GENERATOR = "generator"  # also a plain graph's one and only part
+PARTS = (GENERATOR, DISCRIMINATOR)
 
 
 def home() -> Path:
@@ -126,7 +132,8 @@ def _autosave(graph: Graph) -> None:
 
 
 def _changed(history: edit.History) -> None:
-    if history.present.edges != current_graph().edges:  # edges are selected by index
+    before = current_graph()  # edges are selected by index (in either graph of a pair)
+    if (history.present.edges, history.present.model_extra) != (before.edges, before.model_extra):
         st.session_state[_SELECTED_EDGE] = None
     st.session_state[_HISTORY] = history
     st.session_state[_VERSION] = graph_version() + 1
@@ -185,10 +192,77 @@ def current_analysis() -> Analysis:
     return cached[1]
 
 
+# ---------------------------------------------------------------------------------------------
+# The part of a GAN pair the Build page edits: the generator (a plain graph's only part) or the
+# discriminator. Undo, autosave, Save and the other pages work on the whole pair.
+
+
+def is_pair() -> bool:
+    return DISCRIMINATOR in (current_graph().model_extra or {})
+
+
+def editing() -> str:
+    """GENERATOR or DISCRIMINATOR (only for a pair whose discriminator reads as a graph)."""
+    if st.session_state.get(_PART) == DISCRIMINATOR and is_pair():
+        try:
+            _edited()
+            return DISCRIMINATOR
+        except GraphFormatError:
+            pass
+    return GENERATOR
+
+
+def edit_part(part: str) -> None:
+    """Show and edit the other graph of the pair (nothing selected in it yet)."""
+    st.session_state[_PART] = part if part in PARTS else GENERATOR
+    select(None)
+
+
+def _edited() -> tuple[Graph, Analysis]:
+    """The pair's discriminator and its analysis, once per graph version."""
+    cached = st.session_state.get(_JUDGE)
+    if cached is None or cached[0] != graph_version():
+        judge = discriminator_graph(current_graph())
+        assert judge is not None
+        cached = (graph_version(), (judge, analyse(judge)))
+        st.session_state[_JUDGE] = cached
+    return cached[1]
+
+
+def pair_problems() -> list[Message]:
+    """Why the pair's two graphs cannot play together, as far as the graphs alone tell (the
+    data's sample shape is the Train page's to check)."""
+    try:
+        judge = _edited()[1]
+    except GraphFormatError as exc:
+        return [exc.text if isinstance(getattr(exc, "text", None), Message) else msg(str(exc))]
+    generator = current_analysis()
+    fake = next((n.id for n in generator.graph.nodes if n.type == "Output"), None)
+    shape = generator.infos[fake].shape if fake is not None else None
+    return check_pair(generator, judge, tuple(shape or ()))
+
+
+def edited_graph() -> Graph:
+    """The graph the Build page shows: the discriminator of a pair while it is chosen, else the
+    graph itself (whose `discriminator`, if any, edits keep untouched)."""
+    return _edited()[0] if editing() == DISCRIMINATOR else current_graph()
+
+
+def edited_analysis() -> Analysis:
+    return _edited()[1] if editing() == DISCRIMINATOR else current_analysis()
+
+
+def set_edited_graph(graph: Graph, record_undo: bool = True) -> None:
+    """set_graph for the graph the Build page shows (put back into its pair)."""
+    if editing() == DISCRIMINATOR:
+        graph = with_discriminator(current_graph(), graph)
+    set_graph(graph, record_undo)
+
+
 def selected_node() -> str | None:
     """The node selected on the canvas, if it still exists."""
     node_id = st.session_state.get(_SELECTED)
-    if node_id is not None and node_id not in {node.id for node in current_graph().nodes}:
+    if node_id is not None and node_id not in {node.id for node in edited_graph().nodes}:
         return None
     return node_id
 
@@ -202,7 +276,7 @@ def select(node_id: str | None) -> None:
 def selected_edge() -> int | None:
     """The index in current_graph().edges of the edge selected on the canvas, if any."""
     index = st.session_state.get(_SELECTED_EDGE)
-    return index if isinstance(index, int) and index < len(current_graph().edges) else None
+    return index if isinstance(index, int) and index < len(edited_graph().edges) else None
 
 
 def select_edge(index: int | None) -> None:

@@ -18,6 +18,7 @@ from streamlit.testing.v1 import AppTest
 import i18n
 from builder.graph import MAX_FILE_BYTES, dump_graph, load_graph
 from compiler.analysis import analyse
+from compiler.gan import discriminator_graph
 from compiler.codegen import generate_source
 from compiler.memory import estimate_memory, format_bytes
 
@@ -558,3 +559,46 @@ def test_an_echo_that_arrives_with_an_undo_click_does_not_undo_the_undo(home):
     resent = at.session_state["nb_pushed"][1]
     assert resent.timestamp > 90 and {n.id for n in resent.nodes} == {"input", "output"}
     assert not toolbar(at, "nb_redo").disabled
+
+
+def test_a_gan_pair_shows_one_graph_at_a_time_and_edits_the_chosen_one(home):
+    """The switch shows the generator or the discriminator on the one canvas; an edit changes
+    the graph shown, inside the pair; Save writes both; a mismatch between the two is named."""
+    at = open_app()
+    at.menu_button(key="nb_template").set_value("dcgan_digits").run()
+    no_exception(at)
+    part = next(b for b in at.button_group if b.key == "nb_part_choice")
+    assert part.value == "generator"
+    assert "pixels" in {n.id for n in at.session_state["nb_pushed"].flow.nodes}
+    assert not errors(at)  # the pair plays together
+    generator = _current_graph(at).model_copy()
+
+    part.set_value("discriminator").run()
+    no_exception(at)
+    shown = {n.id for n in at.session_state["nb_pushed"].flow.nodes}
+    assert {"image", "down1", "score"} <= shown and "pixels" not in shown
+    at = select(at, "score")
+    palette(at, "Regularisation").set_value("Dropout").run()
+    pair = _current_graph(at)
+    judge = discriminator_graph(pair)
+    assert "dropout_1" in {n.id for n in judge.nodes}
+    assert pair.nodes == generator.nodes and pair.edges == generator.edges  # untouched
+
+    at = select(at, "image")
+    text_field(at, "shape").set_value("1, 28, 28").run()  # the generator makes [1, 8, 8]
+    assert any(
+        "the discriminator takes [1, 28, 28] but the generator outputs" in e for e in errors(at)
+    )
+    toolbar(at, "nb_undo").click().run()
+    assert not any("the discriminator takes" in e for e in errors(at))
+    assert discriminator_graph(_current_graph(at)).nodes == judge.nodes
+    assert json.loads(at.session_state["nb_history"].present.model_dump_json())["discriminator"]
+
+
+def test_every_template_has_a_title_and_a_line_in_the_menu(home):
+    """The menu shows each template by its title and what it trains on, never its file name."""
+    at = open_app()
+    names = sorted(p.stem for p in TEMPLATES.glob("*.json"))
+    options = list(at.menu_button(key="nb_template").proto.options)
+    assert len(options) == len(names)
+    assert all(" · " in option and option not in names for option in options), options
