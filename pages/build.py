@@ -575,7 +575,7 @@ def toolbar(graph: Graph) -> None:
     name_key = f"nb_name_{state.graph_version()}"
     name.text_input(
         _("Model name"),
-        value=graph.name,
+        value=state.current_graph().name,  # the file's name (a GAN pair's too)
         key=name_key,
         max_chars=80,
         on_change=_rename,

@@ -224,6 +224,8 @@ def _edited() -> tuple[Graph, Analysis]:
     if cached is None or cached[0] != graph_version():
         judge = discriminator_graph(current_graph())
         assert judge is not None
+        if needs_layout(judge):  # kept when it is next edited (or moved) on the canvas
+            judge = with_layout(judge)
         cached = (graph_version(), (judge, analyse(judge)))
         st.session_state[_JUDGE] = cached
     return cached[1]
