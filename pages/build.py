@@ -164,7 +164,12 @@ KEYS_SCRIPT = """
     if (box.top < view.top + margin) dy = view.top + margin - box.top;
     if (box.right > view.right - margin) dx = view.right - margin - box.right;
     if (box.left < view.left + margin) dx = view.left + margin - box.left;
+    pan(frame, dx, dy);
+  };
+  const pan = (frame, dx, dy) => {
     if (!dx && !dy) return;
+    const pane = frame.contentDocument.querySelector(".react-flow__pane");
+    const view = pane.getBoundingClientRect();
     const win = frame.contentWindow;
     const at = (x, y, buttons) => ({
       bubbles: true, cancelable: true, view: win, clientX: x, clientY: y, button: 0, buttons,
@@ -175,6 +180,28 @@ KEYS_SCRIPT = """
     win.dispatchEvent(new win.MouseEvent("mousemove", at(x + dx, y + dy, 1)));
     win.dispatchEvent(new win.MouseEvent("mouseup", at(x + dx, y + dy, 0)));
   };
+  // A graph too tall to fit at the smallest zoom is centred, its Input above the view: once per
+  // mount, when the fitted view has held still for two ticks, it is panned to show the top.
+  const topShown = new WeakSet();
+  const stillFor = new WeakMap();
+  const showTop = (frame) => {
+    if (topShown.has(frame)) return;
+    const doc = frame.contentDocument;
+    const viewport = doc && doc.querySelector(".react-flow__viewport");
+    const pane = doc && doc.querySelector(".react-flow__pane");
+    const nodes = doc ? [...doc.querySelectorAll(".react-flow__node")] : [];
+    if (!viewport || !pane || !nodes.length) return;
+    const [transform, ticks] = stillFor.get(frame) || [null, 0];
+    const now = viewport.style.transform;
+    stillFor.set(frame, [now, now === transform ? ticks + 1 : 0]);
+    if (now !== transform || ticks < 2) return;
+    topShown.add(frame);
+    if (doc.querySelector(".react-flow__node.nb-selected")) return;  // reveal() shows that one
+    const view = pane.getBoundingClientRect();
+    const top = Math.min(...nodes.map((node) => node.getBoundingClientRect().top));
+    const margin = 24;
+    if (top < view.top + margin) pan(frame, 0, view.top + margin - top);
+  };
   const hook = () => {
     for (const frame of document.querySelectorAll("iframe")) {
       try {
@@ -184,7 +211,7 @@ KEYS_SCRIPT = """
           inner.addEventListener("keydown", onKey, true);
           inner.addEventListener("click", onClick, true);
         }
-        if (frame.title === "streamlit_flow.streamlit_flow") reveal(frame);
+        if (frame.title === "streamlit_flow.streamlit_flow") { reveal(frame); showTop(frame); }
       } catch (error) { /* another origin's frame */ }
     }
   };
