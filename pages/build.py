@@ -655,7 +655,7 @@ def toolbar(graph: Graph) -> None:
     )
     with opener.popover(
         "",
-        help=_("Open a graph file (.json)"),
+        help=_("Open a graph file (.json) or import a PyTorch model (.py)"),
         icon=":material/folder_open:",
         width="stretch",
         key="nb_open_popover",
@@ -713,7 +713,11 @@ def summary_metrics(analysis: Analysis) -> None:
     params = analysis.total_params
     memory = estimate_memory(analysis.graph, analysis)
     columns = st.columns(3)
-    columns[0].metric(_("Parameters"), f"{params:,}")
+    columns[0].metric(  # a million or more in three figures: the column fits no more at 1280 px
+        _("Parameters"),
+        f"{params:,}" if params < 1_000_000 else _si(params),
+        help=_("{count} trainable parameters", count=f"{params:,}"),
+    )
     columns[1].metric(
         _("Size"),
         format_bytes(memory.parameter_bytes),

@@ -602,3 +602,15 @@ def test_every_template_has_a_title_and_a_line_in_the_menu(home):
     options = list(at.menu_button(key="nb_template").proto.options)
     assert len(options) == len(names)
     assert all(" · " in option and option not in names for option in options), options
+
+
+def test_a_count_of_millions_is_shown_in_three_figures_and_in_full_on_hover(home):
+    """resnet18's 11,181,642 would be cut at 1280 px: '11.18 M', the exact count in the help."""
+    at = open_app()
+    select(at, "stem")
+    number_field(at, "out_channels").set_value(8192).run()  # 16 -> 8192 channels: millions
+    count = analyse(_current_graph(at)).total_params
+    assert count >= 1_000_000
+    shown = next(m for m in at.metric if m.label == "Parameters")
+    assert shown.value == f"{count / 1e6:.2f} M"
+    assert f"{count:,}" in shown.help
