@@ -8,7 +8,7 @@ and the forward activations that backward needs, for every sample of the batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from builder.graph import Graph
 from compiler.analysis import Analysis, Diagnostic
@@ -117,6 +117,18 @@ def over_parameter_budget(
         need=format_bytes(estimate.parameter_bytes),
         count=format(estimate.parameters, ","),
         budget=format_bytes(budget),
+    )
+
+
+def for_a_gan_step(generator: MemoryEstimate, discriminator: MemoryEstimate) -> MemoryEstimate:
+    """A GAN's training step holds both players, and the discriminator sees a real and a
+    generated batch: their memory adds up."""
+    return replace(
+        generator,
+        parameters=generator.parameters + discriminator.parameters,
+        parameter_bytes=generator.parameter_bytes + discriminator.parameter_bytes,
+        activation_bytes_per_sample=generator.activation_bytes_per_sample
+        + 2 * discriminator.activation_bytes_per_sample,
     )
 
 

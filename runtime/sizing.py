@@ -10,9 +10,10 @@ from __future__ import annotations
 import psutil
 import torch
 
-from builder.graph import Graph
-from compiler.analysis import Analysis
-from compiler.memory import does_not_fit, estimate_memory
+from builder.graph import Graph, GraphFormatError
+from compiler.analysis import Analysis, analyse
+from compiler.gan import discriminator_graph
+from compiler.memory import does_not_fit, estimate_memory, for_a_gan_step
 from i18n import Message
 
 
@@ -39,7 +40,8 @@ def available_bytes(device: str) -> int:
 def check_fits(
     graph: Graph, analysis: Analysis, batch_size: int, optimizer: str, device: str
 ) -> Message | None:
-    """None when a training step fits the device, else the sentence that refuses the run.
+    """None when a training step fits the device, else the sentence that refuses the run (for
+    a GAN pair, a step of both players).
 
     An unavailable device is left for the trainer to name (it says which one and what to pick).
     """
@@ -47,4 +49,13 @@ def check_fits(
     if resolved is None:
         return None
     estimate = estimate_memory(graph, analysis, batch_size=batch_size, optimizer=optimizer)
+    try:
+        judge = discriminator_graph(graph)
+    except GraphFormatError:
+        judge = None  # the trainer names what is wrong with it
+    if judge is not None:
+        judged = analyse(judge)
+        if judged.ok:
+            also = estimate_memory(judge, judged, batch_size=batch_size, optimizer=optimizer)
+            estimate = for_a_gan_step(estimate, also)
     return does_not_fit(estimate, resolved, available_bytes(resolved))

@@ -172,7 +172,7 @@ def test_a_killed_trainer_is_interrupted_keeps_its_metrics_and_resumes_exactly(
 def test_a_run_on_two_processes_is_started_by_torchrun_writes_once_stops_and_resumes(
     tmp_path: Path,
 ):
-    """"All GPUs", tried on CPU: torchrun starts two trainers joined by gloo; the first alone
+    """ "All GPUs", tried on CPU: torchrun starts two trainers joined by gloo; the first alone
     writes metrics and checkpoints, a stop stops both at the same batch, and a resume goes on
     where they stopped; at the end both hold the same weights."""
     config = CONFIG.model_copy(update={"epochs": 4, "processes": 2, "device": "cpu"})
@@ -542,6 +542,37 @@ def test_a_model_too_big_for_the_device_is_refused_before_a_run_exists(tmp_path:
     assert " has only " in text and "available" in text
     assert refused.value.detail.values["need"] == "3.2 PB"
     assert list_runs(tmp_path) == []
+
+
+def test_a_gan_pair_is_sized_with_both_players(tmp_path: Path):
+    """A small generator with a discriminator too big to train (1e14 parameters): the pair is
+    refused before a run exists, with the figures; the template's own pair starts."""
+    pair = load_graph((TEMPLATES / "dcgan_digits.json").read_text())
+    giant = {
+        "nodes": [
+            {"id": "image", "type": "Input", "params": {"shape": [1, 8, 8]}},
+            {"id": "flat", "type": "Flatten"},
+            {"id": "a", "type": "Linear", "params": {"out_features": 10_000_000}},
+            {"id": "b", "type": "Linear", "params": {"out_features": 10_000_000}},
+            {"id": "score", "type": "Linear", "params": {"out_features": 1}},
+            {"id": "out", "type": "Output"},
+        ],
+        "edges": [
+            {"source": s, "target": t}
+            for s, t in [
+                ("image", "flat"),
+                ("flat", "a"),
+                ("a", "b"),
+                ("b", "score"),
+                ("score", "out"),
+            ]
+        ],
+    }
+    with pytest.raises(RunError) as refused:
+        start_run(tmp_path, pair.model_copy(update={"discriminator": giant}), CONFIG)
+    assert "the model needs" in str(refused.value) and " has only " in str(refused.value)
+    assert list_runs(tmp_path) == []
+    start_run(tmp_path, pair, CONFIG.model_copy(update={"epochs": 1}))  # the real pair fits
 
 
 def test_the_trainer_refuses_a_model_too_big_first_thing(tmp_path: Path):
