@@ -119,7 +119,10 @@ def pick_device(requested: str, local_rank: int = 0) -> torch.device:
         if not available[requested]:
             raise TrainingFault(
                 "failed",
-                f"device {requested!r} is not available on this machine; choose auto or cpu",
+                msg(
+                    "device {device} is not available on this machine; choose auto or cpu",
+                    device=repr(requested),
+                ),
             )
         chosen = requested
     return torch.device("cuda", local_rank) if chosen == "cuda" else torch.device(chosen)
@@ -716,10 +719,17 @@ def _read_config(run_dir: Path) -> TrainConfig:
         first = exc.errors()[0]
         where = ".".join(map(str, first["loc"])) or "file"
         raise TrainingFault(
-            "failed", f"config.json is not a valid training config: {where}: {first['msg']}"
+            "failed",
+            msg(
+                "config.json is not a valid training config: {where}: {reason}",
+                where=where,
+                reason=first["msg"],
+            ),
         ) from None
     except OSError as exc:
-        raise TrainingFault("failed", f"config.json cannot be read ({exc.strerror})") from None
+        raise TrainingFault(
+            "failed", msg("config.json cannot be read ({reason})", reason=exc.strerror)
+        ) from None
 
 
 def _failure(exc: Exception, batch_size: int) -> RunResult:
@@ -731,7 +741,8 @@ def _failure(exc: Exception, batch_size: int) -> RunResult:
         return RunResult("failed", str(exc), 0, 0, code=message_json(text))
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         half = max(1, batch_size // 2)
-        return RunResult("failed", f"out of memory at batch size {batch_size}; try {half}", 0, 0)
+        text = msg("out of memory at batch size {batch}; try {half}", batch=batch_size, half=half)
+        return RunResult("failed", str(text), 0, 0, code=message_json(text))
     traceback.print_exception(exc)  # to trainer.log, for whoever debugs it
     return RunResult("failed", f"{type(exc).__name__}: {exc}", 0, 0)
 
@@ -784,7 +795,8 @@ def _prepare(
     model = load_model_source((run_dir / store.MODEL_FILE).read_text()).to(device)
     if not any(p.requires_grad for p in model.parameters()):
         raise TrainingFault(
-            "failed", "the model has no trainable parameters; add a layer with weights (a Linear)"
+            "failed",
+            msg("the model has no trainable parameters; add a layer with weights (a Linear)"),
         )
     input_dtype = analysis.infos[input_node.id].dtype or "float32"
     home = data_device(dataset, device)
@@ -796,15 +808,22 @@ def _prepare(
     )
     if home != device:
         trainer.event(
-            f"the dataset does not fit in {device.type} memory: it stays in host memory and"
-            " each batch is copied over"
+            msg(
+                "the dataset does not fit in {device} memory: it stays in host memory and each"
+                " batch is copied over",
+                device=device.type,
+            )
         )
     state = run_dir / store.CHECKPOINT_DIR / store.STATE_FILE
     if state.exists():
         trainer.restore(state)
         trainer.event(
-            f"resumed from the checkpoint at step {trainer.progress.step}"
-            f" (epoch {trainer.progress.epoch + 1}, batch {trainer.progress.batch})"
+            msg(
+                "resumed from the checkpoint at step {step} (epoch {epoch}, batch {batch})",
+                step=trainer.progress.step,
+                epoch=trainer.progress.epoch + 1,
+                batch=trainer.progress.batch,
+            )
         )
     elif (run_dir / store.WARM_START_WEIGHTS).exists():
         _warm_start(trainer, run_dir, graph)
@@ -821,6 +840,10 @@ def _warm_start(trainer: Trainer, run_dir: Path, graph: Graph) -> None:
             run_dir / store.WARM_START_REPORT, {"from": report, "copied": copied, "fresh": fresh}
         )
     trainer.event(
-        f"warm start from run {report}: copied {', '.join(copied) or 'nothing'};"
-        f" fresh {', '.join(fresh) or 'nothing'}"
+        msg(
+            "warm start from run {run}: copied {copied}; fresh {fresh}",
+            run=report,
+            copied=", ".join(copied) or "-",
+            fresh=", ".join(fresh) or "-",
+        )
     )
