@@ -739,15 +739,17 @@ def _live_view(runs_dir: Path, run_id: str, was_active: bool) -> None:
         else:
             _chart(charts.loss_figure(series), f"loss-{run_id}")
             _chart(charts.accuracy_figure(series), f"acc-{run_id}")
-        view = st.segmented_control(
-            _("More"),
-            VIEWS,
-            format_func=translate,
-            default=VIEWS[0],
-            key="train-view",
-            label_visibility="collapsed",
-        )
-        _detail_view(view or VIEWS[0], info, series, [n.id for n in graph.nodes] if graph else [])
+        if not series.gan:  # (a GAN's samples are above; it records no gradient norms)
+            view = st.segmented_control(
+                _("More"),
+                VIEWS,
+                format_func=translate,
+                default=VIEWS[0],
+                key="train-view",
+                label_visibility="collapsed",
+            )
+            order = [n.id for n in graph.nodes] if graph else []
+            _detail_view(view or VIEWS[0], info, series, order)
     with graph_column:
         if graph is None:
             st.info(_("This run's graph file could not be read, so it cannot be drawn."))
@@ -787,6 +789,9 @@ def _status_line(info: RunInfo, series: charts.RunSeries) -> None:
         st.error(markdown_literal(message))
     elif message:
         st.caption(markdown_literal(message))
+    if series.gan:  # a GAN: both players' losses and the discriminator's verdicts instead
+        _gan_figures(info, series)
+        return
     last_step = series.steps[-1] if series.steps else {}
     last_epoch = series.epochs[-1] if series.epochs else {}
     loss, accuracy, speed, device = st.columns(4)
@@ -798,6 +803,20 @@ def _status_line(info: RunInfo, series: charts.RunSeries) -> None:
     speeds = (r.get("samples_per_s") for r in reversed(series.steps[-50:]))
     rate = next((v for v in speeds if v is not None), None)
     speed.metric(_("Samples/s"), _number(rate, "{:,.0f}"))
+    device.metric(_("Device"), info.device or "–")
+
+
+def _gan_figures(info: RunInfo, series: charts.RunSeries) -> None:
+    last = series.gan[-1]
+    d_loss, g_loss, verdicts, device = st.columns(4)
+    d_loss.metric(_("D loss"), _number(last.get("d_loss"), "{:.4f}"))
+    g_loss.metric(_("G loss"), _number(last.get("g_loss"), "{:.4f}"))
+    shown = [_number(last.get(key), "{:.2f}") for key in ("d_real", "d_fake")]
+    verdicts.metric(
+        "D(x) / D(G(z))",
+        " / ".join(shown),
+        help=_("The probability the discriminator gives real and generated samples"),
+    )
     device.metric(_("Device"), info.device or "–")
 
 

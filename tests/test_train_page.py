@@ -506,6 +506,11 @@ def test_a_gan_run_shows_both_losses_the_verdicts_and_the_samples(home):
     assert not app.exception
     assert figure(app, "GAN losses") and figure(app, "Discriminator's verdicts")
     assert figure(app, "Generated samples, step 10")
+    shown_metrics = {m.label: m.value for m in app.metric}
+    assert shown_metrics["D loss"] == "1.3000" and shown_metrics["G loss"] == "0.8000"
+    assert shown_metrics["D(x) / D(G(z))"] == "0.60 / 0.40"
+    assert "Val accuracy" not in shown_metrics  # nothing that does not apply to a GAN
+    assert not [b for b in app.button_group if b.key == "train-view"]  # no empty views
 
 
 def test_the_runs_table_reads_in_chinese(tmp_path: Path) -> None:
@@ -530,7 +535,7 @@ def test_the_runs_table_reads_in_chinese(tmp_path: Path) -> None:
 
 
 def test_all_gpus_is_offered_where_there_are_several_and_sets_one_process_each(home, monkeypatch):
-    """"All GPUs" appears only where torch sees more than one; chosen, the run's settings ask
+    """ "All GPUs" appears only where torch sees more than one; chosen, the run's settings ask
     for one process per GPU, which runtime.runs starts with torchrun (tested there on CPU)."""
     app = open_page(home, tiny_graph())
     assert not [t for t in app.toggle if t.key == "train-all_gpus"]
