@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
+from playwright.sync_api import Error as PlaywrightError
 
 from test_person_journey import CANVAS, SELECTED_BLUE, canvas, centre, drag, node
 
@@ -120,6 +121,22 @@ def set_field(page: Page, node_id: str, name: str, value: str) -> None:
     settled(page)
 
 
+def pick_in_the_layer_list(page: Page, node_id: str) -> None:
+    """Choose a node in the form's layer list, again if a rerun redrew the list meanwhile (the
+    element the click was aimed at is then gone)."""
+    picker = page.get_by_test_id("stSelectbox").filter(has_text="Layer").locator("input")
+    for _attempt in range(3):
+        settled(page)
+        try:
+            picker.scroll_into_view_if_needed()
+            picker.click()
+            page.get_by_role("option", name=node_id, exact=True).click(timeout=10_000)
+            break
+        except PlaywrightError:
+            continue
+    expect(node(page, node_id)).to_have_css("border-top-color", SELECTED_BLUE)
+
+
 def uncut(page: Page, locator: Locator) -> None:
     """The element is inside the window and shows all its text (no ellipsis)."""
     box = locator.bounding_box()
@@ -162,11 +179,7 @@ def test_lenet5_from_a_blank_canvas_by_palette_clicks_and_handle_drags(small: Pa
 
     # Pick the Input in the layer list: the canvas pans to it. Delete the edge below it, and draw
     # it again from handle to handle.
-    picker = page.get_by_test_id("stSelectbox").filter(has_text="Layer").locator("input")
-    picker.scroll_into_view_if_needed()
-    picker.click()
-    page.get_by_role("option", name="input", exact=True).click()
-    expect(node(page, "input")).to_have_css("border-top-color", SELECTED_BLUE)
+    pick_in_the_layer_list(page, "input")
     page.locator(CANVAS).scroll_into_view_if_needed()  # the form below may have scrolled the page
     expect(node(page, "input")).to_be_in_viewport()
     settled(page)
