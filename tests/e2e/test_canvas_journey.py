@@ -16,7 +16,7 @@ import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
 from playwright.sync_api import Error as PlaywrightError
 
-from test_person_journey import CANVAS, SELECTED_BLUE, canvas, centre, drag, node
+from test_person_journey import CANVAS, SELECTED_BLUE, canvas, centre, drag, node, select
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 LENET_PARAMS = "61,706"  # builder/templates/lenet5.json, counted by PyTorch in test_templates.py
@@ -52,23 +52,6 @@ def settled(page: Page) -> None:
     page.wait_for_function(
         "() => !document.querySelector('[data-testid=stStatusWidgetRunningIcon]')"
     )
-
-
-def click_node(page: Page, node_id: str) -> None:
-    """Click until the node shows as selected: a click that lands while a freshly mounted canvas
-    still sends its first layout is superseded by it (the component sends one value at a time)."""
-    for _attempt in range(3):
-        settled(page)
-        page.mouse.click(*centre(node(page, node_id)))
-        try:
-            expect(node(page, node_id)).to_have_css(
-                "border-top-color", SELECTED_BLUE, timeout=5_000
-            )
-            break
-        except AssertionError:
-            continue
-    expect(node(page, node_id)).to_have_css("border-top-color", SELECTED_BLUE)
-    settled(page)
 
 
 def add(page: Page, layer: str, expected_id: str) -> None:
@@ -152,7 +135,7 @@ def test_lenet5_from_a_blank_canvas_by_palette_clicks_and_handle_drags(small: Pa
     tool(page, "nb_new").click()
     expect(nodes(page)).to_have_count(2)
     expect(node(page, "output")).to_be_in_viewport()
-    click_node(page, "input")
+    select(page, "input")
     set_field(page, "input", "shape", "1, 28, 28")
     expect(node(page, "input")).to_contain_text("[1, 28, 28]")
 
@@ -204,7 +187,7 @@ def test_keys_delete_the_last_node_and_undo_redo_bring_it_back(small: Page, shot
     tool(page, "nb_new").click()
     expect(nodes(page)).to_have_count(2)
     for node_id, left in (("output", 1), ("input", 0)):
-        click_node(page, node_id)
+        select(page, node_id)
         page.keyboard.press("Backspace")
         expect(nodes(page)).to_have_count(left)
     settled(page)
@@ -224,7 +207,7 @@ def test_keys_delete_the_last_node_and_undo_redo_bring_it_back(small: Page, shot
 
 def test_a_pane_click_deselects(small: Page):
     page = small
-    click_node(page, "stem")  # near the top of the default graph, in view
+    select(page, "stem")  # near the top of the default graph, in view
     expect(page.get_by_text("Conv2d · stem")).to_be_visible()
     frame = page.locator(CANVAS).bounding_box()
     page.mouse.click(frame["x"] + frame["width"] - 30, frame["y"] + 30)
