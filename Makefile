@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build; a GPU user can pass TORCH_SPEC=torch (any version that requirements.txt accepts).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: run test bench chromium clean gpu-wheels
+.PHONY: run test bench chromium clean gpu-wheels canvas
 
 $(VENV)/.deps: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ bench: $(VENV)/.dev
 	$(PY) benchmarks/ui_latency.py
 	$(PY) benchmarks/train_speed.py
 	$(PY) benchmarks/first_point.py
+
+# The Build page's canvas component (pages/flow_canvas): its built files are committed, so run
+# and test need no npm; after changing frontend/src, rebuild them from the lockfile.
+CANVAS_UI := pages/flow_canvas/frontend
+canvas:
+	cd $(CANVAS_UI) && npm ci --no-audit --no-fund && npm run build
 
 # Wheels the GPU machine lacks (it runs Python 3.12 with torch), for benchmarks/gpu_check.sh.
 GPU_WHEELS := pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \

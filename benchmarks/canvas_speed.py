@@ -1,7 +1,7 @@
 """Edit-to-canvas latency on the Python side for a 50-node graph (target: < 300 ms).
 
-An edit on the canvas costs: merge the browser's value into the graph (apply_canvas), analyse the
-new graph, build the canvas state (graph_to_flow) and serialise it as Streamlit sends it to the
+An edit on the canvas costs: apply the browser's event to the graph (apply_event), analyse the
+new graph, build the canvas state (canvas_state) and serialise it as Streamlit sends it to the
 browser. A parameter edit costs the same minus the merge. The whole Build page run is measured
 too, through Streamlit's AppTest (its harness adds overhead, so that figure is an upper bound).
 The baseline, measured in the same run, is `analyse` alone: the work no editor can skip.
@@ -11,7 +11,6 @@ The baseline, measured in the same run, is `analyse` alone: the work no editor c
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import statistics
@@ -27,7 +26,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from benchmarks.compile_speed import median_ms, residual_graph  # noqa: E402
 from builder import edit  # noqa: E402
-from pages.canvas import apply_canvas, graph_to_flow  # noqa: E402
+from pages.canvas import apply_event, canvas_state  # noqa: E402
 from builder.graph import Graph, dump_graph  # noqa: E402
 from builder.layout import with_layout  # noqa: E402
 from compiler.analysis import analyse  # noqa: E402
@@ -36,27 +35,20 @@ NODES = 50
 TARGET_MS = 300.0
 
 
-def browser_value(graph: Graph) -> dict:
-    """The value the canvas sends after a person draws one more edge."""
-    sent = graph_to_flow(graph, analyse(graph), None, 1).asdict()
-    value = {"nodes": sent["nodes"], "edges": sent["edges"], "selectedId": None, "timestamp": 2}
-    value["edges"].append({"id": "st-flow-edge_in-head", "source": "in", "target": "head"})
-    return value
+CONNECT = {"kind": "connect", "source": "in", "target": "head"}  # a person draws one more edge
 
 
-def canvas_edit(graph: Graph, value: dict) -> str:
-    edited = apply_canvas(graph, value).graph
-    flow = graph_to_flow(edited, analyse(edited), None, 3)
-    return json.dumps(flow.asdict())
+def canvas_edit(graph: Graph, event: dict) -> str:
+    edited = apply_event(graph, event).graph
+    return json.dumps(canvas_state(edited, analyse(edited), None))
 
 
 def param_edit(graph: Graph, node_id: str) -> str:
     edited = edit.set_params(graph, node_id, {"out_channels": 24})
-    flow = graph_to_flow(edited, analyse(edited), node_id, 3)
-    return json.dumps(flow.asdict())
+    return json.dumps(canvas_state(edited, analyse(edited), node_id))
 
 
-def page_run_ms(graph: Graph, value: dict, repeat: int = 10) -> float:
+def page_run_ms(graph: Graph, event: dict, repeat: int = 10) -> float:
     """One Build page run that takes in a canvas edit, through AppTest, on a 50-node workspace."""
     with tempfile.TemporaryDirectory() as home:
         os.environ["NETBUILDER_HOME"] = home
@@ -66,8 +58,8 @@ def page_run_ms(graph: Graph, value: dict, repeat: int = 10) -> float:
         app.query_params["w"] = "bench-workspace"
         app.run()
         times = []
-        for stamp in range(repeat):
-            app.session_state["nb_canvas"] = {**copy.deepcopy(value), "timestamp": 100 + stamp}
+        for seq in range(repeat):
+            app.session_state["nb_canvas"] = {"events": [{**event, "seq": 100 + seq}]}
             start = time.perf_counter()
             app.run()
             times.append((time.perf_counter() - start) * 1000)
@@ -80,18 +72,17 @@ def page_run_ms(graph: Graph, value: dict, repeat: int = 10) -> float:
 def main() -> None:
     graph = with_layout(residual_graph(NODES))
     conv = next(n.id for n in graph.nodes if n.type == "Conv2d")
-    value = browser_value(graph)
     baseline = median_ms(lambda: analyse(graph), repeat=30)
     rows = [
         (
-            "canvas edit: merge + analyse + canvas state + JSON",
-            median_ms(lambda: canvas_edit(graph, value), repeat=30),
+            "canvas edit: event + analyse + canvas state + JSON",
+            median_ms(lambda: canvas_edit(graph, CONNECT), repeat=30),
         ),
         (
             "param edit: set + analyse + canvas state + JSON",
             median_ms(lambda: param_edit(graph, conv), repeat=30),
         ),
-        ("whole Build page run via AppTest (upper bound)", page_run_ms(graph, value)),
+        ("whole Build page run via AppTest (upper bound)", page_run_ms(graph, CONNECT)),
     ]
     print(f"graph: {len(graph.nodes)} nodes, {len(graph.edges)} edges")
     print(f"baseline  analyse alone: {baseline:8.2f} ms")

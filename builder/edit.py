@@ -13,7 +13,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic import ValidationError
@@ -130,6 +130,30 @@ def _largest_divisor(n: int | None, limit: int) -> int:
     return fitting_divisor(n, limit) if n else 1
 
 
+class Placement(NamedTuple):
+    """Where a new layer goes: the node it follows, its position, the edge it is spliced into
+    (an index into graph.edges) and the nodes moved down a row to make room. The canvas draws an
+    added layer at once from this plan, before the page's answer arrives."""
+
+    anchor: str | None
+    position: tuple[float, float]
+    splice: int | None
+    shifted: frozenset[str]
+
+
+def placement(graph: Graph, layer_type: str, after: str | None) -> Placement:
+    """The plan add_node_after follows (see there)."""
+    anchor = anchor_for(graph, after) if layer_type != "Input" else None
+    position = _below(graph, anchor)
+    if anchor is None:
+        return Placement(None, position, None, frozenset())
+    outgoing = [i for i, edge in enumerate(graph.edges) if edge.source == anchor]
+    if len(outgoing) == 1 and CATALOG[layer_type].max_inputs != 0:
+        below = _downstream(graph.edges, graph.edges[outgoing[0]].target)
+        return Placement(anchor, position, outgoing[0], frozenset(below))
+    return Placement(anchor, position, None, frozenset())
+
+
 def add_node_after(
     graph: Graph,
     layer_type: str,
@@ -146,27 +170,25 @@ def add_node_after(
     if layer_type not in CATALOG:
         raise EditError(f"unknown layer type {layer_type!r}")
     node_id = new_node_id(graph, layer_type)
-    anchor = anchor_for(graph, after) if layer_type != "Input" else None
-    input_shape = (shapes or {}).get(anchor) if anchor is not None else None
+    plan = placement(graph, layer_type, after)
+    input_shape = (shapes or {}).get(plan.anchor) if plan.anchor is not None else None
     node = Node(
         id=node_id,
         type=layer_type,
         params=starter_params(layer_type, input_shape),
-        position=_below(graph, anchor),
+        position=plan.position,
     )
-    if anchor is None:
+    if plan.anchor is None:
         return graph.model_copy(update={"nodes": [*graph.nodes, node]}), node_id
-    outgoing = [edge for edge in graph.edges if edge.source == anchor]
     edges = list(graph.edges)
-    if len(outgoing) == 1 and CATALOG[layer_type].max_inputs != 0:
-        old = outgoing[0]
-        edges = [Edge(source=anchor, target=node_id) if edge is old else edge for edge in edges] + [
-            Edge(source=node_id, target=old.target, port=old.port)
-        ]
-        nodes = _shift_down(graph.nodes, _downstream(graph.edges, old.target), ROW_HEIGHT)
+    nodes = list(graph.nodes)
+    if plan.splice is not None:
+        old = edges[plan.splice]
+        edges[plan.splice] = Edge(source=plan.anchor, target=node_id)
+        edges.append(Edge(source=node_id, target=old.target, port=old.port))
+        nodes = _shift_down(nodes, set(plan.shifted), ROW_HEIGHT)
     else:
-        edges.append(Edge(source=anchor, target=node_id))
-        nodes = list(graph.nodes)
+        edges.append(Edge(source=plan.anchor, target=node_id))
     return graph.model_copy(update={"nodes": [*nodes, node], "edges": edges}), node_id
 
 

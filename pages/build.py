@@ -1,26 +1,23 @@
 """The Build page: a canvas of layers with live shapes, a palette, a parameter form, a summary.
 
-The graph lives in pages/state.py; the canvas (streamlit-flow) only shows it and reports edits.
-A canvas edit reaches Python as the component's value, which is read at the top of the run,
-before anything is drawn, so the same run already shows the new shapes. (The browser answers
-every state it takes with an echo; an echo changes nothing and costs one cheap run.) Everything
-that shows the graph is drawn from the same state; the canvas is a fragment of its own, so its
-echoes rerun the canvas alone, and only a real change reruns the page.
-Keys (Delete, Ctrl+Z, Ctrl+Shift+Z) and clicks on the empty pane press the page's own buttons
-(KEYS_SCRIPT), so every edit goes through the same callbacks and the same undo history. The
-canvas fits the graph into its view as it mounts; Tidy, New, Open and templates remount it.
+The graph lives in pages/state.py; the canvas (pages/flow_canvas, NetBuilder's own React Flow
+component) only shows it and reports events: a node selected, moved, connected or deleted. The
+browser draws an event at once and sends it until the page acknowledges it (`ack`), so a busy
+server loses none and nothing echoes. Events are applied at the top of the run, before anything
+is drawn, so the same run shows the new shapes. The canvas is a fragment of its own; an event
+that changes the graph or the selection reruns the whole page, so the summary, the form and the
+table show it too. Ctrl+Z and Ctrl+Shift+Z press the page's own buttons (KEYS_SCRIPT), so every
+edit goes through the same callbacks and the same undo history; Delete and Backspace are the
+canvas's own. Tidy, New, Open and templates ask the canvas to fit the graph into its view.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import time
-from typing import Any, NamedTuple
+from typing import Any
 
 import streamlit as st
-from streamlit_flow import streamlit_flow
-from streamlit_flow.state import StreamlitFlowState
 
 import i18n
 from builder import edit
@@ -31,18 +28,18 @@ from builder.layout import needs_layout, with_layout
 from compiler.analysis import Analysis, Diagnostic, NodeInfo
 from compiler.memory import estimate_memory, format_bytes
 from pages import canvas, state
+from pages.flow_canvas import graph_canvas
 from runtime import import_job
 
-CANVAS_KEY = "nb_canvas"  # the component's key is CANVAS_KEY_<n>: a new n remounts it
+CANVAS_KEY = "nb_canvas"
 CANVAS_HEIGHT = 560  # toolbar and canvas fit a 1280x720 window
-_PUSHED = "nb_pushed"  # a Pushed: the canvas state last sent to the browser
-_SEEN = "nb_canvas_seen"  # timestamp of the last canvas value applied
+CANVAS_MIN_ZOOM = 0.65  # fitting a tall graph stops where node text stays readable: pan for more
+_ACK = "nb_canvas_ack"  # the sequence number of the last canvas event applied
+_DRAWN = "nb_canvas_drawn"  # (view key, canvas_state) last drawn: rebuilt only when it changes
 _PARAM_ERRORS = "nb_param_errors"  # (graph version, {(node, param): message})
 _ERROR = "nb_error"  # an Open or fix failure, shown once, in the next run of this page
 _UPLOADS = "nb_uploads"  # how many files were opened: part of the uploader's key
-_MOUNTS = "nb_mounts"  # how many times the canvas was remounted to fit the graph into the view
-_FIT = "nb_fit"  # (graph version, selection) to fit: until the next edit or click, the canvas
-# fits the graph after each of its layout passes (the first comes after the echo)
+_FIT = "nb_fit"  # grows when the canvas should fit the graph into its view
 _PALETTE = "nb_palette_round"  # grows with every palette click: a fresh, empty set of pills
 
 TEMPLATES = {
@@ -115,92 +112,22 @@ GLOSS = {
 KEYS_SCRIPT = """
 <script>
 (() => {
-  // Delete/Backspace, Ctrl+Z and Ctrl+Shift+Z (or Ctrl+Y) press the page's own buttons, on the
-  // page and inside the canvas's frame; React Flow never sees them, so it never deletes on its own.
-  // A click on the canvas's empty pane presses the hidden Deselect button.
+  // Ctrl+Z and Ctrl+Shift+Z (or Ctrl+Y) press the page's own Undo and Redo, on the page and
+  // inside the canvas's frame. (Delete and Backspace are the canvas's own keys.)
   if (window.nbKeys) return;
   window.nbKeys = true;
-  const press = (key) => {
-    const button = document.querySelector(`.st-key-${key} button`);
-    if (button && !button.disabled) button.click();
-  };
   const onKey = (event) => {
     const target = event.target;
     const tag = (target && target.tagName || "").toLowerCase();
     if (tag === "input" || tag === "textarea" || (target && target.isContentEditable)) return;
-    const mod = event.ctrlKey || event.metaKey;
+    if (!(event.ctrlKey || event.metaKey)) return;
     const key = (event.key || "").toLowerCase();
-    let button = null;
-    if (mod && key === "z") button = event.shiftKey ? "nb_redo" : "nb_undo";
-    else if (mod && key === "y") button = "nb_redo";
-    else if (!mod && (key === "delete" || key === "backspace")) button = "nb_delete";
-    if (button === null || !document.querySelector(`.st-key-${button}`)) return;
+    const name = key === "y" || (key === "z" && event.shiftKey) ? "nb_redo" : key === "z" ? "nb_undo" : null;
+    const button = name && document.querySelector(`.st-key-${name} button`);
+    if (!button) return;
     event.preventDefault();
     event.stopPropagation();
-    press(button);
-  };
-  const onClick = (event) => {
-    const target = event.target;
-    if (target && target.classList && target.classList.contains("react-flow__pane")) {
-      press("nb_deselect");
-    }
-  };
-  // The selected node (a layer just added) is brought into view once, by panning the canvas as
-  // a hand would (a drag on the empty pane); after that the person's own panning is left alone.
-  let revealed = null;
-  const reveal = (frame) => {
-    const doc = frame.contentDocument;
-    const node = doc && doc.querySelector(".react-flow__node.nb-selected");
-    const pane = doc && doc.querySelector(".react-flow__pane");
-    if (!node || !pane) { revealed = null; return; }
-    const id = node.getAttribute("data-id");
-    if (id === revealed) return;
-    revealed = id;
-    const box = node.getBoundingClientRect();
-    const view = pane.getBoundingClientRect();
-    const margin = 48;
-    let dx = 0, dy = 0;
-    if (box.bottom > view.bottom - margin) dy = view.bottom - margin - box.bottom;
-    if (box.top < view.top + margin) dy = view.top + margin - box.top;
-    if (box.right > view.right - margin) dx = view.right - margin - box.right;
-    if (box.left < view.left + margin) dx = view.left + margin - box.left;
-    pan(frame, dx, dy);
-  };
-  const pan = (frame, dx, dy) => {
-    if (!dx && !dy) return;
-    const pane = frame.contentDocument.querySelector(".react-flow__pane");
-    const view = pane.getBoundingClientRect();
-    const win = frame.contentWindow;
-    const at = (x, y, buttons) => ({
-      bubbles: true, cancelable: true, view: win, clientX: x, clientY: y, button: 0, buttons,
-    });
-    const x = view.left + 4, y = view.top + view.height / 2;
-    pane.dispatchEvent(new win.MouseEvent("mousedown", at(x, y, 1)));
-    win.dispatchEvent(new win.MouseEvent("mousemove", at(x + dx / 2, y + dy / 2, 1)));
-    win.dispatchEvent(new win.MouseEvent("mousemove", at(x + dx, y + dy, 1)));
-    win.dispatchEvent(new win.MouseEvent("mouseup", at(x + dx, y + dy, 0)));
-  };
-  // A graph too tall to fit at the smallest zoom is centred, its Input above the view: once per
-  // mount, when the fitted view has held still for two ticks, it is panned to show the top.
-  const topShown = new WeakSet();
-  const stillFor = new WeakMap();
-  const showTop = (frame) => {
-    if (topShown.has(frame)) return;
-    const doc = frame.contentDocument;
-    const viewport = doc && doc.querySelector(".react-flow__viewport");
-    const pane = doc && doc.querySelector(".react-flow__pane");
-    const nodes = doc ? [...doc.querySelectorAll(".react-flow__node")] : [];
-    if (!viewport || !pane || !nodes.length) return;
-    const [transform, ticks] = stillFor.get(frame) || [null, 0];
-    const now = viewport.style.transform;
-    stillFor.set(frame, [now, now === transform ? ticks + 1 : 0]);
-    if (now !== transform || ticks < 2) return;
-    topShown.add(frame);
-    if (doc.querySelector(".react-flow__node.nb-selected")) return;  // reveal() shows that one
-    const view = pane.getBoundingClientRect();
-    const top = Math.min(...nodes.map((node) => node.getBoundingClientRect().top));
-    const margin = 24;
-    if (top < view.top + margin) pan(frame, 0, view.top + margin - top);
+    if (!button.disabled) button.click();
   };
   const hook = () => {
     for (const frame of document.querySelectorAll("iframe")) {
@@ -209,14 +136,12 @@ KEYS_SCRIPT = """
         if (inner && !inner.nbKeys) {
           inner.nbKeys = true;
           inner.addEventListener("keydown", onKey, true);
-          inner.addEventListener("click", onClick, true);
         }
-        if (frame.title === "streamlit_flow.streamlit_flow") { reveal(frame); showTop(frame); }
       } catch (error) { /* another origin's frame */ }
     }
   };
   window.addEventListener("keydown", onKey, true);
-  setInterval(hook, 150);
+  setInterval(hook, 250);
 })();
 </script>
 """
@@ -257,11 +182,6 @@ def _add_from_palette(key: str) -> None:
     state.select(node_id)
     if reason is not None:
         st.toast(i18n.render(reason), icon=":material/info:")
-
-
-def _deselect() -> None:
-    if state.selected_node() is not None or state.selected_edge() is not None:
-        state.select(None)
 
 
 def _delete_selection() -> None:
@@ -401,18 +321,12 @@ def _tidy() -> None:
 
 
 def _fit_view() -> None:
-    """Remount the canvas, which fits the whole graph into the view as it mounts."""
-    st.session_state[_MOUNTS] = st.session_state.get(_MOUNTS, 0) + 1
-    st.session_state.pop(_PUSHED, None)
-    st.session_state[_FIT] = _view_key()
+    """Ask the canvas to fit the whole graph into its view (it keeps the person's zoom else)."""
+    st.session_state[_FIT] = st.session_state.get(_FIT, 0) + 1
 
 
 def _view_key() -> tuple[int, str, str | None, int | None]:
     return (state.graph_version(), state.editing(), state.selected_node(), state.selected_edge())
-
-
-def canvas_key() -> str:
-    return f"{CANVAS_KEY}_{st.session_state.get(_MOUNTS, 0)}"
 
 
 def _rename(key: str, version: int) -> None:
@@ -467,98 +381,58 @@ def _param_errors() -> dict[tuple[str, str], Any]:
 # The canvas
 
 
-class Pushed(NamedTuple):
-    """The canvas state last sent, what it was built from, and the graph version it shows."""
-
-    key: tuple[Any, ...] | None  # (version, part, selection, edge, language); None: send anew
-    flow: StreamlitFlowState
-    version: int
-
-
 def sync_canvas() -> None:
-    """Apply the value the canvas sent since the last run (an edge drawn, a node deleted...).
+    """Apply the canvas events not applied yet, oldest first: each edit is one undo step.
 
-    A value built from an older state than the one last sent (a late echo, arriving after a
-    palette click or an undo) would undo what came since: it is dropped, and the current state
-    is sent again with a newer timestamp, so the browser shows what the graph holds. A value
-    with nothing selected says nothing about the selection: the canvas sends those for its own
-    layout passes too, so a click on the empty pane deselects through KEYS_SCRIPT instead.
+    The canvas sends its whole queue of unacknowledged events each time, so a value that
+    arrived while the page was busy is applied now; one applied already is skipped.
     """
-    value = st.session_state.get(canvas_key())
-    if not isinstance(value, dict) or value.get("timestamp") == st.session_state.get(_SEEN):
-        return
-    st.session_state[_SEEN] = value.get("timestamp")
-    pushed: Pushed | None = st.session_state.get(_PUSHED)
-    if pushed is not None and pushed.version != state.graph_version():
-        # A button's callback changed the graph in this run, after the browser built its value
-        # from the state last sent: applying the value would undo the callback's edit.
-        _send_again(pushed)
-        return
-    # An empty canvas has no nodes to carry the stamp: its echo is the (empty) state last sent.
-    empty_echo = pushed is not None and not pushed.flow.nodes and not value.get("nodes")
-    if pushed is not None and not empty_echo and canvas.sent_in(value) != pushed.flow.timestamp:
-        _send_again(pushed)
-        return
-    change = canvas.apply_canvas(state.edited_graph(), value)
-    if change.selected is not None:
-        state.select(change.selected)
-    elif change.edge is not None:
-        state.select_edge(change.edge)
-    if change.kind == "edited":
-        state.set_edited_graph(change.graph)
-    elif change.kind == "moved":
-        state.set_edited_graph(change.graph, record_undo=False)
-        if pushed is not None:  # the browser shows the move already
-            key = None if pushed.key is None else (state.graph_version(), *pushed.key[1:])
-            pushed = Pushed(key, pushed.flow, state.graph_version())
-            st.session_state[_PUSHED] = pushed
-    clicked_edge = value.get("selectedId") is not None and change.selected is None
-    if pushed is not None and (clicked_edge or canvas.looks_different(pushed.flow, value)):
-        _send_again(pushed)  # a clicked edge loses React Flow's selection
+    ack = st.session_state.get(_ACK, 0)
+    for event in canvas.new_events(st.session_state.get(CANVAS_KEY), ack):
+        ack = event["seq"]
+        change = canvas.apply_event(state.edited_graph(), event)
+        if change.kind == "edited":
+            state.set_edited_graph(change.graph)
+        elif change.kind == "moved":
+            state.set_edited_graph(change.graph, record_undo=False)
+        if change.selected is not None:
+            state.select(change.selected)
+        elif change.edge is not None:
+            state.select_edge(change.edge)
+        elif change.deselect:
+            state.select(None)
+    st.session_state[_ACK] = ack
 
 
-def _send_again(pushed: Pushed) -> None:
-    """Have flow_state build and send the state anew (with a newer timestamp), while keeping
-    what was last sent: a run interrupted before it sends (a newer event reruns the page) must
-    still tell the next late echo from a real edit."""
-    st.session_state[_PUSHED] = pushed._replace(key=None)
-
-
-def flow_state(graph: Graph, analysis: Analysis, selected: str | None) -> StreamlitFlowState:
-    """The canvas state to send; rebuilt (with a newer timestamp) only when something changed.
-
-    The browser ignores a state older than the last value it sent, and answers every state it
-    takes with an echo, so an unchanged state must keep its timestamp or the two would loop.
-    """
-    edge = state.selected_edge()
-    key = (state.graph_version(), state.editing(), selected, edge, i18n.language())
-    pushed: Pushed | None = st.session_state.get(_PUSHED)
-    if pushed is not None and pushed.key == key:
-        return pushed.flow
-    seen = st.session_state.get(_SEEN)
-    timestamp = max(int(time.time() * 1000), int(seen) + 1 if isinstance(seen, int) else 0)
-    flow = canvas.graph_to_flow(graph, analysis, selected, timestamp, edge)
-    st.session_state[_PUSHED] = Pushed(key, flow, state.graph_version())
-    return flow
+def canvas_args(graph: Graph, analysis: Analysis, selected: str | None) -> dict[str, Any]:
+    """What the canvas draws; its nodes and edges are rebuilt only when the view changed."""
+    view = (*_view_key(), i18n.language())
+    drawn = st.session_state.get(_DRAWN)
+    if drawn is None or drawn[0] != view:
+        drawn = (
+            view,
+            {
+                **canvas.canvas_state(graph, analysis, selected, state.selected_edge()),
+                "add_plans": canvas.add_plans(graph, selected),
+            },
+        )
+        st.session_state[_DRAWN] = drawn
+    return {
+        **drawn[1],
+        "version": ":".join(map(str, view)),
+        "ack": st.session_state.get(_ACK, 0),
+        "fit": st.session_state.get(_FIT, 0),
+        "height": CANVAS_HEIGHT,
+        "min_zoom": CANVAS_MIN_ZOOM,
+        "node_width": canvas.NODE_WIDTH,
+        "labels": {"delete_node": _("Delete layer"), "delete_edge": _("Delete edge")},
+        "palette_round": st.session_state.get(_PALETTE, 0),  # clicks the page has taken
+        "layer_types": list(CATALOG),
+    }
 
 
 def draw_canvas(graph: Graph, analysis: Analysis, selected: str | None) -> None:
-    streamlit_flow(
-        canvas_key(),
-        flow_state(graph, analysis, selected),
-        height=CANVAS_HEIGHT,
-        fit_view=st.session_state.get(_FIT) == _view_key(),  # a new session, Tidy, New, Open
-        show_controls=True,
-        show_minimap=False,  # it covered nodes; the controls' fit button shows the whole graph
-        allow_new_edges=True,
-        get_node_on_click=True,
-        get_edge_on_click=True,
-        enable_node_menu=True,
-        enable_edge_menu=True,
-        min_zoom=0.65,  # fitting a tall graph stops where node text stays readable: pan for more
-        hide_watermark=True,
-        style={"border": "1px solid #e2e8f0", "borderRadius": "10px", "background": "#fcfcfd"},
-    )
+    graph_canvas(canvas_args(graph, analysis, selected), key=CANVAS_KEY)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -635,7 +509,6 @@ def toolbar(graph: Graph) -> None:
         _delete_selection,
         nothing_selected,
     )
-    delete.button("", key="nb_deselect", on_click=_deselect)  # hidden: a pane click presses it
     icon_button(
         tidy,
         "nb_tidy",
@@ -943,7 +816,6 @@ def layer_table(analysis: Analysis) -> None:
 STYLE = """
 <style>
 [data-testid="stMetricValue"] { font-size: 1.35rem; white-space: nowrap; }
-.st-key-nb_deselect { display: none; }
 [data-testid="stMetricLabel"] p { white-space: nowrap; overflow: visible; }
 </style>
 """
@@ -1006,10 +878,9 @@ def _switch_part() -> None:
 
 @st.fragment
 def canvas_fragment() -> None:
-    """The canvas alone: its echoes and layout passes (two per state sent) rerun only this.
-
-    A value that changes the graph or the selection reruns the whole page, so the summary, the
-    form and the table show it too.
+    """The canvas alone: an event that changes nothing (a refused connection) reruns only this,
+    to acknowledge it. One that changes the graph or the selection reruns the whole page, so
+    the summary, the form and the table show it too.
     """
     before = _view_key()
     sync_canvas()
@@ -1019,7 +890,6 @@ def canvas_fragment() -> None:
 
 
 def main() -> None:
-    st.session_state.setdefault(_FIT, _view_key())
     sync_canvas()  # a value sent while the page was busy: applied before anything is drawn
     st.html(STYLE)
     st.html(KEYS_SCRIPT, unsafe_allow_javascript=True)

@@ -1,40 +1,29 @@
-"""The graph <-> streamlit-flow adapter: what the canvas shows, and what a canvas edit means. Pure.
+"""The graph <-> canvas adapter: what the canvas shows, and what a canvas event means. Pure.
 
-Tested with streamlit-flow-component 1.6.1. The Python side owns the graph: the canvas only
-reports ids, positions and edges back, and `apply_canvas` merges those into the current graph,
-so nothing a browser sends can change a layer's type or parameters. Quirks of 1.6.1 handled here:
-nodes and edges are built with connectable/deletable set (both default to False), every edge is
-rebuilt with its arrow and label (edges drawn in the browser come back without them), and each
-node gets its own style dict (the constructor's default dict is shared between nodes).
-Backspace deletes what React Flow has selected, and the component never reports it; so nodes
-are not selectable (a click still reports the node; the style shows the page's selection), and a
-clicked edge (1.6.1 ignores `selectable` on edges) makes the page send its state again, which
-clears the edge's selection. Deleting goes through the right-click menus, which do report.
-Every node carries the timestamp of the state it was sent in, so the page can tell a late echo
-of an older state (`sent_in`).
+The canvas is NetBuilder's own component (pages/flow_canvas). Python owns the graph: it sends
+each node's text already rendered (in the reader's language) and reads back events, never whole
+states: "select", "select_edge", "deselect", "move", "connect", "delete_nodes", "delete_edge".
+An event names ids; `apply_event` checks every id against the current graph, so nothing a
+browser sends can change a layer's type or parameters, and an event about a node that is gone
+changes nothing.
 """
 
 from __future__ import annotations
 
-import html
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
-
-from streamlit_flow.elements import StreamlitFlowEdge, StreamlitFlowNode
-from streamlit_flow.state import StreamlitFlowState
 
 import i18n
 from builder import edit
 from builder.catalog import CATALOG
 from builder.graph import Graph, Node
+from builder.layout import ROW_HEIGHT
 from compiler.analysis import Analysis, Diagnostic, NodeInfo
 
-NODE_WIDTH = 200
+NODE_WIDTH = 200  # px; builder/layout.py's columns leave room for it
 MAX_MESSAGE = 90
-SELECTED_CLASS = "nb-selected"  # the page's script brings this node into view
-STAMP = "sent_in"  # node data key: the timestamp of the state the node was sent in
+MAX_EVENTS = 200  # a value longer than this is not one the canvas sends
 SHORT_MESSAGES = {"does not lead to the Output": i18n.N_("not connected to the Output")}
 
 SHORT_NAMES = {
@@ -54,15 +43,6 @@ SHORT_NAMES = {
     "embedding_dim": "dim",
     "num_groups": "groups",
     "negative_slope": "slope",
-}
-
-INK = "#1f2937"
-MUTED = "#6b7280"
-COLOURS = {
-    "ok": {"border": "#cbd5e1", "background": "#ffffff", "accent": "#2563eb"},
-    "warning": {"border": "#d97706", "background": "#fffbeb", "accent": "#b45309"},
-    "error": {"border": "#dc2626", "background": "#fef2f2", "accent": "#b91c1c"},
-    "selected": {"border": "#2563eb", "background": "#eff6ff", "accent": "#2563eb"},
 }
 
 Change = Literal["none", "moved", "edited"]
@@ -112,45 +92,203 @@ def node_status(diagnostics: list[Diagnostic]) -> str:
     return "warning" if diagnostics else "ok"
 
 
-def node_html(node: Node, info: NodeInfo, diagnostics: list[Diagnostic]) -> str:
-    """The node's face: type and id, key params, output shape and parameter count, problems.
+def node_face(
+    node: Node, info: NodeInfo, diagnostics: list[Diagnostic], selected: bool
+) -> dict[str, Any]:
+    """One node as the canvas draws it: plain text fields (React escapes them), no markup."""
+    shape = None if info.shape is None else "[" + ", ".join(map(str, info.shape)) + "]"
+    note, severity = "", ""
+    if diagnostics:
+        note, severity = _short(diagnostics[0], node), diagnostics[0].severity
+    elif shape is None:
+        note, severity = i18n._("shape unknown: an earlier layer has a problem"), "warning"
+    x, y = node.position or (0.0, 0.0)
+    return {
+        "id": node.id,
+        "x": x,
+        "y": y,
+        "kind": {"Input": "input", "Output": "output"}.get(node.type, "layer"),
+        "type": node.type,
+        "name": node.id if node.id.lower() != node.type.lower() else "",
+        "params": key_params_text(node),
+        "shape": shape or "",
+        "count": i18n._("{count} params", count=f"{info.params:,}") if info.params else "",
+        "note": note,
+        "note_severity": severity,
+        "status": node_status(diagnostics),
+        "selected": selected,
+    }
 
-    Every piece of user text is HTML-escaped: the canvas renders HTML.
-    """
-    status = node_status(diagnostics)
-    colours = COLOURS[status]
-    title = f"<b style='color:{INK}'>{_esc(node.type)}</b>"
-    if node.id.lower() != node.type.lower():
-        title += f" <span style='color:{MUTED}'>{_esc(node.id)}</span>"
-    params = key_params_text(node)
-    count = i18n._("{count} params", count=f"{info.params:,}") if info.params else ""
-    rows = [
-        f"<div style='margin:0;line-height:1.35;overflow-wrap:anywhere'>{title}</div>",
-        (
-            f"<div style='margin:0;color:{MUTED};font-size:11px'>{_esc(params)}</div>"
-            if params
-            else ""
-        ),
+
+def canvas_state(
+    graph: Graph, analysis: Analysis, selected: str | None, selected_edge: int | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """The nodes and edges the canvas draws: shapes, counts and problems on nodes, shapes on
+    edges. About 250 bytes a node, so a 600-node import stays small."""
+    by_node: dict[str | None, list[Diagnostic]] = {}
+    for diagnostic in analysis.diagnostics:
+        by_node.setdefault(diagnostic.node, []).append(diagnostic)
+    nodes = [
+        node_face(
+            node,
+            analysis.infos.get(node.id, NodeInfo(None)),
+            sorted(by_node.get(node.id, []), key=lambda d: d.severity != "error"),
+            node.id == selected,
+        )
+        for node in graph.nodes
     ]
-    if info.shape is not None:
-        shape = "[" + ", ".join(map(str, info.shape)) + "]"
-        rows.append(
-            "<div style='margin:0;display:flex;justify-content:space-between;gap:8px;font-size:11px'>"
-            f"<code style='margin:0;color:{colours['accent']};background:none;padding:0'>{shape}</code>"
-            f"<span style='margin:0;color:{MUTED}'>{count}</span></div>"
-        )
-    elif not diagnostics:
-        rows.append(
-            f"<div style='margin:0;color:{MUTED};font-size:11px'>"
-            + _esc(i18n._("shape unknown: an earlier layer has a problem"))
-            + "</div>"
-        )
-    for diagnostic in diagnostics[:1]:
-        rows.append(
-            f"<div style='margin:4px 0 0;color:{COLOURS[diagnostic.severity]['accent']};"
-            f"font-size:11px;line-height:1.3;overflow-wrap:anywhere'>{_esc(_short(diagnostic, node))}</div>"
-        )
-    return "<div style='margin:0;text-align:left'>" + "".join(rows) + "</div>"
+    edges = [
+        {
+            "id": edge_id(index, edge.source, edge.target),
+            "source": edge.source,
+            "target": edge.target,
+            "label": _edge_label(analysis, edge.source),
+            "selected": index == selected_edge,
+        }
+        for index, edge in enumerate(graph.edges)
+    ]
+    return {"nodes": nodes, "edges": edges}
+
+
+def add_plans(graph: Graph, selected: str | None) -> dict[str, dict[str, Any]]:
+    """Where the palette's next layer would go, for a layer and for an Input (edit.placement):
+    the canvas draws a palette click from this at once, and the page's answer replaces it."""
+    plans = {}
+    for name, layer_type in (("layer", "Linear"), ("input", "Input")):
+        plan = edit.placement(graph, layer_type, selected)
+        splice = None
+        if plan.splice is not None:
+            edge = graph.edges[plan.splice]
+            splice = edge_id(plan.splice, edge.source, edge.target)
+        plans[name] = {
+            "anchor": plan.anchor,
+            "x": plan.position[0],
+            "y": plan.position[1],
+            "splice": splice,
+            "shifted": sorted(plan.shifted),
+            "row": ROW_HEIGHT,
+        }
+    return plans
+
+
+def _edge_label(analysis: Analysis, source: str) -> str:
+    info = analysis.infos.get(source)
+    if info is None or info.shape is None:
+        return ""
+    return "[" + ", ".join(map(str, info.shape)) + "]"
+
+
+def edge_id(index: int, source: str, target: str) -> str:
+    return f"{index}:{source}->{target}"
+
+
+def edge_index(graph: Graph, chosen: Any) -> int | None:
+    """The index of the graph edge a canvas edge id names (as canvas_state made it), or None."""
+    if not isinstance(chosen, str) or ":" not in chosen:
+        return None
+    head = chosen.split(":", 1)[0]
+    index = int(head) if head.isdigit() else -1
+    if not 0 <= index < len(graph.edges):
+        return None
+    edge = graph.edges[index]
+    return index if chosen == edge_id(index, edge.source, edge.target) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Canvas -> graph
+
+
+@dataclass(frozen=True)
+class CanvasEdit:
+    """What one canvas event means for the graph.
+
+    kind: "none" (nothing to change), "moved" (positions only: no undo step) or "edited"
+    (nodes deleted, an edge added or removed). selected / edge: the node or edge the person
+    picked; deselect: True when they clicked the empty pane.
+    """
+
+    graph: Graph
+    kind: Change
+    selected: str | None = None
+    edge: int | None = None
+    deselect: bool = False
+
+
+def new_events(value: Any, after: int) -> list[Mapping[str, Any]]:
+    """The events of a canvas value not applied yet (sequence number above `after`), in order.
+
+    The canvas resends every event until the page acknowledges it, so a value that a busy
+    server skipped is not lost; anything malformed is left out.
+    """
+    if not isinstance(value, Mapping) or not isinstance(value.get("events"), list):
+        return []
+    events = [
+        event
+        for event in value["events"][:MAX_EVENTS]
+        if isinstance(event, Mapping)
+        and isinstance(event.get("seq"), int)
+        and not isinstance(event.get("seq"), bool)
+        and event["seq"] > after
+    ]
+    return sorted(events, key=lambda event: event["seq"])
+
+
+def apply_event(graph: Graph, event: Mapping[str, Any]) -> CanvasEdit:
+    """One event, checked against the graph: unknown ids, self-loops and bad numbers change
+    nothing."""
+    known = {node.id for node in graph.nodes}
+    kind = event.get("kind")
+    if kind == "select":
+        chosen = event.get("node")
+        return CanvasEdit(graph, "none", selected=chosen if chosen in known else None)
+    if kind == "select_edge":
+        return CanvasEdit(graph, "none", edge=edge_index(graph, event.get("edge")))
+    if kind == "deselect":
+        return CanvasEdit(graph, "none", deselect=True)
+    if kind == "move":
+        moved = _apply_positions(graph, event.get("positions"))
+        return CanvasEdit(moved, "moved" if moved != graph else "none")
+    if kind == "connect":
+        source, target = event.get("source"), event.get("target")
+        if source in known and target in known and source != target:
+            return CanvasEdit(edit.connect(graph, source, target), "edited")
+        return CanvasEdit(graph, "none")
+    if kind == "delete_nodes":
+        chosen = event.get("nodes")
+        gone = {n for n in chosen if n in known} if isinstance(chosen, list) else set()
+        if gone:
+            return CanvasEdit(edit.delete_nodes(graph, gone), "edited", deselect=True)
+        return CanvasEdit(graph, "none")
+    if kind == "delete_edge":
+        index = edge_index(graph, event.get("edge"))
+        if index is None:
+            return CanvasEdit(graph, "none")
+        edges = [edge for i, edge in enumerate(graph.edges) if i != index]
+        return CanvasEdit(graph.model_copy(update={"edges": edges}), "edited", deselect=True)
+    return CanvasEdit(graph, "none")
+
+
+def _apply_positions(graph: Graph, positions: Any) -> Graph:
+    if not isinstance(positions, Mapping):
+        return graph
+    wanted: dict[str, tuple[float, float]] = {}
+    for node_id, position in positions.items():
+        if (
+            isinstance(position, list | tuple)
+            and len(position) == 2
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in position)
+            and all(abs(v) < 1e7 for v in position)  # also refuses NaN
+        ):
+            wanted[node_id] = (round(float(position[0]), 1), round(float(position[1]), 1))
+    nodes = []
+    changed = False
+    for node in graph.nodes:
+        position = wanted.get(node.id)
+        if position is not None and position != node.position:
+            node = node.model_copy(update={"position": position})
+            changed = True
+        nodes.append(node)
+    return graph.model_copy(update={"nodes": nodes}) if changed else graph
 
 
 def _short(diagnostic: Diagnostic, node: Node) -> str:
@@ -165,249 +303,3 @@ def _short(diagnostic: Diagnostic, node: Node) -> str:
     message = diagnostic.text.render().removeprefix(f"{node.type} {node.id!r}: ")
     message = message.removeprefix(f"{node.type} {node.id!r} ").split("; ")[0]
     return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
-
-
-def _esc(text: str) -> str:
-    return html.escape(text, quote=True)
-
-
-def node_style(status: str, selected: bool) -> dict[str, Any]:
-    """A fresh style dict for one node (never shared: streamlit-flow mutates it)."""
-    colours = COLOURS["selected"] if selected and status == "ok" else COLOURS[status]
-    return {
-        "width": f"{NODE_WIDTH}px",
-        "padding": "8px 10px",
-        "borderRadius": "8px",
-        "border": f"{2 if status != 'ok' or selected else 1}px solid {colours['border']}",
-        "background": colours["background"],
-        "fontSize": "12px",
-        "color": INK,
-        "boxShadow": "0 1px 2px rgba(15, 23, 42, 0.08)",
-    }
-
-
-def _node_kind(layer_type: str) -> str:
-    return {"Input": "input", "Output": "output"}.get(layer_type, "default")
-
-
-def graph_to_flow(
-    graph: Graph,
-    analysis: Analysis,
-    selected: str | None,
-    timestamp: int,
-    selected_edge: int | None = None,
-) -> StreamlitFlowState:
-    """The canvas state for a graph: shapes, counts and problems on nodes, shapes on edges.
-
-    `timestamp` must be newer than the last one the browser sent, or the canvas keeps its own state.
-    """
-    by_node: dict[str | None, list[Diagnostic]] = {}
-    for diagnostic in analysis.diagnostics:
-        by_node.setdefault(diagnostic.node, []).append(diagnostic)
-    nodes = []
-    for node in graph.nodes:
-        info = analysis.infos.get(node.id, NodeInfo(None))
-        found = sorted(by_node.get(node.id, []), key=lambda d: d.severity != "error")
-        x, y = node.position or (0.0, 0.0)
-        nodes.append(
-            StreamlitFlowNode(
-                id=node.id,
-                pos=(x, y),
-                data={"content": node_html(node, info, found), STAMP: timestamp},
-                node_type=_node_kind(node.type),
-                source_position="bottom",
-                target_position="top",
-                selected=False,  # shown by the style; React Flow would let Backspace delete it
-                selectable=False,
-                connectable=True,
-                deletable=True,
-                style=node_style(node_status(found), node.id == selected),
-                className=SELECTED_CLASS if node.id == selected else "",
-            )
-        )
-    edges = [
-        StreamlitFlowEdge(
-            id=edge_id(index, edge.source, edge.target),
-            source=edge.source,
-            target=edge.target,
-            edge_type="default",
-            marker_end={"type": "arrowclosed", "color": "#64748b"},
-            deletable=True,
-            focusable=False,
-            label=_edge_label(analysis, edge.source),
-            label_style={"fontSize": "10px", "fill": "#334155", "fontFamily": "monospace"},
-            label_show_bg=True,
-            label_bg_style={"fill": "#f8fafc", "fillOpacity": 0.95},
-            style=_edge_style(index == selected_edge),
-        )
-        for index, edge in enumerate(graph.edges)
-    ]
-    return StreamlitFlowState(nodes=nodes, edges=edges, selected_id=selected, timestamp=timestamp)
-
-
-def _edge_style(selected: bool) -> dict[str, Any]:
-    if selected:
-        return {"stroke": COLOURS["selected"]["border"], "strokeWidth": 3}
-    return {"stroke": "#64748b", "strokeWidth": 1.5}
-
-
-def _edge_label(analysis: Analysis, source: str) -> str:
-    info = analysis.infos.get(source)
-    if info is None or info.shape is None:
-        return ""
-    return "[" + ", ".join(map(str, info.shape)) + "]"
-
-
-# ---------------------------------------------------------------------------------------------
-# Canvas -> graph
-
-
-@dataclass(frozen=True)
-class CanvasEdit:
-    """What a value sent by the canvas means for the graph.
-
-    kind: "none" (an echo of what Python sent), "moved" (positions only: no undo step needed)
-    or "edited" (nodes deleted, edges added or removed). selected: the node the person picked,
-    or None when the value says nothing about the selection.
-    """
-
-    graph: Graph
-    kind: Change
-    selected: str | None
-    edge: int | None = None  # the index of the edge the person clicked, if they clicked one
-
-
-def sent_in(value: Mapping[str, Any]) -> int | None:
-    """The timestamp of the state a canvas value is based on, or None when its nodes disagree.
-
-    Every node of a state carries the same stamp; a value that mixes stamps or lacks them is
-    not one the browser built from a single state.
-    """
-    nodes = value.get("nodes")
-    stamps = {
-        n["data"].get(STAMP) if isinstance(n.get("data"), Mapping) else None
-        for n in (nodes if isinstance(nodes, list) else [])
-        if isinstance(n, Mapping)
-    }
-    stamp = stamps.pop() if len(stamps) == 1 else None
-    return stamp if isinstance(stamp, int) else None
-
-
-def apply_canvas(graph: Graph, value: Mapping[str, Any]) -> CanvasEdit:
-    """Merge a canvas value ({nodes, edges, selectedId, timestamp}) into the graph.
-
-    Only ids, positions and edge ends are read; nodes or edges naming unknown ids are ignored.
-    A node missing from the canvas was deleted there, and is deleted the way the page deletes.
-    """
-    known = {node.id for node in graph.nodes}
-    nodes, edges = value.get("nodes"), value.get("edges")
-    canvas_nodes = [n for n in nodes if isinstance(n, Mapping)] if isinstance(nodes, list) else []
-    present = {n.get("id") for n in canvas_nodes} & known
-    if not present or not isinstance(edges, list):  # not a value the canvas sends: no news
-        return CanvasEdit(graph, "none", None)
-    deleted = known - present
-    updated = edit.delete_nodes(graph, deleted) if deleted else _apply_edges(graph, edges)
-    kind: Change = "edited" if updated != graph else "none"
-    moved = _apply_positions(updated, canvas_nodes)
-    if kind == "none" and moved != updated:
-        kind = "moved"
-    return CanvasEdit(
-        moved, kind, _selection(value, present), edge_index(moved, value.get("selectedId"))
-    )
-
-
-def edge_id(index: int, source: str, target: str) -> str:
-    return f"{index}:{source}->{target}"
-
-
-def edge_index(graph: Graph, chosen: Any) -> int | None:
-    """The index of the graph edge a canvas edge id names (as graph_to_flow made it), or None."""
-    if not isinstance(chosen, str) or ":" not in chosen:
-        return None
-    head = chosen.split(":", 1)[0]
-    index = int(head) if head.isdigit() else -1
-    if not 0 <= index < len(graph.edges):
-        return None
-    edge = graph.edges[index]
-    return index if chosen == edge_id(index, edge.source, edge.target) else None
-
-
-def _apply_edges(graph: Graph, canvas_edges: list[Any]) -> Graph:
-    known = {node.id for node in graph.nodes}
-    wanted = Counter(
-        (e.get("source"), e.get("target"))
-        for e in canvas_edges
-        if isinstance(e, Mapping)
-        and e.get("source") in known
-        and e.get("target") in known
-        and e.get("source") != e.get("target")
-    )
-    have = Counter((e.source, e.target) for e in graph.edges)
-    if wanted == have:
-        return graph
-    keep = Counter(wanted)
-    edges = []
-    for existing in graph.edges:
-        pair = (existing.source, existing.target)
-        if keep[pair] > 0:
-            keep[pair] -= 1
-            edges.append(existing)
-    updated = graph.model_copy(update={"edges": edges})
-    for (source, target), count in keep.items():
-        for _ in range(count):
-            updated = edit.connect(updated, source, target)
-    return updated
-
-
-def _apply_positions(graph: Graph, canvas_nodes: list[Mapping[str, Any]]) -> Graph:
-    positions = {}
-    for canvas_node in canvas_nodes:
-        position = canvas_node.get("position")
-        if isinstance(position, Mapping):
-            x, y = position.get("x"), position.get("y")
-            if isinstance(x, int | float) and isinstance(y, int | float):
-                positions[canvas_node.get("id")] = (round(float(x), 1), round(float(y), 1))
-    if not positions:
-        return graph
-    nodes = []
-    changed = False
-    for node in graph.nodes:
-        position = positions.get(node.id)
-        if position is not None and position != node.position:
-            node = node.model_copy(update={"position": position})
-            changed = True
-        nodes.append(node)
-    return graph.model_copy(update={"nodes": nodes}) if changed else graph
-
-
-def _selection(value: Mapping[str, Any], present: set[Any]) -> str | None:
-    chosen = value.get("selectedId")
-    return chosen if chosen in present else None
-
-
-def looks_different(flow: StreamlitFlowState, value: Mapping[str, Any]) -> bool:
-    """True when the browser shows nodes or edges other than those of `flow`, the state sent.
-
-    The canvas's own Edit Node / Edit Edge dialogs change content, kinds and labels that the
-    graph does not hold, and an edge the graph refused (a node wired to itself) would stay drawn;
-    sending the state again puts the graph's view back.
-    """
-    nodes = {n.id: (n.data.get("content"), n.type) for n in flow.nodes}
-    edges = {e.id: (e.label, e.type) for e in flow.edges}
-    shown = Counter(
-        (e.get("source"), e.get("target"))
-        for e in value.get("edges") or []
-        if isinstance(e, Mapping)
-    )
-    if shown != Counter((e.source, e.target) for e in flow.edges):
-        return True
-    for node in value.get("nodes") or []:
-        if isinstance(node, Mapping) and node.get("id") in nodes:
-            data = node.get("data") if isinstance(node.get("data"), Mapping) else {}
-            if (data.get("content"), node.get("type")) != nodes[node["id"]]:
-                return True
-    for edge in value.get("edges") or []:
-        if isinstance(edge, Mapping) and edge.get("id") in edges:
-            if (edge.get("label"), edge.get("type")) != edges[edge["id"]]:
-                return True
-    return False

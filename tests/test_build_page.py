@@ -1,12 +1,12 @@
 """The Build page's logic through Streamlit's AppTest (no browser).
 
 AppTest does not render the canvas component; a canvas edit is simulated by putting the value
-the browser would send into the component's session-state key, exactly where the page reads it.
+the browser would send (its queue of events) into the component's session-state key, exactly
+where the page reads it, and what the canvas would draw is read from the component's arguments.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import types
@@ -40,15 +40,21 @@ def open_app(workspace: str | None = None) -> AppTest:
     return at.run()
 
 
-def canvas_key(at: AppTest) -> str:
-    """The canvas component's key: it changes when the page remounts the canvas to fit the view."""
-    mounts = at.session_state["nb_mounts"] if "nb_mounts" in at.session_state else 0
-    return f"nb_canvas_{mounts}"
+def shown(at: AppTest) -> dict:
+    """What the canvas draws: the state the page sent it (AppTest does not render it)."""
+    return json.loads(at.get("component_instance")[0].proto.json_args)["state"]
 
 
-def send(at: AppTest, value: dict) -> AppTest:
-    """What the browser does when the canvas reports a value."""
-    at.session_state[canvas_key(at)] = value
+def shown_ids(at: AppTest) -> set[str]:
+    return {n["id"] for n in shown(at)["nodes"]}
+
+
+def send(at: AppTest, *events: dict) -> AppTest:
+    """What the browser does on canvas events: it sends every event not acknowledged yet."""
+    ack = at.session_state["nb_canvas_ack"] if "nb_canvas_ack" in at.session_state else 0
+    at.session_state["nb_canvas"] = {
+        "events": [{"seq": ack + i + 1, **event} for i, event in enumerate(events)]
+    }
     return at.run()
 
 
@@ -135,9 +141,8 @@ def test_an_impossible_shape_turns_the_node_red_with_the_compiler_message(home):
     no_exception(at)
     message = "kernel 20x20 (dilated 20x20) exceeds padded input 10x10"
     assert any(message in e for e in errors(at))
-    flow = at.session_state["nb_pushed"][1]
-    stem = next(n for n in flow.nodes if n.id == "stem")
-    assert "#dc2626" in stem.style["border"] and message in stem.data["content"]
+    stem = next(n for n in shown(at)["nodes"] if n["id"] == "stem")
+    assert stem["status"] == "error" and message in stem["note"]
 
 
 def test_a_fix_button_applies_the_compilers_fix(home):
@@ -209,55 +214,24 @@ def test_opening_a_valid_file_lays_it_out_and_undo_brings_the_old_graph_back(hom
 
 
 def test_an_edge_drawn_on_the_canvas_reaches_the_analysis(home):
-    at = open_app()
-    flow = at.session_state["nb_pushed"][1]
-    value = copy.deepcopy(flow.asdict())
-    value["edges"].append(
-        {"id": "st-flow-edge_image-b1_bn1", "source": "image", "target": "b1_bn1"}
-    )
-    send(
-        at,
-        {
-            "nodes": value["nodes"],
-            "edges": value["edges"],
-            "selectedId": None,
-            "timestamp": 7,
-        },
-    )
+    at = send(open_app(), {"kind": "connect", "source": "image", "target": "b1_bn1"})
     no_exception(at)
     assert any("BatchNorm2d 'b1_bn1': takes exactly 1 input, has 2" in e for e in errors(at))
     assert toolbar(at, "nb_undo").disabled is False
+    assert ("image", "b1_bn1") in {(e["source"], e["target"]) for e in shown(at)["edges"]}
 
 
 def test_a_node_clicked_on_the_canvas_opens_its_form(home):
-    at = open_app()
-    value = copy.deepcopy(at.session_state["nb_pushed"][1].asdict())
-    send(
-        at,
-        {
-            "nodes": value["nodes"],
-            "edges": value["edges"],
-            "selectedId": "head",
-            "timestamp": 8,
-        },
-    )
+    at = send(open_app(), {"kind": "select", "node": "head"})
     assert any(m.value == "#### Linear · head" for m in at.markdown)
     assert number_field(at, "out_features").value == 10
+    assert [n["id"] for n in shown(at)["nodes"] if n["selected"]] == ["head"]
 
 
 def test_a_node_dragged_on_the_canvas_moves_without_an_undo_step(home):
     at = open_app()
-    value = copy.deepcopy(at.session_state["nb_pushed"][1].asdict())
-    value["nodes"][0]["position"] = {"x": 1234.0, "y": 56.0}
-    send(
-        at,
-        {
-            "nodes": value["nodes"],
-            "edges": value["edges"],
-            "selectedId": None,
-            "timestamp": 9,
-        },
-    )
+    first = _current_graph(at).nodes[0].id
+    send(at, {"kind": "move", "positions": {first: [1234.0, 56.0]}})
     assert _current_graph(at).nodes[0].position == (1234.0, 56.0)
     assert toolbar(at, "nb_undo").disabled
 
@@ -302,79 +276,61 @@ def test_an_unreadable_autosave_is_kept_aside_and_reported(home):
 
 
 def test_interlocked_cycles_drawn_on_the_canvas_are_reported_not_raised(home):
-    at = open_app()
-    value = copy.deepcopy(at.session_state["nb_pushed"][1].asdict())
-    for source, target in [
-        ("b1_bn1", "b1_conv1"),
-        ("b1_conv2", "b1_relu1"),
-        ("b1_relu1", "b1_bn1"),
-    ]:
-        value["edges"].append({"id": f"{source}-{target}", "source": source, "target": target})
-    send(
-        at,
-        {
-            "nodes": value["nodes"],
-            "edges": value["edges"],
-            "selectedId": None,
-            "timestamp": 11,
-        },
+    at = send(
+        open_app(),
+        *(
+            {"kind": "connect", "source": source, "target": target}
+            for source, target in [
+                ("b1_bn1", "b1_conv1"),
+                ("b1_conv2", "b1_relu1"),
+                ("b1_relu1", "b1_bn1"),
+            ]
+        ),
     )
     no_exception(at)
     assert any("cycle" in e for e in errors(at))
 
 
-def _canvas_value(flow, selected: str | None, timestamp: int) -> dict:
-    value = copy.deepcopy(flow.asdict())
-    return {
-        "nodes": value["nodes"],
-        "edges": value["edges"],
-        "selectedId": selected,
-        "timestamp": timestamp,
-    }
-
-
-def test_a_late_echo_of_an_older_state_does_not_undo_a_palette_click(home):
+def test_events_the_browser_sends_again_are_applied_once_and_in_order(home):
+    """The canvas resends its queue until the page acknowledges it: a value that reaches a busy
+    page late carries events applied already, which must not be applied twice."""
     at = open_app()
-    send(at, _canvas_value(at.session_state["nb_pushed"][1], "flatten", 20))
-    sent_with_selection = at.session_state["nb_pushed"][1]  # the state the browser will echo late
-    palette(at, "Regularisation").set_value("Dropout").run()
-    assert "dropout_1" in {n.id for n in _current_graph(at).nodes}
-    send(at, _canvas_value(sent_with_selection, None, 21))
-    no_exception(at)
-    assert "dropout_1" in {n.id for n in _current_graph(at).nodes}
-    resent = at.session_state["nb_pushed"][1]
-    assert resent.timestamp > 21 and "dropout_1" in {n.id for n in resent.nodes}
-
-
-def _canvas_args(at: AppTest) -> dict:
-    """The arguments the page sent to the canvas component (AppTest does not render it)."""
-    return json.loads(at.get("component_instance")[0].proto.json_args)
+    edges = len(_current_graph(at).edges)
+    first = {"seq": 101, "kind": "connect", "source": "image", "target": "b1_bn1"}
+    at.session_state["nb_canvas"] = {"events": [first]}
+    at.run()
+    assert len(_current_graph(at).edges) == edges + 1
+    assert shown(at)["ack"] == 101
+    second = {"seq": 102, "kind": "select", "node": "head"}
+    at.session_state["nb_canvas"] = {"events": [second, first]}  # the first, not yet seen acked
+    at.run()
+    assert len(_current_graph(at).edges) == edges + 1
+    assert any(m.value == "#### Linear · head" for m in at.markdown)
+    toolbar(at, "nb_undo").click().run()  # the value stays in the page: nothing is re-applied
+    assert len(_current_graph(at).edges) == edges
+    assert shown(at)["ack"] == 102
 
 
 def test_a_loaded_template_is_fitted_to_the_view_and_an_edit_keeps_the_zoom(home):
-    """The canvas fits the graph as it mounts; a new key remounts it, the same key keeps it."""
+    """The canvas fits the graph when the page's fit token grows, and keeps the zoom otherwise."""
     at = open_app()
-    assert _canvas_args(at)["fitView"] is True
-    first = canvas_key(at)
+    first = shown(at)["fit"]
     palette(at, "Regularisation").set_value("Dropout").run()
-    assert canvas_key(at) == first and _canvas_args(at)["fitView"] is False  # the zoom is kept
+    assert shown(at)["fit"] == first  # the zoom is kept
     at.menu_button(key="nb_template").set_value("lenet5").run()
-    assert canvas_key(at) != first and _canvas_args(at)["fitView"] is True
-    tidied = canvas_key(at)
+    templated = shown(at)["fit"]
+    assert templated > first
     toolbar(at, "nb_tidy").click().run()
-    assert canvas_key(at) != tidied
+    assert shown(at)["fit"] > templated
 
 
-def test_a_clicked_edge_makes_the_page_send_its_state_again(home):
-    """React Flow would let Backspace delete the selected edge unreported; a new state clears it."""
-    at = open_app()
-    sent = at.session_state["nb_pushed"][1]
-    send(at, _canvas_value(sent, sent.edges[0].id, 30))
-    resent = at.session_state["nb_pushed"][1]
-    assert resent.timestamp > 30 and resent.timestamp != sent.timestamp
-    assert [(e.source, e.target) for e in resent.edges] == [
-        (e.source, e.target) for e in sent.edges
-    ]
+def test_a_clicked_edge_is_shown_selected_and_the_form_is_closed(home):
+    at = send(open_app(), {"kind": "select", "node": "head"})
+    edge = shown(at)["edges"][0]
+    send(at, {"kind": "select_edge", "edge": edge["id"]})
+    assert [e["id"] for e in shown(at)["edges"] if e["selected"]] == [edge["id"]]
+    assert not any(n["selected"] for n in shown(at)["nodes"])
+    assert not any(m.value.startswith("#### Linear") for m in at.markdown)
     assert toolbar(at, "nb_undo").disabled
 
 
@@ -402,26 +358,20 @@ def test_every_node_can_be_deleted_down_to_an_empty_canvas(home):
 
 def test_a_clicked_edge_is_deleted_by_the_delete_button(home):
     at = open_app()
-    sent = at.session_state["nb_pushed"][1]
-    edge = sent.edges[0]
-    send(at, _canvas_value(sent, edge.id, 40))
+    edge = shown(at)["edges"][0]
+    send(at, {"kind": "select_edge", "edge": edge["id"]})
     toolbar(at, "nb_delete").click().run()
     no_exception(at)
     pairs = [(e.source, e.target) for e in _current_graph(at).edges]
-    assert len(pairs) == len(sent.edges) - 1 and (edge.source, edge.target) not in pairs
+    assert len(pairs) == len(shown(at)["edges"]) and (edge["source"], edge["target"]) not in pairs
 
 
-def test_a_value_with_nothing_selected_keeps_the_selection_and_deselect_clears_it(home):
-    """The canvas sends nothing-selected values for its own layout passes; the page's script
-    presses the hidden Deselect button when the empty pane is clicked."""
-    at = open_app()
-    sent = at.session_state["nb_pushed"][1]
-    send(at, _canvas_value(sent, "head", 51))
+def test_a_click_on_the_empty_pane_clears_the_selection(home):
+    at = send(open_app(), {"kind": "select", "node": "head"})
     assert any(m.value == "#### Linear · head" for m in at.markdown)
-    send(at, _canvas_value(at.session_state["nb_pushed"][1], None, 52))
-    assert any(m.value == "#### Linear · head" for m in at.markdown)
-    toolbar(at, "nb_deselect").click().run()
+    send(at, {"kind": "deselect"})
     assert not any(m.value.startswith("#### Linear") for m in at.markdown)
+    assert not any(n["selected"] for n in shown(at)["nodes"])
 
 
 def test_a_linear_added_before_the_output_of_a_digits_model_gets_ten_outputs_and_says_so(home):
@@ -525,40 +475,36 @@ def test_the_summary_shows_the_memory_a_training_step_needs(home):
     assert metric(at, "Size") == format_bytes(analysis.total_params * 4)
 
 
-def test_the_echo_of_an_empty_canvas_is_not_sent_back_again(home):
-    """An empty canvas's echo has no nodes to carry the state's stamp; it is still the state the
-    page sent, so the page must not answer it with a new state (the two would ping-pong)."""
+def test_the_canvas_deletes_down_to_an_empty_canvas_and_undo_brings_the_last_node_back(home):
     at = open_app()
     toolbar(at, "nb_new").click().run()
-    for node_id in ("output", "input"):
-        at = select(at, node_id)
-        toolbar(at, "nb_delete").click().run()
-    sent = at.session_state["nb_pushed"][1]
-    assert sent.nodes == []
-    send(at, _canvas_value(sent, None, 77))
-    assert at.session_state["nb_pushed"][1].timestamp == sent.timestamp
+    send(at, {"kind": "delete_nodes", "nodes": ["output"]})
+    send(at, {"kind": "delete_nodes", "nodes": ["input"]})
+    no_exception(at)
+    assert _current_graph(at).nodes == [] and shown(at)["nodes"] == []
     toolbar(at, "nb_undo").click().run()
     assert [n.id for n in _current_graph(at).nodes] == ["input"]
     assert not toolbar(at, "nb_redo").disabled
     no_exception(at)
 
 
-def test_an_echo_that_arrives_with_an_undo_click_does_not_undo_the_undo(home):
-    """The browser's echo of the state last sent can reach the page in the same run as a click on
-    Undo: the echo was built before the undo, so applying it would take the undone edit back."""
-    at = open_app()
-    toolbar(at, "nb_new").click().run()
-    at = select(at, "output")
-    toolbar(at, "nb_delete").click().run()
-    assert [n.id for n in _current_graph(at).nodes] == ["input"]
-    echo = _canvas_value(at.session_state["nb_pushed"][1], None, 90)
-    at.session_state[canvas_key(at)] = echo
-    toolbar(at, "nb_undo").click().run()
-    no_exception(at)
-    assert [n.id for n in _current_graph(at).nodes] == ["input", "output"]
-    resent = at.session_state["nb_pushed"][1]
-    assert resent.timestamp > 90 and {n.id for n in resent.nodes} == {"input", "output"}
-    assert not toolbar(at, "nb_redo").disabled
+def test_a_palette_click_comes_with_where_the_canvas_draws_it_before_the_answer(home):
+    """The canvas draws a palette click at once from the page's plan (edit.placement): the plan
+    is where the page then puts the layer, and what it moves down to make room."""
+    at = send(open_app(), {"kind": "select", "node": "flatten"})
+    plan = shown(at)["add_plans"]["layer"]
+    round_before = shown(at)["palette_round"]
+    before = {n.id: n.position for n in _current_graph(at).nodes}
+    palette(at, "Regularisation").set_value("Dropout").run()
+    graph = _current_graph(at)
+    assert plan["anchor"] == "flatten" and graph.node("dropout_1").position == (plan["x"], plan["y"])
+    assert plan["splice"].endswith(":flatten->head")
+    assert "head" in plan["shifted"] and "flatten" not in plan["shifted"]
+    for node in graph.nodes:
+        if node.id in before:
+            dy = plan["row"] if node.id in plan["shifted"] else 0
+            assert node.position == (before[node.id][0], before[node.id][1] + dy), node.id
+    assert shown(at)["palette_round"] == round_before + 1  # the canvas drops its drawing
 
 
 def test_a_gan_pair_shows_one_graph_at_a_time_and_edits_the_chosen_one(home):
@@ -569,14 +515,13 @@ def test_a_gan_pair_shows_one_graph_at_a_time_and_edits_the_chosen_one(home):
     no_exception(at)
     part = next(b for b in at.button_group if b.key == "nb_part_choice")
     assert part.value == "generator"
-    assert "pixels" in {n.id for n in at.session_state["nb_pushed"].flow.nodes}
+    assert "pixels" in shown_ids(at)
     assert not errors(at)  # the pair plays together
     generator = _current_graph(at).model_copy()
 
     part.set_value("discriminator").run()
     no_exception(at)
-    shown = {n.id for n in at.session_state["nb_pushed"].flow.nodes}
-    assert {"image", "down1", "score"} <= shown and "pixels" not in shown
+    assert {"image", "down1", "score"} <= shown_ids(at) and "pixels" not in shown_ids(at)
     at = select(at, "score")
     palette(at, "Regularisation").set_value("Dropout").run()
     pair = _current_graph(at)

@@ -7,6 +7,7 @@ Every step waits on what the page shows, never on a fixed pause.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Iterator
@@ -166,11 +167,10 @@ def test_lenet5_from_a_blank_canvas_by_palette_clicks_and_handle_drags(small: Pa
     page.locator(CANVAS).scroll_into_view_if_needed()  # the form below may have scrolled the page
     expect(node(page, "input")).to_be_in_viewport()
     settled(page)
-    edge = canvas(page).locator('.react-flow__edge[data-testid$="input->conv2d_1"] path').first
-    # The edge's own menu (a left click on an edge can land as a click on the pane, which
-    # deselects; Delete would then have nothing to delete: see the closing note of issue 13).
-    page.mouse.click(*centre(edge), button="right")
-    canvas(page).get_by_text("Delete Edge").click()
+    edge = canvas(page).locator('.react-flow__edge[data-testid$="input->conv2d_1"]')
+    page.mouse.click(*centre(edge.locator("path").first))  # a left click selects the edge
+    expect(edge).to_have_class(re.compile(r"\bnb-edge-selected\b"))
+    page.keyboard.press("Delete")
     expect(node(page, "conv2d_1")).to_contain_text("has no input")
     expect(node(page, "input")).to_be_visible()
     source = node(page, "input").locator(".react-flow__handle.source")

@@ -1,7 +1,7 @@
 """One person's session in a real browser: build LeNet-5, edit it on the canvas, train, export.
 
 One test runs the steps in order in its own tab (each step builds on the last; the test sets up
-everything it needs from a fresh workspace), and each step saves a screenshot in test-artifacts/. The canvas is streamlit-flow's React Flow inside an iframe; it is used with the
+everything it needs from a fresh workspace), and each step saves a screenshot in test-artifacts/. The canvas is NetBuilder's React Flow component inside an iframe; it is used with the
 mouse only (small moves, as a hand would), never by calling into the page's scripts.
 """
 
@@ -21,16 +21,18 @@ from playwright.sync_api import FrameLocator, Locator, Page, expect
 from builder.graph import load_graph
 from compiler.analysis import analyse
 from compiler.codegen import attribute_names, generate_source
+from pages.flow_canvas import FRAME_TITLE
 
 ROOT = Path(__file__).resolve().parents[2]
 # The canvas's frame, as drawn by the latest run: while Tidy, New or a template remounts it, the
 # old frame may stay a moment beside the new one, marked stale.
 CANVAS = (
     "[data-testid=stElementContainer]:not([data-stale=true])"
-    ' iframe[title="streamlit_flow.streamlit_flow"]'
+    f' iframe[title="{FRAME_TITLE}"]'
 )
+LIVE_GRAPH = 'iframe[title="streamlit_flow.streamlit_flow"]'  # the Train page's graph
 LENET = ROOT / "builder" / "templates" / "lenet5.json"
-ERROR_RED = "rgb(220, 38, 38)"  # pages/canvas.py's error border, #dc2626
+ERROR_RED = "rgb(220, 38, 38)"  # the canvas's error border (frontend/src/canvas.css), #dc2626
 SELECTED_BLUE = "rgb(37, 99, 235)"  # its selected border, #2563eb
 IDLE = "() => !document.querySelector('[data-testid=stStatusWidgetRunningIcon]')"
 
@@ -96,8 +98,8 @@ def torch_shapes() -> dict[str, list[int]]:
 def select(page: Page, node_id: str) -> None:
     """Click a node until the page and the canvas agree that it is selected.
 
-    A click that lands while the canvas still answers the page's previous state is superseded by
-    that answer (the component sends one value at a time), so click again once the page is idle.
+    The canvas shows the click at once; a click aimed while a rerun moved the node (a layer
+    added above it) can miss, so click again once the page is idle.
     """
     for _attempt in range(5):
         page.wait_for_function(IDLE)
@@ -138,7 +140,7 @@ def step_a_new_layer_is_connected_by_dragging_an_edge(page: Page, shot):
     expect(node(page, "identity_1")).to_contain_text("[400]")
     edge = canvas(page).locator('.react-flow__edge[data-testid$="identity_1->f5"] path').first
     page.mouse.click(*centre(edge), button="right")
-    canvas(page).get_by_text("Delete Edge").click()
+    canvas(page).get_by_text("Delete edge", exact=True).click()
     expect(node(page, "f5")).to_contain_text("has no input")
     expect(node(page, "f5")).to_have_css("border-top-color", ERROR_RED)
     shot(page, "edge-removed-f5-red")
@@ -185,7 +187,10 @@ def step_training_on_digits_draws_the_loss_as_it_falls(page: Page, shot):
     expect(loss_line(page)).to_be_attached(timeout=30_000)
     drawn = len(loss_line(page).get_attribute("d"))
     wait_until(lambda: len(loss_line(page).get_attribute("d")) > drawn, "the loss line to grow")
-    expect(node(page, "c1")).to_contain_text("‖grad‖", timeout=40_000)  # the live graph
+    live_graph = page.frame_locator(LIVE_GRAPH)
+    expect(live_graph.locator('.react-flow__node[data-id="c1"]')).to_contain_text(
+        "‖grad‖", timeout=40_000
+    )
     shot(page, "training-live")
 
 

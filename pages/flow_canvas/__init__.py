@@ -1,0 +1,24 @@
+"""NetBuilder's own canvas component: React Flow, built from frontend/ into build/ (committed).
+
+Python sends the graph's compact state; the browser sends back a queue of events (select,
+move, connect, delete), never whole states, so nothing echoes and an edit is drawn at once in
+the browser before Python answers. The event format is read by pages/canvas.py. To rebuild the
+frontend after changing it: `make canvas` (npm ci from the lockfile, then vite build).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import streamlit.components.v1 as components
+
+BUILD = Path(__file__).resolve().parent / "build"
+FRAME_TITLE = "pages.flow_canvas.nb_canvas"  # the iframe's title: how tests and benchmarks find it
+
+_component = components.declare_component("nb_canvas", path=str(BUILD))
+
+
+def graph_canvas(state: dict[str, Any], key: str) -> Any:
+    """Draw the canvas; returns the last value it sent ({"events": [...]}), or None."""
+    return _component(state=state, key=key, default=None)

@@ -1,0 +1,494 @@
+// NetBuilder's canvas: React Flow as a Streamlit component (protocol v1, spoken by hand).
+//
+// Python owns the graph. It sends a compact state (nodes with their text already rendered,
+// edges, a version, `ack`: the last event it applied); this side sends events, never states:
+// select, deselect, move, connect, delete. An event is shown at once (optimistically) and
+// kept in a queue until Python acknowledges it, so a state that arrives before Python saw a
+// later event is drawn with that event re-applied, and a rerun that drops a value loses nothing.
+// Python's state always wins: what it refused disappears when its answer arrives.
+// A click on the page's palette (Streamlit pills beside the frame) is drawn at once too, from
+// the placement plan Python sends (`add_plans`), until Python's answer for that click arrives.
+
+import React, { memo, useCallback, useEffect, useLayoutEffect, useRef, useState } from "react";
+import { createRoot } from "react-dom/client";
+import {
+  Controls,
+  Handle,
+  Position,
+  ReactFlow,
+  ReactFlowProvider,
+  getNodesBounds,
+  useReactFlow,
+  useStore,
+} from "@xyflow/react";
+import "@xyflow/react/dist/style.css";
+import "./canvas.css";
+
+// ---------------------------------------------------------------------------------------------
+// Streamlit's component protocol: one message in (render), three out.
+
+const post = (type, data) =>
+  window.parent.postMessage({ isStreamlitMessage: true, type, ...data }, "*");
+const announceReady = () => post("streamlit:componentReady", { apiVersion: 1 });
+const setFrameHeight = (height) => post("streamlit:setFrameHeight", { height });
+const sendValue = (value) => post("streamlit:setComponentValue", { value, dataType: "json" });
+
+// ---------------------------------------------------------------------------------------------
+// Python's state -> React Flow's nodes and edges
+
+const toNode = (n) => ({
+  id: n.id,
+  type: "layer",
+  position: { x: n.x, y: n.y },
+  data: n,
+  className: nodeClass(n.status, n.selected),
+  selectable: false,
+  deletable: false,
+});
+
+const toEdge = (e) => ({
+  id: e.id,
+  source: e.source,
+  target: e.target,
+  label: e.label || undefined,
+  className: e.selected ? "nb-edge-selected" : "",
+  markerEnd: { type: "arrowclosed", color: e.selected ? "#2563eb" : "#64748b" },
+  labelBgPadding: [3, 2],
+  selectable: false,
+  deletable: false,
+  focusable: false,
+});
+
+function applyEvent(view, event) {
+  // What an event looks like before Python answers: the same rule Python applies, minus checks.
+  const { nodes, edges } = view;
+  switch (event.kind) {
+    case "select":
+      return {
+        nodes: nodes.map((n) => withSelection(n, n.id === event.node)),
+        edges: edges.map((e) => withEdgeSelection(e, false)),
+      };
+    case "select_edge":
+      return {
+        nodes: nodes.map((n) => withSelection(n, false)),
+        edges: edges.map((e) => withEdgeSelection(e, e.id === event.edge)),
+      };
+    case "deselect":
+      return {
+        nodes: nodes.map((n) => withSelection(n, false)),
+        edges: edges.map((e) => withEdgeSelection(e, false)),
+      };
+    case "move":
+      return {
+        nodes: nodes.map((n) =>
+          event.positions[n.id]
+            ? { ...n, position: { x: event.positions[n.id][0], y: event.positions[n.id][1] } }
+            : n,
+        ),
+        edges,
+      };
+    case "connect":
+      return {
+        nodes,
+        edges: [
+          ...edges,
+          toEdge({ id: `new:${event.source}->${event.target}`, ...event, label: "" }),
+        ],
+      };
+    case "delete_nodes": {
+      // As Python does: a node with one input and one output is bridged over.
+      const gone = new Set(event.nodes);
+      const kept = edges.filter((e) => !gone.has(e.source) && !gone.has(e.target));
+      for (const id of event.nodes) {
+        const into = edges.filter((e) => e.target === id && !gone.has(e.source));
+        const out = edges.filter((e) => e.source === id && !gone.has(e.target));
+        if (into.length === 1 && out.length === 1) {
+          const [source, target] = [into[0].source, out[0].target];
+          kept.push(toEdge({ id: `new:${source}->${target}`, source, target, label: into[0].label }));
+        }
+      }
+      return { nodes: nodes.filter((n) => !gone.has(n.id)), edges: kept };
+    }
+    case "delete_edge":
+      return { nodes, edges: edges.filter((e) => e.id !== event.edge) };
+    case "add":
+      return addLayer(view, event);
+    default:
+      return view;
+  }
+}
+
+const GHOST = "+"; // the id prefix of a layer drawn before the page named it
+
+function addLayer({ nodes, edges }, { plan, type, seq }) {
+  // The placement Python computed (edit.placement): below the anchor, spliced into its one
+  // outgoing edge with what follows moved down a row, else a new branch.
+  const id = `${GHOST}${type}-${seq}`;
+  const shifted = new Set(plan.shifted);
+  const drawn = nodes.map((n) => {
+    const moved = shifted.has(n.id)
+      ? { ...n, position: { x: n.position.x, y: n.position.y + plan.row } }
+      : n;
+    return withSelection(moved, false);
+  });
+  const kind = type === "Input" ? "input" : type === "Output" ? "output" : "layer";
+  const face = { id, x: plan.x, y: plan.y, kind, type, name: "", params: "", shape: "…" };
+  drawn.push({ ...toNode({ ...face, count: "", note: "", status: "ok", selected: true }) });
+  let wired = edges.map((e) => withEdgeSelection(e, false));
+  if (plan.anchor !== null) {
+    const old = plan.splice === null ? null : wired.find((e) => e.id === plan.splice);
+    if (old) {
+      wired = wired.filter((e) => e !== old);
+      wired.push(toEdge({ id: `${id}:in`, source: plan.anchor, target: id, label: old.label }));
+      wired.push(toEdge({ id: `${id}:out`, source: id, target: old.target, label: "" }));
+    } else {
+      wired.push(toEdge({ id: `${id}:in`, source: plan.anchor, target: id, label: "" }));
+    }
+  }
+  return { nodes: drawn, edges: wired };
+}
+
+function nodeClass(status, selected) {
+  // On React Flow's own node element, which carries the face's border and background.
+  return `nb-${status}${selected ? " nb-selected" : ""}`;
+}
+
+function withSelection(node, selected) {
+  const className = nodeClass(node.data.status, selected);
+  return node.className === className ? node : { ...node, className };
+}
+
+function withEdgeSelection(edge, selected) {
+  const className = selected ? "nb-edge-selected" : "";
+  if (edge.className === className) return edge;
+  return {
+    ...edge,
+    className,
+    markerEnd: { type: "arrowclosed", color: selected ? "#2563eb" : "#64748b" },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// A layer's face: type and name, key params, output shape and count, its first problem.
+
+const LayerNode = memo(function LayerNode({ data }) {
+  return (
+    <div className="nb-node">
+      {data.kind !== "input" && <Handle type="target" position={Position.Top} />}
+      <div className="nb-title">
+        <b>{data.type}</b>
+        {data.name ? <span className="nb-muted"> {data.name}</span> : null}
+      </div>
+      {data.params ? <div className="nb-params">{data.params}</div> : null}
+      {data.shape ? (
+        <div className="nb-shape">
+          <code>{data.shape}</code>
+          <span className="nb-muted">{data.count}</span>
+        </div>
+      ) : null}
+      {data.note ? <div className={`nb-note nb-note-${data.note_severity}`}>{data.note}</div> : null}
+      {data.kind !== "output" && <Handle type="source" position={Position.Bottom} />}
+    </div>
+  );
+});
+
+const NODE_TYPES = { layer: LayerNode };
+const MARGIN = 40;
+
+// ---------------------------------------------------------------------------------------------
+// The canvas
+
+function Canvas({ args }) {
+  const flow = useReactFlow();
+  const [view, setView] = useState(() => ({
+    nodes: args.nodes.map(toNode),
+    edges: args.edges.map(toEdge),
+  }));
+  const [menu, setMenu] = useState(null); // {kind: "node"|"edge", id, x, y}
+  const ghosts = useRef([]); // palette clicks drawn before the page's answer: {seq, round, ...}
+  const pending = useRef([]); // events sent and not yet acknowledged, oldest first
+  const [pendingCount, setPendingCount] = useState(0); // shown as data-pending: 0 = settled
+  const lastSeq = useRef(0);
+  const shown = useRef({ version: null, ack: null });
+  const selected = useRef({ node: null, edge: null });
+  const fitted = useRef(null);
+  const revealed = useRef(null);
+  const width = useStore((s) => s.width);
+  const height = useStore((s) => s.height);
+  const allMeasured = useStore((s) => {
+    if (s.nodeLookup.size === 0) return false;
+    for (const node of s.nodeLookup.values()) if (!node.measured?.height) return false;
+    return true;
+  });
+
+  // A new state from Python (a new version, or an acknowledgement): drawn, with the events it
+  // has not seen yet applied on top.
+  useLayoutEffect(() => {
+    if (shown.current.version === args.version && shown.current.ack === args.ack) return;
+    shown.current = { version: args.version, ack: args.ack };
+    pending.current = pending.current.filter((event) => event.seq > (args.ack || 0));
+    ghosts.current = ghosts.current.filter((ghost) => ghost.round >= args.palette_round);
+    setPendingCount(pending.current.length + ghosts.current.length);
+    let next = { nodes: args.nodes.map(toNode), edges: args.edges.map(toEdge) };
+    for (const event of [...pending.current, ...ghosts.current]) next = applyEvent(next, event);
+    setView(next);
+    const chosenNode = args.nodes.find((n) => n.selected);
+    const chosenEdge = args.edges.find((e) => e.selected);
+    selected.current = { node: chosenNode ? chosenNode.id : null, edge: chosenEdge ? chosenEdge.id : null };
+    for (const event of pending.current) trackSelection(event);
+    for (const ghost of ghosts.current) {
+      selected.current = { node: `${GHOST}${ghost.type}-${ghost.seq}`, edge: null };
+    }
+  }, [args]);
+
+  const trackSelection = (event) => {
+    if (event.kind === "select") selected.current = { node: event.node, edge: null };
+    else if (event.kind === "select_edge") selected.current = { node: null, edge: event.edge };
+    else if (event.kind === "deselect" || event.kind.startsWith("delete"))
+      selected.current = { node: null, edge: null };
+  };
+
+  const emit = useCallback(
+    (event) => {
+      lastSeq.current = Math.max(Date.now(), lastSeq.current + 1, (args.ack || 0) + 1);
+      const stamped = { ...event, seq: lastSeq.current };
+      pending.current = [...pending.current, stamped];
+      setPendingCount(pending.current.length + ghosts.current.length);
+      trackSelection(stamped);
+      setView((current) => applyEvent(current, stamped));
+      setMenu(null);
+      sendValue({ events: pending.current, version: args.version });
+    },
+    [args.version, args.ack],
+  );
+
+  // The view: fit when Python asks (a new graph, Tidy, Open), never cramped below the smallest
+  // readable zoom; a graph taller than that shows its top (the Input), not its middle.
+  useEffect(() => {
+    if (!allMeasured || !width || !height || fitted.current === args.fit) return;
+    fitted.current = args.fit;
+    const nodes = flow.getNodes();
+    if (!nodes.length) return;
+    const box = getNodesBounds(nodes);
+    const zoom = Math.max(
+      args.min_zoom,
+      Math.min(1, (width - 2 * MARGIN) / box.width, (height - 2 * MARGIN) / box.height),
+    );
+    const x = (width - box.width * zoom) / 2 - box.x * zoom;
+    const y =
+      box.height * zoom > height - 2 * MARGIN
+        ? MARGIN - box.y * zoom
+        : (height - box.height * zoom) / 2 - box.y * zoom;
+    flow.setViewport({ x, y, zoom });
+    revealed.current = selected.current.node; // fitted: what is selected is where it is
+  }, [allMeasured, width, height, args.fit, args.min_zoom, flow]);
+
+  // A node Python selected (a layer just added) is brought into view once, by the least pan.
+  useEffect(() => {
+    const id = args.nodes.find((n) => n.selected)?.id ?? null;
+    if (!allMeasured || id === null || id === revealed.current || fitted.current !== args.fit) return;
+    revealed.current = id;
+    const node = flow.getInternalNode(id);
+    if (!node) return;
+    const { x, y, zoom } = flow.getViewport();
+    const left = node.internals.positionAbsolute.x * zoom + x;
+    const top = node.internals.positionAbsolute.y * zoom + y;
+    const right = left + (node.measured.width || 0) * zoom;
+    const bottom = top + (node.measured.height || 0) * zoom;
+    let dx = 0;
+    let dy = 0;
+    if (bottom > height - MARGIN) dy = height - MARGIN - bottom;
+    if (top + dy < MARGIN) dy = MARGIN - top;
+    if (right > width - MARGIN) dx = width - MARGIN - right;
+    if (left + dx < MARGIN) dx = MARGIN - left;
+    if (dx || dy) flow.setViewport({ x: x + dx, y: y + dy, zoom });
+  }, [args, allMeasured, width, height, flow]);
+
+  // Delete/Backspace, here and on the page around the frame (where focus is after a palette
+  // click), delete what is selected; typing in a field is left alone.
+  useEffect(() => {
+    const onKey = (event) => {
+      if (!window.frameElement || !window.frameElement.isConnected) return; // a replaced frame
+      const target = event.target;
+      const tag = ((target && target.tagName) || "").toLowerCase();
+      if (tag === "input" || tag === "textarea" || (target && target.isContentEditable)) return;
+      if (event.ctrlKey || event.metaKey || event.altKey) return;
+      if (event.key !== "Delete" && event.key !== "Backspace") return;
+      const { node, edge } = selected.current;
+      if (node === null && edge === null) return;
+      if (node !== null && node.startsWith(GHOST)) return; // not named by the page yet
+      event.preventDefault();
+      event.stopPropagation();
+      emit(node !== null ? { kind: "delete_nodes", nodes: [node] } : { kind: "delete_edge", edge });
+    };
+    const windows = [window];
+    try {
+      if (window.parent && window.parent !== window && window.parent.document) windows.push(window.parent);
+    } catch (error) {
+      /* a page of another origin: keys inside the frame only */
+    }
+    for (const w of windows) w.addEventListener("keydown", onKey, true);
+    return () => {
+      for (const w of windows) w.removeEventListener("keydown", onKey, true);
+    };
+  }, [emit]);
+
+  // A click on the page's palette: the layer is drawn now, where the page will put it.
+  const latest = useRef(args);
+  latest.current = args;
+  useEffect(() => {
+    let page;
+    try {
+      page = window.parent.document;
+    } catch (error) {
+      return undefined; // a page of another origin: the page's answer draws the layer
+    }
+    const onClick = (event) => {
+      if (!window.frameElement || !window.frameElement.isConnected) return;
+      const button = event.target.closest && event.target.closest("button");
+      const pills = button && button.closest('[class*="st-key-nb_palette_"]');
+      if (!pills) return;
+      const now = latest.current;
+      const type = (button.innerText || "").trim().split(/\s+/)[0];
+      if (!now.layer_types.includes(type)) return;
+      if (ghosts.current.some((ghost) => ghost.round === now.palette_round)) return; // taken once
+      lastSeq.current = Math.max(Date.now(), lastSeq.current + 1);
+      const plan = type === "Input" ? now.add_plans.input : now.add_plans.layer;
+      const ghost = { kind: "add", seq: lastSeq.current, round: now.palette_round, type, plan };
+      ghosts.current = [...ghosts.current, ghost];
+      selected.current = { node: `${GHOST}${type}-${ghost.seq}`, edge: null };
+      setPendingCount(pending.current.length + ghosts.current.length);
+      setView((current) => applyEvent(current, ghost));
+    };
+    page.addEventListener("click", onClick, true);
+    return () => page.removeEventListener("click", onClick, true);
+  }, []);
+
+  const onNodesChange = useCallback((changes) => {
+    // Only what React Flow measures and drags: dimensions and positions. Nothing is removed here.
+    setView((current) => {
+      let changed = false;
+      const byId = new Map(current.nodes.map((n) => [n.id, n]));
+      for (const change of changes) {
+        const node = byId.get(change.id);
+        if (!node) continue;
+        if (change.type === "dimensions" && change.dimensions) {
+          byId.set(change.id, { ...node, measured: change.dimensions });
+          changed = true;
+        } else if (change.type === "position" && change.position) {
+          byId.set(change.id, { ...node, position: change.position, dragging: change.dragging });
+          changed = true;
+        }
+      }
+      return changed ? { ...current, nodes: current.nodes.map((n) => byId.get(n.id)) } : current;
+    });
+  }, []);
+
+  const onNodeDragStop = useCallback(
+    (_event, _node, dragged) => {
+      const positions = {};
+      for (const node of dragged) positions[node.id] = [node.position.x, node.position.y];
+      emit({ kind: "move", positions });
+    },
+    [emit],
+  );
+
+  const onConnect = useCallback(
+    ({ source, target }) => {
+      if (source && target && source !== target) emit({ kind: "connect", source, target });
+    },
+    [emit],
+  );
+
+  const onNodeContextMenu = useCallback((event, node) => {
+    event.preventDefault();
+    setMenu({ kind: "node", id: node.id, x: event.clientX, y: event.clientY });
+  }, []);
+  const onEdgeContextMenu = useCallback((event, edge) => {
+    event.preventDefault();
+    setMenu({ kind: "edge", id: edge.id, x: event.clientX, y: event.clientY });
+  }, []);
+
+  return (
+    <div
+      className="nb-canvas"
+      style={{ height: args.height, "--nb-node-width": `${args.node_width}px` }}
+      data-nodes={view.nodes.length}
+      data-edges={view.edges.length}
+      data-pending={pendingCount}
+    >
+      <ReactFlow
+        nodes={view.nodes}
+        edges={view.edges}
+        nodeTypes={NODE_TYPES}
+        onNodesChange={onNodesChange}
+        onNodeDragStop={onNodeDragStop}
+        onConnect={onConnect}
+        isValidConnection={(c) => c.source !== c.target}
+        onNodeClick={(_e, node) => emit({ kind: "select", node: node.id })}
+        onEdgeClick={(_e, edge) => emit({ kind: "select_edge", edge: edge.id })}
+        onPaneClick={() => (menu ? setMenu(null) : emit({ kind: "deselect" }))}
+        onNodeContextMenu={onNodeContextMenu}
+        onEdgeContextMenu={onEdgeContextMenu}
+        onPaneContextMenu={(event) => {
+          event.preventDefault();
+          setMenu(null);
+        }}
+        onMoveStart={() => setMenu(null)}
+        deleteKeyCode={null}
+        selectionKeyCode={null}
+        multiSelectionKeyCode={null}
+        elementsSelectable={false}
+        minZoom={args.min_zoom}
+        maxZoom={2}
+        onlyRenderVisibleElements={args.nodes.length > 150}
+        proOptions={{ hideAttribution: true }}
+      >
+        <Controls showInteractive={false} position="bottom-left" />
+      </ReactFlow>
+      {menu ? (
+        <div className="nb-menu" style={{ left: menu.x, top: menu.y }} role="menu">
+          <button
+            type="button"
+            role="menuitem"
+            onClick={() =>
+              emit(
+                menu.kind === "node"
+                  ? { kind: "delete_nodes", nodes: [menu.id] }
+                  : { kind: "delete_edge", edge: menu.id },
+              )
+            }
+          >
+            {menu.kind === "node" ? args.labels.delete_node : args.labels.delete_edge}
+          </button>
+        </div>
+      ) : null}
+    </div>
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The frame: waits for Streamlit's first render message, then keeps the latest args.
+
+function Component() {
+  const [args, setArgs] = useState(null);
+  useEffect(() => {
+    const onMessage = (event) => {
+      if (event.data && event.data.type === "streamlit:render") setArgs(event.data.args.state);
+    };
+    window.addEventListener("message", onMessage);
+    announceReady();
+    return () => window.removeEventListener("message", onMessage);
+  }, []);
+  useEffect(() => {
+    if (args) setFrameHeight(args.height);
+  }, [args && args.height]);
+  if (!args) return null;
+  return (
+    <ReactFlowProvider>
+      <Canvas args={args} />
+    </ReactFlowProvider>
+  );
+}
+
+createRoot(document.getElementById("root")).render(<Component />);
