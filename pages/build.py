@@ -4,9 +4,8 @@ The graph lives in pages/state.py; the canvas (pages/flow_canvas, NetBuilder's o
 component) only shows it and reports events: a node selected, moved, connected or deleted. The
 browser draws an event at once and sends it until the page acknowledges it (`ack`), so a busy
 server loses none and nothing echoes. Events are applied at the top of the run, before anything
-is drawn, so the same run shows the new shapes. The canvas is a fragment of its own; an event
-that changes the graph or the selection reruns the whole page, so the summary, the form and the
-table show it too. Ctrl+Z and Ctrl+Shift+Z press the page's own buttons (KEYS_SCRIPT), so every
+is drawn, so the same run shows the new shapes. Everything that shows the graph (toolbar, canvas,
+summary, form, table) is one fragment, so an edit reruns it and not the sidebar. Ctrl+Z and Ctrl+Shift+Z press the page's own buttons (KEYS_SCRIPT), so every
 edit goes through the same callbacks and the same undo history; Delete and Backspace are the
 canvas's own. Tidy, New, Open and templates ask the canvas to fit the graph into its view.
 """
@@ -703,10 +702,9 @@ def inspector(graph: Graph, analysis: Analysis, selected: str | None) -> None:
             macs=_si(info.macs or 0),
         )
     )
-    st.code(
-        "\n".join([_(spec.formula), *formula_lines(info.explained, node.type)]),
-        language=None,
-        wrap_lines=True,
+    # Plain monospace text: st.code's syntax highlighter was the browser's largest cost per edit.
+    st.text(
+        "\n".join([_(spec.formula), *formula_lines(info.explained, node.type)]), width="stretch"
     )
     param_form(node)
     st.button(
@@ -821,8 +819,14 @@ STYLE = """
 """
 
 
+@st.fragment
 def workspace() -> None:
-    """The toolbar, the canvas, the summary and the form: what shows the graph."""
+    """The toolbar, the canvas, the summary, the form and the table: everything that shows the
+    graph, in one fragment. A canvas event or a toolbar or form edit reruns this alone, not the
+    sidebar's palette around it (about a third less for the browser to draw per edit); a palette
+    click reruns the whole page, this included.
+    """
+    sync_canvas()  # the canvas's events since the last run, before anything is drawn
     graph = state.edited_graph()
     selected = state.selected_node()
     notice = state.take_notice()
@@ -837,7 +841,7 @@ def workspace() -> None:
     analysis = state.edited_analysis()
     left, right = st.columns([13, 7], gap="medium")
     with left:
-        canvas_fragment()
+        draw_canvas(graph, analysis, selected)
     with right:
         summary_metrics(analysis)
         problems(analysis)
@@ -876,21 +880,7 @@ def _switch_part() -> None:
         _fit_view()
 
 
-@st.fragment
-def canvas_fragment() -> None:
-    """The canvas alone: an event that changes nothing (a refused connection) reruns only this,
-    to acknowledge it. One that changes the graph or the selection reruns the whole page, so
-    the summary, the form and the table show it too.
-    """
-    before = _view_key()
-    sync_canvas()
-    if _view_key() != before:
-        st.rerun()
-    draw_canvas(state.edited_graph(), state.edited_analysis(), state.selected_node())
-
-
 def main() -> None:
-    sync_canvas()  # a value sent while the page was busy: applied before anything is drawn
     st.html(STYLE)
     st.html(KEYS_SCRIPT, unsafe_allow_javascript=True)
     palette()

@@ -408,7 +408,7 @@ def test_a_failed_open_is_shown_once_not_again_on_return(home):
 def test_the_formula_names_each_axis(home):
     at = open_app()
     conv = next(n.id for n in _current_graph(at).nodes if n.type == "Conv2d")
-    code = "\n".join(c.value for c in select(at, conv).code)
+    code = "\n".join(t.value for t in select(at, conv).text)
     assert "H: O = " in code and "W: O = " in code
 
 
@@ -497,7 +497,10 @@ def test_a_palette_click_comes_with_where_the_canvas_draws_it_before_the_answer(
     before = {n.id: n.position for n in _current_graph(at).nodes}
     palette(at, "Regularisation").set_value("Dropout").run()
     graph = _current_graph(at)
-    assert plan["anchor"] == "flatten" and graph.node("dropout_1").position == (plan["x"], plan["y"])
+    assert plan["anchor"] == "flatten" and graph.node("dropout_1").position == (
+        plan["x"],
+        plan["y"],
+    )
     assert plan["splice"].endswith(":flatten->head")
     assert "head" in plan["shifted"] and "flatten" not in plan["shifted"]
     for node in graph.nodes:
