@@ -59,6 +59,38 @@ const toEdge = (e) => ({
   focusable: false,
 });
 
+function sameFields(a, b) {
+  const keys = Object.keys(b);
+  if (Object.keys(a).length !== keys.length) return false;
+  for (const key of keys) if (a[key] !== b[key]) return false;
+  return true;
+}
+
+function reuseNode(old, raw) {
+  if (!old) return toNode(raw);
+  if (
+    sameFields(old.data, raw) &&
+    old.position.x === raw.x &&
+    old.position.y === raw.y &&
+    old.className === nodeClass(raw.status, raw.selected)
+  )
+    return old;
+  const node = toNode(raw);
+  return old.measured ? { ...node, measured: old.measured } : node;
+}
+
+function reuseEdge(old, raw) {
+  if (
+    old &&
+    old.source === raw.source &&
+    old.target === raw.target &&
+    old.label === (raw.label || undefined) &&
+    old.className === (raw.selected ? "nb-edge-selected" : "")
+  )
+    return old;
+  return toEdge(raw);
+}
+
 function applyEvent(view, event) {
   // What an event looks like before Python answers: the same rule Python applies, minus checks.
   const { nodes, edges } = view;
@@ -229,9 +261,19 @@ function Canvas({ args }) {
     pending.current = pending.current.filter((event) => event.seq > (args.ack || 0));
     ghosts.current = ghosts.current.filter((ghost) => ghost.round >= args.palette_round);
     setPendingCount(pending.current.length + ghosts.current.length);
-    let next = { nodes: args.nodes.map(toNode), edges: args.edges.map(toEdge) };
-    for (const event of [...pending.current, ...ghosts.current]) next = applyEvent(next, event);
-    setView(next);
+    const replay = [...pending.current, ...ghosts.current];
+    setView((current) => {
+      // Unchanged nodes and edges keep their objects (React Flow skips them, and does not
+      // measure them again); a changed node keeps its measured size until React Flow re-reads it.
+      const oldNodes = new Map(current.nodes.map((n) => [n.id, n]));
+      const oldEdges = new Map(current.edges.map((e) => [e.id, e]));
+      let next = {
+        nodes: args.nodes.map((raw) => reuseNode(oldNodes.get(raw.id), raw)),
+        edges: args.edges.map((raw) => reuseEdge(oldEdges.get(raw.id), raw)),
+      };
+      for (const event of replay) next = applyEvent(next, event);
+      return next;
+    });
     const chosenNode = args.nodes.find((n) => n.selected);
     const chosenEdge = args.edges.find((e) => e.selected);
     selected.current = { node: chosenNode ? chosenNode.id : null, edge: chosenEdge ? chosenEdge.id : null };
