@@ -17,7 +17,6 @@ import {
   Position,
   ReactFlow,
   ReactFlowProvider,
-  getNodesBounds,
   useReactFlow,
   useStore,
 } from "@xyflow/react";
@@ -226,6 +225,19 @@ const LayerNode = memo(function LayerNode({ data }) {
 
 const NODE_TYPES = { layer: LayerNode };
 const MARGIN = 40;
+const VIRTUALIZE = 150; // above this many nodes only those in view are drawn (and measured)
+const NODE_HEIGHT = 64; // a node not measured yet (out of view) is counted this tall
+
+function boundsOf(nodes, nodeWidth) {
+  let [left, top, right, bottom] = [Infinity, Infinity, -Infinity, -Infinity];
+  for (const n of nodes) {
+    left = Math.min(left, n.position.x);
+    top = Math.min(top, n.position.y);
+    right = Math.max(right, n.position.x + (n.measured?.width ?? nodeWidth));
+    bottom = Math.max(bottom, n.position.y + (n.measured?.height ?? NODE_HEIGHT));
+  }
+  return { x: left, y: top, width: right - left, height: bottom - top };
+}
 
 // ---------------------------------------------------------------------------------------------
 // The canvas
@@ -306,37 +318,42 @@ function Canvas({ args }) {
 
   // The view: fit when Python asks (a new graph, Tidy, Open), never cramped below the smallest
   // readable zoom; a graph taller than that shows its top (the Input), not its middle.
+  const virtual = args.nodes.length > VIRTUALIZE;
+  const ready = allMeasured || virtual; // a big graph is fitted by positions, not measurements
   useEffect(() => {
-    if (!allMeasured || !width || !height || fitted.current === args.fit) return;
+    if (!ready || !width || !height || fitted.current === args.fit) return;
     fitted.current = args.fit;
-    const nodes = flow.getNodes();
+    const nodes = view.nodes; // what is drawn (React Flow's store may not hold it yet)
     if (!nodes.length) return;
-    const box = getNodesBounds(nodes);
+    const box = boundsOf(nodes, args.node_width);
     const zoom = Math.max(
       args.min_zoom,
       Math.min(1, (width - 2 * MARGIN) / box.width, (height - 2 * MARGIN) / box.height),
     );
-    const x = (width - box.width * zoom) / 2 - box.x * zoom;
-    const y =
-      box.height * zoom > height - 2 * MARGIN
-        ? MARGIN - box.y * zoom
-        : (height - box.height * zoom) / 2 - box.y * zoom;
+    const tooWide = box.width * zoom > width - 2 * MARGIN;
+    const tooTall = box.height * zoom > height - 2 * MARGIN;
+    // Too big to fit: start where the data enters, the top node in the middle at the top.
+    const top = nodes.reduce((best, n) => (n.position.y < best.position.y ? n : best));
+    const x = tooWide
+      ? width / 2 - (top.position.x + (top.measured?.width ?? args.node_width) / 2) * zoom
+      : (width - box.width * zoom) / 2 - box.x * zoom;
+    const y = tooTall ? MARGIN - box.y * zoom : (height - box.height * zoom) / 2 - box.y * zoom;
     flow.setViewport({ x, y, zoom });
     revealed.current = selected.current.node; // fitted: what is selected is where it is
-  }, [allMeasured, width, height, args.fit, args.min_zoom, flow]);
+  }, [ready, width, height, args.fit, args.min_zoom, args.node_width, flow, view.nodes]);
 
   // A node Python selected (a layer just added) is brought into view once, by the least pan.
   useEffect(() => {
     const id = args.nodes.find((n) => n.selected)?.id ?? null;
-    if (!allMeasured || id === null || id === revealed.current || fitted.current !== args.fit) return;
+    if (!ready || id === null || id === revealed.current || fitted.current !== args.fit) return;
     revealed.current = id;
     const node = flow.getInternalNode(id);
     if (!node) return;
     const { x, y, zoom } = flow.getViewport();
     const left = node.internals.positionAbsolute.x * zoom + x;
     const top = node.internals.positionAbsolute.y * zoom + y;
-    const right = left + (node.measured.width || 0) * zoom;
-    const bottom = top + (node.measured.height || 0) * zoom;
+    const right = left + (node.measured?.width ?? args.node_width) * zoom;
+    const bottom = top + (node.measured?.height ?? NODE_HEIGHT) * zoom;
     let dx = 0;
     let dy = 0;
     if (bottom > height - MARGIN) dy = height - MARGIN - bottom;
@@ -344,7 +361,7 @@ function Canvas({ args }) {
     if (right > width - MARGIN) dx = width - MARGIN - right;
     if (left + dx < MARGIN) dx = MARGIN - left;
     if (dx || dy) flow.setViewport({ x: x + dx, y: y + dy, zoom });
-  }, [args, allMeasured, width, height, flow]);
+  }, [args, ready, width, height, flow]);
 
   // Delete/Backspace, here and on the page around the frame (where focus is after a palette
   // click), delete what is selected; typing in a field is left alone.
@@ -483,7 +500,7 @@ function Canvas({ args }) {
         elementsSelectable={false}
         minZoom={args.min_zoom}
         maxZoom={2}
-        onlyRenderVisibleElements={args.nodes.length > 150}
+        onlyRenderVisibleElements={virtual}
         proOptions={{ hideAttribution: true }}
       >
         <Controls showInteractive={false} position="bottom-left" />
