@@ -17,6 +17,7 @@ import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
 from playwright.sync_api import Error as PlaywrightError
 
+from builder.graph import FORMAT, Edge, Graph, Node, dump_graph
 from test_person_journey import CANVAS, SELECTED_BLUE, canvas, centre, drag, node, select
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -256,3 +257,46 @@ def test_in_chinese_a_template_is_built_and_trained(browser: Browser, app_url: s
         page.screenshot(path=str(ARTIFACTS / "zh-train-lenet5.png"))
     finally:
         page.context.close()
+
+
+def wide_tall_graph() -> Graph:
+    """A DenseNet-like shape: a 320-layer chain whose branches reach far to the left, so the
+    middle of the whole graph is empty canvas (issue 10 §4: a big import must open legibly)."""
+    nodes = [Node(id="x", type="Input", params={"shape": [64]}, position=(0.0, 0.0))]
+    for index in range(320):
+        nodes.append(
+            Node(id=f"n{index}", type="ReLU", params={}, position=(0.0, 110.0 * (index + 1)))
+        )
+    nodes.append(Node(id="y", type="Output", params={}, position=(0.0, 110.0 * 321)))
+    chain = [node.id for node in nodes]
+    edges = [Edge(source=a, target=b) for a, b in zip(chain, chain[1:], strict=False)]
+    for index in range(0, 320, 40):  # side branches, 4000 px to the left, that end nowhere
+        branch = f"side{index}"
+        nodes.append(Node(id=branch, type="ReLU", params={}, position=(-4000.0, 110.0 * index)))
+        edges.append(Edge(source=f"n{index}", target=branch))
+    return Graph(format=FORMAT, name="wide", nodes=nodes, edges=edges)
+
+
+def test_a_big_wide_graph_opens_at_its_input_and_still_answers_edits(
+    browser: Browser, app_url: str, app_home: Path
+):
+    workspace = f"e2ebig{secrets.token_hex(6)}"
+    (app_home / "autosave").mkdir(exist_ok=True)
+    (app_home / "autosave" / f"{workspace}.json").write_text(dump_graph(wide_tall_graph()))
+    context = browser.new_context(viewport={"width": 1280, "height": 720})
+    context.set_default_timeout(30_000)
+    page = context.new_page()
+    try:
+        page.goto(f"{app_url}/?w={workspace}&lang=en")
+        expect(node(page, "x")).to_be_in_viewport(timeout=40_000)
+        expect(node(page, "x")).to_contain_text("[64]")
+        drawn = nodes(page).count()
+        assert 0 < drawn < 100, drawn  # only what is in view is drawn, of 330 nodes
+        select(page, "n1")
+        page.keyboard.press("Delete")
+        expect(node(page, "n1")).to_have_count(0)
+        expect(canvas(page).locator(".nb-canvas")).to_have_attribute("data-nodes", "329")
+        expect(canvas(page).locator(".nb-canvas")).to_have_attribute("data-pending", "0")
+        expect(node(page, "n2")).to_contain_text("[64]")  # bridged: n0 -> n2, shapes known
+    finally:
+        context.close()

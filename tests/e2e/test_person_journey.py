@@ -26,10 +26,7 @@ from pages.flow_canvas import FRAME_TITLE
 ROOT = Path(__file__).resolve().parents[2]
 # The canvas's frame, as drawn by the latest run: while Tidy, New or a template remounts it, the
 # old frame may stay a moment beside the new one, marked stale.
-CANVAS = (
-    "[data-testid=stElementContainer]:not([data-stale=true])"
-    f' iframe[title="{FRAME_TITLE}"]'
-)
+CANVAS = "[data-testid=stElementContainer]:not([data-stale=true])" f' iframe[title="{FRAME_TITLE}"]'
 LIVE_GRAPH = 'iframe[title="streamlit_flow.streamlit_flow"]'  # the Train page's graph
 LENET = ROOT / "builder" / "templates" / "lenet5.json"
 ERROR_RED = "rgb(220, 38, 38)"  # the canvas's error border (frontend/src/canvas.css), #dc2626
