@@ -7,24 +7,21 @@ being finite. The health rules are pure functions; `render` only draws them.
 
 from __future__ import annotations
 
-import html
+import hashlib
 import json
 import math
 import re
-import time
 from dataclasses import dataclass
+from typing import Any
 
 import streamlit as st
 from plotly.colors import sample_colorscale, unlabel_rgb
-from streamlit_flow import streamlit_flow
-from streamlit_flow.elements import StreamlitFlowEdge, StreamlitFlowNode
-from streamlit_flow.layouts import ManualLayout
-from streamlit_flow.state import StreamlitFlowState
 
 from builder.graph import Graph
 from builder.layout import auto_layout
 from i18n import _
 from pages.charts import RunSeries
+from pages.flow_canvas import graph_canvas
 
 VANISHING = 1e-7
 EXPLODING = 1e3
@@ -32,9 +29,6 @@ DEAD_FRACTION = 0.9
 LOG_RANGE = (-8.0, 3.0)
 NO_GRADIENT = "#f3f4f6"
 ALARM = "#dc2626"
-ALARM_CHIP = (
-    "margin-top:4px;padding:1px 5px;border-radius:4px;background:#fff;color:#b91c1c;font-size:11px"
-)
 NODE_WIDTH = 170
 MIN_HEIGHT = 360
 MAX_HEIGHT = 900
@@ -108,48 +102,40 @@ def _text_colour(background: str) -> str:
     return "#111827" if 0.299 * red + 0.587 * green + 0.114 * blue > 150 else "#ffffff"
 
 
-def node_content(node_id: str, layer_type: str, health: NodeHealth | None) -> str:
-    """The node's face (HTML, as on the Build canvas): type and id, gradient norm, alarms.
-
-    The canvas renders HTML, so every piece of user text is escaped.
-    """
-    rows = [f"<b>{layer_type}</b> <span style='opacity:.75'>{html.escape(node_id)}</span>"]
+def node_face(
+    node_id: str, layer_type: str, position: tuple[float, float], health: NodeHealth | None
+) -> dict[str, Any]:
+    """The node as the canvas draws it (plain text: React escapes it): type and id, gradient
+    norm or dead fraction, alarms; filled with its gradient colour, red-bordered on an alarm."""
+    detail = ""
     if health is not None and health.grad_norm is not None:
-        rows.append(f"<span style='font-size:11px'>‖grad‖ {health.grad_norm:.1e}</span>")
+        detail = f"‖grad‖ {health.grad_norm:.1e}"
     elif health is not None and health.dead_fraction is not None:
-        zeros = _("{fraction:.0%} zeros", fraction=health.dead_fraction)
-        rows.append(f"<span style='font-size:11px'>{zeros}</span>")
-    rows += [
-        f"<div style='{ALARM_CHIP}'>{html.escape(alarm)}</div>"
-        for alarm in (health.alarms if health else ())
-    ]
-    return (
-        "<div style='margin:0;text-align:left;line-height:1.35'>"
-        + "<br>".join(rows[:2])
-        + "".join(rows[2:])
-        + "</div>"
-    )
+        detail = _("{fraction:.0%} zeros", fraction=health.dead_fraction)
+    fill = norm_colour(health.grad_norm if health else None)
+    alarms = health.alarms if health else ()
+    return {
+        "id": node_id,
+        "x": position[0],
+        "y": position[1],
+        "kind": {"Input": "input", "Output": "output"}.get(layer_type, "layer"),
+        "type": layer_type,
+        "name": node_id,
+        "params": detail,
+        "shape": "",
+        "count": "",
+        "note": " · ".join(alarms),
+        "note_severity": "alarm" if alarms else "",
+        "status": "error" if alarms else "ok",
+        "selected": False,
+        "fill": fill,
+        "ink": _text_colour(fill),
+    }
 
 
 def markdown_literal(text: str) -> str:
     """User text for st.markdown and friends: every markup character escaped."""
     return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$])", r"\\\1", text)
-
-
-def node_style(health: NodeHealth | None) -> dict[str, str]:
-    """A fresh dict per node (streamlit-flow shares a default one between nodes)."""
-    background = norm_colour(health.grad_norm if health else None)
-    alarmed = bool(health and health.alarms)
-    return {
-        "background": background,
-        "color": _text_colour(background),
-        "border": f"3px solid {ALARM}" if alarmed else "1px solid #cbd5e1",
-        "borderRadius": "8px",
-        "fontSize": "12px",
-        "padding": "5px 9px",
-        "width": f"{NODE_WIDTH}px",
-        "height": "auto",
-    }
 
 
 def compact_positions(graph: Graph) -> dict[str, tuple[float, float]]:
@@ -158,38 +144,24 @@ def compact_positions(graph: Graph) -> dict[str, tuple[float, float]]:
     return {node: (x * COLUMN_SCALE, y * ROW_SCALE) for node, (x, y) in auto_layout(graph).items()}
 
 
-def flow_state(graph: Graph, report: dict[str, NodeHealth], timestamp: int) -> StreamlitFlowState:
-    """A locked canvas: nothing can be dragged, connected, selected or deleted."""
+def live_state(graph: Graph, report: dict[str, NodeHealth]) -> dict[str, Any]:
+    """A locked canvas (read_only): nothing can be dragged, connected, selected or deleted."""
     positions = compact_positions(graph)
     nodes = [
-        StreamlitFlowNode(
-            id=node.id,
-            pos=positions[node.id],
-            data={"content": node_content(node.id, node.type, report.get(node.id))},
-            node_type=(
-                "input"
-                if node.type == "Input"
-                else "output" if node.type == "Output" else "default"
-            ),
-            draggable=False,
-            connectable=False,
-            selectable=False,
-            deletable=False,
-            style=node_style(report.get(node.id)),
-        )
+        node_face(node.id, node.type, positions[node.id], report.get(node.id))
         for node in graph.nodes
     ]
     edges = [
-        StreamlitFlowEdge(
-            id=f"{index}:{edge.source}->{edge.target}",
-            source=edge.source,
-            target=edge.target,
-            marker_end={"type": "arrowclosed"},
-            style={"stroke": "#94a3b8"},
-        )
+        {
+            "id": f"{index}:{edge.source}->{edge.target}",
+            "source": edge.source,
+            "target": edge.target,
+            "label": "",
+            "selected": False,
+        }
         for index, edge in enumerate(graph.edges)
     ]
-    return StreamlitFlowState(nodes, edges, timestamp=timestamp)
+    return {"nodes": nodes, "edges": edges, "read_only": True}
 
 
 def canvas_height(graph: Graph) -> int:
@@ -201,27 +173,23 @@ def canvas_height(graph: Graph) -> int:
 def render(graph: Graph, series: RunSeries, key: str) -> None:
     """Draw the live canvas, its alarms and its legend.
 
-    The component is sent new nodes only when a report changed them, because every update it
-    takes makes it send a value back, which reruns the fragment that draws it.
+    The canvas keeps the view the person chose: it fits the graph once, as it mounts, and a new
+    report only recolours the nodes (its version changes when a report changed them).
     """
     report = node_health(series)
-    signature = json.dumps({n: [h.grad_norm, h.dead_fraction, h.alarms] for n, h in report.items()})
-    remembered = st.session_state.get(f"{key}-signature")
-    if remembered is None or remembered[0] != signature:
-        remembered = (signature, int(time.time() * 1000))
-        st.session_state[f"{key}-signature"] = remembered
-    streamlit_flow(
+    state = live_state(graph, report)
+    signature = json.dumps([state["nodes"], state["edges"]], sort_keys=True)
+    graph_canvas(
+        {
+            **state,
+            "version": hashlib.sha1(signature.encode()).hexdigest()[:16],
+            "ack": 0,
+            "fit": 0,
+            "height": canvas_height(graph),
+            "min_zoom": 0.2,
+            "node_width": NODE_WIDTH,
+        },
         key=key,
-        state=flow_state(graph, report, remembered[1]),
-        height=canvas_height(graph),
-        fit_view=True,
-        show_controls=True,
-        pan_on_drag=True,
-        allow_zoom=True,
-        min_zoom=0.2,
-        layout=ManualLayout(),
-        hide_watermark=True,
-        style={"border": "1px solid #e2e8f0", "borderRadius": "10px", "background": "#fcfcfd"},
     )
     for node, health in report.items():
         for alarm in health.alarms:

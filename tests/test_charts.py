@@ -277,17 +277,28 @@ def test_norm_colours_run_from_dark_for_vanishing_to_bright_for_large():
 
 def test_live_canvas_is_locked_and_marks_alarmed_nodes_red():
     graph = load_graph(open(TEMPLATE_DIR / "lenet5.json").read())
-    state = live_graph.flow_state(graph, live_graph.node_health(health_series({"c1": 1e-9})), 1)
-    nodes = {n.id: n for n in state.nodes}
-    assert not any(n.draggable or n.connectable or n.deletable or n.selectable for n in state.nodes)
-    assert live_graph.ALARM in nodes["c1"].style["border"]
-    assert live_graph.ALARM not in nodes["c3"].style["border"]
-    assert len(state.edges) == len(graph.edges)
+    state = live_graph.live_state(graph, live_graph.node_health(health_series({"c1": 1e-9})))
+    nodes = {n["id"]: n for n in state["nodes"]}
+    assert state["read_only"] is True
+    assert nodes["c1"]["status"] == "error" and "vanishing gradient" in nodes["c1"]["note"]
+    assert nodes["c3"]["status"] == "ok" and nodes["c3"]["note"] == ""
+    assert nodes["c1"]["fill"] == live_graph.norm_colour(1e-9)
+    assert nodes["c3"]["fill"] == live_graph.NO_GRADIENT  # not reported: no gradient colour
+    assert len(state["edges"]) == len(graph.edges)
+
+
+def test_node_text_reads_on_its_gradient_colour():
+    dark, light = live_graph.norm_colour(1e-8), live_graph.norm_colour(1e3)
+    assert live_graph.node_face("c1", "Conv2d", (0, 0), None)["ink"] == "#111827"
+    health = live_graph.NodeHealth(grad_norm=1e-8)
+    assert live_graph.node_face("c1", "Conv2d", (0, 0), health)["ink"] == "#ffffff"
+    assert live_graph.node_face("c1", "Conv2d", (0, 0), health)["fill"] == dark != light
+    assert live_graph.node_face("c1", "Conv2d", (0, 0), health)["params"] == "‖grad‖ 1.0e-08"
 
 
 def test_user_text_in_node_ids_is_shown_literally_not_as_markup():
-    content = live_graph.node_content("<img src=x onerror=alert(1)>", "Linear", None)
-    assert "<img" not in content and "&lt;img src=x onerror=alert(1)&gt;" in content
+    hostile = "<img src=x onerror=alert(1)>"
+    assert live_graph.node_face(hostile, "Linear", (0, 0), None)["name"] == hostile  # React text
     assert live_graph.markdown_literal("[a](b) *c*") == r"\[a\]\(b\) \*c\*"
 
 

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # The canvas's frame, as drawn by the latest run: while Tidy, New or a template remounts it, the
 # old frame may stay a moment beside the new one, marked stale.
 CANVAS = "[data-testid=stElementContainer]:not([data-stale=true])" f' iframe[title="{FRAME_TITLE}"]'
-LIVE_GRAPH = 'iframe[title="streamlit_flow.streamlit_flow"]'  # the Train page's graph
+LIVE_GRAPH = f'iframe[title="{FRAME_TITLE}"]'  # the Train page's graph: the same component
 LENET = ROOT / "builder" / "templates" / "lenet5.json"
 ERROR_RED = "rgb(220, 38, 38)"  # the canvas's error border (frontend/src/canvas.css), #dc2626
 SELECTED_BLUE = "rgb(37, 99, 235)"  # its selected border, #2563eb

@@ -6,6 +6,7 @@
 // kept in a queue until Python acknowledges it, so a state that arrives before Python saw a
 // later event is drawn with that event re-applied, and a rerun that drops a value loses nothing.
 // Python's state always wins: what it refused disappears when its answer arrives.
+// With `read_only` (the Train page's live graph) it only shows: no events, keys or menus.
 // A click on the page's palette (Streamlit pills beside the frame) is drawn at once too, from
 // the placement plan Python sends (`add_plans`), until Python's answer for that click arrives.
 
@@ -40,7 +41,8 @@ const toNode = (n) => ({
   type: "layer",
   position: { x: n.x, y: n.y },
   data: n,
-  className: nodeClass(n.status, n.selected),
+  className: faceClass(n),
+  style: n.fill ? { background: n.fill, color: n.ink } : undefined, // the live graph's colours
   selectable: false,
   deletable: false,
 });
@@ -71,7 +73,7 @@ function reuseNode(old, raw) {
     sameFields(old.data, raw) &&
     old.position.x === raw.x &&
     old.position.y === raw.y &&
-    old.className === nodeClass(raw.status, raw.selected)
+    old.className === faceClass(raw)
   )
     return old;
   const node = toNode(raw);
@@ -179,13 +181,13 @@ function addLayer({ nodes, edges }, { plan, type, seq }) {
   return { nodes: drawn, edges: wired };
 }
 
-function nodeClass(status, selected) {
+function faceClass({ status, selected, fill }) {
   // On React Flow's own node element, which carries the face's border and background.
-  return `nb-${status}${selected ? " nb-selected" : ""}`;
+  return `nb-${status}${selected ? " nb-selected" : ""}${fill ? " nb-filled" : ""}`;
 }
 
 function withSelection(node, selected) {
-  const className = nodeClass(node.data.status, selected);
+  const className = faceClass({ ...node.data, selected });
   return node.className === className ? node : { ...node, className };
 }
 
@@ -224,6 +226,7 @@ const LayerNode = memo(function LayerNode({ data }) {
 });
 
 const NODE_TYPES = { layer: LayerNode };
+const READ_ONLY = { nodesDraggable: false, nodesConnectable: false, edgesFocusable: false };
 const MARGIN = 40;
 const VIRTUALIZE = 150; // above this many nodes only those in view are drawn (and measured)
 const NODE_HEIGHT = 64; // a node not measured yet (out of view) is counted this tall
@@ -243,6 +246,7 @@ function boundsOf(nodes, nodeWidth) {
 // The canvas
 
 function Canvas({ args }) {
+  const readOnly = Boolean(args.read_only);
   const flow = useReactFlow();
   const [view, setView] = useState(() => ({
     nodes: args.nodes.map(toNode),
@@ -366,6 +370,7 @@ function Canvas({ args }) {
   // Delete/Backspace, here and on the page around the frame (where focus is after a palette
   // click), delete what is selected; typing in a field is left alone.
   useEffect(() => {
+    if (readOnly) return undefined;
     const onKey = (event) => {
       if (!window.frameElement || !window.frameElement.isConnected) return; // a replaced frame
       const target = event.target;
@@ -390,12 +395,13 @@ function Canvas({ args }) {
     return () => {
       for (const w of windows) w.removeEventListener("keydown", onKey, true);
     };
-  }, [emit]);
+  }, [emit, readOnly]);
 
   // A click on the page's palette: the layer is drawn now, where the page will put it.
   const latest = useRef(args);
   latest.current = args;
   useEffect(() => {
+    if (readOnly) return undefined;
     let page;
     try {
       page = window.parent.document;
@@ -409,7 +415,7 @@ function Canvas({ args }) {
       if (!pills) return;
       const now = latest.current;
       const type = (button.innerText || "").trim().split(/\s+/)[0];
-      if (!now.layer_types.includes(type)) return;
+      if (!(now.layer_types || []).includes(type)) return;
       if (ghosts.current.some((ghost) => ghost.round === now.palette_round)) return; // taken once
       lastSeq.current = Math.max(Date.now(), lastSeq.current + 1);
       const plan = type === "Input" ? now.add_plans.input : now.add_plans.layer;
@@ -421,7 +427,7 @@ function Canvas({ args }) {
     };
     page.addEventListener("click", onClick, true);
     return () => page.removeEventListener("click", onClick, true);
-  }, []);
+  }, [readOnly]);
 
   const onNodesChange = useCallback((changes) => {
     // Only what React Flow measures and drags: dimensions and positions. Nothing is removed here.
@@ -468,9 +474,25 @@ function Canvas({ args }) {
     setMenu({ kind: "edge", id: edge.id, x: event.clientX, y: event.clientY });
   }, []);
 
+  const editing = {
+    onNodeDragStop,
+    onConnect,
+    isValidConnection: (c) => c.source !== c.target,
+    onNodeClick: (_e, node) => emit({ kind: "select", node: node.id }),
+    onEdgeClick: (_e, edge) => emit({ kind: "select_edge", edge: edge.id }),
+    onPaneClick: () => (menu ? setMenu(null) : emit({ kind: "deselect" })),
+    onNodeContextMenu,
+    onEdgeContextMenu,
+    onPaneContextMenu: (event) => {
+      event.preventDefault();
+      setMenu(null);
+    },
+    onMoveStart: () => setMenu(null),
+  };
+
   return (
     <div
-      className="nb-canvas"
+      className={readOnly ? "nb-canvas nb-readonly" : "nb-canvas"}
       style={{ height: args.height, "--nb-node-width": `${args.node_width}px` }}
       data-nodes={view.nodes.length}
       data-edges={view.edges.length}
@@ -481,19 +503,7 @@ function Canvas({ args }) {
         edges={view.edges}
         nodeTypes={NODE_TYPES}
         onNodesChange={onNodesChange}
-        onNodeDragStop={onNodeDragStop}
-        onConnect={onConnect}
-        isValidConnection={(c) => c.source !== c.target}
-        onNodeClick={(_e, node) => emit({ kind: "select", node: node.id })}
-        onEdgeClick={(_e, edge) => emit({ kind: "select_edge", edge: edge.id })}
-        onPaneClick={() => (menu ? setMenu(null) : emit({ kind: "deselect" }))}
-        onNodeContextMenu={onNodeContextMenu}
-        onEdgeContextMenu={onEdgeContextMenu}
-        onPaneContextMenu={(event) => {
-          event.preventDefault();
-          setMenu(null);
-        }}
-        onMoveStart={() => setMenu(null)}
+        {...(readOnly ? READ_ONLY : editing)}
         deleteKeyCode={null}
         selectionKeyCode={null}
         multiSelectionKeyCode={null}
