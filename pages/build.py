@@ -22,7 +22,7 @@ import i18n
 from builder import edit
 from i18n import N_, Message, _, msg
 from builder.catalog import CATALOG, CATEGORIES
-from builder.graph import MAX_FILE_BYTES, Graph, GraphFormatError, dump_graph, load_graph
+from builder.graph import MAX_FILE_BYTES, MAX_NODES, Graph, GraphFormatError, dump_graph, load_graph
 from builder.layout import needs_layout, with_layout
 from compiler.analysis import Analysis, Diagnostic, NodeInfo
 from compiler.memory import estimate_memory, format_bytes
@@ -170,6 +170,9 @@ def _add_from_palette(key: str) -> None:
     layer_type = st.session_state.get(key)
     st.session_state[_PALETTE] = st.session_state.get(_PALETTE, 0) + 1
     if not layer_type:
+        return
+    if len(state.edited_graph().nodes) >= MAX_NODES:  # a file with more could not be opened
+        _flash_error(canvas.full_of_layers())
         return
     analysis = state.edited_analysis()
     shapes = {node_id: info.shape for node_id, info in analysis.infos.items()}
@@ -400,6 +403,8 @@ def sync_canvas() -> None:
             state.select_edge(change.edge)
         elif change.deselect:
             state.select(None)
+        if change.refused is not None:
+            _flash_error(change.refused)
     st.session_state[_ACK] = ack
 
 

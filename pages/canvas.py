@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import i18n
+from i18n import Message, msg
 from builder import edit
 from builder.catalog import CATALOG
-from builder.graph import Graph, Node
+from builder.graph import MAX_EDGES, MAX_NODES, Graph, Node
 from builder.layout import ROW_HEIGHT
 from compiler.analysis import Analysis, Diagnostic, NodeInfo
 
@@ -212,6 +213,7 @@ class CanvasEdit:
     selected: str | None = None
     edge: int | None = None
     deselect: bool = False
+    refused: Message | None = None  # why an edit was not made, for the page to say
 
 
 def new_events(value: Any, after: int) -> list[Mapping[str, Any]]:
@@ -250,6 +252,8 @@ def apply_event(graph: Graph, event: Mapping[str, Any]) -> CanvasEdit:
         return CanvasEdit(moved, "moved" if moved != graph else "none")
     if kind == "connect":
         source, target = event.get("source"), event.get("target")
+        if len(graph.edges) >= MAX_EDGES:  # a file with more could not be opened again
+            return CanvasEdit(graph, "none", refused=full_of_edges())
         if source in known and target in known and source != target:
             return CanvasEdit(edit.connect(graph, source, target), "edited")
         return CanvasEdit(graph, "none")
@@ -266,6 +270,20 @@ def apply_event(graph: Graph, event: Mapping[str, Any]) -> CanvasEdit:
         edges = [edge for i, edge in enumerate(graph.edges) if i != index]
         return CanvasEdit(graph.model_copy(update={"edges": edges}), "edited", deselect=True)
     return CanvasEdit(graph, "none")
+
+
+def full_of_edges() -> Message:
+    return msg(
+        "The graph already has {limit} edges, the most a graph file holds: delete some first.",
+        limit=f"{MAX_EDGES:,}",
+    )
+
+
+def full_of_layers() -> Message:
+    return msg(
+        "The graph already has {limit} layers, the most a graph file holds: delete some first.",
+        limit=f"{MAX_NODES:,}",
+    )
 
 
 def _apply_positions(graph: Graph, positions: Any) -> Graph:

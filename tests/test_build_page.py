@@ -16,7 +16,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import i18n
-from builder.graph import MAX_FILE_BYTES, dump_graph, load_graph
+from builder.graph import MAX_FILE_BYTES, MAX_NODES, dump_graph, load_graph
 from compiler.analysis import analyse
 from compiler.gan import discriminator_graph
 from compiler.codegen import generate_source
@@ -562,3 +562,25 @@ def test_a_count_of_millions_is_shown_in_three_figures_and_in_full_on_hover(home
     shown = next(m for m in at.metric if m.label == "Parameters")
     assert shown.value == f"{count / 1e6:.2f} M"
     assert f"{count:,}" in shown.help
+
+
+def test_a_palette_click_on_a_graph_at_the_layer_cap_is_refused_with_a_reason(home):
+    """A graph file holds at most MAX_NODES layers: one more could not be opened again."""
+    nodes = [{"id": "x", "type": "Input", "params": {"shape": [4]}}]
+    nodes += [{"id": f"r{i}", "type": "ReLU"} for i in range(MAX_NODES - 2)]
+    nodes.append({"id": "y", "type": "Output"})
+    ids = [n["id"] for n in nodes]
+    graph = {
+        "format": "netbuilder.graph/1",
+        "name": "full",
+        "nodes": nodes,
+        "edges": [{"source": a, "target": b} for a, b in zip(ids, ids[1:])],
+    }
+    (home / "autosave").mkdir()
+    (home / "autosave" / "full-workspace.json").write_text(json.dumps(graph))
+    at = open_app("full-workspace")
+    assert len(_current_graph(at).nodes) == MAX_NODES
+    palette(at, "Regularisation").set_value("Dropout").run()
+    no_exception(at)
+    assert len(_current_graph(at).nodes) == MAX_NODES
+    assert any(f"{MAX_NODES:,} layers, the most a graph file holds" in e for e in errors(at))

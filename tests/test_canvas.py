@@ -7,7 +7,7 @@ from pathlib import Path
 
 from torch import nn
 
-from builder.graph import Graph, load_graph, parse_graph
+from builder.graph import MAX_EDGES, Graph, load_graph, parse_graph
 from builder.layout import with_layout
 from compiler.analysis import analyse
 from pages.canvas import (
@@ -284,3 +284,18 @@ def test_only_events_not_applied_yet_are_taken_in_order():
         assert new_events(malformed, 0) == []
     flood = {"events": [{"seq": i, "kind": "deselect"} for i in range(1, 10_000)]}
     assert len(new_events(flood, 0)) == MAX_EVENTS
+
+
+def test_a_connection_past_the_edge_cap_is_refused_with_a_reason():
+    """A file with more edges than the format allows could not be opened again: the canvas
+    cannot make one (a hostile browser could send connections without end)."""
+    graph = lenet()
+    first = graph.edges[0]
+    full = graph.model_copy(update={"edges": [first] * MAX_EDGES})
+    change = apply_event(full, {"kind": "connect", "source": "image", "target": "s2"})
+    assert change.kind == "none" and len(change.graph.edges) == MAX_EDGES
+    assert change.refused is not None and f"{MAX_EDGES:,} edges" in change.refused.render("en")
+    assert "条连线" in change.refused.render("zh")
+    assert (
+        apply_event(graph, {"kind": "connect", "source": "image", "target": "s2"}).refused is None
+    )
