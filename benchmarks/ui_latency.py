@@ -239,9 +239,9 @@ async def run_all(label, browser, home, url, server, rounds, crowd, big) -> None
         f" ({len(drawn)} edits, {misses} not shown); server CPU {cpu_ms:.1f} ms per edit"
     )
     print(
-        f"[{label}]   by kind: palette add p50 {statistics.median(drawn[0::2]):.0f} ms,"
-        f" Delete key p50 drawn {statistics.median(drawn[1::2]):.0f} ms,"
-        f" confirmed {statistics.median(confirmed[1::2]):.0f} ms"
+        f"[{label}]   by kind, p50: palette add drawn {statistics.median(drawn[0::2]):.0f} ms,"
+        f" answered {statistics.median(confirmed[0::2]):.0f} ms; Delete key drawn"
+        f" {statistics.median(drawn[1::2]):.0f} ms, answered {statistics.median(confirmed[1::2]):.0f} ms"
     )
     if crowd > 1:
         tabs = [await open_tab(browser, url, workspace(home, graph)) for _ in range(crowd)]
