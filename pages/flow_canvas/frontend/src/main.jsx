@@ -137,7 +137,8 @@ function applyEvent(view, event) {
         const out = edges.filter((e) => e.source === id && !gone.has(e.target));
         if (into.length === 1 && out.length === 1) {
           const [source, target] = [into[0].source, out[0].target];
-          kept.push(toEdge({ id: `new:${source}->${target}`, source, target, label: into[0].label }));
+          const label = into[0].label;
+          kept.push(toEdge({ id: `new:${source}->${target}`, source, target, label }));
         }
       }
       return { nodes: nodes.filter((n) => !gone.has(n.id)), edges: kept };
@@ -219,7 +220,9 @@ const LayerNode = memo(function LayerNode({ data }) {
           <span className="nb-muted">{data.count}</span>
         </div>
       ) : null}
-      {data.note ? <div className={`nb-note nb-note-${data.note_severity}`}>{data.note}</div> : null}
+      {data.note ? (
+        <div className={`nb-note nb-note-${data.note_severity}`}>{data.note}</div>
+      ) : null}
       {data.kind !== "output" && <Handle type="source" position={Position.Bottom} />}
     </div>
   );
@@ -251,7 +254,10 @@ function Canvas({ args }) {
   const [view, setView] = useState(() => ({
     nodes: args.nodes.map(toNode),
     edges: args.edges.map(toEdge),
+    version: args.version, // the state it was drawn from
   }));
+  const drawEvent = (event) =>
+    setView((current) => ({ ...applyEvent(current, event), version: current.version }));
   const [menu, setMenu] = useState(null); // {kind: "node"|"edge", id, x, y}
   const ghosts = useRef([]); // palette clicks drawn before the page's answer: {seq, round, ...}
   const pending = useRef([]); // events sent and not yet acknowledged, oldest first
@@ -288,11 +294,14 @@ function Canvas({ args }) {
         edges: args.edges.map((raw) => reuseEdge(oldEdges.get(raw.id), raw)),
       };
       for (const event of replay) next = applyEvent(next, event);
-      return next;
+      return { ...next, version: args.version };
     });
     const chosenNode = args.nodes.find((n) => n.selected);
     const chosenEdge = args.edges.find((e) => e.selected);
-    selected.current = { node: chosenNode ? chosenNode.id : null, edge: chosenEdge ? chosenEdge.id : null };
+    selected.current = {
+      node: chosenNode ? chosenNode.id : null,
+      edge: chosenEdge ? chosenEdge.id : null,
+    };
     for (const event of pending.current) trackSelection(event);
     for (const ghost of ghosts.current) {
       selected.current = { node: `${GHOST}${ghost.type}-${ghost.seq}`, edge: null };
@@ -313,7 +322,7 @@ function Canvas({ args }) {
       pending.current = [...pending.current, stamped];
       setPendingCount(pending.current.length + ghosts.current.length);
       trackSelection(stamped);
-      setView((current) => applyEvent(current, stamped));
+      drawEvent(stamped);
       setMenu(null);
       sendValue({ events: pending.current, version: args.version });
     },
@@ -326,6 +335,7 @@ function Canvas({ args }) {
   const ready = allMeasured || virtual; // a big graph is fitted by positions, not measurements
   useEffect(() => {
     if (!ready || !width || !height || fitted.current === args.fit) return;
+    if (view.version !== args.version) return; // the new state is not drawn yet
     fitted.current = args.fit;
     const nodes = view.nodes; // what is drawn (React Flow's store may not hold it yet)
     if (!nodes.length) return;
@@ -344,7 +354,7 @@ function Canvas({ args }) {
     const y = tooTall ? MARGIN - box.y * zoom : (height - box.height * zoom) / 2 - box.y * zoom;
     flow.setViewport({ x, y, zoom });
     revealed.current = selected.current.node; // fitted: what is selected is where it is
-  }, [ready, width, height, args.fit, args.min_zoom, args.node_width, flow, view.nodes]);
+  }, [ready, width, height, args, flow, view]);
 
   // A node Python selected (a layer just added) is brought into view once, by the least pan.
   useEffect(() => {
@@ -387,7 +397,8 @@ function Canvas({ args }) {
     };
     const windows = [window];
     try {
-      if (window.parent && window.parent !== window && window.parent.document) windows.push(window.parent);
+      const framed = window.parent && window.parent !== window;
+      if (framed && window.parent.document) windows.push(window.parent);
     } catch (error) {
       /* a page of another origin: keys inside the frame only */
     }
@@ -423,7 +434,7 @@ function Canvas({ args }) {
       ghosts.current = [...ghosts.current, ghost];
       selected.current = { node: `${GHOST}${type}-${ghost.seq}`, edge: null };
       setPendingCount(pending.current.length + ghosts.current.length);
-      setView((current) => applyEvent(current, ghost));
+      drawEvent(ghost);
     };
     page.addEventListener("click", onClick, true);
     return () => page.removeEventListener("click", onClick, true);
