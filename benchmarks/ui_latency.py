@@ -194,6 +194,19 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))]
 
 
+def browsers_cpu_seconds() -> float:
+    """CPU time of every Chromium process on the machine (the benchmark's browsers)."""
+    total = 0.0
+    for process in psutil.process_iter(["name"]):
+        if "chrom" in (process.info["name"] or ""):
+            try:
+                times = process.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                pass
+    return total
+
+
 def cpu_seconds(server: subprocess.Popen) -> float:
     process = psutil.Process(server.pid)
     times = process.cpu_times()
@@ -245,7 +258,10 @@ async def run_all(label, browser, home, url, server, rounds, crowd, big) -> None
     )
     if crowd > 1:
         tabs = [await open_tab(browser, url, workspace(home, graph)) for _ in range(crowd)]
+        server_before, browsers_before = cpu_seconds(server), browsers_cpu_seconds()
         results = await asyncio.gather(*(edit_rounds(tab, 5) for tab, _ in tabs))
+        server_cpu = cpu_seconds(server) - server_before
+        browsers_cpu = browsers_cpu_seconds() - browsers_before
         seen = [t for drawn_, _, _ in results for t in drawn_]
         together = [t for _, confirmed_, _ in results for t in confirmed_]
         missed = sum(m for _, _, m in results)
@@ -254,6 +270,10 @@ async def run_all(label, browser, home, url, server, rounds, crowd, big) -> None
             f" p95 {percentile(seen, .95):.0f} ms; until Python's answer is drawn: p50"
             f" {percentile(together, .5):.0f} ms, p95 {percentile(together, .95):.0f} ms;"
             f" {missed} of {len(together) + missed} edits not shown within 30 s (or not measured)"
+        )
+        print(
+            f"[{label}]   CPU while they edited: the browsers {browsers_cpu:.1f} s, the server"
+            f" {server_cpu:.1f} s ({os.cpu_count()} cores shared by both)"
         )
         for tab, _ in tabs:
             await tab.context.close()
