@@ -39,6 +39,7 @@ _PARAM_ERRORS = "nb_param_errors"  # (graph version, {(node, param): message})
 _ERROR = "nb_error"  # an Open or fix failure, shown once, in the next run of this page
 _UPLOADS = "nb_uploads"  # how many files were opened: part of the uploader's key
 _FIT = "nb_fit"  # grows when the canvas should fit the graph into its view
+_TOASTS = "nb_toasts"  # (text, icon) said by a callback, shown by the run that follows
 _PALETTE = "nb_palette_round"  # grows with every palette click: a fresh, empty set of pills
 
 TEMPLATES = {
@@ -154,6 +155,18 @@ def _flash_error(message: Message) -> None:
     st.session_state[_ERROR] = message
 
 
+def toast(text: str, icon: str | None = None) -> None:
+    """A toast from a callback, shown by the workspace's run. Most callbacks belong to widgets
+    inside the workspace fragment, and an element drawn by such a callback replaces elements at
+    the top of the app (Streamlit warns so): the page's own styles and scripts."""
+    st.session_state.setdefault(_TOASTS, []).append((text, icon))
+
+
+def show_toasts() -> None:
+    for text, icon in st.session_state.pop(_TOASTS, []):
+        st.toast(text, icon=icon)
+
+
 def _palette_key(category: str) -> str:
     return f"nb_palette_{category}_{st.session_state.get(_PALETTE, 0)}"
 
@@ -183,7 +196,7 @@ def _add_from_palette(key: str) -> None:
     state.set_edited_graph(graph)
     state.select(node_id)
     if reason is not None:
-        st.toast(i18n.render(reason), icon=":material/info:")
+        toast(i18n.render(reason), ":material/info:")
 
 
 def _delete_selection() -> None:
@@ -205,7 +218,7 @@ def _apply_fix(fix: dict[str, Any], why: Message | None = None) -> None:
     except edit.EditError as exc:
         _flash_error(msg("The fix no longer applies: {reason}", reason=str(exc)))
         return
-    st.toast(_("Applied: {fix}", fix=_fix_text(fix, why)), icon=":material/auto_fix_high:")
+    toast(_("Applied: {fix}", fix=_fix_text(fix, why)), ":material/auto_fix_high:")
 
 
 def _fix_text(fix: dict[str, Any], why: Message | None = None) -> str:
@@ -221,7 +234,7 @@ def _new_graph() -> None:
     state.edit_part(state.GENERATOR)  # a new file opens on its (first) graph
     state.set_graph(edit.blank_graph())
     state.select("input")
-    st.toast(_("A new, blank canvas. Undo brings your graph back."), icon=":material/add:")
+    toast(_("A new, blank canvas. Undo brings your graph back."), ":material/add:")
 
 
 def _load_template() -> None:
@@ -233,7 +246,7 @@ def _load_template() -> None:
     state.select(None)
     _fit_view()
     title = _(TEMPLATES[name][0]) if name in TEMPLATES else name
-    st.toast(_("Loaded {name}. Undo brings your graph back.", name=title))
+    toast(_("Loaded {name}. Undo brings your graph back.", name=title))
 
 
 def _uploader_key() -> str:
@@ -271,7 +284,7 @@ def _open_file() -> None:
     state.select(None)
     _fit_view()
     st.session_state["nb_open_popover"] = False
-    st.toast(_("Opened {file}. Undo brings your previous graph back.", file=uploaded.name))
+    toast(_("Opened {file}. Undo brings your previous graph back.", file=uploaded.name))
 
 
 def import_allowed_here() -> bool:
@@ -308,9 +321,9 @@ def _import_python(name: str, source: bytes) -> None:
     state.select(None)
     _fit_view()
     st.session_state["nb_open_popover"] = False
-    st.toast(_("Imported {file}. Undo brings your previous graph back.", file=name))
+    toast(_("Imported {file}. Undo brings your previous graph back.", file=name))
     for warning in outcome.warnings:
-        st.toast(i18n.render(warning), icon=":material/warning:")
+        toast(i18n.render(warning), ":material/warning:")
 
 
 def _stem(filename: str) -> str:
@@ -832,6 +845,7 @@ def workspace() -> None:
     click reruns the whole page, this included.
     """
     sync_canvas()  # the canvas's events since the last run, before anything is drawn
+    show_toasts()
     graph = state.edited_graph()
     selected = state.selected_node()
     notice = state.take_notice()
