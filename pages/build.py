@@ -902,8 +902,8 @@ def _switch_part() -> None:
 def main() -> None:
     st.html(STYLE)
     st.html(KEYS_SCRIPT, unsafe_allow_javascript=True)
+    palette()
     workspace()
-    palette()  # after the workspace: the sidebar is drawn where it is, and the canvas comes first
 
 
 main()

@@ -58,10 +58,28 @@ def settled(page: Page) -> None:
 
 def add(page: Page, layer: str, expected_id: str) -> None:
     """Click the layer's pill in the palette (the one pill: a rerun may briefly show a stale copy
-    of the palette beside the new one, so wait until only one is left)."""
+    of the palette beside the new one, so wait until only one is left).
+
+    The canvas draws the layer at once; the test waits for the page's answer, the layer under
+    its own id. A click that the page never took (the page drew nothing, and the canvas dropped
+    its drawing) is clicked again, as a person would: once, and never while a layer is drawn.
+    """
     pill = page.get_by_test_id("stSidebar").get_by_role("radio", name=layer, exact=True)
-    expect(pill).to_have_count(1)
-    pill.click()
+    before = canvas(page).locator(".nb-canvas").get_attribute("data-nodes")
+    for _attempt in range(2):
+        expect(pill).to_have_count(1)
+        pill.click()
+        try:
+            expect(node(page, expected_id)).to_be_visible(timeout=20_000)
+            break
+        except AssertionError:
+            settled(page)
+            box = canvas(page).locator(".nb-canvas")
+            expect(box).to_have_attribute("data-pending", "0", timeout=15_000)
+            assert (
+                box.get_attribute("data-nodes") == before
+            ), f"{layer} was added, not as {expected_id}"
+            print(f"\nthe page did not take the click on {layer}: clicked again")
     expect(node(page, expected_id)).to_have_css("border-top-color", SELECTED_BLUE)
     settled(page)
 

@@ -153,6 +153,7 @@ function applyEvent(view, event) {
 }
 
 const GHOST = "+"; // the id prefix of a layer drawn before the page named it
+const GHOST_TTL_MS = 8000; // how long such a layer waits for the page's answer
 
 function addLayer({ nodes, edges }, { plan, type, seq }) {
   // The placement Python computed (edit.placement): below the anchor, spliced into its one
@@ -263,7 +264,8 @@ function Canvas({ args }) {
   const pending = useRef([]); // events sent and not yet acknowledged, oldest first
   const [pendingCount, setPendingCount] = useState(0); // shown as data-pending: 0 = settled
   const lastSeq = useRef(0);
-  const shown = useRef({ version: null, ack: null });
+  const shown = useRef({ version: null, ack: null, tick: null });
+  const [tick, setTick] = useState(0); // grows to redraw the last state (a ghost expired)
   const selected = useRef({ node: null, edge: null });
   const fitted = useRef(null);
   const revealed = useRef(null);
@@ -278,8 +280,9 @@ function Canvas({ args }) {
   // A new state from Python (a new version, or an acknowledgement): drawn, with the events it
   // has not seen yet applied on top.
   useLayoutEffect(() => {
-    if (shown.current.version === args.version && shown.current.ack === args.ack) return;
-    shown.current = { version: args.version, ack: args.ack };
+    const now = shown.current;
+    if (now.version === args.version && now.ack === args.ack && now.tick === tick) return;
+    shown.current = { version: args.version, ack: args.ack, tick };
     pending.current = pending.current.filter((event) => event.seq > (args.ack || 0));
     ghosts.current = ghosts.current.filter((ghost) => ghost.round >= args.palette_round);
     setPendingCount(pending.current.length + ghosts.current.length);
@@ -306,7 +309,7 @@ function Canvas({ args }) {
     for (const ghost of ghosts.current) {
       selected.current = { node: `${GHOST}${ghost.type}-${ghost.seq}`, edge: null };
     }
-  }, [args]);
+  }, [args, tick]);
 
   const trackSelection = (event) => {
     if (event.kind === "select") selected.current = { node: event.node, edge: null };
@@ -435,6 +438,13 @@ function Canvas({ args }) {
       selected.current = { node: `${GHOST}${type}-${ghost.seq}`, edge: null };
       setPendingCount(pending.current.length + ghosts.current.length);
       drawEvent(ghost);
+      // A click the page never took (it can drop a click on pills it has replaced) must not
+      // leave a layer drawn for good: after a while the last state is drawn without it.
+      setTimeout(() => {
+        if (!ghosts.current.includes(ghost)) return;
+        ghosts.current = ghosts.current.filter((other) => other !== ghost);
+        setTick((count) => count + 1);
+      }, GHOST_TTL_MS);
     };
     page.addEventListener("click", onClick, true);
     return () => page.removeEventListener("click", onClick, true);
