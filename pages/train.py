@@ -98,6 +98,8 @@ _COMPARE_PICK = "train-compare-pick"
 _SERIES = "train-series"
 _UPLOADS = "train-uploads"
 _BUILTIN = "train-builtin-choice"
+_TARGETS_CHOSEN = "train-targets-chosen"  # {graph's natural target: the target last chosen}
+_TARGET = "train-target-used"  # what this run of the page trains towards ("label" for a pair)
 _MESSAGE = "train-message"
 
 
@@ -234,6 +236,29 @@ def input_shape(analysis: Analysis) -> tuple[int, ...]:
     return tuple(shape or ())
 
 
+def output_shape(analysis: Analysis) -> tuple[int, ...]:
+    node = next((n for n in analysis.graph.nodes if n.type == "Output"), None)
+    shape = analysis.infos[node.id].shape if node is not None and node.id in analysis.infos else ()
+    return tuple(shape or ())
+
+
+def natural_target(analysis: Analysis) -> str:
+    """What a graph is most likely built to learn: a graph whose output is shaped like its
+    float input (an autoencoder, a U-Net on digits) reproduces the input; anything else, token
+    models included, predicts labels."""
+    node = next((n for n in analysis.graph.nodes if n.type == "Input"), None)
+    floats = node is not None and node.params.get("dtype", "float32") != "int64"
+    shape = input_shape(analysis)
+    return "input" if floats and shape and shape == output_shape(analysis) else "label"
+
+
+def is_gan_pair(analysis: Analysis) -> bool:
+    try:
+        return discriminator_graph(analysis.graph) is not None
+    except GraphFormatError:
+        return True  # a pair whose discriminator cannot be read: _problems says why
+
+
 def suggested_dataset(analysis: Analysis, target: str = "label") -> str:
     """The first offline built-in dataset this graph can train on as it is (digits otherwise)."""
     shape = input_shape(analysis)
@@ -302,16 +327,13 @@ def _dataset_section(analysis: Analysis) -> tuple[Dataset | None, Upload | None]
         key="train-source",
         label_visibility="collapsed",
     )
-    target = (
-        st.segmented_control(
-            _("Learn to"),
-            list(TARGETS),
-            format_func=lambda key: _(TARGETS[key]),
-            key=_remembered("target", "label"),
-            help=_("Reproduce the input trains an autoencoder: the target is the sample itself"),
-        )
-        or "label"
-    )
+    pair = is_gan_pair(analysis)
+    if pair:  # the generator learns from the discriminator, which learns real from made
+        st.caption(_("A GAN pair learns to make new samples like the data."))
+        target = "label"
+    else:
+        target = _learn_to(analysis)
+    st.session_state[_TARGET] = target
     if source == "upload":
         dataset, upload = _uploaded_dataset()
     else:
@@ -335,8 +357,31 @@ def _dataset_section(analysis: Analysis) -> tuple[Dataset | None, Upload | None]
                 + "\n".join(f"- {markdown_literal(render_message(p))}" for p in problems)
             )
             return None, upload
-        st.success(_compatible_text(dataset, target))
+        st.success(_compatible_text(dataset, "pair" if pair else target))
     return dataset, upload
+
+
+def _learn_to(analysis: Analysis) -> str:
+    """The "Learn to" choice, starting from what the graph is built for (natural_target); the
+    person's last choice for that kind of graph is kept across pages and graphs."""
+    natural = natural_target(analysis)
+    chosen = st.session_state.setdefault(_TARGETS_CHOSEN, {})
+    kind_shown = st.session_state.get("train-target-kind")
+    if kind_shown != natural or "train-target" not in st.session_state:
+        st.session_state["train-target-kind"] = natural
+        st.session_state["train-target"] = chosen.get(natural, natural)
+    target = (
+        st.segmented_control(
+            _("Learn to"),
+            list(TARGETS),
+            format_func=lambda key: _(TARGETS[key]),
+            key="train-target",
+            help=_("Reproduce the input trains an autoencoder: the target is the sample itself"),
+        )
+        or natural
+    )
+    chosen[natural] = target
+    return target
 
 
 def _problems(analysis: Analysis, dataset: Dataset, target: str) -> list[Message]:
@@ -351,8 +396,11 @@ def _problems(analysis: Analysis, dataset: Dataset, target: str) -> list[Message
 
 
 def _compatible_text(dataset: Dataset, target: str) -> str:
+    """target: "label", "input", or "pair" (a GAN pair, which makes samples like these)."""
     shape = list(dataset.sample_shape)
-    if target == "input":
+    if target == "pair":
+        learns = _("new samples like these")
+    elif target == "input":
         learns = _("the sample itself")
     elif dataset.task == "classification" and dataset.target_shape:
         learns = _("{classes} classes at each position", classes=dataset.num_classes)
@@ -533,7 +581,7 @@ def _hyperparameters(dataset: Dataset | None, upload: Upload | None) -> TrainCon
     values = {
         "dataset": dataset.name if dataset is not None else defaults.dataset,
         "label_column": upload.label_column if upload else None,
-        "target": st.session_state.get("train-target") or "label",
+        "target": st.session_state.get(_TARGET, "label"),
         "optimizer": optimizer,
         "lr": lr,
         "schedule": schedule,

@@ -412,14 +412,40 @@ def test_the_picker_offers_only_datasets_that_load_here(home, monkeypatch):
     assert not {"mnist", "fashion-mnist", "cifar10"} & set(options)
 
 
-def test_reproducing_the_input_makes_an_autoencoder_trainable(home):
+def test_an_autoencoder_starts_out_reproducing_its_input_and_can_be_switched(home):
+    """A graph whose output is shaped like its input is an autoencoder: "Reproduce the input"
+    is chosen for it; predicting labels is one click away, and then named as impossible."""
     app = open_page(home, autoencoder_graph())
-    assert "10 classes" in shown(app) and app.button(key="train-start").disabled
-    app.button_group(key="train-target").set_value("input").run()
-    assert not app.exception
+    assert app.button_group(key="train-target").value == "input"
     assert "Compatible: 1,797 samples of [1, 8, 8] → the sample itself." in shown(app)
     assert not app.button(key="train-start").disabled
     assert app.session_state["train-config"]["target"] == "input"
+    app.button_group(key="train-target").set_value("label").run()
+    assert not app.exception
+    assert "10 classes" in shown(app) and app.button(key="train-start").disabled
+    assert app.session_state["train-target-used"] == "label"
+
+
+def test_a_classifier_starts_out_predicting_labels(home):
+    app = open_page(home, tiny_graph())
+    assert app.button_group(key="train-target").value == "label"
+    assert "→ 10 classes." in shown(app)
+
+
+@pytest.mark.parametrize(
+    "template,target",
+    [
+        ("conv_autoencoder", "input"),
+        ("unet_digits", "input"),
+        ("transformer_encoder", "label"),  # tokens in, [16] out: a classifier, not a copy
+        ("lenet5", "label"),
+    ],
+)
+def test_each_template_starts_out_learning_what_it_is_built_for(home, template, target):
+    graph = json.loads((ROOT / "builder" / "templates" / f"{template}.json").read_text())
+    app = open_page(home, graph)
+    assert app.button_group(key="train-target").value == target
+    assert not app.button(key="train-start").disabled, shown(app)
 
 
 def trained_weights(folder: Path) -> None:
@@ -484,7 +510,9 @@ def test_a_gan_pair_is_checked_as_a_pair_and_can_start(home):
     pair = json.loads((ROOT / "builder" / "templates" / "dcgan_digits.json").read_text())
     app = open_page(home, pair)
     assert not app.exception
-    assert "Compatible: 1,797 samples of [1, 8, 8]" in shown(app)
+    assert "Compatible: 1,797 samples of [1, 8, 8] → new samples like these." in shown(app)
+    assert "A GAN pair learns to make new samples like the data." in shown(app)
+    assert not any(g.key == "train-target" for g in app.button_group)  # no labels to predict
     assert not app.button(key="train-start").disabled
     pair["discriminator"]["nodes"][0]["params"]["shape"] = [1, 4, 4]
     app = open_page(home, pair)
