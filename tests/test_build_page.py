@@ -21,6 +21,7 @@ from compiler.analysis import analyse
 from compiler.gan import discriminator_graph
 from compiler.codegen import generate_source
 from compiler.memory import estimate_memory, format_bytes
+from tests.modelkit import chain_graph
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "app.py"
@@ -566,18 +567,9 @@ def test_a_count_of_millions_is_shown_in_three_figures_and_in_full_on_hover(home
 
 def test_a_palette_click_on_a_graph_at_the_layer_cap_is_refused_with_a_reason(home):
     """A graph file holds at most MAX_NODES layers: one more could not be opened again."""
-    nodes = [{"id": "x", "type": "Input", "params": {"shape": [4]}}]
-    nodes += [{"id": f"r{i}", "type": "ReLU"} for i in range(MAX_NODES - 2)]
-    nodes.append({"id": "y", "type": "Output"})
-    ids = [n["id"] for n in nodes]
-    graph = {
-        "format": "netbuilder.graph/1",
-        "name": "full",
-        "nodes": nodes,
-        "edges": [{"source": a, "target": b} for a, b in zip(ids, ids[1:])],
-    }
+    graph = chain_graph([4], *[("ReLU", {})] * (MAX_NODES - 2))
     (home / "autosave").mkdir()
-    (home / "autosave" / "full-workspace.json").write_text(json.dumps(graph))
+    (home / "autosave" / "full-workspace.json").write_text(dump_graph(graph))
     at = open_app("full-workspace")
     assert len(_current_graph(at).nodes) == MAX_NODES
     palette(at, "Regularisation").set_value("Dropout").run()

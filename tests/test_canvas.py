@@ -20,6 +20,7 @@ from pages.canvas import (
     new_events,
 )
 from pages.flow_canvas import BUILD
+from tests.modelkit import chain_graph
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "builder" / "templates"
@@ -119,18 +120,7 @@ def test_user_text_reaches_the_canvas_as_text_never_as_markup():
 
 def test_the_state_of_a_big_graph_stays_small():
     """streamlit-flow's state was about 1.1 kB a node and 0.5 kB an edge (inline styles, HTML)."""
-    nodes = [{"id": "x", "type": "Input", "params": {"shape": [64]}}]
-    nodes += [{"id": f"n{i}", "type": "Linear", "params": {"out_features": 64}} for i in range(600)]
-    names = [n["id"] for n in nodes]
-    graph = with_layout(
-        parse_graph(
-            {
-                "format": "netbuilder.graph/1",
-                "nodes": [*nodes, {"id": "y", "type": "Output"}],
-                "edges": [{"source": a, "target": b} for a, b in zip(names, [*names[1:], "y"])],
-            }
-        )
-    )
+    graph = with_layout(chain_graph([64], *[("Linear", {"out_features": 64})] * 600))
     size = len(json.dumps(canvas_state(graph, analyse(graph), None)))
     assert size / len(graph.nodes) < 400
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from builder.graph import Graph, load_graph, parse_graph
+from compiler.gan import with_discriminator
 from runtime import runs as runs_module
 from runtime import store
 from runtime.runs import (
@@ -34,6 +35,7 @@ from runtime.runs import (
     stop_run,
 )
 from runtime.trainer import TrainConfig, load_model_source, train_run
+from tests.modelkit import chain_graph
 
 ROOT = Path(__file__).parents[1]
 TEMPLATES = ROOT / "builder" / "templates"
@@ -548,28 +550,10 @@ def test_a_gan_pair_is_sized_with_both_players(tmp_path: Path):
     """A small generator with a discriminator too big to train (1e14 parameters): the pair is
     refused before a run exists, with the figures; the template's own pair starts."""
     pair = load_graph((TEMPLATES / "dcgan_digits.json").read_text())
-    giant = {
-        "nodes": [
-            {"id": "image", "type": "Input", "params": {"shape": [1, 8, 8]}},
-            {"id": "flat", "type": "Flatten"},
-            {"id": "a", "type": "Linear", "params": {"out_features": 10_000_000}},
-            {"id": "b", "type": "Linear", "params": {"out_features": 10_000_000}},
-            {"id": "score", "type": "Linear", "params": {"out_features": 1}},
-            {"id": "out", "type": "Output"},
-        ],
-        "edges": [
-            {"source": s, "target": t}
-            for s, t in [
-                ("image", "flat"),
-                ("flat", "a"),
-                ("a", "b"),
-                ("b", "score"),
-                ("score", "out"),
-            ]
-        ],
-    }
+    wide = ("Linear", {"out_features": 10_000_000})
+    giant = chain_graph([1, 8, 8], ("Flatten", {}), wide, wide, ("Linear", {"out_features": 1}))
     with pytest.raises(RunError) as refused:
-        start_run(tmp_path, pair.model_copy(update={"discriminator": giant}), CONFIG)
+        start_run(tmp_path, with_discriminator(pair, giant), CONFIG)
     assert "the model needs" in str(refused.value) and " has only " in str(refused.value)
     assert list_runs(tmp_path) == []
     start_run(tmp_path, pair, CONFIG.model_copy(update={"epochs": 1}))  # the real pair fits
