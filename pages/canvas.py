@@ -18,7 +18,7 @@ import i18n
 from i18n import Message, msg
 from builder import edit
 from builder.catalog import CATALOG
-from builder.graph import MAX_EDGES, MAX_NODES, Graph, Node
+from builder.graph import MAX_EDGES, MAX_NODES, Edge, Graph, Node
 from builder.layout import ROW_HEIGHT
 from compiler.analysis import Analysis, Diagnostic, NodeInfo
 
@@ -108,7 +108,7 @@ def node_face(
         "id": node.id,
         "x": x,
         "y": y,
-        "kind": {"Input": "input", "Output": "output"}.get(node.type, "layer"),
+        "kind": node_kind(node.type),
         "type": node.type,
         "name": node.id if node.id.lower() != node.type.lower() else "",
         "params": key_params_text(node),
@@ -139,16 +139,26 @@ def canvas_state(
         for node in graph.nodes
     ]
     edges = [
-        {
-            "id": edge_id(index, edge.source, edge.target),
-            "source": edge.source,
-            "target": edge.target,
-            "label": _edge_label(analysis, edge.source),
-            "selected": index == selected_edge,
-        }
+        edge_face(index, edge, _edge_label(analysis, edge.source), index == selected_edge)
         for index, edge in enumerate(graph.edges)
     ]
     return {"nodes": nodes, "edges": edges}
+
+
+def node_kind(layer_type: str) -> str:
+    """Which handles the canvas draws: an Input has no target, an Output no source."""
+    return {"Input": "input", "Output": "output"}.get(layer_type, "layer")
+
+
+def edge_face(index: int, edge: Edge, label: str = "", selected: bool = False) -> dict[str, Any]:
+    """One edge as the canvas draws it, named by edge_id."""
+    return {
+        "id": edge_id(index, edge.source, edge.target),
+        "source": edge.source,
+        "target": edge.target,
+        "label": label,
+        "selected": selected,
+    }
 
 
 def add_plans(graph: Graph, selected: str | None) -> dict[str, dict[str, Any]]:

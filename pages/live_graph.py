@@ -20,6 +20,7 @@ from plotly.colors import sample_colorscale, unlabel_rgb
 from builder.graph import Graph
 from builder.layout import auto_layout
 from i18n import _
+from pages.canvas import edge_face, node_kind
 from pages.charts import RunSeries
 from pages.flow_canvas import graph_canvas
 
@@ -118,7 +119,7 @@ def node_face(
         "id": node_id,
         "x": position[0],
         "y": position[1],
-        "kind": {"Input": "input", "Output": "output"}.get(layer_type, "layer"),
+        "kind": node_kind(layer_type),
         "type": layer_type,
         "name": node_id,
         "params": detail,
@@ -151,16 +152,7 @@ def live_state(graph: Graph, report: dict[str, NodeHealth]) -> dict[str, Any]:
         node_face(node.id, node.type, positions[node.id], report.get(node.id))
         for node in graph.nodes
     ]
-    edges = [
-        {
-            "id": f"{index}:{edge.source}->{edge.target}",
-            "source": edge.source,
-            "target": edge.target,
-            "label": "",
-            "selected": False,
-        }
-        for index, edge in enumerate(graph.edges)
-    ]
+    edges = [edge_face(index, edge) for index, edge in enumerate(graph.edges)]
     return {"nodes": nodes, "edges": edges, "read_only": True}
 
 

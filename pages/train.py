@@ -231,13 +231,16 @@ def builtin_dataset(name: str, input_shape: tuple[int, ...] = ()) -> Dataset:
 
 
 def input_shape(analysis: Analysis) -> tuple[int, ...]:
-    node = next((n for n in analysis.graph.nodes if n.type == "Input"), None)
-    shape = analysis.infos[node.id].shape if node is not None and node.id in analysis.infos else ()
-    return tuple(shape or ())
+    return _shape_of(analysis, "Input")
 
 
 def output_shape(analysis: Analysis) -> tuple[int, ...]:
-    node = next((n for n in analysis.graph.nodes if n.type == "Output"), None)
+    return _shape_of(analysis, "Output")
+
+
+def _shape_of(analysis: Analysis, layer_type: str) -> tuple[int, ...]:
+    """The shape at the graph's (first) Input or Output; () where unknown."""
+    node = next((n for n in analysis.graph.nodes if n.type == layer_type), None)
     shape = analysis.infos[node.id].shape if node is not None and node.id in analysis.infos else ()
     return tuple(shape or ())
 

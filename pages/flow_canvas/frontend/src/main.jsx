@@ -154,11 +154,12 @@ function applyEvent(view, event) {
 
 const GHOST = "+"; // the id prefix of a layer drawn before the page named it
 const GHOST_TTL_MS = 8000; // how long such a layer waits for the page's answer
+const ghostId = ({ type, seq }) => `${GHOST}${type}-${seq}`;
 
 function addLayer({ nodes, edges }, { plan, type, seq }) {
   // The placement Python computed (edit.placement): below the anchor, spliced into its one
   // outgoing edge with what follows moved down a row, else a new branch.
-  const id = `${GHOST}${type}-${seq}`;
+  const id = ghostId({ type, seq });
   const shifted = new Set(plan.shifted);
   const drawn = nodes.map((n) => {
     const moved = shifted.has(n.id)
@@ -307,7 +308,7 @@ function Canvas({ args }) {
     };
     for (const event of pending.current) trackSelection(event);
     for (const ghost of ghosts.current) {
-      selected.current = { node: `${GHOST}${ghost.type}-${ghost.seq}`, edge: null };
+      selected.current = { node: ghostId(ghost), edge: null };
     }
   }, [args, tick]);
 
@@ -435,7 +436,7 @@ function Canvas({ args }) {
       const plan = type === "Input" ? now.add_plans.input : now.add_plans.layer;
       const ghost = { kind: "add", seq: lastSeq.current, round: now.palette_round, type, plan };
       ghosts.current = [...ghosts.current, ghost];
-      selected.current = { node: `${GHOST}${type}-${ghost.seq}`, edge: null };
+      selected.current = { node: ghostId(ghost), edge: null };
       setPendingCount(pending.current.length + ghosts.current.length);
       drawEvent(ghost);
       // A click the page never took (it can drop a click on pills it has replaced) must not
