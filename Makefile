@@ -18,12 +18,13 @@ $(VENV)/.dev: $(VENV)/.deps requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
-# Debian's chromium for the browser tests (Playwright cannot download browsers here) and the
-# Noto CJK fonts, so Chinese renders in the browser and in charts without internet.
+# Debian's chromium for the browser tests (Playwright cannot download browsers here), the
+# Noto CJK fonts, so Chinese renders in the browser and in charts without internet, and
+# bubblewrap, the sandbox an imported .py file runs in (tests run it both with and without).
 chromium:
-	@{ command -v chromium >/dev/null && fc-list :lang=zh | grep -q .; } || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium chromium-driver fonts-noto-cjk; \
-	  else echo "chromium or fonts-noto-cjk is missing: sudo apt-get install chromium fonts-noto-cjk"; fi; }
+	@{ command -v chromium >/dev/null && command -v bwrap >/dev/null && fc-list :lang=zh | grep -q .; } || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium chromium-driver fonts-noto-cjk bubblewrap; \
+	  else echo "chromium, bubblewrap or fonts-noto-cjk is missing: sudo apt-get install chromium fonts-noto-cjk bubblewrap"; fi; }
 
 run: $(VENV)/.deps
 	$(VENV)/bin/streamlit run app.py

@@ -1,33 +1,33 @@
-"""Importing a .py file from the web app: the user's code runs in a separate, limited process.
+"""Importing a .py file from the web app: the user's code runs in a sandboxed child process.
 
 Importing executes the uploaded file (its module body, build_model() and forward), so the app
-never does it in its own process: `import_python_file` starts `python -m runtime.import_job` on a
-temporary copy with a CPU-time and memory limit (resource.setrlimit in the child) and a wall-clock
-deadline, and reads back the graph JSON or a named error. Where the app may do this at all is
-`import_allowed`: a server that listens only on localhost (the person's own machine), or one whose
-operator set NETBUILDER_ALLOW_IMPORT=1.
+never does it in its own process, and does it only where the operator allowed it
+(NETBUILDER_ALLOW_IMPORT=1; how the server is reached says nothing about who reaches it: a
+server behind a proxy or a tunnel listens on localhost too). `import_python_file` runs
+`python -m runtime.import_job` on a copy of the file in runtime.sandbox's limited child and reads
+back the graph JSON or a named error.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
-import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from builder.graph import Graph, GraphFormatError, dump_graph, parse_graph
 from i18n import Message, msg
+from runtime.sandbox import Finished, Limits, run_limited
 
-ROOT = Path(__file__).resolve().parent.parent
 TIME_LIMIT_S = 60
 MEMORY_LIMIT_BYTES = 4 * 1024**3
 MAX_SOURCE_BYTES = 1_000_000
 ALLOW_IMPORT_ENV = "NETBUILDER_ALLOW_IMPORT"
+MODEL_FILE = "model.py"
+# What the child imports before the file runs (see runtime.sandbox.supervise).
+PRELOAD = ("compiler.importer", "torch.fx")
 
 
 @dataclass(frozen=True)
@@ -40,19 +40,10 @@ class ImportOutcome:
     warnings: tuple[Message, ...] = ()
 
 
-def import_allowed(server_address: str | None, setting: str | None) -> bool:
-    """Whether the Build page may import .py files: the server listens on localhost only (so
-    the uploader is the person whose machine runs it), or the operator turned it on
+def import_allowed(setting: str | None) -> bool:
+    """Whether the web page may import .py files: only where the operator turned it on
     (`setting` is the value of NETBUILDER_ALLOW_IMPORT: 1, true or yes)."""
-    if (setting or "").strip().lower() in ("1", "true", "yes"):
-        return True
-    host = (server_address or "").strip().strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # no address (every interface) or a host name: not only this machine
+    return (setting or "").strip().lower() in ("1", "true", "yes")
 
 
 def import_refused() -> Message:
@@ -60,8 +51,8 @@ def import_refused() -> Message:
     return msg(
         "This server does not import Python files, because importing runs the file's code."
         " On your own machine run: python -m compiler import model.py -o graph.json"
-        " --input-shape 1,28,28, then open graph.json here (or set NETBUILDER_ALLOW_IMPORT=1"
-        " where you run the server)."
+        " --input-shape 1,28,28, then open graph.json here. (Whoever runs this server can allow"
+        " it with NETBUILDER_ALLOW_IMPORT=1.)"
     )
 
 
@@ -73,7 +64,7 @@ def import_python_file(
     time_limit_s: int = TIME_LIMIT_S,
     memory_limit_bytes: int = MEMORY_LIMIT_BYTES,
 ) -> ImportOutcome:
-    """Import a module file's build_model() in a child process with limits. The file gives the
+    """Import a module file's build_model() in a sandboxed child process. The file gives the
     input shape (INPUT_SHAPE) where `input_shape` is None; dtype is "float32" or "int64"."""
     if len(source) > MAX_SOURCE_BYTES:
         return ImportOutcome(None, msg("the file is over 1 MB; a model file is far smaller"))
@@ -81,39 +72,23 @@ def import_python_file(
         return ImportOutcome(
             None, msg("the input dtype must be float32 or int64, got {dtype}", dtype=repr(dtype))
         )
-    with tempfile.TemporaryDirectory(prefix="netbuilder-import-") as folder:
-        path = Path(folder) / "model.py"
-        path.write_bytes(source)
-        request = {
-            "path": str(path),
-            "shape": input_shape,
-            "dtype": dtype,
-            "name": name,
-            "seconds": time_limit_s,
-            "bytes": memory_limit_bytes,
-        }
-        command = [sys.executable, "-m", "runtime.import_job", json.dumps(request)]
-        try:
-            done = subprocess.run(
-                command,
-                cwd=ROOT,
-                capture_output=True,
-                timeout=time_limit_s + 10,  # the CPU limit ends a busy child first
-                env=os.environ | {"OMP_NUM_THREADS": "1"},
-            )
-        except subprocess.TimeoutExpired:
-            return ImportOutcome(None, _too_long(time_limit_s))
-    return _outcome(done, time_limit_s)
-
-
-def _limit(time_limit_s: int, memory_limit_bytes: int) -> None:
-    """In the child, before it imports torch or runs the file: CPU seconds, and the memory it
-    may allocate (RLIMIT_DATA: heap and anonymous mappings, which tensors live in; not the
-    shared libraries a CUDA build of torch maps, which RLIMIT_AS would count)."""
-    import resource
-
-    resource.setrlimit(resource.RLIMIT_CPU, (time_limit_s, time_limit_s + 1))
-    resource.setrlimit(resource.RLIMIT_DATA, (memory_limit_bytes, memory_limit_bytes))
+    request = {
+        "path": MODEL_FILE,  # in the child's own working folder
+        "shape": input_shape,
+        "dtype": dtype,
+        "name": name,
+        "bytes": memory_limit_bytes,
+    }
+    limits = Limits(cpu_seconds=time_limit_s, memory_bytes=memory_limit_bytes)
+    done = run_limited(
+        "runtime.import_job",
+        json.dumps(request),
+        {MODEL_FILE: source},
+        limits,
+        time_limit_s,
+        preload=PRELOAD,
+    )
+    return _outcome(done, time_limit_s, memory_limit_bytes)
 
 
 def _too_long(time_limit_s: int) -> Message:
@@ -130,19 +105,21 @@ def _out_of_memory(limit_bytes: int) -> Message:
     )
 
 
-def _outcome(done: subprocess.CompletedProcess[bytes], time_limit_s: int) -> ImportOutcome:
+def _outcome(done: Finished, time_limit_s: int, memory_limit_bytes: int) -> ImportOutcome:
     """The child's one JSON line, or a named reason why there is none."""
+    if done.timed_out:
+        return ImportOutcome(None, _too_long(time_limit_s))
     lines = done.stdout.decode("utf-8", "replace").strip().splitlines()
     try:
         reply = json.loads(lines[-1])
     except (IndexError, json.JSONDecodeError):
         reply = None
     if not isinstance(reply, dict):
-        if done.returncode in (-9, -24):  # SIGKILL / SIGXCPU: the CPU limit
+        if done.returncode in (128 + 9, 128 + 24, -9, -24):  # SIGKILL / SIGXCPU: the CPU limit
             return ImportOutcome(None, _too_long(time_limit_s))
         tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
-        if done.returncode == -11 or any("MemoryError" in line for line in tail):
-            return ImportOutcome(None, _out_of_memory(MEMORY_LIMIT_BYTES))
+        if done.returncode in (128 + 11, -11) or any("MemoryError" in line for line in tail):
+            return ImportOutcome(None, _out_of_memory(memory_limit_bytes))
         return ImportOutcome(
             None,
             msg(
@@ -176,12 +153,13 @@ def _value(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
-# The child: python -m runtime.import_job '{"path": ..., "shape": ..., "dtype": ..., "name": ...}'
+# The child: python -m runtime.import_job '{"path": ..., "shape": ..., "dtype": ..., "name": ...}',
+# run by runtime.sandbox in the folder that holds the file
 
 
 def _child(request: dict[str, Any]) -> dict[str, Any]:
-    """Import the file and say what came of it, as JSON (Messages as code + values)."""
-    _limit(int(request["seconds"]), int(request["bytes"]))
+    """Import the file and say what came of it, as JSON (Messages as code + values). The
+    sandbox set the limits before this ran."""
     from compiler.importer import ModelImportError, import_file
 
     shape = tuple(request["shape"]) if request.get("shape") else None
