@@ -434,10 +434,31 @@ def _bounds(metadata: list[Any]) -> tuple[float | None, float | None]:
     return minimum, maximum
 
 
+MAX_TEXT_VALUE = 200  # characters: the longest parameter value a layer takes is a short list
+
+
+class ParamTextError(ValueError):
+    """Typed text that is no parameter value at all (too long, nested too deep, a number too
+    long to read); carries the sentence to show beside the field."""
+
+    def __init__(self, message: Message) -> None:
+        super().__init__(str(message))
+        self.message = message
+
+
 def parse_text_value(text: str) -> Any:
     """Typed text to a value: '' -> UNSET (the default), none or null -> None, '3' -> 3,
-    '3, 5' or '[3, 5]' -> [3, 5], same -> 'same'."""
+    '3, 5' or '[3, 5]' -> [3, 5], same -> 'same'. Raises ParamTextError for text no parameter
+    could take, before parsing it (a page must not spend its recursion or CPU on it)."""
     stripped = text.strip()
+    if len(stripped) > MAX_TEXT_VALUE:
+        raise ParamTextError(
+            msg(
+                "a parameter value is at most {limit} characters; this one has {count}",
+                limit=MAX_TEXT_VALUE,
+                count=len(stripped),
+            )
+        )
     if not stripped:
         return UNSET
     if stripped.lower() in ("none", "null"):
@@ -448,6 +469,10 @@ def parse_text_value(text: str) -> Any:
         return json.loads(stripped)
     except json.JSONDecodeError:
         return stripped.strip("'\"")
+    except (RecursionError, ValueError):  # '[[[[...' or a number of thousands of digits
+        raise ParamTextError(
+            msg("{typed} is not a value a parameter can take", typed=stripped[:40])
+        )
 
 
 def value_text(value: Any) -> str:

@@ -6,7 +6,10 @@ file is rejected in one place, with one message that names the node and the fiel
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -139,6 +142,41 @@ def too_large(size: int) -> Message:
         size=size,
         limit=MAX_FILE_BYTES,
     )
+
+
+class NotARegularFile(OSError):
+    """A pipe, a device or a socket where a file was expected; `message` says so."""
+
+    def __init__(self) -> None:
+        self.message = msg("not a regular file (a pipe or a device cannot be read as one)")
+        super().__init__(errno.EINVAL, str(self.message))
+
+
+def read_file_bounded(path: str | os.PathLike[str], limit: int = MAX_FILE_BYTES) -> bytes:
+    """A regular file's bytes, read no further than `limit` (+1, to tell that it is over):
+    a FIFO, /dev/zero or a socket is refused at once, and a file that grows while read stops
+    at the cap. OSError (with a sentence for the refusals) where it cannot be read."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO does not block open
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotARegularFile()
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def read_graph_file(path: str | os.PathLike[str]) -> Graph:
+    """A graph file from disk: bounded (see read_file_bounded), then load_graph. OSError where
+    it cannot be read, GraphFormatError where it is no graph."""
+    return load_graph(read_file_bounded(path))
 
 
 def dump_graph(graph: Graph) -> str:

@@ -16,16 +16,16 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from builder.graph import (
-    MAX_FILE_BYTES,
     Graph,
     GraphFormatError,
     dump_graph,
     graph_schema,
-    load_graph,
-    too_large,
+    read_file_bounded,
+    read_graph_file,
 )
 import i18n
-from compiler.analysis import analyse
+from compiler.analysis import Diagnostic, analyse
+from compiler.gan import pair_problems
 from compiler.codegen import generate_source
 from compiler.memory import budget_diagnostic, estimate_memory
 from i18n import Message, msg
@@ -35,17 +35,15 @@ MAX_CONFIG_BYTES = 100_000
 
 def read_graph(path: str) -> Graph:
     """Load a graph file, turning every way it can fail into a GraphFormatError."""
-    file = Path(path)
     try:
-        if file.stat().st_size > MAX_FILE_BYTES:
-            raise GraphFormatError(too_large(file.stat().st_size))
-        return load_graph(file.read_bytes())
+        return read_graph_file(path)
     except OSError as exc:
         raise GraphFormatError(cannot_read(path, exc)) from None
 
 
 def cannot_read(path: str, exc: OSError) -> Message:
-    return msg("cannot read {path}: {reason}", path=path, reason=exc.strerror or str(exc))
+    reason = getattr(exc, "message", None) or exc.strerror or str(exc)
+    return msg("cannot read {path}: {reason}", path=path, reason=reason)
 
 
 def check(args: argparse.Namespace) -> int:
@@ -53,8 +51,11 @@ def check(args: argparse.Namespace) -> int:
     analysis = analyse(graph)
     report = analysis.report(args.lang) | {"memory": estimate_memory(graph, analysis).to_json()}
     too_big = budget_diagnostic(graph, analysis)
-    if too_big is not None:
-        report |= {"ok": False, "errors": [*report["errors"], too_big.to_json(args.lang)]}
+    more = [] if too_big is None else [too_big]
+    more += [Diagnostic(None, problem) for problem in pair_problems(graph, analysis)]
+    if more:
+        errors = [*report["errors"], *(d.to_json(args.lang) for d in more)]
+        report |= {"ok": False, "errors": errors}
     print(json.dumps(report))
     return 0 if report["ok"] else 1
 
@@ -62,9 +63,10 @@ def check(args: argparse.Namespace) -> int:
 def export(args: argparse.Namespace) -> int:
     graph = read_graph(args.graph)
     analysis = analyse(graph)
-    if not analysis.ok:
-        for error in analysis.errors:
-            print(f"error: {error.text.render(args.lang)}", file=sys.stderr)
+    problems = [error.text for error in analysis.errors] or pair_problems(graph, analysis)
+    if problems:  # a pair's discriminator is part of the file: never dropped unchecked
+        for problem in problems:
+            print(f"error: {problem.render(args.lang)}", file=sys.stderr)
         return 1
     if args.config and not args.train:
         raise GraphFormatError(msg("--config sets train.py's defaults; add --train"))
@@ -98,7 +100,7 @@ def read_config(path: str | None) -> dict | None:
     if path is None:
         return None
     try:
-        text = Path(path).read_bytes()[: MAX_CONFIG_BYTES + 1]
+        text = read_file_bounded(path, MAX_CONFIG_BYTES)
         if len(text) > MAX_CONFIG_BYTES:
             raise GraphFormatError(msg("{path} is too large for a training config", path=path))
         config = json.loads(text)

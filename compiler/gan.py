@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 
 from builder.graph import FORMAT, Graph, GraphFormatError, dump_graph, parse_graph
-from compiler.analysis import Analysis
+from compiler.analysis import Analysis, analyse
 from i18n import N_, Message, msg
 
 DISCRIMINATOR = "discriminator"
@@ -26,7 +26,10 @@ def discriminator_graph(graph: Graph) -> Graph | None:
     part = extra[DISCRIMINATOR]
     if not isinstance(part, dict):
         raise GraphFormatError(msg("'discriminator' must be an object with nodes and edges"))
-    return parse_graph({"format": FORMAT, "name": f"{graph.name} discriminator", **part})
+    try:
+        return parse_graph({"format": FORMAT, "name": f"{graph.name} discriminator", **part})
+    except GraphFormatError as exc:
+        raise GraphFormatError(msg("the discriminator: {problem}", problem=exc.text)) from None
 
 
 def with_discriminator(graph: Graph, discriminator: Graph) -> Graph:
@@ -81,6 +84,18 @@ def check_pair(
             )
         )
     return problems
+
+
+def pair_problems(graph: Graph, generator: Analysis) -> list[Message]:
+    """Why a file's GAN pair cannot train, as far as the two graphs tell (the data's sample is
+    taken to be what the generator outputs): none for a plain graph. GraphFormatError where the
+    discriminator is no graph at all."""
+    judge = discriminator_graph(graph)
+    if judge is None:
+        return []
+    fake = next((n.id for n in graph.nodes if n.type == "Output"), None)
+    shape = generator.infos[fake].shape if fake in generator.infos else None
+    return check_pair(generator, analyse(judge), tuple(shape or ()))
 
 
 def end_node(analysis: Analysis, kind: str) -> str:

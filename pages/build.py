@@ -293,13 +293,20 @@ def import_allowed_here() -> bool:
     return import_job.import_allowed(os.environ.get(import_job.ALLOW_IMPORT_ENV))
 
 
-def _import_shape() -> tuple[int, ...] | None:
-    """The input shape typed beside the uploader ("1, 28, 28"); None: the file's INPUT_SHAPE."""
-    text = (st.session_state.get("nb_import_shape") or "").replace("[", "").replace("]", "")
-    parts = [part.strip() for part in text.split(",") if part.strip()]
-    if not parts or not all(part.isdigit() and int(part) > 0 for part in parts):
+def _import_shape() -> tuple[int, ...] | None | Message:
+    """The input shape typed beside the uploader ("1, 28, 28"); None: the file's INPUT_SHAPE;
+    a Message where the text is no shape (letters, '²', zero, more than 8 numbers)."""
+    text = (st.session_state.get("nb_import_shape") or "").strip()
+    parts = [part.strip() for part in text.strip("[]()").split(",") if part.strip()]
+    if not parts:
         return None
-    return tuple(int(part) for part in parts)
+    numbers = [int(part) for part in parts if re.fullmatch(r"[0-9]{1,8}", part)]  # ASCII only
+    if len(parts) > 8 or len(numbers) != len(parts) or 0 in numbers:
+        return msg(
+            "the input shape {typed} is not a list of positive whole numbers, like 1, 28, 28",
+            typed=repr(text[:40]),
+        )
+    return tuple(numbers)
 
 
 def _import_python(name: str, source: bytes) -> None:
@@ -308,8 +315,12 @@ def _import_python(name: str, source: bytes) -> None:
         _flash_error(import_job.import_refused())
         return
     dtype = st.session_state.get("nb_import_dtype") or "float32"
+    shape = _import_shape()
+    if isinstance(shape, Message):
+        _flash_error(msg("{file} could not be imported: {reason}", file=name, reason=shape))
+        return
     with st.spinner(_("Importing {file}: running its build_model() and tracing it…", file=name)):
-        outcome = import_job.import_python_file(source, _import_shape(), dtype, name=_stem(name))
+        outcome = import_job.import_python_file(source, shape, dtype, name=_stem(name))
     if outcome.graph is None:
         reasons = [outcome.error, *outcome.problems] if outcome.error else list(outcome.problems)
         text = "; ".join(i18n.render(reason) for reason in reasons if reason is not None)
@@ -365,16 +376,18 @@ def _set_param(key: str, version: int, node_id: str, field: edit.ParamField) -> 
     if version != state.graph_version():
         return
     raw = st.session_state.get(key)
-    if field.kind == "text":
-        value = edit.parse_text_value(raw or "")
-    else:
-        value = edit.UNSET if raw is None else raw
     graph = state.edited_graph()
     node = graph.node(node_id)
-    current = node.params.get(field.name, edit.UNSET)
-    if value == current or (current is edit.UNSET and value in (edit.UNSET, field.default)):
-        return
-    problem = edit.check_param(node.type, node.params, field.name, value)
+    try:
+        value = edit.parse_text_value(raw or "") if field.kind == "text" else raw
+    except edit.ParamTextError as exc:
+        problem: Message | str | None = exc.message
+    else:
+        value = edit.UNSET if value is None and field.kind != "text" else value
+        current = node.params.get(field.name, edit.UNSET)
+        if value == current or (current is edit.UNSET and value in (edit.UNSET, field.default)):
+            return
+        problem = edit.check_param(node.type, node.params, field.name, value)
     if problem is not None:
         version, errors = st.session_state.get(_PARAM_ERRORS, (None, {}))
         errors = errors if version == state.graph_version() else {}

@@ -10,6 +10,8 @@ changes nothing.
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -198,7 +200,7 @@ def edge_index(graph: Graph, chosen: Any) -> int | None:
     if not isinstance(chosen, str) or ":" not in chosen:
         return None
     head = chosen.split(":", 1)[0]
-    index = int(head) if head.isdigit() else -1
+    index = int(head) if re.fullmatch(r"[0-9]{1,9}", head) else -1  # not '²', not 5000 digits
     if not 0 <= index < len(graph.edges):
         return None
     edge = graph.edges[index]
@@ -246,13 +248,18 @@ def new_events(value: Any, after: int) -> list[Mapping[str, Any]]:
 
 
 def apply_event(graph: Graph, event: Mapping[str, Any]) -> CanvasEdit:
-    """One event, checked against the graph: unknown ids, self-loops and bad numbers change
-    nothing."""
+    """One event, checked against the graph: unknown ids, self-loops, bad numbers and values
+    of the wrong type (a forged event) change nothing."""
+    if not isinstance(event, Mapping):
+        return CanvasEdit(graph, "none")
     known = {node.id for node in graph.nodes}
+
+    def node_id(value: Any) -> str | None:
+        return value if isinstance(value, str) and value in known else None
+
     kind = event.get("kind")
     if kind == "select":
-        chosen = event.get("node")
-        return CanvasEdit(graph, "none", selected=chosen if chosen in known else None)
+        return CanvasEdit(graph, "none", selected=node_id(event.get("node")))
     if kind == "select_edge":
         return CanvasEdit(graph, "none", edge=edge_index(graph, event.get("edge")))
     if kind == "deselect":
@@ -261,15 +268,15 @@ def apply_event(graph: Graph, event: Mapping[str, Any]) -> CanvasEdit:
         moved = _apply_positions(graph, event.get("positions"))
         return CanvasEdit(moved, "moved" if moved != graph else "none")
     if kind == "connect":
-        source, target = event.get("source"), event.get("target")
+        source, target = node_id(event.get("source")), node_id(event.get("target"))
         if len(graph.edges) >= MAX_EDGES:  # a file with more could not be opened again
             return CanvasEdit(graph, "none", refused=full_of_edges())
-        if source in known and target in known and source != target:
+        if source is not None and target is not None and source != target:
             return CanvasEdit(edit.connect(graph, source, target), "edited")
         return CanvasEdit(graph, "none")
     if kind == "delete_nodes":
         chosen = event.get("nodes")
-        gone = {n for n in chosen if n in known} if isinstance(chosen, list) else set()
+        gone = {n for n in chosen if node_id(n)} if isinstance(chosen, list) else set()
         if gone:
             return CanvasEdit(edit.delete_nodes(graph, gone), "edited", deselect=True)
         return CanvasEdit(graph, "none")

@@ -136,6 +136,30 @@ def test_a_badly_typed_param_shows_why_and_changes_nothing(home):
     assert metric(at, "Parameters") == before
 
 
+@pytest.mark.parametrize("typed", ["[" * 100_000, "1" * 5000], ids=["deep", "digits"])
+def test_a_hostile_param_text_is_named_beside_the_field_and_changes_nothing(home, typed):
+    at = select(open_app(), "stem")
+    before = _current_graph(at)
+    text_field(at, "kernel_size").input(typed).run()
+    no_exception(at)
+    assert any("a parameter value is at most 200 characters" in e for e in errors(at))
+    assert _current_graph(at) == before
+
+
+@pytest.mark.parametrize("shape", ["²,28,28", "1, 0, 28", "one"])
+def test_an_import_shape_that_is_no_shape_is_named_and_nothing_is_imported(
+    home, monkeypatch, shape
+):
+    monkeypatch.setenv("NETBUILDER_ALLOW_IMPORT", "1")
+    at = open_app()
+    before = _current_graph(at)
+    at.session_state["nb_import_shape"] = shape
+    at.file_uploader[0].set_value(("model.py", MODEL_PY, "text/x-python")).run()
+    no_exception(at)
+    assert any("is not a list of positive whole numbers" in e for e in errors(at)), errors(at)
+    assert _current_graph(at) == before
+
+
 def test_an_impossible_shape_turns_the_node_red_with_the_compiler_message(home):
     at = select(open_app(), "stem")
     text_field(at, "kernel_size").input("20").run()
