@@ -147,9 +147,12 @@ def decode(ids: list[int]) -> str:
 
 
 def text(seed: int, length: int, count: int = TEXT_SAMPLES) -> tuple[torch.Tensor, torch.Tensor]:
-    """Windows of length+1 characters at seeded offsets: x the first `length`, y the next ones."""
+    """Windows of length+1 characters at seeded offsets: x the first `length`, y the next ones.
+
+    The windows are cut from a view of the corpus (unfold), so building them holds no index
+    tensor as large as the data; the app sizes this from `length` before it asks for it."""
     ids = encode(corpus(seed, max(TEXT_CORPUS_CHARACTERS, 4 * (length + 1))))
     generator = torch.Generator().manual_seed(seed)
     starts = torch.randint(len(ids) - length - 1, (count, 1), generator=generator)
-    windows = ids[starts + torch.arange(length + 1)]
+    windows = ids.unfold(0, length + 1, 1)[starts[:, 0]]
     return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()

@@ -1,12 +1,20 @@
 """Datasets a run can train on, all usable offline: bundled digits, generated tasks, uploads.
 
 Every dataset is small enough to sit in memory as two tensors, so the trainer can move it to the
-device once and slice batches there. Anything a person supplies (an uploaded file, a name) is
-checked here and rejected with a `DatasetError` whose message says what to change.
+device once and slice batches there. Anything a person supplies (an uploaded file, a name, an
+Input shape) is checked here and rejected with a `DatasetError` whose message says what to change.
+
+Nothing a person chooses is allocated before it is sized: a built-in dataset is sized from its
+declared shape before it is generated, an upload from its .npy headers or its CSV header and line
+count before it is parsed, each against the operator's budget (NETBUILDER_DATA_BUDGET_MB). An
+.npz is read member by member through a reader that counts the bytes really unpacked, never
+trusting the zip directory's sizes. The web server does even the sized parse in a child process
+(runtime/upload_job.py).
 """
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import io
 import math
@@ -14,20 +22,29 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 import numpy as np
 import torch
 
 from compiler.analysis import Analysis, loss_of
+from compiler.memory import format_bytes
 from i18n import Message, N_, msg
 from runtime import builtin_data
 
 Task = Literal["classification", "regression"]
 
 MAX_UPLOAD_BYTES = 100_000_000
-MAX_UNPACKED_BYTES = 1_000_000_000
 MAX_CLASSES = 1_000
+# What one dataset may take in memory, in MB (10^6 bytes), set by the operator.
+DATA_BUDGET_ENV = "NETBUILDER_DATA_BUDGET_MB"
+DEFAULT_DATA_BUDGET_MB = 1024
+TEXT_MAX_LENGTH = 2048  # the longest text sequence (the Input's T) generated here
+MAX_CSV_COLUMNS = 10_000
+MAX_CSV_ROWS = 1_000_000
+MAX_CSV_HEADER_BYTES = 1_000_000  # the header row of MAX_CSV_COLUMNS columns fits in this
+MAX_NPY_HEADER_BYTES = 65_536  # a real .npy header is a few hundred bytes
+READ_CHUNK_BYTES = 1 << 20
 
 TORCHVISION_DATASETS: dict[str, tuple[str, str]] = {
     # name: (torchvision class, its folder under the data root)
@@ -64,6 +81,39 @@ class DatasetError(ValueError):
     def __init__(self, detail: Message) -> None:
         self.detail = detail
         super().__init__(str(detail))
+
+
+class DatasetTooLarge(DatasetError):
+    """A dataset refused for its size, before it was built or read."""
+
+
+def data_budget() -> int:
+    """Bytes one dataset may take in memory: NETBUILDER_DATA_BUDGET_MB (read on every call, so
+    an operator's change needs no restart of anything that imported this), else 1024 MB."""
+    setting = os.environ.get(DATA_BUDGET_ENV, "").strip()
+    try:
+        megabytes = float(setting) if setting else DEFAULT_DATA_BUDGET_MB
+    except ValueError:
+        megabytes = DEFAULT_DATA_BUDGET_MB
+    if not math.isfinite(megabytes) or megabytes <= 0:
+        megabytes = DEFAULT_DATA_BUDGET_MB
+    return int(megabytes * 1e6)
+
+
+def _over_budget(what: Message, need: int) -> DatasetTooLarge | None:
+    """The refusal of a dataset that would take `need` bytes, or None when it fits."""
+    budget = data_budget()
+    if need <= budget:
+        return None
+    return DatasetTooLarge(
+        msg(
+            "{what} needs {need} of memory; this server allows {budget} for a dataset"
+            " (NETBUILDER_DATA_BUDGET_MB)",
+            what=what,
+            need=format_bytes(need),
+            budget=format_bytes(budget),
+        )
+    )
 
 
 @dataclass
@@ -109,12 +159,59 @@ def available_datasets() -> list[str]:
     ]
 
 
+# Each built-in dataset's declared size: samples, elements per sample of x, bytes per element of x,
+# and elements per sample of y (int64 labels, float32 targets: 8 bytes at most). The text task's
+# samples are [T], from the model's Input.
+BUILTIN_SIZES: dict[str, tuple[int, int, int, int]] = {
+    "digits": (1_797, 1 * 8 * 8, 4, 1),
+    "digits-28": (1_797, 1 * 28 * 28, 4, 1),
+    "digits-rows": (1_797, 8 * 8, 4, 1),
+    "tokens": (4_096, builtin_data.TOKEN_LENGTH, 8, 1),
+    "sine": (2_048, builtin_data.SINE_LENGTH, 4, 1),
+    "mnist": (60_000, 1 * 28 * 28, 4, 1),
+    "fashion-mnist": (60_000, 1 * 28 * 28, 4, 1),
+    "cifar10": (50_000, 3 * 32 * 32, 4, 1),
+}
+
+
+def builtin_bytes(name: str, length: int | None = None) -> int:
+    """The memory a built-in dataset takes once built (x and y), from its declared shape; the
+    text task's windows of T + 1 characters are counted too, since x and y are cut from them."""
+    if name == "text":
+        elements = builtin_data.TEXT_SAMPLES * ((length or builtin_data.TEXT_LENGTH) + 1)
+        return 3 * elements * 8
+    count, x_elements, x_itemsize, y_elements = BUILTIN_SIZES[name]
+    return count * (x_elements * x_itemsize + y_elements * 8)
+
+
+def check_builtin_size(name: str, input_shape: tuple[int, ...] = ()) -> None:
+    """Refuse, before anything is generated or read, a built-in dataset over this server's
+    budget, and a text sequence longer than TEXT_MAX_LENGTH."""
+    length = text_length(name, input_shape)
+    if length is not None and length > TEXT_MAX_LENGTH:
+        raise DatasetTooLarge(
+            msg(
+                "the Input's shape [{length}] asks the text task for sequences of {length}"
+                " characters; this server generates at most {cap}; set the Input's shape to"
+                " [{cap}] or less",
+                length=length,
+                cap=TEXT_MAX_LENGTH,
+            )
+        )
+    refusal = _over_budget(msg("the dataset {name}", name=name), builtin_bytes(name, length))
+    if refusal is not None:
+        raise refusal
+
+
+def text_length(name: str, input_shape: tuple[int, ...]) -> int | None:
+    """The text task's sequence length: the Input's T (None: the default, or not text)."""
+    return int(input_shape[0]) if name == "text" and len(input_shape) == 1 else None
+
+
 def load_dataset(name: str, seed: int = 0, input_shape: tuple[int, ...] = ()) -> Dataset:
-    """A built-in dataset by name; generated ones are the same for the same seed. The `text`
-    task takes its sequence length from the model's Input shape [T]."""
-    if name in TORCHVISION_DATASETS:
-        return _torchvision(name)
-    if name not in KINDS:
+    """A built-in dataset by name, sized first; generated ones are the same for the same seed.
+    The `text` task takes its sequence length from the model's Input shape [T]."""
+    if name not in KINDS and name not in TORCHVISION_DATASETS:
         known = ", ".join(available_datasets())
         raise DatasetError(
             msg(
@@ -123,8 +220,10 @@ def load_dataset(name: str, seed: int = 0, input_shape: tuple[int, ...] = ()) ->
                 known=known,
             )
         )
-    length = input_shape[0] if name == "text" and len(input_shape) == 1 else None
-    x, y = builtin_data.load(name, seed, length)
+    check_builtin_size(name, input_shape)
+    if name in TORCHVISION_DATASETS:
+        return _torchvision(name)
+    x, y = builtin_data.load(name, seed, text_length(name, input_shape))
     task, classes = KINDS[name]
     dtype: Literal["float32", "int64"] = "int64" if x.dtype == torch.int64 else "float32"
     return Dataset(name, BUILTIN_DATASETS[name], task, x, y, classes, tuple(x.shape[1:]), dtype)
@@ -182,7 +281,8 @@ def _torchvision(name: str) -> Dataset:
 def dataset_from_upload(filename: str, data: bytes, label_column: str | None = None) -> Dataset:
     """A dataset from a user's .csv (numeric columns, one of them the label) or .npz (X, y).
 
-    Integer labels make a classification task; fractional ones a regression task.
+    Integer labels make a classification task; fractional ones a regression task. The file is
+    sized before it is parsed; the web server calls this in a child process (upload_job).
     """
     if len(data) > MAX_UPLOAD_BYTES:
         raise DatasetError(
@@ -212,10 +312,26 @@ def dataset_from_upload(filename: str, data: bytes, label_column: str | None = N
 def _read_csv(
     filename: str, data: bytes, label_column: str | None
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Parsed only once its header and line count say it fits: pandas holds every cell as a
+    float64 and the features are copied to float32, beside the text itself."""
+    columns = _csv_column_count(filename, data)
+    rows = data.count(b"\n") + 1  # at least the rows (a quoted cell may hold a line break)
+    if rows > MAX_CSV_ROWS + 1:
+        raise DatasetTooLarge(
+            msg(
+                "{file} has over {cap} rows; this server reads at most {cap} rows of a CSV",
+                file=filename,
+                cap=format(MAX_CSV_ROWS, ","),
+            )
+        )
+    need = len(data) + rows * columns * (8 + 4)
+    refusal = _over_budget(msg("reading {file}", file=filename), need)
+    if refusal is not None:
+        raise refusal
     import pandas as pd
 
     try:
-        frame = pd.read_csv(io.BytesIO(data))
+        frame = pd.read_csv(io.BytesIO(data), nrows=MAX_CSV_ROWS)
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise DatasetError(
             msg("{file} is not a readable CSV file: {detail}", file=filename, detail=str(exc))
@@ -239,7 +355,7 @@ def _read_csv(
                 "{file} has no column {label}; choose the label column among: {columns}",
                 file=filename,
                 label=repr(label),
-                columns=", ".join(columns),
+                columns=", ".join(columns[:50]),
             )
         )
     text = [c for c in columns if not pd.api.types.is_numeric_dtype(frame[c])]
@@ -268,39 +384,199 @@ def _read_csv(
     return features, frame[label].to_numpy()
 
 
-def _read_npz(filename: str, data: bytes) -> tuple[np.ndarray, np.ndarray]:
+def _csv_column_count(filename: str, data: bytes) -> int:
+    """The number of columns in the header row, refused past MAX_CSV_COLUMNS; only the header's
+    bytes are looked at."""
+    end = data.find(b"\n", 0, MAX_CSV_HEADER_BYTES)
+    if end < 0 and len(data) > MAX_CSV_HEADER_BYTES:
+        raise DatasetTooLarge(
+            msg(
+                "{file}: its header row is longer than {size}; this server reads at most {cap}"
+                " columns of a CSV",
+                file=filename,
+                size=format_bytes(MAX_CSV_HEADER_BYTES),
+                cap=format(MAX_CSV_COLUMNS, ","),
+            )
+        )
+    header = data[: end if end >= 0 else len(data)].decode("utf-8", errors="replace")
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            unpacked = sum(info.file_size for info in archive.infolist())
+        count = len(next(csv.reader([header])))
+    except (csv.Error, StopIteration):
+        count = 0
+    if count > MAX_CSV_COLUMNS:
+        raise DatasetTooLarge(
+            msg(
+                "{file} has {columns} columns; this server reads at most {cap} columns of a CSV",
+                file=filename,
+                columns=format(count, ","),
+                cap=format(MAX_CSV_COLUMNS, ","),
+            )
+        )
+    return count
+
+
+class _PastLimit(Exception):
+    """A zip member unpacked to more bytes than it was allowed."""
+
+
+class CountingReader:
+    """One zip member, read through a count of the bytes it really unpacks: a read that would
+    pass `limit` stops one byte past it and raises, so a member whose zip directory entry or .npy
+    header lies is never unpacked further than it was allowed."""
+
+    def __init__(self, member: IO[bytes], limit: int) -> None:
+        self.member = member
+        self.limit = limit
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        room = self.limit - self.count + 1  # one byte more tells that the limit was passed
+        data = self.member.read(room if size is None or size < 0 else min(size, room))
+        self.count += len(data)
+        if self.count > self.limit:
+            raise _PastLimit
+        return data
+
+
+@dataclass(frozen=True)
+class _NpyHeader:
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran_order: bool
+
+    @property
+    def count(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.count * self.dtype.itemsize
+
+
+def dataset_from_npz_file(filename: str, path: Path) -> Dataset:
+    """A dataset from an .npz on disk, read through the same sized reader as an upload, without
+    first holding the file's bytes."""
+    return _from_arrays(filename, *_read_npz(filename, path))
+
+
+def _read_npz(filename: str, source: bytes | Path) -> tuple[np.ndarray, np.ndarray]:
+    """X and y of an .npz (a zip of .npy files, as np.savez writes it): both headers are read and
+    sized first (the arrays as stored and as the tensors they become), then each array's bytes
+    are unpacked into an array of exactly that size. Object arrays (pickles) are refused."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source)
     except zipfile.BadZipFile:
         raise DatasetError(
             msg("{file} is not an .npz archive (np.savez writes one)", file=filename)
         ) from None
-    if unpacked > MAX_UNPACKED_BYTES:
+    with archive:
+        names = {Path(name).stem: name for name in archive.namelist() if name.endswith(".npy")}
+        if "X" not in names or "y" not in names:
+            raise DatasetError(
+                msg(
+                    "{file} holds arrays {arrays}; it needs one named 'X' (samples) and one"
+                    " named 'y' (labels), e.g. np.savez(f, X=X, y=y)",
+                    file=filename,
+                    arrays=str(sorted(names)[:20]),
+                )
+            )
+        headers = {key: _npy_header(filename, archive, names[key], key) for key in ("X", "y")}
+        x_header, y_header = headers["X"], headers["y"]
+        if x_header.dtype.kind not in "biuf" or y_header.dtype.kind not in "biuf":
+            raise DatasetError(
+                msg(
+                    "{file}: X and y must be numeric arrays, got {x} and {y}",
+                    file=filename,
+                    x=str(x_header.dtype),
+                    y=str(y_header.dtype),
+                )
+            )
+        need = sum(h.nbytes + h.count * 8 for h in headers.values())  # as read, then as tensors
+        sizes = msg(
+            "{file} (X {x_shape} {x_dtype}, y {y_shape} {y_dtype})",
+            x_shape=list(x_header.shape),
+            x_dtype=str(x_header.dtype),
+            y_shape=list(y_header.shape),
+            y_dtype=str(y_header.dtype),
+            file=filename,
+        )
+        refusal = _over_budget(sizes, need)
+        if refusal is not None:
+            raise refusal
+        return (
+            _npy_data(filename, archive, names["X"], x_header),
+            _npy_data(filename, archive, names["y"], y_header),
+        )
+
+
+def _npy_header(filename: str, archive: zipfile.ZipFile, member: str, key: str) -> _NpyHeader:
+    """An .npy member's declared shape and dtype, unpacking at most MAX_NPY_HEADER_BYTES."""
+    try:
+        with archive.open(member) as raw:
+            shape, fortran_order, dtype = _header_of(CountingReader(raw, MAX_NPY_HEADER_BYTES))
+    except _PastLimit:
+        raise DatasetTooLarge(
+            msg(
+                "{file}: the header of {array} unpacks to more than {size}; a real .npy header"
+                " is a few hundred bytes",
+                file=filename,
+                array=key,
+                size=format_bytes(MAX_NPY_HEADER_BYTES),
+            )
+        ) from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, NotImplementedError) as exc:
+        raise DatasetError(
+            msg("{file}: cannot read its arrays ({detail})", file=filename, detail=str(exc)[:200])
+        ) from None
+    if dtype.hasobject:
         raise DatasetError(
             msg(
-                "{file} unpacks to {size} GB; the limit is {cap} GB",
+                "{file}: {array} holds Python objects, which are never unpickled here; save"
+                " numeric arrays (np.savez(f, X=X.astype(np.float32), y=y))",
                 file=filename,
-                size=f"{unpacked / 1e9:.1f}",
-                cap=f"{MAX_UNPACKED_BYTES / 1e9:.0f}",
+                array=key,
             )
         )
+    return _NpyHeader(tuple(int(n) for n in shape), dtype, bool(fortran_order))
+
+
+def _header_of(reader: CountingReader) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """numpy's own parse of an .npy header (versions 1 and 2), through the counting reader."""
+    version = np.lib.format.read_magic(reader)
+    read_header = {
+        (1, 0): np.lib.format.read_array_header_1_0,
+        (2, 0): np.lib.format.read_array_header_2_0,
+    }.get(version)
+    if read_header is None:
+        raise ValueError(f"unsupported .npy version {version}")
+    return read_header(reader, max_header_size=MAX_NPY_HEADER_BYTES)
+
+
+def _npy_data(
+    filename: str, archive: zipfile.ZipFile, member: str, header: _NpyHeader
+) -> np.ndarray:
+    """The array's bytes, unpacked in chunks into an array of the declared size, and no more."""
+    array = np.empty(header.count, dtype=header.dtype)
+    target = array.view(np.uint8)
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
-            if "X" not in arrays or "y" not in arrays:
-                raise DatasetError(
-                    msg(
-                        "{file} holds arrays {arrays}; it needs one named 'X' (samples) and one"
-                        " named 'y' (labels), e.g. np.savez(f, X=X, y=y)",
-                        file=filename,
-                        arrays=str(sorted(arrays.files)),
-                    )
-                )
-            return arrays["X"], arrays["y"]
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        with archive.open(member) as raw:
+            reader = CountingReader(raw, MAX_NPY_HEADER_BYTES)
+            _header_of(reader)
+            reader.limit = reader.count + header.nbytes
+            filled = 0
+            while filled < header.nbytes:
+                chunk = reader.read(min(READ_CHUNK_BYTES, header.nbytes - filled))
+                if not chunk:
+                    raise EOFError(f"{member} ends after {filled} of {header.nbytes} bytes")
+                target[filled : filled + len(chunk)] = np.frombuffer(chunk, np.uint8)
+                filled += len(chunk)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, _PastLimit) as exc:
         raise DatasetError(
-            msg("{file}: cannot read its arrays ({detail})", file=filename, detail=str(exc))
+            msg("{file}: cannot read its arrays ({detail})", file=filename, detail=str(exc)[:200])
         ) from None
+    if header.fortran_order:
+        return array.reshape(header.shape[::-1]).transpose()
+    return array.reshape(header.shape)
 
 
 def _from_arrays(filename: str, x: np.ndarray, y: np.ndarray) -> Dataset:
@@ -349,11 +625,11 @@ def _from_arrays(filename: str, x: np.ndarray, y: np.ndarray) -> Dataset:
                 )
             )
     integral_x = x.dtype.kind in "biu"
-    xs = torch.tensor(x, dtype=torch.int64 if integral_x else torch.float32)
+    xs = _tensor(x, np.int64 if integral_x else np.float32)
     dtype: Literal["float32", "int64"] = "int64" if integral_x else "float32"
     description = f"uploaded {filename}: {len(x)} samples of {list(x.shape[1:])}"
     if y.ndim == 1 and _integral(y):
-        labels = y.astype(np.int64)
+        labels = _tensor(y, np.int64)
         classes = int(labels.max()) + 1
         if labels.min() < 0 or classes > MAX_CLASSES:
             raise DatasetError(
@@ -371,12 +647,12 @@ def _from_arrays(filename: str, x: np.ndarray, y: np.ndarray) -> Dataset:
             f"{description}, {classes} classes",
             "classification",
             xs,
-            torch.tensor(labels),
+            labels,
             classes,
             tuple(x.shape[1:]),
             dtype,
         )
-    targets = torch.tensor(y, dtype=torch.float32).reshape(len(y), -1)
+    targets = _tensor(y, np.float32).reshape(len(y), -1)
     return Dataset(
         filename,
         f"{description}, regression targets {list(targets.shape[1:])}",
@@ -387,6 +663,13 @@ def _from_arrays(filename: str, x: np.ndarray, y: np.ndarray) -> Dataset:
         tuple(x.shape[1:]),
         dtype,
     )
+
+
+def _tensor(array: np.ndarray, dtype: type[np.generic]) -> torch.Tensor:
+    """The array as a tensor of `dtype`, sharing its memory where it already is one (an upload
+    in float32 or int64 is not copied again); a read-only array (pandas') is copied."""
+    converted = np.ascontiguousarray(array, dtype=dtype)
+    return torch.from_numpy(converted if converted.flags.writeable else converted.copy())
 
 
 def _integral(values: np.ndarray) -> bool:

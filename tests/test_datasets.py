@@ -162,14 +162,14 @@ def test_bad_npz_is_explained(arrays: dict[str, np.ndarray], message: str):
 
 def test_npz_with_pickled_objects_is_refused_without_unpickling():
     payload = npz_bytes(X=np.array([{"a": 1}, {"b": 2}], dtype=object), y=np.zeros(2))
-    with pytest.raises(DatasetError, match="cannot read its arrays"):
+    with pytest.raises(DatasetError, match="X holds Python objects, which are never unpickled"):
         dataset_from_upload("evil.npz", payload)
 
 
-def test_npz_that_unpacks_too_large_is_refused(monkeypatch):
-    monkeypatch.setattr(datasets, "MAX_UNPACKED_BYTES", 1000)
+def test_npz_over_the_data_budget_is_refused_with_both_figures(monkeypatch):
+    monkeypatch.setenv(datasets.DATA_BUDGET_ENV, "0.01")  # 10 kB
     payload = npz_bytes(X=np.zeros((100, 10)), y=np.zeros(100))
-    with pytest.raises(DatasetError, match="unpacks to"):
+    with pytest.raises(datasets.DatasetTooLarge, match="needs 17.6 kB .*allows 10.0 kB"):
         dataset_from_upload("bomb.npz", payload)
 
 
