@@ -23,6 +23,7 @@ Record = dict[str, Any]
 MAX_POINTS = 2_000
 SMOOTHING = 0.6
 MAX_HEADS = 8
+MAX_ATTENTION_MAPS = 100  # per layer: past this, every other older map is dropped
 HEIGHT = 300
 REQUIRED = {
     "step": ("step",),
@@ -65,8 +66,29 @@ class RunSeries:
         }
         for record in records:
             group = groups.get(record.get("kind", ""))
-            if group is not None and all(key in record for key in REQUIRED[record["kind"]]):
+            if group is None or not all(key in record for key in REQUIRED[record["kind"]]):
+                continue
+            if group is self.attention:
+                self._add_attention(record)
+            else:
                 group.append(record)
+
+    def _add_attention(self, record: Record) -> None:
+        """An attention map is kept as a float32 array of at most MAX_HEADS heads (a quarter of
+        the nested lists' memory), and each layer keeps at most MAX_ATTENTION_MAPS of them,
+        thinned evenly over the run, so a long run's maps stay a bounded size in the server."""
+        try:
+            weights = np.asarray(record["weights"], dtype=np.float32)[:MAX_HEADS]
+        except (TypeError, ValueError):
+            return  # ragged or not numbers: no heat map to draw
+        if weights.ndim != 3:
+            return
+        self.attention.append(record | {"weights": weights})
+        node = record["node"]
+        mine = [r for r in self.attention if r["node"] == node]
+        if len(mine) > MAX_ATTENTION_MAPS:
+            dropped = {id(r) for r in mine[-2::-2]}  # every other one, the latest kept
+            self.attention[:] = [r for r in self.attention if id(r) not in dropped]
 
 
 def series_from(records: Iterable[Record]) -> RunSeries:

@@ -11,10 +11,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 DEAD_UNIT_TYPES = frozenset({"ReLU", "LeakyReLU"})
 ATTENTION_TYPES = frozenset({"MultiheadAttention", "TransformerEncoderLayer"})
+# An attention map as recorded: at most this many heads, each at most this many positions a side
+# (longer sequences are averaged in blocks), its weights rounded to this many decimals.
+MAX_ATTENTION_HEADS = 8
+MAX_ATTENTION_SIZE = 64
+ATTENTION_DECIMALS = 4
 
 
 @dataclass
@@ -130,10 +136,27 @@ def attention_layers(
     return layers
 
 
+def downsample_attention(weights: torch.Tensor) -> torch.Tensor:
+    """A map [heads, T, S] cut to a fixed budget before it leaves the device: the first
+    MAX_ATTENTION_HEADS heads, each averaged in blocks to at most MAX_ATTENTION_SIZE a side
+    (what a heat map can show), so a record's size never grows with the sequence."""
+    heads = weights[:MAX_ATTENTION_HEADS].float()
+    size = (min(heads.shape[-2], MAX_ATTENTION_SIZE), min(heads.shape[-1], MAX_ATTENTION_SIZE))
+    if size == tuple(heads.shape[-2:]):
+        return heads
+    return F.adaptive_avg_pool2d(heads, size)
+
+
+def attention_lists(weights: torch.Tensor) -> list:
+    """A recorded map as JSON-ready nested lists, rounded so each weight is a few characters."""
+    return weights.double().round(decimals=ATTENTION_DECIMALS).tolist()
+
+
 def capture_attention(
     model: nn.Module, layers: dict[str, nn.MultiheadAttention], example: torch.Tensor
 ) -> dict[str, torch.Tensor]:
-    """Attention weights [heads, T, T] of each layer for one example (batch of 1), in eval mode.
+    """Attention weights [heads, T, T] of each layer for one example (batch of 1), in eval mode,
+    cut to the recorded budget (downsample_attention) as soon as they are computed.
 
     The generated code asks for no weights (it is faster), so each layer's call is repeated
     with need_weights=True from a forward hook. Gradients stay enabled because PyTorch's fused
@@ -145,7 +168,7 @@ def capture_attention(
         def observe(module: nn.MultiheadAttention, args: tuple, kwargs: dict, output: object):
             options = kwargs | {"need_weights": True, "average_attn_weights": False}
             _, weights = module.forward(*args, **options)
-            captured[node_id] = weights[0].detach()
+            captured[node_id] = downsample_attention(weights[0].detach())
 
         return observe
 

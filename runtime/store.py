@@ -8,6 +8,7 @@ into place, so a reader or a crash never sees half a file; metrics are appended 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -32,6 +33,10 @@ WARM_START_WEIGHTS = "warm-start-weights.pt"
 WARM_START_GRAPH = "warm-start-graph.json"
 WARM_START_REPORT = "warm-start.json"
 DATA_PREFIX = "data"
+MAX_READ_BYTES = 4_000_000  # what one read_records call reads at most
+READ_CHUNK_BYTES = 1 << 20
+
+log = logging.getLogger(__name__)
 
 
 def write_atomic(path: Path, write: Callable[[IO[bytes]], None], durable: bool = True) -> None:
@@ -144,15 +149,23 @@ def _ends_with_newline(path: Path) -> bool:
         return file.read(1) == b"\n"
 
 
-def read_records(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
-    """Complete lines from byte offset on, and the offset after the last complete line."""
+def read_records(
+    path: Path, offset: int = 0, max_bytes: int = MAX_READ_BYTES
+) -> tuple[list[dict[str, Any]], int]:
+    """Complete lines from byte offset on, reading at most `max_bytes`, and the offset after the
+    last complete line read: a caller keeps polling from it until it stops moving.
+
+    A line longer than `max_bytes` is skipped with a logged warning (scanned for its end in
+    chunks, never held whole); one whose end is not written yet is left for the next call."""
     try:
         with path.open("rb") as file:
             file.seek(offset)
-            chunk = file.read()
+            chunk = file.read(max_bytes)
+            end = chunk.rfind(b"\n") + 1
+            if end == 0 and len(chunk) == max_bytes:
+                return [], _past_long_line(file, path, offset, max_bytes)
     except FileNotFoundError:
         return [], offset
-    end = chunk.rfind(b"\n") + 1
     records = []
     for line in chunk[:end].splitlines():
         try:
@@ -160,3 +173,23 @@ def read_records(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int
         except ValueError:
             continue  # the torn last line of a killed trainer
     return records, offset + end
+
+
+def _past_long_line(file: IO[bytes], path: Path, offset: int, max_bytes: int) -> int:
+    """The offset after the line at `offset` (longer than max_bytes), found in bounded chunks;
+    `offset` itself while that line has no end yet."""
+    position = offset + max_bytes
+    while chunk := file.read(READ_CHUNK_BYTES):
+        newline = chunk.find(b"\n")
+        if newline >= 0:
+            end = position + newline + 1
+            log.warning(
+                "%s: skipped a record of %d bytes at offset %d (records are read up to %d bytes)",
+                path,
+                end - offset,
+                offset,
+                max_bytes,
+            )
+            return end
+        position += len(chunk)
+    return offset

@@ -58,6 +58,7 @@ from runtime.metrics import (
     ActivationReading,
     activation_probe,
     attention_layers,
+    attention_lists,
     capture_attention,
     grad_norm_probe,
 )
@@ -442,7 +443,7 @@ class Trainer(Hooks):
         )
         maps, self.pending_attention = self.pending_attention, []
         self.log.write(
-            {"kind": "attention", "step": step, "node": node, "weights": weights.float().tolist()}
+            {"kind": "attention", "step": step, "node": node, "weights": attention_lists(weights)}
             for step, captured in maps
             for node, weights in captured.items()
         )
