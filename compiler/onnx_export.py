@@ -18,6 +18,7 @@ from torch import nn
 
 from compiler.analysis import Analysis
 from compiler.codegen import generate_source
+from compiler.memory import estimate_memory, format_bytes
 from i18n import Message, msg
 
 # Catalog layer types that cannot export, with the reason. Empty: every type in the catalog
@@ -26,6 +27,10 @@ UNEXPORTABLE: dict[str, Message] = {}
 
 INPUT_NAME = "x"
 OUTPUT_NAME = "y"
+# Copies of the weights an export holds at once: the model, its frozen copy, the ONNX graph and
+# the file's bytes.
+EXPORT_WEIGHT_COPIES = 4
+EXAMPLE_BATCH = 2
 
 
 class OnnxExportError(Exception):
@@ -74,9 +79,31 @@ def _uneven_adaptive_max(analysis: Analysis, node_id: str) -> Message | None:
     )
 
 
-def export_graph_onnx(analysis: Analysis, weights: dict[str, torch.Tensor] | None = None) -> bytes:
+def export_bytes(analysis: Analysis) -> int:
+    """The memory an export of this graph's model needs, from its analysis (nothing is built):
+    the copies of its weights it holds at once, and the activations of the traced example."""
+    memory = estimate_memory(analysis.graph, analysis, batch_size=EXAMPLE_BATCH)
+    return EXPORT_WEIGHT_COPIES * memory.parameter_bytes + memory.activation_bytes
+
+
+def export_graph_onnx(
+    analysis: Analysis,
+    weights: dict[str, torch.Tensor] | None = None,
+    max_bytes: int | None = None,
+) -> bytes:
     """The ONNX file of a valid graph's model.py, with a run's trained weights (its state_dict)
-    or, without them, freshly initialised ones."""
+    or, without them, freshly initialised ones. A model whose export needs more than `max_bytes`
+    is refused before it is built (the caller knows its memory; this module does not)."""
+    need = export_bytes(analysis)
+    if max_bytes is not None and need > max_bytes:
+        raise OnnxExportError(
+            msg(
+                "exporting this model to ONNX needs about {need}, over the {budget} allowed;"
+                " make the model smaller",
+                need=format_bytes(need),
+                budget=format_bytes(max_bytes),
+            )
+        )
     blocked = unexportable_layers(analysis)
     if blocked:
         # one sentence per node, joined: "{r0}; {r1}" has no words of its own to translate

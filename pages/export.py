@@ -17,16 +17,15 @@ from pydantic import ValidationError
 
 import i18n
 from builder.graph import dump_graph
-from i18n import _
+from i18n import _, msg
 from compiler.analysis import Analysis
 from compiler.bundle import bundle_files, bundle_zip
 from compiler.codegen import identifier
-from compiler.memory import estimate_memory, format_bytes
-from compiler.onnx_export import OnnxExportError, export_graph_onnx
+from compiler.onnx_export import OnnxExportError, export_bytes, export_graph_onnx
 from pages import state, train
 from pages.live_graph import markdown_literal
 from runtime.runs import RunInfo, checkpoint_path, list_runs
-from runtime.sizing import available_bytes
+from runtime.sizing import model_budget, server_refusal
 
 LANGUAGES = {".py": "python", ".json": "json", ".md": "markdown"}
 MAX_WEIGHTS_BYTES = 500_000_000
@@ -63,16 +62,11 @@ def default_run(found: list[tuple[RunInfo, Path]], model_source: str) -> int:
 def onnx_file(analysis: Analysis, weights_path: Path | None) -> tuple[bytes | None, str | None]:
     """The model as ONNX with a run's weights (or fresh ones); or why it cannot be made.
 
-    The model is sized first: building it allocates every parameter in this server's memory."""
-    memory = estimate_memory(analysis.graph, analysis, batch_size=1)
-    need = memory.parameter_bytes * 2 + memory.activation_bytes  # the model and its traced copy
-    if need > (available := available_bytes("cpu")):
-        return None, _(
-            "building this model for ONNX needs about {need}, but this server has only"
-            " {available} available; make the model smaller",
-            need=format_bytes(need),
-            available=format_bytes(available),
-        )
+    The model is sized first: building it allocates every parameter in this server's memory,
+    so it must fit both the operator's model budget and the memory available now."""
+    refusal = server_refusal(export_bytes(analysis), msg("building this model for ONNX"))
+    if refusal is not None:
+        return None, refusal.render()
     try:
         weights = torch.load(weights_path, weights_only=True) if weights_path else None
     except (OSError, RuntimeError, pickle.UnpicklingError) as exc:
@@ -82,7 +76,7 @@ def onnx_file(analysis: Analysis, weights_path: Path | None) -> tuple[bytes | No
             detail=str(exc),
         )
     try:
-        return export_graph_onnx(analysis, weights), None
+        return export_graph_onnx(analysis, weights, max_bytes=model_budget()), None
     except OnnxExportError as exc:
         return None, exc.detail.render()
 

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from builder.graph import Graph, GraphFormatError, load_graph
 from compiler.analysis import Analysis, analyse
 from compiler.gan import check_pair, discriminator_graph
+from compiler.memory import estimate_memory
 from i18n import N_, Message, _, msg, translate
 from i18n import render as render_message
 from pages import charts, live_graph, runs_panel, state
@@ -33,12 +34,16 @@ from pages.live_graph import markdown_literal
 from runtime import store
 from runtime.datasets import (
     BUILTIN_DATASETS,
+    MAX_CSV_COLUMNS,
+    MAX_CSV_HEADER_BYTES,
     MAX_UPLOAD_BYTES,
     Dataset,
     DatasetError,
+    DatasetTooLarge,
     available_datasets,
+    check_builtin_size,
     check_compatibility,
-    dataset_from_upload,
+    data_budget,
     load_dataset,
 )
 from runtime.metrics import generate_text, reconstruct
@@ -56,7 +61,10 @@ from runtime.runs import (
     status_text,
     stop_run,
 )
+from runtime.sizing import ByteBudgetCache, TooLargeForServer, model_budget, module_bytes
+from runtime.sizing import server_refusal
 from runtime.trainer import TrainConfig, trained_model
+from runtime.upload_job import read_upload
 
 log = logging.getLogger(__name__)
 
@@ -167,12 +175,17 @@ def run_label(info: RunInfo) -> str:
 
 
 def csv_columns(data: bytes) -> list[str]:
-    """The header row of an uploaded CSV (empty when there is none to read)."""
-    first_line = data[:65_536].split(b"\n", 1)[0].decode("utf-8", errors="replace")
+    """The header row of an uploaded CSV; empty when there is none to read, or when it is longer
+    or wider than the server reads (reading the file then says why)."""
+    end = data.find(b"\n", 0, MAX_CSV_HEADER_BYTES)
+    if end < 0 and len(data) > MAX_CSV_HEADER_BYTES:
+        return []
+    first_line = data[: end if end >= 0 else len(data)].decode("utf-8", errors="replace")
     try:
-        return [name.strip() for name in next(csv.reader([first_line]))]
+        columns = [name.strip() for name in next(csv.reader([first_line]))]
     except (csv.Error, StopIteration):
         return []
+    return columns if len(columns) <= MAX_CSV_COLUMNS else []
 
 
 @dataclass(frozen=True)
@@ -224,10 +237,23 @@ def guarded(action: Callable[[], Any], what: str) -> tuple[Any, str | None]:
         return None, markdown_literal(_("Could not {what}: {reason}", what=what, reason=reason))
 
 
-@st.cache_resource(max_entries=8, show_spinner=False)
+@st.cache_resource(show_spinner=False)
+def _dataset_cache() -> ByteBudgetCache[Dataset]:
+    """Built-in datasets, shared by every session and bounded by the data budget in bytes
+    (the text task makes one per Input length)."""
+    return ByteBudgetCache(data_budget)
+
+
 def builtin_dataset(name: str, input_shape: tuple[int, ...] = ()) -> Dataset:
-    """A built-in dataset; the text task's length follows the graph's Input."""
-    return load_dataset(name, input_shape=input_shape if name == "text" else ())
+    """A built-in dataset, sized before it is made; the text task's length follows the graph's
+    Input."""
+    shape = input_shape if name == "text" else ()
+    cache = _dataset_cache()
+    dataset = cache.get((name, shape))
+    if dataset is None:
+        dataset = load_dataset(name, input_shape=shape)
+        cache.put((name, shape), dataset, dataset.x.nbytes + dataset.y.nbytes)
+    return dataset
 
 
 def input_shape(analysis: Analysis) -> tuple[int, ...]:
@@ -263,23 +289,40 @@ def is_gan_pair(analysis: Analysis) -> bool:
 
 
 def suggested_dataset(analysis: Analysis, target: str = "label") -> str:
-    """The first offline built-in dataset this graph can train on as it is (digits otherwise)."""
+    """The first offline built-in dataset this graph can train on as it is. None fits: the
+    token dataset refused for its size where the graph takes token ids (the page then says
+    why, e.g. a text sequence too long to generate), else digits. A dataset is sized before it
+    is made, so nothing over the budget is generated to be tried."""
     shape = input_shape(analysis)
+    refused = None
     for name in SUGGESTABLE:
+        try:
+            check_builtin_size(name, shape if name == "text" else ())
+        except DatasetTooLarge:
+            refused = refused or name
+            continue
         dataset, error = guarded(lambda: builtin_dataset(name, shape), _("load {name}", name=name))
         if error is None and not check_compatibility(analysis, dataset, target):
             return name
-    return "digits"
+    return refused if refused and _takes_token_ids(analysis) else "digits"
+
+
+def _takes_token_ids(analysis: Analysis) -> bool:
+    node = next((n for n in analysis.graph.nodes if n.type == "Input"), None)
+    return node is not None and node.params.get("dtype") == "int64"
 
 
 def run_series(runs_dir: Path, run_id: str) -> charts.RunSeries:
     """This session's copy of a run's records, topped up with what was written since last time."""
     cache: dict[str, tuple[charts.RunSeries, int]] = st.session_state.setdefault(_SERIES, {})
     series, offset = cache.get(run_id, (charts.RunSeries(), 0))
-    records, offset = read_metrics(runs_dir, run_id, offset)
-    series.add(records)
-    cache[run_id] = (series, offset)
-    return series
+    while True:  # each read is bounded (store.MAX_READ_BYTES); go on until nothing is new
+        records, after = read_metrics(runs_dir, run_id, offset)
+        series.add(records)
+        cache[run_id] = (series, after)
+        if after == offset:
+            return series
+        offset = after
 
 
 def run_graph(info: RunInfo) -> Graph | None:
@@ -453,9 +496,10 @@ def _uploaded_dataset() -> tuple[Dataset | None, Upload | None]:
     cache: dict[tuple[str, str | None], Dataset] = st.session_state.setdefault(_UPLOADS, {})
     key = (file.file_id, label)
     if key not in cache:
-        dataset, error = guarded(
-            lambda: dataset_from_upload(file.name, data, label), _("read {name}", name=file.name)
-        )
+        with st.spinner(_("Reading {name}…", name=file.name)):
+            dataset, error = guarded(
+                lambda: read_upload(file.name, data, label), _("read {name}", name=file.name)
+            )
         if error:
             st.error(error)
             return None, None
@@ -943,10 +987,34 @@ def _run_config(info: RunInfo) -> TrainConfig | None:
         return None
 
 
-@st.cache_resource(max_entries=4, show_spinner=False)
+@st.cache_resource(show_spinner=False)
+def _model_cache() -> ByteBudgetCache[torch.nn.Module]:
+    """The latest models of runs, shared by every session and bounded by the model budget in
+    bytes (st.cache_resource alone bounds only how many)."""
+    return ByteBudgetCache(model_budget)
+
+
 def _latest_model(run_dir: str, stamp: float) -> torch.nn.Module | None:
-    """A run's model with the weights of its latest checkpoint (`stamp`: the file's time)."""
-    return trained_model(Path(run_dir))
+    """A run's model with the weights of its latest checkpoint (`stamp`: the file's time), sized
+    from the run's graph before it is built in this process."""
+    cache = _model_cache()
+    model = cache.get((run_dir, stamp))
+    if model is None:
+        check_model_size(Path(run_dir))
+        model = trained_model(Path(run_dir))
+        if model is not None:
+            cache.put((run_dir, stamp), model, module_bytes(model))
+    return model
+
+
+def check_model_size(run_dir: Path) -> None:
+    """Refuse to build a run's model here when it, and the checkpoint read beside it, would
+    exceed the server's model budget or its available memory."""
+    graph = load_graph((run_dir / store.GRAPH_FILE).read_text())
+    parameters = estimate_memory(graph, analyse(graph), batch_size=1).parameter_bytes
+    refusal = server_refusal(2 * parameters, msg("loading this run's model for its samples"))
+    if refusal is not None:
+        raise TooLargeForServer(refusal)
 
 
 def _checkpoint_stamp(info: RunInfo) -> float | None:

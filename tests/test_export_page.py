@@ -218,4 +218,6 @@ def test_a_model_too_big_for_this_server_is_never_built_for_onnx(home, monkeypat
     monkeypatch.setattr(export, "export_graph_onnx", must_not_build)
     data, error = export.onnx_file(analyse(huge), None)
     assert data is None
-    assert "800.0 TB" in error and "ONNX" in error and "available" in error
+    assert (
+        "1.6 PB" in error and "ONNX" in error and "allows 2.0 GB" in error and "available" in error
+    )
