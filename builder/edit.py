@@ -464,7 +464,7 @@ def parse_text_value(text: str) -> Any:
     if stripped.lower() in ("none", "null"):
         return None
     if "," in stripped and not stripped.startswith("["):
-        stripped = f"[{stripped}]"
+        stripped = f"[{stripped.rstrip(', ')}]"  # '3, 5' and '784,' are lists
     try:
         return json.loads(stripped)
     except json.JSONDecodeError:
@@ -484,6 +484,17 @@ def value_text(value: Any) -> str:
     if isinstance(value, str):
         return value
     return json.dumps(value)
+
+
+def typed_value(layer_type: str, params: Mapping[str, Any], name: str, value: Any) -> Any:
+    """A lone number typed where the field takes only a list (an Input's shape: `784`) is the
+    list of that one number; everything else is as typed. So `784`, `[784]` and `784,` agree."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if check_param(layer_type, params, name, value) and not check_param(
+            layer_type, params, name, [value]
+        ):
+            return [value]
+    return value
 
 
 def check_param(layer_type: str, params: Mapping[str, Any], name: str, value: Any) -> str | None:

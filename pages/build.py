@@ -384,6 +384,7 @@ def _set_param(key: str, version: int, node_id: str, field: edit.ParamField) -> 
         problem: Message | str | None = exc.message
     else:
         value = edit.UNSET if value is None and field.kind != "text" else value
+        value = edit.typed_value(node.type, node.params, field.name, value)
         current = node.params.get(field.name, edit.UNSET)
         if value == current or (current is edit.UNSET and value in (edit.UNSET, field.default)):
             return
@@ -515,16 +516,24 @@ def toolbar(graph: Graph) -> None:
         new,
         "nb_new",
         ":material/note_add:",
+        _("New graph"),
         _("New: a blank canvas (Undo brings this graph back)"),
         _new_graph,
     )
     icon_button(
-        undo, "nb_undo", ":material/undo:", _("Undo (Ctrl+Z)"), state.undo, not state.can_undo()
+        undo,
+        "nb_undo",
+        ":material/undo:",
+        _("Undo"),
+        _("Undo (Ctrl+Z)"),
+        state.undo,
+        not state.can_undo(),
     )
     icon_button(
         redo,
         "nb_redo",
         ":material/redo:",
+        _("Redo"),
         _("Redo (Ctrl+Shift+Z)"),
         state.redo,
         not state.can_redo(),
@@ -534,6 +543,7 @@ def toolbar(graph: Graph) -> None:
         delete,
         "nb_delete",
         ":material/delete:",
+        _("Delete the selection"),
         _("Delete the selected layer or edge (Delete, Backspace)"),
         _delete_selection,
         nothing_selected,
@@ -542,11 +552,12 @@ def toolbar(graph: Graph) -> None:
         tidy,
         "nb_tidy",
         ":material/account_tree:",
+        _("Tidy the layout"),
         _("Tidy: lay the graph out again and fit it into the view"),
         _tidy,
     )
     templates.menu_button(
-        "",
+        _("Templates"),
         state.template_names(),
         help=_("Templates: start from a classic model (Undo brings this graph back)"),
         key="nb_template",
@@ -556,7 +567,7 @@ def toolbar(graph: Graph) -> None:
         width="stretch",
     )
     with opener.popover(
-        "",
+        _("Open a file"),
         help=_("Open a graph file (.json) or import a PyTorch model (.py)"),
         icon=":material/folder_open:",
         width="stretch",
@@ -581,7 +592,8 @@ def toolbar(graph: Graph) -> None:
         else:
             st.caption(i18n.render(import_job.import_refused()))
     save.download_button(
-        "",
+        _("Save the graph"),
+        key="nb_save",
         data=dump_graph(state.current_graph()),  # the whole file: both graphs of a GAN pair
         file_name=f"{_file_stem(state.current_graph().name)}.json",
         mime="application/json",
@@ -593,10 +605,12 @@ def toolbar(graph: Graph) -> None:
 
 
 def icon_button(
-    column: Any, key: str, icon: str, tip: str, action: Any, disabled: bool = False
+    column: Any, key: str, icon: str, name: str, tip: str, action: Any, disabled: bool = False
 ) -> None:
+    """A toolbar icon: `name` is what a screen reader says (its text is hidden on screen by
+    TOOLBAR_STYLE; the glyph is aria-hidden), `tip` what a pointer's hover shows."""
     column.button(
-        "", key=key, icon=icon, help=tip, on_click=action, disabled=disabled, width="stretch"
+        name, key=key, icon=icon, help=tip, on_click=action, disabled=disabled, width="stretch"
     )
 
 
@@ -841,12 +855,37 @@ def layer_table(analysis: Analysis) -> None:
     )
 
 
-STYLE = """
+# The toolbar's icons show no words (they would be cut at 1280 px), yet each has a name for a
+# screen reader: its label stays in the page, out of sight (the usual visually-hidden rule).
+TOOLBAR_KEYS = (
+    "nb_new",
+    "nb_undo",
+    "nb_redo",
+    "nb_delete",
+    "nb_tidy",
+    "nb_template",
+    "nb_open_popover",
+    "nb_save",
+)
+TOOLBAR_STYLE = (
+    ", ".join(f".st-key-{key} button [data-testid=stMarkdownContainer]" for key in TOOLBAR_KEYS)
+    + """ {
+  position: absolute; width: 1px; height: 1px; margin: -1px; padding: 0; overflow: hidden;
+  clip-path: inset(50%); white-space: nowrap; border: 0;
+}"""
+)
+
+STYLE = (
+    """
 <style>
+"""
+    + TOOLBAR_STYLE
+    + """
 [data-testid="stMetricValue"] { font-size: 1.35rem; white-space: nowrap; }
 [data-testid="stMetricLabel"] p { white-space: nowrap; overflow: visible; }
 </style>
 """
+)
 
 
 @st.fragment

@@ -146,6 +146,13 @@ def test_a_hostile_param_text_is_named_beside_the_field_and_changes_nothing(home
     assert _current_graph(at) == before
 
 
+def test_an_input_shape_of_one_number_is_taken_like_the_list_of_it(home):
+    at = select(open_app(), "image")
+    text_field(at, "shape").input("64").run()
+    no_exception(at)
+    assert _current_graph(at).node("image").params["shape"] == [64]
+
+
 @pytest.mark.parametrize("shape", ["²,28,28", "1, 0, 28", "one"])
 def test_an_import_shape_that_is_no_shape_is_named_and_nothing_is_imported(
     home, monkeypatch, shape

@@ -390,3 +390,16 @@ def test_the_known_inputs_are_the_builtin_datasets_shapes_and_classes():
     for shape, (name, classes) in edit.KNOWN_INPUTS.items():
         dataset = load_dataset(name)
         assert (dataset.sample_shape, dataset.num_classes) == (shape, classes)
+
+
+@pytest.mark.parametrize("typed", ["1000000", "[1000000]", "1000000,"])
+def test_an_input_shape_typed_as_one_number_reads_as_the_list_of_it(typed: str) -> None:
+    params = {"shape": [1, 28, 28]}
+    value = edit.typed_value("Input", params, "shape", edit.parse_text_value(typed))
+    assert value == [1000000]
+    assert edit.check_param("Input", params, "shape", value) is None
+
+
+def test_a_number_where_a_number_is_allowed_stays_a_number() -> None:
+    params = {"in_channels": 1, "out_channels": 8, "kernel_size": 5}
+    assert edit.typed_value("Conv2d", params, "kernel_size", 3) == 3

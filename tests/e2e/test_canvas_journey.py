@@ -17,6 +17,7 @@ import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
 from playwright.sync_api import Error as PlaywrightError
 
+import i18n
 from builder.graph import FORMAT, Edge, Graph, Node, dump_graph
 from test_person_journey import CANVAS, SELECTED_BLUE, canvas, centre, drag, node, select
 
@@ -248,6 +249,46 @@ def test_toolbar_and_summary_are_uncut(browser: Browser, app_url: str, width, he
         expect(node(page, "image")).to_be_in_viewport()
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / f"build-{lang}-{width}x{height}.png"))
+    finally:
+        page.context.close()
+
+
+TOOLBAR_NAMES = {
+    "nb_new": "New graph",
+    "nb_undo": "Undo",
+    "nb_redo": "Redo",
+    "nb_delete": "Delete the selection",
+    "nb_tidy": "Tidy the layout",
+    "nb_template": "Templates",
+    "nb_open_popover": "Open a file",
+    "nb_save": "Save the graph",
+}
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_every_button_has_a_name_a_screen_reader_says_in_the_readers_language(
+    browser: Browser, app_url: str, lang: str
+):
+    """The toolbar's icons show no words, yet the accessibility tree names each one by what it
+    does, in the reader's language (not by its glyph: 'note_add', 'undo'); no button of the
+    page is nameless."""
+    page = open_page(browser, app_url, 1280, 720, lang)
+    try:
+        settled(page)
+        for key, english in TOOLBAR_NAMES.items():
+            expect(tool(page, key)).to_have_accessible_name(i18n.translate(english, lang))
+            uncut(page, tool(page, key))
+        tree = page.locator("body").aria_snapshot()
+        buttons = [
+            line.strip() for line in tree.splitlines() if line.strip().startswith("- button")
+        ]
+        assert buttons, tree
+        nameless = [line for line in buttons if not line.startswith('- button "')]
+        assert not nameless, nameless
+        glyphs = [line for line in buttons if re.fullmatch(r'- button "[a-z_]+"( \[.*\])?:?', line)]
+        assert not glyphs, glyphs
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"toolbar-names-{lang}.png"))
     finally:
         page.context.close()
 
