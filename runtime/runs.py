@@ -7,14 +7,24 @@ forkserver (runtime/warm.py) so that it starts without importing torch, and reco
 the process's start time: a reader that finds that process gone, a zombie, or the pid reused by
 another process reports the run as "interrupted", with every metric written until then readable.
 
-At most max_trainers() trainers run at once per server; further runs wait as "queued" and start,
-oldest first, as slots free. Stop escalates: the stop flag, then SIGTERM, then SIGKILL, and a run
-always ends "stopped" with its last checkpoint kept.
+At most max_trainers() trainers run at once per server, and a workspace (a folder of runs:
+runs/<workspace>/<run>) at most its workspace_share() of them; further runs wait as "queued" and
+start as slots free. A trainer holds its slot until its process ends, counted by pid and start
+time, so a forkserver that dies (it is started again) leaves no trainer uncounted; a run that
+cannot be started is recorded as such and gives its slot back. Start, Resume, Stop and Delete of
+one run are serialised by a lock file in its folder: a second click finds the first under way.
+Stop escalates: the stop flag, then SIGTERM, then SIGKILL, and a run always ends "stopped" with
+its last checkpoint kept.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import itertools
+import json
+import logging
+import math
 import multiprocessing
 import os
 import re
@@ -25,6 +35,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -39,7 +51,7 @@ from compiler.codegen import generate_source, identifier
 from i18n import N_, Message, msg
 from runtime import store
 from runtime.datasets import MAX_UPLOAD_BYTES
-from runtime.launcher import CONTEXT
+from runtime.launcher import CONTEXT, restart_if_dead
 from runtime.sizing import check_fits
 from runtime.trainer import TrainConfig
 
@@ -53,8 +65,15 @@ STOP_GRACE_SECONDS = 10.0  # after the stop flag, SIGTERM
 KILL_GRACE_SECONDS = 5.0  # after SIGTERM, SIGKILL
 SAME_PROCESS_SECONDS = 0.1  # psutil start times of one process agree to well within this
 MAX_TRAINERS_ENV = "NETBUILDER_MAX_TRAINERS"
+MAX_PER_WORKSPACE_ENV = "NETBUILDER_MAX_TRAINERS_PER_WORKSPACE"
+ORPHAN_POLL_SECONDS = 0.5  # how often a trainer whose forkserver died is looked at
+FORK_ATTEMPTS = 3  # a fork that fails (the forkserver died meanwhile) is tried again
+FORK_RETRY_SECONDS = 0.2  # times the attempt number, before the next try
+LOCK_FILE = ".run.lock"  # flock'd while a run is started, resumed, stopped or deleted
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 ROOT = Path(__file__).resolve().parents[1]
+
+log = logging.getLogger(__name__)
 
 # The status names as a person reads them (rendered with i18n.translate where shown).
 STATUS_LABELS: dict[str, str] = {
@@ -183,16 +202,34 @@ def start_run(
 ) -> str:
     """Create a run and queue it for a trainer (it starts at once where a slot is free)."""
     folder = create_run(Path(runs_dir), graph, config, dataset_file, warm_start_from)
-    _enqueue(folder)
+    with _locked(folder.parent, folder.name):
+        _enqueue(folder)
     return folder.name
 
 
 def max_trainers() -> int:
     """Trainers one server runs at once: NETBUILDER_MAX_TRAINERS, else one per GPU (1 on CPU)."""
-    value = os.environ.get(MAX_TRAINERS_ENV, "").strip()
-    if value.isdigit() and int(value) >= 1:
-        return int(value)
-    return max(1, torch.cuda.device_count())
+    return _positive_setting(MAX_TRAINERS_ENV) or max(1, torch.cuda.device_count())
+
+
+def workspace_share(active_workspaces: int) -> int:
+    """Trainers one workspace may run at once, so that one person cannot take every slot.
+
+    NETBUILDER_MAX_TRAINERS_PER_WORKSPACE where set (a fixed cap, even for a workspace alone);
+    else an equal share of max_trainers() among the workspaces with a run running or queued,
+    rounded up: a workspace alone may use every slot, and where there are more workspaces than
+    slots they take turns (the workspace served longest ago goes first). A workspace over its
+    share keeps the trainers it runs; its queued runs wait while other workspaces' runs start.
+    """
+    fixed = _positive_setting(MAX_PER_WORKSPACE_ENV)
+    if fixed:
+        return fixed
+    return max(1, math.ceil(max_trainers() / max(1, active_workspaces)))
+
+
+def _positive_setting(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value.isdigit() and int(value) >= 1 else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,26 +237,66 @@ def max_trainers() -> int:
 
 
 @dataclass
+class _Trainer:
+    """A trainer process this server started, known by its pid and start time: it holds its slot
+    until that very process ends, even after the forkserver that forked it died (the
+    multiprocessing handle then reads it as ended while it still trains)."""
+
+    pid: int
+    started: float | None
+    handle: BaseProcess | subprocess.Popen[bytes]
+
+    def is_alive(self) -> bool:
+        return _alive(self.pid, self.started)
+
+    def wait(self) -> None:
+        """Until the process ends: its handle first (which reaps a child), then by polling, for
+        a trainer orphaned by a dead forkserver (no handle can wait for it)."""
+        if isinstance(self.handle, BaseProcess):
+            self.handle.join()
+        else:
+            self.handle.wait()
+        while self.is_alive():
+            time.sleep(ORPHAN_POLL_SECONDS)
+
+
+@dataclass
 class _Trainers:
     """This server's trainer processes and the runs waiting for one (guarded by lock)."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
-    running: dict[Path, BaseProcess | Torchrun | None] = field(
-        default_factory=dict
-    )  # None: launching
+    running: dict[Path, _Trainer | None] = field(default_factory=dict)  # None: launching
     queue: list[Path] = field(default_factory=list)
+    served: dict[Path, int] = field(default_factory=dict)  # workspace -> its last admission
+    admissions: itertools.count = field(default_factory=itertools.count)
 
 
 _TRAINERS = _Trainers()
 
 
+def _in_background(action: Callable[..., None], *args: Any) -> None:
+    """Run action on a daemon thread; an exception is logged, never lost with the thread."""
+
+    def guarded() -> None:
+        try:
+            action(*args)
+        except Exception:  # noqa: BLE001  (a thread's last guard: log it whole)
+            log.exception("%s failed", action.__name__)
+
+    threading.Thread(target=guarded, daemon=True).start()
+
+
 def _enqueue(folder: Path) -> None:
     """Queue a run; a slot is filled in the background (the first fork may wait for the
     forkserver to finish importing), so Start returns at once."""
+    folder = folder.resolve()
+    with _TRAINERS.lock:
+        if folder in _TRAINERS.queue:
+            raise RunError(msg("run {run} is already queued", run=repr(folder.name)))
     store.update_status(folder, status="queued", pid=None, server=_this_process())
     with _TRAINERS.lock:
-        _TRAINERS.queue.append(folder.resolve())
-    threading.Thread(target=_fill_slots, daemon=True).start()
+        _TRAINERS.queue.append(folder)
+    _in_background(_fill_slots)
 
 
 def _dequeue(folder: Path) -> bool:
@@ -232,33 +309,84 @@ def _dequeue(folder: Path) -> bool:
 
 
 def _fill_slots() -> None:
-    """Start queued runs, oldest first, while fewer than max_trainers() trainers run."""
+    """Start queued runs while slots are free. Whatever goes wrong with one run (the forkserver
+    gone, its folder deleted, its status.json unreadable) is logged and recorded on that run,
+    and its slot is given back: the next run still starts."""
     while (folder := _next_for_a_slot()) is not None:
+        trainer: _Trainer | None = None
         try:
-            process = _launch(folder) if (folder / store.STATUS_FILE).exists() else None
-        except OSError:  # the run was deleted while it was being started
-            process = None
-        with _TRAINERS.lock:
-            if process is None:
-                _TRAINERS.running.pop(folder, None)
-            else:
-                _TRAINERS.running[folder] = process
+            trainer = _start_queued(folder)
+        except Exception as exc:  # noqa: BLE001  (one run's failure must not stall the queue)
+            log.exception("could not start a trainer for %s", folder)
+            _record_failed_start(folder, exc)
+        finally:
+            with _TRAINERS.lock:
+                if trainer is None:
+                    _TRAINERS.running.pop(folder, None)
+                else:
+                    _TRAINERS.running[folder] = trainer
+        if trainer is not None:
+            _in_background(_reap, trainer)
+
+
+def _start_queued(folder: Path) -> _Trainer | None:
+    """A trainer for a run just taken off the queue; None for a run deleted or stopped since."""
+    if not (folder / store.STATUS_FILE).exists():
+        return None
+    if (folder / store.STOP_FILE).exists():
+        store.update_status(folder, status="stopped", message=msg("stopped before it started"))
+        return None
+    return _launch(folder)
+
+
+def _record_failed_start(folder: Path, exc: Exception) -> None:
+    """The run reads as interrupted, with the reason, so that Resume tries again."""
+    reason = exc.detail if isinstance(exc, (RunError, store.StatusError)) else repr(exc)
+    try:
+        store.update_status(
+            folder,
+            status="interrupted",
+            pid=None,
+            message=msg(
+                "the trainer could not be started ({reason}); resume to try again", reason=reason
+            ),
+        )
+    except Exception:  # noqa: BLE001  (its status.json may be the very problem)
+        log.warning("could not record the failed start in %s", folder, exc_info=True)
 
 
 def _next_for_a_slot() -> Path | None:
-    """The oldest queued run, its slot reserved, or None when all slots are taken."""
+    """The next queued run, its slot reserved, or None when none may start now.
+
+    A slot is free while fewer than max_trainers() trainers live (by pid and start time, so a
+    trainer whose forkserver died still counts). The run chosen is the oldest of the workspace
+    served longest ago among the workspaces under their workspace_share(); a run whose previous
+    trainer is still ending waits for it (a folder never has two trainers).
+    """
     with _TRAINERS.lock:
-        for folder, process in list(_TRAINERS.running.items()):
-            if process is not None and not process.is_alive():
+        for folder, trainer in list(_TRAINERS.running.items()):
+            if trainer is not None and not trainer.is_alive():
                 del _TRAINERS.running[folder]
         if not _TRAINERS.queue or len(_TRAINERS.running) >= max_trainers():
             return None
-        folder = _TRAINERS.queue.pop(0)
+        per_workspace = Counter(folder.parent for folder in _TRAINERS.running)
+        workspaces = set(per_workspace) | {folder.parent for folder in _TRAINERS.queue}
+        share = workspace_share(len(workspaces))
+        candidates = [
+            folder
+            for folder in _TRAINERS.queue
+            if per_workspace[folder.parent] < share and folder not in _TRAINERS.running
+        ]
+        if not candidates:
+            return None
+        folder = min(candidates, key=lambda f: _TRAINERS.served.get(f.parent, -1))
+        _TRAINERS.queue.remove(folder)
         _TRAINERS.running[folder] = None  # reserved while it is being launched
+        _TRAINERS.served[folder.parent] = next(_TRAINERS.admissions)
         return folder
 
 
-def _launch(folder: Path) -> BaseProcess | Torchrun:
+def _launch(folder: Path) -> _Trainer:
     """Fork a trainer for the run from the warm forkserver; it starts once its pid is recorded.
     A run on several devices is started by torchrun instead (one process per device)."""
     processes = _config_processes(folder)
@@ -267,18 +395,35 @@ def _launch(folder: Path) -> BaseProcess | Torchrun:
     from runtime.warm import trainer_process
 
     ready, give_word = CONTEXT.Pipe(duplex=False)
-    process = CONTEXT.Process(
-        target=trainer_process, args=(str(folder), ready), name=f"trainer {folder.name}"
-    )
-    process.daemon = False
-    process.start()
-    ready.close()
-    store.update_status(folder, pid=process.pid, pid_started=process_start_time(process.pid))
-    give_word.send(True)
-    give_word.close()
-    threading.Thread(target=_reap, args=(process,), daemon=True).start()
-    _forget_at_exit(process)
-    return process
+    with give_word:  # closed on every path: without the word the trainer exits unstarted
+        try:
+            process = _fork(trainer_process, (str(folder), ready), f"trainer {folder.name}")
+        finally:
+            ready.close()  # the trainer has its own copy
+        _forget_at_exit(process)
+        assert process.pid is not None
+        started = process_start_time(process.pid)
+        store.update_status(folder, pid=process.pid, pid_started=started)
+        give_word.send(True)
+    return _Trainer(process.pid, started, process)
+
+
+def _fork(target: Callable[..., None], args: tuple[Any, ...], name: str) -> BaseProcess:
+    """Start a process from the forkserver. A forkserver that died is started again (it loads
+    for a few seconds) and the fork retried; its trainers live on, counted by pid."""
+    for attempt in range(1, FORK_ATTEMPTS + 1):
+        try:
+            restart_if_dead()
+            process = CONTEXT.Process(target=target, args=args, name=name)
+            process.daemon = False
+            process.start()
+            return process
+        except (EOFError, OSError):
+            if attempt == FORK_ATTEMPTS:
+                raise
+            log.warning("forking %s failed (attempt %d); trying again", name, attempt)
+            time.sleep(FORK_RETRY_SECONDS * attempt)
+    raise AssertionError("unreachable")
 
 
 def _config_processes(folder: Path) -> int:
@@ -288,38 +433,20 @@ def _config_processes(folder: Path) -> int:
         return 1  # the trainer reports the bad config itself
 
 
-@dataclass
-class Torchrun:
-    """torchrun and the trainers it starts, one per device (DistributedDataParallel)."""
-
-    process: subprocess.Popen[bytes]
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def is_alive(self) -> bool:
-        return self.process.poll() is None
-
-    def join(self) -> None:
-        self.process.wait()
-
-
-def _launch_torchrun(folder: Path, processes: int) -> Torchrun:
+def _launch_torchrun(folder: Path, processes: int) -> _Trainer:
     """`torchrun --standalone --nproc_per_node=N -m runtime worker FOLDER`: its workers inherit
     its stdin, so they too start once torchrun's pid is recorded."""
     command = [
         "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
         "-m", "runtime", "worker", str(folder.resolve()),
     ]  # fmt: skip
-    launched = Torchrun(_start_logged(folder, command))
-    threading.Thread(target=_reap, args=(launched,), daemon=True).start()
-    return launched
+    process = _start_logged(folder, command)
+    return _Trainer(process.pid, process_start_time(process.pid), process)
 
 
-def _reap(process: BaseProcess | Torchrun) -> None:
+def _reap(trainer: _Trainer) -> None:
     """Wait for a trainer to end, then give its slot to the next queued run."""
-    process.join()
+    trainer.wait()
     _fill_slots()
 
 
@@ -346,17 +473,22 @@ def _start_logged(folder: Path, arguments: list[str]) -> subprocess.Popen[bytes]
     env = os.environ | {
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     }
-    with (folder / store.LOG_FILE).open("ab") as log:
+    with (folder / store.LOG_FILE).open("ab") as output:
         process = subprocess.Popen(
             [sys.executable, *arguments],
             cwd=ROOT,
             env=env,
             stdin=subprocess.PIPE,
-            stdout=log,
+            stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    store.update_status(folder, pid=process.pid, pid_started=process_start_time(process.pid))
+    try:
+        store.update_status(folder, pid=process.pid, pid_started=process_start_time(process.pid))
+    except BaseException:  # its pid is not recorded: it must not train unseen
+        process.kill()
+        process.wait()
+        raise
     assert process.stdin is not None
     process.stdin.close()
     return process
@@ -405,6 +537,33 @@ def _alive(pid: Any, started: Any = None) -> bool:
 # Reading runs
 
 
+@contextlib.contextmanager
+def _locked(runs_dir: Path, run_id: str) -> Iterator[Path]:
+    """The run's folder, held for one Start, Resume, Stop or Delete at a time, across threads and
+    processes (flock on LOCK_FILE in the folder). A second one while the first is under way is
+    refused with a sentence, not queued: a double click must not start a second trainer."""
+    folder = _run_dir(runs_dir, run_id)
+    try:
+        handle = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except FileNotFoundError:  # deleted since
+        raise RunError(
+            msg("there is no run {run} in {folder}", run=repr(run_id), folder=str(runs_dir))
+        ) from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(
+                msg(
+                    "run {run} is busy: another start, resume, stop or delete of it is under way",
+                    run=repr(run_id),
+                )
+            ) from None
+        yield _run_dir(runs_dir, run_id)  # it may have been deleted while we opened the lock
+    finally:
+        os.close(handle)  # releases the lock
+
+
 def _run_dir(runs_dir: Path, run_id: str) -> Path:
     if not RUN_ID.match(run_id):
         raise RunError(msg("{run} is not a run id", run=repr(run_id)))
@@ -429,13 +588,8 @@ def disk_usage(folder: Path) -> int:
 
 
 def _info(folder: Path) -> RunInfo:
-    try:
-        status = store.read_status(folder)
-    except (OSError, ValueError) as exc:
-        status = {
-            "status": "failed",
-            "message_data": msg("status.json is unreadable ({reason})", reason=str(exc)).to_json(),
-        }
+    """A run as it stands; a status.json that cannot be used makes this run failed, named."""
+    status = _usable_status(folder)
     state, detail = _effective_status(folder, status)
     return RunInfo(
         id=folder.name,
@@ -452,6 +606,26 @@ def _info(folder: Path) -> RunInfo:
         detail=detail,
         disk_bytes=disk_usage(folder),
     )
+
+
+def _usable_status(folder: Path) -> dict[str, Any]:
+    """status.json, or in its place a failed status whose message says what is wrong with it."""
+    try:
+        status = store.read_status(folder)
+        if status.get("status", "failed") not in STATUS_LABELS:
+            raise store.StatusError(
+                msg(
+                    "status.json has an invalid {field}: {value}",
+                    field="status",
+                    value=json.dumps(status["status"])[:60],
+                )
+            )
+        return status
+    except store.StatusError as exc:
+        problem = exc.detail
+    except OSError as exc:
+        problem = msg("status.json is unreadable ({reason})", reason=exc.strerror or str(exc))
+    return {"status": "failed", "message": str(problem), "message_data": problem.to_json()}
 
 
 def _effective_status(folder: Path, status: dict[str, Any]) -> tuple[Status, Message]:
@@ -501,12 +675,30 @@ def read_run(runs_dir: Path, run_id: str) -> RunInfo:
 
 
 def list_runs(runs_dir: Path) -> list[RunInfo]:
-    """Every run under runs_dir, newest first."""
+    """Every run under runs_dir, newest first (a run deleted while listed is left out)."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         return []
-    folders = [f for f in runs_dir.iterdir() if (f / store.STATUS_FILE).is_file()]
-    return sorted((_info(f) for f in folders), key=lambda run: run.created, reverse=True)
+    found = []
+    for folder in runs_dir.iterdir():
+        if (folder / store.STATUS_FILE).is_file():
+            with contextlib.suppress(FileNotFoundError):
+                found.append(_info(folder))
+    return sorted(found, key=lambda run: run.created, reverse=True)
+
+
+def workspaces(runs_root: Path) -> list[Path]:
+    """The folders of runs under the runs root (the app keeps runs/<workspace>/<run>)."""
+    runs_root = Path(runs_root)
+    if not runs_root.is_dir():
+        return []
+    return sorted(
+        folder
+        for folder in runs_root.iterdir()
+        if folder.is_dir()
+        and not (folder / store.STATUS_FILE).exists()
+        and any((run / store.STATUS_FILE).is_file() for run in folder.iterdir())
+    )
 
 
 def read_metrics(runs_dir: Path, run_id: str, offset: int = 0) -> tuple[list[dict], int]:
@@ -539,16 +731,17 @@ def stop_run(
     """Ask the trainer to stop (it writes a final checkpoint within about a second); if it has
     not ended after `grace` seconds it gets SIGTERM, and `kill_grace` later SIGKILL. Returns
     at once; the run always ends "stopped"."""
-    folder = _run_dir(runs_dir, run_id)
-    info = _info(folder)
-    if info.status not in ACTIVE:
-        return info
-    (folder / store.STOP_FILE).touch()
-    if _dequeue(folder):
-        store.update_status(folder, status="stopped", message=msg("stopped before it started"))
-    else:
-        threading.Thread(target=_escalate, args=(folder, grace, kill_grace), daemon=True).start()
-    return _info(folder)
+    with _locked(runs_dir, run_id) as folder:
+        info = _info(folder)
+        if info.status not in ACTIVE:
+            return info
+        (folder / store.STOP_FILE).touch()
+        if _dequeue(folder):
+            store.update_status(folder, status="stopped", message=msg("stopped before it started"))
+            _in_background(_fill_slots)  # one workspace fewer may mean a bigger share for others
+        else:
+            _in_background(_escalate, folder, grace, kill_grace)
+        return _info(folder)
 
 
 def _escalate(folder: Path, grace: float, kill_grace: float) -> None:
@@ -592,33 +785,35 @@ def _ended(process: psutil.Process, seconds: float) -> bool:
 
 
 def resume_run(runs_dir: Path, run_id: str) -> RunInfo:
-    """Continue a stopped or interrupted run from its last checkpoint, in a new trainer process."""
-    folder = _run_dir(runs_dir, run_id)
-    info = _info(folder)
-    if info.status not in RESUMABLE:
-        raise RunError(
-            msg(
-                "run {run} is {status}; only a stopped or interrupted run resumes",
-                run=repr(run_id),
-                status=info.status,
+    """Continue a stopped or interrupted run from its last checkpoint, in a new trainer process.
+    A second Resume, at once or later, is refused with a sentence: one run, one trainer."""
+    with _locked(runs_dir, run_id) as folder:
+        info = _info(folder)
+        if info.status not in RESUMABLE:
+            raise RunError(
+                msg(
+                    "run {run} is {status}; only a stopped or interrupted run resumes",
+                    run=repr(run_id),
+                    status=info.status,
+                )
             )
-        )
-    (folder / store.STOP_FILE).unlink(missing_ok=True)
-    store.update_status(folder, message=msg("resuming"))
-    _enqueue(folder)
-    return _info(folder)
+        (folder / store.STOP_FILE).unlink(missing_ok=True)
+        store.update_status(folder, message=msg("resuming"))
+        _enqueue(folder)
+        return _info(folder)
 
 
 def delete_run(runs_dir: Path, run_id: str, kill_grace: float = KILL_GRACE_SECONDS) -> None:
     """Delete a run and its folder; a running trainer is stopped (SIGTERM, then SIGKILL) first,
     so that nothing writes into the folder while it goes."""
-    folder = _run_dir(runs_dir, run_id)
-    _dequeue(folder)
-    status = _info(folder).status
-    if status in ("running", "stopping"):
-        (folder / store.STOP_FILE).touch()
-        _escalate(folder, 0.0, kill_grace)
-    shutil.rmtree(folder)
+    with _locked(runs_dir, run_id) as folder:
+        if _dequeue(folder):
+            _in_background(_fill_slots)  # one workspace fewer may mean a bigger share for others
+        status = _info(folder).status
+        if status in ("running", "stopping"):
+            (folder / store.STOP_FILE).touch()
+            _escalate(folder, 0.0, kill_grace)
+        shutil.rmtree(folder)
 
 
 def checkpoint_path(runs_dir: Path, run_id: str) -> Path | None:

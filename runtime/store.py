@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
-from i18n import Message
+from i18n import Message, msg
 
 GRAPH_FILE = "graph.json"
 CONFIG_FILE = "config.json"
@@ -65,8 +65,64 @@ def write_json(path: Path, value: Any, durable: bool = True) -> None:
     write_atomic(path, lambda file: file.write(text.encode()), durable)
 
 
+# The fields of status.json that readers and the launcher rely on, with the JSON types each may
+# hold (a field may be absent). A file that breaks one of these fails its own run, named, and
+# never a listing of every run.
+STATUS_FIELDS: dict[str, tuple[type, ...]] = {
+    "status": (str,),
+    "message": (str,),
+    "name": (str,),
+    "dataset": (str,),
+    "device": (str,),
+    "created": (int, float),
+    "updated": (int, float),
+    "epochs": (int,),
+    "epoch": (int,),
+    "step": (int,),
+    "pid": (int, type(None)),
+    "pid_started": (int, float, type(None)),
+    "server": (dict, type(None)),
+}
+
+
+class StatusError(ValueError):
+    """status.json cannot be used: not JSON, not an object, or a field of the wrong type.
+    `detail` says which, as a Message; str() is its English."""
+
+    def __init__(self, detail: Message) -> None:
+        self.detail = detail
+        super().__init__(str(detail))
+
+
 def read_status(run_dir: Path) -> dict[str, Any]:
-    return json.loads((run_dir / STATUS_FILE).read_text())
+    """status.json as a dict whose known fields have the types STATUS_FIELDS names; anything else
+    is a StatusError (a ValueError) that names the problem. OSError passes through."""
+    try:
+        status = json.loads((run_dir / STATUS_FILE).read_bytes())
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise StatusError(msg("status.json is unreadable ({reason})", reason=str(exc))) from None
+    if not isinstance(status, dict):
+        raise StatusError(msg("status.json does not hold a JSON object"))
+    for name, kinds in STATUS_FIELDS.items():
+        if name in status and not _is_one_of(status[name], kinds):
+            shown = json.dumps(status[name])
+            raise StatusError(
+                msg(
+                    "status.json has an invalid {field}: {value}",
+                    field=name,
+                    value=shown if len(shown) <= 60 else f"{shown[:57]}...",
+                )
+            )
+    return status
+
+
+def _is_one_of(value: Any, kinds: tuple[type, ...]) -> bool:
+    """JSON's true and false are not numbers here, nor is a NaN or an infinity."""
+    if isinstance(value, bool):
+        return bool in kinds
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    return isinstance(value, kinds)
 
 
 def update_status(run_dir: Path, **changes: Any) -> dict[str, Any]:

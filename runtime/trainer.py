@@ -69,6 +69,8 @@ FLUSH_SECONDS = 0.5
 CHECKPOINT_MIN_SECONDS = 2.0
 CHECKPOINT_SHARE = 0.01  # checkpoints may take about this share of the training time
 CHECKPOINT_FORMAT = "netbuilder.checkpoint/1"
+# What a training checkpoint holds for a resume (the scaler and CUDA generators are optional).
+RESUME_PARTS = ("model", "optimizer", "progress", "rng")
 DEVICE_DATA_SHARE = 0.5  # a dataset may fill this share of the free GPU memory
 
 
@@ -539,13 +541,23 @@ class Trainer(Hooks):
             raise CheckpointError(
                 msg("checkpoint {file} is not a NetBuilder training checkpoint", file=path.name)
             )
+        for part in RESUME_PARTS:  # a resume needs every one; name the first that is missing
+            if state.get(part) is None:
+                raise CheckpointError(
+                    msg(
+                        "checkpoint {file} has no {part}, which resuming needs",
+                        file=path.name,
+                        part=part,
+                    )
+                )
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             if self.scaler and state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
             self.loop.progress = Progress(**state["progress"])
-        except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+            torch.set_rng_state(state["rng"].cpu())
+        except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             reason = str(exc).strip().splitlines()[0][:200]
             raise CheckpointError(
                 msg(
@@ -554,7 +566,6 @@ class Trainer(Hooks):
                     reason=reason,
                 )
             ) from None
-        torch.set_rng_state(state["rng"].cpu())
         if state.get("cuda_rng") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
 
