@@ -4,7 +4,9 @@ train runs the app's trainer headless (a remote GPU box, a script) and writes th
 as the app; it prints one line per epoch and, last, one JSON object with the outcome. Exit codes:
 0 completed or stopped, 1 the graph has errors, does not fit the device, or training failed or
 diverged, 2 a file, a dataset or an option cannot be read. Every problem is one line on stderr,
-never a traceback: a run's traceback goes to its trainer.log.
+never a traceback: a run's traceback goes to its trainer.log. runs lists the runs of a runs
+folder and of each workspace in it (the app keeps runs/<workspace>/<run>). Sentences are English,
+or Chinese with --lang zh, as in `python -m compiler`.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ import torch
 import torch.distributed as dist
 from pydantic import ValidationError
 
+import i18n
 from builder.graph import GraphFormatError, load_graph
-from i18n import msg
+from i18n import Message, msg
 from runtime import runs, store
 from runtime.datasets import BUILTIN_DATASETS
 from runtime.trainer import TrainConfig, train_run
@@ -35,6 +38,7 @@ UPLOAD_SUFFIXES = (".csv", ".npz")
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
+        i18n.set_language(args.lang)
         if args.command == "train":
             return _train(args)
         if args.command == "runs":
@@ -43,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     except _UsageError as exc:
         return _fail(str(exc), 2)
     except KeyboardInterrupt:
-        return _fail("interrupted", 1)
+        return _fail(msg("interrupted"), 1)
     except Exception as exc:  # noqa: BLE001  (the last guard: one line, never a traceback)
-        return _fail(f"unexpected {type(exc).__name__}: {exc}", 1)
+        return _fail(msg("unexpected {kind}: {reason}", kind=type(exc).__name__, reason=exc), 1)
 
 
 class _UsageError(Exception):
@@ -61,8 +65,16 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m runtime", description=__doc__.split("\n")[0])
+    language = _Parser(add_help=False)
+    language.add_argument(
+        "--lang",
+        choices=sorted(i18n.LANGUAGES),
+        default="en",
+        help="the language of messages (default: en)",
+    )
+    parser.set_defaults(lang="en")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    train = commands.add_parser("train", help="train a graph file headless")
+    train = commands.add_parser("train", help="train a graph file headless", parents=[language])
     train.add_argument("graph", type=Path)
     train.add_argument("--dataset", default="digits", help="a built-in name or a .csv/.npz file")
     train.add_argument("--label-column", help="the label column of a CSV (default: the last)")
@@ -79,15 +91,18 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     train.add_argument("--runs", default="runs", help="the runs folder (default: ./runs)")
-    listing = commands.add_parser("runs", help="list runs with their status")
-    listing.add_argument("--runs", default="runs")
+    listing = commands.add_parser(
+        "runs", help="list runs with their status, each workspace's too", parents=[language]
+    )
+    listing.add_argument("--runs", default="runs", help="the runs folder (default: ./runs)")
     worker = commands.add_parser("worker", help="(used by the app) train an existing run folder")
     worker.add_argument("folder")
     return parser
 
 
-def _fail(message: str, code: int) -> int:
-    print(f"error: {message}", file=sys.stderr)
+def _fail(message: Message | str, code: int) -> int:
+    """One line on stderr in the chosen language, and the exit code."""
+    print(f"error: {i18n.render(message)}", file=sys.stderr)
     return code
 
 
@@ -95,17 +110,22 @@ def _train(args: argparse.Namespace) -> int:
     try:
         graph = load_graph(args.graph.read_bytes())
     except OSError as exc:
-        return _fail(f"cannot read {args.graph}: {exc.strerror}", 2)
+        return _fail(msg("cannot read {path}: {reason}", path=args.graph, reason=exc.strerror), 2)
     except GraphFormatError as exc:
-        return _fail(f"{args.graph}: {exc}", 2)
+        return _fail(msg("{path}: {problem}", path=args.graph, problem=exc.text), 2)
     upload = Path(args.dataset)
     is_file = upload.suffix.lower() in UPLOAD_SUFFIXES
     if is_file and not upload.is_file():
-        return _fail(f"no such data file: {upload}", 2)
+        return _fail(msg("no such data file: {file}", file=upload), 2)
     if not is_file and args.dataset not in BUILTIN_DATASETS:
         known = ", ".join(BUILTIN_DATASETS)
         return _fail(
-            f"unknown dataset {args.dataset!r}; choose one of: {known}, or a .csv/.npz file", 2
+            msg(
+                "unknown dataset {name}; choose one of: {known}, or a .csv/.npz file",
+                name=repr(args.dataset),
+                known=known,
+            ),
+            2,
         )
     try:
         config = TrainConfig(
@@ -126,9 +146,16 @@ def _train(args: argparse.Namespace) -> int:
     try:
         folder = runs.create_run(Path(args.runs), graph, config, upload if is_file else None)
     except runs.RunError as exc:
-        return _fail(str(exc), 1)
+        return _fail(exc.detail, 1)
     except OSError as exc:
-        return _fail(f"cannot write the run folder in {args.runs}: {exc.strerror or exc}", 2)
+        return _fail(
+            msg(
+                "cannot write the run folder in {folder}: {reason}",
+                folder=args.runs,
+                reason=exc.strerror or exc,
+            ),
+            2,
+        )
     stop = _stop_on_signals()
     store.update_status(folder, pid=os.getpid(), pid_started=runs.process_start_time(os.getpid()))
     with (folder / store.LOG_FILE).open("a") as log, contextlib.redirect_stderr(log):
@@ -146,7 +173,7 @@ def _train(args: argparse.Namespace) -> int:
         "run": str(folder),
     }
     if result.status not in ("completed", "stopped"):
-        print(result.message, file=sys.stderr)
+        print(i18n.render(store.message_from_json(result.code) or result.message), file=sys.stderr)
     print(json.dumps(summary), flush=True)
     return 0 if result.status in ("completed", "stopped") else 1
 
@@ -177,14 +204,21 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def _list(runs_dir: Path) -> int:
-    found = runs.list_runs(runs_dir)
+def _list(runs_root: Path) -> int:
+    """The runs in runs_root and in each workspace folder in it (shown as workspace/run), newest
+    first; a run whose status.json is broken is listed as failed, saying why."""
+    found = [(run.id, run) for run in runs.list_runs(runs_root)]
+    for workspace in runs.workspaces(runs_root):
+        found += [(f"{workspace.name}/{run.id}", run) for run in runs.list_runs(workspace)]
     if not found:
-        print(f"no runs in {runs_dir}")
-    for run in found:
-        progress = f"epoch {run.epoch}/{run.epochs}, step {run.step}"
-        line = f"{run.id}  {run.status:<11}  {progress:<24}  {run.dataset:<12}  {run.message}"
-        print(line.rstrip())
+        print(i18n.render(msg("no runs in {folder}", folder=str(runs_root))))
+    for name, run in sorted(found, key=lambda item: item[1].created, reverse=True):
+        progress = msg(
+            "epoch {epoch}/{epochs}, step {step}", epoch=run.epoch, epochs=run.epochs, step=run.step
+        )
+        label = runs.status_label(run.status)
+        line = f"{name}  {label:<11}  {i18n.render(progress):<24}  {run.dataset:<12}"
+        print(f"{line}  {runs.status_text(run)}".rstrip())
     return 0
 
 

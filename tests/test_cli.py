@@ -1,4 +1,5 @@
-"""`python -m compiler check|export|schema`: the contract's output and exit codes, no tracebacks."""
+"""`python -m compiler check|export|schema`: the contract's output and exit codes, no tracebacks;
+and `python -m runtime runs`, which lists every workspace's runs in either language."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ TEMPLATE_DIR = ROOT / "builder" / "templates"
 LENET = TEMPLATE_DIR / "lenet5.json"
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
+def run(*args: str, module: str = "compiler") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "compiler", *args],
+        [sys.executable, "-m", module, *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -221,3 +222,38 @@ def test_lang_zh_renders_messages_in_chinese_and_english_stays_the_default(tmp_p
         pytest.skip("this message has no Chinese yet (the translator's pass)")
     assert chinese["message"].endswith(message.render("zh"))
     assert chinese["message"] != english["message"]
+
+
+def finished_run(folder: Path, created: float) -> None:
+    """A run folder as the runs listing reads it: its status.json is all it needs."""
+    folder.mkdir(parents=True)
+    status = {"status": "completed", "message": "", "created": created, "name": folder.name}
+    status |= {"dataset": "digits", "epochs": 2, "epoch": 2, "step": 46, "device": "cpu"}
+    (folder / "status.json").write_text(json.dumps(status))
+
+
+def test_runtime_runs_lists_every_workspaces_runs_with_the_workspace(tmp_path: Path) -> None:
+    """The app keeps runs/<workspace>/<run>; the command, given runs/, shows them all."""
+    finished_run(tmp_path / "alice" / "run-of-alice", created=1.0)
+    finished_run(tmp_path / "bob" / "run-of-bob", created=2.0)
+    finished_run(tmp_path / "run-by-hand", created=3.0)
+    listed = run("runs", "--runs", str(tmp_path), module="runtime")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == [
+        "run-by-hand",
+        "bob/run-of-bob",
+        "alice/run-of-alice",
+    ]
+    assert all("completed" in line and "epoch 2/2, step 46" in line for line in lines)
+
+
+def test_runtime_speaks_chinese_with_lang_zh_and_english_with_lang_en(tmp_path: Path) -> None:
+    finished_run(tmp_path / "alice" / "run-of-alice", created=1.0)
+    chinese = run("runs", "--runs", str(tmp_path), "--lang", "zh", module="runtime")
+    assert chinese.returncode == 0, chinese.stderr
+    assert "已完成" in chinese.stdout and "第 2/2 轮，第 46 步" in chinese.stdout
+    english = run("runs", "--runs", str(tmp_path), "--lang", "en", module="runtime")
+    assert "completed" in english.stdout and "epoch 2/2, step 46" in english.stdout
+    empty = run("runs", "--runs", str(tmp_path / "none"), "--lang", "zh", module="runtime")
+    assert empty.stdout.strip() == f"{tmp_path / 'none'} 中没有运行"
