@@ -301,19 +301,19 @@ def insert_between(
     if layer_type not in CATALOG:
         raise EditError(f"unknown layer type {layer_type!r}")
     node_id = new_node_id(graph, layer_type)
-    src, dst = graph.node(source), graph.node(target)
+    nodes = list(graph.nodes)
     position = None
-    if src.position is not None and dst.position is not None:
-        position = (
-            (src.position[0] + dst.position[0]) / 2,
-            (src.position[1] + dst.position[1]) / 2,
-        )
+    if graph.node(source).position is not None:
+        # a row below the source, and the target and all after it a row further down, as a
+        # palette click does: the new layer never lands on top of another
+        position = _below(graph, source)
+        nodes = _shift_down(nodes, _downstream(graph.edges, target), ROW_HEIGHT)
     node = Node(id=node_id, type=layer_type, params=dict(params), position=position)
     edges = [e for e in graph.edges if e is not edge] + [
         Edge(source=source, target=node_id),
         Edge(source=node_id, target=target, port=edge.port),
     ]
-    return graph.model_copy(update={"nodes": [*graph.nodes, node], "edges": edges}), node_id
+    return graph.model_copy(update={"nodes": [*nodes, node], "edges": edges}), node_id
 
 
 def apply_fix(graph: Graph, fix: dict[str, Any]) -> Graph:

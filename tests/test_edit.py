@@ -403,3 +403,23 @@ def test_an_input_shape_typed_as_one_number_reads_as_the_list_of_it(typed: str) 
 def test_a_number_where_a_number_is_allowed_stays_a_number() -> None:
     params = {"in_channels": 1, "out_channels": 8, "kernel_size": 5}
     assert edit.typed_value("Conv2d", params, "kernel_size", 3) == 3
+
+
+def test_a_fix_that_inserts_a_layer_makes_room_for_it() -> None:
+    from builder.layout import COLUMN_WIDTH, ROW_HEIGHT, with_layout
+    from pages.state import load_template
+
+    graph = edit.delete_nodes(with_layout(load_template("lenet5")), {"flatten"})
+    fix = next(d.fix for d in analyse(graph).warnings if d.fix and "insert" in d.fix)
+    assert fix["insert"]["type"] == "Flatten"
+    fixed = edit.apply_fix(graph, fix)
+    placed = [(n.id, n.position) for n in fixed.nodes]
+    assert all(position is not None for _, position in placed)
+    overlapping = [
+        (a, b)
+        for i, (a, pa) in enumerate(placed)
+        for b, pb in placed[i + 1 :]
+        if abs(pa[0] - pb[0]) < COLUMN_WIDTH and abs(pa[1] - pb[1]) < ROW_HEIGHT
+    ]
+    assert not overlapping
+    assert analyse(fixed).ok and not analyse(fixed).warnings
