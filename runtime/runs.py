@@ -290,11 +290,10 @@ def _enqueue(folder: Path) -> None:
     """Queue a run; a slot is filled in the background (the first fork may wait for the
     forkserver to finish importing), so Start returns at once."""
     folder = folder.resolve()
-    with _TRAINERS.lock:
+    store.update_status(folder, status="queued", pid=None, server=_this_process())
+    with _TRAINERS.lock:  # checked and added at once: a run waits in the queue once
         if folder in _TRAINERS.queue:
             raise RunError(msg("run {run} is already queued", run=repr(folder.name)))
-    store.update_status(folder, status="queued", pid=None, server=_this_process())
-    with _TRAINERS.lock:
         _TRAINERS.queue.append(folder)
     _in_background(_fill_slots)
 
