@@ -27,10 +27,11 @@ from typing import IO, Literal
 import numpy as np
 import torch
 
-from compiler.analysis import Analysis, loss_of
+from compiler.analysis import Analysis, Diagnostic, loss_of
 from compiler.memory import format_bytes
 from i18n import Message, N_, msg
 from runtime import builtin_data
+from runtime.csv_table import CsvError, Table, read_csv_table
 
 Task = Literal["classification", "regression"]
 
@@ -126,6 +127,7 @@ class Dataset:
     num_classes: int | None
     sample_shape: tuple[int, ...]
     dtype: Literal["float32", "int64"]
+    class_names: tuple[str, ...] | None = None  # a CSV's word labels, in class id order
 
     @property
     def target_shape(self) -> tuple[int, ...]:
@@ -295,8 +297,9 @@ def dataset_from_upload(filename: str, data: bytes, label_column: str | None = N
         )
     suffix = Path(filename).suffix.lower()
     if suffix == ".csv":
-        x, y = _read_csv(filename, data, label_column)
-    elif suffix == ".npz":
+        table = _read_csv(filename, data, label_column)
+        return _from_arrays(filename, table.features, table.labels, table.class_names)
+    if suffix == ".npz":
         x, y = _read_npz(filename, data)
     else:
         raise DatasetError(
@@ -309,11 +312,10 @@ def dataset_from_upload(filename: str, data: bytes, label_column: str | None = N
     return _from_arrays(filename, x, y)
 
 
-def _read_csv(
-    filename: str, data: bytes, label_column: str | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Parsed only once its header and line count say it fits: pandas holds every cell as a
-    float64 and the features are copied to float32, beside the text itself."""
+def _read_csv(filename: str, data: bytes, label_column: str | None) -> Table:
+    """Parsed (by csv_table, which the exported train.py carries too) only once its header and
+    line count say it fits: every cell is held as a float64 and the features are copied to
+    float32, beside the text itself."""
     columns = _csv_column_count(filename, data)
     rows = data.count(b"\n") + 1  # at least the rows (a quoted cell may hold a line break)
     if rows > MAX_CSV_ROWS + 1:
@@ -328,60 +330,10 @@ def _read_csv(
     refusal = _over_budget(msg("reading {file}", file=filename), need)
     if refusal is not None:
         raise refusal
-    import pandas as pd
-
     try:
-        frame = pd.read_csv(io.BytesIO(data), nrows=MAX_CSV_ROWS)
-    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        raise DatasetError(
-            msg("{file} is not a readable CSV file: {detail}", file=filename, detail=str(exc))
-        ) from None
-    if frame.shape[1] < 2 or len(frame) < 2:
-        raise DatasetError(
-            msg(
-                "{file} has {rows} rows and {columns} columns; it needs a header row, at least 2"
-                " rows, and at least one feature column beside the label column",
-                file=filename,
-                rows=len(frame),
-                columns=frame.shape[1],
-            )
-        )
-    columns = [str(c) for c in frame.columns]
-    frame.columns = columns
-    label = columns[-1] if label_column is None else label_column
-    if label not in columns:
-        raise DatasetError(
-            msg(
-                "{file} has no column {label}; choose the label column among: {columns}",
-                file=filename,
-                label=repr(label),
-                columns=", ".join(columns[:50]),
-            )
-        )
-    text = [c for c in columns if not pd.api.types.is_numeric_dtype(frame[c])]
-    if text:
-        raise DatasetError(
-            msg(
-                "{file}: column(s) {columns} are not numeric; every column must hold numbers"
-                " (encode categories as integers, or drop the column)",
-                file=filename,
-                columns=", ".join(map(repr, text[:5])),
-            )
-        )
-    missing = [c for c in columns if frame[c].isna().any()]
-    if missing:
-        rows = int(frame[missing].isna().any(axis=1).sum())
-        raise DatasetError(
-            msg(
-                "{file}: {rows} row(s) have empty or NaN values in column(s) {columns}; fill them"
-                " in or remove those rows",
-                file=filename,
-                rows=rows,
-                columns=", ".join(map(repr, missing[:5])),
-            )
-        )
-    features = frame.drop(columns=[label]).to_numpy(dtype=np.float32)
-    return features, frame[label].to_numpy()
+        return read_csv_table(filename, data, label_column, MAX_CSV_ROWS)
+    except CsvError as exc:
+        raise DatasetError(msg(exc.template, **exc.values)) from None
 
 
 def _csv_column_count(filename: str, data: bytes) -> int:
@@ -579,7 +531,9 @@ def _npy_data(
     return array.reshape(header.shape)
 
 
-def _from_arrays(filename: str, x: np.ndarray, y: np.ndarray) -> Dataset:
+def _from_arrays(
+    filename: str, x: np.ndarray, y: np.ndarray, class_names: tuple[str, ...] | None = None
+) -> Dataset:
     if x.dtype.kind not in "biuf" or y.dtype.kind not in "biuf":
         raise DatasetError(
             msg(
@@ -642,15 +596,17 @@ def _from_arrays(filename: str, x: np.ndarray, y: np.ndarray) -> Dataset:
                     high=int(labels.max()),
                 )
             )
+        named = f" ({', '.join(class_names)})" if class_names else ""
         return Dataset(
             filename,
-            f"{description}, {classes} classes",
+            f"{description}, {classes} classes{named}",
             "classification",
             xs,
             labels,
             classes,
             tuple(x.shape[1:]),
             dtype,
+            class_names,
         )
     targets = _tensor(y, np.float32).reshape(len(y), -1)
     return Dataset(
@@ -792,7 +748,7 @@ def _targets_fit(
                     classes=dataset.num_classes,
                     wanted=list(wanted),
                     shape=list(out_shape),
-                    fix=_set_width(analysis, last, dataset.num_classes),
+                    fix=_remedy(analysis, last, out_shape, wanted),
                 )
             ]
         return []
@@ -804,7 +760,7 @@ def _targets_fit(
                 dataset=dataset.name,
                 targets=list(dataset.target_shape),
                 shape=list(out_shape),
-                fix=_set_width(analysis, last, math.prod(dataset.target_shape)),
+                fix=_remedy(analysis, last, out_shape, dataset.target_shape),
             )
         ]
     return []
@@ -840,6 +796,52 @@ def _reproduces_input(
             )
         ]
     return []
+
+
+def flatten_fix(analysis: Analysis) -> Diagnostic | None:
+    """The compiler's advice to insert a Flatten before a Linear that acts on the last dim of a
+    multi-dim tensor, nearest the Input: inserting it there gives every later layer one vector
+    per sample, which also mends the Linears after it."""
+    return next(
+        (
+            warning
+            for warning in analysis.warnings
+            if warning.fix and warning.fix.get("insert", {}).get("type") == "Flatten"
+        ),
+        None,
+    )
+
+
+def compatibility_fix(
+    analysis: Analysis, dataset: Dataset, target: str = "label"
+) -> Diagnostic | None:
+    """The one-click edit that makes the graph fit the data, where there is one: the Flatten a
+    classifier head lacks, when that is why the output has more dims than the targets."""
+    if not analysis.ok or target == "input" or not check_compatibility(analysis, dataset, target):
+        return None
+    output = next(n for n in analysis.graph.nodes if n.type == "Output")
+    out_shape = tuple(analysis.infos[output.id].shape or ())
+    wanted = dataset.target_shape
+    if dataset.task == "classification":
+        wanted = (*wanted, dataset.num_classes or 0)
+    return flatten_fix(analysis) if len(out_shape) > len(wanted) else None
+
+
+def _remedy(
+    analysis: Analysis, last: str, out_shape: tuple[int, ...], wanted: tuple[int, ...]
+) -> Message:
+    """What to change so the output has the targets' shape: insert the missing Flatten when the
+    output has extra dims because a Linear acted on the last dim only, else set the width."""
+    advice = flatten_fix(analysis) if len(out_shape) > len(wanted) else None
+    if advice is not None and advice.fix is not None:
+        source, linear = advice.fix["between"]
+        return msg(
+            "insert a Flatten between {source!r} and {node!r}: Linear {node!r} acts on the last"
+            " dim only, so the layers after it keep the extra dims",
+            source=source,
+            node=linear,
+        )
+    return _set_width(analysis, last, math.prod(wanted[-1:]) if wanted else 1)
 
 
 def _set_width(analysis: Analysis, last: str, width: int | None) -> Message:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
+from builder.edit import apply_fix, delete_nodes
 from builder.graph import load_graph
 from tests.modelkit import chain_graph
 from compiler import analyse
@@ -19,6 +20,7 @@ from runtime import builtin_data, datasets
 from runtime.datasets import (
     DatasetError,
     check_compatibility,
+    compatibility_fix,
     dataset_from_upload,
     load_dataset,
 )
@@ -118,7 +120,7 @@ def test_csv_upload_with_a_chosen_fractional_label_is_regression():
 @pytest.mark.parametrize(
     ("text", "label", "message"),
     [
-        (b"a,b\n1,x\n2,y\n", None, "'b' are not numeric"),
+        (b"a,b,c\n1,x,0\n2,y,1\n", None, "'b' are not numeric"),
         (b"a,b\n1,\n2,1\n", None, "1 row.*NaN.*'b'"),
         (b"a,b\n1,0\n2,1\n", "c", "no column 'c'.*a, b"),
         (b"a\n1\n2\n", None, "feature column"),
@@ -128,6 +130,19 @@ def test_csv_upload_with_a_chosen_fractional_label_is_regression():
 def test_bad_csv_is_explained(text: bytes, label: str | None, message: str):
     with pytest.raises(DatasetError, match=message):
         dataset_from_upload("data.csv", text, label)
+
+
+def test_csv_word_labels_become_sorted_class_ids_with_their_names():
+    data = dataset_from_upload("pets.csv", b"weight,legs,kind\n4,4,dog\n3,4,cat\n5,4,dog\n")
+    assert (data.task, data.num_classes, data.class_names) == ("classification", 2, ("cat", "dog"))
+    assert data.y.tolist() == [1, 0, 1] and "cat, dog" in data.description
+
+
+def test_a_csv_refusal_names_the_file_once_and_ends_with_its_reason():
+    with pytest.raises(DatasetError) as caught:
+        dataset_from_upload("x.csv", b"a,b\n1,\n")
+    text = str(caught.value)
+    assert text.count("x.csv") == 1 and not text.rstrip().endswith(":")
 
 
 def test_uploads_over_the_cap_are_refused(monkeypatch):
@@ -181,6 +196,25 @@ def test_other_files_and_garbage_are_refused():
 
 
 # -- compatibility ---------------------------------------------------------------------------
+
+
+def test_a_conv_stack_without_its_flatten_is_told_to_insert_one_not_to_resize_the_head():
+    graph = load_graph((TEMPLATES / "lenet5.json").read_text())
+    analysis = analyse(delete_nodes(graph, {"flatten"}))
+    digits = load_dataset("digits-28")
+    (problem,) = check_compatibility(analysis, digits)
+    assert "insert a Flatten between 's4' and 'f5'" in str(problem)
+    assert "out_features" not in str(problem)
+    fix = compatibility_fix(analysis, digits)
+    assert fix is not None and fix.fix["between"] == ["s4", "f5"]
+    mended = analyse(apply_fix(analysis.graph, fix.fix))
+    assert check_compatibility(mended, digits) == []
+
+
+def test_a_head_of_the_wrong_width_offers_no_flatten():
+    analysis = template_analysis("lstm_classifier")
+    upload = dataset_from_upload("d.npz", npz_bytes(X=np.zeros((3, 8, 8)), y=np.array([0, 1, 2])))
+    assert check_compatibility(analysis, upload) and compatibility_fix(analysis, upload) is None
 
 
 def test_lenet5_fits_digits_28():
