@@ -625,9 +625,20 @@ def _file_stem(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "model"
 
 
-def summary_metrics(analysis: Analysis) -> None:
+def summary_metrics(analysis: Analysis, with_memory: bool = True) -> None:
+    """The graph's counts; the memory sentence too unless a layer's form needs the room (it is
+    always in the Size figure's help)."""
     params = analysis.total_params
     memory = estimate_memory(analysis.graph, analysis)
+    memory_text = _(
+        "Memory: {activations} of activations per sample; a training step at batch size"
+        " {batch} with Adam needs about {training} (weights, gradients and optimizer state"
+        " {state}).",
+        activations=format_bytes(memory.activation_bytes_per_sample),
+        batch=memory.batch_size,
+        training=format_bytes(memory.training_bytes),
+        state=format_bytes(memory.weights_and_state_bytes),
+    )
     columns = st.columns(3)
     columns[0].metric(  # a million or more in three figures: the column fits no more at 1280 px
         _("Parameters"),
@@ -637,22 +648,13 @@ def summary_metrics(analysis: Analysis) -> None:
     columns[1].metric(
         _("Size"),
         format_bytes(memory.parameter_bytes),
-        help=_("The weights in float32, 4 bytes each"),
+        help=_("The weights in float32, 4 bytes each") + "\n\n" + memory_text,
     )
     columns[2].metric(
         _("MACs"), _si(analysis.total_macs), help=_("Multiply-accumulates for one sample")
     )
-    st.caption(
-        _(
-            "Memory: {activations} of activations per sample; a training step at batch size"
-            " {batch} with Adam needs about {training} (weights, gradients and optimizer state"
-            " {state}).",
-            activations=format_bytes(memory.activation_bytes_per_sample),
-            batch=memory.batch_size,
-            training=format_bytes(memory.training_bytes),
-            state=format_bytes(memory.weights_and_state_bytes),
-        )
-    )
+    if with_memory:
+        st.caption(memory_text)
 
 
 def _si(number: int) -> str:
@@ -728,7 +730,8 @@ def inspector(graph: Graph, analysis: Analysis, selected: str | None) -> None:
             _(
                 "Select a layer to edit its parameters. Draw an edge by dragging from a node's"
                 " bottom handle to another node's top handle. Delete or Backspace deletes the"
-                " selected layer or edge; Ctrl+Z undoes, Ctrl+Shift+Z redoes."
+                " selected layer or edge; Ctrl+Z undoes, Ctrl+Shift+Z redoes. The wheel scrolls"
+                " the page; Ctrl + wheel (or a pinch) zooms the canvas."
             )
         )
         return
@@ -736,7 +739,7 @@ def inspector(graph: Graph, analysis: Analysis, selected: str | None) -> None:
     spec = CATALOG[node.type]
     info = analysis.infos.get(selected, NodeInfo(None))
     st.markdown(f"#### {layer_label(node.type)} · {_md(node.id)}")
-    st.caption(_(spec.description))
+    param_form(node)  # first: the fields are in view without scrolling at 1280x720
     shape = "?" if info.shape is None else str(list(info.shape))
     st.markdown(
         _(
@@ -750,7 +753,7 @@ def inspector(graph: Graph, analysis: Analysis, selected: str | None) -> None:
     st.text(
         "\n".join([_(spec.formula), *formula_lines(info.explained, node.type)]), width="stretch"
     )
-    param_form(node)
+    st.caption(_(spec.description))
     st.button(
         _("Delete layer"), icon=":material/delete:", on_click=_delete_selection, type="secondary"
     )
@@ -875,11 +878,20 @@ TOOLBAR_STYLE = (
 }"""
 )
 
+# A palette pill's name wraps onto a second line rather than being cut ("ConvTranspose1d
+# 一维转置卷积层" is wider than the sidebar).
+PALETTE_STYLE = """
+[class*="st-key-nb_palette_"] button { height: auto; max-width: 100%; }
+[class*="st-key-nb_palette_"] button * {
+  white-space: normal !important; overflow: visible !important; text-overflow: clip !important;
+}"""
+
 STYLE = (
     """
 <style>
 """
     + TOOLBAR_STYLE
+    + PALETTE_STYLE
     + """
 [data-testid="stMetricValue"] { font-size: 1.35rem; white-space: nowrap; }
 [data-testid="stMetricLabel"] p { white-space: nowrap; overflow: visible; }
@@ -913,7 +925,7 @@ def workspace() -> None:
     with left:
         draw_canvas(graph, analysis, selected)
     with right:
-        summary_metrics(analysis)
+        summary_metrics(analysis, with_memory=selected is None)
         problems(analysis)
         with st.container(border=True):
             inspector(graph, analysis, selected)

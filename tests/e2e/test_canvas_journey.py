@@ -359,3 +359,82 @@ def test_a_big_wide_graph_opens_at_its_input_and_still_answers_edits(
         expect(node(page, "n2")).to_contain_text("[64]")  # bridged: n0 -> n2, shapes known
     finally:
         context.close()
+
+
+VIEWPORT = ".react-flow__viewport"
+
+
+def test_the_wheel_over_the_canvas_scrolls_the_page_and_ctrl_wheel_zooms(small: Page):
+    page = small
+    settled(page)
+    main = page.get_by_test_id("stMain")
+    viewport = canvas(page).locator(VIEWPORT)
+
+    def over_the_canvas() -> None:
+        box = page.locator(CANVAS).bounding_box()
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + min(box["height"] / 2, 200))
+
+    transform = viewport.evaluate("e => e.style.transform")
+    over_the_canvas()
+    page.keyboard.down("Control")
+    page.mouse.wheel(0, -200)
+    page.keyboard.up("Control")
+    page.wait_for_function(
+        "([frame, before]) => frame.contentDocument.querySelector('.react-flow__viewport')"
+        ".style.transform !== before",
+        arg=[page.locator(CANVAS).element_handle(), transform],
+        timeout=10_000,
+    )
+    assert main.evaluate("e => e.scrollTop") == 0  # the zoom did not scroll the page
+    zoomed = viewport.evaluate("e => e.style.transform")
+    over_the_canvas()
+    page.mouse.wheel(0, 300)
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=stMain]').scrollTop > 0", timeout=10_000
+    )
+    assert viewport.evaluate("e => e.style.transform") == zoomed  # the scroll did not zoom
+
+
+def test_a_long_note_stays_within_its_node(small: Page):
+    """A node's note shows two lines at most (all of it on hover), so it never grows over the
+    node below."""
+    page = small
+    select(page, "stem")
+    field = page.get_by_role("textbox", name="kernel_size", exact=True)
+    field.fill("20")
+    field.press("Enter")
+    note = canvas(page).locator('[data-id="stem"] .nb-note')
+    expect(note).to_be_visible()
+    assert note.get_attribute("title")
+    lines = note.evaluate(
+        "e => Math.round(e.getBoundingClientRect().height / parseFloat(getComputedStyle(e).lineHeight))"
+    )
+    assert lines <= 2
+    assert note.evaluate("e => getComputedStyle(e).webkitLineClamp") == "2"
+    stem = node(page, "stem").bounding_box()
+    below = node(page, "stem_bn").bounding_box()
+    assert stem["y"] + stem["height"] <= below["y"]
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_no_palette_name_is_cut(browser: Browser, app_url: str, lang: str):
+    """'ConvTranspose1d 一维转置卷积层' is wider than the sidebar: it wraps, not '一维转置...'."""
+    page = open_page(browser, app_url, 1280, 720, lang)
+    try:
+        settled(page)
+        pills = page.locator('[class*="st-key-nb_palette_"] button')
+        expect(pills.first).to_be_visible()
+        sidebar = page.get_by_test_id("stSidebar").bounding_box()
+        cut = pills.evaluate_all("""pills => pills.filter(p => [p, ...p.querySelectorAll('*')].some(
+                   e => e.scrollWidth > e.clientWidth + 1 || e.scrollHeight > e.clientHeight + 1))
+               .map(p => p.innerText)""")
+        assert not cut, cut
+        for box in pills.evaluate_all("ps => ps.map(p => p.getBoundingClientRect().right)"):
+            assert box <= sidebar["x"] + sidebar["width"]
+        page.get_by_test_id("stSidebar").get_by_text(
+            "ConvTranspose1d", exact=False
+        ).first.scroll_into_view_if_needed()
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"palette-{lang}.png"))
+    finally:
+        page.context.close()

@@ -10,7 +10,7 @@
 // A click on the page's palette (Streamlit pills beside the frame) is drawn at once too, from
 // the placement plan Python sends (`add_plans`), until Python's answer for that click arrives.
 
-import React, { memo, useCallback, useEffect, useLayoutEffect, useRef, useState } from "react";
+import React, { memo, useCallback, useEffect, useLayoutEffect, useMemo, useRef, useState } from "react";
 import { createRoot } from "react-dom/client";
 import {
   Controls,
@@ -223,7 +223,9 @@ const LayerNode = memo(function LayerNode({ data }) {
         </div>
       ) : null}
       {data.note ? (
-        <div className={`nb-note nb-note-${data.note_severity}`}>{data.note}</div>
+        <div className={`nb-note nb-note-${data.note_severity}`} title={data.note}>
+          {data.note}
+        </div>
       ) : null}
       {data.kind !== "output" && <Handle type="source" position={Position.Bottom} />}
     </div>
@@ -231,6 +233,17 @@ const LayerNode = memo(function LayerNode({ data }) {
 });
 
 const NODE_TYPES = { layer: LayerNode };
+
+function scrollPage(dx, dy) {
+  // Streamlit scrolls its main block, not the window; the frame is served by the same server.
+  try {
+    const page = window.parent.document;
+    const main = page.querySelector('[data-testid="stMain"]') || page.scrollingElement;
+    if (main) main.scrollBy({ left: dx, top: dy });
+  } catch (error) {
+    /* another origin's page: nothing to scroll from here */
+  }
+}
 const READ_ONLY = { nodesDraggable: false, nodesConnectable: false, edgesFocusable: false };
 const MARGIN = 40;
 const VIRTUALIZE = 150; // above this many nodes only those in view are drawn (and measured)
@@ -512,8 +525,16 @@ function Canvas({ args }) {
     onMoveStart: () => setMenu(null),
   };
 
+  // The wheel scrolls the page, as everywhere else on it (the canvas sits in a frame, whose
+  // wheel never reaches the page by itself); Ctrl or Cmd + wheel, or a pinch, zooms the canvas.
+  const onWheel = useCallback((event) => {
+    if (event.ctrlKey || event.metaKey) return;
+    scrollPage(event.deltaX, event.deltaY * (event.deltaMode === 1 ? 16 : 1));
+  }, []);
+
   return (
     <div
+      onWheel={onWheel}
       className={readOnly ? "nb-canvas nb-readonly" : "nb-canvas"}
       style={{ height: args.height, "--nb-node-width": `${args.node_width}px` }}
       data-nodes={view.nodes.length}
@@ -532,6 +553,9 @@ function Canvas({ args }) {
         elementsSelectable={false}
         minZoom={args.min_zoom}
         maxZoom={2}
+        zoomOnScroll={false}
+        preventScrolling={false}
+        zoomActivationKeyCode={["Control", "Meta"]}
         onlyRenderVisibleElements={virtual}
         proOptions={{ hideAttribution: true }}
       >
@@ -561,6 +585,38 @@ function Canvas({ args }) {
 // ---------------------------------------------------------------------------------------------
 // The frame: waits for Streamlit's first render message, then keeps the latest args.
 
+// The editable canvas takes the window's height below it (at least the page's height): on a
+// 1920x1080 screen it grows, at 1280x720 the toolbar and the canvas still fit.
+function useRoomBelow(minimum, stretch) {
+  const [height, setHeight] = useState(minimum);
+  useEffect(() => {
+    if (!stretch) {
+      setHeight(minimum);
+      return undefined;
+    }
+    const measure = () => {
+      try {
+        const page = window.parent;
+        const main = page.document.querySelector('[data-testid="stMain"]');
+        const top = window.frameElement.getBoundingClientRect().top + (main ? main.scrollTop : 0);
+        setHeight(Math.max(minimum, Math.floor(page.innerHeight - top - 16)));
+      } catch (error) {
+        setHeight(minimum); // another origin's page: the page's own height
+      }
+    };
+    measure();
+    let page = null;
+    try {
+      page = window.parent;
+      page.addEventListener("resize", measure);
+    } catch (error) {
+      page = null;
+    }
+    return () => page && page.removeEventListener("resize", measure);
+  }, [minimum, stretch]);
+  return height;
+}
+
 function Component() {
   const [args, setArgs] = useState(null);
   useEffect(() => {
@@ -571,13 +627,15 @@ function Component() {
     announceReady();
     return () => window.removeEventListener("message", onMessage);
   }, []);
+  const height = useRoomBelow(args ? args.height : 0, Boolean(args && !args.read_only));
+  const sized = useMemo(() => (args && { ...args, height }), [args, height]);
   useEffect(() => {
-    if (args) setFrameHeight(args.height);
-  }, [args && args.height]);
-  if (!args) return null;
+    if (args) setFrameHeight(height);
+  }, [args && height]);
+  if (!sized) return null;
   return (
     <ReactFlowProvider>
-      <Canvas args={args} />
+      <Canvas args={sized} />
     </ReactFlowProvider>
   );
 }
