@@ -55,7 +55,7 @@ def page_run_ms(graph: Graph, event: dict, repeat: int = 10) -> float:
         (Path(home) / "autosave").mkdir()
         (Path(home) / "autosave" / "bench-workspace.json").write_text(dump_graph(graph))
         app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
-        app.query_params["w"] = "bench-workspace"
+        app.query_params["w"] = "bench-workspace-00000001"
         app.run()
         times = []
         for seq in range(repeat):

@@ -112,7 +112,7 @@ def start_app(home: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
 
 def workspace(home: Path, graph: Graph) -> str:
     """A workspace whose autosave holds `graph`: opening ?w=<id> shows it."""
-    wid = f"bench{secrets.token_hex(6)}"
+    wid = f"bench{secrets.token_hex(16)}"
     (home / "autosave").mkdir(exist_ok=True)
     (home / "autosave" / f"{wid}.json").write_text(dump_graph(graph))
     return wid

@@ -30,7 +30,8 @@ TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "builder" / "templates"
 DEFAULT_TEMPLATE = "resnet"
 QUERY_KEY = "w"
 LANG_KEY = "lang"
-_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{6,64}")
+_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{22,64}")
+_LEGACY_ID_PATTERN = re.compile(r"[0-9a-f]{16}")
 
 _WORKSPACE = "nb_workspace"
 _HISTORY = "nb_history"
@@ -55,16 +56,43 @@ def home() -> Path:
 def workspace_id() -> str:
     """This session's workspace id, taken from `?w=` or made up, and kept in the URL.
 
-    Only ids of 6-64 letters, digits, '-' or '_' are accepted, because the id names files.
+    The id is the only key to a workspace: whoever has the link can open its graph and read,
+    stop, resume and delete its runs. So ids are 128 random bits (`secrets`); an id a person
+    typed or shortened is refused with a sentence and a new workspace begins. An id of the
+    app's earlier 16 hex digits is still taken where that workspace exists, so no one loses
+    work. Only letters, digits, '-' and '_' ever name a file.
     """
     wid = st.session_state.get(_WORKSPACE)
     if wid is None:
         given = st.query_params.get(QUERY_KEY, "")
-        wid = given if _ID_PATTERN.fullmatch(given) else secrets.token_hex(8)
+        wid = given if accepted_workspace_id(given) else new_workspace_id()
+        if given and wid != given:
+            notify(
+                msg(
+                    "The workspace id in the link is too short or not one NetBuilder made, so it"
+                    " could be guessed; this is a new workspace. Keep its link to come back."
+                )
+            )
         st.session_state[_WORKSPACE] = wid
     if st.query_params.get(QUERY_KEY) != wid:
         st.query_params[QUERY_KEY] = wid
     return wid
+
+
+def new_workspace_id() -> str:
+    return secrets.token_hex(16)  # 128 bits
+
+
+def accepted_workspace_id(given: str) -> bool:
+    """An id as NetBuilder makes them (22 to 64 letters, digits, '-', '_': 128 bits or more
+    when random), or one of the earlier 16-hex-digit ids whose workspace exists."""
+    if _ID_PATTERN.fullmatch(given):
+        return True
+    if _LEGACY_ID_PATTERN.fullmatch(given):
+        return (home() / "autosave" / f"{given}.json").is_file() or (
+            home() / "runs" / given
+        ).is_dir()
+    return False
 
 
 def runs_dir() -> Path:

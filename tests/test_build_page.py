@@ -21,6 +21,7 @@ from compiler.analysis import analyse
 from compiler.gan import discriminator_graph
 from compiler.codegen import generate_source
 from compiler.memory import estimate_memory, format_bytes
+from pages.state import load_template
 from tests.modelkit import chain_graph
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -283,7 +284,7 @@ def test_a_reload_with_the_workspace_id_restores_the_graph(home):
     at = select(open_app(), "head")
     number_field(at, "out_features").set_value(7).run()
     workspace = at.query_params["w"]
-    assert re.fullmatch(r"[0-9a-f]{16}", workspace)
+    assert re.fullmatch(r"[0-9a-f]{32}", workspace)  # 128 bits from secrets
     assert (home / "autosave" / f"{workspace}.json").is_file()
     reloaded = open_app(workspace)
     assert metric(reloaded, "Parameters") == metric(at, "Parameters")
@@ -294,8 +295,27 @@ def test_a_reload_with_the_workspace_id_restores_the_graph(home):
 
 def test_a_workspace_id_that_could_name_another_path_is_replaced(home):
     at = open_app("../../etc/passwd")
-    assert re.fullmatch(r"[0-9a-f]{16}", at.query_params["w"])
+    assert re.fullmatch(r"[0-9a-f]{32}", at.query_params["w"])
     no_exception(at)
+
+
+@pytest.mark.parametrize("typed", ["alice1", "class2026", "0123456789abcdef"])
+def test_a_short_or_typed_workspace_id_is_refused_with_a_sentence(home, typed):
+    at = open_app(typed)
+    no_exception(at)
+    assert at.query_params["w"] != typed
+    assert re.fullmatch(r"[0-9a-f]{32}", at.query_params["w"])
+    assert any("could be guessed; this is a new workspace" in w.value for w in at.warning)
+
+
+def test_an_earlier_16_digit_id_still_opens_its_existing_workspace(home):
+    earlier = "0123456789abcdef"
+    (home / "autosave").mkdir()
+    (home / "autosave" / f"{earlier}.json").write_text(dump_graph(load_template("lenet5")))
+    at = open_app(earlier)
+    assert at.query_params["w"] == earlier
+    assert not at.warning
+    assert metric(at, "Parameters") == f"{torch_param_count(dump_graph(load_template('lenet5'))):,}"
 
 
 def test_an_unreadable_autosave_is_kept_aside_and_reported(home):

@@ -45,7 +45,7 @@ from runtime.sizing import MODEL_BUDGET_ENV, ByteBudgetCache, TooLargeForServer
 from runtime.trainer import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKSPACE = "datalimits01"
+WORKSPACE = "datalimits-workspace-0001"
 MB = 10**6
 CHUNK = bytes(1 << 20)
 

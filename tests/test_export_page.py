@@ -21,7 +21,7 @@ from runtime.runs import create_run
 from runtime.trainer import TrainConfig, load_model_source
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKSPACE = "exportpage01"
+WORKSPACE = "exportpage-workspace-0001"
 LENET = ROOT / "builder" / "templates" / "lenet5.json"
 
 

@@ -114,11 +114,11 @@ def test_the_train_page_names_a_model_too_big_instead_of_building_it(
             ]
         ],
     }
-    autosave = tmp_path / "autosave" / "runspanel01.json"
+    autosave = tmp_path / "autosave" / "runspanel-workspace-0001.json"
     autosave.parent.mkdir(parents=True)
     autosave.write_text(dump_graph(parse_graph(graph)))
     app = AppTest.from_file(str(ROOT / "pages" / "train.py"), default_timeout=60)
-    app.query_params["w"] = "runspanel01"
+    app.query_params["w"] = "runspanel-workspace-0001"
     app.run()
     app.selectbox(key="train-dataset").set_value("digits").run()
     app.button(key="train-start").click().run()

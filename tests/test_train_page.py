@@ -25,7 +25,7 @@ from runtime.runs import create_run, list_runs, read_run, stop_run
 from runtime.trainer import TrainConfig, dataset_for_run
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKSPACE = "trainpage01"
+WORKSPACE = "trainpage-workspace-00001"
 RUN_TIMEOUT_S = 90
 
 
@@ -74,6 +74,11 @@ def shown(app: AppTest) -> str:
         for e in app.get(kind)
     ]
     return re.sub(r"\\(.)", r"\1", "\n".join(str(p) for p in parts))  # Markdown escapes undone
+
+
+def view_control(app: AppTest):
+    """The live view's tabs (keyed per run)."""
+    return next(b for b in app.button_group if str(b.key).startswith("train-view-"))
 
 
 def figure(app: AppTest, title: str) -> dict:
@@ -339,20 +344,39 @@ def test_every_detail_view_draws_its_charts(home):
         ],
     )
     app = open_page(home, tiny_graph())
+    assert view_control(app).options == ["Loss", "Gradients", "Learning rate", "Confusion"]
+    assert view_control(app).value == "Loss" and figure(app, "Loss")
     titles = {
-        "Gradient norms": ["Gradient norms", "Gradient norms by layer"],
-        "Learning rate & speed": ["Learning rate", "Throughput"],
-        "Attention": ["Attention: fc, step 20"],
+        "Gradients": ["Gradient norms", "Gradient norms by layer"],
+        "Learning rate": ["Learning rate", "Throughput"],
+        "Confusion": ["Confusion matrix"],
     }
     for view, expected in titles.items():
-        app.button_group(key="train-view").set_value(view).run()
+        view_control(app).set_value(view).run()
         assert not app.exception
         for title in expected:
             figure(app, title)
+
+
+def test_attention_is_a_tab_only_for_a_model_with_an_attention_layer(home):
+    attention = [[[0.5, 0.5], [0.25, 0.75]]]
+    graph = json.loads((ROOT / "builder" / "templates" / "transformer_encoder.json").read_text())
+    folder = create_run(home / "runs" / WORKSPACE, parse_graph(graph), TrainConfig(dataset="tokens"))
+    log = store.MetricsLog(folder / store.METRICS_FILE)
+    log.write(
+        [
+            {"kind": "attention", "step": step, "node": "attn", "weights": attention}
+            for step in (10, 20)
+        ]
+    )
+    log.close()
+    store.update_status(folder, status="completed", epoch=1, step=20)
+    app = open_page(home, graph)
+    assert "Attention" in view_control(app).options
+    view_control(app).set_value("Attention").run()
+    assert not app.exception
     app.select_slider(key=next(s.key for s in app.select_slider)).set_value(10).run()
-    assert figure(app, "Attention: fc, step 10")
-    app.button_group(key="train-view").set_value("Confusion matrix").run()
-    assert figure(app, "Confusion matrix")
+    assert figure(app, "Attention: attn, step 10")
 
 
 def test_node_ids_in_messages_are_shown_as_text_not_markup(home):
@@ -485,7 +509,7 @@ def test_samples_show_text_the_model_writes_after_the_prompt(home):
     store.update_status(folder, status="completed", epoch=1, step=20)
     trained_weights(folder)
     app = open_page(home, lm)
-    app.button_group(key="train-view").set_value("Samples").run()
+    assert view_control(app).value == "Generated text"  # what a language model makes, first
     assert not app.exception
     app.text_input(key=f"sample-prompt-{folder.name}").set_value("the dog ").run()
     app.slider(key=f"sample-temperature-{folder.name}").set_value(0.0).run()
@@ -500,7 +524,8 @@ def test_samples_show_inputs_beside_reconstructions(home):
     store.update_status(folder, status="completed", epoch=1, step=20)
     trained_weights(folder)
     app = open_page(home, autoencoder_graph())
-    app.button_group(key="train-view").set_value("Samples").run()
+    assert view_control(app).value == "Reconstructions"
+    assert "Confusion" not in view_control(app).options
     assert not app.exception
     spec = figure(app, "Inputs and reconstructions")
     assert len(spec["data"]) == 2 * train.SAMPLE_COUNT
@@ -532,13 +557,40 @@ def test_a_gan_run_shows_both_losses_the_verdicts_and_the_samples(home):
     )
     app = open_page(home, tiny_graph())
     assert not app.exception
-    assert figure(app, "GAN losses") and figure(app, "Discriminator's verdicts")
+    assert view_control(app).options == ["Samples", "Losses"]  # no empty views
     assert figure(app, "Generated samples, step 10")
     shown_metrics = {m.label: m.value for m in app.metric}
     assert shown_metrics["D loss"] == "1.3000" and shown_metrics["G loss"] == "0.8000"
     assert shown_metrics["D(x) / D(G(z))"] == "0.60 / 0.40"
     assert "Val accuracy" not in shown_metrics  # nothing that does not apply to a GAN
-    assert not [b for b in app.button_group if b.key == "train-view"]  # no empty views
+    view_control(app).set_value("Losses").run()
+    assert figure(app, "GAN losses") and figure(app, "Discriminator's verdicts")
+
+
+def test_a_gan_run_s_tiles_state_the_figures_its_summary_states(home):
+    steps = [
+        {"kind": "gan", "step": s, "epoch": 1, "d_loss": 1.0, "g_loss": 1.0, "d_real": real,
+         "d_fake": 0.3}
+        for s, real in ((1, 0.9), (2, 0.5))
+    ]  # fmt: skip
+    epoch = {"kind": "epoch", "epoch": 1, "step": 2, "d_loss": 1.0, "g_loss": 1.0,
+             "d_real": 0.63, "d_fake": 0.3}  # fmt: skip
+    summary = "completed 1 epochs; D(x) 0.63, D(G(z)) 0.30"
+    recorded_run(home, [*steps, epoch], message=summary)
+    app = open_page(home, tiny_graph())
+    assert {m.label: m.value for m in app.metric}["D(x) / D(G(z))"] == "0.63 / 0.30"
+    assert summary in shown(app)
+
+
+def test_a_stopped_run_s_epoch_agrees_with_its_message(home):
+    folder = create_run(home / "runs" / WORKSPACE, parse_graph(tiny_graph()), TrainConfig(epochs=20))
+    store.update_status(
+        folder, status="stopped", epoch=0, step=29,
+        message="stopped at step 29 (epoch 1); resume to continue",
+    )  # fmt: skip
+    app = open_page(home, tiny_graph())
+    assert app.get("progress")[0].proto.text.startswith("epoch 1/20 · step 29")
+    assert app.dataframe[0].value["Epoch"].tolist() == ["1/20"]
 
 
 def test_the_runs_table_reads_in_chinese(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ def open_page(browser: Browser, app_url: str, width: int, height: int, lang: str
     context = browser.new_context(viewport={"width": width, "height": height})
     context.set_default_timeout(30_000)
     page = context.new_page()
-    page.goto(f"{app_url}/?w=e2e{secrets.token_hex(6)}&lang={lang}")
+    page.goto(f"{app_url}/?w=e2e{secrets.token_hex(16)}&lang={lang}")
     expect(canvas(page).locator(".react-flow__node").first).to_be_visible(timeout=40_000)
     return page
 
@@ -339,7 +339,7 @@ def wide_tall_graph() -> Graph:
 def test_a_big_wide_graph_opens_at_its_input_and_still_answers_edits(
     browser: Browser, app_url: str, app_home: Path
 ):
-    workspace = f"e2ebig{secrets.token_hex(6)}"
+    workspace = f"e2ebig{secrets.token_hex(16)}"
     (app_home / "autosave").mkdir(exist_ok=True)
     (app_home / "autosave" / f"{workspace}.json").write_text(dump_graph(wide_tall_graph()))
     context = browser.new_context(viewport={"width": 1280, "height": 720})
