@@ -28,6 +28,7 @@ from runtime.datasets import Dataset
 from runtime.loop import Diverged, GanHooks, GanLoop, GanStep, Progress
 from runtime.settings import TrainConfig
 from runtime.trainer import (
+    CheckpointError,
     RunResult,
     Stopped,
     TrainingFault,
@@ -39,6 +40,7 @@ from runtime.trainer import (
 
 DISCRIMINATOR_FILE = "discriminator.py"
 DISCRIMINATOR_WEIGHTS = "discriminator.pt"
+GAN_RESUME_PARTS = ("generator", "discriminator", "g_optimizer", "d_optimizer", "progress", "rng")
 FLUSH_SECONDS = 0.5
 SAMPLE_SECONDS = 3.0  # a new grid of generated samples at most this often (and every epoch)
 SAMPLE_COUNT = 16
@@ -182,14 +184,35 @@ class GanTrainer(GanHooks):
         store.write_atomic(folder / store.WEIGHTS_FILE, lambda file: torch.save(generator, file))
         store.write_atomic(folder / DISCRIMINATOR_WEIGHTS, lambda file: torch.save(judge, file))
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: dict[str, Any], name: str = store.STATE_FILE) -> None:
+        """Both players, their optimizers, the progress and the random state; a checkpoint
+        that lacks one, or does not fit, is named in a sentence (CheckpointError)."""
+        for part in GAN_RESUME_PARTS:  # name the first that is missing
+            if not isinstance(state, dict) or state.get(part) is None:
+                raise CheckpointError(
+                    msg(
+                        "checkpoint {file} has no {part}, which resuming needs",
+                        file=name,
+                        part=part,
+                    )
+                )
         loop = self.loop
-        loop.generator.load_state_dict(state["generator"])
-        loop.discriminator.load_state_dict(state["discriminator"])
-        loop.g_optimizer.load_state_dict(state["g_optimizer"])
-        loop.d_optimizer.load_state_dict(state["d_optimizer"])
-        loop.progress = Progress(**state["progress"])
-        torch.set_rng_state(state["rng"].cpu())
+        try:
+            loop.generator.load_state_dict(state["generator"])
+            loop.discriminator.load_state_dict(state["discriminator"])
+            loop.g_optimizer.load_state_dict(state["g_optimizer"])
+            loop.d_optimizer.load_state_dict(state["d_optimizer"])
+            loop.progress = Progress(**state["progress"])
+            torch.set_rng_state(state["rng"].cpu())
+        except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            reason = str(exc).strip().splitlines()[0][:200]
+            raise CheckpointError(
+                msg(
+                    "checkpoint {file} does not fit this graph and config ({reason})",
+                    file=name,
+                    reason=reason,
+                )
+            ) from None
 
     # -- the run ---------------------------------------------------------------------------
 

@@ -303,3 +303,20 @@ def test_a_checkpoint_without_its_random_state_fails_with_a_sentence(tmp_path: P
     assert result.status == "failed"
     assert result.message == "checkpoint state.pt has no rng, which resuming needs"
     assert read_run(tmp_path, folder.name).message == result.message
+
+
+def test_a_gan_checkpoint_without_its_random_state_fails_with_a_sentence(tmp_path: Path):
+    pair = load_graph((Path(__file__).parent / "data" / "mlp_gan.json").read_text())
+    folder = create_run(tmp_path, pair, TrainConfig(dataset="digits", epochs=3, batch_size=64))
+    (folder / store.STOP_FILE).touch()
+    assert train_run(folder).status == "stopped"
+    (folder / store.STOP_FILE).unlink()
+    state_file = folder / store.CHECKPOINT_DIR / store.STATE_FILE
+    state = torch.load(state_file, weights_only=True)
+    del state["rng"]
+    torch.save(state, state_file)
+    store.update_status(folder, status="stopped")
+
+    result = train_run(folder)
+    assert result.status == "failed"
+    assert result.message == "checkpoint state.pt has no rng, which resuming needs"
