@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from builder.catalog import CATALOG, param_problem
-from i18n import Message, msg
+from i18n import N_, Message, msg
 
 FORMAT = "netbuilder.graph/1"
 MAX_FILE_BYTES = 2_000_000
@@ -184,10 +184,52 @@ def dump_graph(graph: Graph) -> str:
     return json.dumps(graph.model_dump(mode="json", exclude_none=True), indent=2) + "\n"
 
 
+# pydantic's error types a graph file meets, in the reader's language (its own words are English)
+_PYDANTIC_PROBLEMS = {
+    "missing": N_("this field is required"),
+    "extra_forbidden": N_("this field is not part of the format"),
+    "string_type": N_("must be text"),
+    "list_type": N_("must be a list"),
+    "dict_type": N_("must be an object"),
+    "model_type": N_("must be an object"),
+    "model_attributes_type": N_("must be an object"),
+    "int_type": N_("must be a whole number"),
+    "int_parsing": N_("must be a whole number"),
+    "int_from_float": N_("must be a whole number"),
+    "float_type": N_("must be a number"),
+    "float_parsing": N_("must be a number"),
+    "bool_type": N_("must be true or false"),
+    "bool_parsing": N_("must be true or false"),
+}
+
+
+def _pydantic_problem(error: Any) -> Message:
+    """One pydantic error as a Message: a known type in words of ours, a validator's own
+    sentence (N_-marked where it is raised) translated where known."""
+    known = _PYDANTIC_PROBLEMS.get(error["type"])
+    if known is not None:
+        return msg(known)
+    return msg(error["msg"].removeprefix("Value error, "))
+
+
+def os_reason(exc: OSError) -> Message:
+    """Why a file could not be read, in the reader's language (strerror is English)."""
+    if isinstance(getattr(exc, "message", None), Message):
+        return exc.message  # type: ignore[attr-defined]
+    reasons = {
+        errno.ENOENT: N_("no such file or folder"),
+        errno.EACCES: N_("permission denied"),
+        errno.EISDIR: N_("it is a folder, not a file"),
+        errno.ENOTDIR: N_("a part of the path is not a folder"),
+    }
+    known = reasons.get(exc.errno or 0)
+    return msg(known) if known else msg("{problem}", problem=exc.strerror or str(exc))
+
+
 def _describe_graph_error(exc: ValidationError) -> Message:
     first = exc.errors()[0]
     where = ".".join(str(part) for part in first["loc"]) or "file"
-    problem = first["msg"].removeprefix("Value error, ")
+    problem = _pydantic_problem(first)
     if exc.error_count() > 1:
         return msg(
             "{where}: {problem} ({count} problems)",

@@ -20,6 +20,7 @@ from builder.graph import (
     GraphFormatError,
     dump_graph,
     graph_schema,
+    os_reason,
     read_file_bounded,
     read_graph_file,
 )
@@ -42,8 +43,7 @@ def read_graph(path: str) -> Graph:
 
 
 def cannot_read(path: str, exc: OSError) -> Message:
-    reason = getattr(exc, "message", None) or exc.strerror or str(exc)
-    return msg("cannot read {path}: {reason}", path=path, reason=reason)
+    return msg("cannot read {path}: {reason}", path=path, reason=os_reason(exc))
 
 
 def check(args: argparse.Namespace) -> int:
@@ -219,9 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc.text.render(args.lang)}", file=sys.stderr)
         return 2
     except OSError as exc:  # writing the output
-        problem = msg(
-            "cannot write {path}: {reason}", path=exc.filename, reason=exc.strerror or str(exc)
-        )
+        problem = msg("cannot write {path}: {reason}", path=exc.filename, reason=os_reason(exc))
         print(f"error: {problem.render(args.lang)}", file=sys.stderr)
         return 2
     except Exception as exc:  # a bug of ours: still one line, never a traceback

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from pydantic import ValidationError
 
 import i18n
-from builder.graph import GraphFormatError, load_graph
+from builder.graph import GraphFormatError, os_reason, read_graph_file
 from i18n import Message, msg
 from runtime import runs, store
 from runtime.datasets import BUILTIN_DATASETS
@@ -108,9 +108,9 @@ def _fail(message: Message | str, code: int) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     try:
-        graph = load_graph(args.graph.read_bytes())
+        graph = read_graph_file(args.graph)  # bounded: /dev/zero or a FIFO is refused at once
     except OSError as exc:
-        return _fail(msg("cannot read {path}: {reason}", path=args.graph, reason=exc.strerror), 2)
+        return _fail(msg("cannot read {path}: {reason}", path=args.graph, reason=os_reason(exc)), 2)
     except GraphFormatError as exc:
         return _fail(msg("{path}: {problem}", path=args.graph, problem=exc.text), 2)
     upload = Path(args.dataset)
@@ -152,7 +152,7 @@ def _train(args: argparse.Namespace) -> int:
             msg(
                 "cannot write the run folder in {folder}: {reason}",
                 folder=args.runs,
-                reason=exc.strerror or exc,
+                reason=os_reason(exc),
             ),
             2,
         )

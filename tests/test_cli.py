@@ -257,3 +257,24 @@ def test_runtime_speaks_chinese_with_lang_zh_and_english_with_lang_en(tmp_path: 
     assert "completed" in english.stdout and "epoch 2/2, step 46" in english.stdout
     empty = run("runs", "--runs", str(tmp_path / "none"), "--lang", "zh", module="runtime")
     assert empty.stdout.strip() == f"{tmp_path / 'none'} 中没有运行"
+
+
+@pytest.mark.parametrize(
+    "module, args",
+    [
+        ("compiler", ["check", "/no/such/graph.json"]),
+        ("runtime", ["train", "/no/such/graph.json", "--dataset", "digits"]),
+    ],
+)
+def test_a_missing_file_is_named_in_chinese_with_no_english_left(module, args):
+    done = run(*args, "--lang", "zh", module=module)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: 无法读取 /no/such/graph.json：没有这个文件或文件夹"
+
+
+def test_a_graph_without_nodes_is_named_in_chinese(tmp_path: Path):
+    path = write(tmp_path, json.dumps({"format": "netbuilder.graph/1", "name": "x", "edges": []}))
+    done = run("check", path, "--lang", "zh")
+    assert done.returncode == 2
+    assert "nodes：此字段必填" in done.stderr
+    assert "Field required" not in done.stderr
