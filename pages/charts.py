@@ -196,7 +196,9 @@ def loss_figure(series: RunSeries) -> go.Figure:
         if not np.isnan(values).all():
             colour = PALETTE[0] if key == "train_loss" else PALETTE[1]
             fig.add_trace(_line(epoch_steps, values, name, colour, dash=dash, mode="lines+markers"))
-    return _layout(fig, _("Loss"), _("step"), _("loss"))
+    fig = _layout(fig, _("Loss"), _("step"), _("loss"))
+    fig.update_layout(meta="loss")  # how a browser test and the benchmark find this chart
+    return fig
 
 
 def accuracy_figure(series: RunSeries) -> go.Figure:
@@ -305,6 +307,25 @@ def gan_loss_figure(series: RunSeries) -> go.Figure:
     return _layout(fig, _("GAN losses"), _("step"), _("loss"))
 
 
+GAN_FIGURES = ("d_loss", "g_loss", "d_real", "d_fake")
+
+
+def gan_epoch_means(series: RunSeries) -> Record:
+    """Both losses, D(x) and D(G(z)) as the run's summary states them: the mean over the latest
+    epoch (its epoch record once it has ended, the same figure the summary quotes; the mean of
+    its steps so far while it runs), with that epoch's number. Empty before the first step."""
+    if not series.gan:
+        return {}
+    last = series.gan[-1]
+    ended = [r for r in series.epochs if "d_real" in r]
+    if ended and ended[-1].get("step", -1) >= last["step"]:
+        return {key: ended[-1].get(key) for key in ("epoch", *GAN_FIGURES)}
+    epoch = last.get("epoch")
+    steps = [r for r in series.gan if r.get("epoch") == epoch]
+    means = {key: float(np.nanmean(column(steps, key))) for key in GAN_FIGURES}
+    return {"epoch": epoch, **means}
+
+
 def gan_verdict_figure(series: RunSeries) -> go.Figure:
     """D(x) and D(G(z)): the probability the discriminator gives real and generated samples."""
     if not series.gan:
@@ -360,8 +381,25 @@ def lr_figure(series: RunSeries) -> go.Figure:
     """The learning rate the optimizer actually used at each step (shows warm-up and schedule)."""
     if not series.steps:
         return _empty(_("Learning rate"), _("waiting for the first step"))
-    line = _line(column(series.steps, "step"), column(series.steps, "lr"), "lr", PALETTE[2])
-    return _layout(go.Figure(line), _("Learning rate"), _("step"), "lr")
+    rates = column(series.steps, "lr")
+    line = _line(column(series.steps, "step"), rates, "lr", PALETTE[2])
+    fig = _layout(go.Figure(line), _("Learning rate"), _("step"), "lr")
+    axis = constant_range(rates)
+    if axis is not None:
+        fig.update_yaxes(range=axis, tickformat="g")
+    return fig
+
+
+def constant_range(values: np.ndarray) -> list[float] | None:
+    """An axis around a series that never changes (plotly's own would be -0.5..1 for 0.001,
+    which reads as zero): its value in the middle, half of it above and below; None when the
+    series varies or has no finite value."""
+    finite = values[np.isfinite(values)]
+    if not len(finite) or finite.min() != finite.max():
+        return None
+    value = float(finite[0])
+    half = abs(value) / 2 or 1.0
+    return [value - half, value + half]
 
 
 def throughput_figure(series: RunSeries) -> go.Figure:

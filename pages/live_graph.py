@@ -162,13 +162,14 @@ def canvas_height(graph: Graph) -> int:
     return min(max(rows * 62 + 60, MIN_HEIGHT), MAX_HEIGHT)
 
 
-def render(graph: Graph, series: RunSeries, key: str) -> None:
-    """Draw the live canvas, its alarms and its legend.
+def render(graph: Graph, series: RunSeries, key: str, coloured: bool = True) -> None:
+    """Draw the live canvas, its alarms and its legend; `coloured=False` for a run that records
+    no gradient norms (a GAN pair): the plain graph, without the legend of colours.
 
     The canvas keeps the view the person chose: it fits the graph once, as it mounts, and a new
     report only recolours the nodes (its version changes when a report changed them).
     """
-    report = node_health(series)
+    report = node_health(series) if coloured else {}
     state = live_state(graph, report)
     signature = json.dumps([state["nodes"], state["edges"]], sort_keys=True)
     graph_canvas(
@@ -186,6 +187,8 @@ def render(graph: Graph, series: RunSeries, key: str) -> None:
     for node, health in report.items():
         for alarm in health.alarms:
             st.error(f"{markdown_literal(node)}: {alarm}", icon=":material/warning:")
+    if not coloured:
+        return
     st.caption(
         _(
             "Each layer is coloured by its gradient norm on a log scale: dark purple for tiny"

@@ -8,6 +8,7 @@ runtime is guarded: whatever goes wrong reaches the page as a sentence, never as
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import re
@@ -23,8 +24,9 @@ import streamlit as st
 import torch
 from pydantic import ValidationError
 
+from builder import edit
 from builder.graph import Graph, GraphFormatError, load_graph
-from compiler.analysis import Analysis, analyse
+from compiler.analysis import Analysis, analyse, loss_of
 from compiler.gan import check_pair, discriminator_graph
 from compiler.memory import estimate_memory
 from i18n import N_, Message, _, msg, translate
@@ -40,12 +42,15 @@ from runtime.datasets import (
     Dataset,
     DatasetError,
     DatasetTooLarge,
+    KINDS,
     available_datasets,
     check_builtin_size,
     check_compatibility,
+    compatibility_fix,
     data_budget,
     load_dataset,
 )
+from runtime.loop import CONFUSION_MAX_CLASSES
 from runtime.metrics import generate_text, reconstruct
 from runtime.runs import ACTIVE as TRAINER_ACTIVE
 from runtime.runs import (
@@ -70,6 +75,7 @@ log = logging.getLogger(__name__)
 
 TABLE_REFRESH_S = 2.0
 REFRESH_S = 0.5  # with the trainer flushing every 0.5 s, a step reaches the chart within 1 s
+FIRST_POINT_REFRESH_S = 0.15  # until a started run's first step is drawn, look more often
 ACTIVE = frozenset({*TRAINER_ACTIVE, "stopping"})  # a stopping run still writes metrics
 STATUS_COLOURS = {
     "queued": "gray", "running": "blue", "stopping": "orange", "stopped": "gray",
@@ -86,13 +92,18 @@ OPTIMIZERS = {
 }
 SCHEDULES = {"constant": N_("constant"), "step": N_("step decay"), "cosine": N_("cosine")}
 TARGETS = {"label": N_("Predict the labels"), "input": N_("Reproduce the input")}
-VIEWS = (
-    N_("Gradient norms"),
-    N_("Learning rate & speed"),
-    N_("Attention"),
-    N_("Confusion matrix"),
-    N_("Samples"),
-)
+# The live view's tabs; a run is shown only those it has something for (detail_views).
+LOSS_VIEW = N_("Loss")
+TEXT_VIEW = N_("Generated text")
+RECONSTRUCTION_VIEW = N_("Reconstructions")
+GRADIENT_VIEW = N_("Gradients")
+SPEED_VIEW = N_("Learning rate")
+ATTENTION_VIEW = N_("Attention")
+CONFUSION_VIEW = N_("Confusion")
+SAMPLES_VIEW = N_("Samples")
+GAN_LOSS_VIEW = N_("Losses")
+ATTENTION_TYPES = ("MultiheadAttention", "TransformerEncoderLayer")
+CLASSIFICATION_LOSSES = ("cross_entropy", "nll")
 SAMPLE_COUNT = 6  # reconstructions shown side by side
 SAMPLE_CHARACTERS = 200
 
@@ -109,6 +120,8 @@ _BUILTIN = "train-builtin-choice"
 _TARGETS_CHOSEN = "train-targets-chosen"  # {graph's natural target: the target last chosen}
 _TARGET = "train-target-used"  # what this run of the page trains towards ("label" for a pair)
 _MESSAGE = "train-message"
+LIVE_VIEW_KEY = "train-live-view"
+_SCROLL_TO = "train-scroll-to"  # a run just started: bring its live view into sight
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,8 +368,8 @@ def render() -> None:
         with data_column:
             dataset, upload = _dataset_section(analysis)
         with settings_column:
-            config = _hyperparameters(dataset, upload)
-            _start_button(runs_dir, analysis, dataset, upload, config)
+            config, reasons = _hyperparameters(dataset, upload)
+            _start_button(runs_dir, analysis, dataset, upload, config, reasons)
     _runs_section(runs_dir, config)
 
 
@@ -402,9 +415,27 @@ def _dataset_section(analysis: Analysis) -> tuple[Dataset | None, Upload | None]
                 + "\n\n"
                 + "\n".join(f"- {markdown_literal(render_message(p))}" for p in problems)
             )
+            advice = None if pair else compatibility_fix(analysis, dataset, target)
+            if advice is not None and advice.fix is not None:
+                source, linear = advice.fix["between"]
+                st.button(
+                    _("Insert a Flatten between {source} and {node}", source=source, node=linear),
+                    on_click=_apply_fix,
+                    args=(advice.fix,),
+                    icon=":material/auto_fix_high:",
+                    key="train-apply-fix",
+                )
             return None, upload
         st.success(_compatible_text(dataset, "pair" if pair else target))
     return dataset, upload
+
+
+def _apply_fix(fix: dict[str, Any]) -> None:
+    """Apply the compiler's edit to the graph being built (an undo step, as on the Build page)."""
+    try:
+        state.set_graph(edit.apply_fix(state.current_graph(), fix))
+    except edit.EditError as exc:
+        st.session_state[_MESSAGE] = _("The fix no longer applies: {reason}", reason=str(exc))
 
 
 def _learn_to(analysis: Analysis) -> str:
@@ -519,44 +550,114 @@ def _remembered(key: str, value: Any) -> str:
     return widget
 
 
-def _hyperparameters(dataset: Dataset | None, upload: Upload | None) -> TrainConfig | None:
+@dataclass(frozen=True)
+class NumberField:
+    """A number setting: its TrainConfig field, label, step and format; `off` when 0 turns the
+    setting off (TrainConfig then holds None)."""
+
+    name: str
+    label: str
+    step: float | int
+    format: str | None = None
+    off: bool = False
+    help: str | None = None
+
+
+LEFT_FIELDS = (
+    NumberField("epochs", N_("Epochs"), 1),
+    NumberField("batch_size", N_("Batch size"), 16),
+)
+MORE_FIELDS = (
+    NumberField("weight_decay", N_("Weight decay"), 1e-4, "%g"),
+    NumberField("warmup_steps", N_("Warm-up steps"), 10),
+    NumberField("grad_clip", N_("Gradient clip (0 = off)"), 0.1, "%g", off=True),
+    NumberField("seed", N_("Seed"), 1),
+    NumberField("early_stopping_patience", N_("Early stopping patience (0 = off)"), 1, off=True),
+)
+LIMITS = {
+    "greater_than_equal": ("ge", N_("must be at least {limit}")),
+    "less_than_equal": ("le", N_("must be at most {limit}")),
+    "greater_than": ("gt", N_("must be more than {limit}")),
+    "less_than": ("lt", N_("must be less than {limit}")),
+}
+
+
+def setting_value(field: NumberField, value: Any) -> Any:
+    """The widget's number as TrainConfig takes it: 0 of a setting that can be off is None."""
+    return None if field.off and value == 0 else value
+
+
+def setting_problem(name: str, value: Any, off: bool = False) -> Message | None:
+    """Why TrainConfig refuses `value` for field `name`, in words the page renders in the
+    reader's language (the bounds are TrainConfig's own); None when it takes it."""
+    if value is None and not off:
+        return msg("needs a number")
+    try:
+        TrainConfig.model_validate({name: value})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        if off and error["type"] in ("greater_than", "greater_than_equal"):
+            return msg("must be 0 (off) or more")
+        bound, template = LIMITS.get(error["type"], (None, None))
+        if bound is not None and template is not None:
+            return msg(template, limit=_limit_text(error.get("ctx", {}).get(bound)))
+        if error["type"].startswith("int_"):
+            return msg("must be a whole number")
+        return msg("is not a valid value")
+    return None
+
+
+def _limit_text(limit: Any) -> str:
+    """A bound as a person types it: 1, 0.9, 1e+06, 2147483648."""
+    return str(limit) if isinstance(limit, int) else f"{limit:g}"
+
+
+def _number_field(slot: Any, field: NumberField, default: Any) -> tuple[Any, Message | None]:
+    """A number input without Streamlit's own limits (its refusal is an English hover and
+    leaves the old value in use); NetBuilder's reason is shown under the field instead."""
+    value = slot.number_input(
+        translate(field.label),
+        step=field.step,
+        format=field.format,
+        key=_remembered(field.name, default),
+        help=field.help,
+    )
+    problem = setting_problem(field.name, setting_value(field, value), field.off)
+    if problem is not None:
+        slot.markdown(":red[" + markdown_literal(render_message(problem)) + "]")
+    return setting_value(field, value), problem
+
+
+def _hyperparameters(
+    dataset: Dataset | None, upload: Upload | None
+) -> tuple[TrainConfig | None, list[str]]:
+    """The settings as a TrainConfig, or None with the reasons (field: why) it is refused."""
     st.subheader(_("Hyperparameters"))
     defaults = TrainConfig()
     left, middle, right = st.columns(3)
-    optimizer = left.selectbox(
+    values: dict[str, Any] = {}
+    problems: dict[str, Message] = {}
+
+    def number(slot: Any, field: NumberField, default: Any) -> None:
+        values[field.name], problem = _number_field(slot, field, default)
+        if problem is not None:
+            problems[translate(field.label)] = problem
+
+    values["optimizer"] = left.selectbox(
         _("Optimizer"),
         list(OPTIMIZERS),
         format_func=lambda key: translate(OPTIMIZERS[key]),
         key=_remembered("optimizer", defaults.optimizer),
     )
-    lr = middle.number_input(
-        _("Learning rate"),
-        min_value=1e-6,
-        max_value=10.0,
-        format="%g",
-        step=1e-4,
-        key=_remembered("lr", defaults.lr),
-    )
-    schedule = right.selectbox(
+    number(middle, NumberField("lr", N_("Learning rate"), 1e-4, "%g"), defaults.lr)
+    values["schedule"] = right.selectbox(
         _("Schedule"),
         list(SCHEDULES),
         format_func=lambda key: translate(SCHEDULES[key]),
         key=_remembered("schedule", defaults.schedule),
     )
-    epochs = left.number_input(
-        _("Epochs"),
-        min_value=1,
-        max_value=1000,
-        step=1,
-        key=_remembered("epochs", defaults.epochs),
-    )
-    batch_size = middle.number_input(
-        _("Batch size"),
-        min_value=1,
-        max_value=8192,
-        step=16,
-        key=_remembered("batch_size", defaults.batch_size),
-    )
+    number(left, LEFT_FIELDS[0], defaults.epochs)
+    number(middle, LEFT_FIELDS[1], defaults.batch_size)
     devices = available_devices()
     device = right.selectbox(
         _("Device"),
@@ -581,75 +682,50 @@ def _hyperparameters(dataset: Dataset | None, upload: Upload | None) -> TrainCon
             ),
         )
         processes = gpus if every_gpu else 1
-    with st.expander(_("More options")):
+    with st.expander(
+        _("More options"), expanded=any(translate(f.label) in problems for f in MORE_FIELDS)
+    ):
         a, b = st.columns(2)
-        weight_decay = a.number_input(
-            _("Weight decay"),
-            min_value=0.0,
-            max_value=1.0,
-            format="%g",
-            step=1e-4,
-            key=_remembered("weight_decay", defaults.weight_decay),
-        )
-        warmup = b.number_input(
-            _("Warm-up steps"),
-            min_value=0,
-            max_value=100_000,
-            step=10,
-            key=_remembered("warmup_steps", defaults.warmup_steps),
-        )
-        clip = a.number_input(
-            _("Gradient clip (0 = off)"),
-            min_value=0.0,
-            max_value=1e6,
-            format="%g",
-            key=_remembered("grad_clip", defaults.grad_clip or 0.0),
-        )
-        seed = b.number_input(
-            _("Seed"),
-            min_value=0,
-            max_value=2**31 - 1,
-            step=1,
-            key=_remembered("seed", defaults.seed),
-        )
-        patience = a.number_input(
-            _("Early stopping patience (0 = off)"),
-            min_value=0,
-            max_value=1000,
-            key=_remembered("early_stopping_patience", defaults.early_stopping_patience or 0),
-        )
-        val_fraction = b.slider(
+        starts = {
+            "weight_decay": defaults.weight_decay,
+            "warmup_steps": defaults.warmup_steps,
+            "grad_clip": defaults.grad_clip or 0.0,
+            "seed": defaults.seed,
+            "early_stopping_patience": defaults.early_stopping_patience or 0,
+        }
+        for index, field in enumerate(MORE_FIELDS):
+            number(a if index % 2 == 0 else b, field, starts[field.name])
+        values["val_fraction"] = b.slider(
             _("Validation fraction"),
             0.05,
             0.5,
             step=0.05,
             key=_remembered("val_fraction", defaults.val_fraction),
         )
-    values = {
+    values |= {
         "dataset": dataset.name if dataset is not None else defaults.dataset,
         "label_column": upload.label_column if upload else None,
         "target": st.session_state.get(_TARGET, "label"),
-        "optimizer": optimizer,
-        "lr": lr,
-        "schedule": schedule,
-        "epochs": epochs,
-        "batch_size": batch_size,
         "device": device,
         "amp": amp,
         "processes": processes,
-        "weight_decay": weight_decay,
-        "warmup_steps": warmup,
-        "grad_clip": clip or None,
-        "seed": seed,
-        "early_stopping_patience": patience or None,
-        "val_fraction": val_fraction,
     }
+    reasons = [
+        _("{setting} {reason}", setting=label, reason=render_message(problem))
+        for label, problem in problems.items()
+    ]
+    if reasons:
+        return None, reasons
     config, error = guarded(lambda: TrainConfig(**values), _("use these settings"))
     if error:
         st.error(error)
-        return None
-    st.session_state[_CONFIG] = values
-    return config
+        return None, [error]
+    remembered = values | {
+        "grad_clip": values["grad_clip"] or 0.0,
+        "early_stopping_patience": values["early_stopping_patience"] or 0,
+    }
+    st.session_state[_CONFIG] = remembered
+    return config, []
 
 
 def _start_button(
@@ -658,6 +734,7 @@ def _start_button(
     dataset: Dataset | None,
     upload: Upload | None,
     config: TrainConfig | None,
+    reasons: list[str],
 ) -> None:
     ready = analysis.ok and dataset is not None and config is not None
     if st.button(
@@ -667,8 +744,10 @@ def _start_button(
             lambda: start_training(runs_dir, state.current_graph(), config, upload, None),
             _("start the run"),
         )
-        _after_start(run_id, error, compare_with=None)
-    if not ready:
+        _after_start(run_id, error, compare_with=None, rerun=False)
+    if reasons:
+        st.caption(_("Start needs valid settings:") + " " + markdown_literal("; ".join(reasons)))
+    elif not ready:
         st.caption(_("Start needs a valid graph, compatible data and valid settings."))
 
 
@@ -690,14 +769,20 @@ def start_training(
         )
 
 
-def _after_start(run_id: str | None, error: str | None, compare_with: str | None) -> None:
+def _after_start(
+    run_id: str | None, error: str | None, compare_with: str | None, rerun: bool = True
+) -> None:
+    """Watch the new run. Start needs no second run of the page (rerun=False): the runs section
+    is drawn below the button in this very run, so the live view appears a page run sooner."""
     if error:
         st.session_state[_MESSAGE] = error
     else:
         st.session_state[_NEW_RUN] = run_id
+        st.session_state[_SCROLL_TO] = run_id
         if compare_with is not None:
             st.session_state[_COMPARE] = [run_id, compare_with]
-    st.rerun()
+    if rerun or error:
+        st.rerun()
 
 
 def runs_table(runs: list[RunInfo]) -> list[dict[str, Any]]:
@@ -708,7 +793,7 @@ def runs_table(runs: list[RunInfo]) -> list[dict[str, Any]]:
             _("Status"): status_label(run.status),
             _("Dataset"): run.dataset,
             _("Progress"): run.epoch / run.epochs if run.epochs else 0.0,
-            _("Epoch"): f"{run.epoch}/{run.epochs}",
+            _("Epoch"): f"{shown_epoch(run)}/{run.epochs}",
             _("Step"): run.step,
             _("Device"): run.device,
             _("Started"): time.strftime("%H:%M:%S", time.localtime(run.created)),
@@ -741,10 +826,37 @@ def _runs_section(runs_dir: Path, config: TrainConfig | None) -> None:
     )
     _run_controls(runs_dir, by_id[run_id], config, (stop, resume, branch))
     active = by_id[run_id].status in ACTIVE
-    st.fragment(_live_view, run_every=REFRESH_S if active else None)(runs_dir, run_id, active)
+    seen = run_series(runs_dir, run_id)
+    first_point = active and not (seen.steps or seen.gan)
+    every = (FIRST_POINT_REFRESH_S if first_point else REFRESH_S) if active else None
+    with st.container(key=LIVE_VIEW_KEY):
+        st.fragment(_live_view, run_every=every)(runs_dir, run_id, active, first_point)
+    if st.session_state.pop(_SCROLL_TO, None) == run_id:
+        _scroll_into_view(LIVE_VIEW_KEY)
     _compare_section(runs_dir, runs)
     with st.expander(_("Disk use and deleting runs")):
         runs_panel.render(runs_dir)
+
+
+def _scroll_into_view(key: str) -> None:
+    """Bring the keyed container to the top of the window (a run just started: its live view
+    sits below the runs table, out of sight at 1280x720)."""
+    selector = json.dumps(f".st-key-{key}")
+    st.html(
+        f"""<script>
+        (() => {{
+          const give_up = performance.now() + 5000;
+          const look = () => {{
+            const target = document.querySelector({selector});
+            if (target) target.scrollIntoView({{block: "start"}});
+            else if (performance.now() < give_up) requestAnimationFrame(look);
+          }};
+          look();
+        }})();
+        </script>""",
+        unsafe_allow_javascript=True,
+        width="content",
+    )
 
 
 def _runs_list(runs_dir: Path, first: list[RunInfo]) -> None:
@@ -812,7 +924,9 @@ def _run_controls(
         _after_start(run_id, error, compare_with=info.id)
 
 
-def _live_view(runs_dir: Path, run_id: str, was_active: bool) -> None:
+def _live_view(runs_dir: Path, run_id: str, was_active: bool, first_point: bool) -> None:
+    """The watched run, refreshed by its fragment; `first_point`: this fragment refreshes fast
+    until the run's first step is drawn, then the page runs once more to slow it down."""
     info, error = guarded(lambda: read_run(runs_dir, run_id), _("read the run"))
     if error:
         st.error(error)
@@ -827,36 +941,100 @@ def _live_view(runs_dir: Path, run_id: str, was_active: bool) -> None:
     graph = run_graph(info)
     charts_column, graph_column = st.columns([3, 2], gap="medium")
     with charts_column:
-        if series.gan:  # a GAN: both players' losses and the discriminator's verdicts
-            _chart(charts.gan_loss_figure(series), f"gan-loss-{run_id}")
-            _chart(charts.gan_verdict_figure(series), f"gan-verdict-{run_id}")
-            _chart(charts.sample_grid_figure(series), f"gan-samples-{run_id}")
-        else:
-            _chart(charts.loss_figure(series), f"loss-{run_id}")
-            _chart(charts.accuracy_figure(series), f"acc-{run_id}")
-        if not series.gan:  # (a GAN's samples are above; it records no gradient norms)
-            view = st.segmented_control(
-                _("More"),
-                VIEWS,
-                format_func=translate,
-                default=VIEWS[0],
-                key="train-view",
-                label_visibility="collapsed",
-            )
-            order = [n.id for n in graph.nodes] if graph else []
-            _detail_view(view or VIEWS[0], info, series, order)
+        views = detail_views(info, graph, bool(series.gan))
+        key = f"train-view-{run_id}"
+        if st.session_state.get(key) not in views:
+            st.session_state[key] = views[0]
+        view = st.segmented_control(
+            _("Show"),
+            views,
+            format_func=translate,
+            key=key,
+            label_visibility="collapsed",
+            width="stretch",
+        )
+        order = [n.id for n in graph.nodes] if graph else []
+        _detail_view(view or views[0], info, series, order)
     with graph_column:
-        if graph is None:
-            st.info(_("This run's graph file could not be read, so it cannot be drawn."))
-        else:
-            live_graph.render(graph, series, key=f"live-{run_id}")
+        _run_graphs(info, graph, series)
     if series.events:
-        with st.expander(_("Log ({count} events)", count=len(series.events))):
+        with st.expander(log_title(len(series.events))):
             lines = (
                 _("step {step}: {message}", step=e.get("step", "?"), message=event_text(e))
                 for e in series.events[-50:]
             )
             st.text("\n".join(lines))
+    if first_point and (series.steps or series.gan or info.status not in ACTIVE):
+        st.rerun()  # the first point is drawn: refresh at the usual pace from now on
+
+
+def log_title(count: int) -> str:
+    """The log expander's title: 'Log · 1 event', 'Log · 3 events'."""
+    return _("Log · 1 event") if count == 1 else _("Log · {count} events", count=count)
+
+
+def detail_views(info: RunInfo, graph: Graph | None, gan: bool) -> list[str]:
+    """The tabs this run has something for, the first shown first: what the model makes
+    (samples of a GAN, text of a language model, reconstructions of an autoencoder), else its
+    loss; attention only for a model with an attention layer, the confusion matrix only for a
+    classifier of one label per sample that the trainer records one for."""
+    if gan:
+        return [SAMPLES_VIEW, GAN_LOSS_VIEW]
+    kind = run_kind(info)
+    made = {"text": [TEXT_VIEW], "reconstruction": [RECONSTRUCTION_VIEW]}.get(kind or "", [])
+    views = [*made, LOSS_VIEW, GRADIENT_VIEW, SPEED_VIEW]
+    types = {node.type for node in graph.nodes} if graph else set()
+    if types & set(ATTENTION_TYPES):
+        views.append(ATTENTION_VIEW)
+    if graph is not None and kind is None and _records_confusion(graph, _run_config(info)):
+        views.append(CONFUSION_VIEW)
+    return views
+
+
+def _records_confusion(graph: Graph, config: TrainConfig | None) -> bool:
+    """The trainer keeps a confusion matrix for one class label per sample and few classes:
+    a classification loss (or auto on class labels) and an output of [classes]."""
+    analysis = analyse(graph)
+    if not analysis.ok or config is None:
+        return False
+    shape = output_shape(analysis)
+    loss = loss_of(analysis).loss
+    labels = KINDS.get(config.dataset, ("classification", None))[0] == "classification"
+    return (
+        len(shape) == 1
+        and 2 <= shape[0] <= CONFUSION_MAX_CLASSES
+        and (loss in CLASSIFICATION_LOSSES or (loss == "auto" and labels))
+    )
+
+
+def _run_graphs(info: RunInfo, graph: Graph | None, series: charts.RunSeries) -> None:
+    """The run's graph, live; a GAN pair's generator and discriminator, uncoloured (a GAN run
+    records no gradient norms), with a caption that says so."""
+    if graph is None:
+        st.info(_("This run's graph file could not be read, so it cannot be drawn."))
+        return
+    if not series.gan and not _is_pair(graph):
+        live_graph.render(graph, series, key=f"live-{info.id}")
+        return
+    judge = discriminator_graph(graph)
+    st.markdown("**" + _("Generator") + "**")
+    live_graph.render(graph, series, key=f"live-{info.id}", coloured=False)
+    if judge is not None:
+        st.markdown("**" + _("Discriminator") + "**")
+        live_graph.render(judge, series, key=f"live-judge-{info.id}", coloured=False)
+    st.caption(
+        _(
+            "A GAN run records both players' losses and D's verdicts, not gradient norms, so"
+            " its layers are not coloured."
+        )
+    )
+
+
+def _is_pair(graph: Graph) -> bool:
+    try:
+        return discriminator_graph(graph) is not None
+    except GraphFormatError:
+        return False
 
 
 def event_text(record: dict[str, Any]) -> str:
@@ -869,10 +1047,21 @@ def _chart(figure: Any, key: str) -> None:
     st.plotly_chart(figure, key=key, config={"displaylogo": False})
 
 
+def shown_epoch(info: RunInfo) -> int:
+    """The epoch a run is in, counted from 1 as its messages count it ("stopped at step 29
+    (epoch 1)"): the epochs done, plus the one under way unless all are done."""
+    if info.status == "completed" or info.epoch >= info.epochs:
+        return info.epoch
+    return info.epoch + 1
+
+
 def _status_line(info: RunInfo, series: charts.RunSeries) -> None:
     done = progress(info, series)
     where = _(
-        "epoch {epoch}/{epochs} · step {step}", epoch=info.epoch, epochs=info.epochs, step=info.step
+        "epoch {epoch}/{epochs} · step {step}",
+        epoch=shown_epoch(info),
+        epochs=info.epochs,
+        step=info.step,
     )
     if done.seconds_left is not None:
         where += " · " + _("about {time} left", time=duration_text(done.seconds_left))
@@ -884,6 +1073,8 @@ def _status_line(info: RunInfo, series: charts.RunSeries) -> None:
         st.error(markdown_literal(message))
     elif message:
         st.caption(markdown_literal(message))
+    if info.status in ACTIVE and not series.steps and not series.gan:
+        st.info(_("Starting: waiting for the first step…"), icon=":material/hourglass_top:")
     if series.gan:  # a GAN: both players' losses and the discriminator's verdicts instead
         _gan_figures(info, series)
         return
@@ -902,15 +1093,21 @@ def _status_line(info: RunInfo, series: charts.RunSeries) -> None:
 
 
 def _gan_figures(info: RunInfo, series: charts.RunSeries) -> None:
-    last = series.gan[-1]
+    """The same figures the run's summary states: means over the latest epoch (see
+    charts.gan_epoch_means), so the tiles and 'completed ...; D(x) 0.63' agree."""
+    means = charts.gan_epoch_means(series)
     d_loss, g_loss, verdicts, device = st.columns(4)
-    d_loss.metric(_("D loss"), _number(last.get("d_loss"), "{:.4f}"))
-    g_loss.metric(_("G loss"), _number(last.get("g_loss"), "{:.4f}"))
-    shown = [_number(last.get(key), "{:.2f}") for key in ("d_real", "d_fake")]
+    d_loss.metric(_("D loss"), _number(means.get("d_loss"), "{:.4f}"))
+    g_loss.metric(_("G loss"), _number(means.get("g_loss"), "{:.4f}"))
+    shown = [_number(means.get(key), "{:.2f}") for key in ("d_real", "d_fake")]
     verdicts.metric(
         "D(x) / D(G(z))",
         " / ".join(shown),
-        help=_("The probability the discriminator gives real and generated samples"),
+        help=_(
+            "The probability the discriminator gives real and generated samples: the mean over"
+            " epoch {epoch}",
+            epoch=means.get("epoch", "–"),
+        ),
     )
     device.metric(_("Device"), info.device or "–")
 
@@ -921,15 +1118,23 @@ def _number(value: Any, pattern: str) -> str:
 
 
 def _detail_view(view: str, info: RunInfo, series: charts.RunSeries, order: list[str]) -> None:
-    if view == VIEWS[0]:
+    if view == LOSS_VIEW:
+        _chart(charts.loss_figure(series), f"loss-{info.id}")
+        _chart(charts.accuracy_figure(series), f"acc-{info.id}")
+    elif view == SAMPLES_VIEW:
+        _chart(charts.sample_grid_figure(series), f"gan-samples-{info.id}")
+    elif view == GAN_LOSS_VIEW:
+        _chart(charts.gan_loss_figure(series), f"gan-loss-{info.id}")
+        _chart(charts.gan_verdict_figure(series), f"gan-verdict-{info.id}")
+    elif view == GRADIENT_VIEW:
         _chart(charts.grad_norm_lines(series, order), f"gradlines-{info.id}")
         _chart(charts.grad_norm_heatmap(series, order), f"gradheat-{info.id}")
-    elif view == VIEWS[1]:
+    elif view == SPEED_VIEW:
         _chart(charts.lr_figure(series), f"lr-{info.id}")
         _chart(charts.throughput_figure(series), f"speed-{info.id}")
-    elif view == VIEWS[2]:
+    elif view == ATTENTION_VIEW:
         _attention_view(info, series)
-    elif view == VIEWS[3]:
+    elif view == CONFUSION_VIEW:
         _chart(charts.confusion_figure(series), f"confusion-{info.id}")
     else:
         _samples_view(info)

@@ -25,8 +25,8 @@ def N_(text: str) -> str:
 
 NOT_READABLE = N_("{file} is not a readable CSV file: {detail}")
 TOO_SMALL = N_(
-    "{file} has {rows} rows and {columns} columns; it needs a header row, at least 2 rows, and"
-    " at least one feature column beside the label column"
+    "{file} holds {rows} × {columns} (sample rows × columns); it needs a header row, at least 2"
+    " sample rows, and at least one feature column beside the label column"
 )
 NO_SUCH_COLUMN = N_("{file} has no column {label}; choose the label column among: {columns}")
 NOT_NUMERIC = N_(
@@ -34,8 +34,8 @@ NOT_NUMERIC = N_(
     " (encode categories as integers, or drop the column)"
 )
 MISSING = N_(
-    "{file}: {rows} row(s) have empty or NaN values in column(s) {columns}; fill them in or"
-    " remove those rows"
+    "{file}: empty or NaN cells in {columns} (rows affected: {rows}); fill them in or remove"
+    " those rows"
 )
 RAGGED = N_("{file}: row {row} has {count} cells but the header names {columns} columns")
 
@@ -111,9 +111,7 @@ def read_csv_table(
         raise CsvError(TOO_SMALL, file=filename, rows=count, columns=len(header))
     text_features = [header[i] for i in bad if i != label_index]
     if text_features:
-        raise CsvError(
-            NOT_NUMERIC, file=filename, columns=", ".join(map(repr, text_features[:5]))
-        )
+        raise CsvError(NOT_NUMERIC, file=filename, columns=", ".join(map(repr, text_features[:5])))
     labels, class_names = _labels(cells[:, label_index], words, label_index in bad)
     empty = np.isnan(cells)
     empty[:, label_index] = [not word for word in words]

@@ -339,3 +339,29 @@ def test_the_sample_grid_shows_the_latest_samples():
     fig = charts.sample_grid_figure(charts.series_from([first, latest]))
     assert len(fig.data) == 4 and np.allclose(fig.data[0].z, 0.5)
     assert fig.layout.title.text == "Generated samples, step 9"
+
+
+def test_a_constant_learning_rate_gets_an_axis_around_its_value():
+    series = charts.series_from(
+        {"kind": "step", "step": s, "loss": 1.0, "lr": 0.001} for s in range(1, 5)
+    )
+    axis = charts.lr_figure(series).layout.yaxis.range
+    assert axis is not None and axis[0] < 0.001 < axis[1] and axis[0] > 0
+    varying = charts.series_from(
+        {"kind": "step", "step": s, "loss": 1.0, "lr": 0.001 * s} for s in range(1, 5)
+    )
+    assert charts.lr_figure(varying).layout.yaxis.range is None
+
+
+def test_gan_figures_are_the_latest_epoch_s_mean_as_the_summary_states_them():
+    steps = [
+        {"kind": "gan", "step": s, "epoch": 1, "d_loss": 1.0, "g_loss": 2.0, "d_real": r,
+         "d_fake": 0.2}
+        for s, r in ((1, 0.9), (2, 0.5))
+    ]  # fmt: skip
+    running = charts.series_from(steps)
+    assert charts.gan_epoch_means(running)["d_real"] == pytest.approx(0.7)
+    ended = {"kind": "epoch", "epoch": 1, "step": 2, "d_loss": 1.0, "g_loss": 2.0,
+             "d_real": 0.63, "d_fake": 0.2}  # fmt: skip
+    assert charts.gan_epoch_means(charts.series_from([*steps, ended]))["d_real"] == 0.63
+    assert charts.gan_epoch_means(charts.series_from([])) == {}

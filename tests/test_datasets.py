@@ -121,7 +121,7 @@ def test_csv_upload_with_a_chosen_fractional_label_is_regression():
     ("text", "label", "message"),
     [
         (b"a,b,c\n1,x,0\n2,y,1\n", None, "'b' are not numeric"),
-        (b"a,b\n1,\n2,1\n", None, "1 row.*NaN.*'b'"),
+        (b"a,b\n1,\n2,1\n", None, "NaN cells in 'b' \\(rows affected: 1\\)"),
         (b"a,b\n1,0\n2,1\n", "c", "no column 'c'.*a, b"),
         (b"a\n1\n2\n", None, "feature column"),
         (b"a,b\n1,-1\n2,3\n", None, "renumber"),

@@ -361,7 +361,9 @@ def test_every_detail_view_draws_its_charts(home):
 def test_attention_is_a_tab_only_for_a_model_with_an_attention_layer(home):
     attention = [[[0.5, 0.5], [0.25, 0.75]]]
     graph = json.loads((ROOT / "builder" / "templates" / "transformer_encoder.json").read_text())
-    folder = create_run(home / "runs" / WORKSPACE, parse_graph(graph), TrainConfig(dataset="tokens"))
+    folder = create_run(
+        home / "runs" / WORKSPACE, parse_graph(graph), TrainConfig(dataset="tokens")
+    )
     log = store.MetricsLog(folder / store.METRICS_FILE)
     log.write(
         [
@@ -583,7 +585,9 @@ def test_a_gan_run_s_tiles_state_the_figures_its_summary_states(home):
 
 
 def test_a_stopped_run_s_epoch_agrees_with_its_message(home):
-    folder = create_run(home / "runs" / WORKSPACE, parse_graph(tiny_graph()), TrainConfig(epochs=20))
+    folder = create_run(
+        home / "runs" / WORKSPACE, parse_graph(tiny_graph()), TrainConfig(epochs=20)
+    )
     store.update_status(
         folder, status="stopped", epoch=0, step=29,
         message="stopped at step 29 (epoch 1); resume to continue",
@@ -630,3 +634,63 @@ def test_all_gpus_is_offered_where_there_are_several_and_sets_one_process_each(h
     assert app.session_state["train-config"]["processes"] == 4
     app.selectbox(key="train-device").set_value("cpu").run()  # CPU processes: not offered
     assert app.session_state["train-config"]["processes"] == 1
+
+
+def test_a_conv_stack_without_its_flatten_is_offered_the_flatten_in_one_click(home):
+    lenet = json.loads((ROOT / "builder" / "templates" / "lenet5.json").read_text())
+    lenet["nodes"] = [n for n in lenet["nodes"] if n["id"] != "flatten"]
+    lenet["edges"] = [e for e in lenet["edges"] if "flatten" not in (e["source"], e["target"])]
+    lenet["edges"].append({"source": "s4", "target": "f5"})
+    app = open_page(home, lenet)
+    app.selectbox(key="train-dataset").set_value("digits-28").run()
+    assert "insert a Flatten between 's4' and 'f5'" in shown(app)
+    assert "out_features" not in shown(app) and app.button(key="train-start").disabled
+    app.button(key="train-apply-fix").click().run()
+    assert not app.exception
+    assert "Compatible: 1,797 samples of [1, 28, 28]" in shown(app)
+    assert not app.button(key="train-start").disabled
+
+
+def test_a_rejected_setting_is_explained_beside_it_and_start_waits(home):
+    reason = "Epochs must be at least 1"
+    app = open_page(home, tiny_graph())
+    app.number_input(key="train-epochs").set_value(-3).run()
+    assert not app.exception
+    markdown = " ".join(re.sub(r"\\(.)", r"\1", m.value) for m in app.markdown)
+    assert reason.split(" ", 1)[1] in markdown  # beside the field: its reason alone
+    assert reason in shown(app) and app.button(key="train-start").disabled
+    app.number_input(key="train-epochs").set_value(3).run()
+    assert not app.button(key="train-start").disabled
+
+
+def test_a_setting_s_reason_comes_from_trainconfig_s_own_bounds():
+    assert train.setting_problem("epochs", -3).render("en") == "must be at least 1"
+    assert train.setting_problem("lr", 0.0).render("en") == "must be more than 0"
+    assert train.setting_problem("seed", 2**31).render("en") == "must be less than 2147483648"
+    assert (
+        train.setting_problem("grad_clip", -1.0, off=True).render("en") == "must be 0 (off) or more"
+    )
+    assert train.setting_problem("epochs", 3) is None
+    assert train.setting_problem("epochs", -3).render("zh") == "必须至少为 1"
+
+
+def test_the_log_counts_its_events_in_words():
+    assert train.log_title(1) == "Log · 1 event" and train.log_title(3) == "Log · 3 events"
+
+
+def test_start_watches_the_new_run_in_the_same_page_run_and_asks_to_scroll_to_it(home, monkeypatch):
+    started = []
+
+    def fake_start(*args, **kwargs) -> str:
+        folder = create_run(home / "runs" / WORKSPACE, parse_graph(tiny_graph()), TrainConfig())
+        started.append(folder.name)
+        return folder.name
+
+    monkeypatch.setattr(runtime.runs, "start_run", fake_start)
+    app = open_page(home, tiny_graph())
+    app.button(key="train-start").click().run()
+    assert not app.exception and started
+    assert app.selectbox(key="train-run").value == started[0]
+    scripts = [h for h in app.get("html") if "scrollIntoView" in str(h.proto)]
+    assert scripts and train.LIVE_VIEW_KEY in str(scripts[0].proto)
+    assert "waiting for the first step" in shown(app)
