@@ -11,7 +11,7 @@ import streamlit as st
 
 import i18n
 from i18n import N_, _
-from pages import state
+from pages import state, widgets
 from runtime.launcher import warm_up
 
 PAGES_DIR = Path(__file__).resolve().parent / "pages"
@@ -35,6 +35,7 @@ st.html(STYLE)  # every page: a small top gap; toasts at the bottom, off the too
 state.workspace_id()
 i18n.use_resolver(state.session_language)  # every page, fragment and callback of this session
 state.language()
+st.html(widgets.global_style())  # Streamlit's own widget words in the reader's language
 warm_up()  # the trainers' forkserver loads torch and the data now: Start is quick later
 
 

@@ -18,7 +18,7 @@ from typing import Any, Literal, NamedTuple
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic import ValidationError
 
-from builder.catalog import CATALOG, describe_param_errors, fitting_divisor
+from builder.catalog import CATALOG, fitting_divisor, param_problem
 from builder.graph import FORMAT, Edge, Graph, Node
 from builder.layout import CANVAS_ORIGIN, COLUMN_WIDTH, ROW_HEIGHT
 from i18n import Message, msg
@@ -497,8 +497,11 @@ def typed_value(layer_type: str, params: Mapping[str, Any], name: str, value: An
     return value
 
 
-def check_param(layer_type: str, params: Mapping[str, Any], name: str, value: Any) -> str | None:
-    """None when params with name=value validate, else the readable reason (nothing is changed)."""
+def check_param(
+    layer_type: str, params: Mapping[str, Any], name: str, value: Any
+) -> Message | None:
+    """None when params with name=value validate, else the reason, to render in the reader's
+    language (nothing is changed)."""
     model = CATALOG[layer_type].params
     candidate = {**params, name: value}
     if value is UNSET:
@@ -506,5 +509,5 @@ def check_param(layer_type: str, params: Mapping[str, Any], name: str, value: An
     try:
         model.model_validate(candidate)
     except ValidationError as exc:
-        return describe_param_errors(model, exc, candidate)
+        return param_problem(model, exc, candidate)
     return None

@@ -26,7 +26,7 @@ from builder.graph import MAX_FILE_BYTES, MAX_NODES, Graph, GraphFormatError, du
 from builder.layout import needs_layout, with_layout
 from compiler.analysis import Analysis, Diagnostic, NodeInfo
 from compiler.memory import estimate_memory, format_bytes
-from pages import canvas, state
+from pages import canvas, state, widgets
 from pages.flow_canvas import graph_canvas
 from runtime import import_job
 
@@ -582,6 +582,7 @@ def toolbar(graph: Graph) -> None:
             on_change=_open_file,
             max_upload_size=max(1, MAX_FILE_BYTES // 1_000_000),
         )
+        widgets.uploader_note("nb_open_", max(1, MAX_FILE_BYTES // 1_000_000), ["json", "py"])
         if allowed:
             st.text_input(
                 _("Input shape for a .py file"),
@@ -665,10 +666,22 @@ def _si(number: int) -> str:
 
 
 def problems(analysis: Analysis) -> None:
-    """Every diagnostic, errors first, each with its one-click fix where the compiler has one."""
+    """Every diagnostic, errors first, each with its one-click fix where the compiler has one;
+    a typed value that was refused is said here too, so the header never claims all is well
+    while a field shows a value the graph does not have."""
     found = sorted(analysis.diagnostics, key=lambda d: d.severity != "error")
+    refused = len(_param_errors())
+    if refused:
+        st.warning(
+            _(
+                "A value you typed was not applied (the reason is beside its field); the graph"
+                " keeps the previous value.",
+            ),
+            icon=":material/edit_off:",
+        )
     if not found:
-        st.success(_("No problems: every shape fits."), icon=":material/check_circle:")
+        if not refused:
+            st.success(_("No problems: every shape fits."), icon=":material/check_circle:")
         return
     with st.container(border=True, height=340 if len(found) > 3 else "content"):
         st.markdown("**" + _("Problems ({count})", count=len(found)) + "**")
@@ -793,17 +806,13 @@ def param_form(node: Any) -> None:
             st.number_input(
                 field.name,
                 value=current if isinstance(current, int) else None,
-                step=1,
-                min_value=_int_or_none(field.minimum),
-                max_value=_int_or_none(field.maximum),
-                **common,
+                step=1,  # no min/max here: Streamlit would refuse in English, on hover only;
+                **common,  # the catalog's range is checked by _set_param and said beside it
             )
         elif field.kind == "float":
             st.number_input(
                 field.name,
                 value=float(current) if isinstance(current, int | float) else None,
-                min_value=_float_or_none(field.minimum),
-                max_value=_float_or_none(field.maximum),
                 step=0.01 if (field.maximum or 2) <= 1 else 0.1,
                 format="%g",
                 **common,
@@ -818,14 +827,6 @@ def param_form(node: Any) -> None:
         problem = errors.get((node.id, field.name))
         if problem:
             st.error(_md(i18n.render(problem)), icon=":material/error:")
-
-
-def _int_or_none(value: float | None) -> int | None:
-    return None if value is None else int(value)
-
-
-def _float_or_none(value: float | None) -> float | None:
-    return None if value is None else float(value)
 
 
 def layer_table(analysis: Analysis) -> None:

@@ -168,6 +168,29 @@ def test_an_import_shape_that_is_no_shape_is_named_and_nothing_is_imported(
     assert _current_graph(at) == before
 
 
+@pytest.mark.parametrize("lang, words", [("en", "must be"), ("zh", "必须")])
+def test_a_number_out_of_range_is_refused_beside_the_field_in_the_readers_language(
+    home, lang, words
+):
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.query_params["lang"] = lang
+    at = at.run()
+    layer = next(s for s in at.selectbox if s.label == i18n.translate("Layer", lang))
+    at = layer.set_value("head").run()
+    before = _current_graph(at)
+    number_field(at, "out_features").set_value(-5).run()
+    no_exception(at)
+    assert any(words in e and "out_features" in e for e in errors(at)), errors(at)
+    assert _current_graph(at) == before
+    refused = i18n.translate(
+        "A value you typed was not applied (the reason is beside its field); the graph keeps"
+        " the previous value.",
+        lang,
+    )
+    assert [w.value for w in at.warning] == [refused]
+    assert not at.success  # never "No problems" beside a refused value
+
+
 def test_an_impossible_shape_turns_the_node_red_with_the_compiler_message(home):
     at = select(open_app(), "stem")
     text_field(at, "kernel_size").input("20").run()

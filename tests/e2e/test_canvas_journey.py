@@ -438,3 +438,28 @@ def test_no_palette_name_is_cut(browser: Browser, app_url: str, lang: str):
         page.screenshot(path=str(ARTIFACTS / f"palette-{lang}.png"))
     finally:
         page.context.close()
+
+
+def test_the_uploader_speaks_chinese(browser: Browser, app_url: str):
+    """Streamlit writes "Upload" and "2MB per file • JSON, PY" in English only: in Chinese the
+    page shows its own words there, to the eye and to a screen reader."""
+    page = open_page(browser, app_url, 1280, 720, "zh")
+    try:
+        settled(page)
+        tool(page, "nb_open_popover").click()
+        zone = page.get_by_test_id("stFileUploaderDropzone")
+        expect(zone).to_be_visible()
+        expect(zone.locator("button")).to_have_accessible_name("上传")
+        shown = zone.evaluate(
+            """z => [...z.querySelectorAll('*')].filter(e => e.offsetParent !== null)
+                 .map(e => e.childNodes.length && [...e.childNodes]
+                   .filter(n => n.nodeType === 3).map(n => n.textContent).join('')
+                   + getComputedStyle(e, '::after').content.replace(/^"|"$/g, ''))
+                 .join(' ')"""
+        )
+        assert "上传" in shown and "每个文件最多 2 MB" in shown, shown
+        assert "Upload" not in shown and "per file" not in shown, shown
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "uploader-zh.png"))
+    finally:
+        page.context.close()
