@@ -11,17 +11,26 @@ Set NETBUILDER_HOME to keep autosave/ and runs/ somewhere other than the reposit
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 
 import i18n
 from builder import edit
 from i18n import Message, msg
-from builder.graph import Graph, GraphFormatError, dump_graph, load_graph
+from builder.graph import (
+    Graph,
+    GraphFormatError,
+    dump_graph,
+    load_graph,
+    parse_graph,
+    read_file_bounded,
+)
 from builder.layout import needs_layout, with_layout
 from compiler.analysis import Analysis, analyse
 from compiler.gan import DISCRIMINATOR, check_pair, discriminator_graph, with_discriminator
@@ -42,7 +51,9 @@ _SELECTED_EDGE = "nb_selected_edge"
 _NOTICE = "nb_notice"
 _LANGUAGE = "nb_language"
 _PART = "nb_part"  # which graph of a GAN pair the Build page edits
-_JUDGE = "nb_judge"  # (graph version, (the pair's discriminator, its analysis))
+_JUDGE = "nb_judge"
+_DUMPS = "nb_history_dumps"  # id(graph) -> (graph, its JSON): each step is dumped once
+HISTORY_BYTES = 1_000_000  # the undo and redo steps kept across a reload, nearest first  # (graph version, (the pair's discriminator, its analysis))
 
 GENERATOR = "generator"  # also a plain graph's one and only part
 PARTS = (GENERATOR, DISCRIMINATOR)
@@ -122,10 +133,65 @@ def load_template(name: str) -> Graph:
 def _history() -> edit.History:
     history = st.session_state.get(_HISTORY)
     if history is None:
-        history = edit.History(_restore())
+        history = _restore_history(_restore())
         st.session_state[_HISTORY] = history
         st.session_state[_VERSION] = 0
     return history
+
+
+def history_path() -> Path:
+    return home() / "autosave" / f"{workspace_id()}.history.json"
+
+
+def _restore_history(present: Graph) -> edit.History:
+    """The undo and redo steps saved beside the autosave, where they still lead to the graph
+    restored (a file from another version of the graph is ignored: its steps would not fit)."""
+    try:
+        saved = json.loads(read_file_bounded(history_path(), HISTORY_BYTES * 4))
+        if not isinstance(saved, dict) or saved.get("present") != _graph_json(present):
+            return edit.History(present)
+        past = tuple(parse_graph(g) for g in saved.get("past", []))
+        future = tuple(parse_graph(g) for g in saved.get("future", []))
+    except (OSError, ValueError, RecursionError):  # none yet, or unreadable: no steps
+        return edit.History(present)
+    return edit.History(present, past, future)
+
+
+def _save_history(history: edit.History) -> None:
+    """The undo and redo steps nearest the present, as many as fit in HISTORY_BYTES, so a
+    reload (or a server restart) can still undo. Each graph is dumped once (its text is kept
+    while it is in the history), so an edit writes the file without dumping every step again."""
+    dumps = st.session_state.setdefault(_DUMPS, {})
+    alive = {id(g) for g in (history.present, *history.past, *history.future)}
+    for key in [key for key in dumps if key not in alive]:
+        del dumps[key]
+
+    def dumped(graph: Graph) -> str:
+        if id(graph) not in dumps:  # the graph is kept with its text, so its id stays its own
+            dumps[id(graph)] = (graph, json.dumps(_graph_json(graph), separators=(",", ":")))
+        return dumps[id(graph)][1]
+
+    budget = HISTORY_BYTES
+    kept: dict[str, list[str]] = {"past": [], "future": []}
+    for side, steps in (("past", reversed(history.past)), ("future", history.future)):
+        for graph in steps:
+            budget -= len(dumped(graph))
+            if budget < 0:
+                break
+            kept[side].append(dumped(graph))
+    kept["past"].reverse()
+    text = (
+        f'{{"present":{dumped(history.present)},'
+        f'"past":[{",".join(kept["past"])}],"future":[{",".join(kept["future"])}]}}'
+    )
+    path = history_path()
+    partial = path.with_suffix(".tmp")
+    partial.write_text(text)
+    partial.replace(path)
+
+
+def _graph_json(graph: Graph) -> dict[str, Any]:
+    return json.loads(dump_graph(graph))
 
 
 def _restore() -> Graph:
@@ -166,6 +232,7 @@ def _changed(history: edit.History) -> None:
     st.session_state[_HISTORY] = history
     st.session_state[_VERSION] = graph_version() + 1
     _autosave(history.present)
+    _save_history(history)
 
 
 def current_graph() -> Graph:

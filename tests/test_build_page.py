@@ -231,6 +231,34 @@ def test_undo_and_redo_a_param_change(home):
     no_exception(at)
 
 
+def test_a_reload_keeps_the_undo_and_redo_steps(home):
+    at = select(open_app(), "stem")
+    original = metric(at, "Parameters")
+    number_field(at, "out_channels").set_value(32).run()
+    number_field(at, "out_channels").set_value(8).run()
+    last = metric(at, "Parameters")
+    toolbar(at, "nb_undo").click().run()
+    middle = metric(at, "Parameters")
+    reloaded = open_app(at.query_params["w"])  # a new browser session on the same workspace
+    assert metric(reloaded, "Parameters") == middle
+    toolbar(reloaded, "nb_redo").click().run()
+    assert metric(reloaded, "Parameters") == last
+    toolbar(reloaded, "nb_undo").click().run()
+    toolbar(reloaded, "nb_undo").click().run()
+    assert metric(reloaded, "Parameters") == original
+    no_exception(reloaded)
+
+
+def test_a_history_file_of_another_graph_is_ignored(home):
+    at = select(open_app(), "stem")
+    number_field(at, "out_channels").set_value(32).run()
+    workspace = at.query_params["w"]
+    (home / "autosave" / f"{workspace}.json").write_text(dump_graph(load_template("lenet5")))
+    reloaded = open_app(workspace)
+    assert toolbar(reloaded, "nb_undo").disabled  # no steps that lead elsewhere
+    no_exception(reloaded)
+
+
 def test_opening_a_malformed_file_shows_a_message_and_keeps_the_graph(home):
     at = open_app()
     before = metric(at, "Parameters")
