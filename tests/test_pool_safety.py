@@ -320,3 +320,16 @@ def test_a_gan_checkpoint_without_its_random_state_fails_with_a_sentence(tmp_pat
     result = train_run(folder)
     assert result.status == "failed"
     assert result.message == "checkpoint state.pt has no rng, which resuming needs"
+
+
+def test_trainers_run_below_the_web_servers_priority(tmp_path: Path, monkeypatch):
+    """The page answers while models train: the forkserver and its trainers are niced."""
+    from runtime.launcher import TRAINER_NICENESS
+
+    monkeypatch.setenv(MAX_TRAINERS_ENV, "1")
+    run = start_run(tmp_path, lstm(), LONG)
+    wait_for(lambda: status_of(tmp_path, run) == "running")
+    trainer = psutil.Process(store.read_status(tmp_path / run)["pid"])
+    assert trainer.nice() == min(19, psutil.Process().nice() + TRAINER_NICENESS)
+    stop_run(tmp_path, run)
+    wait_for(lambda: status_of(tmp_path, run) == "stopped")
