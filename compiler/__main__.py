@@ -153,13 +153,7 @@ def schema(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m compiler", description=__doc__)
-    language = argparse.ArgumentParser(add_help=False)
-    language.add_argument(
-        "--lang",
-        choices=sorted(i18n.LANGUAGES),
-        default="en",
-        help="the language of messages (default: en)",
-    )
+    language = i18n.language_arguments()
     parser.set_defaults(lang="en")
     commands = parser.add_subparsers(dest="command", required=True)
     check_cmd = commands.add_parser(

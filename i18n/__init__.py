@@ -128,3 +128,18 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
+
+
+def language_arguments(parser_class: type[Any] | None = None) -> Any:
+    """The `--lang en|zh` option every command line takes, as an argparse parent parser
+    (`parser_class`: the command's own ArgumentParser subclass, if it has one)."""
+    import argparse
+
+    parser = (parser_class or argparse.ArgumentParser)(add_help=False)
+    parser.add_argument(
+        "--lang",
+        choices=sorted(LANGUAGES),
+        default=DEFAULT_LANGUAGE,
+        help="the language of messages (default: en)",
+    )
+    return parser

@@ -65,13 +65,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m runtime", description=__doc__.split("\n")[0])
-    language = _Parser(add_help=False)
-    language.add_argument(
-        "--lang",
-        choices=sorted(i18n.LANGUAGES),
-        default="en",
-        help="the language of messages (default: en)",
-    )
+    language = i18n.language_arguments(_Parser)
     parser.set_defaults(lang="en")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     train = commands.add_parser("train", help="train a graph file headless", parents=[language])

@@ -28,10 +28,12 @@ from runtime.datasets import Dataset
 from runtime.loop import Diverged, GanHooks, GanLoop, GanStep, Progress
 from runtime.settings import TrainConfig
 from runtime.trainer import (
+    CHECKPOINT_MISFITS,
     CheckpointError,
     RunResult,
     Stopped,
     TrainingFault,
+    does_not_fit,
     event_record,
     load_checkpoint,
     load_model_source,
@@ -204,15 +206,8 @@ class GanTrainer(GanHooks):
             loop.d_optimizer.load_state_dict(state["d_optimizer"])
             loop.progress = Progress(**state["progress"])
             torch.set_rng_state(state["rng"].cpu())
-        except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-            reason = str(exc).strip().splitlines()[0][:200]
-            raise CheckpointError(
-                msg(
-                    "checkpoint {file} does not fit this graph and config ({reason})",
-                    file=name,
-                    reason=reason,
-                )
-            ) from None
+        except CHECKPOINT_MISFITS as exc:
+            raise does_not_fit(name, exc) from None
 
     # -- the run ---------------------------------------------------------------------------
 

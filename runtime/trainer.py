@@ -83,6 +83,22 @@ class CheckpointError(ValueError):
         super().__init__(str(detail))
 
 
+# what load_state_dict and friends raise for a checkpoint of another graph or config
+CHECKPOINT_MISFITS = (RuntimeError, KeyError, TypeError, ValueError, AttributeError)
+
+
+def does_not_fit(name: str, exc: BaseException) -> CheckpointError:
+    """The sentence for a checkpoint that cannot be loaded into this run, with torch's reason."""
+    reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    return CheckpointError(
+        msg(
+            "checkpoint {file} does not fit this graph and config ({reason})",
+            file=name,
+            reason=reason,
+        )
+    )
+
+
 class TrainingFault(Exception):
     """Training ends early with a named status (diverged, failed) and a message."""
 
@@ -557,15 +573,8 @@ class Trainer(Hooks):
                 self.scaler.load_state_dict(state["scaler"])
             self.loop.progress = Progress(**state["progress"])
             torch.set_rng_state(state["rng"].cpu())
-        except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-            reason = str(exc).strip().splitlines()[0][:200]
-            raise CheckpointError(
-                msg(
-                    "checkpoint {file} does not fit this graph and config ({reason})",
-                    file=path.name,
-                    reason=reason,
-                )
-            ) from None
+        except CHECKPOINT_MISFITS as exc:
+            raise does_not_fit(path.name, exc) from None
         if state.get("cuda_rng") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
 

@@ -288,8 +288,8 @@ def test_a_malformed_status_json_fails_only_its_own_run(
     assert good.name in out and bad.name in out and sentence in out and "unexpected" not in out
 
 
-def test_a_checkpoint_without_its_random_state_fails_with_a_sentence(tmp_path: Path):
-    folder = create_run(tmp_path, lstm(), CONFIG)
+def resumed_without_its_random_state(folder: Path):
+    """Train the run to its first checkpoint, take `rng` out of it, and resume."""
     (folder / store.STOP_FILE).touch()
     assert train_run(folder).status == "stopped"
     (folder / store.STOP_FILE).unlink()
@@ -298,8 +298,12 @@ def test_a_checkpoint_without_its_random_state_fails_with_a_sentence(tmp_path: P
     del state["rng"]
     torch.save(state, state_file)
     store.update_status(folder, status="stopped")
+    return train_run(folder)
 
-    result = train_run(folder)
+
+def test_a_checkpoint_without_its_random_state_fails_with_a_sentence(tmp_path: Path):
+    folder = create_run(tmp_path, lstm(), CONFIG)
+    result = resumed_without_its_random_state(folder)
     assert result.status == "failed"
     assert result.message == "checkpoint state.pt has no rng, which resuming needs"
     assert read_run(tmp_path, folder.name).message == result.message
@@ -308,16 +312,7 @@ def test_a_checkpoint_without_its_random_state_fails_with_a_sentence(tmp_path: P
 def test_a_gan_checkpoint_without_its_random_state_fails_with_a_sentence(tmp_path: Path):
     pair = load_graph((Path(__file__).parent / "data" / "mlp_gan.json").read_text())
     folder = create_run(tmp_path, pair, TrainConfig(dataset="digits", epochs=3, batch_size=64))
-    (folder / store.STOP_FILE).touch()
-    assert train_run(folder).status == "stopped"
-    (folder / store.STOP_FILE).unlink()
-    state_file = folder / store.CHECKPOINT_DIR / store.STATE_FILE
-    state = torch.load(state_file, weights_only=True)
-    del state["rng"]
-    torch.save(state, state_file)
-    store.update_status(folder, status="stopped")
-
-    result = train_run(folder)
+    result = resumed_without_its_random_state(folder)
     assert result.status == "failed"
     assert result.message == "checkpoint state.pt has no rng, which resuming needs"
 
