@@ -371,10 +371,10 @@ def test_an_earlier_16_digit_id_still_opens_its_existing_workspace(home):
 
 def test_an_unreadable_autosave_is_kept_aside_and_reported(home):
     (home / "autosave").mkdir()
-    (home / "autosave" / "broken-workspace.json").write_text("{oops")
-    at = open_app("broken-workspace")
+    (home / "autosave" / "broken-workspace-000001.json").write_text("{oops")
+    at = open_app("broken-workspace-000001")
     no_exception(at)
-    assert (home / "autosave" / "broken-workspace.bad.json").read_text() == "{oops"
+    assert (home / "autosave" / "broken-workspace-000001.bad.json").read_text() == "{oops"
     assert any("could not be read" in w.value for w in at.warning)
 
 
@@ -671,8 +671,8 @@ def test_a_palette_click_on_a_graph_at_the_layer_cap_is_refused_with_a_reason(ho
     """A graph file holds at most MAX_NODES layers: one more could not be opened again."""
     graph = chain_graph([4], *[("ReLU", {})] * (MAX_NODES - 2))
     (home / "autosave").mkdir()
-    (home / "autosave" / "full-workspace.json").write_text(dump_graph(graph))
-    at = open_app("full-workspace")
+    (home / "autosave" / "full-workspace-0000000001.json").write_text(dump_graph(graph))
+    at = open_app("full-workspace-0000000001")
     assert len(_current_graph(at).nodes) == MAX_NODES
     palette(at, "Regularisation").set_value("Dropout").run()
     no_exception(at)
