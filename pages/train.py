@@ -75,7 +75,7 @@ log = logging.getLogger(__name__)
 
 TABLE_REFRESH_S = 2.0
 REFRESH_S = 0.5  # with the trainer flushing every 0.5 s, a step reaches the chart within 1 s
-FIRST_POINT_REFRESH_S = 0.15  # until a started run's first step is drawn, look more often
+FIRST_POINT_REFRESH_S = 0.2  # until a started run's first step is drawn, look more often
 ACTIVE = frozenset({*TRAINER_ACTIVE, "stopping"})  # a stopping run still writes metrics
 STATUS_COLOURS = {
     "queued": "gray", "running": "blue", "stopping": "orange", "stopped": "gray",
@@ -1119,7 +1119,9 @@ def _number(value: Any, pattern: str) -> str:
 
 def _detail_view(view: str, info: RunInfo, series: charts.RunSeries, order: list[str]) -> None:
     if view == LOSS_VIEW:
-        _chart(charts.loss_figure(series), f"loss-{info.id}")
+        loss = charts.loss_figure(series)
+        loss.update_layout(meta={"chart": "loss", "run": info.id})  # found by browser tests
+        _chart(loss, f"loss-{info.id}")
         _chart(charts.accuracy_figure(series), f"acc-{info.id}")
     elif view == SAMPLES_VIEW:
         _chart(charts.sample_grid_figure(series), f"gan-samples-{info.id}")
