@@ -40,6 +40,7 @@ bench: $(VENV)/.dev
 	$(PY) benchmarks/train_speed.py
 	$(PY) benchmarks/first_point.py
 	$(PY) benchmarks/first_page.py
+	$(PY) benchmarks/serve_load.py
 
 # The Build page's canvas component (pages/flow_canvas): its built files are committed, so run
 # and test need no npm; after changing frontend/src, rebuild them from the lockfile.
