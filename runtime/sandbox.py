@@ -75,16 +75,18 @@ def run_limited(
     limits: Limits,
     deadline_s: float,
     preload: tuple[str, ...] = (),
+    folder: Path | None = None,
 ) -> Finished:
     """Run `python -m module argument` in a limited child. Its working folder, the only place
     it may write, is a new temporary folder (removed afterwards) holding `files` (name ->
     content); `argument` may name them relative to it. `preload` names modules imported before
-    the code starts (what the module needs from the interpreter's own files)."""
+    the code starts (what the module needs from the interpreter's own files). A caller that
+    wants the files the child wrote passes its own empty `folder` (and removes it later)."""
     with (
         tempfile.TemporaryDirectory(prefix="netbuilder-sandbox-") as work,
         tempfile.TemporaryDirectory(prefix="netbuilder-output-") as output,
     ):
-        folder = Path(work)
+        folder = folder or Path(work)
         for name, content in files.items():
             (folder / Path(name).name).write_bytes(content)
         if _runs_as_root():  # the code runs as nobody, in a folder it may write to

@@ -4,7 +4,8 @@ An uploaded .csv or .npz is sized before it is parsed (runtime/datasets.py), but
 conversion to tensors still allocate what the file holds, and a file can be built to make pandas
 or zlib work hard. So the web server never parses one itself: `read_upload` writes the bytes to a
 temporary folder and starts `python -m runtime.upload_job` on it, limited in memory and CPU time
-(resource.setrlimit in the child). The child writes the checked arrays back as a plain .npz
+(runtime.sandbox's child, as an imported .py file runs: no environment, its own folder, no
+network). The child writes the checked arrays back as a plain .npz
 (float32 or int64, no pickles), which the server reads with the same sized reader, or it answers
 with the sentence that refused the file.
 """
@@ -12,8 +13,6 @@ with the sentence that refused the file.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from i18n import Message, msg
+from runtime.sandbox import Finished, Limits, run_limited
 from runtime.datasets import (
     Dataset,
     DatasetError,
@@ -30,12 +30,14 @@ from runtime.datasets import (
     dataset_from_npz_file,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
 TIME_LIMIT_S = 120
 # The child's heap: its interpreter, numpy, pandas and torch, and a parse of a file inside the
 # data budget (the text, pandas' float64 cells, the float32 copy) with room to spare.
 BASE_MEMORY_BYTES = 2 * 1024**3
 ARRAYS_FILE = "arrays.npz"
+UPLOAD_FILE = "upload"
+# What the child imports before it reads the file (see runtime.sandbox.supervise).
+PRELOAD = ("runtime.datasets", "pandas", "numpy")
 
 
 def memory_limit(budget: int) -> int:
@@ -53,33 +55,33 @@ def read_upload(
     """The dataset of an uploaded file, parsed and checked in a limited child process; any
     refusal is a DatasetError whose message says why (and, for a size, by how much)."""
     limit = memory_limit_bytes or memory_limit(data_budget())
+    request = {
+        "filename": filename,
+        "path": UPLOAD_FILE,  # in the child's own working folder
+        "label_column": label_column,
+        "out": ARRAYS_FILE,
+        "bytes": limit,
+    }
+    limits = Limits(
+        cpu_seconds=time_limit_s,
+        memory_bytes=limit,
+        file_bytes=data_budget() + 1024**2,  # the arrays it writes back, within the budget
+    )
     with tempfile.TemporaryDirectory(prefix="netbuilder-upload-") as folder:
-        upload = Path(folder) / "upload"
-        upload.write_bytes(data)
-        request = {
-            "filename": filename,
-            "path": str(upload),
-            "label_column": label_column,
-            "out": str(Path(folder) / ARRAYS_FILE),
-            "seconds": time_limit_s,
-            "bytes": limit,
-        }
-        command = [sys.executable, "-m", "runtime.upload_job", json.dumps(request)]
-        try:
-            done = subprocess.run(
-                command,
-                cwd=ROOT,
-                capture_output=True,
-                timeout=time_limit_s + 30,  # the CPU limit ends a busy child first
-                env=os.environ | {"OMP_NUM_THREADS": "1"},
-            )
-        except subprocess.TimeoutExpired:
-            raise DatasetError(_too_long(filename, time_limit_s)) from None
+        done = run_limited(
+            "runtime.upload_job",
+            json.dumps(request),
+            {UPLOAD_FILE: data},
+            limits,
+            time_limit_s,
+            preload=PRELOAD,
+            folder=Path(folder),
+        )
         reply = _reply(done, filename, time_limit_s, limit)
         if "error" in reply:
             error = _message(reply["error"])
             raise (DatasetTooLarge if reply.get("too_large") else DatasetError)(error)
-        return _checked_arrays(filename, Path(request["out"]), reply)
+        return _checked_arrays(filename, Path(folder) / ARRAYS_FILE, reply)
 
 
 def _checked_arrays(filename: str, arrays: Path, reply: dict[str, Any]) -> Dataset:
@@ -91,10 +93,10 @@ def _checked_arrays(filename: str, arrays: Path, reply: dict[str, Any]) -> Datas
     return dataset
 
 
-def _reply(
-    done: subprocess.CompletedProcess[bytes], filename: str, time_limit_s: int, limit: int
-) -> dict[str, Any]:
+def _reply(done: Finished, filename: str, time_limit_s: int, limit: int) -> dict[str, Any]:
     """The child's one JSON line, or the named reason why there is none."""
+    if done.timed_out:
+        raise DatasetError(_too_long(filename, time_limit_s))
     lines = done.stdout.decode("utf-8", "replace").strip().splitlines()
     try:
         reply = json.loads(lines[-1])
@@ -102,10 +104,10 @@ def _reply(
         reply = None
     if isinstance(reply, dict):
         return reply
-    if done.returncode in (-9, -24):  # SIGKILL / SIGXCPU: the CPU limit
+    if done.returncode in (-9, -24, 128 + 9, 128 + 24):  # SIGKILL / SIGXCPU: the CPU limit
         raise DatasetError(_too_long(filename, time_limit_s))
     tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
-    if done.returncode == -11 or any("MemoryError" in line for line in tail):
+    if done.returncode in (-11, 128 + 11) or any("MemoryError" in line for line in tail):
         raise DatasetTooLarge(_out_of_memory(filename, limit))
     raise DatasetError(
         msg(
@@ -143,20 +145,9 @@ def _message(data: Any) -> Message:
 # The child: python -m runtime.upload_job '{"filename": ..., "path": ..., "out": ..., ...}'
 
 
-def _limit(time_limit_s: int, memory_limit_bytes: int) -> None:
-    """Before the child imports anything large: CPU seconds, and the memory it may allocate
-    (RLIMIT_DATA: heap and anonymous mappings, where arrays live; not the shared libraries a
-    CUDA build of torch maps, which RLIMIT_AS would count)."""
-    import resource
-
-    resource.setrlimit(resource.RLIMIT_CPU, (time_limit_s, time_limit_s + 1))
-    resource.setrlimit(resource.RLIMIT_DATA, (memory_limit_bytes, memory_limit_bytes))
-
-
 def _child(request: dict[str, Any]) -> dict[str, Any]:
     """Parse and check the upload; write its arrays as a plain .npz, or say why not (as JSON,
-    Messages as code + values)."""
-    _limit(int(request["seconds"]), int(request["bytes"]))
+    Messages as code + values). runtime.sandbox set the limits before this ran."""
     from runtime.datasets import dataset_from_upload
 
     filename = str(request["filename"])
