@@ -50,6 +50,10 @@ WATCH = """() => {
   requestAnimationFrame(look);
 }"""
 START_BUTTON = ".st-key-train-start button"
+# The page is drawn as a person sees it before pressing Start: no script running, and the
+# placeholder chart plotted (the chart library loaded).
+READY = """() => !document.querySelector('[data-testid=stStatusWidgetRunningIcon]')
+    && [...document.querySelectorAll('.js-plotly-plot')].some(plot => plot._fullLayout)"""
 
 
 def tiny_graph() -> Graph:
@@ -108,9 +112,7 @@ def one_start(browser: object, url: str, home: Path, lang: str) -> float:
         menu = tab.get_by_test_id("stSidebarNav")  # (before app.py has run it lists pages/ files)
         menu.get_by_text("训练" if lang == "zh" else "Train", exact=True).click()
         tab.locator(START_BUTTON).wait_for()
-        tab.wait_for_function(
-            "() => !document.querySelector('[data-testid=stStatusWidgetRunningIcon]')"
-        )
+        tab.wait_for_function(READY)
         tab.evaluate(WATCH)
         tab.locator(START_BUTTON).click()
         tab.wait_for_function("() => window.nbFirstPoint !== null", timeout=120_000)

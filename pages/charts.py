@@ -154,6 +154,11 @@ def _empty(title: str, message: str) -> go.Figure:
     return fig
 
 
+def placeholder(title: str, message: str) -> go.Figure:
+    """A chart with no data yet: its title, and a line saying what will be drawn."""
+    return _empty(title, message)
+
+
 def _line(x: np.ndarray, y: np.ndarray, name: str, colour: str, **options: Any) -> go.Scatter:
     """A line trace, thinned to at most MAX_POINTS points."""
     keep = thin(len(x))

@@ -811,6 +811,9 @@ def _runs_section(runs_dir: Path, config: TrainConfig | None) -> None:
         return
     if not runs:
         st.info(_("No runs yet. Pick the data and settings, then press **Start training**."))
+        # Where the first run's loss will be drawn; it also has the browser load the chart
+        # library now, not after Start (seconds on a busy machine, before any point is drawn).
+        _chart(charts.placeholder(_("Loss"), _("your first run's loss is drawn here")), "loss")
         return
     any_active = any(run.status in ACTIVE for run in runs)
     st.fragment(_runs_list, run_every=TABLE_REFRESH_S if any_active else None)(runs_dir, runs)

@@ -694,3 +694,10 @@ def test_start_watches_the_new_run_in_the_same_page_run_and_asks_to_scroll_to_it
     scripts = [h for h in app.get("html") if "scrollIntoView" in str(h.proto)]
     assert scripts and train.LIVE_VIEW_KEY in str(scripts[0].proto)
     assert "waiting for the first step" in shown(app)
+
+
+def test_before_the_first_run_the_page_shows_where_its_loss_will_be_drawn(home):
+    app = open_page(home, tiny_graph())
+    assert figure(app, "Loss")["layout"]["annotations"][0]["text"] == (
+        "your first run's loss is drawn here"
+    )
