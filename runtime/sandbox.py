@@ -273,12 +273,7 @@ def supervise() -> None:
         _limit_processes(limits.processes)
         _run_module(spec["module"], spec["argument"])
     status = _wait_until(worker, time.monotonic() + float(spec["deadline_s"]))
-    for process in psutil.Process().children(recursive=True):
-        try:
-            process.kill()
-        except psutil.Error:
-            pass
-    _reap_all()
+    _end_every_descendant()
     if status is None:
         os._exit(SUPERVISOR_DEADLINE)
     code = os.waitstatus_to_exitcode(status)
@@ -376,12 +371,25 @@ def _wait_until(pid: int, deadline: float) -> int | None:
     return None
 
 
-def _reap_all() -> None:
-    """Collect every adopted orphan, so none stays a zombie (they were all killed)."""
+def _end_every_descendant(patience_s: float = 10.0) -> None:
+    """Kill and reap whatever the code left, again and again until nothing is left: a process
+    may fork between one look and the kill (a shell starting its command), and a blocking wait
+    on one that was never killed would hang the supervisor."""
+    deadline = time.monotonic() + patience_s
     while True:
-        try:
-            pid, _status = os.waitpid(-1, 0)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+        left = psutil.Process().children(recursive=True)
+        for process in left:
+            try:
+                process.kill()
+            except psutil.Error:
+                pass
+        while True:  # collect the dead without waiting for the living
+            try:
+                pid, _status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                break
+        if time.monotonic() > deadline:
+            return  # the server's own deadline kills the session after this
+        time.sleep(0.02)
