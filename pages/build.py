@@ -12,6 +12,7 @@ canvas's own. Tidy, New, Open and templates ask the canvas to fit the graph into
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from typing import Any
@@ -41,6 +42,7 @@ _UPLOADS = "nb_uploads"  # how many files were opened: part of the uploader's ke
 _FIT = "nb_fit"  # grows when the canvas should fit the graph into its view
 _TOASTS = "nb_toasts"  # (text, icon) said by a callback, shown by the run that follows
 _PALETTE = "nb_palette_round"  # grows with every palette click: a fresh, empty set of pills
+_TABLE = "nb_layer_table"  # (analysis, column names, DataFrame) last shown
 
 TEMPLATES = {
     "resnet": (N_("Small ResNet"), N_("8×8 digits · two residual blocks")),
@@ -595,7 +597,9 @@ def toolbar(graph: Graph) -> None:
     save.download_button(
         _("Save the graph"),
         key="nb_save",
-        data=dump_graph(state.current_graph()),  # the whole file: both graphs of a GAN pair
+        # the whole file (both graphs of a GAN pair), written when it is clicked, not on every
+        # edit: dumping a big graph was a tenth of an edit's server time
+        data=functools.partial(dump_graph, state.current_graph()),
         file_name=f"{_file_stem(state.current_graph().name)}.json",
         mime="application/json",
         icon=":material/download:",
@@ -834,19 +838,7 @@ def layer_table(analysis: Analysis) -> None:
     layer, kind, shape, params, macs, live = (
         _("Layer"), _("Type"), _("Output shape"), _("Params"), _("MACs"), _("In model"),
     )  # fmt: skip
-    rows = []
-    for node_id in analysis.order:
-        info = analysis.infos.get(node_id, NodeInfo(None))
-        rows.append(
-            {
-                layer: node_id,
-                kind: analysis.node_type(node_id),
-                shape: "?" if info.shape is None else str(list(info.shape)),
-                params: info.params or 0,
-                macs: info.macs or 0,
-                live: node_id in analysis.live,
-            }
-        )
+    rows = _table_rows(analysis, (layer, kind, shape, params, macs, live))
     st.dataframe(
         rows,
         hide_index=True,
@@ -857,6 +849,35 @@ def layer_table(analysis: Analysis) -> None:
             macs: st.column_config.NumberColumn(format="localized"),
         },
     )
+
+
+def _table_rows(analysis: Analysis, columns: tuple[str, ...]) -> Any:
+    """The table as a DataFrame, built once per analysis and language: a node moved on the
+    canvas reruns the page but changes no row (building it was a sixth of an edit's time)."""
+    cached = st.session_state.get(_TABLE)
+    if cached is not None and cached[0] is analysis and cached[1] == columns:
+        return cached[2]
+    import pandas as pd
+
+    layer, kind, shape, params, macs, live = columns
+    rows = pd.DataFrame(
+        [
+            {
+                layer: node_id,
+                kind: analysis.node_type(node_id),
+                shape: "?" if info.shape is None else str(list(info.shape)),
+                params: info.params or 0,
+                macs: info.macs or 0,
+                live: node_id in analysis.live,
+            }
+            for node_id, info in (
+                (n, analysis.infos.get(n, NodeInfo(None))) for n in analysis.order
+            )
+        ],
+        columns=list(columns),
+    )
+    st.session_state[_TABLE] = (analysis, columns, rows)
+    return rows
 
 
 # The toolbar's icons show no words (they would be cut at 1280 px), yet each has a name for a

@@ -159,39 +159,47 @@ def _restore_history(present: Graph) -> edit.History:
 
 def _save_history(history: edit.History) -> None:
     """The undo and redo steps nearest the present, as many as fit in HISTORY_BYTES, so a
-    reload (or a server restart) can still undo. Each graph is dumped once (its text is kept
-    while it is in the history), so an edit writes the file without dumping every step again."""
-    dumps = st.session_state.setdefault(_DUMPS, {})
-    alive = {id(g) for g in (history.present, *history.past, *history.future)}
-    for key in [key for key in dumps if key not in alive]:
-        del dumps[key]
-
-    def dumped(graph: Graph) -> str:
-        if id(graph) not in dumps:  # the graph is kept with its text, so its id stays its own
-            dumps[id(graph)] = (graph, json.dumps(_graph_json(graph), separators=(",", ":")))
-        return dumps[id(graph)][1]
-
+    reload (or a server restart) can still undo. Each graph's file text is made once (kept while
+    the graph is in the history, and written as the autosave too), so an edit dumps one graph."""
     budget = HISTORY_BYTES
     kept: dict[str, list[str]] = {"past": [], "future": []}
     for side, steps in (("past", reversed(history.past)), ("future", history.future)):
         for graph in steps:
-            budget -= len(dumped(graph))
+            budget -= len(_file_text(graph))
             if budget < 0:
                 break
-            kept[side].append(dumped(graph))
+            kept[side].append(_file_text(graph))
     kept["past"].reverse()
-    text = (
-        f'{{"present":{dumped(history.present)},'
-        f'"past":[{",".join(kept["past"])}],"future":[{",".join(kept["future"])}]}}'
+    _write_atomic(
+        history_path(),
+        f'{{"present":{_file_text(history.present)},'
+        f'"past":[{",".join(kept["past"])}],"future":[{",".join(kept["future"])}]}}',
     )
-    path = history_path()
-    partial = path.with_suffix(".tmp")
-    partial.write_text(text)
-    partial.replace(path)
+
+
+def _file_text(graph: Graph) -> str:
+    """dump_graph(graph), made once per graph object while the history holds it."""
+    dumps = st.session_state.setdefault(_DUMPS, {})
+    if id(graph) not in dumps:  # the graph is kept with its text, so its id stays its own
+        history = st.session_state.get(_HISTORY)
+        if history is not None:  # forget the texts of graphs the history no longer holds
+            alive = {id(g) for g in (history.present, *history.past, *history.future)}
+            for key in [key for key in dumps if key not in alive]:
+                del dumps[key]
+        dumps[id(graph)] = (graph, dump_graph(graph))
+    return dumps[id(graph)][1]
 
 
 def _graph_json(graph: Graph) -> dict[str, Any]:
-    return json.loads(dump_graph(graph))
+    return json.loads(_file_text(graph))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write a file atomically, so a crash mid-write never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".tmp")
+    partial.write_text(text)
+    partial.replace(path)
 
 
 def _restore() -> Graph:
@@ -216,22 +224,13 @@ def _restore() -> Graph:
     return load_template(DEFAULT_TEMPLATE)
 
 
-def _autosave(graph: Graph) -> None:
-    """Write the graph atomically, so a crash mid-write never leaves half a file."""
-    path = autosave_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".tmp")
-    partial.write_text(dump_graph(graph))
-    partial.replace(path)
-
-
 def _changed(history: edit.History) -> None:
     before = current_graph()  # edges are selected by index (in either graph of a pair)
     if (history.present.edges, history.present.model_extra) != (before.edges, before.model_extra):
         st.session_state[_SELECTED_EDGE] = None
     st.session_state[_HISTORY] = history
     st.session_state[_VERSION] = graph_version() + 1
-    _autosave(history.present)
+    _write_atomic(autosave_path(), _file_text(history.present))
     _save_history(history)
 
 
