@@ -293,6 +293,37 @@ def test_every_button_has_a_name_a_screen_reader_says_in_the_readers_language(
         page.context.close()
 
 
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_no_control_on_the_train_and_export_pages_is_nameless(
+    browser: Browser, app_url: str, lang: str
+):
+    page = open_page(browser, app_url, 1280, 720, lang)
+    try:
+        for index, drawn in (
+            (1, ".st-key-train-start button"),
+            (2, "[data-testid=stDownloadButton]"),
+        ):
+            page.get_by_test_id("stSidebarNav").get_by_role("link").nth(index).click()
+            expect(page.locator(drawn).first).to_be_visible(timeout=30_000)
+            expect(
+                page.get_by_test_id("stSidebarNav").get_by_role("link").nth(index)
+            ).to_have_attribute("aria-current", "page")
+            settled(page)
+            tree = page.locator("body").aria_snapshot()
+            controls = [
+                line.strip()
+                for line in tree.splitlines()
+                if re.match(
+                    r"- (button|combobox|spinbutton|textbox|checkbox|radio|slider)\b", line.strip()
+                )
+            ]
+            assert controls, tree
+            nameless = [c for c in controls if not re.match(r'- \w+ "[^"]+"', c)]
+            assert not nameless, nameless
+    finally:
+        page.context.close()
+
+
 def test_in_chinese_a_template_is_built_and_trained(browser: Browser, app_url: str):
     """中文: the sidebar switch, a template from the toolbar, a run on the Train page; the
     screenshots show Chinese text drawn with a CJK font (look at them: no tofu boxes)."""
