@@ -5,10 +5,12 @@ server has (rlimits, its own session, a subreaper, `nobody` where the server is 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -44,46 +46,68 @@ def failure(body: str, **limits: int) -> str:
     return str(outcome.error)
 
 
-def test_the_server_environment_does_not_reach_the_child(kind, monkeypatch) -> None:
-    monkeypatch.setenv("NETBUILDER_TEST_SECRET", "hunter2")
-    error = failure("import os\nraise RuntimeError(sorted(os.environ))\n")
-    assert "RuntimeError" in error
-    assert "NETBUILDER_TEST_SECRET" not in error
-    assert "OMP_NUM_THREADS" in error  # the few names the sandbox sets itself
-
-
-def test_the_child_works_in_its_own_folder_not_the_repository(kind) -> None:
-    error = failure("import os\nraise RuntimeError(os.getcwd())\n")
-    cwd = error.rsplit("RuntimeError: ", 1)[1]
-    assert "netbuilder-sandbox-" in cwd
-    assert not str(sandbox.ROOT).startswith(cwd)
-
-
-@pytest.mark.skipif(
-    os.geteuid() != 0 and not sandbox.bwrap_works(), reason="a non-root server's own files"
-)
-def test_the_child_cannot_write_into_the_repository(kind) -> None:
+@pytest.fixture(scope="module", params=KINDS)
+def seen(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """What one hostile file saw and could do inside the sandbox, once per kind: the
+    environment, its folder, a write into the repository, a read of the README, a connection
+    to a server listening on this machine's loopback."""
+    patch = pytest.MonkeyPatch()
+    if request.param == "fallback":
+        patch.setattr(sandbox, "bwrap_works", lambda: False)
+    patch.setenv("NETBUILDER_TEST_SECRET", "hunter2")
     target = sandbox.ROOT / f"written-by-import-{uuid.uuid4().hex}"
-    error = failure(f"open({str(target)!r}, 'w').write('x')\n")
-    assert not target.exists()
-    assert "Error" in error
-
-
-def test_under_bubblewrap_the_child_sees_no_runs_no_readme_and_no_home() -> None:
-    if not sandbox.bwrap_works():
-        pytest.skip("bubblewrap is not installed or may not make namespaces here")
     readme = sandbox.ROOT / "README.md"
-    assert readme.is_file()
-    error = failure(f"open({str(readme)!r}).read()\n")
-    assert "FileNotFoundError" in error
-
-
-def test_the_child_has_no_network(kind) -> None:
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
-        error = failure(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), 5)\n")
-    assert "running model.py failed" in error
-    assert any(name in error for name in ("ConnectionRefused", "OSError", "unreachable")), error
+        body = f"""
+import json, os, socket
+seen = {{"env": sorted(os.environ), "cwd": os.getcwd()}}
+for name, attempt in (
+    ("write", lambda: open({str(target)!r}, "w").write("x")),
+    ("readme", lambda: open({str(readme)!r}).read()),
+    ("network", lambda: socket.create_connection(("127.0.0.1", {port}), 5)),
+):
+    try:
+        attempt()
+        seen[name] = "done"
+    except OSError as error:
+        seen[name] = type(error).__name__
+raise RuntimeError(json.dumps(seen))
+"""
+        error = failure(body)
+    patch.undo()
+    yield {
+        "kind": request.param,
+        "target": target,
+        **json.loads(error.split("RuntimeError: ", 1)[1]),
+    }
+    target.unlink(missing_ok=True)
+
+
+def test_the_server_environment_does_not_reach_the_child(seen) -> None:
+    assert "NETBUILDER_TEST_SECRET" not in seen["env"]
+    assert "OMP_NUM_THREADS" in seen["env"]  # the few names the sandbox sets itself
+
+
+def test_the_child_works_in_its_own_folder_not_the_repository(seen) -> None:
+    assert "netbuilder-sandbox-" in seen["cwd"]
+    assert not str(sandbox.ROOT).startswith(seen["cwd"])
+
+
+def test_the_child_cannot_write_into_the_repository(seen) -> None:
+    if os.geteuid() != 0 and seen["kind"] == "fallback":
+        pytest.skip("without bubblewrap a non-root server's child runs as the server's user")
+    assert seen["write"] != "done" and not seen["target"].exists()
+
+
+def test_under_bubblewrap_the_child_sees_no_readme(seen) -> None:
+    if seen["kind"] != "bubblewrap":
+        pytest.skip("only bubblewrap hides the server's files")
+    assert seen["readme"] == "FileNotFoundError"
+
+
+def test_the_child_has_no_network(seen) -> None:
+    assert seen["network"] != "done"
 
 
 def test_a_process_flood_is_stopped_by_the_process_limit(kind) -> None:
