@@ -1,8 +1,9 @@
 """The export bundle: everything a person takes home, as file name -> text. Pure.
 
 `model.py` is the very source the runtime trains, so a state_dict saved by a run (or by train.py)
-loads into it; `train.py` trains it anywhere with `loop.py` and `builtin_data.py`, the runtime's
-own training loop and datasets copied verbatim; `graph.json` reopens the design in NetBuilder.
+loads into it; `train.py` trains it anywhere with `loop.py`, `builtin_data.py` and `csv_table.py`,
+the runtime's own training loop, datasets and CSV reader copied verbatim; `graph.json` reopens
+the design in NetBuilder.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ def bundle_files(
     train_defaults: dict[str, Any] | None = None,
     lang: str | None = None,
 ) -> dict[str, str]:
-    """model.py, train.py, loop.py, builtin_data.py, graph.json and README.md for a valid
-    analysis of `graph`.
+    """model.py, train.py, loop.py, builtin_data.py, csv_table.py, graph.json and README.md for a
+    valid analysis of `graph`.
 
     `train_defaults` holds TrainConfig fields (e.g. `config.model_dump()`); train.py takes them as
     its defaults. Raises ValueError for a graph with errors and pydantic's ValidationError for
@@ -62,7 +63,8 @@ def gan_bundle_files(
     lang: str | None = None,
 ) -> dict[str, str]:
     """A GAN pair's bundle: model.py (build_generator, build_discriminator) over generator.py
-    and discriminator.py, and a train.py running the shared GanLoop."""
+    and discriminator.py, and a train.py running the shared GanLoop (its images come from an
+    NPZ or a built-in dataset, so it carries no CSV reader)."""
     output = next(n.id for n in graph.nodes if n.type == "Output")
     problems = check_pair(generator, judge, tuple(generator.infos[output].shape or ()))
     if problems:
@@ -73,7 +75,7 @@ def gan_bundle_files(
         "generator.py": generate_source(generator),
         "discriminator.py": generate_source(judge),
         "train.py": gan_train_source(generator, fake, defaults),
-        **shared_sources(),
+        **{name: text for name, text in shared_sources().items() if name != "csv_table.py"},
         "graph.json": dump_graph(graph),
         "README.md": readme(generator, defaults, lang),
     }
@@ -98,19 +100,21 @@ Exported from NetBuilder: {params} parameters, input [B, {shape_in}]
 | --- | --- |
 | model.py | the model: `from model import build_model` gives a `{class_name}` |
 | train.py | trains it on one device or many; `python train.py --help` lists every flag |
-| loop.py, builtin_data.py | NetBuilder's own training loop and built-in datasets, as the app runs them |
+| loop.py, builtin_data.py, csv_table.py | NetBuilder's own training loop, built-in datasets and CSV reader, as the app runs them |
 | graph.json | the design: open it in NetBuilder to keep editing |
 
 Needs Python 3.10+ and PyTorch 2.3+ (scikit-learn too for the built-in digits).
 
 ```sh
 python train.py                       # as set in NetBuilder: {settings}
+python train.py --data mine.csv       # a header row, one sample per row, labels last
 python train.py --data mine.npz       # arrays X [N, {shape_in}] and y [N]
 python train.py --resume              # continue from checkpoints/last.pt
 torchrun --nproc_per_node=4 train.py  # 4 GPUs (or CPU processes), DistributedDataParallel
 ```
 
-Load trained weights (from train.py's checkpoints/model.pt or NetBuilder's download):
+train.py writes its checkpoints in checkpoints/ beside it (`--out` chooses another folder).
+Load trained weights (from checkpoints/model.pt or NetBuilder's download):
 
 ```python
 import torch
@@ -135,5 +139,10 @@ def readme(analysis: Analysis, defaults: TrainConfig, lang: str | None = None) -
         dtype=analysis.infos[input_node.id].dtype,
         shape_out=", ".join(map(str, analysis.infos[output_node.id].shape or ())),
         class_name=class_name(graph.name),
-        settings=f"{defaults.epochs} epochs, {defaults.optimizer}, lr {defaults.lr}",
+        settings=msg(
+            "epochs {epochs}, {optimizer}, lr {lr}",
+            epochs=defaults.epochs,
+            optimizer=defaults.optimizer,
+            lr=defaults.lr,
+        ),
     ).render(lang or "en")

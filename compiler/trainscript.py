@@ -27,11 +27,15 @@ Shape = tuple[int, ...]
 LINE_LENGTH = 88
 RUNTIME = Path(__file__).resolve().parents[1] / "runtime"
 # The files the bundle copies verbatim from the runtime, by their name in the bundle.
-SHARED_FILES = {"loop.py": RUNTIME / "loop.py", "builtin_data.py": RUNTIME / "builtin_data.py"}
+SHARED_FILES = {
+    "loop.py": RUNTIME / "loop.py",
+    "builtin_data.py": RUNTIME / "builtin_data.py",
+    "csv_table.py": RUNTIME / "csv_table.py",
+}
 
 
 def shared_sources() -> dict[str, str]:
-    """loop.py and builtin_data.py, exactly as the app runs them."""
+    """loop.py, builtin_data.py and csv_table.py, exactly as the app runs them."""
     return {name: path.read_text() for name, path in SHARED_FILES.items()}
 
 
@@ -55,6 +59,7 @@ def train_source(analysis: Analysis, settings: TrainConfig | None = None) -> str
         TEMPLATE.replace("__NAME__", docstring_name(analysis.graph.name))
         .replace("__LOSS__", f"LOSS = {json.dumps(loss)}\nLABEL_SMOOTHING = {smoothing!r}")
         .replace("__FLAGS__", "\n    ".join(flag_lines(settings, dataset)))
+        .replace("__LABEL_COLUMN__", literal(settings.label_column))
     )
     return black.format_str(source, mode=black.Mode(line_length=LINE_LENGTH))
 
@@ -159,16 +164,19 @@ Graph: '__NAME__'.
 
     python train.py                        # the settings chosen in NetBuilder
     python train.py --epochs 20 --lr 3e-4  # override any of them (--help lists all)
-    python train.py --data mine.npz        # your data: arrays X and y in an NPZ file
+    python train.py --data mine.csv        # your data: a CSV (label: last column) ...
+    python train.py --data mine.npz        # ... or arrays X and y in an NPZ file
     python train.py --resume               # continue from checkpoints/last.pt
     torchrun --nproc_per_node=4 train.py   # a process per GPU, DistributedDataParallel
 
-loop.py is NetBuilder's own training loop and builtin_data.py its built-in datasets, the
-very files the app trains with: the same settings and seed on CPU give the same weights.
+loop.py is NetBuilder's own training loop, builtin_data.py its built-in datasets and
+csv_table.py its CSV reader, the very files the app trains with: the same settings and
+seed on CPU give the same weights, and a CSV is read as the app reads it (a label column
+of words, such as cat and dog, becomes classes in sorted order).
 --batch-size is the global batch: under torchrun each process takes a share of it.
-Every epoch writes, in checkpoints/, model.pt (the weights:
-model.load_state_dict(torch.load(path, weights_only=True))), last.pt (all that --resume
-needs) and a line of metrics.jsonl.
+Every epoch writes, in checkpoints/ beside this file (--out chooses another folder),
+model.pt (the weights: model.load_state_dict(torch.load(path, weights_only=True))),
+last.pt (all that --resume needs) and a line of metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -185,11 +193,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import builtin_data
+import csv_table
 import loop
 from model import INPUT_DTYPE, INPUT_SHAPE, OUTPUT_SHAPE, build_model
 
 # The Output node's loss, as designed in NetBuilder.
 __LOSS__
+HERE = Path(__file__).resolve().parent
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -199,15 +209,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add = parser.add_argument
     __FLAGS__
-    add("--data", type=Path, help="an NPZ file with arrays X and y, instead of --dataset")
-    add("--out", type=Path, default=Path("checkpoints"), help="checkpoint folder")
+    add(
+        "--data",
+        type=Path,
+        help="your data instead of --dataset: a CSV file (a header row, one sample"
+        " per row) or an NPZ file with arrays X and y",
+    )
+    add(
+        "--label-column",
+        default=__LABEL_COLUMN__,
+        help="the CSV column that holds the labels (default: the last column)",
+    )
+    add(
+        "--out",
+        type=Path,
+        default=HERE / "checkpoints",
+        help="checkpoint folder (default: checkpoints/ beside train.py)",
+    )
     add("--resume", action="store_true", help="continue from OUT/last.pt")
     args = parser.parse_args(argv)
     if args.data is None and args.dataset is None:
         parser.error(
-            f"no built-in dataset fits input {list(INPUT_SHAPE)}; pass --data FILE.npz"
+            f"no built-in dataset fits input {list(INPUT_SHAPE)}; pass --data FILE.csv"
+            " or FILE.npz"
         )
     return args
+
+
+def read_csv(path: Path, label_column: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A CSV read by csv_table.py, as the app reads it: features X, labels y (class ids
+    for whole numbers or words, a column of regression targets for fractions)."""
+    try:
+        table = csv_table.read_csv_table(path.name, path.read_bytes(), label_column)
+    except OSError as exc:
+        raise SystemExit(f"cannot read {path}: {exc}")
+    except csv_table.CsvError as exc:
+        raise SystemExit(str(exc))
+    if table.class_names:
+        names = ", ".join(table.class_names)
+        print(f"classes: {names} (ids 0 to {len(table.class_names) - 1}, in this order)")
+    y = torch.from_numpy(table.labels)
+    return torch.from_numpy(table.features), y if y.dtype == torch.int64 else y.reshape(-1, 1)
 
 
 def read_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -225,7 +267,9 @@ def read_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 def load_data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
     """All samples as (X, y): the NPZ file of --data, or the built-in --dataset."""
-    if args.data is not None:
+    if args.data is not None and args.data.suffix.lower() == ".csv":
+        x, y = read_csv(args.data, args.label_column)
+    elif args.data is not None:
         x, y = read_npz(args.data)
     else:
         length = INPUT_SHAPE[0] if len(INPUT_SHAPE) == 1 else None
@@ -434,8 +478,9 @@ Graph: '__NAME__'.
 
 loop.py is NetBuilder's own training loop (GanLoop: the discriminator, then the
 generator, each with Adam, in alternating steps) and builtin_data.py its datasets.
-Every epoch writes, in checkpoints/, generator.pt and discriminator.pt (state_dicts),
-samples.pt (generated images from fixed noise) and a line of metrics.jsonl.
+Every epoch writes, in checkpoints/ beside this file (--out chooses another folder),
+generator.pt and discriminator.pt (state_dicts), samples.pt (generated images from
+fixed noise) and a line of metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -460,7 +505,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     __FLAGS__
     add("--gan-loss", choices=loop.GAN_LOSSES, default="non_saturating")
     add("--data", type=Path, help="an NPZ file with an array X of images")
-    add("--out", type=Path, default=Path("checkpoints"), help="checkpoint folder")
+    add(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent / "checkpoints",
+        help="checkpoint folder (default: checkpoints/ beside train.py)",
+    )
     args = parser.parse_args(argv)
     if args.data is None and args.dataset is None:
         parser.error("no built-in dataset fits the generator's output; pass --data")

@@ -9,22 +9,27 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import time
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 import torch
 from pydantic import ValidationError
 
 import i18n
-from builder.graph import dump_graph
+from builder.graph import Graph, dump_graph
 from i18n import _, msg
 from compiler.analysis import Analysis
 from compiler.bundle import bundle_files, bundle_zip
 from compiler.codegen import identifier
+from compiler.memory import format_bytes
 from compiler.onnx_export import OnnxExportError, export_bytes, export_graph_onnx
 from pages import state, train
 from pages.live_graph import markdown_literal
+from runtime import store
 from runtime.runs import RunInfo, checkpoint_path, list_runs
+from runtime.settings import TrainConfig
 from runtime.sizing import model_budget, server_refusal
 
 LANGUAGES = {".py": "python", ".json": "json", ".md": "markdown"}
@@ -81,6 +86,39 @@ def onnx_file(analysis: Analysis, weights_path: Path | None) -> tuple[bytes | No
         return None, exc.detail.render()
 
 
+def run_settings(run: RunInfo) -> dict[str, Any] | None:
+    """The settings a run trained with (its config.json), for train.py's defaults and the
+    README; None where they cannot be read."""
+    try:
+        config = TrainConfig.model_validate_json((run.path / store.CONFIG_FILE).read_text())
+    except (OSError, ValidationError):
+        return None
+    return config.model_dump()
+
+
+def export_run_label(run: RunInfo) -> str:
+    """A run as the export's narrow picker names it: short id, data and start time (the graph
+    is the one shown on this page)."""
+    when = time.strftime("%H:%M:%S", time.localtime(run.created))
+    return f"#{run.id[-6:]} · {run.dataset} · {when}"
+
+
+def _bundle(graph: Graph, analysis: Analysis, settings: dict[str, Any]) -> dict[str, str]:
+    """The bundle with `settings` as train.py's defaults; settings train.py cannot take are
+    named and the defaults used."""
+    try:
+        return bundle_files(graph, analysis, settings, i18n.language())
+    except ValidationError as exc:
+        reason = exc.errors()[0]["msg"]
+        st.warning(
+            _(
+                "The Train page's settings do not fit train.py ({reason}); it uses defaults.",
+                reason=reason,
+            )
+        )
+        return bundle_files(graph, analysis, lang=i18n.language())
+
+
 def render() -> None:
     st.title(_("Export"))
     graph = state.current_graph()
@@ -104,22 +142,14 @@ def render() -> None:
             on_click="ignore",
         )
         return
-    try:
-        files = bundle_files(graph, analysis, train.chosen_settings(), i18n.language())
-    except ValidationError as exc:
-        reason = exc.errors()[0]["msg"]
-        st.warning(
-            _(
-                "The Train page's settings do not fit train.py ({reason}); it uses defaults.",
-                reason=reason,
-            )
-        )
-        files = bundle_files(graph, analysis, lang=i18n.language())
+    files = _bundle(graph, analysis, train.chosen_settings())
     code_box, weights_box, onnx_box = st.columns(3, gap="medium")
-    with code_box.container(border=True, height="stretch"):
-        _code_section(files, folder, analysis.total_params)
     with weights_box.container(border=True, height="stretch"):
         weights = _weights_section(state.runs_dir(), files["model.py"], folder)
+    if weights is not None:  # the code and README describe the run whose weights go with them
+        files = _bundle(graph, analysis, run_settings(weights[0]) or train.chosen_settings())
+    with code_box.container(border=True, height="stretch"):
+        _code_section(files, folder, analysis.total_params)
     with onnx_box.container(border=True, height="stretch"):
         _onnx_section(analysis, files["model.py"], weights, folder)
     for tab, (name, text) in zip(st.tabs(list(files)), files.items(), strict=True):
@@ -165,7 +195,7 @@ def _weights_section(runs_dir: Path, model_source: str, folder: str) -> tuple[Ru
         _("Run"),
         list(found),
         index=default_run(listed, model_source),
-        format_func=lambda i: train.run_label(found[i][0]),
+        format_func=lambda i: export_run_label(found[i][0]),
         key=f"export-run-{hashlib.sha256(model_source.encode()).hexdigest()[:12]}",
     )
     run, path = found[choice]
@@ -173,8 +203,8 @@ def _weights_section(runs_dir: Path, model_source: str, folder: str) -> tuple[Ru
     if size > MAX_WEIGHTS_BYTES:
         st.error(
             _(
-                "This checkpoint is {size} MB, too large to download through the page.",
-                size=f"{size / 1e6:,.0f}",
+                "This checkpoint is {size}, too large to download through the page.",
+                size=format_bytes(size),
             )
         )
         return None
@@ -271,9 +301,8 @@ def _build_onnx(analysis: Analysis, path: Path | None) -> tuple[bytes | None, st
         if error:
             progress.update(label=_("The ONNX export failed"), state="error", expanded=False)
         else:
-            size = f"{len(data or b'') / 1e6:.1f}"
             progress.update(
-                label=_("The ONNX file is ready ({size} MB)", size=size),
+                label=_("The ONNX file is ready ({size})", size=format_bytes(len(data or b""))),
                 state="complete",
                 expanded=False,
             )

@@ -243,11 +243,19 @@ def guarded(action: Callable[[], Any], what: str) -> tuple[Any, str | None]:
         return action(), None
     except (DatasetError, GraphFormatError, ValidationError, ValueError, OSError) as exc:
         reason = exc.detail.render() if isinstance(getattr(exc, "detail", None), Message) else exc
-        return None, markdown_literal(_("Could not {what}: {reason}", what=what, reason=reason))
+        return None, markdown_literal(failure_text(what, str(reason)))
     except Exception as exc:  # the page boundary: log it whole, show a sentence
         log.exception("unexpected error while trying to %s", what)
-        reason = f"{type(exc).__name__}: {exc}"
-        return None, markdown_literal(_("Could not {what}: {reason}", what=what, reason=reason))
+        return None, markdown_literal(failure_text(what, f"{type(exc).__name__}: {exc}"))
+
+
+def failure_text(what: str, reason: str) -> str:
+    """'Could not read the uploaded file: x.csv holds ...'; a reason with nothing to say (empty,
+    or a bare name and a colon) is left out rather than end the sentence in a colon."""
+    reason = reason.strip().rstrip(":").strip()
+    if " " not in reason:
+        return _("Could not {what}.", what=what)
+    return _("Could not {what}: {reason}", what=what, reason=reason)
 
 
 @st.cache_resource(show_spinner=False)
@@ -529,7 +537,7 @@ def _uploaded_dataset() -> tuple[Dataset | None, Upload | None]:
     if key not in cache:
         with st.spinner(_("Reading {name}…", name=file.name)):
             dataset, error = guarded(
-                lambda: read_upload(file.name, data, label), _("read {name}", name=file.name)
+                lambda: read_upload(file.name, data, label), _("read the uploaded file")
             )
         if error:
             st.error(error)

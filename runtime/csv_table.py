@@ -130,9 +130,12 @@ def read_csv_table(
 def _labels(
     numbers: np.ndarray, words: list[str], any_word: bool
 ) -> tuple[np.ndarray, tuple[str, ...] | None]:
-    """Numbers as they are; words as class ids of their names in sorted order."""
+    """Whole numbers as class ids, fractions as they are; words as class ids of their names in
+    sorted order."""
     if not any_word:
-        return numbers, None
+        finite = numbers[np.isfinite(numbers)]
+        whole = len(finite) == len(numbers) and bool(np.all(np.mod(finite, 1) == 0))
+        return (numbers.astype(np.int64) if whole else numbers), None
     names = tuple(sorted({word for word in words if word}))
     ids = {name: index for index, name in enumerate(names)}
     return np.array([ids.get(word, -1) for word in words], dtype=np.int64), names

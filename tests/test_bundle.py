@@ -25,7 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = sorted((ROOT / "builder" / "templates").glob("*.json"))
 LENET = ROOT / "builder" / "templates" / "lenet5.json"
 RESNET = ROOT / "builder" / "templates" / "resnet.json"
-BUNDLE = {"model.py", "train.py", "loop.py", "builtin_data.py", "graph.json", "README.md"}
+BUNDLE = {
+    "model.py", "train.py", "loop.py", "builtin_data.py", "csv_table.py", "graph.json", "README.md"
+}  # fmt: skip
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -51,7 +53,7 @@ def test_bundle_holds_its_files_and_model_py_is_the_trained_source(template: Pat
     analysis = analyse(graph)
     files = bundle_files(graph, analysis)
     if "discriminator" in (graph.model_extra or {}):  # a GAN pair: tests/test_gan.py
-        assert set(files) == BUNDLE | {"generator.py", "discriminator.py"}
+        assert set(files) == BUNDLE - {"csv_table.py"} | {"generator.py", "discriminator.py"}
         assert files["generator.py"] == generate_source(analysis)
         return
     assert set(files) == BUNDLE
@@ -65,7 +67,8 @@ def test_readme_says_how_to_run_on_one_device_and_many() -> None:
     readme = bundle_files(graph, analyse(graph), {"epochs": 12, "optimizer": "adamw"})["README.md"]
     assert "61,706 parameters" in readme and "[B, 1, 28, 28]" in readme
     assert "torchrun --nproc_per_node=4 train.py" in readme
-    assert "12 epochs, adamw" in readme
+    assert "epochs 12, adamw" in readme
+    assert "--data mine.csv" in readme and "checkpoints/ beside it" in readme
     assert 'torch.load("model.pt", weights_only=True)' in readme
 
 

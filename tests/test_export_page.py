@@ -71,6 +71,7 @@ def test_every_bundle_file_gets_a_tab(home):
         "train.py",
         "loop.py",
         "builtin_data.py",
+        "csv_table.py",
         "graph.json",
         "README.md",
     ]
@@ -221,3 +222,31 @@ def test_a_model_too_big_for_this_server_is_never_built_for_onnx(home, monkeypat
     assert (
         "1.6 PB" in error and "ONNX" in error and "allows 2.0 GB" in error and "available" in error
     )
+
+
+def test_the_onnx_size_is_written_in_the_project_s_units(home):
+    app = open_page(home, LENET.read_text())
+    app.button(key="export-onnx-build").click().run(timeout=120)
+    label = [s.label for s in app.status][-1]
+    assert "0.0 MB" not in label and label.endswith(" kB)"), label  # LeNet-5 is about 250 kB
+
+
+def test_the_exported_readme_and_train_py_carry_the_chosen_run_s_settings(home):
+    text = LENET.read_text()
+    folder = finished_run(home, text)
+    config = TrainConfig(dataset="digits-28", epochs=3, lr=0.01)
+    (folder / store.CONFIG_FILE).write_text(config.model_dump_json())
+    app = open_page(home, text)
+    assert not app.exception
+    codes = {c.value.split("\n", 1)[0]: c.value for c in app.code}
+    readme = next(v for k, v in codes.items() if k.startswith("# "))
+    assert "epochs 3, adam, lr 0.01" in readme
+    train_py = next(v for v in codes.values() if '"--epochs"' in v)
+    assert 'add("--epochs", type=int, default=3' in train_py
+
+
+def test_the_run_picker_names_a_run_briefly_enough_for_its_column(home):
+    folder = finished_run(home, LENET.read_text())
+    app = open_page(home, LENET.read_text())
+    shown = app.selectbox[0].format_func(app.selectbox[0].value)
+    assert shown.startswith(f"#{folder.name[-6:]} · digits") and len(shown) <= 30

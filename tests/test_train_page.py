@@ -701,3 +701,18 @@ def test_before_the_first_run_the_page_shows_where_its_loss_will_be_drawn(home):
     assert figure(app, "Loss")["layout"]["annotations"][0]["text"] == (
         "your first run's loss is drawn here"
     )
+
+
+def test_a_failure_names_the_file_once_and_never_ends_in_a_colon():
+    assert train.failure_text("read the uploaded file", "x.csv:") == (
+        "Could not read the uploaded file."
+    )
+    assert train.failure_text("read the uploaded file", "x.csv holds 1 × 2") == (
+        "Could not read the uploaded file: x.csv holds 1 × 2"
+    )
+
+
+def test_a_csv_with_word_labels_is_shown_with_its_class_names(home):
+    data = b"weight,legs,kind\n4,4,dog\n3,4,cat\n5,4,dog\n"
+    dataset = dataset_from_upload("pets.csv", data)
+    assert dataset.class_names == ("cat", "dog") and "(cat, dog)" in dataset.description

@@ -31,7 +31,7 @@ from runtime.trainer import train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = sorted((ROOT / "builder" / "templates").glob("*.json"))
-BUNDLE_MODULES = ("model", "builtin_data", "loop", "train")
+BUNDLE_MODULES = ("model", "builtin_data", "loop", "csv_table", "train")
 SMALL_CNN = [
     ("Conv2d", {"out_channels": 8, "kernel_size": 3, "padding": 1}),
     ("BatchNorm2d", {}),
@@ -119,6 +119,7 @@ def test_train_py_is_black_formatted_and_standalone(template: Path) -> None:
         "model",
         "loop",
         "builtin_data",
+        "csv_table",
     }
     inner = {
         alias.name if isinstance(node, ast.Import) else node.module
@@ -169,8 +170,9 @@ def test_train_py_has_a_flag_for_every_trainconfig_field_outside_the_app(bundle)
     _, train = bundle
     args = vars(train.parse_args([]))
     fields = set(TrainConfig.model_fields) - set(APP_ONLY)
-    assert fields <= set(args) and not set(APP_ONLY) & set(args)
-    assert set(args) - fields == {"data", "out", "resume"}
+    app_only = set(APP_ONLY) - {"label_column"}  # train.py reads CSV files too
+    assert fields <= set(args) and not app_only & set(args)
+    assert set(args) - fields == {"data", "label_column", "out", "resume"}
     defaults = TrainConfig().model_dump()
     assert all(args[name] == defaults[name] for name in fields if name != "dataset")
 
@@ -232,7 +234,56 @@ def test_without_fitting_built_in_data_the_data_flag_is_required(tmp_path: Path)
         [sys.executable, "train.py"], cwd=folder, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 2
-    assert "no built-in dataset fits input [3, 5]; pass --data FILE.npz" in result.stderr
+    assert (
+        "no built-in dataset fits input [3, 5]; pass --data FILE.csv or FILE.npz" in result.stderr
+    )
+
+
+def test_the_bundle_carries_the_apps_own_csv_reader_verbatim_needing_only_numpy() -> None:
+    graph = load_graph(TEMPLATES[0].read_text())
+    files = bundle_files(graph, analyse(graph))
+    assert files["csv_table.py"] == (ROOT / "runtime" / "csv_table.py").read_text()
+    tree = ast.parse(files["csv_table.py"])
+    top = {
+        (node.module if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
+        for node in tree.body
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    }
+    assert top <= {"__future__", "csv", "io", "dataclasses", "typing", "numpy"}
+
+
+def test_trains_on_a_csv_as_the_app_reads_it_word_labels_becoming_classes(tmp_path) -> None:
+    from runtime.datasets import dataset_from_upload
+
+    rows = "\n".join(f"{i % 7},{i % 3},{'dog' if i % 2 else 'cat'}" for i in range(60))
+    data = f"weight,legs,kind\n{rows}\n"
+    (tmp_path / "pets.csv").write_text(data)
+    folder = write_bundle(tmp_path / "bundle", chain([2], [("Linear", {"out_features": 2})]))
+    try:
+        train = load_train(folder)
+        x, y = train.load_data(train.parse_args(["--data", str(tmp_path / "pets.csv")]))
+        app = dataset_from_upload("pets.csv", data.encode())
+        assert torch.equal(x, app.x) and torch.equal(y, app.y)
+        train.main([*FAST, "--epochs", "1", "--data", str(tmp_path / "pets.csv")])
+    finally:
+        forget_bundle()
+    assert (folder / "checkpoints" / "model.pt").is_file()
+
+
+def test_checkpoints_go_beside_train_py_wherever_it_is_started_from(tmp_path: Path) -> None:
+    folder = write_bundle(tmp_path / "bundle", chain([1, 8, 8], SMALL_CNN))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = subprocess.run(
+        [sys.executable, str(folder / "train.py"), *FAST, "--epochs", "1"],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (folder / "checkpoints" / "last.pt").is_file() and not list(elsewhere.iterdir())
 
 
 class Recorder:

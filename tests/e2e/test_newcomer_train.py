@@ -9,6 +9,7 @@ them, so each test opens the page on exactly the run it looks at. Every wait is 
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -170,3 +171,31 @@ def picture(page: Page, name: str) -> None:
     page.locator(LIVE_VIEW).evaluate("view => view.scrollIntoView({block: 'start'})")
     page.evaluate(NEXT_FRAMES)
     page.screenshot(path=str(_artifact(name)))
+
+
+# The closed run picker's shown value, wider than its box when cut.
+PICKER_CUT = """() => [...document.querySelectorAll('[data-testid=stSelectbox] input')]
+    .filter(input => input.value && input.scrollWidth > input.clientWidth + 1)
+    .map(input => input.value)"""
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_the_export_run_picker_is_not_cut(
+    page: Page, app_url: str, app_home: Path, lang: str
+) -> None:
+    graph = template("lenet5")
+    wid = workspace(app_home, graph)
+    run = finished_run(app_home, wid, graph, TrainConfig(dataset="digits-28", epochs=3))
+    checkpoint = app_home / "runs" / wid / run / store.CHECKPOINT_DIR
+    checkpoint.mkdir(exist_ok=True)
+    (checkpoint / store.WEIGHTS_FILE).write_bytes(b"weights")  # listed; not loaded here
+    page.set_viewport_size(VIEWPORT)
+    page.goto(f"{app_url}/?w={wid}&lang={lang}")
+    menu = page.get_by_test_id("stSidebarNav")
+    menu.get_by_text(translate("Export", lang), exact=True).click()
+    picker = page.get_by_role("combobox", name=translate("Run", lang))
+    expect(picker).to_have_value(re.compile(run[-6:]))
+    page.wait_for_function(SETTLED)
+    assert page.evaluate(PICKER_CUT) == []
+    page.evaluate(NEXT_FRAMES)
+    page.screenshot(path=str(_artifact(f"newcomer-export-{lang}")))
