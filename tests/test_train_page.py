@@ -716,3 +716,18 @@ def test_a_csv_with_word_labels_is_shown_with_its_class_names(home):
     data = b"weight,legs,kind\n4,4,dog\n3,4,cat\n5,4,dog\n"
     dataset = dataset_from_upload("pets.csv", data)
     assert dataset.class_names == ("cat", "dog") and "(cat, dog)" in dataset.description
+
+
+def test_a_gan_run_draws_both_players_uncoloured_and_says_why(home):
+    pair = json.loads((ROOT / "builder" / "templates" / "dcgan_digits.json").read_text())
+    folder = create_run(home / "runs" / WORKSPACE, parse_graph(pair), TrainConfig())
+    log = store.MetricsLog(folder / store.METRICS_FILE)
+    log.write([{"kind": "gan", "step": 1, "d_loss": 1.0, "g_loss": 1.0, "d_real": 0.6,
+                "d_fake": 0.4}])  # fmt: skip
+    log.close()
+    store.update_status(folder, status="completed", epoch=1, step=1)
+    app = open_page(home, pair)
+    assert not app.exception
+    headings = [m.value for m in app.markdown]
+    assert "**Generator**" in headings and "**Discriminator**" in headings
+    assert "not coloured" in shown(app) and "coloured by its gradient norm" not in shown(app)

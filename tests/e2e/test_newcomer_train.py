@@ -199,3 +199,42 @@ def test_the_export_run_picker_is_not_cut(
     assert page.evaluate(PICKER_CUT) == []
     page.evaluate(NEXT_FRAMES)
     page.screenshot(path=str(_artifact(f"newcomer-export-{lang}")))
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_a_rejected_epoch_count_is_explained_beside_it_and_holds_start(
+    page: Page, app_url: str, app_home: Path, lang: str
+) -> None:
+    wid = workspace(app_home, tiny_graph())
+    open_train(page, app_url, wid, lang)
+    epochs = page.get_by_role("spinbutton", name=translate("Epochs", lang))
+    epochs.fill("-3")
+    epochs.press("Enter")
+    reason = translate("must be at least {limit}", lang).format(limit=1)
+    expect(page.locator(".st-key-train-start button")).to_be_disabled()
+    expect(page.get_by_text(reason, exact=True)).to_be_visible()  # beside the field
+    page.wait_for_function(SETTLED)
+    page.screenshot(path=str(_artifact(f"newcomer-epochs-{lang}")))
+    epochs.fill("3")
+    epochs.press("Enter")
+    expect(page.locator(".st-key-train-start button")).to_be_enabled()
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_a_conv_stack_without_its_flatten_gets_the_flatten_in_one_click(
+    page: Page, app_url: str, app_home: Path, lang: str
+) -> None:
+    lenet = template("lenet5")
+    lenet["nodes"] = [n for n in lenet["nodes"] if n["id"] != "flatten"]
+    lenet["edges"] = [e for e in lenet["edges"] if "flatten" not in (e["source"], e["target"])]
+    lenet["edges"].append({"source": "s4", "target": "f5"})
+    wid = workspace(app_home, lenet)
+    open_train(page, app_url, wid, lang)
+    page.get_by_role("combobox", name=translate("Dataset", lang)).click()
+    page.get_by_role("option", name="digits-28", exact=True).click()
+    fix = page.locator(".st-key-train-apply-fix button")
+    expect(fix).to_be_visible()
+    page.wait_for_function(SETTLED)
+    page.screenshot(path=str(_artifact(f"newcomer-flatten-{lang}")))
+    fix.click()
+    expect(page.locator(".st-key-train-start button")).to_be_enabled()
