@@ -7,11 +7,18 @@ forkserver (runtime/warm.py) so that it starts without importing torch, and reco
 the process's start time: a reader that finds that process gone, a zombie, or the pid reused by
 another process reports the run as "interrupted", with every metric written until then readable.
 
-At most max_trainers() trainers run at once per server, and a workspace (a folder of runs:
-runs/<workspace>/<run>) at most its workspace_share() of them; further runs wait as "queued" and
-start as slots free. A trainer holds its slot until its process ends, counted by pid and start
-time, so a forkserver that dies (it is started again) leaves no trainer uncounted; a run that
-cannot be started is recorded as such and gives its slot back. Start, Resume, Stop and Delete of
+Runs share the machine by memory. Every run is sized when it is queued (runtime/sizing.py: its
+training step, plus its process or CUDA context) and starts when that fits what is free on its
+device, less a headroom; a run that could never fit is refused at Start. max_trainers() bounds
+the count and each workspace (runs/<workspace>/<run>) gets its workspace_share(). Who goes next
+is _decide's rule: workspaces take turns, oldest run first, and a smaller run may pass a waiting
+big one only while memory held by running runs will come back, at most MAX_OVERTAKES times. CPU
+trainers split the cores (runtime/warm.py).
+
+The queue is the status files, so several servers (processes) may share one runs root: a look at
+the queue holds a flock on the root's POOL_LOCK_FILE, counts the trainers alive by pid and start
+time (a forkserver that died leaves none uncounted), marks what it admits before launching it,
+and writes each waiting run's place and reason into POOL_FILE. Start, Resume, Stop and Delete of
 one run are serialised by a lock file in its folder: a second click finds the first under way.
 Stop escalates: the stop flag, then SIGTERM, then SIGKILL, and a run always ends "stopped" with
 its last checkpoint kept.
@@ -21,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import itertools
 import json
 import logging
 import math
@@ -45,14 +51,15 @@ from typing import Any, Literal
 import psutil
 import torch
 
-from builder.graph import Graph, dump_graph
+from builder.graph import Graph, dump_graph, load_graph
 from compiler.analysis import analyse
 from compiler.codegen import generate_source, identifier
 from i18n import N_, Message, msg
 from runtime import store
 from runtime.datasets import MAX_UPLOAD_BYTES
+from compiler.memory import format_bytes
+from runtime import sizing
 from runtime.launcher import CONTEXT, restart_if_dead
-from runtime.sizing import check_fits
 from runtime.trainer import TrainConfig
 
 Status = Literal[
@@ -70,6 +77,10 @@ ORPHAN_POLL_SECONDS = 0.5  # how often a trainer whose forkserver died is looked
 FORK_ATTEMPTS = 3  # a fork that fails (the forkserver died meanwhile) is tried again
 FORK_RETRY_SECONDS = 0.2  # times the attempt number, before the next try
 LOCK_FILE = ".run.lock"  # flock'd while a run is started, resumed, stopped or deleted
+POOL_LOCK_FILE = ".pool.lock"  # in the runs root: flock'd by one server's look at the queue
+POOL_FILE = ".pool.json"  # in the runs root: each waiting run's place in line and reason
+POOL_POLL_SECONDS = 1.0  # how often a server with runs waiting looks at the queue again
+MAX_OVERTAKES = 3  # later runs that may start before the oldest waiting run while it waits
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -138,7 +149,9 @@ def create_run(
                 first=analysis.errors[0].message,
             )
         )
-    too_big = check_fits(graph, analysis, config.batch_size, config.optimizer, config.device)
+    too_big = sizing.check_could_ever_fit(
+        graph, analysis, config.batch_size, config.optimizer, config.device
+    )
     if too_big is not None:
         raise RunError(too_big)
     if dataset_file is not None:
@@ -200,7 +213,7 @@ def start_run(
     dataset_file: Path | None = None,
     warm_start_from: str | None = None,
 ) -> str:
-    """Create a run and queue it for a trainer (it starts at once where a slot is free)."""
+    """Create a run and queue it for a trainer (it starts at once where it fits)."""
     folder = create_run(Path(runs_dir), graph, config, dataset_file, warm_start_from)
     with _locked(folder.parent, folder.name):
         _enqueue(folder)
@@ -208,8 +221,11 @@ def start_run(
 
 
 def max_trainers() -> int:
-    """Trainers one server runs at once: NETBUILDER_MAX_TRAINERS, else one per GPU (1 on CPU)."""
-    return _positive_setting(MAX_TRAINERS_ENV) or max(1, torch.cuda.device_count())
+    """The most trainers that run at once over one runs root: NETBUILDER_MAX_TRAINERS, else the
+    number of CPU cores (at least 2). Memory decides first; this bounds the count because every
+    trainer needs a core (a GPU's runs too, to feed it), and trainers beyond the cores only take
+    turns on them, each slower, while each holds its memory."""
+    return _positive_setting(MAX_TRAINERS_ENV) or max(2, os.cpu_count() or 1)
 
 
 def workspace_share(active_workspaces: int) -> int:
@@ -233,7 +249,7 @@ def _positive_setting(name: str) -> int | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The server's trainers: a queue, the processes it started, and the warm forkserver
+# The pool: the queue is the runs' status files, shared by every server over one runs root
 
 
 @dataclass
@@ -262,16 +278,321 @@ class _Trainer:
 
 @dataclass
 class _Trainers:
-    """This server's trainer processes and the runs waiting for one (guarded by lock)."""
+    """What this server process knows besides the files: the trainers it started (to reap
+    them) and the runs roots it queued runs in (to look at them again while runs wait)."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
-    running: dict[Path, _Trainer | None] = field(default_factory=dict)  # None: launching
-    queue: list[Path] = field(default_factory=list)
-    served: dict[Path, int] = field(default_factory=dict)  # workspace -> its last admission
-    admissions: itertools.count = field(default_factory=itertools.count)
+    running: dict[Path, _Trainer] = field(default_factory=dict)
+    roots: set[Path] = field(default_factory=set)
+    watching: bool = False
 
 
 _TRAINERS = _Trainers()
+
+
+@dataclass
+class _PoolRun:
+    """A run as the pool sees it in its status.json: holding memory and a slot (its trainer
+    lives, or a live server is launching it), waiting (queued by a live server, no trainer
+    yet, no stop asked), or neither."""
+
+    folder: Path
+    status: dict[str, Any]
+    holding: bool
+    waiting: bool
+
+    @property
+    def workspace(self) -> Path:
+        return self.folder.parent
+
+    @property
+    def kind(self) -> str:
+        """cpu, mps or cuda, as sized when it was queued."""
+        device = self._memory.get("device")
+        return device if device in ("cpu", "mps", "cuda") else "cpu"
+
+    @property
+    def each(self) -> int:
+        """Bytes each of its processes claims."""
+        claimed = self._memory.get("bytes")
+        return claimed if isinstance(claimed, int) and claimed >= 0 else 0
+
+    @property
+    def processes(self) -> int:
+        count = self._memory.get("processes")
+        return count if isinstance(count, int) and count >= 1 else 1
+
+    @property
+    def _memory(self) -> dict[str, Any]:
+        memory = self.status.get("memory")
+        return memory if isinstance(memory, dict) else {}
+
+    @property
+    def queued_at(self) -> float:
+        return float(self.status.get("queued_at") or self.status.get("created") or 0.0)
+
+    def claims(self, gpu: int | None = None) -> dict[str, int]:
+        """Bytes it holds (or would hold, on `gpu`) per memory: "ram" for cpu and mps (whose
+        memory is the RAM), "cuda:N" per GPU; a run on several GPUs holds each of them."""
+        if self.kind != "cuda":
+            return {RAM: self.each * self.processes}
+        if self.processes > 1:
+            return {f"cuda:{index}": self.each for index in range(self.processes)}
+        gpu = self.status.get("gpu") if gpu is None else gpu
+        return {f"cuda:{gpu}": self.each} if isinstance(gpu, int) else {}
+
+
+RAM = "ram"
+
+
+def _scan(root: Path) -> list[_PoolRun]:
+    """Every run under the runs root (root/<run> and root/<workspace>/<run>), classified."""
+    folders = {
+        path.parent.resolve()  # once each, however many links lead to it
+        for path in [*root.glob(f"*/{store.STATUS_FILE}"), *root.glob(f"*/*/{store.STATUS_FILE}")]
+    }
+    found = []
+    for folder in sorted(folders):
+        try:
+            status = store.read_status(folder)
+        except (OSError, store.StatusError):
+            continue  # a broken status fails its own run where it is read
+        found.append(_classify(folder, status))
+    return found
+
+
+def _classify(folder: Path, status: dict[str, Any]) -> _PoolRun:
+    recorded, pid = status.get("status"), status.get("pid")
+    holding = waiting = False
+    if recorded in ACTIVE and pid is not None:
+        holding = _alive(pid, status.get("pid_started"))
+    elif recorded == "queued":
+        admitted, server = status.get("admitted"), status.get("server")
+        if isinstance(admitted, dict) and _alive(admitted.get("pid"), admitted.get("started")):
+            holding = True  # a live server is launching it
+        elif isinstance(server, dict) and _alive(server.get("pid"), server.get("started")):
+            waiting = not (folder / store.STOP_FILE).exists()
+    return _PoolRun(folder.resolve(), status, holding, waiting)
+
+
+def _resident_bytes(run: _PoolRun) -> int:
+    """The RAM its trainer holds now (with torchrun's workers); 0 before it has a process."""
+    process = _process(run.status.get("pid"), run.status.get("pid_started"))
+    if process is None:
+        return 0
+    total = 0
+    for each in [process, *process.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            total += each.memory_info().rss
+    return total
+
+
+def _free_memory(holding: list[_PoolRun], gpus: bool) -> dict[str, int]:
+    """What a run may still claim per memory, the headroom kept. The RAM: available now less
+    what running runs were sized at and have not allocated yet (each counted at its sized
+    figure, or its resident memory if larger). A GPU: its free memory, or its total less what
+    the runs on it claim, whichever is less (no per-process figure without NVML)."""
+    ram = sizing.device_memory("cpu")
+    unallocated = sum(max(0, run.claims().get(RAM, 0) - _resident_bytes(run)) for run in holding)
+    free = {RAM: ram.free - sizing.headroom("cpu", ram.total) - unallocated}
+    for index in range(sizing.gpu_count() if gpus else 0):
+        device = f"cuda:{index}"
+        memory = sizing.device_memory(device)
+        claimed = sum(run.claims().get(device, 0) for run in holding)
+        kept = sizing.headroom(device, memory.total)
+        free[device] = min(memory.free, memory.total - claimed) - kept
+    return free
+
+
+def _placement(run: _PoolRun, free: dict[str, int]) -> int | None:
+    """Where the run fits now: -1 for the RAM or for every GPU it spans, else the GPU with the
+    most room; None when it does not fit."""
+    if run.kind != "cuda" or run.processes > 1:
+        claims = run.claims()
+        fits = bool(claims) and all(need <= free.get(name, -1) for name, need in claims.items())
+        return -1 if fits else None
+    gpus = [name for name in free if name.startswith("cuda:")]
+    roomiest = max(gpus, key=lambda name: free[name], default=None)
+    if roomiest is None or run.each > free[roomiest]:
+        return None
+    return int(roomiest.removeprefix("cuda:"))
+
+
+def _shortfall(run: _PoolRun, free: dict[str, int]) -> Message:
+    """'needs 3.1 GB, 1.2 GB free' for the memory it would take (the roomiest GPU's)."""
+    claims = run.claims(gpu=0 if run.kind == "cuda" else None)
+    if run.kind == "cuda" and run.processes == 1:
+        room = max((free[name] for name in free if name != RAM), default=0)
+    else:
+        room = min((free.get(name, 0) for name in claims), default=0)
+    need = sum(claims.values()) if run.kind != "cuda" else run.each
+    return msg(
+        "needs {need}, {free} free", need=format_bytes(need), free=format_bytes(max(0, room))
+    )
+
+
+@dataclass
+class _Decision:
+    """One look at the queue: the run to start now (where), or none, and why each other waits."""
+
+    chosen: _PoolRun | None
+    gpu: int | None
+    reasons: dict[Path, Message]
+    order: list[_PoolRun]
+    overtook: Path | None  # the oldest run, which the chosen one went before
+
+
+def _decide(
+    waiting: list[_PoolRun],
+    holding: list[_PoolRun],
+    free: dict[str, int],
+    served: dict[Path, float],
+    overtaken: dict[Path, int],
+) -> _Decision:
+    """Who starts next. Workspaces take turns (the one served longest ago first, each under its
+    workspace_share()), and within that the oldest queued run goes first (FIFO). When that run
+    does not fit, a later run that fits may go before it only while the runs that hold the
+    same memory will give theirs back (so it could not start now anyway), and at most
+    MAX_OVERTAKES times: after that nothing starts before it, so a big run is never starved."""
+    order = sorted(waiting, key=lambda run: (served.get(run.workspace, -1.0), run.queued_at))
+    slots = max_trainers()
+    if len(holding) >= slots:
+        busy = msg("{busy} of {slots} trainers busy", busy=len(holding), slots=slots)
+        return _Decision(None, None, {run.folder: busy for run in order}, order, None)
+    per_workspace = Counter(run.workspace for run in holding)
+    share = workspace_share(len({*per_workspace, *(run.workspace for run in order)}))
+    reasons: dict[Path, Message] = {}
+    head: _PoolRun | None = None
+    may_overtake = False
+    for run in order:
+        if per_workspace[run.workspace] >= share:
+            reasons[run.folder] = msg("this workspace has its share ({share})", share=share)
+            continue
+        place = _placement(run, free)
+        if place is not None and (head is None or may_overtake):
+            gpu = place if run.kind == "cuda" and run.processes == 1 else None
+            return _Decision(run, gpu, reasons, order, head.folder if head else None)
+        if place is None:
+            reasons[run.folder] = _shortfall(run, free)
+        else:
+            reasons[run.folder] = msg("an earlier run that needs more memory goes first")
+        if head is None:
+            head = run
+            gives_back = any(run.kind == other.kind for other in holding)
+            may_overtake = gives_back and overtaken.get(run.folder, 0) < MAX_OVERTAKES
+    return _Decision(None, None, reasons, order, None)
+
+
+def _admit(root: Path) -> tuple[list[Path], int]:
+    """One look at the runs root under its pool lock (so that no two servers admit against the
+    same free memory): admit each run that may start, marked in its status.json as being
+    launched by this server, and write each waiting run's place and reason into the pool file.
+    Returns the runs this server must launch and how many still wait."""
+    with _pool_locked(root):
+        runs = _scan(root)
+        holding = [run for run in runs if run.holding]
+        waiting = [run for run in runs if run.waiting]
+        previous = _read_pool_file(root)
+        overtaken = {root / name: count for name, count in previous.get("overtaken", {}).items()}
+        served: dict[Path, float] = {}
+        for run in runs:
+            admitted_at = run.status.get("admitted_at")
+            if isinstance(admitted_at, (int, float)):
+                served[run.workspace] = max(served.get(run.workspace, -1.0), admitted_at)
+        free = _free_memory(holding, gpus=any(r.kind == "cuda" for r in [*holding, *waiting]))
+        launch: list[Path] = []
+        busy: list[_PoolRun] = []  # held by a start, stop or delete now: the next look decides
+        while True:
+            decision = _decide(waiting, holding, free, served, overtaken)
+            if decision.chosen is None:
+                break
+            run = decision.chosen
+            waiting.remove(run)
+            if not _mark_admitted(run, decision.gpu, holding):
+                busy.append(run)
+                continue
+            holding.append(run)
+            for name, need in run.claims().items():
+                free[name] -= need
+            served[run.workspace] = run.status["admitted_at"]
+            if decision.overtook is not None:
+                overtaken[decision.overtook] = overtaken.get(decision.overtook, 0) + 1
+            launch.append(run.folder)
+        _write_pool_file(root, decision, overtaken)
+        return launch, len(decision.order) + len(busy)
+
+
+def _mark_admitted(run: _PoolRun, gpu: int | None, holding: list[_PoolRun]) -> bool:
+    """Record that this server launches the run (on `gpu`, with the CPU runs it shares the
+    cores with), unless a start, stop or delete of it holds it now or it was stopped."""
+    try:
+        with _locked(run.folder.parent, run.folder.name):
+            if (run.folder / store.STOP_FILE).exists():
+                return False
+            cpu_runs = 1 + sum(other.kind == "cpu" for other in holding)
+            run.status = store.update_status(
+                run.folder,
+                admitted=_this_process(),
+                admitted_at=time.time(),
+                gpu=gpu,
+                cpu_runs=cpu_runs if run.kind == "cpu" else None,
+            )
+            return True
+    except (RunError, OSError, store.StatusError):
+        return False
+
+
+def _read_pool_file(root: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((root / POOL_FILE).read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_pool_file(root: Path, decision: _Decision, overtaken: dict[Path, int]) -> None:
+    """Each waiting run's place in line and why it waits ("waiting, number 2 in line: needs
+    3.1 GB, 1.2 GB free"), read by the runs tables of every server; and how often each run was
+    overtaken, so that the bound holds across looks and servers."""
+    waiting = {}
+    for place, run in enumerate(decision.order, start=1):
+        reason = decision.reasons.get(run.folder, msg("starting"))
+        line = msg("waiting, number {place} in line: {reason}", place=place, reason=reason)
+        waiting[run.folder.relative_to(root).as_posix()] = line.to_json()
+    still = {run.folder for run in decision.order}
+    counts = {
+        folder.relative_to(root).as_posix(): count
+        for folder, count in overtaken.items()
+        if folder in still
+    }
+    store.write_json(root / POOL_FILE, {"waiting": waiting, "overtaken": counts}, durable=False)
+
+
+def _waiting_line(folder: Path) -> Message | None:
+    """The pool's sentence for a waiting run, from the pool file of its runs root."""
+    root = _pool_root(folder)
+    entry = _read_pool_file(root).get("waiting", {})
+    key = folder.resolve().relative_to(root).as_posix() if isinstance(entry, dict) else None
+    return store.message_from_json(entry.get(key)) if key else None
+
+
+@contextlib.contextmanager
+def _pool_locked(root: Path) -> Iterator[None]:
+    """The runs root, held by one server's look at the queue at a time (flock on a file in it:
+    threads and processes alike wait their turn; a look takes milliseconds)."""
+    root.mkdir(parents=True, exist_ok=True)
+    handle = os.open(root / POOL_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)
+
+
+def _pool_root(folder: Path) -> Path:
+    """The runs root whose runs share the machine: the folder of workspaces that holds the run's
+    workspace (the app keeps runs/<workspace>/<run>; runs/ is the root)."""
+    return folder.resolve().parent.parent
 
 
 def _in_background(action: Callable[..., None], *args: Any) -> None:
@@ -286,54 +607,119 @@ def _in_background(action: Callable[..., None], *args: Any) -> None:
     threading.Thread(target=guarded, daemon=True).start()
 
 
-def _enqueue(folder: Path) -> None:
-    """Queue a run; a slot is filled in the background (the first fork may wait for the
-    forkserver to finish importing), so Start returns at once."""
+def _enqueue(folder: Path, message: Message | str = "") -> None:
+    """Queue a run (sized now, so that no look at the queue has to read its graph); a trainer
+    is started in the background (the first fork may wait for the forkserver to finish
+    importing), so Start returns at once. A run that could never fit is refused here."""
     folder = folder.resolve()
-    store.update_status(folder, status="queued", pid=None, server=_this_process())
-    with _TRAINERS.lock:  # checked and added at once: a run waits in the queue once
-        if folder in _TRAINERS.queue:
-            raise RunError(msg("run {run} is already queued", run=repr(folder.name)))
-        _TRAINERS.queue.append(folder)
-    _in_background(_fill_slots)
+    status = store.read_status(folder)
+    if _classify(folder, status).waiting:
+        raise RunError(msg("run {run} is already queued", run=repr(folder.name)))
+    memory, refusal = _size(folder)
+    if refusal is not None:
+        raise RunError(refusal)
+    store.update_status(
+        folder,
+        status="queued",
+        pid=None,
+        server=_this_process(),
+        queued_at=time.time(),
+        admitted=None,
+        memory=memory,
+        message=message,
+    )
+    _watch(_pool_root(folder))
 
 
-def _dequeue(folder: Path) -> bool:
-    """Take a run off the queue; True when it was waiting there."""
+def _size(folder: Path) -> tuple[dict[str, Any], Message | None]:
+    """The run's claim as the pool keeps it ({device, bytes per process, processes}) and the
+    refusal for a run that could never fit. A graph or config that cannot be read is sized at
+    its process alone: the trainer names what is wrong with it."""
+    try:
+        config = TrainConfig.model_validate_json((folder / store.CONFIG_FILE).read_text())
+        graph = load_graph((folder / store.GRAPH_FILE).read_text())
+    except (OSError, ValueError):
+        return {"device": "cpu", "bytes": sizing.TRAINER_PROCESS_BYTES, "processes": 1}, None
+    device = sizing.resolve_device(config.device) or "cpu"
+    analysis = analyse(graph)
+    estimate = sizing.training_estimate(graph, analysis, config.batch_size, config.optimizer)
+    memory = {
+        "device": device,
+        "bytes": sizing.claim_bytes(estimate.training_bytes, device),
+        "processes": config.processes,
+    }
+    return memory, sizing.never_fits(estimate, device)
+
+
+def _watch(root: Path) -> None:
+    """Look at the runs root now, and again every POOL_POLL_SECONDS while runs wait there:
+    memory comes back as trainers end (here or in another server) or as other programs free it."""
     with _TRAINERS.lock:
-        waiting = folder.resolve() in _TRAINERS.queue
-        if waiting:
-            _TRAINERS.queue.remove(folder.resolve())
-    return waiting
+        _TRAINERS.roots.add(root)
+        start = not _TRAINERS.watching
+        _TRAINERS.watching = True
+    _in_background(_fill_slots, root)
+    if start:
+        _in_background(_keep_watching)
 
 
-def _fill_slots() -> None:
-    """Start queued runs while slots are free. Whatever goes wrong with one run (the forkserver
-    gone, its folder deleted, its status.json unreadable) is logged and recorded on that run,
-    and its slot is given back: the next run still starts."""
-    while (folder := _next_for_a_slot()) is not None:
-        trainer: _Trainer | None = None
-        try:
-            trainer = _start_queued(folder)
-        except Exception as exc:  # noqa: BLE001  (one run's failure must not stall the queue)
-            log.exception("could not start a trainer for %s", folder)
-            _record_failed_start(folder, exc)
-        finally:
+def _keep_watching() -> None:
+    try:
+        while True:
+            time.sleep(POOL_POLL_SECONDS)
             with _TRAINERS.lock:
-                if trainer is None:
-                    _TRAINERS.running.pop(folder, None)
-                else:
-                    _TRAINERS.running[folder] = trainer
-        if trainer is not None:
-            _in_background(_reap, trainer)
+                roots = list(_TRAINERS.roots)
+            still = [root for root in roots if _fill_slots(root)]
+            with _TRAINERS.lock:
+                _TRAINERS.roots.difference_update(set(roots) - set(still))
+                if not _TRAINERS.roots:
+                    _TRAINERS.watching = False
+                    return
+    except BaseException:
+        with _TRAINERS.lock:
+            _TRAINERS.watching = False
+        raise
+
+
+def _fill_slots(root: Path | None = None) -> int:
+    """Start the runs the pool admits under `root` (every root this server queued runs in, by
+    default); returns how many still wait. Whatever goes wrong with one run (the forkserver
+    gone, its folder deleted, its status.json unreadable) is logged and recorded on that run,
+    which gives its memory and slot back: the next run still starts."""
+    with _TRAINERS.lock:
+        roots = [root] if root is not None else list(_TRAINERS.roots)
+    still_waiting = 0
+    for each in roots:
+        launch, waiting = _admit(each)
+        still_waiting += waiting
+        for folder in launch:
+            _start_admitted(folder, each)
+    return still_waiting
+
+
+def _start_admitted(folder: Path, root: Path) -> None:
+    trainer: _Trainer | None = None
+    try:
+        trainer = _start_queued(folder)
+    except Exception as exc:  # noqa: BLE001  (one run's failure must not stall the queue)
+        log.exception("could not start a trainer for %s", folder)
+        _record_failed_start(folder, exc)
+    if trainer is not None:
+        with _TRAINERS.lock:
+            _TRAINERS.running[folder] = trainer
+        _in_background(_reap, trainer, folder, root)
+    else:
+        _in_background(_fill_slots, root)  # what it was given goes to the next run
 
 
 def _start_queued(folder: Path) -> _Trainer | None:
-    """A trainer for a run just taken off the queue; None for a run deleted or stopped since."""
+    """A trainer for a run just admitted; None for a run deleted or stopped since."""
     if not (folder / store.STATUS_FILE).exists():
         return None
     if (folder / store.STOP_FILE).exists():
-        store.update_status(folder, status="stopped", message=msg("stopped before it started"))
+        store.update_status(
+            folder, status="stopped", admitted=None, message=msg("stopped before it started")
+        )
         return None
     return _launch(folder)
 
@@ -346,43 +732,13 @@ def _record_failed_start(folder: Path, exc: Exception) -> None:
             folder,
             status="interrupted",
             pid=None,
+            admitted=None,
             message=msg(
                 "the trainer could not be started ({reason}); resume to try again", reason=reason
             ),
         )
     except Exception:  # noqa: BLE001  (its status.json may be the very problem)
         log.warning("could not record the failed start in %s", folder, exc_info=True)
-
-
-def _next_for_a_slot() -> Path | None:
-    """The next queued run, its slot reserved, or None when none may start now.
-
-    A slot is free while fewer than max_trainers() trainers live (by pid and start time, so a
-    trainer whose forkserver died still counts). The run chosen is the oldest of the workspace
-    served longest ago among the workspaces under their workspace_share(); a run whose previous
-    trainer is still ending waits for it (a folder never has two trainers).
-    """
-    with _TRAINERS.lock:
-        for folder, trainer in list(_TRAINERS.running.items()):
-            if trainer is not None and not trainer.is_alive():
-                del _TRAINERS.running[folder]
-        if not _TRAINERS.queue or len(_TRAINERS.running) >= max_trainers():
-            return None
-        per_workspace = Counter(folder.parent for folder in _TRAINERS.running)
-        workspaces = set(per_workspace) | {folder.parent for folder in _TRAINERS.queue}
-        share = workspace_share(len(workspaces))
-        candidates = [
-            folder
-            for folder in _TRAINERS.queue
-            if per_workspace[folder.parent] < share and folder not in _TRAINERS.running
-        ]
-        if not candidates:
-            return None
-        folder = min(candidates, key=lambda f: _TRAINERS.served.get(f.parent, -1))
-        _TRAINERS.queue.remove(folder)
-        _TRAINERS.running[folder] = None  # reserved while it is being launched
-        _TRAINERS.served[folder.parent] = next(_TRAINERS.admissions)
-        return folder
 
 
 def _launch(folder: Path) -> _Trainer:
@@ -443,10 +799,13 @@ def _launch_torchrun(folder: Path, processes: int) -> _Trainer:
     return _Trainer(process.pid, process_start_time(process.pid), process)
 
 
-def _reap(trainer: _Trainer) -> None:
-    """Wait for a trainer to end, then give its slot to the next queued run."""
+def _reap(trainer: _Trainer, folder: Path, root: Path) -> None:
+    """Wait for a trainer to end, then give its memory and slot to the next queued run."""
     trainer.wait()
-    _fill_slots()
+    with _TRAINERS.lock:
+        if _TRAINERS.running.get(folder) is trainer:
+            del _TRAINERS.running[folder]
+    _fill_slots(root)
 
 
 def _forget_at_exit(process: BaseProcess) -> None:
@@ -635,7 +994,8 @@ def _effective_status(folder: Path, status: dict[str, Any]) -> tuple[Status, Mes
     stop_requested = (folder / store.STOP_FILE).exists()
     if status.get("pid") is None:
         if _waiting_for_a_trainer(status):
-            return "queued", detail
+            waiting = _classify(folder, status).waiting and _waiting_line(folder)
+            return "queued", waiting or detail
         if stop_requested:
             return "stopped", msg("stopped before it started")
         return "interrupted", msg("the server stopped before this run started; resume to start it")
@@ -734,10 +1094,11 @@ def stop_run(
         info = _info(folder)
         if info.status not in ACTIVE:
             return info
-        (folder / store.STOP_FILE).touch()
-        if _dequeue(folder):
+        waiting = _classify(folder.resolve(), store.read_status(folder)).waiting
+        (folder / store.STOP_FILE).touch()  # a pool that admits it meanwhile stops it unstarted
+        if waiting:  # no server launches it while we hold it
             store.update_status(folder, status="stopped", message=msg("stopped before it started"))
-            _in_background(_fill_slots)  # one workspace fewer may mean a bigger share for others
+            _in_background(_fill_slots, _pool_root(folder))  # a bigger share for others
         else:
             _in_background(_escalate, folder, grace, kill_grace)
         return _info(folder)
@@ -797,8 +1158,7 @@ def resume_run(runs_dir: Path, run_id: str) -> RunInfo:
                 )
             )
         (folder / store.STOP_FILE).unlink(missing_ok=True)
-        store.update_status(folder, message=msg("resuming"))
-        _enqueue(folder)
+        _enqueue(folder, msg("resuming"))
         return _info(folder)
 
 
@@ -806,13 +1166,13 @@ def delete_run(runs_dir: Path, run_id: str, kill_grace: float = KILL_GRACE_SECON
     """Delete a run and its folder; a running trainer is stopped (SIGTERM, then SIGKILL) first,
     so that nothing writes into the folder while it goes."""
     with _locked(runs_dir, run_id) as folder:
-        if _dequeue(folder):
-            _in_background(_fill_slots)  # one workspace fewer may mean a bigger share for others
+        root = _pool_root(folder)
         status = _info(folder).status
         if status in ("running", "stopping"):
             (folder / store.STOP_FILE).touch()
             _escalate(folder, 0.0, kill_grace)
         shutil.rmtree(folder)
+    _in_background(_fill_slots, root)  # its memory, slot or place in line goes to the others
 
 
 def checkpoint_path(runs_dir: Path, run_id: str) -> Path | None:

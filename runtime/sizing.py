@@ -4,6 +4,12 @@ create_run (the app and the command line) asks before a trainer is spawned, and 
 again first thing, since the device's free memory may have changed in between. A model that does
 not fit ends in a sentence with both figures, never in the allocator's traceback.
 
+The trainer pool (runtime/runs.py) admits runs by memory: each run is sized once when it is
+queued (run_claim: its training step plus what its process costs besides), and admitted while
+its claim fits what is free on its device less the headroom the operator keeps
+(NETBUILDER_MEMORY_HEADROOM_MB, and NETBUILDER_SERVER_MEMORY_FRACTION of the RAM for the web
+server). A run whose claim exceeds the device's whole capacity could never start and is refused.
+
 The web server itself builds models too (the ONNX export, the live samples of a run): those are
 sized against the operator's budget for one model in the server (NETBUILDER_MODEL_BUDGET_MB) and
 the memory available now, and the models it keeps are kept in a cache bounded by bytes.
@@ -15,6 +21,7 @@ import math
 import os
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
@@ -24,11 +31,25 @@ import torch
 from builder.graph import Graph, GraphFormatError
 from compiler.analysis import Analysis, analyse
 from compiler.gan import discriminator_graph
-from compiler.memory import does_not_fit, estimate_memory, for_a_gan_step, format_bytes
+from compiler.memory import (
+    MemoryEstimate,
+    does_not_fit,
+    estimate_memory,
+    for_a_gan_step,
+    format_bytes,
+)
 from i18n import Message, msg
 
 MODEL_BUDGET_ENV = "NETBUILDER_MODEL_BUDGET_MB"
 DEFAULT_MODEL_BUDGET_MB = 2048
+HEADROOM_ENV = "NETBUILDER_MEMORY_HEADROOM_MB"
+DEFAULT_HEADROOM_MB = 512
+SERVER_FRACTION_ENV = "NETBUILDER_SERVER_MEMORY_FRACTION"
+DEFAULT_SERVER_FRACTION = 0.1  # of the RAM, kept for the web server and its pages' caches
+# What a trainer costs besides its model's training step: a CUDA context on its GPU, and on the
+# CPU its own copy of the data, torch's allocator and Python (what a forked trainer adds).
+CUDA_CONTEXT_BYTES = 500 * 10**6
+TRAINER_PROCESS_BYTES = 200 * 10**6
 
 Value = TypeVar("Value")
 
@@ -53,17 +74,68 @@ def available_bytes(device: str) -> int:
     return int(psutil.virtual_memory().available)  # cpu, and mps (unified memory)
 
 
-def check_fits(
-    graph: Graph, analysis: Analysis, batch_size: int, optimizer: str, device: str
-) -> Message | None:
-    """None when a training step fits the device, else the sentence that refuses the run (for
-    a GAN pair, a step of both players).
+@dataclass(frozen=True)
+class DeviceMemory:
+    """A device's memory now: what is free (available RAM, free GPU memory) and its total."""
 
-    An unavailable device is left for the trainer to name (it says which one and what to pick).
-    """
-    resolved = resolve_device(device)
-    if resolved is None:
-        return None
+    free: int
+    total: int
+
+
+def device_memory(device: str) -> DeviceMemory:
+    """The memory probe the pool asks (tests stand a fake in its place): a GPU by its index
+    ("cuda:1"), else the RAM (cpu, and mps, whose memory is the RAM)."""
+    if device.startswith("cuda"):
+        free, total = torch.cuda.mem_get_info(torch.device(device))
+        return DeviceMemory(int(free), int(total))
+    memory = psutil.virtual_memory()
+    return DeviceMemory(int(memory.available), int(memory.total))
+
+
+def gpu_count() -> int:
+    return torch.cuda.device_count()
+
+
+def headroom(device: str, total: int) -> int:
+    """Bytes of a device that no run may claim: NETBUILDER_MEMORY_HEADROOM_MB (10^6 bytes, default
+    512) on every device and, of the RAM, NETBUILDER_SERVER_MEMORY_FRACTION (default 0.1) for
+    the web server, which builds models and keeps caches of its own."""
+    megabytes = _setting(HEADROOM_ENV, DEFAULT_HEADROOM_MB, lambda value: value >= 0)
+    kept = int(megabytes * 1e6)
+    if not device.startswith("cuda"):
+        fraction = _setting(SERVER_FRACTION_ENV, DEFAULT_SERVER_FRACTION, lambda v: 0 <= v < 1)
+        kept += int(fraction * total)
+    return kept
+
+
+def _setting(name: str, default: float, valid: Callable[[float], bool]) -> float:
+    try:
+        value = float(os.environ.get(name, "").strip() or default)
+    except ValueError:
+        return default
+    return value if math.isfinite(value) and valid(value) else default
+
+
+def claim_bytes(training_bytes: int, device: str) -> int:
+    """What a run holds on its device: its training step plus its process's own cost."""
+    overhead = CUDA_CONTEXT_BYTES if device.startswith("cuda") else TRAINER_PROCESS_BYTES
+    return training_bytes + overhead
+
+
+def capacity(device: str) -> int:
+    """The most a run can ever claim on this kind of device: its total less the headroom (the
+    largest GPU's, for cuda)."""
+    if device == "cuda":
+        totals = [device_memory(f"cuda:{index}").total for index in range(gpu_count())]
+        return max((total - headroom(device, total) for total in totals), default=0)
+    total = device_memory(device).total
+    return total - headroom(device, total)
+
+
+def training_estimate(
+    graph: Graph, analysis: Analysis, batch_size: int, optimizer: str
+) -> MemoryEstimate:
+    """A training step's memory: the graph's, or for a GAN pair a step of both players."""
     estimate = estimate_memory(graph, analysis, batch_size=batch_size, optimizer=optimizer)
     try:
         judge = discriminator_graph(graph)
@@ -74,7 +146,53 @@ def check_fits(
         if judged.ok:
             also = estimate_memory(judge, judged, batch_size=batch_size, optimizer=optimizer)
             estimate = for_a_gan_step(estimate, also)
+    return estimate
+
+
+def check_fits(
+    graph: Graph, analysis: Analysis, batch_size: int, optimizer: str, device: str
+) -> Message | None:
+    """None when a training step fits the device's memory available now, else the sentence that
+    refuses the run (for a GAN pair, a step of both players). The trainer asks first thing.
+
+    An unavailable device is left for the trainer to name (it says which one and what to pick).
+    """
+    resolved = resolve_device(device)
+    if resolved is None:
+        return None
+    estimate = training_estimate(graph, analysis, batch_size, optimizer)
     return does_not_fit(estimate, resolved, available_bytes(resolved))
+
+
+def check_could_ever_fit(
+    graph: Graph, analysis: Analysis, batch_size: int, optimizer: str, device: str
+) -> Message | None:
+    """None when the run's claim fits the device's capacity (its total less the headroom), so
+    that it starts once running runs give their memory back; else the sentence that refuses it
+    at Start, since it would wait in the queue forever."""
+    resolved = resolve_device(device)
+    if resolved is None:
+        return None
+    return never_fits(training_estimate(graph, analysis, batch_size, optimizer), resolved)
+
+
+def never_fits(estimate: MemoryEstimate, device: str) -> Message | None:
+    """The refusal for a run whose claim on `device` exceeds its capacity; None when it fits."""
+    need, most = claim_bytes(estimate.training_bytes, device), capacity(device)
+    if need <= most:
+        return None
+    return msg(
+        "the model needs {need} to train at batch size {batch} ({weights} of it for parameters,"
+        " gradients and optimizer state, {process} for its process), but {device} has only"
+        " {capacity} for training in all (its memory less the headroom the server keeps), so"
+        " it could never start; make the model or the batch smaller",
+        need=format_bytes(need),
+        batch=estimate.batch_size,
+        weights=format_bytes(estimate.weights_and_state_bytes),
+        process=format_bytes(need - estimate.training_bytes),
+        device=device,
+        capacity=format_bytes(max(0, most)),
+    )
 
 
 # ---------------------------------------------------------------------------------------------

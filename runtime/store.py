@@ -82,6 +82,16 @@ STATUS_FIELDS: dict[str, tuple[type, ...]] = {
     "pid": (int, type(None)),
     "pid_started": (int, float, type(None)),
     "server": (dict, type(None)),
+    # the trainer pool's (runtime/runs.py): the run's sized claim, when it was queued, which
+    # server admitted it and when, the GPU it was placed on, the CPU runs it shares the cores
+    # with, and the torch threads the trainer took
+    "memory": (dict, type(None)),
+    "queued_at": (int, float, type(None)),
+    "admitted": (dict, type(None)),
+    "admitted_at": (int, float, type(None)),
+    "gpu": (int, type(None)),
+    "cpu_runs": (int, type(None)),
+    "threads": (int, type(None)),
 }
 
 

@@ -698,8 +698,9 @@ def train_run(
     stop = stop or threading.Event()
     if (run_dir / store.STOP_FILE).exists():
         stop.set()
-    if world == 1:
-        store.update_status(run_dir, status="running", pid=os.getpid(), message="")
+    if world == 1:  # with the threads it trains on (the pool splits the cores among CPU runs)
+        threads = torch.get_num_threads()
+        store.update_status(run_dir, status="running", pid=os.getpid(), message="", threads=threads)
     elif rank == 0:  # the launcher recorded torchrun's pid
         store.update_status(run_dir, status="running", message="")
     config: TrainConfig | None = None

@@ -27,9 +27,16 @@ from runtime.trainer import train_run  # noqa: F401  (the trainer itself, import
 PRELOADED_DATASETS = ("digits", "digits-28")
 # The threads torch would use here. The forkserver itself runs on one: OpenMP's worker threads do
 # not survive a fork, and a trainer forked from a server that had started them hangs in its first
-# parallel op. Each trainer sets this back before it trains.
+# parallel op. Each trainer sets its share of these before it trains (trainer_threads).
 TRAINER_THREADS = torch.get_num_threads()
 torch.set_num_threads(1)
+
+
+def trainer_threads(cpu_runs: int) -> int:
+    """A CPU trainer's torch threads: the cores split among the CPU runs training when it
+    started, itself included (the pool records how many in status.json as cpu_runs), at least
+    one. More threads than cores would only make the runs take turns on them."""
+    return max(1, TRAINER_THREADS // max(1, cpu_runs))
 
 
 def preload_training() -> None:
@@ -69,7 +76,11 @@ def trainer_process(folder: str, ready: Connection) -> None:
     except EOFError:  # the launcher went away before the pid was recorded: do not start
         sys.exit(1)
     ready.close()
-    torch.set_num_threads(TRAINER_THREADS)
+    status = store.read_status(Path(folder))
+    cpu_runs = status.get("cpu_runs")
+    torch.set_num_threads(trainer_threads(cpu_runs if isinstance(cpu_runs, int) else 1))
+    if isinstance(status.get("gpu"), int):  # the GPU the pool placed it on, before CUDA starts
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(status["gpu"])
     from runtime.__main__ import run_worker  # the same entry as `python -m runtime worker`
 
     sys.exit(run_worker(Path(folder)))
