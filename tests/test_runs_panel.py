@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from builder.graph import dump_graph, load_graph, parse_graph
 from compiler.memory import format_bytes
+from runtime import runs, store
 from runtime.runs import create_run, list_runs
 from runtime.trainer import TrainConfig
 
@@ -127,3 +132,40 @@ def test_the_train_page_names_a_model_too_big_instead_of_building_it(
     assert "the model needs 1.6 PB to train at batch size 64" in errors
     assert " has only " in errors and "Traceback" not in errors
     assert not list(tmp_path.rglob("status.json")), "no run was created"
+
+
+def test_a_queued_run_shows_its_place_in_line_and_why_it_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The second run waits behind the first (one trainer allowed, the first holds it)."""
+    monkeypatch.setenv(runs.MAX_TRAINERS_ENV, "1")
+    monkeypatch.setattr(runs, "_launch", sleeping_trainer)
+    graph = load_graph(LSTM.read_text())
+    config = TrainConfig(dataset="digits-rows", epochs=1)
+    first, second = runs.start_run(tmp_path, graph, config), runs.start_run(tmp_path, graph, config)
+    try:
+        line = "waiting, number 1 in line: 1 of 1 trainers busy"
+        deadline = time.monotonic() + 60
+        while runs.read_run(tmp_path, second).message != line:
+            assert time.monotonic() < deadline, "timed out"
+            time.sleep(0.05)
+        for lang, expected in (("en", line), ("zh", "排队中，第 1 位：1 个训练进程中 1 个在忙")):
+            table = open_panel(tmp_path, lang).dataframe[0].value
+            message = table.columns[-1]
+            assert list(table[message]) == [expected, ""]  # newest first
+    finally:
+        for run_id in (first, second):
+            (tmp_path / run_id / "stop-requested").touch()
+        psutil.Process(_pid(tmp_path / first)).kill()
+
+
+def sleeping_trainer(folder: Path) -> runs._Trainer:
+    """Stands in for a forked trainer: a process that sleeps, recorded as running."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    started = runs.process_start_time(process.pid)
+    store.update_status(folder, status="running", pid=process.pid, pid_started=started)
+    return runs._Trainer(process.pid, started, process)
+
+
+def _pid(folder: Path) -> int:
+    return store.read_status(folder)["pid"]
