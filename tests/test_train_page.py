@@ -397,14 +397,19 @@ def test_node_ids_in_messages_are_shown_as_text_not_markup(home):
 
 def test_resume_hands_a_stopped_run_back_to_a_trainer(home, monkeypatch):
     spawned: list[Path] = []
-    monkeypatch.setattr(runtime.runs, "_enqueue", spawned.append)  # record instead of starting
+    said: list[str] = []
+
+    def enqueue(folder: Path, message: object = "") -> None:  # record instead of starting
+        spawned.append(folder)
+        said.append(str(message))
+
+    monkeypatch.setattr(runtime.runs, "_enqueue", enqueue)
     run_id = recorded_run(home, [], status="stopped", message="stopped at step 20")
     app = open_page(home, tiny_graph())
     assert app.button(key="train-stop").disabled and not app.button(key="train-resume").disabled
     app.button(key="train-resume").click().run()
     assert not app.exception
-    assert [folder.name for folder in spawned] == [run_id]
-    assert store.read_status(spawned[0])["message"] == "resuming"
+    assert [folder.name for folder in spawned] == [run_id] and said == ["resuming"]
 
 
 def autoencoder_graph() -> dict:
