@@ -42,7 +42,7 @@ _UPLOADS = "nb_uploads"  # how many files were opened: part of the uploader's ke
 _FIT = "nb_fit"  # grows when the canvas should fit the graph into its view
 _TOASTS = "nb_toasts"  # (text, icon) said by a callback, shown by the run that follows
 _PALETTE = "nb_palette_round"  # grows with every palette click: a fresh, empty set of pills
-_TABLE = "nb_layer_table"  # (analysis, column names, DataFrame) last shown
+_TABLE = "nb_layer_table"  # (the analysis' infos, column names, DataFrame) last shown
 
 TEMPLATES = {
     "resnet": (N_("Small ResNet"), N_("8×8 digits · two residual blocks")),
@@ -855,8 +855,8 @@ def _table_rows(analysis: Analysis, columns: tuple[str, ...]) -> Any:
     """The table as a DataFrame, built once per analysis and language: a node moved on the
     canvas reruns the page but changes no row (building it was a sixth of an edit's time)."""
     cached = st.session_state.get(_TABLE)
-    if cached is not None and cached[0] is analysis and cached[1] == columns:
-        return cached[2]
+    if cached is not None and cached[0] is analysis.infos and cached[1] == columns:
+        return cached[2]  # the same figures (a moved node keeps its analysis' infos)
     import pandas as pd
 
     layer, kind, shape, params, macs, live = columns
@@ -876,7 +876,7 @@ def _table_rows(analysis: Analysis, columns: tuple[str, ...]) -> Any:
         ],
         columns=list(columns),
     )
-    st.session_state[_TABLE] = (analysis, columns, rows)
+    st.session_state[_TABLE] = (analysis.infos, columns, rows)
     return rows
 
 

@@ -11,6 +11,7 @@ Set NETBUILDER_HOME to keep autosave/ and runs/ somewhere other than the reposit
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -281,9 +282,28 @@ def current_analysis() -> Analysis:
     version = graph_version()
     cached = st.session_state.get(_ANALYSIS)
     if cached is None or cached[0] != version:
-        cached = (version, analyse(current_graph()))
+        graph = current_graph()
+        if cached is not None and moved_only(cached[1].graph, graph):
+            # a node dragged on the canvas changes no shape: the analysis stands, on the new graph
+            analysis = dataclasses.replace(
+                cached[1], graph=graph, nodes={node.id: node for node in graph.nodes}
+            )
+        else:
+            analysis = analyse(graph)
+        cached = (version, analysis)
         st.session_state[_ANALYSIS] = cached
     return cached[1]
+
+
+def moved_only(before: Graph, after: Graph) -> bool:
+    """Whether two graphs differ in their nodes' positions at most."""
+    return (
+        before.edges == after.edges
+        and before.name == after.name
+        and before.model_extra == after.model_extra
+        and [(n.id, n.type, n.params) for n in before.nodes]
+        == [(n.id, n.type, n.params) for n in after.nodes]
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -320,6 +320,22 @@ def test_a_node_dragged_on_the_canvas_moves_without_an_undo_step(home):
     assert toolbar(at, "nb_undo").disabled
 
 
+def test_a_dragged_node_is_not_analysed_again_but_an_edit_is(home, monkeypatch):
+    import pages.state
+
+    calls = []
+    monkeypatch.setattr(pages.state, "analyse", lambda graph: calls.append(graph) or analyse(graph))
+    at = open_app()
+    first = _current_graph(at).nodes[0].id
+    before = len(calls)
+    send(at, {"kind": "move", "positions": {first: [1234.0, 56.0]}})
+    assert len(calls) == before  # positions change no shape
+    assert metric(at, "Parameters") == f"{analyse(_current_graph(at)).total_params:,}"
+    select(at, "stem")
+    number_field(at, "out_channels").set_value(32).run()
+    assert len(calls) > before  # a parameter does
+
+
 def test_a_palette_click_adds_the_layer_after_the_selected_one(home):
     at = select(open_app(), "flatten")
     palette(at, "Regularisation").set_value("Dropout").run()
