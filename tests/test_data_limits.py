@@ -348,6 +348,10 @@ def test_the_train_page_catches_up_over_many_bounded_reads(home, monkeypatch):
     store.update_status(folder, status="completed", epoch=1, step=40)
     app = open_page(home, token_model(16))
     assert not app.exception
+    # a language model's run opens on its generated text: show its loss
+    next(b for b in app.button_group if str(b.key).startswith("train-view-")).set_value(
+        "Loss"
+    ).run()
     loss = next(
         json.loads(c.proto.spec)
         for c in app.get("plotly_chart")
