@@ -33,6 +33,14 @@ def run_label(run: RunInfo) -> str:
     return f"{run.name} #{run.id[-6:]}"
 
 
+def shown_epoch(info: RunInfo) -> int:
+    """The epoch a run is in, counted from 1 as its messages count it ("stopped at step 29
+    (epoch 1)"): the epochs done, plus the one under way unless all are done."""
+    if info.status == "completed" or info.epoch >= info.epochs:
+        return info.epoch
+    return info.epoch + 1
+
+
 def table_rows(runs: list[RunInfo]) -> list[dict[str, Any]]:
     """One row per run, newest first, with the columns named in the reader's language."""
     return [
@@ -40,7 +48,7 @@ def table_rows(runs: list[RunInfo]) -> list[dict[str, Any]]:
             _("Run"): run_label(run),
             _("Status"): status_label(run.status),
             _("Dataset"): run.dataset,
-            _("Epoch"): f"{run.epoch}/{run.epochs}",
+            _("Epoch"): f"{shown_epoch(run)}/{run.epochs}",
             _("Disk"): format_bytes(run.disk_bytes),
             _("Started"): time.strftime("%Y-%m-%d %H:%M", time.localtime(run.created)),
             _("Message"): status_text(run),
@@ -61,7 +69,13 @@ def render(runs_dir: Path) -> None:
         return
     total = sum(run.disk_bytes for run in runs)
     st.caption(_("{count} runs take {size} on disk.", count=len(runs), size=format_bytes(total)))
-    st.dataframe(table_rows(runs), hide_index=True, width="stretch")
+    message = _("Message")
+    st.dataframe(  # the message is what is cut first: give it the room
+        table_rows(runs),
+        hide_index=True,
+        width="stretch",
+        column_config={message: st.column_config.TextColumn(width="large")},
+    )
     by_id = {run.id: run for run in runs}
     chosen = st.selectbox(
         _("Run to delete"),

@@ -31,7 +31,7 @@ from compiler.gan import check_pair, discriminator_graph
 from compiler.memory import estimate_memory
 from i18n import N_, Message, _, msg, translate
 from i18n import render as render_message
-from pages import charts, live_graph, runs_panel, state
+from pages import charts, live_graph, runs_panel, state, widgets
 from pages.live_graph import markdown_literal
 from runtime import store
 from runtime.datasets import (
@@ -521,7 +521,9 @@ def _uploaded_dataset() -> tuple[Dataset | None, Upload | None]:
         ),
         type=["csv", "npz"],
         key="train-upload",
+        max_upload_size=MAX_UPLOAD_MB,
     )
+    widgets.uploader_note("train-upload", MAX_UPLOAD_MB, ["csv", "npz"])
     if file is None:
         return None, None
     data = file.getvalue()
@@ -801,7 +803,7 @@ def runs_table(runs: list[RunInfo]) -> list[dict[str, Any]]:
             _("Status"): status_label(run.status),
             _("Dataset"): run.dataset,
             _("Progress"): run.epoch / run.epochs if run.epochs else 0.0,
-            _("Epoch"): f"{shown_epoch(run)}/{run.epochs}",
+            _("Epoch"): f"{runs_panel.shown_epoch(run)}/{run.epochs}",
             _("Step"): run.step,
             _("Device"): run.device,
             _("Started"): time.strftime("%H:%M:%S", time.localtime(run.created)),
@@ -1058,19 +1060,11 @@ def _chart(figure: Any, key: str) -> None:
     st.plotly_chart(figure, key=key, config={"displaylogo": False})
 
 
-def shown_epoch(info: RunInfo) -> int:
-    """The epoch a run is in, counted from 1 as its messages count it ("stopped at step 29
-    (epoch 1)"): the epochs done, plus the one under way unless all are done."""
-    if info.status == "completed" or info.epoch >= info.epochs:
-        return info.epoch
-    return info.epoch + 1
-
-
 def _status_line(info: RunInfo, series: charts.RunSeries) -> None:
     done = progress(info, series)
     where = _(
         "epoch {epoch}/{epochs} · step {step}",
-        epoch=shown_epoch(info),
+        epoch=runs_panel.shown_epoch(info),
         epochs=info.epochs,
         step=info.step,
     )
@@ -1181,6 +1175,7 @@ def _compare_section(runs_dir: Path, runs: list[RunInfo]) -> None:
             list(by_id),
             format_func=lambda i: run_label(by_id[i]),
             key=_COMPARE_PICK,
+            placeholder=_("Choose runs"),  # Streamlit's own says "Choose options", in English
         )
         if chosen:
             overlay = {f"{by_id[r].name} #{r[-6:]}": run_series(runs_dir, r) for r in chosen}
