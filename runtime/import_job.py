@@ -19,7 +19,7 @@ from typing import Any
 
 from builder.graph import Graph, GraphFormatError, dump_graph, parse_graph
 from i18n import Message, msg
-from runtime.sandbox import Finished, Limits, run_limited
+from runtime.sandbox import Finished, Limits, confines_code, run_limited
 
 TIME_LIMIT_S = 60
 MEMORY_LIMIT_BYTES = 4 * 1024**3
@@ -56,6 +56,15 @@ def import_refused() -> Message:
     )
 
 
+def cannot_confine() -> Message:
+    """Why a server that may import cannot, here: it could not confine the file's code."""
+    return msg(
+        "This server cannot run an imported file in a sandbox: it runs as root without"
+        " bubblewrap. Install bubblewrap (apt-get install bubblewrap) or run the server as"
+        " another user, or import on your own machine: python -m compiler import model.py"
+    )
+
+
 def import_python_file(
     source: bytes,
     input_shape: tuple[int, ...] | None,
@@ -68,6 +77,8 @@ def import_python_file(
     input shape (INPUT_SHAPE) where `input_shape` is None; dtype is "float32" or "int64"."""
     if len(source) > MAX_SOURCE_BYTES:
         return ImportOutcome(None, msg("the file is over 1 MB; a model file is far smaller"))
+    if not confines_code():
+        return ImportOutcome(None, cannot_confine())
     if dtype not in ("float32", "int64"):
         return ImportOutcome(
             None, msg("the input dtype must be float32 or int64, got {dtype}", dtype=repr(dtype))

@@ -89,7 +89,8 @@ def run_limited(
         folder = folder or Path(work)
         for name, content in files.items():
             (folder / Path(name).name).write_bytes(content)
-        if _runs_as_root():  # the code runs as nobody, in a folder it may write to
+        as_nobody = drops_to_nobody()
+        if as_nobody:  # the code runs as nobody, in a folder it may write to
             for path in [folder, *folder.iterdir()]:
                 os.chown(path, NOBODY, NOBODY)
         spec = {
@@ -98,6 +99,7 @@ def run_limited(
             "limits": asdict(limits),
             "deadline_s": deadline_s,
             "preload": list(preload),
+            "as_nobody": as_nobody,
         }
         boot = [sys.executable, "-I", "-c", _BOOT.format(root=str(ROOT)), json.dumps(spec)]
         command = _bwrap_prefix(folder) + boot if bwrap_works() else boot
@@ -134,10 +136,43 @@ def run_limited(
 SUPERVISOR_DEADLINE = 124  # the supervisor's exit code when the deadline ended the code
 
 
+def confines_code() -> bool:
+    """Whether a stranger's code can be confined here: under bubblewrap, or as a user the
+    kernel holds to the process limit (not root: root is exempt from RLIMIT_NPROC and may
+    write anywhere). A server run as root without bubblewrap confines it only where the user
+    nobody can run this interpreter (a pyenv under /root cannot be read by nobody)."""
+    return bwrap_works() or not _runs_as_root() or _nobody_runs_python()
+
+
+def drops_to_nobody() -> bool:
+    """Whether the child becomes nobody: where the server is root and nobody can run Python
+    (under bubblewrap always, since it shows the interpreter's folders to nobody)."""
+    return _runs_as_root() and (bwrap_works() or _nobody_runs_python())
+
+
+@cache
+def _nobody_runs_python() -> bool:
+    """Whether nobody can read this interpreter's standard library (asked once per server)."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-I", "-c", "import cProfile, fractions, statistics"],
+            capture_output=True,
+            timeout=60,
+            cwd="/",
+            env={"PATH": "/usr/bin:/bin"},
+            user=NOBODY,
+            group=NOBODY,
+            extra_groups=[],
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
 def sandbox_kind() -> str:
     """What this server gives an imported file, for the README and the operator's log."""
     kind = "bubblewrap" if bwrap_works() else "rlimits and a subreaper"
-    return kind + (", as nobody" if _runs_as_root() else "")
+    return kind + (", as nobody" if drops_to_nobody() else "")
 
 
 def _environment(folder: Path) -> dict[str, str]:
@@ -167,11 +202,13 @@ def _bwrap_prefix(folder: Path) -> list[str]:
     parents = sorted(
         {str(parent) for path in paths for parent in path.parents if parent != Path("/")}
     )
+    # a fresh /tmp first: NetBuilder itself may live under /tmp (a CI clone), and a tmpfs
+    # mounted after its binds would hide them
+    command += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     for parent in parents:
         command += ["--perms", "0755", "--dir", parent]
     for path in paths:
         command += ["--ro-bind", str(path), str(path)]
-    command += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     command += ["--bind", str(folder), str(folder), "--chdir", str(folder)]
     for name, value in _environment(folder).items():
         command += ["--setenv", name, value]
@@ -269,7 +306,8 @@ def supervise() -> None:
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     worker = os.fork()
     if worker == 0:
-        _become_nobody_if_root()
+        if spec.get("as_nobody"):
+            _become_nobody()
         _limit_processes(limits.processes)
         _run_module(spec["module"], spec["argument"])
     status = _wait_until(worker, time.monotonic() + float(spec["deadline_s"]))
@@ -280,11 +318,9 @@ def supervise() -> None:
     os._exit(code if code >= 0 else 128 - code)  # as a shell says it: 128 + the signal
 
 
-def _become_nobody_if_root() -> None:
+def _become_nobody() -> None:
     """Root is exempt from the process-count limit and may signal the supervisor: the code
     runs as nobody, with no supplementary groups."""
-    if os.geteuid() != 0:
-        return
     os.setgroups([])
     os.setgid(NOBODY)
     os.setuid(NOBODY)

@@ -29,7 +29,12 @@ def build_model():
     return nn.Sequential(nn.Linear(8, 4), nn.ReLU())
 """
 
-KINDS = ["fallback"] + (["bubblewrap"] if sandbox.bwrap_works() else [])
+# Without bubblewrap a server run as root confines code only as nobody, where nobody can read
+# this interpreter (a pyenv under /root cannot be): elsewhere it refuses to import.
+FALLBACK_CONFINES = os.geteuid() != 0 or sandbox._nobody_runs_python()
+KINDS = (["fallback"] if FALLBACK_CONFINES else []) + (
+    ["bubblewrap"] if sandbox.bwrap_works() else []
+)
 
 
 @pytest.fixture(params=KINDS)
@@ -162,6 +167,19 @@ def test_what_the_child_prints_is_read_with_a_cap(kind) -> None:
 def test_importing_is_off_unless_the_operator_turned_it_on() -> None:
     assert not import_job.import_allowed(None)
     assert import_job.import_allowed("1")
+
+
+def test_a_root_server_that_cannot_confine_code_refuses_to_import(monkeypatch) -> None:
+    monkeypatch.setattr(sandbox, "bwrap_works", lambda: False)
+    monkeypatch.setattr(sandbox, "_runs_as_root", lambda: True)
+    monkeypatch.setattr(sandbox, "_nobody_runs_python", lambda: False)
+    marker = sandbox.ROOT / f"ran-{uuid.uuid4().hex}"
+    outcome = import_python_file(
+        (GOOD_FILE + f"open({str(marker)!r}, 'w').close()\n").encode(), None, "float32"
+    )
+    assert outcome.graph is None
+    assert "cannot run an imported file in a sandbox" in str(outcome.error)
+    assert not marker.exists()  # the file never ran
 
 
 def _processes_with(marker: str) -> list[psutil.Process]:
