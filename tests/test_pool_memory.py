@@ -211,7 +211,8 @@ def test_a_run_that_could_never_fit_is_refused_at_start_and_at_resume(
     fake_memory(monkeypatch, cpu=claim(tmp_path, run) - 1)  # the machine has shrunk since
     with pytest.raises(RunError, match="could never start"):
         resume_run(tmp_path, run)
-    assert status_of(tmp_path, run) == "stopped"
+    # not started again (the fake trainer, killed without its own stop, may read as interrupted)
+    assert status_of(tmp_path, run) in ("stopped", "interrupted")
 
 
 # -- GPUs (a fake probe: two GPUs of 1 GB and 3 GB) ---------------------------------------------
