@@ -226,6 +226,7 @@ def step_export_downloads_code_weights_and_onnx_that_agree(page: Page, shot, tmp
     assert names == [
         "README.md",
         "builtin_data.py",
+        "csv_table.py",
         "graph.json",
         "loop.py",
         "model.py",
