@@ -31,6 +31,7 @@ from compiler.analysis import Analysis, Diagnostic, loss_of
 from compiler.memory import format_bytes
 from i18n import Message, N_, msg
 from runtime import builtin_data
+from runtime.settings import operator_setting
 from runtime.csv_table import CsvError, Table, read_csv_table
 
 Task = Literal["classification", "regression"]
@@ -91,14 +92,7 @@ class DatasetTooLarge(DatasetError):
 def data_budget() -> int:
     """Bytes one dataset may take in memory: NETBUILDER_DATA_BUDGET_MB (read on every call, so
     an operator's change needs no restart of anything that imported this), else 1024 MB."""
-    setting = os.environ.get(DATA_BUDGET_ENV, "").strip()
-    try:
-        megabytes = float(setting) if setting else DEFAULT_DATA_BUDGET_MB
-    except ValueError:
-        megabytes = DEFAULT_DATA_BUDGET_MB
-    if not math.isfinite(megabytes) or megabytes <= 0:
-        megabytes = DEFAULT_DATA_BUDGET_MB
-    return int(megabytes * 1e6)
+    return int(operator_setting(DATA_BUDGET_ENV, DEFAULT_DATA_BUDGET_MB) * 1e6)
 
 
 def _over_budget(what: Message, need: int) -> DatasetTooLarge | None:

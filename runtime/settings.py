@@ -6,6 +6,9 @@ fields (names, types, choices, defaults and help), so the two cannot drift apart
 
 from __future__ import annotations
 
+import math
+import os
+from collections.abc import Callable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -53,3 +56,16 @@ class TrainConfig(BaseModel):
         le=64,
         description="more than 1: torchrun starts one process per GPU (DistributedDataParallel)",
     )
+
+
+def operator_setting(
+    name: str, default: float, valid: Callable[[float], bool] = lambda value: value > 0
+) -> float:
+    """A number the operator sets in the environment (read on every call, so a change needs no
+    restart of anything that imported it); the default where it is unset, not a number, or not
+    `valid`."""
+    try:
+        value = float(os.environ.get(name, "").strip() or default)
+    except ValueError:
+        return default
+    return value if math.isfinite(value) and valid(value) else default

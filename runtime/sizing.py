@@ -17,8 +17,6 @@ the memory available now, and the models it keeps are kept in a cache bounded by
 
 from __future__ import annotations
 
-import math
-import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -39,6 +37,7 @@ from compiler.memory import (
     format_bytes,
 )
 from i18n import Message, msg
+from runtime.settings import operator_setting
 
 MODEL_BUDGET_ENV = "NETBUILDER_MODEL_BUDGET_MB"
 DEFAULT_MODEL_BUDGET_MB = 2048
@@ -100,20 +99,14 @@ def headroom(device: str, total: int) -> int:
     """Bytes of a device that no run may claim: NETBUILDER_MEMORY_HEADROOM_MB (10^6 bytes, default
     512) on every device and, of the RAM, NETBUILDER_SERVER_MEMORY_FRACTION (default 0.1) for
     the web server, which builds models and keeps caches of its own."""
-    megabytes = _setting(HEADROOM_ENV, DEFAULT_HEADROOM_MB, lambda value: value >= 0)
+    megabytes = operator_setting(HEADROOM_ENV, DEFAULT_HEADROOM_MB, lambda value: value >= 0)
     kept = int(megabytes * 1e6)
     if not device.startswith("cuda"):
-        fraction = _setting(SERVER_FRACTION_ENV, DEFAULT_SERVER_FRACTION, lambda v: 0 <= v < 1)
+        fraction = operator_setting(
+            SERVER_FRACTION_ENV, DEFAULT_SERVER_FRACTION, lambda v: 0 <= v < 1
+        )
         kept += int(fraction * total)
     return kept
-
-
-def _setting(name: str, default: float, valid: Callable[[float], bool]) -> float:
-    try:
-        value = float(os.environ.get(name, "").strip() or default)
-    except ValueError:
-        return default
-    return value if math.isfinite(value) and valid(value) else default
 
 
 def claim_bytes(training_bytes: int, device: str) -> int:
@@ -210,14 +203,7 @@ class TooLargeForServer(ValueError):
 def model_budget() -> int:
     """Bytes the server may spend on one model it builds: NETBUILDER_MODEL_BUDGET_MB (10^6
     bytes, read on every call), else 2048 MB."""
-    setting = os.environ.get(MODEL_BUDGET_ENV, "").strip()
-    try:
-        megabytes = float(setting) if setting else DEFAULT_MODEL_BUDGET_MB
-    except ValueError:
-        megabytes = DEFAULT_MODEL_BUDGET_MB
-    if not math.isfinite(megabytes) or megabytes <= 0:
-        megabytes = DEFAULT_MODEL_BUDGET_MB
-    return int(megabytes * 1e6)
+    return int(operator_setting(MODEL_BUDGET_ENV, DEFAULT_MODEL_BUDGET_MB) * 1e6)
 
 
 def server_refusal(need: int, purpose: Message) -> Message | None:
