@@ -7,11 +7,13 @@ Two layers, the first where it is installed:
   namespaces; the file system is read-only and shows only the interpreter, the installed packages
   and NetBuilder's own code (no runs, no home, no other workspace); when its first process ends,
   the kernel ends every process in the namespace, a detached grandchild too.
-- **Everywhere on Linux**: the child is started in its own session with `setrlimit` limits, as
-  the user `nobody` where the server runs as root (so the process-count limit applies; root is
-  exempt from it), in a new network namespace where the server may create one (root). It runs a
-  small supervisor that is the *subreaper* of everything the code starts, so a grandchild that
-  detaches itself (double fork, setsid) is still its descendant and is killed at the end.
+- **Everywhere on Linux**: the child is started in its own session with `setrlimit` limits, in
+  a new network namespace where the OS lets it make one. It runs a small supervisor that is the
+  *subreaper* of everything the code starts, so a grandchild that detaches itself (double fork,
+  setsid) is still its descendant and is killed at the end. Where the server runs as root the
+  code runs as `nobody` (root is exempt from the process-count limit); a root server without
+  bubblewrap where nobody cannot read this interpreter cannot confine code (`confines_code`),
+  and the import refuses.
 
 The caller gets a `Finished`: the exit code, at most `Limits.output_bytes` of stdout and stderr,
 and whether the deadline ended it. Nothing here interprets the output.
@@ -60,7 +62,8 @@ class Limits:
 
 @dataclass(frozen=True)
 class Finished:
-    """How a limited child ended. returncode is negative for a signal, as in subprocess."""
+    """How a limited child ended: the code's exit code (128 + N where signal N ended it, as a
+    shell says it; negative where the supervisor itself was killed, as in subprocess)."""
 
     returncode: int
     stdout: bytes
