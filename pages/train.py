@@ -547,7 +547,8 @@ def _uploaded_dataset() -> tuple[Dataset | None, Upload | None]:
         cache.clear()
         cache[key] = dataset
     dataset = cache[key]
-    st.caption(markdown_literal(_(dataset.description)))
+    described = dataset.description  # a built-in one's marked text, or an upload's Message
+    st.caption(markdown_literal(_(described) if isinstance(described, str) else described.render()))
     return dataset, Upload(file.name, data, label)
 
 

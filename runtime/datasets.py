@@ -114,7 +114,7 @@ def _over_budget(what: Message, need: int) -> DatasetTooLarge | None:
 @dataclass
 class Dataset:
     name: str
-    description: str
+    description: str | Message  # a built-in one's N_-marked text, or an upload's Message
     task: Task
     x: torch.Tensor
     y: torch.Tensor
@@ -575,7 +575,12 @@ def _from_arrays(
     integral_x = x.dtype.kind in "biu"
     xs = _tensor(x, np.int64 if integral_x else np.float32)
     dtype: Literal["float32", "int64"] = "int64" if integral_x else "float32"
-    description = f"uploaded {filename}: {len(x)} samples of {list(x.shape[1:])}"
+    description = msg(
+        "uploaded {file}: {count} samples of {shape}",
+        file=filename,
+        count=len(x),
+        shape=list(x.shape[1:]),
+    )
     if y.ndim == 1 and _integral(y):
         labels = _tensor(y, np.int64)
         classes = int(labels.max()) + 1
@@ -590,10 +595,14 @@ def _from_arrays(
                     high=int(labels.max()),
                 )
             )
-        named = f" ({', '.join(class_names)})" if class_names else ""
+        classified = msg("{described}, {classes} classes", described=description, classes=classes)
+        if class_names:
+            classified = msg(
+                "{described} ({names})", described=classified, names=", ".join(class_names)
+            )
         return Dataset(
             filename,
-            f"{description}, {classes} classes{named}",
+            classified,
             "classification",
             xs,
             labels,
@@ -605,7 +614,11 @@ def _from_arrays(
     targets = _tensor(y, np.float32).reshape(len(y), -1)
     return Dataset(
         filename,
-        f"{description}, regression targets {list(targets.shape[1:])}",
+        msg(
+            "{described}, regression targets {shape}",
+            described=description,
+            shape=list(targets.shape[1:]),
+        ),
         "regression",
         xs,
         targets,

@@ -89,7 +89,11 @@ def _checked_arrays(filename: str, arrays: Path, reply: dict[str, Any]) -> Datas
     nothing the budget did not allow), under the uploaded file's name and description."""
     dataset = dataset_from_npz_file(filename, arrays)
     dataset.name = filename
-    dataset.description = str(reply.get("description", dataset.description))
+    if "description" in reply:
+        dataset.description = _message(reply["description"])
+    names = reply.get("class_names")
+    if isinstance(names, list) and all(isinstance(name, str) for name in names):
+        dataset.class_names = tuple(names)  # a CSV's word labels: the arrays hold their ids
     return dataset
 
 
@@ -165,7 +169,11 @@ def _child(request: dict[str, Any]) -> dict[str, Any]:
             "error": _out_of_memory(filename, int(request["bytes"])).to_json(),
             "too_large": True,
         }
-    return {"description": dataset.description}
+    description = dataset.description
+    return {
+        "description": description.to_json() if isinstance(description, Message) else description,
+        "class_names": list(dataset.class_names or ()),
+    }
 
 
 if __name__ == "__main__":

@@ -177,7 +177,7 @@ def test_the_server_process_never_parses_an_upload(monkeypatch):
     monkeypatch.setattr(datasets, "_read_csv", must_not_parse)
     rows = "".join(f"{i},{i * 0.5},{i % 3}\n" for i in range(30))
     data = upload_job.read_upload("mine.csv", f"a,b,label\n{rows}".encode())
-    assert data.name == "mine.csv" and data.description.startswith("uploaded mine.csv: 30")
+    assert data.name == "mine.csv" and str(data.description).startswith("uploaded mine.csv: 30")
     assert data.x.shape == (30, 2) and data.num_classes == 3
 
 
@@ -416,3 +416,12 @@ def test_the_model_cache_is_bounded_by_bytes_not_entries():
     assert (cache.get("a"), cache.get("b"), cache.get("c")) == ("A", None, "C")
     cache.put("huge", "H", 101)  # larger than the whole budget: never kept
     assert cache.get("huge") is None and cache.total_bytes == 80
+
+
+def test_an_upload_read_in_the_child_keeps_its_class_names_and_says_so_in_chinese() -> None:
+    rows = "".join(f"{i},{i % 7},{'cat' if i % 2 else 'dog'}\n" for i in range(20))
+    data = upload_job.read_upload("pets.csv", ("width,height,kind\n" + rows).encode())
+    assert data.class_names == ("cat", "dog")
+    described = data.description.render("zh")
+    assert described.startswith("上传的 pets.csv：20 个") and "2 个类别" in described
+    assert "(cat, dog)" in described

@@ -135,7 +135,7 @@ def test_bad_csv_is_explained(text: bytes, label: str | None, message: str):
 def test_csv_word_labels_become_sorted_class_ids_with_their_names():
     data = dataset_from_upload("pets.csv", b"weight,legs,kind\n4,4,dog\n3,4,cat\n5,4,dog\n")
     assert (data.task, data.num_classes, data.class_names) == ("classification", 2, ("cat", "dog"))
-    assert data.y.tolist() == [1, 0, 1] and "cat, dog" in data.description
+    assert data.y.tolist() == [1, 0, 1] and "cat, dog" in str(data.description)
 
 
 def test_a_csv_refusal_names_the_file_once_and_ends_with_its_reason():

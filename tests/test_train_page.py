@@ -720,7 +720,7 @@ def test_a_failure_names_the_file_once_and_never_ends_in_a_colon():
 def test_a_csv_with_word_labels_is_shown_with_its_class_names(home):
     data = b"weight,legs,kind\n4,4,dog\n3,4,cat\n5,4,dog\n"
     dataset = dataset_from_upload("pets.csv", data)
-    assert dataset.class_names == ("cat", "dog") and "(cat, dog)" in dataset.description
+    assert dataset.class_names == ("cat", "dog") and "(cat, dog)" in str(dataset.description)
 
 
 def test_a_gan_run_draws_both_players_uncoloured_and_says_why(home):
