@@ -1088,7 +1088,9 @@ def _status_line(info: RunInfo, series: charts.RunSeries) -> None:
     last_epoch = series.epochs[-1] if series.epochs else {}
     loss, accuracy, speed, device = st.columns(4)
     loss.metric(_("Loss"), _number(last_step.get("loss"), "{:.4f}"))
-    if "val_mae" in last_epoch:
+    # a model that reproduces its input is scored by MAE from the start, not by an accuracy
+    # it will never have
+    if "val_mae" in last_epoch or (not last_epoch and run_kind(info) == "reconstruction"):
         accuracy.metric(_("Val MAE"), _number(last_epoch.get("val_mae"), "{:.4f}"))
     else:
         accuracy.metric(_("Val accuracy"), _number(last_epoch.get("val_accuracy"), "{:.1%}"))

@@ -538,6 +538,16 @@ def test_samples_show_inputs_beside_reconstructions(home):
     assert len(spec["data"]) == 2 * train.SAMPLE_COUNT
 
 
+def test_an_autoencoder_run_is_scored_by_mae_before_its_first_epoch(home):
+    graph = parse_graph(autoencoder_graph())
+    folder = create_run(home / "runs" / WORKSPACE, graph, TrainConfig(target="input"))
+    store.update_status(folder, status="running", epoch=0, step=3)
+    app = open_page(home, autoencoder_graph())
+    assert not app.exception
+    labels = [m.label for m in app.metric]
+    assert "Val MAE" in labels and "Val accuracy" not in labels
+
+
 def test_a_gan_pair_is_checked_as_a_pair_and_can_start(home):
     pair = json.loads((ROOT / "builder" / "templates" / "dcgan_digits.json").read_text())
     app = open_page(home, pair)
