@@ -5,18 +5,11 @@ and several runs share a GPU where its memory allows (a fake device probe)."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-import psutil
 import pytest
 
-from builder.graph import Graph, load_graph
+from builder.graph import Graph
 from compiler.memory import format_bytes
 from runtime import runs as runs_module
 from runtime import sizing, store
@@ -32,30 +25,17 @@ from runtime.runs import (
     stop_run,
 )
 from runtime.sizing import DeviceMemory
-from runtime.trainer import TrainConfig
+from tests.poolkit import (  # noqa: F401  (the fixture applies to every test here)
+    LONG,
+    lstm,
+    nothing_outlives_its_test,
+    sleeping_trainer,
+    status_of,
+    wait_for,
+)
 from tests.modelkit import chain_graph
 
-ROOT = Path(__file__).parents[1]
-LONG = TrainConfig(dataset="digits-rows", epochs=10_000, lr=3e-3)
-DEADLINE = 180.0  # a trainer's first start loads torch in a forkserver: slow on a loaded machine
 GB = 10**9
-
-
-@pytest.fixture(autouse=True)
-def nothing_outlives_its_test(tmp_path: Path):
-    """No run of this test waits in the pool afterwards, and no trainer of it keeps running."""
-    yield
-    for status in tmp_path.rglob(store.STATUS_FILE):
-        (status.parent / store.STOP_FILE).touch()  # a waiting run is never admitted
-        try:
-            pid = json.loads(status.read_text()).get("pid")
-        except (ValueError, AttributeError):
-            continue
-        if isinstance(pid, int) and pid != os.getpid():
-            try:
-                psutil.Process(pid).kill()
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
 
 
 @pytest.fixture
@@ -72,32 +52,9 @@ def fake_memory(monkeypatch: pytest.MonkeyPatch, **devices: int) -> None:
     monkeypatch.setattr(runs_module, "_resident_bytes", lambda run: 0)
 
 
-def sleeping_trainer(folder: Path) -> runs_module._Trainer:
-    """Stands in for a forked trainer where only the pool's choices are tested."""
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    started = runs_module.process_start_time(process.pid)
-    store.update_status(folder, status="running", pid=process.pid, pid_started=started)
-    return runs_module._Trainer(process.pid, started, process)
-
-
-def lstm() -> Graph:
-    return load_graph((ROOT / "builder" / "templates" / "lstm_classifier.json").read_text())
-
-
 def big() -> Graph:
     """106 million parameters: with Adam about 1.7 GB to train (never built here)."""
     return chain_graph([10_000], ("Linear", {"out_features": 10_600}))
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = DEADLINE) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
-def status_of(runs_dir: Path, run_id: str) -> str:
-    return read_run(runs_dir, run_id).status
 
 
 def claim(runs_dir: Path, run_id: str) -> int:

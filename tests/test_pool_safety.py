@@ -5,14 +5,9 @@ fails its own run with a sentence."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import subprocess
-import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -20,7 +15,7 @@ import pytest
 import torch
 
 import i18n
-from builder.graph import Graph, load_graph
+from builder.graph import load_graph
 from runtime import runs as runs_module
 from runtime import store
 from runtime.__main__ import main as runtime_cli
@@ -35,55 +30,17 @@ from runtime.runs import (
     start_run,
     stop_run,
 )
+from tests.poolkit import (  # noqa: F401  (the fixture applies to every test here)
+    CONFIG,
+    DEADLINE,
+    LONG,
+    lstm,
+    nothing_outlives_its_test,
+    sleeping_trainer,
+    status_of,
+    wait_for,
+)
 from runtime.trainer import TrainConfig, train_run
-
-ROOT = Path(__file__).parents[1]
-CONFIG = TrainConfig(dataset="digits-rows", epochs=12, lr=3e-3)
-LONG = CONFIG.model_copy(update={"epochs": 10_000})
-DEADLINE = 180.0  # a trainer's first start loads torch in a forkserver: slow on a loaded machine
-
-
-@pytest.fixture(autouse=True)
-def nothing_outlives_its_test(tmp_path: Path):
-    """No run of this test stays queued in the pool, and no trainer of it keeps running."""
-    yield
-    for status in tmp_path.rglob(store.STATUS_FILE):
-        (status.parent / store.STOP_FILE).touch()  # a waiting run is never admitted
-    for status in tmp_path.rglob(store.STATUS_FILE):
-        try:
-            pid = json.loads(status.read_text()).get("pid")
-        except (ValueError, AttributeError):
-            continue
-        if isinstance(pid, int) and pid != os.getpid():
-            try:
-                psutil.Process(pid).kill()
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
-
-
-def lstm() -> Graph:
-    return load_graph((ROOT / "builder" / "templates" / "lstm_classifier.json").read_text())
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = DEADLINE) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
-def status_of(runs_dir: Path, run_id: str) -> str:
-    return read_run(runs_dir, run_id).status
-
-
-def sleeping_trainer(folder: Path) -> runs_module._Trainer:
-    """Stands in for a forked trainer where only the pool's choices are tested: a process that
-    sleeps, recorded as the run's running trainer."""
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    started = runs_module.process_start_time(process.pid)
-    store.update_status(folder, status="running", pid=process.pid, pid_started=started)
-    return runs_module._Trainer(process.pid, started, process)
-
 
 # -- a run that cannot be started gives its slot back ----------------------------------------
 
