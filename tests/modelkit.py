@@ -11,6 +11,7 @@ import torch
 from builder.graph import Graph, parse_graph
 from compiler import Analysis, generate_source
 from compiler.codegen import attribute_names
+from runtime.builtin_data import TEXT_ALPHABET
 
 
 def chain_graph(
@@ -120,3 +121,41 @@ def layer_runs_in_torch(
     except (RuntimeError, ValueError, AssertionError, IndexError, TypeError, NotImplementedError):
         return False
     return True
+
+
+def token_model(length: int) -> dict:
+    """Token ids [length] -> Embedding -> Linear: a next-character model of the text task."""
+    vocab = len(TEXT_ALPHABET)
+    return {
+        "format": "netbuilder.graph/1",
+        "name": "long",
+        "nodes": [
+            {"id": "ids", "type": "Input", "params": {"shape": [length], "dtype": "int64"}},
+            {
+                "id": "emb",
+                "type": "Embedding",
+                "params": {"num_embeddings": vocab, "embedding_dim": 8},
+            },
+            {"id": "head", "type": "Linear", "params": {"out_features": vocab}},
+            {"id": "out", "type": "Output"},
+        ],
+        "edges": [
+            {"source": "ids", "target": "emb"},
+            {"source": "emb", "target": "head"},
+            {"source": "head", "target": "out"},
+        ],
+    }
+
+
+def huge_graph() -> dict:
+    """[10^7] -> Linear(10^7): 10^14 parameters, 400 TB of float32."""
+    return {
+        "format": "netbuilder.graph/1",
+        "name": "huge",
+        "nodes": [
+            {"id": "in", "type": "Input", "params": {"shape": [10_000_000]}},
+            {"id": "fc", "type": "Linear", "params": {"out_features": 10_000_000}},
+            {"id": "out", "type": "Output"},
+        ],
+        "edges": [{"source": "in", "target": "fc"}, {"source": "fc", "target": "out"}],
+    }

@@ -43,6 +43,7 @@ from runtime.metrics import (
 from runtime.runs import create_run
 from runtime.sizing import MODEL_BUDGET_ENV, ByteBudgetCache, TooLargeForServer
 from runtime.trainer import TrainConfig
+from tests.modelkit import huge_graph, token_model
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKSPACE = "datalimits-workspace-0001"
@@ -188,30 +189,6 @@ def test_a_wide_csv_is_refused_by_the_child_with_the_sentence():
 
 
 # -- generated data --------------------------------------------------------------------------
-
-
-def token_model(length: int) -> dict:
-    """Token ids [length] -> Embedding -> Linear: a next-character model of the text task."""
-    vocab = len(builtin_data.TEXT_ALPHABET)
-    return {
-        "format": "netbuilder.graph/1",
-        "name": "long",
-        "nodes": [
-            {"id": "ids", "type": "Input", "params": {"shape": [length], "dtype": "int64"}},
-            {
-                "id": "emb",
-                "type": "Embedding",
-                "params": {"num_embeddings": vocab, "embedding_dim": 8},
-            },
-            {"id": "head", "type": "Linear", "params": {"out_features": vocab}},
-            {"id": "out", "type": "Output"},
-        ],
-        "edges": [
-            {"source": "ids", "target": "emb"},
-            {"source": "emb", "target": "head"},
-            {"source": "head", "target": "out"},
-        ],
-    }
 
 
 @pytest.fixture
@@ -363,20 +340,6 @@ def test_the_train_page_catches_up_over_many_bounded_reads(home, monkeypatch):
 
 
 # -- models the server builds ----------------------------------------------------------------
-
-
-def huge_graph() -> dict:
-    """[10^7] -> Linear(10^7): 10^14 parameters, 400 TB of float32."""
-    return {
-        "format": "netbuilder.graph/1",
-        "name": "huge",
-        "nodes": [
-            {"id": "in", "type": "Input", "params": {"shape": [10_000_000]}},
-            {"id": "fc", "type": "Linear", "params": {"out_features": 10_000_000}},
-            {"id": "out", "type": "Output"},
-        ],
-        "edges": [{"source": "in", "target": "fc"}, {"source": "fc", "target": "out"}],
-    }
 
 
 def test_onnx_export_refuses_a_model_over_its_budget_before_building_it(monkeypatch):

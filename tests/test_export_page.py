@@ -18,6 +18,7 @@ from compiler.codegen import generate_source
 from pages import export
 from runtime import store
 from runtime.runs import create_run
+from tests.modelkit import huge_graph
 from runtime.trainer import TrainConfig, load_model_source
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,18 +201,7 @@ def test_building_onnx_shows_its_progress_and_ends_complete(home):
 
 
 def test_a_model_too_big_for_this_server_is_never_built_for_onnx(home, monkeypatch):
-    huge = parse_graph(
-        {
-            "format": "netbuilder.graph/1",
-            "name": "huge",
-            "nodes": [
-                {"id": "in", "type": "Input", "params": {"shape": [10_000_000]}},
-                {"id": "fc", "type": "Linear", "params": {"out_features": 10_000_000}},
-                {"id": "out", "type": "Output"},
-            ],
-            "edges": [{"source": "in", "target": "fc"}, {"source": "fc", "target": "out"}],
-        }
-    )
+    huge = parse_graph(huge_graph())
 
     def must_not_build(*args, **kwargs):
         raise AssertionError("the model was built")

@@ -22,6 +22,8 @@ from pages import charts, train
 from runtime import store
 from runtime.datasets import dataset_from_upload
 from runtime.runs import create_run, list_runs, read_run, stop_run
+from runtime.builtin_data import TEXT_ALPHABET
+from tests.modelkit import token_model
 from runtime.trainer import TrainConfig, dataset_for_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -490,28 +492,7 @@ def trained_weights(folder: Path) -> None:
 
 
 def test_samples_show_text_the_model_writes_after_the_prompt(home):
-    from runtime.builtin_data import TEXT_ALPHABET
-
-    vocab = len(TEXT_ALPHABET)
-    lm = {
-        "format": "netbuilder.graph/1",
-        "name": "lm",
-        "nodes": [
-            {"id": "ids", "type": "Input", "params": {"shape": [16], "dtype": "int64"}},
-            {
-                "id": "emb",
-                "type": "Embedding",
-                "params": {"num_embeddings": vocab, "embedding_dim": 8},
-            },
-            {"id": "head", "type": "Linear", "params": {"out_features": vocab}},
-            {"id": "out", "type": "Output"},
-        ],
-        "edges": [
-            {"source": "ids", "target": "emb"},
-            {"source": "emb", "target": "head"},
-            {"source": "head", "target": "out"},
-        ],
-    }
+    lm = token_model(16)
     folder = create_run(home / "runs" / WORKSPACE, parse_graph(lm), TrainConfig(dataset="text"))
     store.update_status(folder, status="completed", epoch=1, step=20)
     trained_weights(folder)
