@@ -19,6 +19,7 @@ from typing import Any
 
 from builder.graph import Graph, GraphFormatError, dump_graph, parse_graph
 from i18n import Message, msg
+from runtime.store import message_from_json
 from runtime.sandbox import Finished, Limits, confines_code, run_limited
 
 TIME_LIMIT_S = 60
@@ -118,25 +119,19 @@ def _out_of_memory(limit_bytes: int) -> Message:
 
 def _outcome(done: Finished, time_limit_s: int, memory_limit_bytes: int) -> ImportOutcome:
     """The child's one JSON line, or a named reason why there is none."""
-    if done.timed_out:
-        return ImportOutcome(None, _too_long(time_limit_s))
-    lines = done.stdout.decode("utf-8", "replace").strip().splitlines()
-    try:
-        reply = json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError):
-        reply = None
-    if not isinstance(reply, dict):
-        if done.returncode in (128 + 9, 128 + 24, -9, -24):  # SIGKILL / SIGXCPU: the CPU limit
+    reply = None if done.timed_out else done.reply()
+    if reply is None:
+        stopped = done.stopped_by()
+        if stopped == "time":
             return ImportOutcome(None, _too_long(time_limit_s))
-        tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
-        if done.returncode in (128 + 11, -11) or any("MemoryError" in line for line in tail):
+        if stopped == "memory":
             return ImportOutcome(None, _out_of_memory(memory_limit_bytes))
         return ImportOutcome(
             None,
             msg(
                 "the import process ended without a result (exit {code}): {detail}",
                 code=done.returncode,
-                detail=(tail or [""])[0][:300],
+                detail=done.last_error_line(),
             ),
         )
     warnings = tuple(_message(w) for w in reply.get("warnings", []))
@@ -152,15 +147,8 @@ def _outcome(done: Finished, time_limit_s: int, memory_limit_bytes: int) -> Impo
 
 
 def _message(data: Any) -> Message:
-    """A Message from its JSON form (nested values too); plain text stays as it is."""
-    if isinstance(data, dict) and "code" in data:
-        values = {k: _value(v) for k, v in (data.get("values") or {}).items()}
-        return Message(str(data["code"]), values)
-    return Message(str(data))
-
-
-def _value(value: Any) -> Any:
-    return _message(value) if isinstance(value, dict) and "code" in value else value
+    """A Message from the child's JSON (nested values too); plain text stays as it is."""
+    return message_from_json(data) or Message(str(data))
 
 
 # ---------------------------------------------------------------------------------------------

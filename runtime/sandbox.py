@@ -34,7 +34,7 @@ import time
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import psutil
 
@@ -69,6 +69,29 @@ class Finished:
     stdout: bytes
     stderr: bytes
     timed_out: bool
+
+    def reply(self) -> dict[str, Any] | None:
+        """The child's answer: its last line of output as a JSON object, if it gave one."""
+        lines = self.stdout.decode("utf-8", "replace").strip().splitlines()
+        try:
+            answer = json.loads(lines[-1])
+        except (IndexError, json.JSONDecodeError):
+            return None
+        return answer if isinstance(answer, dict) else None
+
+    def stopped_by(self) -> Literal["time", "memory"] | None:
+        """Which limit ended a child that gave no answer: its deadline or CPU time (SIGKILL,
+        SIGXCPU), or its memory (SIGSEGV, or a MemoryError it died of); None for neither."""
+        if self.timed_out or self.returncode in (-9, -24, 128 + 9, 128 + 24):
+            return "time"
+        if self.returncode in (-11, 128 + 11) or "MemoryError" in self.last_error_line():
+            return "memory"
+        return None
+
+    def last_error_line(self) -> str:
+        """The last line the child wrote to stderr (a traceback's own sentence), cut short."""
+        lines = self.stderr.decode("utf-8", "replace").strip().splitlines()
+        return lines[-1][:300] if lines else ""
 
 
 def run_limited(

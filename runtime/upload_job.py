@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from i18n import Message, msg
+from runtime.store import message_from_json
 from runtime.sandbox import Finished, Limits, run_limited
 from runtime.datasets import (
     Dataset,
@@ -99,26 +100,20 @@ def _checked_arrays(filename: str, arrays: Path, reply: dict[str, Any]) -> Datas
 
 def _reply(done: Finished, filename: str, time_limit_s: int, limit: int) -> dict[str, Any]:
     """The child's one JSON line, or the named reason why there is none."""
-    if done.timed_out:
-        raise DatasetError(_too_long(filename, time_limit_s))
-    lines = done.stdout.decode("utf-8", "replace").strip().splitlines()
-    try:
-        reply = json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError):
-        reply = None
-    if isinstance(reply, dict):
+    reply = None if done.timed_out else done.reply()
+    if reply is not None:
         return reply
-    if done.returncode in (-9, -24, 128 + 9, 128 + 24):  # SIGKILL / SIGXCPU: the CPU limit
+    stopped = done.stopped_by()
+    if stopped == "time":
         raise DatasetError(_too_long(filename, time_limit_s))
-    tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
-    if done.returncode in (-11, 128 + 11) or any("MemoryError" in line for line in tail):
+    if stopped == "memory":
         raise DatasetTooLarge(_out_of_memory(filename, limit))
     raise DatasetError(
         msg(
             "reading {file} ended without a result (exit {code}): {detail}",
             file=filename,
             code=done.returncode,
-            detail=(tail or [""])[0][:300],
+            detail=done.last_error_line(),
         )
     )
 
@@ -138,11 +133,8 @@ def _out_of_memory(filename: str, limit: int) -> Message:
 
 
 def _message(data: Any) -> Message:
-    """A Message from its JSON form (nested values too); plain text stays as it is."""
-    if isinstance(data, dict) and "code" in data:
-        values = {k: _message(v) if isinstance(v, dict) else v for k, v in data["values"].items()}
-        return Message(str(data["code"]), values)
-    return Message(str(data))
+    """A Message from the child's JSON (nested values too); plain text stays as it is."""
+    return message_from_json(data) or Message(str(data))
 
 
 # ---------------------------------------------------------------------------------------------
