@@ -17,7 +17,6 @@ import os
 import re
 import secrets
 from pathlib import Path
-from typing import Any
 
 import streamlit as st
 
@@ -35,6 +34,7 @@ from builder.graph import (
 from builder.layout import needs_layout, with_layout
 from compiler.analysis import Analysis, analyse
 from compiler.gan import DISCRIMINATOR, check_pair, discriminator_graph, with_discriminator
+from runtime import store
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "builder" / "templates"
 DEFAULT_TEMPLATE = "resnet"
@@ -52,9 +52,9 @@ _SELECTED_EDGE = "nb_selected_edge"
 _NOTICE = "nb_notice"
 _LANGUAGE = "nb_language"
 _PART = "nb_part"  # which graph of a GAN pair the Build page edits
-_JUDGE = "nb_judge"
-_DUMPS = "nb_history_dumps"  # id(graph) -> (graph, its JSON): each step is dumped once
-HISTORY_BYTES = 1_000_000  # the undo and redo steps kept across a reload, nearest first  # (graph version, (the pair's discriminator, its analysis))
+_JUDGE = "nb_judge"  # (graph version, (the pair's discriminator, its analysis))
+_DUMPS = "nb_history_dumps"  # id(graph) -> (graph, its file text): each step is dumped once
+HISTORY_BYTES = 1_000_000  # the undo and redo steps kept across a reload, nearest first
 
 GENERATOR = "generator"  # also a plain graph's one and only part
 PARTS = (GENERATOR, DISCRIMINATOR)
@@ -149,7 +149,7 @@ def _restore_history(present: Graph) -> edit.History:
     restored (a file from another version of the graph is ignored: its steps would not fit)."""
     try:
         saved = json.loads(read_file_bounded(history_path(), HISTORY_BYTES * 4))
-        if not isinstance(saved, dict) or saved.get("present") != _graph_json(present):
+        if not isinstance(saved, dict) or saved.get("present") != json.loads(_file_text(present)):
             return edit.History(present)
         past = tuple(parse_graph(g) for g in saved.get("past", []))
         future = tuple(parse_graph(g) for g in saved.get("future", []))
@@ -191,16 +191,10 @@ def _file_text(graph: Graph) -> str:
     return dumps[id(graph)][1]
 
 
-def _graph_json(graph: Graph) -> dict[str, Any]:
-    return json.loads(_file_text(graph))
-
-
 def _write_atomic(path: Path, text: str) -> None:
-    """Write a file atomically, so a crash mid-write never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".tmp")
-    partial.write_text(text)
-    partial.replace(path)
+    """Readers (a reload, another server on the same folder) see the old or the new file,
+    never half of one: runtime.store's atomic write, without forcing it to disk per edit."""
+    store.write_atomic(path, lambda file: file.write(text.encode()), durable=False)
 
 
 def _restore() -> Graph:
