@@ -1,11 +1,14 @@
-"""`python -m runtime train GRAPH.json --dataset NAME ...` and `python -m runtime runs`.
+"""`python -m runtime train GRAPH.json --dataset NAME ...`, `python -m runtime runs` and
+`python -m runtime step GRAPH.json --dataset NAME --index I --out DIR`.
 
 train runs the app's trainer headless (a remote GPU box, a script) and writes the same run folder
 as the app; it prints one line per epoch and, last, one JSON object with the outcome. Exit codes:
 0 completed or stopped, 1 the graph has errors, does not fit the device, or training failed or
 diverged, 2 a file, a dataset or an option cannot be read. Every problem is one line on stderr,
 never a traceback: a run's traceback goes to its trainer.log. runs lists the runs of a runs
-folder and of each workspace in it (the app keeps runs/<workspace>/<run>). Sentences are English,
+folder and of each workspace in it (the app keeps runs/<workspace>/<run>). step writes one
+training step out number by number (runtime/step.py; exit 1 for a graph or batch it cannot
+step, 2 for a file or dataset it cannot read). Sentences are English,
 or Chinese with --lang zh, as in `python -m compiler`.
 """
 
@@ -29,8 +32,16 @@ import i18n
 from builder.graph import GraphFormatError, os_reason, read_graph_file
 from i18n import Message, msg
 from runtime import runs, store
-from runtime.datasets import BUILTIN_DATASETS
-from runtime.trainer import TrainConfig, train_run
+from compiler.analysis import analyse
+from runtime.datasets import (
+    BUILTIN_DATASETS,
+    Dataset,
+    DatasetError,
+    check_compatibility,
+    dataset_from_upload,
+    load_dataset,
+)
+from runtime.trainer import TrainConfig, dataset_for_run, train_run
 
 UPLOAD_SUFFIXES = (".csv", ".npz")
 
@@ -43,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "runs":
             return _list(Path(args.runs))
+        if args.command == "step":
+            return _step(args)
         return _worker(Path(args.folder))
     except _UsageError as exc:
         return _fail(str(exc), 2)
@@ -89,6 +102,22 @@ def _parser() -> argparse.ArgumentParser:
         "runs", help="list runs with their status, each workspace's too", parents=[language]
     )
     listing.add_argument("--runs", default="runs", help="the runs folder (default: ./runs)")
+    step = commands.add_parser(
+        "step", help="one training step written out number by number", parents=[language]
+    )
+    step.add_argument("graph", type=Path)
+    step.add_argument("--dataset", help="a built-in name or a .csv/.npz file (default: the run's)")
+    step.add_argument("--label-column", help="the label column of a CSV (default: the last)")
+    step.add_argument("--target", choices=("label", "input"), help="input: reproduce the input")
+    step.add_argument("--index", type=int, default=0, help="the first sample (0-based)")
+    step.add_argument("--batch", type=int, default=1, help="samples in the batch (default 1)")
+    step.add_argument("--optimizer", choices=optimizers, help="default: the run's, else adam")
+    step.add_argument("--lr", type=float, help="default: the run's, else 0.001")
+    step.add_argument("--weight-decay", type=float, help="default: the run's, else 0")
+    step.add_argument("--seed", type=int, help="first weights and Dropout masks (default 0)")
+    step.add_argument("--from-run", help="start from this run's checkpoint (a folder or run id)")
+    step.add_argument("--runs", default="runs", help="where --from-run looks for a run id")
+    step.add_argument("--out", type=Path, required=True, help="the folder to write")
     worker = commands.add_parser("worker", help="(used by the app) train an existing run folder")
     worker.add_argument("folder")
     return parser
@@ -170,6 +199,104 @@ def _train(args: argparse.Namespace) -> int:
         print(i18n.render(store.message_from_json(result.code) or result.message), file=sys.stderr)
     print(json.dumps(summary), flush=True)
     return 0 if result.status in ("completed", "stopped") else 1
+
+
+def _step(args: argparse.Namespace) -> int:
+    """One training step, written to --out (see runtime/step.py and README)."""
+    from runtime import step as one_step  # (its imports are needed by this command alone)
+
+    try:
+        graph = read_graph_file(args.graph)
+    except OSError as exc:
+        return _fail(msg("cannot read {path}: {reason}", path=args.graph, reason=os_reason(exc)), 2)
+    except GraphFormatError as exc:
+        return _fail(msg("{path}: {problem}", path=args.graph, problem=exc.text), 2)
+    analysis = analyse(graph)
+    if not analysis.ok:
+        return _fail(
+            msg(
+                "the graph has {count} error(s), first: {first}",
+                count=len(analysis.errors),
+                first=analysis.errors[0].message,
+            ),
+            1,
+        )
+    run_dir, run_config = None, TrainConfig()
+    if args.from_run:
+        run_dir = Path(args.from_run)
+        if not run_dir.is_dir():
+            run_dir = Path(args.runs) / args.from_run
+        if not (run_dir / store.CONFIG_FILE).is_file():
+            return _fail(
+                msg("no run {run} (looked in {folder})", run=args.from_run, folder=args.runs), 2
+            )
+        try:
+            run_config = TrainConfig.model_validate_json((run_dir / store.CONFIG_FILE).read_text())
+        except (ValidationError, OSError):
+            return _fail(msg("config.json of run {run} cannot be read", run=args.from_run), 2)
+    chosen = {
+        "optimizer": args.optimizer,
+        "lr": args.lr,
+        "weight_decay": args.weight_decay,
+        "seed": args.seed,
+        "target": args.target,
+    }
+    try:
+        settings = run_config.model_copy(update={k: v for k, v in chosen.items() if v is not None})
+        settings = TrainConfig.model_validate(settings.model_dump())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        return _fail(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}", 2)
+    input_node = next(n for n in graph.nodes if n.type == "Input")
+    shape = tuple(analysis.infos[input_node.id].shape or ())
+    try:
+        dataset = _step_dataset(args, run_dir, settings, shape)
+        problems = check_compatibility(analysis, dataset, settings.target)
+        if problems:
+            return _fail(problems[0], 1)
+        x, y = one_step.batch_from(dataset, analysis, args.index, args.batch, settings.target)
+        weights = one_step.run_weights(run_dir) if run_dir is not None else None
+        record = one_step.take_step(analysis, x, y, settings, weights)
+    except one_step.StepError as exc:
+        return _fail(exc.detail, 1)
+    except DatasetError as exc:
+        return _fail(getattr(exc, "detail", None) or str(exc), 2)
+    about = {
+        "graph": graph.name,
+        "dataset": dataset.name,
+        "index": args.index,
+        "batch": args.batch,
+        "from_run": str(run_dir) if run_dir else None,
+    }
+    try:
+        one_step.write_step(args.out, record, about)
+    except OSError as exc:
+        return _fail(msg("cannot write {path}: {reason}", path=args.out, reason=os_reason(exc)), 2)
+    print(
+        json.dumps(
+            {
+                "loss_before": record.loss_before,
+                "loss_after": record.loss_after,
+                "out": str(args.out),
+            }
+        )
+    )
+    return 0
+
+
+def _step_dataset(
+    args: argparse.Namespace, run_dir: Path | None, settings: TrainConfig, shape: tuple[int, ...]
+) -> Dataset:
+    """--dataset (a built-in name or a file), else the run's own data."""
+    if args.dataset is None and run_dir is not None:
+        return dataset_for_run(run_dir, settings, shape)
+    name = args.dataset or "digits"
+    upload = Path(name)
+    if upload.suffix.lower() in UPLOAD_SUFFIXES:
+        if not upload.is_file():
+            raise DatasetError(msg("no such data file: {file}", file=upload))
+        return dataset_from_upload(upload.name, upload.read_bytes(), label_column=args.label_column)
+    return load_dataset(name, seed=settings.seed, input_shape=shape)
 
 
 def _epoch_line(record: dict[str, Any], config: TrainConfig) -> str:
