@@ -42,9 +42,9 @@ bench: $(VENV)/.dev
 	$(PY) benchmarks/first_page.py
 	$(PY) benchmarks/serve_load.py
 
-# The Build page's canvas component (pages/flow_canvas): its built files are committed, so run
+# The Build page's canvas component (pages/parts/flow_canvas): its built files are committed, so run
 # and test need no npm; after changing frontend/src, rebuild them from the lockfile.
-CANVAS_UI := pages/flow_canvas/frontend
+CANVAS_UI := pages/parts/flow_canvas/frontend
 canvas:
 	cd $(CANVAS_UI) && npm ci --no-audit --no-fund && npm run build
 

@@ -1,7 +1,7 @@
 """NetBuilder: build a neural network on a canvas, train it live, take the PyTorch code home.
 
 `streamlit run app.py` (or `make run`). Three pages share one per-session workspace
-(pages/state.py); a page whose file is not there yet is left out of the menu.
+(pages/parts/state.py); a page whose file is not there yet is left out of the menu.
 """
 
 import logging
@@ -11,7 +11,7 @@ import streamlit as st
 
 import i18n
 from i18n import N_, _
-from pages import state, widgets
+from pages.parts import state, widgets
 from runtime.launcher import warm_up
 
 PAGES_DIR = Path(__file__).resolve().parent / "pages"

@@ -26,7 +26,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from benchmarks.compile_speed import median_ms, residual_graph  # noqa: E402
 from builder import edit  # noqa: E402
-from pages.canvas import apply_event, canvas_state  # noqa: E402
+from pages.parts.canvas import apply_event, canvas_state  # noqa: E402
 from builder.graph import Graph, dump_graph  # noqa: E402
 from builder.layout import with_layout  # noqa: E402
 from compiler.analysis import analyse  # noqa: E402

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pages import charts  # noqa: E402
+from pages.parts import charts  # noqa: E402
 from pages.train import REFRESH_S  # noqa: E402
 from runtime import store  # noqa: E402
 from builder.graph import load_graph  # noqa: E402

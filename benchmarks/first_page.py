@@ -25,7 +25,7 @@ from playwright.sync_api import sync_playwright
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
-CANVAS = 'iframe[title="pages.flow_canvas.nb_canvas"]'
+CANVAS = 'iframe[title="pages.parts.flow_canvas.nb_canvas"]'
 
 
 def free_port() -> int:

@@ -38,7 +38,7 @@ from streamlit.proto.BackMsg_pb2 import BackMsg
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 
 ROOT = Path(__file__).resolve().parent.parent
-CANVAS_COMPONENT = "pages.flow_canvas.nb_canvas"
+CANVAS_COMPONENT = "pages.parts.flow_canvas.nb_canvas"
 FINISHED = {ForwardMsg.FINISHED_SUCCESSFULLY, ForwardMsg.FINISHED_FRAGMENT_RUN_SUCCESSFULLY}
 
 

@@ -12,7 +12,7 @@ Playwright, then measures:
 - eight browsers editing at once: every edit seen, p50 (target < 1 s), drawn and answered;
 - big graphs: a 300- and a 600-node graph, load -> nodes drawn, then edits until answered.
 
-The canvas draws an edit before the page answers (pages/flow_canvas); both figures are printed,
+The canvas draws an edit before the page answers (pages/parts/flow_canvas); both figures are printed,
 so the round trip through Streamlit is never hidden behind the first.
 
 Times are taken inside the browser (Date.now() at the click and at the DOM change), so Playwright's
@@ -45,14 +45,14 @@ from builder.graph import FORMAT, Edge, Graph, Node, dump_graph  # noqa: E402
 from builder.layout import with_layout  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
-CANVAS = 'iframe[title="pages.flow_canvas.nb_canvas"]'
+CANVAS = 'iframe[title="pages.parts.flow_canvas.nb_canvas"]'
 DEPLOYED: list[str] = []  # .streamlit/config.toml as it is
 STREAMLIT_DEFAULTS = ["--server.fileWatcherType", "auto", "--runner.postScriptGC", "true"]
 WATCH = """() => {
   // Record, in the page's clock (the frame shares Date), when the canvas draws a new node count
   // (data-nodes: drawn, the canvas shows an edit at once) and when Python's answer is drawn too
   // (data-pending back to 0: shapes and counts recomputed, the edit confirmed).
-  const frame = document.querySelector('iframe[title="pages.flow_canvas.nb_canvas"]');
+  const frame = document.querySelector('iframe[title="pages.parts.flow_canvas.nb_canvas"]');
   const doc = frame.contentDocument;
   const box = () => doc.querySelector('.nb-canvas');
   window.nbCount = () => Number(box().dataset.nodes);
@@ -150,7 +150,7 @@ async def one_change(
               const hit = window.nbChanges.slice(c).find(x => x[1] === n);
               if (!hit) return null;
               const done = window.nbSettled.slice(k).find(x => x[1] === n && x[0] >= hit[0]);
-              const pending = document.querySelector('iframe[title="pages.flow_canvas.nb_canvas"]')
+              const pending = document.querySelector('iframe[title="pages.parts.flow_canvas.nb_canvas"]')
                 .contentDocument.querySelector('.nb-canvas').dataset.pending;
               if (!done && pending !== '0') return null;
               if (start === undefined) return [-1, -1];

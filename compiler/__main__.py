@@ -72,7 +72,7 @@ def export(args: argparse.Namespace) -> int:
         raise GraphFormatError(msg("--config sets train.py's defaults; add --train"))
     files = {"model.py": generate_source(analysis)}
     if args.train:
-        from compiler.bundle import bundle_files  # black and train.py's template: only here
+        from export.bundle import bundle_files  # black and train.py's template: only here
 
         try:
             files = bundle_files(graph, analysis, read_config(args.config), args.lang)

@@ -16,7 +16,7 @@ from builder.graph import Graph, dump_graph
 from compiler.analysis import Analysis, analyse
 from compiler.gan import check_pair, discriminator_graph
 from compiler.codegen import class_name, generate_source, identifier, safe_text
-from compiler.trainscript import (
+from export.trainscript import (
     gan_model_source,
     gan_train_source,
     shared_sources,

@@ -1,1 +1,2 @@
-"""The Streamlit pages (build, train, export) and the per-session state they share."""
+"""The Streamlit pages: build.py, train.py and export.py, one file per page, each started by
+app.py's navigation. What they share lives in pages/parts/."""

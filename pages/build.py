@@ -1,6 +1,6 @@
 """The Build page: a canvas of layers with live shapes, a palette, a parameter form, a summary.
 
-The graph lives in pages/state.py; the canvas (pages/flow_canvas, NetBuilder's own React Flow
+The graph lives in pages/parts/state.py; the canvas (pages/parts/flow_canvas, NetBuilder's own React Flow
 component) only shows it and reports events: a node selected, moved, connected or deleted. The
 browser draws an event at once and sends it until the page acknowledges it (`ack`), so a busy
 server loses none and nothing echoes. Events are applied at the top of the run, before anything
@@ -27,8 +27,8 @@ from builder.graph import MAX_FILE_BYTES, MAX_NODES, Graph, GraphFormatError, du
 from builder.layout import needs_layout, with_layout
 from compiler.analysis import Analysis, Diagnostic, NodeInfo
 from compiler.memory import estimate_memory, format_bytes
-from pages import canvas, state, widgets
-from pages.flow_canvas import graph_canvas
+from pages.parts import canvas, state, widgets
+from pages.parts.flow_canvas import graph_canvas
 from runtime import import_job
 
 CANVAS_KEY = "nb_canvas"

@@ -21,12 +21,12 @@ import i18n
 from builder.graph import Graph, dump_graph
 from i18n import _, msg
 from compiler.analysis import Analysis
-from compiler.bundle import bundle_files, bundle_zip
+from export.bundle import bundle_files, bundle_zip
 from compiler.codegen import identifier
 from compiler.memory import format_bytes
-from compiler.onnx_export import OnnxExportError, export_bytes, export_graph_onnx
-from pages import state, train
-from pages.live_graph import markdown_literal
+from export.onnx_export import OnnxExportError, export_bytes, export_graph_onnx
+from pages.parts import state
+from pages.parts.live_graph import markdown_literal
 from runtime import store
 from runtime.runs import RunInfo, checkpoint_path, list_runs
 from runtime.settings import TrainConfig
@@ -142,12 +142,12 @@ def render() -> None:
             on_click="ignore",
         )
         return
-    files = _bundle(graph, analysis, train.chosen_settings())
+    files = _bundle(graph, analysis, state.chosen_settings())
     code_box, weights_box, onnx_box = st.columns(3, gap="medium")
     with weights_box.container(border=True, height="stretch"):
         weights = _weights_section(state.runs_dir(), files["model.py"], folder)
     if weights is not None:  # the code and README describe the run whose weights go with them
-        files = _bundle(graph, analysis, run_settings(weights[0]) or train.chosen_settings())
+        files = _bundle(graph, analysis, run_settings(weights[0]) or state.chosen_settings())
     with code_box.container(border=True, height="stretch"):
         _code_section(files, folder, analysis.total_params)
     with onnx_box.container(border=True, height="stretch"):

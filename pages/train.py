@@ -31,8 +31,8 @@ from compiler.gan import check_pair, discriminator_graph
 from compiler.memory import estimate_memory
 from i18n import N_, Message, _, msg, translate
 from i18n import render as render_message
-from pages import charts, live_graph, runs_panel, state, widgets
-from pages.live_graph import markdown_literal
+from pages.parts import charts, live_graph, runs_panel, state, widgets
+from pages.parts.live_graph import markdown_literal
 from runtime import store
 from runtime.datasets import (
     BUILTIN_DATASETS,
@@ -109,7 +109,6 @@ SAMPLE_CHARACTERS = 200
 
 MAX_UPLOAD_MB = MAX_UPLOAD_BYTES // 10**6
 
-_CONFIG = "train-config"
 _RUN = "train-run"
 _NEW_RUN = "train-new-run"
 _COMPARE = "train-compare"
@@ -208,12 +207,6 @@ class Upload:
     name: str
     data: bytes
     label_column: str | None
-
-
-def chosen_settings() -> dict[str, Any]:
-    """The hyperparameters last set on this page (TrainConfig fields); the export's train.py
-    takes them as its defaults."""
-    return dict(st.session_state.get(_CONFIG, {}))
 
 
 def safe_file_name(name: str) -> str:
@@ -557,7 +550,7 @@ def _remembered(key: str, value: Any) -> str:
     of pages not shown): it starts from the last configuration this session used."""
     widget = f"train-{key}"
     if widget not in st.session_state:
-        st.session_state[widget] = st.session_state.get(_CONFIG, {}).get(key, value)
+        st.session_state[widget] = st.session_state.get(state.TRAIN_SETTINGS, {}).get(key, value)
     return widget
 
 
@@ -735,7 +728,7 @@ def _hyperparameters(
         "grad_clip": values["grad_clip"] or 0.0,
         "early_stopping_patience": values["early_stopping_patience"] or 0,
     }
-    st.session_state[_CONFIG] = remembered
+    st.session_state[state.TRAIN_SETTINGS] = remembered
     return config, []
 
 

@@ -21,7 +21,7 @@ from compiler.analysis import analyse
 from compiler.gan import discriminator_graph
 from compiler.codegen import generate_source
 from compiler.memory import estimate_memory, format_bytes
-from pages.state import load_template
+from pages.parts.state import load_template
 from tests.modelkit import chain_graph
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -321,10 +321,10 @@ def test_a_node_dragged_on_the_canvas_moves_without_an_undo_step(home):
 
 
 def test_a_dragged_node_is_not_analysed_again_but_an_edit_is(home, monkeypatch):
-    import pages.state
+    import pages.parts.state
 
     calls = []
-    monkeypatch.setattr(pages.state, "analyse", lambda graph: calls.append(graph) or analyse(graph))
+    monkeypatch.setattr(pages.parts.state, "analyse", lambda graph: calls.append(graph) or analyse(graph))
     at = open_app()
     first = _current_graph(at).nodes[0].id
     before = len(calls)

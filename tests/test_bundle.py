@@ -19,7 +19,7 @@ from sklearn.datasets import load_digits
 
 from builder.graph import load_graph
 from compiler import analyse, generate_source
-from compiler.bundle import bundle_files, bundle_zip
+from export.bundle import bundle_files, bundle_zip
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = sorted((ROOT / "builder" / "templates").glob("*.json"))

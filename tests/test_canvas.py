@@ -10,7 +10,7 @@ from torch import nn
 from builder.graph import MAX_EDGES, Graph, load_graph, parse_graph
 from builder.layout import with_layout
 from compiler.analysis import analyse
-from pages.canvas import (
+from pages.parts.canvas import (
     MAX_EVENTS,
     apply_event,
     canvas_state,
@@ -19,7 +19,7 @@ from pages.canvas import (
     key_params_text,
     new_events,
 )
-from pages.flow_canvas import BUILD
+from pages.parts.flow_canvas import BUILD
 from tests.modelkit import chain_graph
 
 ROOT = Path(__file__).resolve().parent.parent

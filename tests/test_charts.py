@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from builder.graph import load_graph
-from pages import charts, live_graph
+from pages.parts import charts, live_graph
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE_DIR = ROOT / "builder" / "templates"
@@ -216,7 +216,7 @@ def test_long_runs_are_thinned_before_plotting():
     assert math.isclose(trace(fig, "step loss").y[-1], 1 / 20_000)
 
 
-# The live graph's health rules (pages/live_graph.py).
+# The live graph's health rules (pages/parts/live_graph.py).
 
 
 def health_series(norms: dict, dead: dict | None = None, nonfinite: list | None = None):

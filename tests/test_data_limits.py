@@ -28,7 +28,7 @@ from torch import nn
 
 from builder.graph import dump_graph, parse_graph
 from compiler import analyse
-from compiler.onnx_export import OnnxExportError, export_graph_onnx
+from export.onnx_export import OnnxExportError, export_graph_onnx
 import runtime.runs
 from pages import export, train
 from runtime import builtin_data, datasets, store, upload_job
@@ -343,12 +343,12 @@ def test_the_train_page_catches_up_over_many_bounded_reads(home, monkeypatch):
 
 
 def test_onnx_export_refuses_a_model_over_its_budget_before_building_it(monkeypatch):
-    import compiler.onnx_export
+    import export.onnx_export
 
     def must_not_build(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the model was built")
 
-    monkeypatch.setattr(compiler.onnx_export, "generate_source", must_not_build)
+    monkeypatch.setattr(export.onnx_export, "generate_source", must_not_build)
     with pytest.raises(OnnxExportError, match=r"needs about 1.6 PB, over the 2.0 GB allowed"):
         export_graph_onnx(analyse(parse_graph(huge_graph())), max_bytes=2 * 10**9)
 

@@ -407,7 +407,7 @@ def test_a_number_where_a_number_is_allowed_stays_a_number() -> None:
 
 def test_a_fix_that_inserts_a_layer_makes_room_for_it() -> None:
     from builder.layout import COLUMN_WIDTH, ROW_HEIGHT, with_layout
-    from pages.state import load_template
+    from pages.parts.state import load_template
 
     graph = edit.delete_nodes(with_layout(load_template("lenet5")), {"flatten"})
     fix = next(d.fix for d in analyse(graph).warnings if d.fix and "insert" in d.fix)

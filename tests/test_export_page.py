@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 
 from builder.graph import dump_graph, load_graph, parse_graph
 from compiler.analysis import analyse
-from compiler.bundle import bundle_files, bundle_zip
+from export.bundle import bundle_files, bundle_zip
 from compiler.codegen import generate_source
 from pages import export
 from runtime import store

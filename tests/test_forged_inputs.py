@@ -13,8 +13,8 @@ import pytest
 
 from builder import edit
 from builder.graph import NotARegularFile, read_file_bounded, read_graph_file
-from pages import canvas
-from pages.state import load_template
+from pages.parts import canvas
+from pages.parts.state import load_template
 
 ROOT = Path(__file__).resolve().parent.parent
 

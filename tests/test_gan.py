@@ -139,7 +139,7 @@ def test_the_pair_exports_both_players_and_train_py_ends_with_the_apps_weights(t
     import importlib.util
     import sys
 
-    from compiler.bundle import bundle_files
+    from export.bundle import bundle_files
 
     template = TEMPLATES / "dcgan_digits.json"
     graph = load_graph(template.read_text())

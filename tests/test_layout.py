@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pages.canvas import NODE_WIDTH
+from pages.parts.canvas import NODE_WIDTH
 from builder.graph import Graph, load_graph, parse_graph
 from builder.layout import COLUMN_WIDTH, ROW_HEIGHT, auto_layout, needs_layout, with_layout
 

@@ -14,7 +14,7 @@ from torch import nn
 from builder.catalog import CATALOG
 from builder.graph import Graph, load_graph, parse_graph
 from compiler import analyse, generate_source
-from compiler.onnx_export import (
+from export.onnx_export import (
     INPUT_NAME,
     UNEXPORTABLE,
     OnnxExportError,

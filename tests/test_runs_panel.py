@@ -1,4 +1,4 @@
-"""pages/runs_panel.py in Streamlit's AppTest: the runs table with disk usage, Delete confirmed."""
+"""pages/parts/runs_panel.py in Streamlit's AppTest: the runs table with disk usage, Delete confirmed."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def panel(runs_dir: str, lang: str = "en") -> None:
     from pathlib import Path  # AppTest runs this function's source on its own
 
     import i18n
-    from pages import runs_panel
+    from pages.parts import runs_panel
 
     i18n.set_language(lang)
     runs_panel.render(Path(runs_dir))

@@ -15,7 +15,7 @@ import torch
 
 from builder.graph import Graph, load_graph
 from compiler import analyse, generate_source
-from compiler.onnx_export import export_graph_onnx
+from export.onnx_export import export_graph_onnx
 from runtime.runs import create_run
 from runtime.trainer import TrainConfig, load_model_source, train_run
 from tests.modelkit import assert_matches_torch

@@ -18,7 +18,8 @@ from streamlit.testing.v1 import AppTest
 
 import runtime.runs
 from builder.graph import dump_graph, parse_graph
-from pages import charts, train
+from pages import train
+from pages.parts import charts
 from runtime import store
 from runtime.datasets import dataset_from_upload
 from runtime.runs import create_run, list_runs, read_run, stop_run

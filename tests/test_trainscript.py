@@ -22,8 +22,8 @@ import torch
 
 from builder.graph import Graph, load_graph, parse_graph
 from compiler import analyse
-from compiler.bundle import bundle_files
-from compiler.trainscript import train_source
+from export.bundle import bundle_files
+from export.trainscript import train_source
 from runtime import store
 from runtime.runs import create_run
 from runtime.settings import APP_ONLY, TrainConfig

@@ -1,6 +1,6 @@
 """The graph <-> canvas adapter: what the canvas shows, and what a canvas event means. Pure.
 
-The canvas is NetBuilder's own component (pages/flow_canvas). Python owns the graph: it sends
+The canvas is NetBuilder's own component (pages/parts/flow_canvas). Python owns the graph: it sends
 each node's text already rendered (in the reader's language) and reads back events, never whole
 states: "select", "select_edge", "deselect", "move", "connect", "delete_nodes", "delete_edge".
 An event names ids; `apply_event` checks every id against the current graph, so nothing a

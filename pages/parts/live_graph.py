@@ -20,9 +20,9 @@ from plotly.colors import sample_colorscale, unlabel_rgb
 from builder.graph import Graph
 from builder.layout import auto_layout
 from i18n import _
-from pages.canvas import edge_face, node_kind
-from pages.charts import RunSeries
-from pages.flow_canvas import graph_canvas
+from pages.parts.canvas import edge_face, node_kind
+from pages.parts.charts import RunSeries
+from pages.parts.flow_canvas import graph_canvas
 
 VANISHING = 1e-7
 EXPLODING = 1e3

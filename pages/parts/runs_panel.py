@@ -14,7 +14,7 @@ import streamlit as st
 
 from compiler.memory import format_bytes
 from i18n import _
-from pages.live_graph import markdown_literal
+from pages.parts.live_graph import markdown_literal
 from runtime.launcher import warm_up
 from runtime.runs import (
     RunError,

@@ -17,6 +17,7 @@ import os
 import re
 import secrets
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 
@@ -36,7 +37,8 @@ from compiler.analysis import Analysis, analyse
 from compiler.gan import DISCRIMINATOR, check_pair, discriminator_graph, with_discriminator
 from runtime import store
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "builder" / "templates"
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: pages/parts/state.py is two below
+TEMPLATES_DIR = ROOT / "builder" / "templates"
 DEFAULT_TEMPLATE = "resnet"
 QUERY_KEY = "w"
 LANG_KEY = "lang"
@@ -52,6 +54,7 @@ _SELECTED_EDGE = "nb_selected_edge"
 _NOTICE = "nb_notice"
 _LANGUAGE = "nb_language"
 _PART = "nb_part"  # which graph of a GAN pair the Build page edits
+TRAIN_SETTINGS = "train-config"  # the Train page's last hyperparameters (TrainConfig fields)
 _JUDGE = "nb_judge"  # (graph version, (the pair's discriminator, its analysis))
 _DUMPS = "nb_history_dumps"  # id(graph) -> (graph, its file text): each step is dumped once
 HISTORY_BYTES = 1_000_000  # the undo and redo steps kept across a reload, nearest first
@@ -62,7 +65,7 @@ PARTS = (GENERATOR, DISCRIMINATOR)
 
 def home() -> Path:
     """Where autosave/ and runs/ live: $NETBUILDER_HOME, else the repository root."""
-    return Path(os.environ.get("NETBUILDER_HOME") or Path(__file__).resolve().parent.parent)
+    return Path(os.environ.get("NETBUILDER_HOME") or ROOT)
 
 
 def workspace_id() -> str:
@@ -451,3 +454,9 @@ def session_language() -> str:
         return st.session_state.get(_LANGUAGE) or i18n.DEFAULT_LANGUAGE
     except Exception:  # no script run context (a worker thread, a test calling a page helper)
         return i18n.DEFAULT_LANGUAGE
+
+
+def chosen_settings() -> dict[str, Any]:
+    """The hyperparameters last set on the Train page; the export's train.py takes them as its
+    defaults."""
+    return dict(st.session_state.get(TRAIN_SETTINGS, {}))

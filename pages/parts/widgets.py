@@ -48,9 +48,7 @@ def uploader_note(key_prefix: str, megabytes: int, suffixes: list[str]) -> None:
         types=", ".join(suffix.upper() for suffix in suffixes),
     )
     container = f'[class*="st-key-{key_prefix}"] [data-testid="stFileUploaderDropzoneInstructions"]'
-    st.html(
-        f"""<style>
+    st.html(f"""<style>
 {container} span {{ display: none; }}
 {container} > div::after {{ content: {css_text(note)}; font-size: 0.875rem; opacity: 0.7; }}
-</style>"""
-    )
+</style>""")

@@ -21,7 +21,7 @@ from playwright.sync_api import FrameLocator, Locator, Page, expect
 from builder.graph import load_graph
 from compiler.analysis import analyse
 from compiler.codegen import attribute_names, generate_source
-from pages.flow_canvas import FRAME_TITLE
+from pages.parts.flow_canvas import FRAME_TITLE
 
 ROOT = Path(__file__).resolve().parents[2]
 # The canvas's frame, as drawn by the latest run: while Tidy, New or a template remounts it, the

@@ -2,7 +2,7 @@
 
 Python sends the graph's compact state; the browser sends back a queue of events (select,
 move, connect, delete), never whole states, so nothing echoes and an edit is drawn at once in
-the browser before Python answers. The event format is read by pages/canvas.py. To rebuild the
+the browser before Python answers. The event format is read by pages/parts/canvas.py. To rebuild the
 frontend after changing it: `make canvas` (npm ci from the lockfile, then vite build).
 """
 
@@ -14,7 +14,8 @@ from typing import Any
 import streamlit.components.v1 as components
 
 BUILD = Path(__file__).resolve().parent / "build"
-FRAME_TITLE = "pages.flow_canvas.nb_canvas"  # the iframe's title: how tests and benchmarks find it
+# The iframe's title (the component's module and name): how tests and benchmarks find it.
+FRAME_TITLE = "pages.parts.flow_canvas.nb_canvas"
 
 _component = components.declare_component("nb_canvas", path=str(BUILD))
 

@@ -1,0 +1,57 @@
+"""Imports point down only: builder -> compiler -> runtime -> export -> pages, and no page imports
+another page. Read from the source with ast, so an import inside a function counts too."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ("i18n", "builder", "compiler", "runtime", "export", "pages")
+PAGES = ("pages.build", "pages.train", "pages.export")
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module named by an import statement anywhere in the file."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def library_files(package: str) -> list[Path]:
+    """A package's modules; `__main__.py` files are programs that nothing imports."""
+    return [p for p in (ROOT / package).rglob("*.py") if p.name != "__main__.py"]
+
+
+@pytest.mark.parametrize("package", LAYERS[1:])
+def test_a_package_imports_nothing_above_it(package: str) -> None:
+    above = LAYERS[LAYERS.index(package) + 1 :]
+    wrong = sorted(
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in library_files(package)
+        for name in imported_modules(path)
+        if name.split(".")[0] in above
+    )
+    assert library_files(package), f"{package}/ has no modules"
+    assert wrong == []
+
+
+def test_no_page_imports_another_page() -> None:
+    wrong = sorted(
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in (ROOT / "pages").glob("*.py")
+        for name in imported_modules(path)
+        if name in PAGES
+    )
+    assert wrong == []
+
+
+def test_the_layering_check_sees_an_upward_import(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text("def f():\n    from pages.parts import state\n")
+    assert "pages.parts" in imported_modules(module)
