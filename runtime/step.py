@@ -86,7 +86,7 @@ class StepRecord:
     optimizer_state: dict[str, dict[str, torch.Tensor]]  # parameter name -> torch's state
     seed: int
     source: str  # the model.py it ran
-    extras: dict[str, Any] = field(default_factory=dict)
+    optimizer_saved: dict[str, Any] = field(default_factory=dict)  # for the next step's resume
 
     def parameters_of(self, node_id: str) -> list[str]:
         """The state_dict names of a node's trainable parameters."""
@@ -131,9 +131,12 @@ def take_step(
     y: torch.Tensor,
     settings: TrainConfig,
     weights: dict[str, torch.Tensor] | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> StepRecord:
     """One training step on the batch (x, y) in train mode, from the seed's first weights or
-    from `weights`: forward, loss, backward, the optimizer's step, and the loss after it."""
+    from `weights`: forward, loss, backward, the optimizer's step, and the loss after it.
+    `resume` is the optimizer's state_dict after an earlier step (momentum, Adam's m and v), so
+    a sequence of steps goes on as training does; without it the optimizer starts fresh."""
     source = generate_source(analysis)
     seed = settings.seed
     model = build_model(source, seed, weights)
@@ -149,6 +152,8 @@ def take_step(
     loss_name = resolved_loss(output_params.loss, y)
     before = {name: value.detach().clone() for name, value in model.state_dict().items()}
     optimizer = make_optimizer(settings, list(model.parameters()))
+    if resume is not None:
+        optimizer.load_state_dict(copy.deepcopy(resume))
     model.train()
     x = x.detach().clone()
     if torch.is_floating_point(x):
@@ -178,6 +183,7 @@ def take_step(
         for name, p in parameters.items()
     }
     hyperparameters = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
+    saved = copy.deepcopy(optimizer.state_dict())
     loss_after = _loss_again(model, x, y, loss_name, output_params.label_smoothing, seed)
     nodes = {
         node_id: NodeTrace(
@@ -213,6 +219,7 @@ def take_step(
         optimizer_state=state,
         seed=seed,
         source=source,
+        optimizer_saved=saved,
     )
 
 

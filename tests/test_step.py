@@ -423,3 +423,23 @@ def test_a_graph_that_is_not_a_graph_is_one_line(
     bad.write_text("{")
     assert main(["step", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_second_step_goes_on_from_the_weights_and_the_optimizers_state() -> None:
+    shape, *layers = CONV_NET
+    analysis = analyse(graph_of(shape, *layers))
+    batches = [batch(shape, 2, seed=1), batch(shape, 2, seed=2)]
+    settings = TrainConfig(optimizer="adam", lr=0.01, seed=3)
+    first = take_step(analysis, *batches[0], settings)
+    second = take_step(analysis, *batches[1], settings, first.after, first.optimizer_saved)
+    torch.manual_seed(3)
+    model = load_module(first.source).build_model().train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    for x, y in batches:
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(second.after[name], value, msg=name)
+    explained = explain_update(second, "n5.weight", (1, 3))
+    assert explained.agrees and "t = 2" in " ".join(map(str, explained.lines))
