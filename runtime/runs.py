@@ -58,7 +58,7 @@ from i18n import N_, Message, msg
 from runtime import store
 from runtime.datasets import MAX_UPLOAD_BYTES
 from compiler.memory import format_bytes
-from runtime import sizing
+from runtime import cluster, sizing
 from runtime.launcher import CONTEXT, restart_if_dead
 from runtime.trainer import TrainConfig
 
@@ -225,6 +225,8 @@ def max_trainers() -> int:
     number of CPU cores (at least 2). Memory decides first; this bounds the count because every
     trainer needs a core (a GPU's runs too, to feed it), and trainers beyond the cores only take
     turns on them, each slower, while each holds its memory."""
+    if cluster.enabled():  # a cluster's CPUs, not this machine's
+        return _positive_setting(MAX_TRAINERS_ENV) or cluster.cpu_count() or 2
     return _positive_setting(MAX_TRAINERS_ENV) or max(2, os.cpu_count() or 1)
 
 
@@ -282,7 +284,7 @@ class _Trainers:
     them) and the runs roots it queued runs in (to look at them again while runs wait)."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
-    running: dict[Path, _Trainer] = field(default_factory=dict)
+    running: dict[Path, _Trainer | cluster.ClusterTrainer] = field(default_factory=dict)
     roots: set[Path] = field(default_factory=set)
     watching: bool = False
 
@@ -364,8 +366,8 @@ def _scan(root: Path) -> list[_PoolRun]:
 def _classify(folder: Path, status: dict[str, Any]) -> _PoolRun:
     recorded, pid = status.get("status"), status.get("pid")
     holding = waiting = False
-    if recorded in ACTIVE and pid is not None:
-        holding = _alive(pid, status.get("pid_started"))
+    if recorded in ACTIVE and _has_trainer(status):
+        holding = _trainer_alive(status)
     elif recorded == "queued":
         admitted, server = status.get("admitted"), status.get("server")
         if isinstance(admitted, dict) and _alive(admitted.get("pid"), admitted.get("started")):
@@ -392,6 +394,8 @@ def _free_memory(holding: list[_PoolRun], gpus: bool) -> dict[str, int]:
     what running runs were sized at and have not allocated yet (each counted at its sized
     figure, or its resident memory if larger). A GPU: its free memory, or its total less what
     the runs on it claim, whichever is less (no per-process figure without NVML)."""
+    if cluster.enabled():  # Ray places each run where what it asks for is free
+        return cluster.unbounded_memory(sizing.gpu_count() if gpus else 0)
     ram = sizing.device_memory("cpu")
     unallocated = sum(max(0, run.claims().get(RAM, 0) - _resident_bytes(run)) for run in holding)
     free = {RAM: ram.free - sizing.headroom("cpu", ram.total) - unallocated}
@@ -627,6 +631,7 @@ def _enqueue(folder: Path, message: Message | str = "") -> None:
         admitted=None,
         memory=memory,
         message=message,
+        ray=None,
     )
     _watch(_pool_root(folder))
 
@@ -640,7 +645,10 @@ def _size(folder: Path) -> tuple[dict[str, Any], Message | None]:
         graph = load_graph((folder / store.GRAPH_FILE).read_text())
     except (OSError, ValueError):
         return {"device": "cpu", "bytes": sizing.TRAINER_PROCESS_BYTES, "processes": 1}, None
-    device = sizing.resolve_device(config.device) or "cpu"
+    if cluster.enabled():  # sized for the cluster's devices, not this machine's
+        device = cluster.resolve_device(config.device)
+    else:
+        device = sizing.resolve_device(config.device) or "cpu"
     analysis = analyse(graph)
     estimate = sizing.training_estimate(graph, analysis, config.batch_size, config.optimizer)
     memory = {
@@ -648,6 +656,8 @@ def _size(folder: Path) -> tuple[dict[str, Any], Message | None]:
         "bytes": sizing.claim_bytes(estimate.training_bytes, device),
         "processes": config.processes,
     }
+    if cluster.enabled():
+        return memory, cluster.never_fits(memory)
     return memory, sizing.never_fits(estimate, device)
 
 
@@ -698,7 +708,7 @@ def _fill_slots(root: Path | None = None) -> int:
 
 
 def _start_admitted(folder: Path, root: Path) -> None:
-    trainer: _Trainer | None = None
+    trainer: _Trainer | cluster.ClusterTrainer | None = None
     try:
         trainer = _start_queued(folder)
     except Exception as exc:  # noqa: BLE001  (one run's failure must not stall the queue)
@@ -712,7 +722,7 @@ def _start_admitted(folder: Path, root: Path) -> None:
         _in_background(_fill_slots, root)  # what it was given goes to the next run
 
 
-def _start_queued(folder: Path) -> _Trainer | None:
+def _start_queued(folder: Path) -> _Trainer | cluster.ClusterTrainer | None:
     """A trainer for a run just admitted; None for a run deleted or stopped since."""
     if not (folder / store.STATUS_FILE).exists():
         return None
@@ -726,7 +736,8 @@ def _start_queued(folder: Path) -> _Trainer | None:
 
 def _record_failed_start(folder: Path, exc: Exception) -> None:
     """The run reads as interrupted, with the reason, so that Resume tries again."""
-    reason = exc.detail if isinstance(exc, (RunError, store.StatusError)) else repr(exc)
+    known = (RunError, store.StatusError, cluster.ClusterError)
+    reason = exc.detail if isinstance(exc, known) else repr(exc)
     try:
         store.update_status(
             folder,
@@ -741,9 +752,12 @@ def _record_failed_start(folder: Path, exc: Exception) -> None:
         log.warning("could not record the failed start in %s", folder, exc_info=True)
 
 
-def _launch(folder: Path) -> _Trainer:
+def _launch(folder: Path) -> _Trainer | cluster.ClusterTrainer:
     """Fork a trainer for the run from the warm forkserver; it starts once its pid is recorded.
-    A run on several devices is started by torchrun instead (one process per device)."""
+    A run on several devices is started by torchrun instead (one process per device), and
+    with a Ray cluster configured every run goes to the cluster (runtime/cluster.py)."""
+    if cluster.enabled():
+        return cluster.submit(folder, store.read_status(folder).get("memory") or {})
     processes = _config_processes(folder)
     if processes > 1:
         return _launch_torchrun(folder, processes)
@@ -799,7 +813,7 @@ def _launch_torchrun(folder: Path, processes: int) -> _Trainer:
     return _Trainer(process.pid, process_start_time(process.pid), process)
 
 
-def _reap(trainer: _Trainer, folder: Path, root: Path) -> None:
+def _reap(trainer: _Trainer | cluster.ClusterTrainer, folder: Path, root: Path) -> None:
     """Wait for a trainer to end, then give its memory and slot to the next queued run."""
     trainer.wait()
     with _TRAINERS.lock:
@@ -889,6 +903,20 @@ def _process(pid: Any, started: Any) -> psutil.Process | None:
 
 def _alive(pid: Any, started: Any = None) -> bool:
     return _process(pid, started) is not None
+
+
+def _has_trainer(status: dict[str, Any]) -> bool:
+    """Whether a trainer was started for the run: a process (its pid) or a Ray actor."""
+    return status.get("pid") is not None or cluster.record(status) is not None
+
+
+def _trainer_alive(status: dict[str, Any]) -> bool:
+    """Whether the run's trainer lives: a run on a Ray cluster by Ray's view of its actor (its
+    recorded pid is a process on some node), any other by its pid and start time."""
+    entry = cluster.record(status)
+    if entry is not None:
+        return cluster.alive(entry)
+    return _alive(status.get("pid"), status.get("pid_started"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -992,16 +1020,18 @@ def _effective_status(folder: Path, status: dict[str, Any]) -> tuple[Status, Mes
     if state not in ACTIVE:
         return state, detail
     stop_requested = (folder / store.STOP_FILE).exists()
-    if status.get("pid") is None:
+    if not _has_trainer(status):
         if _waiting_for_a_trainer(status):
             waiting = _classify(folder, status).waiting and _waiting_line(folder)
             return "queued", waiting or detail
         if stop_requested:
             return "stopped", msg("stopped before it started")
         return "interrupted", msg("the server stopped before this run started; resume to start it")
-    if not _alive(status.get("pid"), status.get("pid_started")):
+    if not _trainer_alive(status):
         if stop_requested:  # the trainer was killed while stopping: its checkpoint stands
             return "stopped", _forced_stop_message(status)
+        if cluster.record(status) is not None:
+            return "interrupted", cluster.lost_message(status.get("step", 0))
         return "interrupted", msg(
             "the trainer process ended unexpectedly at step {step}; resume to continue from the"
             " last checkpoint",
@@ -1105,8 +1135,14 @@ def stop_run(
 
 
 def _escalate(folder: Path, grace: float, kill_grace: float) -> None:
-    """The stop flag is set; SIGTERM after grace, SIGKILL after kill_grace, then record it."""
+    """The stop flag is set; SIGTERM after grace, SIGKILL after kill_grace, then record it. A
+    run on a Ray cluster has its actor killed after grace instead."""
     status = store.read_status(folder)
+    entry = cluster.record(status)
+    if entry is not None:
+        cluster.cancel(entry, grace)
+        _record_forced_stop(folder)
+        return
     process = _process(status.get("pid"), status.get("pid_started"))
     if process is None or process.pid == os.getpid():  # a trainer in this process: the flag
         return
@@ -1124,6 +1160,11 @@ def _escalate(folder: Path, grace: float, kill_grace: float) -> None:
                 child.send_signal(number)
         if _ended(process, wait):
             break
+    _record_forced_stop(folder)
+
+
+def _record_forced_stop(folder: Path) -> None:
+    """A trainer ended without recording its end: the run is stopped, its checkpoint kept."""
     if store.read_status(folder).get("status") in ACTIVE:
         store.update_status(
             folder, status="stopped", message=_forced_stop_message(store.read_status(folder))

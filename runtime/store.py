@@ -92,6 +92,8 @@ STATUS_FIELDS: dict[str, tuple[type, ...]] = {
     "gpu": (int, type(None)),
     "cpu_runs": (int, type(None)),
     "threads": (int, type(None)),
+    # a run on a Ray cluster (runtime/cluster.py): its actor's name, what it asked for, its node
+    "ray": (dict, type(None)),
 }
 
 
