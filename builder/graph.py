@@ -41,6 +41,9 @@ class Node(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     position: tuple[float, float] | None = None
     label: str | None = Field(default=None, max_length=MAX_TEXT)
+    # The dotted path of the module it came from in imported source ("layer1.0.conv1"): the
+    # canvas groups nodes by it. Optional, left out of the file when absent.
+    module: str | None = Field(default=None, max_length=MAX_TEXT)
 
 
 class Edge(BaseModel):

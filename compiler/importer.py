@@ -632,12 +632,24 @@ def _add_node(walk: Walk, node: fx.Node, node_id: str, layer: Layer) -> Value:
         walk.module_paths[node_id] = layer.path
         if layer.path != node_id:
             entry["label"] = f"self.{layer.path}"
+    module = _module_path(node)
+    if module:
+        entry["module"] = module
     walk.nodes.append(entry)
     for port, source in enumerate(layer.inputs):
         edge = {"source": source, "target": node_id}
         walk.edges.append(edge | {"port": port} if len(layer.inputs) > 1 else edge)
     walk.fx_nodes[node_id] = node
     return Several(node_id, layer.type, layer.several) if layer.several else node_id
+
+
+def _module_path(node: fx.Node) -> str | None:
+    """The module the call came from ("layer1.0.conv1" for a module's own call, "layer1.0" for
+    the `out += identity` in its forward): the innermost entry of the stack fx recorded. The
+    canvas groups nodes by it; the top-level forward's own calls have none."""
+    stack = node.meta.get("nn_module_stack") or {}
+    entries = list(stack.values())
+    return str(entries[-1][0]) if entries else None
 
 
 def _attribute(walk: Walk, node: fx.Node) -> Constant:
