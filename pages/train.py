@@ -31,7 +31,7 @@ from compiler.gan import check_pair, discriminator_graph
 from compiler.memory import estimate_memory
 from i18n import N_, Message, _, msg, translate
 from i18n import render as render_message
-from pages.parts import charts, live_graph, runs_panel, state, widgets
+from pages.parts import charts, live_graph, runs_panel, state, step_view, widgets
 from pages.parts.live_graph import markdown_literal
 from runtime import store
 from runtime.datasets import (
@@ -99,6 +99,7 @@ RECONSTRUCTION_VIEW = N_("Reconstructions")
 GRADIENT_VIEW = N_("Gradients")
 SPEED_VIEW = N_("Learning rate")
 ATTENTION_VIEW = N_("Attention")
+FEATURE_VIEW = N_("What each layer sees")
 CONFUSION_VIEW = N_("Confusion")
 SAMPLES_VIEW = N_("Samples")
 GAN_LOSS_VIEW = N_("Losses")
@@ -371,6 +372,8 @@ def render() -> None:
         with settings_column:
             config, reasons = _hyperparameters(dataset, upload)
             _start_button(runs_dir, analysis, dataset, upload, config, reasons)
+    if analysis.ok and dataset is not None and not is_gan_pair(analysis):
+        step_view.render(analysis, dataset, config, runs_dir)
     _runs_section(runs_dir, config)
 
 
@@ -993,6 +996,8 @@ def detail_views(info: RunInfo, graph: Graph | None, gan: bool) -> list[str]:
     types = {node.type for node in graph.nodes} if graph else set()
     if types & set(ATTENTION_TYPES):
         views.append(ATTENTION_VIEW)
+    if step_view.has_feature_maps(types):
+        views.append(FEATURE_VIEW)
     if graph is not None and kind is None and _records_confusion(graph, _run_config(info)):
         views.append(CONFUSION_VIEW)
     return views
@@ -1135,6 +1140,8 @@ def _detail_view(view: str, info: RunInfo, series: charts.RunSeries, order: list
     elif view == SPEED_VIEW:
         _chart(charts.lr_figure(series), f"lr-{info.id}")
         _chart(charts.throughput_figure(series), f"speed-{info.id}")
+    elif view == FEATURE_VIEW:
+        step_view.feature_maps_view(info, series, state.runs_dir())
     elif view == ATTENTION_VIEW:
         _attention_view(info, series)
     elif view == CONFUSION_VIEW:

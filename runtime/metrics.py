@@ -188,6 +188,68 @@ def capture_attention(
 
 
 # ---------------------------------------------------------------------------------------------
+# What each convolution sees: feature maps for the run's fixed sample
+
+# Recorded like the attention maps: the first few channels, each at most this many a side
+# (larger maps are averaged in blocks), rounded to this many decimals.
+FEATURE_MAP_TYPES = frozenset({"Conv2d", "ConvTranspose2d"})
+MAX_FEATURE_CHANNELS = 8
+MAX_FEATURE_SIZE = 64
+FEATURE_DECIMALS = 3
+
+
+def feature_map_layers(
+    model: nn.Module, modules: dict[str, str], types: dict[str, str]
+) -> dict[str, nn.Module]:
+    """The module of each 2-d convolution node, whose outputs are images a person can read."""
+    return {
+        node_id: getattr(model, attribute)
+        for node_id, attribute in modules.items()
+        if types[node_id] in FEATURE_MAP_TYPES
+    }
+
+
+def downsample_feature_maps(maps: torch.Tensor) -> torch.Tensor:
+    """Maps [C, H, W] cut to the recorded budget: the first MAX_FEATURE_CHANNELS channels, each
+    averaged in blocks to at most MAX_FEATURE_SIZE a side."""
+    kept = maps[:MAX_FEATURE_CHANNELS].float()
+    size = (min(kept.shape[-2], MAX_FEATURE_SIZE), min(kept.shape[-1], MAX_FEATURE_SIZE))
+    if size == tuple(kept.shape[-2:]):
+        return kept
+    return F.adaptive_avg_pool2d(kept, size)
+
+
+def feature_map_lists(maps: torch.Tensor) -> list:
+    return maps.double().round(decimals=FEATURE_DECIMALS).tolist()
+
+
+@torch.no_grad()
+def capture_feature_maps(
+    model: nn.Module, layers: dict[str, nn.Module], example: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Each convolution's output [C, H, W] for one example (a batch of 1), in eval mode, cut to
+    the recorded budget as soon as it is computed."""
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(node_id: str):
+        def observe(module: nn.Module, args: object, output: torch.Tensor) -> None:
+            captured[node_id] = downsample_feature_maps(output[0].detach())
+
+        return observe
+
+    handles = [layer.register_forward_hook(hook(node_id)) for node_id, layer in layers.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        model(example)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
+# ---------------------------------------------------------------------------------------------
 # Samples from a trained model: generated text and reconstructions
 
 

@@ -34,6 +34,7 @@ REQUIRED = {
     "event": (),
     "gan": ("step", "d_loss", "g_loss", "d_real", "d_fake"),
     "samples": ("step", "images"),
+    "feature_maps": ("step", "node", "maps"),
 }
 PALETTE = ("#2563eb", "#f97316", "#16a34a", "#dc2626", "#9333ea", "#0891b2", "#ca8a04", "#db2777")
 
@@ -50,6 +51,7 @@ class RunSeries:
     events: list[Record] = field(default_factory=list)
     gan: list[Record] = field(default_factory=list)  # a GAN's steps: both losses, D's verdicts
     samples: list[Record] = field(default_factory=list)  # grids of generated samples
+    feature_maps: list[Record] = field(default_factory=list)  # convolutions' outputs [C, H, W]
 
     def add(self, records: Iterable[Record]) -> None:
         """Append new records (as read_metrics returns them); records of unknown kinds, or
@@ -63,6 +65,7 @@ class RunSeries:
             "event": self.events,
             "gan": self.gan,
             "samples": self.samples,
+            "feature_maps": self.feature_maps,
         }
         for record in records:
             group = groups.get(record.get("kind", ""))
@@ -70,6 +73,8 @@ class RunSeries:
                 continue
             if group is self.attention:
                 self._add_attention(record)
+            elif group is self.feature_maps:
+                self._add_feature_maps(record)
             else:
                 group.append(record)
 
@@ -89,6 +94,20 @@ class RunSeries:
         if len(mine) > MAX_ATTENTION_MAPS:
             dropped = {id(r) for r in mine[-2::-2]}  # every other one, the latest kept
             self.attention[:] = [r for r in self.attention if id(r) not in dropped]
+
+    def _add_feature_maps(self, record: Record) -> None:
+        """Kept as float32 arrays, at most MAX_ATTENTION_MAPS per layer, thinned like attention."""
+        try:
+            maps = np.asarray(record["maps"], dtype=np.float32)
+        except (TypeError, ValueError):
+            return
+        if maps.ndim != 3:
+            return
+        self.feature_maps.append(record | {"maps": maps})
+        mine = [r for r in self.feature_maps if r["node"] == record["node"]]
+        if len(mine) > MAX_ATTENTION_MAPS:
+            dropped = {id(r) for r in mine[-2::-2]}
+            self.feature_maps[:] = [r for r in self.feature_maps if id(r) not in dropped]
 
 
 def series_from(records: Iterable[Record]) -> RunSeries:
