@@ -100,7 +100,12 @@ def connect() -> ModuleType:
             return ray
         address = os.environ.get(ADDRESS_ENV, "").strip() or "auto"
         try:
-            ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
+            ray.init(
+                address=address,
+                namespace=NAMESPACE,
+                runtime_env=job_runtime_env(),
+                log_to_driver=False,
+            )
         except Exception as exc:  # noqa: BLE001  (ray raises many kinds; each is one sentence)
             raise ClusterError(
                 msg(
@@ -110,6 +115,13 @@ def connect() -> ModuleType:
                 )
             ) from None
     return ray
+
+
+def job_runtime_env() -> dict[str, Any]:
+    """What the workers of this app's Ray job need: NetBuilder's code on their Python path
+    (the same checkout on every node; the actors import runtime.cluster and the trainer)."""
+    python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {"env_vars": {"PYTHONPATH": python_path}}
 
 
 def _cluster_totals() -> dict[str, float]:
@@ -214,7 +226,6 @@ def submit(folder: Path, memory: dict[str, Any]) -> ClusterTrainer:
     ray = connect()
     asks = resources(memory)
     name = f"netbuilder-{folder.name}-{secrets.token_hex(4)}"
-    python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     actor = (
         ray.remote(RunActor)
         .options(
@@ -222,7 +233,6 @@ def submit(folder: Path, memory: dict[str, Any]) -> ClusterTrainer:
             namespace=NAMESPACE,
             lifetime="detached",  # outlives the app server, as a forked trainer does
             max_restarts=0,  # a lost run reads as interrupted and is resumed by a person
-            runtime_env={"env_vars": {"PYTHONPATH": python_path}},
             **asks,
         )
         .remote()

@@ -987,11 +987,18 @@ def _info(folder: Path) -> RunInfo:
         epochs=int(status.get("epochs", 0)),
         epoch=int(status.get("epoch", 0)),
         step=int(status.get("step", 0)),
-        device=str(status.get("device", "")),
+        device=_where(status),
         path=folder,
         detail=detail,
         disk_bytes=disk_usage(folder),
     )
+
+
+def _where(status: dict[str, Any]) -> str:
+    """The run's device, and for a run on a Ray cluster the node it trains on ("cpu @ 10.0.0.7")."""
+    device, entry = str(status.get("device", "")), cluster.record(status)
+    node = entry.get("node") if entry is not None else None
+    return f"{device} @ {node}" if isinstance(node, str) and node else device
 
 
 def _usable_status(folder: Path) -> dict[str, Any]:

@@ -17,7 +17,15 @@ import psutil
 import pytest
 
 from runtime import cluster, store
-from runtime.runs import read_metrics, read_run, resume_run, start_run, status_text, stop_run
+from runtime.runs import (
+    RunError,
+    read_metrics,
+    read_run,
+    resume_run,
+    start_run,
+    status_text,
+    stop_run,
+)
 from runtime.trainer import TrainConfig
 from tests.modelkit import chain_graph
 from tests.poolkit import nothing_outlives_its_test, status_of, wait_for  # noqa: F401
@@ -43,6 +51,7 @@ def local_ray() -> Iterator[None]:
             namespace=cluster.NAMESPACE,
             object_store_memory=100 * 10**6,
             log_to_driver=False,
+            runtime_env=cluster.job_runtime_env(),
             _temp_dir=folder,
         )
     except Exception as exc:  # noqa: BLE001  (fail, naming why, rather than skip)
@@ -79,7 +88,7 @@ def test_a_run_on_the_cluster_streams_its_loss_and_survives_stop_and_resume(
     first = actor_of(runs_dir, run_id)
     assert status_of(runs_dir, run_id) == "running"
     assert first["asks"]["num_gpus"] == 0 and first["asks"]["num_cpus"] >= 1
-    assert first.get("node"), "where it runs is recorded"
+    assert read_run(runs_dir, run_id).device == f"cpu @ {first['node']}"  # where it runs
     records, _ = read_metrics(runs_dir, run_id)
     assert all(record["train_loss"] > 0 for record in records if "train_loss" in record)
 
@@ -116,6 +125,13 @@ def test_a_killed_worker_reads_as_interrupted_and_resumes(on_cluster: None, tmp_
     assert status_of(runs_dir, run_id) == "running"
     stop_run(runs_dir, run_id)
     wait_for(lambda: status_of(runs_dir, run_id) == "stopped", DEADLINE)
+
+
+def test_a_run_no_node_could_ever_hold_is_refused_at_start(
+    on_cluster: None, tmp_path: Path
+) -> None:
+    with pytest.raises(RunError, match="no node of the Ray cluster has"):
+        start_run(tmp_path / "workspace", GRAPH, LONG.model_copy(update={"device": "cuda"}))
 
 
 def test_a_small_gpu_run_asks_for_a_fraction_of_a_gpu_and_a_big_one_for_whole_gpus() -> None:
