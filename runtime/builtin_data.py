@@ -156,3 +156,54 @@ def text(seed: int, length: int, count: int = TEXT_SAMPLES) -> tuple[torch.Tenso
     starts = torch.randint(len(ids) - length - 1, (count, 1), generator=generator)
     windows = ids.unfold(0, length + 1, 1)[starts[:, 0]]
     return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+
+
+# -- your own text ---------------------------------------------------------------------------
+
+TEXT_VOCAB_CAP = 256  # characters of an uploaded text's vocabulary, the unknown one included
+UNKNOWN_CHARACTER = "\ufffd"  # id 0 of an uploaded text's vocabulary: any character left out
+
+
+def vocabulary(text: str, cap: int = TEXT_VOCAB_CAP) -> str:
+    """An uploaded text's alphabet: the unknown character (id 0), then its cap - 1 most frequent
+    characters (ties: the smaller code point) in code point order; a character's id is its
+    index here."""
+    counts: dict[str, int] = {}
+    for character in text:
+        counts[character] = counts.get(character, 0) + 1
+    counts.pop(UNKNOWN_CHARACTER, None)
+    kept = sorted(counts, key=lambda c: (-counts[c], c))[: cap - 1]
+    return UNKNOWN_CHARACTER + "".join(sorted(kept))
+
+
+def encode_text(text: str, alphabet: str) -> torch.Tensor:
+    """Character ids of `text` in `alphabet`; a character outside it becomes 0 (unknown)."""
+    ids = {character: index for index, character in enumerate(alphabet)}
+    return torch.tensor([ids.get(c, 0) for c in text], dtype=torch.int64)
+
+
+def decode_text(ids: list[int], alphabet: str) -> str:
+    return "".join(alphabet[i] if 0 <= i < len(alphabet) else UNKNOWN_CHARACTER for i in ids)
+
+
+def text_split_point(characters: int, held_out: float) -> int:
+    """Where the validation part of a text begins: its last `held_out` share."""
+    return characters - math.ceil(characters * held_out) if held_out > 0 else characters
+
+
+def windows_by_position(
+    ids: torch.Tensor, length: int, validation: torch.Tensor, count: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` windows of length+1 characters, x the first `length`, y the next ones: the
+    samples at the rows `validation` come from the text's last part, every other one from the
+    part before it, so validation never reads a character that training reads. The share held
+    out is len(validation) / count."""
+    cut = text_split_point(len(ids), len(validation) / count)
+    generator = torch.Generator().manual_seed(seed)
+    starts = torch.randint(max(1, cut - length), (count,), generator=generator)
+    if len(validation):
+        tail = max(1, len(ids) - length - cut)
+        tail_starts = cut + torch.randint(tail, (len(validation),), generator=generator)
+        starts[validation] = tail_starts
+    windows = ids.unfold(0, length + 1, 1)[starts]
+    return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()

@@ -10,11 +10,17 @@ count before it is parsed, each against the operator's budget (NETBUILDER_DATA_B
 .npz is read member by member through a reader that counts the bytes really unpacked, never
 trusting the zip directory's sizes. The web server does even the sized parse in a child process
 (runtime/upload_job.py).
+
+Two kinds of upload are not arrays: a .zip of class folders of pictures (or a folder, from the
+command line) is read lazily by runtime/image_folder.py, so only its listing and labels sit in
+memory, and the budget counts those and the batches its workers decode ahead; a .txt file is cut
+into windows of characters for a next-character model, with its own vocabulary.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import importlib.util
 import io
 import math
@@ -22,7 +28,7 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
 import numpy as np
 import torch
@@ -30,7 +36,9 @@ import torch
 from compiler.analysis import Analysis, Diagnostic, loss_of
 from compiler.memory import format_bytes
 from i18n import Message, N_, msg
-from runtime import builtin_data
+from runtime import builtin_data, image_folder
+from runtime.image_folder import ImageFolder, ImageFolderError, LazyImages
+from runtime.loop import split
 from runtime.settings import operator_setting
 from runtime.csv_table import CsvError, Table, read_csv_table
 
@@ -122,6 +130,7 @@ class Dataset:
     sample_shape: tuple[int, ...]
     dtype: Literal["float32", "int64"]
     class_names: tuple[str, ...] | None = None  # a CSV's word labels, in class id order
+    alphabet: str | None = None  # an uploaded text's characters, in id order (id 0: unknown)
 
     @property
     def target_shape(self) -> tuple[int, ...]:
@@ -274,11 +283,22 @@ def _torchvision(name: str) -> Dataset:
 # Uploads
 
 
-def dataset_from_upload(filename: str, data: bytes, label_column: str | None = None) -> Dataset:
-    """A dataset from a user's .csv (numeric columns, one of them the label) or .npz (X, y).
+def dataset_from_upload(
+    filename: str,
+    data: bytes,
+    label_column: str | None = None,
+    input_shape: tuple[int, ...] = (),
+    settings: Any = None,
+    normalise: bool = True,
+) -> Dataset:
+    """A dataset from a user's .csv (numeric columns, one of them the label), .npz (X, y), .zip
+    of class folders of pictures or .txt (characters for a next-character model).
 
     Integer labels make a classification task; fractional ones a regression task. The file is
     sized before it is parsed; the web server calls this in a child process (upload_job).
+    Pictures and text take their sample shape from the model's Input (`input_shape`) and the
+    split, seed and augmentation from `settings` (TrainConfig's fields; its defaults if None).
+    `normalise` False leaves pictures unnormalised (a preview measures no statistics).
     """
     if len(data) > MAX_UPLOAD_BYTES:
         raise DatasetError(
@@ -290,6 +310,10 @@ def dataset_from_upload(filename: str, data: bytes, label_column: str | None = N
             )
         )
     suffix = Path(filename).suffix.lower()
+    if suffix == ".zip":
+        return image_dataset(filename, data, input_shape, settings, normalise)
+    if suffix == ".txt":
+        return text_dataset(filename, data, input_shape, settings)
     if suffix == ".csv":
         table = _read_csv(filename, data, label_column)
         return _from_arrays(filename, table.features, table.labels, table.class_names)
@@ -298,12 +322,202 @@ def dataset_from_upload(filename: str, data: bytes, label_column: str | None = N
     else:
         raise DatasetError(
             msg(
-                "{file}: upload a .csv or an .npz file (got the suffix {suffix})",
+                "{file}: upload a .csv, .npz, .zip (class folders of pictures) or .txt file (got"
+                " the suffix {suffix})",
                 file=filename,
                 suffix=repr(suffix),
             )
         )
     return _from_arrays(filename, x, y)
+
+
+def dataset_from_path(
+    path: Path,
+    label_column: str | None = None,
+    input_shape: tuple[int, ...] = (),
+    settings: Any = None,
+    name: str | None = None,
+) -> Dataset:
+    """A dataset from a file or folder on disk: a folder or .zip of class folders is read
+    lazily from where it lies (never held whole); any other file as an upload of its bytes."""
+    name = name or path.name
+    if path.is_dir() or path.suffix.lower() == ".zip":
+        return image_dataset(name, path, input_shape, settings)
+    if path.is_file() and path.stat().st_size > MAX_UPLOAD_BYTES:
+        raise DatasetError(
+            msg(
+                "{file} is {size} MB; uploads are capped at {cap} MB",
+                file=name,
+                size=f"{path.stat().st_size / 1e6:.1f}",
+                cap=f"{MAX_UPLOAD_BYTES / 1e6:.0f}",
+            )
+        )
+    return dataset_from_upload(name, path.read_bytes(), label_column, input_shape, settings)
+
+
+def _settings(settings: Any) -> Any:
+    from runtime.settings import TrainConfig
+
+    return settings if settings is not None else TrainConfig()
+
+
+def training_rows(count: int, settings: Any) -> torch.Tensor:
+    """The samples the loop's seeded split trains on, asked of the loop itself."""
+    rows = torch.arange(count)
+    return split(rows, rows, _settings(settings)).y_train
+
+
+def validation_rows(count: int, settings: Any) -> torch.Tensor:
+    rows = torch.arange(count)
+    return split(rows, rows, _settings(settings)).y_val
+
+
+def image_folder_bytes(count: int, shape: tuple[int, ...], batch_size: int) -> int:
+    """What an image folder holds in memory while it trains: its listing (a path and a label a
+    picture, about 200 bytes) and the batches its workers decode ahead (two each, and one in
+    use), not the pictures themselves."""
+    batches = 2 * max(1, image_folder.worker_count()) + 1
+    return count * 200 + batches * batch_size * math.prod(shape) * 4
+
+
+def image_dataset(
+    filename: str,
+    source: bytes | Path,
+    input_shape: tuple[int, ...],
+    settings: Any = None,
+    normalise: bool = True,
+) -> Dataset:
+    """Class folders of pictures (a .zip's bytes or path, or a folder), read lazily as the
+    Input's [C, H, W]; sized by the listing and the batches read ahead; normalised with the
+    training split's statistics."""
+    settings = _settings(settings)
+    try:
+        listing = image_folder.list_images(source, filename)
+        shape = tuple(int(n) for n in input_shape)
+        need = image_folder_bytes(len(listing.paths), shape, settings.batch_size)
+        refusal = _over_budget(msg("reading {file}", file=filename), need)
+        if refusal is not None:
+            raise refusal
+        how = image_folder.augmentation_of(settings)
+        folder = ImageFolder(listing, shape, how, settings.seed)  # type: ignore[arg-type]
+        if normalise:
+            folder.fit_statistics(training_rows(len(listing.paths), settings))
+    except ImageFolderError as exc:
+        raise DatasetError(msg(exc.template, **exc.values)) from None
+    counts = listing.counts()
+    described = msg(
+        "uploaded {file}: {count} pictures in {classes} class folders ({names})",
+        file=filename,
+        count=len(listing.paths),
+        classes=len(listing.classes),
+        names=", ".join(f"{name} {n}" for name, n in counts.items())[:300],
+    )
+    return Dataset(
+        filename,
+        described,
+        "classification",
+        LazyImages(folder),  # type: ignore[arg-type]
+        torch.tensor(listing.labels, dtype=torch.int64),
+        len(listing.classes),
+        shape,
+        "float32",
+        listing.classes,
+    )
+
+
+def decode_text(filename: str, data: bytes) -> str:
+    """An uploaded text as str: UTF-8 (a byte-order mark is dropped); any other encoding is
+    named in a sentence, with where the first byte that is not UTF-8 sits."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DatasetError(
+            msg("{file} is UTF-16 text; save it as UTF-8 and upload it again", file=filename)
+        )
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(
+            msg(
+                "{file} is not UTF-8 text: byte {byte} at position {position} is not UTF-8 (a"
+                " Latin-1, Windows or GBK file?); save it as UTF-8 and upload it again",
+                file=filename,
+                byte=f"0x{data[exc.start]:02X}",
+                position=format(exc.start, ","),
+            )
+        ) from None
+
+
+def text_dataset(
+    filename: str, data: bytes, input_shape: tuple[int, ...], settings: Any = None
+) -> Dataset:
+    """A .txt for a next-character model: its vocabulary (capped; other characters are id 0),
+    windows of the Input's T characters, the validation ones from the text's last part."""
+    settings = _settings(settings)
+    if len(input_shape) != 1:
+        raise DatasetError(
+            msg(
+                "a text trains a next-character model whose Input is [T] (int64 character ids),"
+                " but this one is {shape}; start from the GPT-mini template",
+                shape=list(input_shape),
+            )
+        )
+    length = int(input_shape[0])
+    if length > TEXT_MAX_LENGTH:
+        raise DatasetTooLarge(
+            msg(
+                "the Input's shape [{length}] asks for windows of {length} characters; this"
+                " server reads at most {cap}",
+                length=length,
+                cap=TEXT_MAX_LENGTH,
+            )
+        )
+    count = builtin_data.TEXT_SAMPLES
+    refusal = _over_budget(
+        msg("reading {file}", file=filename), len(data) * 13 + 3 * count * (length + 1) * 8
+    )
+    if refusal is not None:
+        raise refusal
+    text = decode_text(filename, data)
+    held_out = validation_rows(count, settings)
+    cut = builtin_data.text_split_point(len(text), len(held_out) / count)
+    if cut < length + 2 or (len(held_out) and len(text) - cut < length + 1):
+        share = len(held_out) / count
+        need = (
+            math.ceil((length + 2) / (1 - share))
+            if not len(held_out)
+            else math.ceil(max((length + 2) / (1 - share), (length + 1) / share))
+        )
+        raise DatasetError(
+            msg(
+                "{file} holds {count} characters; windows of {length} characters with"
+                " {share} of the text kept for validation need at least {need}",
+                file=filename,
+                count=format(len(text), ","),
+                length=length,
+                share=f"{share:.0%}",
+                need=format(need, ","),
+            )
+        )
+    alphabet = builtin_data.vocabulary(text)
+    ids = builtin_data.encode_text(text, alphabet)
+    x, y = builtin_data.windows_by_position(ids, length, held_out, count, settings.seed)
+    return Dataset(
+        filename,
+        msg(
+            "uploaded {file}: {characters} characters, vocabulary {vocab} (id 0: any other"
+            " character), windows [{length}]",
+            file=filename,
+            characters=format(len(text), ","),
+            vocab=len(alphabet),
+            length=length,
+        ),
+        "classification",
+        x,
+        y,
+        len(alphabet),
+        (length,),
+        "int64",
+        alphabet=alphabet,
+    )
 
 
 def _read_csv(filename: str, data: bytes, label_column: str | None) -> Table:
@@ -858,3 +1072,53 @@ def _set_width(analysis: Analysis, last: str, width: int | None) -> Message:
         "end the model with a Linear of out_features={width} (after a Flatten if needed)",
         width=width,
     )
+
+
+# -- which built-in dataset fits a graph (the Train page, the exported train.py, the CLI) ------
+
+# The built-in datasets that need nothing on disk, in the order they are tried for a graph.
+OFFLINE_BUILTINS = ("digits", "digits-28", "digits-rows", "tokens", "sine", "text")
+
+
+def dataset_problems(analysis: Analysis, dataset: Dataset, target: str = "label") -> list[Message]:
+    """Why this graph cannot train on this dataset: a GAN pair's generator must draw samples
+    of the dataset's shape (compiler/gan.py), any other graph must take and predict them."""
+    from compiler.analysis import analyse
+    from compiler.gan import check_pair, discriminator_graph
+
+    judge = discriminator_graph(analysis.graph)
+    if judge is not None:
+        return check_pair(analysis, analyse(judge), dataset.sample_shape)
+    return check_compatibility(analysis, dataset, target)
+
+
+def fitting_builtin(
+    analysis: Analysis,
+    target: str = "label",
+    first: str | None = None,
+    load: Any = None,
+) -> str | None:
+    """The offline built-in dataset this graph trains on as it is: `first` where it is one and
+    fits, else the first of OFFLINE_BUILTINS that fits; None when none does. Each is sized before
+    it is made, so one over the data budget is passed over, never generated. `load(name,
+    input_shape)` may serve them from a cache."""
+    load = load or _offline_builtin
+    node = next((n for n in analysis.graph.nodes if n.type == "Input"), None)
+    shape = tuple(analysis.infos[node.id].shape or ()) if node is not None else ()
+    for name in dict.fromkeys([first, *OFFLINE_BUILTINS]):
+        if name not in OFFLINE_BUILTINS:
+            continue
+        try:
+            check_builtin_size(name, shape if name == "text" else ())
+            dataset = load(name, shape if name == "text" else ())
+        except DatasetError:
+            continue
+        if not dataset_problems(analysis, dataset, target):
+            return name
+    return None
+
+
+@functools.lru_cache(maxsize=len(OFFLINE_BUILTINS))
+def _offline_builtin(name: str, input_shape: tuple[int, ...]) -> Dataset:
+    """A built-in dataset for fitting_builtin, kept: an export asks for the same ones again."""
+    return load_dataset(name, input_shape=input_shape)

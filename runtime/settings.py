@@ -56,6 +56,13 @@ class TrainConfig(BaseModel):
         le=64,
         description="more than 1: torchrun starts one process per GPU (DistributedDataParallel)",
     )
+    # Augmentation of training pictures (a zip or folder of class folders), each off by default.
+    augment_crop: int = Field(0, ge=0, le=64, description="random crop after this much padding")
+    augment_flip: bool = Field(False, description="mirror half the training pictures")
+    augment_rotation: float = Field(0.0, ge=0, le=45, description="turn by up to this many degrees")
+    augment_jitter: float = Field(
+        0.0, ge=0, le=0.9, description="brightness, contrast, saturation x (1 +- this)"
+    )
 
 
 def operator_setting(

@@ -39,7 +39,7 @@ from runtime.datasets import (
     Dataset,
     DatasetError,
     check_compatibility,
-    dataset_from_upload,
+    dataset_from_path,
     load_dataset,
 )
 from runtime.loop import (
@@ -200,10 +200,13 @@ def dataset_for_run(
 ) -> Dataset:
     """The run's uploaded copy if it has one, else the named built-in dataset."""
     uploads = sorted(run_dir.glob(f"{store.DATA_PREFIX}.*"))
-    if uploads:
-        return dataset_from_upload(
-            f"{config.dataset}", uploads[0].read_bytes(), label_column=config.label_column
+    if uploads:  # a zip of pictures is read lazily from the run's copy
+        return dataset_from_path(
+            uploads[0], config.label_column, input_shape, config, name=config.dataset
         )
+    pictures = Path(config.dataset)  # the command line's folder or zip, read where it lies
+    if pictures.is_absolute() and (pictures.is_dir() or pictures.suffix.lower() == ".zip"):
+        return dataset_from_path(pictures, None, input_shape, config)
     return load_dataset(config.dataset, seed=config.seed, input_shape=input_shape)
 
 

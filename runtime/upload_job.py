@@ -8,6 +8,10 @@ temporary folder and starts `python -m runtime.upload_job` on it, limited in mem
 network). The child writes the checked arrays back as a plain .npz
 (float32 or int64, no pickles), which the server reads with the same sized reader, or it answers
 with the sentence that refused the file.
+
+A .zip of class folders and a .txt are not arrays: the child checks them (every picture decoded
+once under Pillow's pixel cap; the text decoded and cut), and the server then builds the dataset
+itself from what passed: a listing read lazily from the zip's bytes, or the text's windows.
 """
 
 from __future__ import annotations
@@ -24,12 +28,15 @@ from i18n import Message, msg
 from runtime.store import message_from_json
 from runtime.sandbox import Finished, Limits, run_limited
 from runtime.datasets import (
+    MAX_UPLOAD_BYTES,
     Dataset,
     DatasetError,
     DatasetTooLarge,
     data_budget,
     dataset_from_npz_file,
+    dataset_from_upload,
 )
+from runtime.image_folder import ImageFolderError, check_pictures, list_images
 
 TIME_LIMIT_S = 120
 # The child's heap: its interpreter, numpy, pandas and torch, and a parse of a file inside the
@@ -38,7 +45,7 @@ BASE_MEMORY_BYTES = 2 * 1024**3
 ARRAYS_FILE = "arrays.npz"
 UPLOAD_FILE = "upload"
 # What the child imports before it reads the file (see runtime.sandbox.supervise).
-PRELOAD = ("runtime.datasets", "pandas", "numpy")
+PRELOAD = ("runtime.datasets", "runtime.image_folder", "pandas", "numpy", "PIL.Image")
 
 
 def memory_limit(budget: int) -> int:
@@ -52,9 +59,13 @@ def read_upload(
     label_column: str | None = None,
     time_limit_s: int = TIME_LIMIT_S,
     memory_limit_bytes: int | None = None,
+    input_shape: tuple[int, ...] = (),
+    settings: Any = None,
 ) -> Dataset:
     """The dataset of an uploaded file, parsed and checked in a limited child process; any
-    refusal is a DatasetError whose message says why (and, for a size, by how much)."""
+    refusal is a DatasetError whose message says why (and, for a size, by how much). Pictures
+    and text take their sample shape from `input_shape` (the model's Input); pictures come back
+    unnormalised (the trainer measures the training split's statistics)."""
     limit = memory_limit_bytes or memory_limit(data_budget())
     request = {
         "filename": filename,
@@ -62,6 +73,7 @@ def read_upload(
         "label_column": label_column,
         "out": ARRAYS_FILE,
         "bytes": limit,
+        "input_shape": list(input_shape),
     }
     limits = Limits(
         cpu_seconds=time_limit_s,
@@ -82,6 +94,10 @@ def read_upload(
         if "error" in reply:
             error = _message(reply["error"])
             raise (DatasetTooLarge if reply.get("too_large") else DatasetError)(error)
+        if reply.get("checked"):  # pictures or text: built here from what the child passed
+            return dataset_from_upload(
+                filename, data, label_column, input_shape, settings, normalise=False
+            )
         return _checked_arrays(filename, Path(folder) / ARRAYS_FILE, reply)
 
 
@@ -144,11 +160,13 @@ def _message(data: Any) -> Message:
 def _child(request: dict[str, Any]) -> dict[str, Any]:
     """Parse and check the upload; write its arrays as a plain .npz, or say why not (as JSON,
     Messages as code + values). runtime.sandbox set the limits before this ran."""
-    from runtime.datasets import dataset_from_upload
-
     filename = str(request["filename"])
+    suffix = Path(filename).suffix.lower()
     try:
         data = Path(request["path"]).read_bytes()
+        if suffix in (".zip", ".txt"):
+            _check_unpacked(filename, data, suffix, tuple(request.get("input_shape") or ()))
+            return {"checked": True}
         dataset = dataset_from_upload(filename, data, request.get("label_column"))
         del data
         np.savez(request["out"], X=dataset.x.numpy(), y=dataset.y.numpy())
@@ -166,6 +184,20 @@ def _child(request: dict[str, Any]) -> dict[str, Any]:
         "description": description.to_json() if isinstance(description, Message) else description,
         "class_names": list(dataset.class_names or ()),
     }
+
+
+def _check_unpacked(filename: str, data: bytes, suffix: str, shape: tuple[int, ...]) -> None:
+    """A zip: its listing within the caps, then every picture decoded once under the pixel cap.
+    A text: decoded and cut for the Input's [T] (the server does it again, knowing it passes)."""
+    if suffix == ".txt":
+        dataset_from_upload(filename, data, input_shape=shape)
+        return
+    if len(data) > MAX_UPLOAD_BYTES:
+        dataset_from_upload(filename, data)  # refused for its size, in a sentence
+    try:
+        check_pictures(list_images(data, filename))
+    except ImageFolderError as exc:
+        raise DatasetError(msg(exc.template, **exc.values)) from None
 
 
 if __name__ == "__main__":
