@@ -386,6 +386,41 @@ def number(value: float) -> str:
     return f"{value:.4g}"
 
 
+def factor(value: float) -> str:
+    """A number inside a product: a negative one in parentheses, 0.5·(−0.2)."""
+    return f"({number(value)})" if value < 0 else number(value)
+
+
+LOSS_NAMES = {
+    "cross_entropy": msg("cross-entropy"),
+    "nll": msg("negative log-likelihood"),
+    "bce_with_logits": msg("binary cross-entropy on logits"),
+    "mse": msg("mean squared error"),
+    "l1": msg("mean absolute error (L1)"),
+    "huber": msg("Huber loss"),
+}
+LOSS_WORDS = {
+    "cross_entropy": msg(
+        "softmax turns the scores z into probabilities; the loss is minus the log of the"
+        " probability of the right class y, averaged over the samples"
+    ),
+    "nll": msg("the model outputs log-probabilities; the loss is minus the right class's one"),
+    "bce_with_logits": msg(
+        "each output is a logit z of a yes/no target y; σ(z) is its probability of yes"
+    ),
+    "mse": msg("the square of each difference between output and target, averaged"),
+    "l1": msg("the size of each difference between output and target, averaged"),
+    "huber": msg("squares small differences (below 1) and counts large ones linearly, averaged"),
+}
+OPTIMIZER_NAMES = {
+    "sgd": "SGD",
+    "momentum": msg("SGD with momentum"),
+    "adam": "Adam",
+    "adamw": "AdamW",
+    "rmsprop": "RMSprop",
+}
+
+
 def _index_text(index: tuple[int, ...]) -> str:
     return "[" + ", ".join(map(str, index)) + "]"
 
@@ -394,7 +429,7 @@ def _sum_text(terms: list[tuple[float, float]]) -> str:
     """'w·x + w·x + ... (+ k more = s)': the largest terms by size written out, the rest summed."""
     order = sorted(range(len(terms)), key=lambda i: -abs(terms[i][0] * terms[i][1]))
     shown = order[:SHOWN_TERMS]
-    parts = [f"{number(terms[i][0])}·{number(terms[i][1])}" for i in sorted(shown)]
+    parts = [f"{factor(terms[i][0])}·{factor(terms[i][1])}" for i in sorted(shown)]
     text = " + ".join(parts)
     rest = [terms[i][0] * terms[i][1] for i in order[SHOWN_TERMS:]]
     if rest:
@@ -704,8 +739,8 @@ def explain_loss(record: StepRecord) -> Explanation:
     out = record.output.detach().double()
     y = record.y
     name = record.loss_name
-    title = msg("the loss: {name}", name=name)
-    lines: list[Message | str] = []
+    title = msg("the loss: {name}", name=LOSS_NAMES[name])
+    lines: list[Message | str] = [LOSS_WORDS[name]]
     if name in ("cross_entropy", "nll"):
         logits = out.flatten(0, -2)
         labels = y.flatten()
@@ -734,7 +769,7 @@ def explain_loss(record: StepRecord) -> Explanation:
                 )
             )
         value = math.fsum(per) / len(per)
-        lines.insert(0, "L = −log softmax(z)_y" if name == "cross_entropy" else "L = −log p_y")
+        lines.insert(1, "L = −log softmax(z)_y" if name == "cross_entropy" else "L = −log p_y")
     else:
         target = y.double().view_as(out)
         diff = (out - target).flatten()
@@ -781,7 +816,13 @@ def explain_gradient(record: StepRecord, name: str, index: tuple[int, ...]) -> E
         )
     dy = record.nodes[node_id].grad.double()
     x = _source_output(record, node_id).detach().double()
-    lines: list[Message | str] = ["dL/dw = Σ dL/dy · ∂y/∂w"]
+    lines: list[Message | str] = [
+        msg(
+            "the chain rule: each output y the weight touches passes back dL/dy (what arrives"
+            " from the layers above), times how much y moves with the weight, ∂y/∂w"
+        ),
+        "dL/dw = Σ dL/dy · ∂y/∂w",
+    ]
     if isinstance(module, nn.Linear):
         unit = index[0]
         dy_unit = dy[..., unit].flatten()
@@ -849,7 +890,7 @@ def explain_update(record: StepRecord, name: str, index: tuple[int, ...]) -> Exp
     state = record.optimizer_state.get(name, {})
     title = msg(
         "{optimizer} updates {name}{index}",
-        optimizer=record.optimizer,
+        optimizer=OPTIMIZER_NAMES[record.optimizer],
         name=name,
         index=_index_text(index),
     )
@@ -857,13 +898,19 @@ def explain_update(record: StepRecord, name: str, index: tuple[int, ...]) -> Exp
     effective = g + decay * w if record.optimizer != "adamw" else g
     if decay and record.optimizer != "adamw":
         lines.append(
-            f"g = dL/dw + λ·w = {number(g)} + {number(decay)}·{number(w)} = {number(effective)}"
+            f"g = dL/dw + λ·w = {number(g)} + {number(decay)}·{factor(w)} = {number(effective)}"
         )
     else:
         lines.append(f"g = dL/dw = {number(g)}")
+    if g > 0:
+        lines.append(msg("dL/dw > 0: a larger weight would raise the loss, so the step lowers it"))
+    elif g < 0:
+        lines.append(msg("dL/dw < 0: a larger weight would lower the loss, so the step raises it"))
+    else:
+        lines.append(msg("dL/dw = 0: the loss does not feel this weight on these samples"))
     if record.optimizer == "sgd":
         value = w - lr * effective
-        lines += ["w ← w − lr·g", f"  = {number(w)} − {number(lr)}·{number(effective)}"]
+        lines += ["w ← w − lr·g", f"  = {number(w)} − {number(lr)}·{factor(effective)}"]
     elif record.optimizer == "momentum":
         buffer = float(state["momentum_buffer"][index])
         mu = float(hyper["momentum"])
@@ -872,7 +919,7 @@ def explain_update(record: StepRecord, name: str, index: tuple[int, ...]) -> Exp
             msg("the velocity v starts as g on the first step, then v ← μ·v + g"),
             f"v = {number(buffer)}  (μ = {number(mu)})",
             "w ← w − lr·v",
-            f"  = {number(w)} − {number(lr)}·{number(buffer)}",
+            f"  = {number(w)} − {number(lr)}·{factor(buffer)}",
         ]
     elif record.optimizer in ("adam", "adamw"):
         (beta1, beta2), eps = hyper["betas"], float(hyper["eps"])
@@ -894,7 +941,7 @@ def explain_update(record: StepRecord, name: str, index: tuple[int, ...]) -> Exp
             lines.append(f"w ← w − lr·m̂/(√v̂ + ε), ε = {number(eps)}")
         value = shrunk - lr * m_hat / (math.sqrt(v_hat) + eps)
         lines.append(
-            f"  = {number(shrunk)} − {number(lr)}·{number(m_hat)}/(√{number(v_hat)} +"
+            f"  = {number(shrunk)} − {number(lr)}·{factor(m_hat)}/(√{number(v_hat)} +"
             f" {number(eps)})"
         )
     else:  # rmsprop
@@ -904,7 +951,7 @@ def explain_update(record: StepRecord, name: str, index: tuple[int, ...]) -> Exp
         lines += [
             f"s ← α·s + (1 − α)·g² = {number(square)}   (α = {number(alpha)})",
             f"w ← w − lr·g/(√s + ε), ε = {number(eps)}",
-            f"  = {number(w)} − {number(lr)}·{number(effective)}/(√{number(square)} +"
+            f"  = {number(w)} − {number(lr)}·{factor(effective)}/(√{number(square)} +"
             f" {number(eps)})",
         ]
     lines.append(f"  = {number(value)}")

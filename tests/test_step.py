@@ -18,6 +18,7 @@ from compiler.analysis import analyse
 from compiler.codegen import attribute_names
 from runtime import runs, store
 from runtime.__main__ import main
+from runtime.metrics import MAX_FEATURE_CHANNELS, capture_feature_maps
 from runtime.settings import TrainConfig
 from runtime.step import (
     StepError,
@@ -28,6 +29,7 @@ from runtime.step import (
     explain_update,
     take_step,
 )
+from runtime.trainer import train_run
 from tests.modelkit import load_module
 
 TORCH_OPTIMIZERS = {  # what each name means, written out here rather than read from the runtime
@@ -443,3 +445,31 @@ def test_a_second_step_goes_on_from_the_weights_and_the_optimizers_state() -> No
         torch.testing.assert_close(second.after[name], value, msg=name)
     explained = explain_update(second, "n5.weight", (1, 3))
     assert explained.agrees and "t = 2" in " ".join(map(str, explained.lines))
+
+
+# ---------------------------------------------------------------------------------------------
+# What each layer sees: feature maps recorded during training
+
+
+def test_feature_maps_are_the_convolutions_outputs_cut_to_the_budget() -> None:
+    conv = nn.Conv2d(1, 12, kernel_size=3, padding=1)
+    holder = nn.Sequential(conv, nn.ReLU())
+    example = torch.randn(1, 1, 80, 70)
+    maps = capture_feature_maps(holder, {"c": conv}, example)["c"]
+    with torch.no_grad():
+        expected = F.adaptive_avg_pool2d(conv(example)[0, :MAX_FEATURE_CHANNELS], (64, 64))
+    torch.testing.assert_close(maps, expected)
+    assert holder.training  # put back as it was
+
+
+def test_a_run_records_its_convolutions_feature_maps(tmp_path: Path) -> None:
+    config = TrainConfig(
+        dataset="digits", epochs=1, batch_size=512, attention_every=2, device="cpu"
+    )
+    folder = runs.create_run(tmp_path, digits_graph(), config)
+    assert train_run(folder).status == "completed"
+    records = store.read_records(folder / store.METRICS_FILE)[0]
+    maps = [r for r in records if r.get("kind") == "feature_maps"]
+    assert [r["step"] for r in maps] == [1, 2]  # the first step, then every attention_every
+    assert {r["node"] for r in maps} == {"n1"}
+    assert torch.tensor(maps[-1]["maps"]).shape == (3, 4, 4)

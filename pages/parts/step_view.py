@@ -38,6 +38,7 @@ from runtime.loop import split
 from runtime.metrics import capture_feature_maps, feature_map_layers
 from runtime.settings import TrainConfig
 from runtime.step import (
+    OPTIMIZER_NAMES,
     Explanation,
     StepError,
     StepRecord,
@@ -327,7 +328,7 @@ def _walk_view(
             first=walk.index,
             last=walk.index + batch - 1,
             dataset=dataset.name,
-            optimizer=record.optimizer,
+            optimizer=OPTIMIZER_NAMES[record.optimizer],
             lr=number(settings.lr),
         )
     )
