@@ -18,14 +18,10 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any, NoReturn, get_args
 
-import torch
-import torch.distributed as dist
 from pydantic import ValidationError
 
 import i18n
@@ -38,12 +34,13 @@ from runtime.datasets import (
     Dataset,
     DatasetError,
     check_compatibility,
-    dataset_from_path,
+    dataset_from_upload,
     load_dataset,
 )
 from runtime.trainer import TrainConfig, dataset_for_run, train_run
+from runtime.worker import run_worker, stop_on_signals
 
-UPLOAD_SUFFIXES = (".csv", ".npz", ".txt")  # copied into the run; pictures are read where they lie
+UPLOAD_SUFFIXES = (".csv", ".npz")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,11 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     train = commands.add_parser("train", help="train a graph file headless", parents=[language])
     train.add_argument("graph", type=Path)
-    train.add_argument(
-        "--dataset",
-        default="digits",
-        help="a built-in name, a .csv/.npz/.txt file, or a folder or .zip of class folders",
-    )
+    train.add_argument("--dataset", default="digits", help="a built-in name or a .csv/.npz file")
     train.add_argument("--label-column", help="the label column of a CSV (default: the last)")
     train.add_argument(
         "--target", choices=("label", "input"), default="label", help="input: reproduce the input"
@@ -101,13 +94,6 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--device", choices=devices, default="auto")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
-    for name in ("augment_crop", "augment_flip", "augment_rotation", "augment_jitter"):
-        field = TrainConfig.model_fields[name]
-        kind = {"augment_flip": None, "augment_crop": int}.get(name, float)
-        options: dict[str, Any] = (
-            {"action": "store_true"} if kind is None else {"type": kind, "default": field.default}
-        )
-        train.add_argument(f"--{name.replace('_', '-')}", help=field.description, **options)
     train.add_argument("--runs", default="runs", help="the runs folder (default: ./runs)")
     listing = commands.add_parser(
         "runs", help="list runs with their status, each workspace's too", parents=[language]
@@ -148,16 +134,14 @@ def _train(args: argparse.Namespace) -> int:
     except GraphFormatError as exc:
         return _fail(msg("{path}: {problem}", path=args.graph, problem=exc.text), 2)
     upload = Path(args.dataset)
-    pictures = upload.suffix.lower() == ".zip" or upload.is_dir()
     is_file = upload.suffix.lower() in UPLOAD_SUFFIXES
-    if (is_file and not upload.is_file()) or (pictures and not upload.exists()):
+    if is_file and not upload.is_file():
         return _fail(msg("no such data file: {file}", file=upload), 2)
-    if not is_file and not pictures and args.dataset not in BUILTIN_DATASETS:
+    if not is_file and args.dataset not in BUILTIN_DATASETS:
         known = ", ".join(BUILTIN_DATASETS)
         return _fail(
             msg(
-                "unknown dataset {name}; choose one of: {known}, a .csv/.npz/.txt file, or a"
-                " folder or .zip of class folders",
+                "unknown dataset {name}; choose one of: {known}, or a .csv/.npz file",
                 name=repr(args.dataset),
                 known=known,
             ),
@@ -165,9 +149,7 @@ def _train(args: argparse.Namespace) -> int:
         )
     try:
         config = TrainConfig(
-            dataset=(
-                str(upload.resolve()) if pictures else upload.name if is_file else args.dataset
-            ),
+            dataset=upload.name if is_file else args.dataset,
             label_column=args.label_column,
             target=args.target,
             epochs=args.epochs,
@@ -177,10 +159,6 @@ def _train(args: argparse.Namespace) -> int:
             device=args.device,
             seed=args.seed,
             amp=args.amp,
-            augment_crop=args.augment_crop,
-            augment_flip=args.augment_flip,
-            augment_rotation=args.augment_rotation,
-            augment_jitter=args.augment_jitter,
         )
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -198,7 +176,7 @@ def _train(args: argparse.Namespace) -> int:
             ),
             2,
         )
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     store.update_status(folder, pid=os.getpid(), pid_started=runs.process_start_time(os.getpid()))
     with (folder / store.LOG_FILE).open("a") as log, contextlib.redirect_stderr(log):
         result = train_run(  # a fault's traceback goes to the run's log, its sentence to status
@@ -311,10 +289,10 @@ def _step_dataset(
         return dataset_for_run(run_dir, settings, shape)
     name = args.dataset or "digits"
     upload = Path(name)
-    if upload.suffix.lower() in (*UPLOAD_SUFFIXES, ".zip") or upload.is_dir():
-        if not upload.exists():
+    if upload.suffix.lower() in UPLOAD_SUFFIXES:
+        if not upload.is_file():
             raise DatasetError(msg("no such data file: {file}", file=upload))
-        return dataset_from_path(upload, args.label_column, shape, settings)
+        return dataset_from_upload(upload.name, upload.read_bytes(), label_column=args.label_column)
     return load_dataset(name, seed=settings.seed, input_shape=shape)
 
 
@@ -334,14 +312,6 @@ def _epoch_line(record: dict[str, Any], config: TrainConfig) -> str:
     if record.get("val_mae") is not None:
         parts.append(f"val MAE {record['val_mae']:.4f}")
     return "  ".join(parts)
-
-
-def _stop_on_signals() -> threading.Event:
-    """Ctrl-C or SIGTERM asks for a graceful stop (final checkpoint) instead of killing."""
-    stop = threading.Event()
-    for number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(number, lambda *_: stop.set())
-    return stop
 
 
 def _list(runs_root: Path) -> int:
@@ -366,48 +336,6 @@ def _worker(folder: Path) -> int:
     """Wait for the launcher to record the pid (it closes stdin), then train."""
     sys.stdin.read()
     return run_worker(folder)
-
-
-def run_worker(folder: Path) -> int:
-    """Train a run folder in this process, a signal asking for a graceful stop. Under torchrun
-    (WORLD_SIZE > 1) the process joins the group first: NCCL for GPUs, gloo for CPUs."""
-    stop = _stop_on_signals()
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        result = train_run(folder, stop=stop)
-    else:
-        rank = int(os.environ.get("RANK", "0"))
-        if not _join_processes(folder, rank, world):
-            return 1
-        try:
-            result = train_run(folder, stop=stop, rank=rank, world=world)
-        finally:
-            dist.destroy_process_group()
-    return 0 if result.status in ("completed", "stopped") else 1
-
-
-def _join_processes(folder: Path, rank: int, world: int) -> bool:
-    """Join torchrun's process group: NCCL for GPU tensors where torch has it, gloo for CPU
-    ones. A failure is the run's status (process 0 records it), not a traceback."""
-    gpus = torch.cuda.is_available() and dist.is_nccl_available()
-    try:
-        dist.init_process_group("cuda:nccl,cpu:gloo" if gpus else "gloo")
-    except (RuntimeError, ValueError, OSError) as exc:
-        if rank == 0:
-            reason = (
-                str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            )
-            store.update_status(
-                folder,
-                status="failed",
-                message=msg(
-                    "the {world} training processes could not start together: {reason}",
-                    world=world,
-                    reason=reason,
-                ),
-            )
-        return False
-    return True
 
 
 if __name__ == "__main__":

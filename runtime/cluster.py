@@ -5,7 +5,7 @@ A run is one detached Ray actor, named after its run, that asks for what the run
 (runtime/sizing.py through runtime/runs.py's _size): its CPUs, its memory, and a fraction of a GPU
 for a small run (whole GPUs for a run on several). Ray places it on a node where those are free
 and holds it pending until they are. The actor trains through the same entry as the forkserver's
-trainers (runtime.__main__.run_worker), so the run folder protocol stays: the trainer writes
+trainers (runtime.worker.run_worker), so the run folder protocol stays: the trainer writes
 status.json, metrics.jsonl and its checkpoints into the run folder, which must lie on storage
 every node and every app server sees (a shared filesystem, mounted at the same path).
 
@@ -345,7 +345,7 @@ class RunActor:
             else:
                 import torch
 
-                from runtime.__main__ import run_worker
+                from runtime.worker import run_worker
 
                 torch.set_num_threads(threads)
                 code = run_worker(path)

@@ -364,7 +364,7 @@ def _scan(root: Path) -> list[_PoolRun]:
 
 
 def _classify(folder: Path, status: dict[str, Any]) -> _PoolRun:
-    recorded, pid = status.get("status"), status.get("pid")
+    recorded = status.get("status")
     holding = waiting = False
     if recorded in ACTIVE and _has_trainer(status):
         holding = _trainer_alive(status)

@@ -21,7 +21,7 @@ from runtime import store
 from runtime.datasets import load_dataset
 from runtime.loop import make_optimizer
 from runtime.settings import TrainConfig
-from runtime.trainer import train_run  # noqa: F401  (the trainer itself, imported once)
+from runtime.worker import run_worker  # the trainer and its entry (`python -m runtime worker`)
 
 # Loaded once in the forkserver, so that their files and imports are warm for every run.
 PRELOADED_DATASETS = ("digits", "digits-28")
@@ -81,6 +81,4 @@ def trainer_process(folder: str, ready: Connection) -> None:
     torch.set_num_threads(trainer_threads(cpu_runs if isinstance(cpu_runs, int) else 1))
     if isinstance(status.get("gpu"), int):  # the GPU the pool placed it on, before CUDA starts
         os.environ["CUDA_VISIBLE_DEVICES"] = str(status["gpu"])
-    from runtime.__main__ import run_worker  # the same entry as `python -m runtime worker`
-
     sys.exit(run_worker(Path(folder)))
