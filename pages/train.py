@@ -31,10 +31,11 @@ from compiler.gan import check_pair, discriminator_graph
 from compiler.memory import estimate_memory
 from i18n import N_, Message, _, msg, translate
 from i18n import render as render_message
-from pages.parts import charts, live_graph, runs_panel, state, step_view, widgets
+from pages.parts import charts, live_graph, own_data, runs_panel, state, step_view, widgets
 from pages.parts.live_graph import markdown_literal
 from runtime import store
 from runtime.datasets import (
+    run_alphabet,
     BUILTIN_DATASETS,
     MAX_CSV_COLUMNS,
     MAX_CSV_HEADER_BYTES,
@@ -203,11 +204,13 @@ def csv_columns(data: bytes) -> list[str]:
 
 @dataclass(frozen=True)
 class Upload:
-    """An uploaded file as the trainer will read it again: its name, bytes and label column."""
+    """An uploaded file as the trainer will read it again: its name, bytes and label column,
+    and the settings that go with it (the augmentation of pictures)."""
 
     name: str
     data: bytes
     label_column: str | None
+    settings: tuple[tuple[str, Any], ...] = ()
 
 
 def safe_file_name(name: str) -> str:
@@ -381,7 +384,7 @@ def _dataset_section(analysis: Analysis) -> tuple[Dataset | None, Upload | None]
     """The dataset picker and its compatibility check; returns the dataset (None when it cannot
     train this graph) and the uploaded file, if any."""
     st.subheader(_("Data"))
-    sources = {"builtin": _("Built-in"), "upload": _("Upload CSV / NPZ")}
+    sources = {"builtin": _("Built-in"), "upload": _("Upload your own")}
     source = st.segmented_control(
         _("Source"),
         list(sources),
@@ -398,7 +401,7 @@ def _dataset_section(analysis: Analysis) -> tuple[Dataset | None, Upload | None]
         target = _learn_to(analysis)
     st.session_state[_TARGET] = target
     if source == "upload":
-        dataset, upload = _uploaded_dataset()
+        dataset, upload = _uploaded_dataset(analysis)
     else:
         names = available_datasets()
         if st.session_state.get("train-dataset") not in names:
@@ -429,9 +432,33 @@ def _dataset_section(analysis: Analysis) -> tuple[Dataset | None, Upload | None]
                     icon=":material/auto_fix_high:",
                     key="train-apply-fix",
                 )
+            fixes = own_data.vocabulary_fixes(analysis, dataset)
+            if fixes:
+                st.button(
+                    _(
+                        "Fit the model to this text's {count} characters",
+                        count=len(dataset.alphabet or ""),
+                    ),
+                    on_click=_apply_fixes,
+                    args=(fixes,),
+                    icon=":material/auto_fix_high:",
+                    key="train-fit-vocabulary",
+                )
             return None, upload
         st.success(_compatible_text(dataset, "pair" if pair else target))
     return dataset, upload
+
+
+def _apply_fixes(fixes: list[dict[str, Any]]) -> None:
+    """Several compiler edits as one undo step (a text's vocabulary: the Embedding and the head)."""
+    graph = state.current_graph()
+    try:
+        for fix in fixes:
+            graph = edit.apply_fix(graph, fix)
+    except edit.EditError as exc:
+        st.session_state[_MESSAGE] = _("The fix no longer applies: {reason}", reason=str(exc))
+        return
+    state.set_graph(graph)
 
 
 def _apply_fix(fix: dict[str, Any]) -> None:
@@ -509,17 +536,20 @@ def _builtin_choice(analysis: Analysis, target: str) -> str:
     return suggested_dataset(analysis, target)
 
 
-def _uploaded_dataset() -> tuple[Dataset | None, Upload | None]:
+def _uploaded_dataset(analysis: Analysis) -> tuple[Dataset | None, Upload | None]:
+    kinds = ["csv", "npz", "zip", "txt"]
     file = st.file_uploader(
         _(
-            "CSV (one column is the label) or NPZ (arrays X and y), at most {mb} MB",
+            "CSV (one column is the label), NPZ (arrays X and y), ZIP of class folders of"
+            " pictures (cats/1.jpg, dogs/...) or TXT (text for a next-character model), at most"
+            " {mb} MB",
             mb=MAX_UPLOAD_MB,
         ),
-        type=["csv", "npz"],
+        type=kinds,
         key="train-upload",
         max_upload_size=MAX_UPLOAD_MB,
     )
-    widgets.uploader_note("train-upload", MAX_UPLOAD_MB, ["csv", "npz"])
+    widgets.uploader_note("train-upload", MAX_UPLOAD_MB, kinds)
     if file is None:
         return None, None
     data = file.getvalue()
@@ -530,12 +560,15 @@ def _uploaded_dataset() -> tuple[Dataset | None, Upload | None]:
             label = st.selectbox(
                 _("Label column"), columns, index=len(columns) - 1, key="train-label"
             )
-    cache: dict[tuple[str, str | None], Dataset] = st.session_state.setdefault(_UPLOADS, {})
-    key = (file.file_id, label)
+    pictures = file.name.lower().endswith(".zip")
+    shape = input_shape(analysis) if file.name.lower().endswith((".zip", ".txt")) else ()
+    cache: dict[tuple[Any, ...], Dataset] = st.session_state.setdefault(_UPLOADS, {})
+    key = (file.file_id, label, shape)
     if key not in cache:
         with st.spinner(_("Reading {name}…", name=file.name)):
             dataset, error = guarded(
-                lambda: read_upload(file.name, data, label), _("read the uploaded file")
+                lambda: read_upload(file.name, data, label, input_shape=shape),
+                _("read the uploaded file"),
             )
         if error:
             st.error(error)
@@ -545,7 +578,12 @@ def _uploaded_dataset() -> tuple[Dataset | None, Upload | None]:
     dataset = cache[key]
     described = dataset.description  # a built-in one's marked text, or an upload's Message
     st.caption(markdown_literal(_(described) if isinstance(described, str) else described.render()))
-    return dataset, Upload(file.name, data, label)
+    chosen: dict[str, Any] = {}
+    if pictures:
+        chosen = own_data.augmentation_settings()
+        own_data.picture_overview(dataset, chosen)
+    own_data.text_overview(dataset)
+    return dataset, Upload(file.name, data, label, tuple(chosen.items()))
 
 
 def _remembered(key: str, value: Any) -> str:
@@ -768,6 +806,7 @@ def start_training(
     """Start a run; an upload goes to a temporary file that start_run copies into the run."""
     if upload is None:
         return start_run(runs_dir, graph, config, warm_start_from=warm_start_from)
+    config = config.model_copy(update=dict(upload.settings))  # the pictures' augmentation
     with tempfile.TemporaryDirectory() as folder:
         data_file = Path(folder) / safe_file_name(upload.name)
         data_file.write_bytes(upload.data)
@@ -1302,7 +1341,8 @@ def _generated(
     model = _latest_model(run_dir, stamp or 0.0)
     if model is None:
         return ""
-    return generate_text(model, prompt, SAMPLE_CHARACTERS, context, temperature)
+    alphabet = run_alphabet(Path(run_dir))  # an uploaded text's own vocabulary
+    return generate_text(model, prompt, SAMPLE_CHARACTERS, context, temperature, alphabet=alphabet)
 
 
 def _text_context(graph: Graph | None) -> int:

@@ -36,7 +36,7 @@ import torch
 from compiler.analysis import Analysis, Diagnostic, loss_of
 from compiler.memory import format_bytes
 from i18n import Message, N_, msg
-from runtime import builtin_data, image_folder
+from runtime import builtin_data, image_folder, store
 from runtime.image_folder import ImageFolder, ImageFolderError, LazyImages
 from runtime.loop import split
 from runtime.settings import operator_setting
@@ -518,6 +518,18 @@ def text_dataset(
         "int64",
         alphabet=alphabet,
     )
+
+
+def run_alphabet(run_dir: Path) -> str | None:
+    """The vocabulary of the text a run trains on (its data.txt), or None for any other data:
+    what its generated text is written in."""
+    text = run_dir / f"{store.DATA_PREFIX}.txt"
+    if not text.is_file():
+        return None
+    try:
+        return builtin_data.vocabulary(decode_text(text.name, text.read_bytes()))
+    except (DatasetError, OSError):
+        return None
 
 
 def _read_csv(filename: str, data: bytes, label_column: str | None) -> Table:

@@ -261,20 +261,26 @@ def generate_text(
     context: int,
     temperature: float = 1.0,
     seed: int = 0,
+    alphabet: str | None = None,
 ) -> str:
     """`length` characters that a next-character model writes after `prompt`, one at a time.
 
     The model reads a fixed window of `context` characters (its Input's T): the prompt and what
     it wrote so far, from position 0 (padded with spaces after it, which a causal model cannot
     see), and the scores at the last written position pick the next character: sampled at
-    `temperature`, or the likeliest at 0. Once the window is full it slides along.
+    `temperature`, or the likeliest at 0. Once the window is full it slides along. `alphabet`
+    is an uploaded text's vocabulary (None: the built-in text task's).
     """
-    from runtime.builtin_data import TEXT_ALPHABET, decode, encode
+    from runtime.builtin_data import TEXT_ALPHABET, decode, decode_text, encode, encode_text
 
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
-    ids = encode(prompt).tolist() or [TEXT_ALPHABET.index("\n")]
-    space = TEXT_ALPHABET.index(" ")
+    if alphabet is None:
+        ids = encode(prompt).tolist() or [TEXT_ALPHABET.index("\n")]
+        space = TEXT_ALPHABET.index(" ")
+    else:
+        ids = encode_text(prompt, alphabet).tolist() or [max(0, alphabet.find("\n"))]
+        space = max(0, alphabet.find(" "))
     was_training = model.training
     model.eval()
     written: list[int] = []
@@ -291,7 +297,7 @@ def generate_text(
                 written.append(int(torch.multinomial(probabilities, 1, generator=generator)))
     finally:
         model.train(was_training)
-    return decode(written)
+    return decode(written) if alphabet is None else decode_text(written, alphabet)
 
 
 @torch.no_grad()
