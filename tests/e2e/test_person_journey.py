@@ -205,7 +205,7 @@ def step_an_uploaded_csv_is_checked_against_the_graph_before_training(page: Page
     table.write_text(
         "width,height,depth,kind\n" + "".join(f"{i},{i + 1},{i + 2},{i % 3}\n" for i in range(30))
     )
-    page.get_by_role("radio", name="Upload CSV / NPZ").click()
+    page.get_by_role("radio", name="Upload your own").click()
     page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(str(table))
     expect(page.get_by_role("combobox", name="Label column")).to_be_visible()
     expect(
