@@ -34,7 +34,7 @@ st.set_page_config(page_title="NetBuilder", page_icon=":material/hub:", layout="
 st.html(STYLE)  # every page: a small top gap; toasts at the bottom, off the toolbars
 state.workspace_id()
 i18n.use_resolver(state.session_language)  # every page, fragment and callback of this session
-state.language()
+i18n.set_language(state.language())  # this run's words: one session read, not one per sentence
 st.html(widgets.global_style())  # Streamlit's own widget words in the reader's language
 warm_up()  # the trainers' forkserver loads torch and the data now: Start is quick later
 

@@ -476,17 +476,25 @@ def _md(text: str) -> str:
     return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$])", r"\\\1", text)
 
 
-def layer_label(layer_type: str) -> str:
+def layer_label(layer_type: str, lang: str | None = None) -> str:
     """PyTorch's name, with the primer's term beside it where the language is not English."""
+    lang = lang or i18n.language()
     gloss = GLOSS.get(layer_type)
-    if gloss is None or i18n.language() == i18n.DEFAULT_LANGUAGE:
+    if gloss is None or lang == i18n.DEFAULT_LANGUAGE:
         return layer_type
-    return f"{layer_type} {_(gloss)}"
+    return f"{layer_type} {i18n.translate(gloss, lang)}"
+
+
+@functools.cache
+def palette_labels(lang: str) -> dict[str, str]:
+    """Every layer type's palette label in one language (the palette draws ~60 each run)."""
+    return {layer_type: layer_label(layer_type, lang) for layer_type in CATALOG}
 
 
 def palette() -> None:
     st.sidebar.markdown("### " + _("Layers"))
     st.sidebar.caption(_("One click adds a layer after the selected one."))
+    labels = palette_labels(i18n.language())
     for category in CATEGORIES:
         types = [name for name, spec in CATALOG.items() if spec.category == category]
         key = _palette_key(category)
@@ -494,7 +502,7 @@ def palette() -> None:
             _(category),
             types,
             key=key,
-            format_func=layer_label,
+            format_func=labels.__getitem__,
             on_change=_add_from_palette,
             args=(key,),
         )
@@ -575,25 +583,9 @@ def toolbar(graph: Graph) -> None:
         width="stretch",
         key="nb_open_popover",
         on_change="rerun",
-    ):
-        allowed = import_allowed_here()
-        st.file_uploader(
-            _("A graph file saved by NetBuilder (.json), or a PyTorch model file (.py)"),
-            type=["json", "py"],
-            key=_uploader_key(),
-            on_change=_open_file,
-            max_upload_size=max(1, MAX_FILE_BYTES // 1_000_000),
-        )
-        widgets.uploader_note("nb_open_", max(1, MAX_FILE_BYTES // 1_000_000), ["json", "py"])
-        if allowed:
-            st.text_input(
-                _("Input shape for a .py file"),
-                key="nb_import_shape",
-                placeholder=_("e.g. 1, 28, 28 (empty: the file's INPUT_SHAPE)"),
-            )
-            st.selectbox(_("Input dtype"), ["float32", "int64"], key="nb_import_dtype")
-        else:
-            st.caption(i18n.render(import_job.import_refused()))
+    ) as drawer:
+        if drawer.open:  # drawn only while open: they cost every edit's run otherwise
+            open_file_form()
     save.download_button(
         _("Save the graph"),
         key="nb_save",
@@ -607,6 +599,28 @@ def toolbar(graph: Graph) -> None:
         width="stretch",
         help=_("Download the graph as a .json file"),
     )
+
+
+def open_file_form() -> None:
+    """The Open popover's uploader, and for a .py file its input shape and dtype."""
+    allowed = import_allowed_here()
+    st.file_uploader(
+        _("A graph file saved by NetBuilder (.json), or a PyTorch model file (.py)"),
+        type=["json", "py"],
+        key=_uploader_key(),
+        on_change=_open_file,
+        max_upload_size=max(1, MAX_FILE_BYTES // 1_000_000),
+    )
+    widgets.uploader_note("nb_open_", max(1, MAX_FILE_BYTES // 1_000_000), ["json", "py"])
+    if allowed:
+        st.text_input(
+            _("Input shape for a .py file"),
+            key="nb_import_shape",
+            placeholder=_("e.g. 1, 28, 28 (empty: the file's INPUT_SHAPE)"),
+        )
+        st.selectbox(_("Input dtype"), ["float32", "int64"], key="nb_import_dtype")
+    else:
+        st.caption(i18n.render(import_job.import_refused()))
 
 
 def icon_button(
@@ -852,29 +866,25 @@ def layer_table(analysis: Analysis) -> None:
 
 
 def _table_rows(analysis: Analysis, columns: tuple[str, ...]) -> Any:
-    """The table as a DataFrame, built once per analysis and language: a node moved on the
-    canvas reruns the page but changes no row (building it was a sixth of an edit's time)."""
+    """The table as an Arrow table, built once per analysis and language: a node moved on the
+    canvas reruns the page but changes no row, and Streamlit sends an Arrow table as it is
+    (a DataFrame is converted on every run)."""
     cached = st.session_state.get(_TABLE)
     if cached is not None and cached[0] is analysis.infos and cached[1] == columns:
         return cached[2]  # the same figures (a moved node keeps its analysis' infos)
-    import pandas as pd
+    import pyarrow as pa
 
+    infos = [(n, analysis.infos.get(n, NodeInfo(None))) for n in analysis.order]
     layer, kind, shape, params, macs, live = columns
-    rows = pd.DataFrame(
-        [
-            {
-                layer: node_id,
-                kind: analysis.node_type(node_id),
-                shape: "?" if info.shape is None else str(list(info.shape)),
-                params: info.params or 0,
-                macs: info.macs or 0,
-                live: node_id in analysis.live,
-            }
-            for node_id, info in (
-                (n, analysis.infos.get(n, NodeInfo(None))) for n in analysis.order
-            )
-        ],
-        columns=list(columns),
+    rows = pa.table(
+        {
+            layer: [node_id for node_id, _info in infos],
+            kind: [analysis.node_type(node_id) for node_id, _info in infos],
+            shape: ["?" if i.shape is None else str(list(i.shape)) for _n, i in infos],
+            params: pa.array([i.params or 0 for _n, i in infos], pa.int64()),
+            macs: pa.array([i.macs or 0 for _n, i in infos], pa.int64()),
+            live: pa.array([node_id in analysis.live for node_id, _info in infos], pa.bool_()),
+        }
     )
     st.session_state[_TABLE] = (analysis.infos, columns, rows)
     return rows

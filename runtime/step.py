@@ -471,6 +471,33 @@ def conv_window(
     return values, where, first
 
 
+def weight_reads(
+    module: nn.Module,
+    x: torch.Tensor,
+    channel: int,
+    at: tuple[int, ...],
+    out_size: tuple[int, ...],
+) -> torch.Tensor:
+    """The input values that convolution weight [channel, *at] multiplies at every output
+    position of a batch x [B, C, *size]: [B, *out_size] (zero where it reads padding)."""
+    kernel, stride, dilation = module.kernel_size, module.stride, module.dilation
+    if isinstance(module.padding, str):  # "same": d(k-1) in total, the extra one at the end
+        pads = [
+            (d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for k, d in zip(kernel, dilation)
+        ]
+    else:
+        pads = [(p, p) for p in module.padding]
+    flat_pads = [side for pair in reversed(pads) for side in pair]  # F.pad: last dim first
+    per_group = module.out_channels // module.groups
+    first = (channel // per_group) * (module.in_channels // module.groups)
+    padded = F.pad(x[:, first + at[0]], flat_pads)
+    slices = tuple(
+        slice(at[1 + d] * dilation[d], at[1 + d] * dilation[d] + stride[d] * (n - 1) + 1, stride[d])
+        for d, n in enumerate(out_size)
+    )
+    return padded[(slice(None), *slices)]
+
+
 def _grid(ranges: list[range]) -> list[tuple[int, ...]]:
     points: list[tuple[int, ...]] = [()]
     for values in ranges:
@@ -849,12 +876,8 @@ def explain_gradient(record: StepRecord, name: str, index: tuple[int, ...]) -> E
             terms = [(g, 1.0) for g in dy_channel.flatten().tolist()]
             lines.append(msg("∂y/∂b = 1 at each of the {count} output positions", count=len(terms)))
         else:
-            terms = []
-            for b in range(dy.shape[0]):
-                for position in _grid([range(s) for s in dy.shape[2:]]):
-                    window, _, first = conv_window(module, x[b], (channel, *position))
-                    read = float(window[(index[1], *index[2:])])
-                    terms.append((float(dy_channel[(b, *position)]), read))
+            reads = weight_reads(module, x, channel, index[1:], tuple(dy.shape[2:]))
+            terms = list(zip(dy_channel.flatten().tolist(), reads.flatten().tolist(), strict=True))
             lines.append(
                 msg(
                     "∂y/∂w = the input value the weight multiplies at each of the {count}"

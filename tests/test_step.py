@@ -263,11 +263,19 @@ def test_an_output_element_written_out_gives_torchs_value(
 
 
 @pytest.mark.parametrize(
-    "name, index",
-    [("n5.weight", (1, 7)), ("n5.bias", (2,)), ("n1.weight", (2, 0, 1, 2)), ("n1.bias", (1,))],
+    "layers, name, index",
+    [
+        (CONV_NET, "n5.weight", (1, 7)),
+        (CONV_NET, "n5.bias", (2,)),
+        (CONV_NET, "n1.weight", (2, 0, 1, 2)),  # strided and padded
+        (CONV_NET, "n1.bias", (1,)),
+        (BATCHNORM_NET, "n1.weight", (1, 1, 0, 2)),  # "same" padding, two input channels
+    ],
 )
-def test_the_chain_rule_written_out_gives_torchs_gradient(name: str, index: tuple) -> None:
-    graph, record = record_for(CONV_NET, size=3)
+def test_the_chain_rule_written_out_gives_torchs_gradient(
+    layers: tuple, name: str, index: tuple
+) -> None:
+    graph, record = record_for(layers, size=3)
     judge = torch_replay(graph, record, "adam")
     explained = explain_gradient(record, name, index)
     assert explained.torch_value == pytest.approx(float(judge["grads"][name][index]), abs=1e-7)
