@@ -4,6 +4,11 @@ Top to bottom, one row per layer of the longest path from the Input (a small Sug
 an edge that skips rows reserves a slot in every row it passes, so a residual connection runs
 beside the block it skips instead of through its nodes, and each row is ordered by where its
 inputs sit, which keeps edges from crossing in the usual chains and residual blocks.
+
+Groups (builder/groups.py: the module paths of an imported model) are laid out as units: each
+group's inside first, then the group as one box in its parent's rows (a row as tall as its
+tallest box), with room around it for the frame and the name the canvas draws. A graph without
+groups is laid out exactly as before.
 """
 
 from __future__ import annotations
@@ -11,28 +16,73 @@ from __future__ import annotations
 import networkx as nx
 
 from builder.graph import Graph
+from builder.groups import ROOT, GroupTree, group_tree
 
 ROW_HEIGHT = 120.0
 COLUMN_WIDTH = 240.0
 CANVAS_ORIGIN = (330.0, 30.0)  # the main column, placed for the canvas's first view at zoom 1
+GROUP_PAD = 14.0  # px between a group's frame and what it holds, at the sides and the bottom
+GROUP_TITLE = 34.0  # px above a group's first row, for its name
 
 Position = tuple[float, float]
 
 
 def auto_layout(graph: Graph, origin: Position = CANVAS_ORIGIN) -> dict[str, Position]:
-    """Positions for every node: rows of ROW_HEIGHT, slots of COLUMN_WIDTH centred on origin x."""
+    """Positions for every node: rows of ROW_HEIGHT, slots of COLUMN_WIDTH centred on origin x;
+    a group takes a box of rows and slots of its own."""
     order = {node.id: index for index, node in enumerate(graph.nodes)}
-    dag = _acyclic(graph, order)
-    layer = _longest_path_layers(dag, order)
-    rows = _rows_with_reservations(dag, layer, order)
+    edges = [(edge.source, edge.target) for edge in graph.edges]
+    placed, _left, _right, _height = _lay_out(ROOT, group_tree(graph), edges, order)
     ox, oy = origin
-    positions: dict[str, Position] = {}
-    for depth, row in enumerate(rows):
-        for slot, item in enumerate(row):
-            if isinstance(item, str):
-                x = ox + (slot - (len(row) - 1) / 2) * COLUMN_WIDTH
-                positions[item] = (x, oy + depth * ROW_HEIGHT)
-    return positions
+    return {node_id: (ox + x, oy + y) for node_id, (x, y) in placed.items()}
+
+
+def _lay_out(
+    level: str, tree: GroupTree, edges: list[tuple[str, str]], order: dict[str, int]
+) -> tuple[dict[str, Position], float, float, float]:
+    """One group's (or the whole graph's) nodes, placed relative to its top and to the middle
+    of its rows, and the box they take: left, right, height."""
+    unit_of: dict[str, str] = {}  # node id -> the unit at this level that holds it
+    first: dict[str, int] = {}
+    inside: dict[str, tuple[dict[str, Position], float, float, float]] = {}
+    for group in tree.child_groups[level]:
+        unit = "g:" + group
+        inside[unit] = _lay_out(group, tree, edges, order)
+        unit_of.update({node_id: unit for node_id in tree.members[group]})
+        first[unit] = min(order[node_id] for node_id in tree.members[group])
+    for node_id in tree.child_nodes[level]:
+        unit_of[node_id] = "n:" + node_id
+        first["n:" + node_id] = order[node_id]
+    unit_edges = [
+        (unit_of[source], unit_of[target])
+        for source, target in edges
+        if source in unit_of and target in unit_of and unit_of[source] != unit_of[target]
+    ]
+    dag = _acyclic(unit_edges, first)
+    rows = _rows_with_reservations(dag, _longest_path_layers(dag, first), first)
+
+    def size(item: Slot) -> Position:
+        if not isinstance(item, str) or item not in inside:
+            return (COLUMN_WIDTH, ROW_HEIGHT)
+        _placed, left, right, height = inside[item]
+        return (right - left + 2 * GROUP_PAD, height + GROUP_TITLE + GROUP_PAD)
+
+    placed: dict[str, Position] = {}
+    top, left_edge, right_edge = 0.0, 0.0, 0.0
+    for row in rows:
+        widths = [size(item)[0] for item in row]
+        cursor = -sum(widths) / 2 + COLUMN_WIDTH / 2
+        left_edge, right_edge = min(left_edge, cursor), max(right_edge, cursor + sum(widths))
+        for item, width in zip(row, widths):
+            if isinstance(item, str) and item in inside:
+                nodes, inner_left, _right, _height = inside[item]
+                for node_id, (x, y) in nodes.items():
+                    placed[node_id] = (cursor + GROUP_PAD + x - inner_left, top + GROUP_TITLE + y)
+            elif isinstance(item, str):
+                placed[item[2:]] = (cursor, top)
+            cursor += width
+        top += max(size(item)[1] for item in row)
+    return placed, left_edge, right_edge, top
 
 
 def needs_layout(graph: Graph) -> bool:
@@ -47,16 +97,16 @@ def with_layout(graph: Graph, origin: Position = CANVAS_ORIGIN) -> Graph:
     return graph.model_copy(update={"nodes": nodes})
 
 
-def _acyclic(graph: Graph, order: dict[str, int]) -> nx.DiGraph:
-    """The graph's edges as a DAG: an edge that would close a cycle is left out of the layout."""
+def _acyclic(edges: list[tuple[str, str]], order: dict[str, int]) -> nx.DiGraph:
+    """The edges as a DAG: an edge that would close a cycle is left out of the layout."""
     dag = nx.DiGraph()
     dag.add_nodes_from(order)
-    for edge in graph.edges:
-        if edge.source not in order or edge.target not in order or edge.source == edge.target:
+    for source, target in edges:
+        if source not in order or target not in order or source == target:
             continue
-        if edge.source in dag and nx.has_path(dag, edge.target, edge.source):
+        if source in dag and nx.has_path(dag, target, source):
             continue
-        dag.add_edge(edge.source, edge.target)
+        dag.add_edge(source, target)
     return dag
 
 

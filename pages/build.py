@@ -40,6 +40,7 @@ _PARAM_ERRORS = "nb_param_errors"  # (graph version, {(node, param): message})
 _ERROR = "nb_error"  # an Open or fix failure, shown once, in the next run of this page
 _UPLOADS = "nb_uploads"  # how many files were opened: part of the uploader's key
 _FIT = "nb_fit"  # grows when the canvas should fit the graph into its view
+_GROUPS_OPEN = "nb_groups_open"  # the canvas's open groups (None: canvas.default_open); a view
 _TOASTS = "nb_toasts"  # (text, icon) said by a callback, shown by the run that follows
 _PALETTE = "nb_palette_round"  # grows with every palette click: a fresh, empty set of pills
 _TABLE = "nb_layer_table"  # (the analysis' infos, column names, DataFrame) last shown
@@ -233,6 +234,7 @@ def _fix_text(fix: dict[str, Any], why: Message | None = None) -> str:
 def _new_graph() -> None:
     """A blank canvas, its Input selected: the page's script pans it into view at the zoom the
     person had (a fit would blow two nodes up to twice their size)."""
+    _reset_groups()
     state.edit_part(state.GENERATOR)  # a new file opens on its (first) graph
     state.set_graph(edit.blank_graph())
     state.select("input")
@@ -246,6 +248,7 @@ def _load_template() -> None:
     state.edit_part(state.GENERATOR)  # a new file opens on its (first) graph
     state.set_graph(state.load_template(name))
     state.select(None)
+    _reset_groups()
     _fit_view()
     title = _(TEMPLATES[name][0]) if name in TEMPLATES else name
     toast(_("Loaded {name}. Undo brings your graph back.", name=title))
@@ -284,6 +287,7 @@ def _open_file() -> None:
     state.edit_part(state.GENERATOR)  # a new file opens on its (first) graph
     state.set_graph(with_layout(graph) if needs_layout(graph) else graph)
     state.select(None)
+    _reset_groups()
     _fit_view()
     st.session_state["nb_open_popover"] = False
     toast(_("Opened {file}. Undo brings your previous graph back.", file=uploaded.name))
@@ -331,6 +335,7 @@ def _import_python(name: str, source: bytes) -> None:
     state.edit_part(state.GENERATOR)  # a new file opens on its (first) graph
     state.set_graph(with_layout(outcome.graph))
     state.select(None)
+    _reset_groups()
     _fit_view()
     st.session_state["nb_open_popover"] = False
     toast(_("Imported {file}. Undo brings your previous graph back.", file=name))
@@ -352,8 +357,44 @@ def _fit_view() -> None:
     st.session_state[_FIT] = st.session_state.get(_FIT, 0) + 1
 
 
-def _view_key() -> tuple[int, str, str | None, int | None]:
-    return (state.graph_version(), state.editing(), state.selected_node(), state.selected_edge())
+def _view_key() -> tuple[int, str, str | None, int | None, str]:
+    opened = _groups_open()
+    shown = "*" if opened is None else ",".join(sorted(opened))
+    return (
+        state.graph_version(),
+        state.editing(),
+        state.selected_node(),
+        state.selected_edge(),
+        shown,
+    )
+
+
+def _groups_open() -> frozenset[str] | None:
+    """The groups the person opened on the canvas, for this session; None until they open or
+    close one (a graph of more than canvas.COLLAPSE_ABOVE nodes then shows them closed)."""
+    return st.session_state.get(_GROUPS_OPEN)
+
+
+def _reset_groups() -> None:
+    """A new graph on the canvas (opened, imported, a template, a blank one): its own groups."""
+    st.session_state[_GROUPS_OPEN] = None
+
+
+def _toggle_group(group: str, view: canvas.GroupView) -> None:
+    """Open or close one group as `view` showed it; closing the one that holds the selected
+    node (shown open for it) deselects it, and closes the groups inside it too."""
+    if group in view.opened:
+        opened = frozenset(g for g in view.opened if g != group and not g.startswith(group + "."))
+        selected = state.selected_node()
+        if selected is not None and group in view.tree.ancestors(selected):
+            state.select(None)
+    else:
+        opened = view.opened | {group}
+    st.session_state[_GROUPS_OPEN] = opened
+
+
+def _group_view(graph: Graph) -> canvas.GroupView:
+    return canvas.group_view(graph, _groups_open(), state.selected_node())
 
 
 def _rename(key: str, version: int) -> None:
@@ -420,7 +461,11 @@ def sync_canvas() -> None:
     ack = st.session_state.get(_ACK, 0)
     for event in canvas.new_events(st.session_state.get(CANVAS_KEY), ack):
         ack = event["seq"]
-        change = canvas.apply_event(state.edited_graph(), event)
+        graph = state.edited_graph()
+        view = _group_view(graph)
+        change = canvas.apply_event(graph, event, view)
+        if change.toggled is not None:
+            _toggle_group(change.toggled, view)
         if change.kind == "edited":
             state.set_edited_graph(change.graph)
         elif change.kind == "moved":
@@ -444,7 +489,9 @@ def canvas_args(graph: Graph, analysis: Analysis, selected: str | None) -> dict[
         drawn = (
             view,
             {
-                **canvas.canvas_state(graph, analysis, selected, state.selected_edge()),
+                **canvas.canvas_state(
+                    graph, analysis, selected, state.selected_edge(), _group_view(graph)
+                ),
                 "add_plans": canvas.add_plans(graph, selected),
             },
         )
@@ -991,6 +1038,7 @@ def _switch_part() -> None:
     chosen = st.session_state.get("nb_part_choice")
     if chosen is not None and chosen != state.editing():
         state.edit_part(chosen)
+        _reset_groups()
         _fit_view()
 
 

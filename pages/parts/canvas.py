@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -21,10 +22,13 @@ from i18n import Message, msg
 from builder import edit
 from builder.catalog import CATALOG
 from builder.graph import MAX_EDGES, MAX_NODES, Edge, Graph, Node
-from builder.layout import ROW_HEIGHT
+from builder.groups import ROOT, GroupTree, group_tree
+from builder.layout import GROUP_PAD, GROUP_TITLE, ROW_HEIGHT
 from compiler.analysis import Analysis, Diagnostic, NodeInfo
 
 NODE_WIDTH = 200  # px; builder/layout.py's columns leave room for it
+NODE_HEIGHT = 72.0  # px, about what a node's face takes: a group's frame goes round it
+COLLAPSE_ABOVE = 60  # a graph with more nodes opens with its top-level groups collapsed
 MAX_MESSAGE = 90
 MAX_EVENTS = 200  # a value longer than this is not one the canvas sends
 SHORT_MESSAGES = {"does not lead to the Output": i18n.N_("not connected to the Output")}
@@ -124,27 +128,310 @@ def node_face(
 
 
 def canvas_state(
-    graph: Graph, analysis: Analysis, selected: str | None, selected_edge: int | None = None
+    graph: Graph,
+    analysis: Analysis,
+    selected: str | None,
+    selected_edge: int | None = None,
+    view: GroupView | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """The nodes and edges the canvas draws: shapes, counts and problems on nodes, shapes on
-    edges. About 250 bytes a node, so a 600-node import stays small."""
+    edges. About 250 bytes a node, so a 600-node import stays small. With a `view` (group_view),
+    a collapsed group is one box and an open one a frame round what it holds."""
+    view = view or group_view(graph, None, selected)
     by_node: dict[str | None, list[Diagnostic]] = {}
     for diagnostic in analysis.diagnostics:
         by_node.setdefault(diagnostic.node, []).append(diagnostic)
-    nodes = [
-        node_face(
-            node,
-            analysis.infos.get(node.id, NodeInfo(None)),
-            sorted(by_node.get(node.id, []), key=lambda d: d.severity != "error"),
-            node.id == selected,
-        )
-        for node in graph.nodes
-    ]
-    edges = [
-        edge_face(index, edge, _edge_label(analysis, edge.source), index == selected_edge)
-        for index, edge in enumerate(graph.edges)
-    ]
+    by_id = {node.id: node for node in graph.nodes}
+    nodes = []
+    for canvas_id, parent in view.drawn:
+        x, y = view.positions[canvas_id]
+        group = view.group_of.get(canvas_id)
+        if group is None:
+            face = node_face(
+                by_id[canvas_id],
+                analysis.infos.get(canvas_id, NodeInfo(None)),
+                sorted(by_node.get(canvas_id, []), key=lambda d: d.severity != "error"),
+                canvas_id == selected,
+            )
+        else:
+            face = group_face(graph, analysis, view, group, by_node)
+        face.update({"x": x, "y": y})
+        if parent is not None:
+            face["parent"] = parent
+        if canvas_id in view.frames:
+            face["w"], face["h"] = view.frames[canvas_id]
+        nodes.append(face)
+    edges = []
+    joined: set[str] = set()
+    for index, edge in enumerate(graph.edges):
+        source = view.shown_as.get(edge.source, edge.source)
+        target = view.shown_as.get(edge.target, edge.target)
+        if source == target:
+            continue  # inside a collapsed group
+        label = _edge_label(analysis, edge.source)
+        if (source, target) == (edge.source, edge.target):
+            edges.append(edge_face(index, edge, label, index == selected_edge))
+        elif f"~{source}->{target}" not in joined:  # edges into a box drawn once, not for picking
+            joined.add(f"~{source}->{target}")
+            face = edge_face(index, Edge(source=source, target=target), label)
+            edges.append(face | {"id": f"~{source}->{target}", "joined": True})
     return {"nodes": nodes, "edges": edges}
+
+
+# ---------------------------------------------------------------------------------------------
+# Groups: an imported model's modules as boxes (builder/groups.py)
+
+
+@dataclass(frozen=True)
+class GroupView:
+    """What the canvas shows of a graph's groups, for one set of open groups.
+
+    tree: the groups, with a big graph's runs of top-level layers between them added ("stem",
+    "head"); drawn: (canvas id, id of the frame it sits in) for every face, frames before what
+    they hold; group_of: canvas id -> group; canvas_ids: group -> canvas id; shown_as: node ->
+    the collapsed box drawn for it; positions: where each face is drawn (absolute); frames:
+    an open group's frame size; opened: the open groups.
+    """
+
+    tree: GroupTree
+    drawn: list[tuple[str, str | None]]
+    group_of: dict[str, str]
+    canvas_ids: dict[str, str]
+    shown_as: dict[str, str]
+    positions: dict[str, tuple[float, float]]
+    frames: dict[str, tuple[float, float]]
+    opened: frozenset[str]
+    run_kinds: dict[str, str]
+
+
+RUN = "~"  # a run's group name starts with it; a module path never does
+RUN_NAMES = {"stem": i18n.N_("stem"), "head": i18n.N_("head"), "middle": i18n.N_("layers")}
+
+
+def default_open(graph: Graph) -> frozenset[str]:
+    """A small graph opens with every group open; one of more than COLLAPSE_ABOVE nodes with
+    every group closed (ResNet-50: stem, layer1 .. layer4, head)."""
+    if len(graph.nodes) > COLLAPSE_ABOVE:
+        return frozenset()
+    return frozenset(view_tree(graph)[0].groups)
+
+
+def view_tree(graph: Graph) -> tuple[GroupTree, dict[str, str]]:
+    """The module groups and, in a graph of more than COLLAPSE_ABOVE nodes with groups, each
+    run of two or more top-level layers between them as a group of its own (its kind: stem,
+    middle or head), so the whole model reads as a few boxes."""
+    tree = group_tree(graph)
+    kinds: dict[str, str] = {}
+    if len(graph.nodes) <= COLLAPSE_ABOVE or not tree.child_groups[ROOT]:
+        return tree, kinds
+    order = {node.id: index for index, node in enumerate(graph.nodes)}
+    types = {node.id: node.type for node in graph.nodes}
+    units = [(min(order[n] for n in tree.members[g]), "g", g) for g in tree.child_groups[ROOT]]
+    units += [(order[n], "n", n) for n in tree.child_nodes[ROOT]]
+    runs: list[list[str]] = [[]]
+    breaks: list[bool] = []  # after each run but the last: whether a group ends it
+    for _first, kind, unit in sorted(units):
+        if kind == "n" and types[unit] not in ("Input", "Output"):
+            runs[-1].append(unit)
+            continue
+        breaks.append(kind == "g")
+        runs.append([])
+    before = [any(breaks[:index]) for index in range(len(runs))]
+    after = [any(breaks[index:]) for index in range(len(runs))]
+    for index, run in enumerate(runs):
+        if len(run) < 2:
+            continue
+        kind = "middle" if before[index] and after[index] else "head" if before[index] else "stem"
+        name = f"{RUN}{kind}{index}"
+        kinds[name] = kind
+        tree.parent[name] = ROOT
+        tree.child_groups[ROOT].append(name)
+        tree.child_groups[name], tree.child_nodes[name] = [], list(run)
+        tree.members[name] = list(run)
+        for node_id in run:
+            tree.of_node[node_id] = name
+            tree.child_nodes[ROOT].remove(node_id)
+    tree.child_groups[ROOT].sort(key=lambda g: min(order[n] for n in tree.members[g]))
+    return tree, kinds
+
+
+def group_view(graph: Graph, opened: frozenset[str] | None, selected: str | None) -> GroupView:
+    """The faces to draw: each group open (a frame round its insides) or closed (one box in
+    their place, what follows moved up by the rows it held); the selected node's groups open.
+    `opened` None: default_open."""
+    tree, kinds = view_tree(graph)
+    if opened is None:
+        opened = default_open(graph)
+    opened = frozenset(opened) | frozenset(tree.ancestors(selected) if selected else ())
+    taken = {node.id for node in graph.nodes}
+    canvas_ids: dict[str, str] = {}
+    for group in tree.groups:
+        canvas_id = "group:" + group
+        while canvas_id in taken:  # a node's id may be anything
+            canvas_id += "#"
+        taken.add(canvas_id)
+        canvas_ids[group] = canvas_id
+    order = {node.id: index for index, node in enumerate(graph.nodes)}
+    file_xy = {node.id: node.position or (0.0, 0.0) for node in graph.nodes}
+    drawn: list[tuple[str, str | None]] = []
+    shown_as: dict[str, str] = {}
+    closed: list[str] = []
+
+    def visit(level: str, frame: str | None) -> None:
+        units = [
+            (min(order[n] for n in tree.members[g]), g, True) for g in tree.child_groups[level]
+        ]
+        units += [(order[n], n, False) for n in tree.child_nodes[level]]
+        for _first, unit, is_group in sorted(units):
+            if not is_group:
+                drawn.append((unit, frame))
+            elif unit in opened:
+                drawn.append((canvas_ids[unit], frame))
+                visit(unit, canvas_ids[unit])
+            else:
+                drawn.append((canvas_ids[unit], frame))
+                closed.append(unit)
+                shown_as.update({n: canvas_ids[unit] for n in tree.members[unit]})
+
+    visit(ROOT, None)
+    squeeze = _squeeze([[file_xy[n][1] for n in tree.members[g]] for g in closed])
+    positions = {n: (x, squeeze(y)) for n, (x, y) in file_xy.items() if n not in shown_as}
+    feeders: dict[str, set[str]] = {}  # face -> the faces with an edge into it
+    for edge in graph.edges:
+        source = shown_as.get(edge.source, edge.source)
+        target = shown_as.get(edge.target, edge.target)
+        if source != target:
+            feeders.setdefault(target, set()).add(source)
+    for group in closed:  # in the order the data reaches them: a box under the one feeding it
+        top = min(file_xy[n][1] for n in tree.members[group])
+        above = {positions[f][0] for f in feeders.get(canvas_ids[group], ()) if f in positions}
+        column = (
+            above.pop()
+            if len(above) == 1
+            else Counter(file_xy[n][0] for n in tree.members[group]).most_common(1)[0][0]
+        )
+        positions[canvas_ids[group]] = (column, squeeze(top))
+    frames: dict[str, tuple[float, float]] = {}
+    for group in sorted(opened & set(tree.groups), key=lambda g: -_depth(tree, g)):
+        box = _frame_box(tree, group, canvas_ids, positions, frames, shown_as)
+        positions[canvas_ids[group]] = (box[0], box[1])
+        frames[canvas_ids[group]] = (box[2] - box[0], box[3] - box[1])
+    return GroupView(
+        tree,
+        drawn,
+        {canvas_id: group for group, canvas_id in canvas_ids.items()},
+        canvas_ids,
+        shown_as,
+        positions,
+        frames,
+        opened & frozenset(tree.groups),
+        kinds,
+    )
+
+
+def _depth(tree: GroupTree, group: str) -> int:
+    depth = 0
+    while group != ROOT:
+        group, depth = tree.parent[group], depth + 1
+    return depth
+
+
+def _squeeze(spans: list[list[float]]) -> Any:
+    """y -> y moved up by the rows of the closed groups above it (each keeps its top row)."""
+    cuts = sorted((min(ys), max(ys)) for ys in spans if ys)
+    merged: list[tuple[float, float]] = []
+    for low, high in cuts:
+        if merged and low <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
+        else:
+            merged.append((low, high))
+
+    def squeeze(y: float) -> float:
+        return round(y - sum(max(0.0, min(y, high) - low) for low, high in merged), 1)
+
+    return squeeze
+
+
+def _frame_box(
+    tree: GroupTree,
+    group: str,
+    canvas_ids: dict[str, str],
+    positions: dict[str, tuple[float, float]],
+    frames: dict[str, tuple[float, float]],
+    shown_as: dict[str, str],
+) -> tuple[float, float, float, float]:
+    """An open group's frame: round the faces it holds (inner frames already sized), with
+    room for its name above."""
+    faces = {shown_as.get(n, n) for n in tree.child_nodes[group]}
+    faces |= {canvas_ids[g] for g in tree.child_groups[group]}
+    left = top = float("inf")
+    right = bottom = float("-inf")
+    for face in faces:
+        x, y = positions[face]
+        width, height = frames.get(face, (NODE_WIDTH, NODE_HEIGHT))
+        left, top = min(left, x), min(top, y)
+        right, bottom = max(right, x + width), max(bottom, y + height)
+    return (left - GROUP_PAD, top - GROUP_TITLE, right + GROUP_PAD, bottom + GROUP_PAD)
+
+
+def group_face(
+    graph: Graph,
+    analysis: Analysis,
+    view: GroupView,
+    group: str,
+    by_node: dict[str | None, list[Diagnostic]],
+) -> dict[str, Any]:
+    """A group as the canvas draws it: its name, how many layers, the shapes going in and out,
+    its parameter count (the sum of its layers', as PyTorch sums a submodule's)."""
+    members = view.tree.members[group]
+    inside = set(members)
+    shapes_in = _shapes(
+        analysis, [e.source for e in graph.edges if e.target in inside and e.source not in inside]
+    )
+    if not shapes_in:
+        shapes_in = _shapes(analysis, [n for n in members if graph.node(n).type == "Input"])
+    shapes_out = _shapes(
+        analysis, [e.source for e in graph.edges if e.source in inside and e.target not in inside]
+    )
+    count = sum(analysis.infos.get(n, NodeInfo(None)).params or 0 for n in members)
+    problems = [d for n in members for d in by_node.get(n, [])]
+    kind = view.run_kinds.get(group)
+    if kind is not None:
+        title = i18n._(RUN_NAMES[kind])
+        detail = f"{members[0]} … {members[-1]}"
+    else:
+        parent = view.tree.parent[group]
+        title = group[len(parent) + 1 :] if parent != ROOT else group
+        title = group if title.isdigit() else title
+        detail = ""
+    opened = group in view.opened
+    return {
+        "id": view.canvas_ids[group],
+        "kind": "frame" if opened else "group",
+        "type": title,
+        "name": detail,
+        "params": i18n._("{count} layers", count=len(members)),
+        "shape": " → ".join(part for part in (shapes_in, shapes_out) if part),
+        "count": i18n._("{count} params", count=f"{count:,}") if count else "",
+        "note": i18n._("{count} problems inside", count=len(problems)) if problems else "",
+        "note_severity": node_status(problems) if problems else "",
+        "status": node_status(problems),
+        "selected": False,
+        "open": opened,
+        "toggle_label": (
+            i18n._("Close {group}", group=title) if opened else i18n._("Open {group}", group=title)
+        ),
+    }
+
+
+def _shapes(analysis: Analysis, sources: list[str]) -> str:
+    """The distinct output shapes of `sources`, in order: '[64, 16, 16]' or '[8] + [16]'."""
+    texts: list[str] = []
+    for source in sources:
+        text = _edge_label(analysis, source) or "?"
+        if text not in texts:
+            texts.append(text)
+    return " + ".join(texts)
 
 
 def node_kind(layer_type: str) -> str:
@@ -226,6 +513,7 @@ class CanvasEdit:
     edge: int | None = None
     deselect: bool = False
     refused: Message | None = None  # why an edit was not made, for the page to say
+    toggled: str | None = None  # a group to open or close (a view setting, not an edit)
 
 
 def new_events(value: Any, after: int) -> list[Mapping[str, Any]]:
@@ -247,11 +535,24 @@ def new_events(value: Any, after: int) -> list[Mapping[str, Any]]:
     return sorted(events, key=lambda event: event["seq"])
 
 
-def apply_event(graph: Graph, event: Mapping[str, Any]) -> CanvasEdit:
+def apply_event(
+    graph: Graph, event: Mapping[str, Any], view: GroupView | None = None
+) -> CanvasEdit:
     """One event, checked against the graph: unknown ids, self-loops, bad numbers and values
-    of the wrong type (a forged event) change nothing."""
+    of the wrong type (a forged event) change nothing. With the `view` the canvas showed, a
+    move is read in its places (a closed group's rows squeezed out; a box or frame dragged
+    moves what it holds) and a group may be opened or closed."""
     if not isinstance(event, Mapping):
         return CanvasEdit(graph, "none")
+    if view is not None and event.get("kind") == "toggle_group":
+        group = (
+            view.group_of.get(event.get("group")) if isinstance(event.get("group"), str) else None
+        )
+        return CanvasEdit(graph, "none", toggled=group)
+    if view is not None and event.get("kind") == "move":
+        positions = event.get("positions")
+        if isinstance(positions, Mapping):
+            event = {"kind": "move", "positions": _file_positions(graph, view, positions)}
     known = {node.id for node in graph.nodes}
 
     def node_id(value: Any) -> str | None:
@@ -303,17 +604,40 @@ def full_of_layers() -> Message:
     )
 
 
+def _file_positions(
+    graph: Graph, view: GroupView, positions: Mapping[Any, Any]
+) -> dict[str, list[float]]:
+    """Where faces were dropped on the canvas, as node positions in the file: each dragged face
+    moves by how far it went from where it was drawn, a group's face with all it holds."""
+    placed = {node.id: node.position or (0.0, 0.0) for node in graph.nodes}
+    moved: dict[str, list[float]] = {}
+    for face, position in list(positions.items())[:MAX_NODES]:
+        drawn = view.positions.get(face) if isinstance(face, str) else None
+        if drawn is None or not _is_point(position):
+            continue
+        dx, dy = position[0] - drawn[0], position[1] - drawn[1]
+        group = view.group_of.get(face)
+        for node_id in view.tree.members[group] if group is not None else [face]:
+            if node_id in placed and node_id not in moved:
+                moved[node_id] = [placed[node_id][0] + dx, placed[node_id][1] + dy]
+    return moved
+
+
+def _is_point(position: Any) -> bool:
+    return (
+        isinstance(position, list | tuple)
+        and len(position) == 2
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in position)
+        and all(abs(v) < 1e7 for v in position)  # also refuses NaN
+    )
+
+
 def _apply_positions(graph: Graph, positions: Any) -> Graph:
     if not isinstance(positions, Mapping):
         return graph
     wanted: dict[str, tuple[float, float]] = {}
     for node_id, position in positions.items():
-        if (
-            isinstance(position, list | tuple)
-            and len(position) == 2
-            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in position)
-            and all(abs(v) < 1e7 for v in position)  # also refuses NaN
-        ):
+        if _is_point(position):
             wanted[node_id] = (round(float(position[0]), 1), round(float(position[1]), 1))
     nodes = []
     changed = False

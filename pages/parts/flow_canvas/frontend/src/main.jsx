@@ -10,7 +10,17 @@
 // A click on the page's palette (Streamlit pills beside the frame) is drawn at once too, from
 // the placement plan Python sends (`add_plans`), until Python's answer for that click arrives.
 
-import React, { memo, useCallback, useEffect, useLayoutEffect, useMemo, useRef, useState } from "react";
+import React, {
+  createContext,
+  memo,
+  useCallback,
+  useContext,
+  useEffect,
+  useLayoutEffect,
+  useMemo,
+  useRef,
+  useState,
+} from "react";
 import { createRoot } from "react-dom/client";
 import {
   Controls,
@@ -35,14 +45,39 @@ const sendValue = (value) => post("streamlit:setComponentValue", { value, dataTy
 
 // ---------------------------------------------------------------------------------------------
 // Python's state -> React Flow's nodes and edges
+//
+// Groups (an imported model's modules): a closed group is a "box", one face for all it holds;
+// an open one a "frame" round its faces, which React Flow places inside it (parentId, at
+// positions relative to it). Python sends every face's absolute place; `where` maps an id to it.
 
-const toNode = (n) => ({
+const FACE_TYPES = { group: "box", frame: "frame" };
+const isGroup = (node) => node.type === "box" || node.type === "frame";
+
+function whereOf(rawNodes) {
+  const where = {};
+  for (const n of rawNodes) where[n.id] = { x: n.x, y: n.y };
+  return where;
+}
+
+function localPlace(n, where) {
+  // A face inside a frame is placed relative to the frame, as React Flow wants it.
+  const origin = n.parent ? where[n.parent] : null;
+  return origin ? { x: n.x - origin.x, y: n.y - origin.y } : { x: n.x, y: n.y };
+}
+
+const toNode = (n, where = {}) => ({
   id: n.id,
-  type: "layer",
-  position: { x: n.x, y: n.y },
+  type: FACE_TYPES[n.kind] || "layer",
+  position: localPlace(n, where),
+  ...(n.parent ? { parentId: n.parent } : {}),
   data: n,
   className: faceClass(n),
-  style: n.fill ? { background: n.fill, color: n.ink } : undefined, // the live graph's colours
+  style:
+    n.kind === "frame"
+      ? { width: n.w, height: n.h }
+      : n.fill
+        ? { background: n.fill, color: n.ink } // the live graph's colours
+        : undefined,
   selectable: false,
   deletable: false,
 });
@@ -51,6 +86,7 @@ const toEdge = (e) => ({
   id: e.id,
   source: e.source,
   target: e.target,
+  ...(e.joined ? { data: { joined: true } } : {}),
   label: e.label || undefined,
   className: e.selected ? "nb-edge-selected" : "",
   markerEnd: { type: "arrowclosed", color: e.selected ? "#2563eb" : "#64748b" },
@@ -67,16 +103,17 @@ function sameFields(a, b) {
   return true;
 }
 
-function reuseNode(old, raw) {
-  if (!old) return toNode(raw);
+function reuseNode(old, raw, where) {
+  if (!old) return toNode(raw, where);
+  const place = localPlace(raw, where);
   if (
     sameFields(old.data, raw) &&
-    old.position.x === raw.x &&
-    old.position.y === raw.y &&
+    old.position.x === place.x &&
+    old.position.y === place.y &&
     old.className === faceClass(raw)
   )
     return old;
-  const node = toNode(raw);
+  const node = toNode(raw, where);
   return old.measured ? { ...node, measured: old.measured } : node;
 }
 
@@ -111,15 +148,16 @@ function applyEvent(view, event) {
         nodes: nodes.map((n) => withSelection(n, false)),
         edges: edges.map((e) => withEdgeSelection(e, false)),
       };
-    case "move":
+    case "move": {
+      // `local`: where React Flow dropped each face (inside its frame); Python reads `positions`.
+      const places = event.local || event.positions;
       return {
         nodes: nodes.map((n) =>
-          event.positions[n.id]
-            ? { ...n, position: { x: event.positions[n.id][0], y: event.positions[n.id][1] } }
-            : n,
+          places[n.id] ? { ...n, position: { x: places[n.id][0], y: places[n.id][1] } } : n,
         ),
         edges,
       };
+    }
     case "connect":
       return {
         nodes,
@@ -232,7 +270,70 @@ const LayerNode = memo(function LayerNode({ data }) {
   );
 });
 
-const NODE_TYPES = { layer: LayerNode };
+// A group: its name, how many layers, shapes in and out, its parameter count, and the button
+// that opens or closes it (as a double-click does).
+const Groups = createContext({ toggle: () => {}, readOnly: true });
+
+function ToggleButton({ data }) {
+  const { toggle, readOnly } = useContext(Groups);
+  if (readOnly) return null;
+  return (
+    <button
+      type="button"
+      className="nb-toggle nodrag"
+      aria-label={data.toggle_label}
+      aria-expanded={data.open ? "true" : "false"}
+      title={data.toggle_label}
+      onClick={(event) => {
+        event.stopPropagation();
+        toggle(data.id);
+      }}
+    >
+      {data.open ? "\u2212" : "+"}
+    </button>
+  );
+}
+
+const GroupBox = memo(function GroupBox({ data }) {
+  return (
+    <div className="nb-node">
+      <Handle type="target" position={Position.Top} />
+      <div className="nb-title nb-group-title">
+        <ToggleButton data={data} />
+        <b>{data.type}</b>
+        {data.name ? <span className="nb-muted"> {data.name}</span> : null}
+      </div>
+      <div className="nb-params">
+        {data.params}
+        {data.count ? ` · ${data.count}` : ""}
+      </div>
+      <div className="nb-shape">
+        <code>{data.shape}</code>
+      </div>
+      {data.note ? (
+        <div className={`nb-note nb-note-${data.note_severity}`} title={data.note}>
+          {data.note}
+        </div>
+      ) : null}
+      <Handle type="source" position={Position.Bottom} />
+    </div>
+  );
+});
+
+const GroupFrame = memo(function GroupFrame({ data }) {
+  return (
+    <div
+      className="nb-frame-title"
+      title={[data.type, data.name, data.params, data.shape, data.count].filter(Boolean).join(" · ")}
+    >
+      <ToggleButton data={data} />
+      <b>{data.type}</b>
+      <span className="nb-muted nb-frame-count">{data.count || data.params}</span>
+    </div>
+  );
+});
+
+const NODE_TYPES = { layer: LayerNode, box: GroupBox, frame: GroupFrame };
 
 function scrollPage(dx, dy) {
   // Streamlit scrolls its main block, not the window; the frame is served by the same server.
@@ -249,13 +350,19 @@ const MARGIN = 40;
 const VIRTUALIZE = 150; // above this many nodes only those in view are drawn (and measured)
 const NODE_HEIGHT = 64; // a node not measured yet (out of view) is counted this tall
 
+function placeOf(n) {
+  // Absolute: a face inside a frame is drawn where Python placed it (its position is relative).
+  return n.parentId ? { x: n.data.x, y: n.data.y } : n.position;
+}
+
 function boundsOf(nodes, nodeWidth) {
   let [left, top, right, bottom] = [Infinity, Infinity, -Infinity, -Infinity];
   for (const n of nodes) {
-    left = Math.min(left, n.position.x);
-    top = Math.min(top, n.position.y);
-    right = Math.max(right, n.position.x + (n.measured?.width ?? nodeWidth));
-    bottom = Math.max(bottom, n.position.y + (n.measured?.height ?? NODE_HEIGHT));
+    const { x, y } = placeOf(n);
+    left = Math.min(left, x);
+    top = Math.min(top, y);
+    right = Math.max(right, x + (n.data.w ?? n.measured?.width ?? nodeWidth));
+    bottom = Math.max(bottom, y + (n.data.h ?? n.measured?.height ?? NODE_HEIGHT));
   }
   return { x: left, y: top, width: right - left, height: bottom - top };
 }
@@ -267,7 +374,7 @@ function Canvas({ args }) {
   const readOnly = Boolean(args.read_only);
   const flow = useReactFlow();
   const [view, setView] = useState(() => ({
-    nodes: args.nodes.map(toNode),
+    nodes: args.nodes.map((n) => toNode(n, whereOf(args.nodes))),
     edges: args.edges.map(toEdge),
     version: args.version, // the state it was drawn from
   }));
@@ -306,8 +413,9 @@ function Canvas({ args }) {
       // measure them again); a changed node keeps its measured size until React Flow re-reads it.
       const oldNodes = new Map(current.nodes.map((n) => [n.id, n]));
       const oldEdges = new Map(current.edges.map((e) => [e.id, e]));
+      const where = whereOf(args.nodes);
       let next = {
-        nodes: args.nodes.map((raw) => reuseNode(oldNodes.get(raw.id), raw)),
+        nodes: args.nodes.map((raw) => reuseNode(oldNodes.get(raw.id), raw, where)),
         edges: args.edges.map((raw) => reuseEdge(oldEdges.get(raw.id), raw)),
       };
       for (const event of replay) next = applyEvent(next, event);
@@ -364,9 +472,9 @@ function Canvas({ args }) {
     const tooWide = box.width * zoom > width - 2 * MARGIN;
     const tooTall = box.height * zoom > height - 2 * MARGIN;
     // Too big to fit: start where the data enters, the top node in the middle at the top.
-    const top = nodes.reduce((best, n) => (n.position.y < best.position.y ? n : best));
+    const top = nodes.reduce((best, n) => (placeOf(n).y < placeOf(best).y ? n : best));
     const x = tooWide
-      ? width / 2 - (top.position.x + (top.measured?.width ?? args.node_width) / 2) * zoom
+      ? width / 2 - (placeOf(top).x + (top.measured?.width ?? args.node_width) / 2) * zoom
       : (width - box.width * zoom) / 2 - box.x * zoom;
     const y = tooTall ? MARGIN - box.y * zoom : (height - box.height * zoom) / 2 - box.y * zoom;
     flow.setViewport({ x, y, zoom });
@@ -486,35 +594,54 @@ function Canvas({ args }) {
 
   const onNodeDragStop = useCallback(
     (_event, _node, dragged) => {
+      // Python reads absolute places (a face in a frame: its frame's place plus its own).
+      const where = whereOf(latest.current.nodes);
       const positions = {};
-      for (const node of dragged) positions[node.id] = [node.position.x, node.position.y];
-      emit({ kind: "move", positions });
+      const local = {};
+      for (const node of dragged) {
+        const origin = (node.parentId && where[node.parentId]) || { x: 0, y: 0 };
+        positions[node.id] = [node.position.x + origin.x, node.position.y + origin.y];
+        local[node.id] = [node.position.x, node.position.y];
+      }
+      emit({ kind: "move", positions, local });
     },
     [emit],
   );
 
+  const groupIds = useMemo(
+    () => new Set(args.nodes.filter((n) => FACE_TYPES[n.kind]).map((n) => n.id)),
+    [args.nodes],
+  );
   const onConnect = useCallback(
     ({ source, target }) => {
-      if (source && target && source !== target) emit({ kind: "connect", source, target });
+      if (!source || !target || source === target) return;
+      if (groupIds.has(source) || groupIds.has(target)) return; // a group: open it first
+      emit({ kind: "connect", source, target });
     },
-    [emit],
+    [emit, groupIds],
   );
+  const toggleGroup = useCallback((id) => emit({ kind: "toggle_group", group: id }), [emit]);
+  const groups = useMemo(() => ({ toggle: toggleGroup, readOnly }), [toggleGroup, readOnly]);
 
   const onNodeContextMenu = useCallback((event, node) => {
     event.preventDefault();
+    if (isGroup(node)) return;
     setMenu({ kind: "node", id: node.id, x: event.clientX, y: event.clientY });
   }, []);
   const onEdgeContextMenu = useCallback((event, edge) => {
     event.preventDefault();
+    if (edge.data?.joined) return; // drawn into a closed group: no edge of the file
     setMenu({ kind: "edge", id: edge.id, x: event.clientX, y: event.clientY });
   }, []);
 
   const editing = {
     onNodeDragStop,
     onConnect,
-    isValidConnection: (c) => c.source !== c.target,
-    onNodeClick: (_e, node) => emit({ kind: "select", node: node.id }),
-    onEdgeClick: (_e, edge) => emit({ kind: "select_edge", edge: edge.id }),
+    isValidConnection: (c) =>
+      c.source !== c.target && !groupIds.has(c.source) && !groupIds.has(c.target),
+    onNodeClick: (_e, node) => (isGroup(node) ? null : emit({ kind: "select", node: node.id })),
+    onNodeDoubleClick: (_e, node) => (isGroup(node) ? toggleGroup(node.id) : null),
+    onEdgeClick: (_e, edge) => (edge.data?.joined ? null : emit({ kind: "select_edge", edge: edge.id })),
     onPaneClick: () => (menu ? setMenu(null) : emit({ kind: "deselect" })),
     onNodeContextMenu,
     onEdgeContextMenu,
@@ -541,6 +668,7 @@ function Canvas({ args }) {
       data-edges={view.edges.length}
       data-pending={pendingCount}
     >
+      <Groups.Provider value={groups}>
       <ReactFlow
         nodes={view.nodes}
         edges={view.edges}
@@ -554,6 +682,7 @@ function Canvas({ args }) {
         minZoom={args.min_zoom}
         maxZoom={2}
         zoomOnScroll={false}
+        zoomOnDoubleClick={false}
         preventScrolling={false}
         zoomActivationKeyCode={["Control", "Meta"]}
         onlyRenderVisibleElements={virtual}
@@ -561,6 +690,7 @@ function Canvas({ args }) {
       >
         <Controls showInteractive={false} position="bottom-left" />
       </ReactFlow>
+      </Groups.Provider>
       {menu ? (
         <div className="nb-menu" style={{ left: menu.x, top: menu.y }} role="menu">
           <button
