@@ -60,6 +60,9 @@ from runtime.metrics import (
     attention_layers,
     attention_lists,
     capture_attention,
+    capture_feature_maps,
+    feature_map_layers,
+    feature_map_lists,
     grad_norm_probe,
 )
 from runtime.settings import TrainConfig
@@ -330,12 +333,14 @@ class Trainer(Hooks):
         self.grad_probe = grad_norm_probe(model, self.modules)
         self.activations = activation_probe(model, self.modules, types_)
         self.attention = attention_layers(model, self.modules, types_)
+        self.feature_layers = feature_map_layers(model, self.modules, types_)
         examples = data.x_val if len(data.x_val) else data.x_train
         self.example = examples[:1].to(device)
         self.pending: list[_PendingStep] = []
         self.pending_norms: list[tuple[int, torch.Tensor]] = []
         self.pending_health: list[tuple[int, ActivationReading]] = []
         self.pending_attention: list[tuple[int, dict[str, torch.Tensor]]] = []
+        self.pending_features: list[tuple[int, dict[str, torch.Tensor]]] = []
         self.last_flush = self.last_checkpoint = time.perf_counter()
         self.checkpoint_seconds: float | None = None  # how long the last checkpoint took
         self.last_record: dict[str, Any] = {}
@@ -394,6 +399,11 @@ class Trainer(Hooks):
         if self.attention and done.step % self.config.attention_every == 0:
             self.pending_attention.append(
                 (done.step, capture_attention(self.model, self.attention, self.example))
+            )
+        every = self.config.attention_every
+        if self.feature_layers and (done.step == 1 or done.step % every == 0):
+            self.pending_features.append(  # (also at step 1: what it sees before it learns)
+                (done.step, capture_feature_maps(self.model, self.feature_layers, self.example))
             )
 
     def after_batch(self, progress: Progress) -> None:
@@ -467,6 +477,12 @@ class Trainer(Hooks):
             {"kind": "attention", "step": step, "node": node, "weights": attention_lists(weights)}
             for step, captured in maps
             for node, weights in captured.items()
+        )
+        features, self.pending_features = self.pending_features, []
+        self.log.write(
+            {"kind": "feature_maps", "step": step, "node": node, "maps": feature_map_lists(maps)}
+            for step, captured in features
+            for node, maps in captured.items()
         )
         if (self.run_dir / store.STOP_FILE).exists():
             self.stop.set()
