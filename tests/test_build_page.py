@@ -42,6 +42,12 @@ def open_app(workspace: str | None = None) -> AppTest:
     return at.run()
 
 
+def open_dialog(at: AppTest) -> AppTest:
+    """The Open popover as a click opens it: its uploader is drawn only while it is open."""
+    at.session_state["nb_open_popover"] = True
+    return at.run()
+
+
 def shown(at: AppTest) -> dict:
     """What the canvas draws: the state the page sent it (AppTest does not render it)."""
     return json.loads(at.get("component_instance")[0].proto.json_args)["state"]
@@ -162,7 +168,7 @@ def test_an_import_shape_that_is_no_shape_is_named_and_nothing_is_imported(
     at = open_app()
     before = _current_graph(at)
     at.session_state["nb_import_shape"] = shape
-    at.file_uploader[0].set_value(("model.py", MODEL_PY, "text/x-python")).run()
+    open_dialog(at).file_uploader[0].set_value(("model.py", MODEL_PY, "text/x-python")).run()
     no_exception(at)
     assert any("is not a list of positive whole numbers" in e for e in errors(at)), errors(at)
     assert _current_graph(at) == before
@@ -262,7 +268,7 @@ def test_a_history_file_of_another_graph_is_ignored(home):
 def test_opening_a_malformed_file_shows_a_message_and_keeps_the_graph(home):
     at = open_app()
     before = metric(at, "Parameters")
-    at.file_uploader[0].set_value(("broken.json", b"{not json", "application/json")).run()
+    open_dialog(at).file_uploader[0].set_value(("broken.json", b"{not json", "application/json")).run()
     no_exception(at)
     assert any(
         e.startswith("broken.json is not a NetBuilder graph: not valid JSON") for e in errors(at)
@@ -273,13 +279,13 @@ def test_opening_a_malformed_file_shows_a_message_and_keeps_the_graph(home):
 def test_opening_a_file_of_the_wrong_format_names_the_problem(home):
     at = open_app()
     text = json.dumps({"format": "netbuilder.graph/1", "nodes": [{"id": "a", "type": "Conv9d"}]})
-    at.file_uploader[0].set_value(("odd.json", text.encode(), "application/json")).run()
+    open_dialog(at).file_uploader[0].set_value(("odd.json", text.encode(), "application/json")).run()
     assert any("unknown layer type 'Conv9d'" in e for e in errors(at))
 
 
 def test_opening_a_file_over_the_size_cap_is_refused(home):
     at = open_app()
-    at.file_uploader[0].set_value(
+    open_dialog(at).file_uploader[0].set_value(
         ("huge.json", b" " * (MAX_FILE_BYTES + 1), "application/json")
     ).run()
     assert any("may be at most" in e for e in errors(at))
@@ -289,7 +295,7 @@ def test_opening_a_valid_file_lays_it_out_and_undo_brings_the_old_graph_back(hom
     at = open_app()
     before = metric(at, "Parameters")
     text = (TEMPLATES / "lstm_classifier.json").read_bytes()
-    at.file_uploader[0].set_value(("lstm.json", text, "application/json")).run()
+    open_dialog(at).file_uploader[0].set_value(("lstm.json", text, "application/json")).run()
     no_exception(at)
     assert metric(at, "Parameters") == f"{torch_param_count(text.decode()):,}"
     assert all(n.position is not None for n in _current_graph(at).nodes)
@@ -518,7 +524,7 @@ def test_one_palette_click_adds_one_layer_even_when_the_page_runs_again(home):
 
 def test_a_failed_open_is_shown_once_not_again_on_return(home):
     at = open_app()
-    at.file_uploader[0].set_value(("broken.json", b"{not json", "application/json")).run()
+    open_dialog(at).file_uploader[0].set_value(("broken.json", b"{not json", "application/json")).run()
     assert any(e.startswith("broken.json is not a NetBuilder graph") for e in errors(at))
     at.run()  # the next run of the page (back from another page)
     assert not any("broken.json" in e for e in errors(at))
@@ -547,7 +553,7 @@ def test_a_python_file_is_refused_where_importing_is_off_and_the_page_says_how(h
     monkeypatch.delenv("NETBUILDER_ALLOW_IMPORT", raising=False)
     at = open_app()
     before = metric(at, "Parameters")
-    at.file_uploader[0].set_value(("model.py", MODEL_PY, "text/x-python")).run()
+    open_dialog(at).file_uploader[0].set_value(("model.py", MODEL_PY, "text/x-python")).run()
     no_exception(at)
     assert any("python -m compiler import model.py" in e for e in errors(at))
     assert metric(at, "Parameters") == before
@@ -556,7 +562,7 @@ def test_a_python_file_is_refused_where_importing_is_off_and_the_page_says_how(h
 def test_a_python_file_is_imported_where_allowed_with_the_torch_parameter_count(home, monkeypatch):
     monkeypatch.setenv("NETBUILDER_ALLOW_IMPORT", "1")
     at = open_app()
-    at.file_uploader[0].set_value(("model.py", MODEL_PY, "text/x-python")).run(timeout=120)
+    open_dialog(at).file_uploader[0].set_value(("model.py", MODEL_PY, "text/x-python")).run(timeout=120)
     no_exception(at)
     assert not errors(at), errors(at)
     namespace = types.ModuleType("uploaded")
