@@ -4,6 +4,7 @@ another page. Read from the source with ast, so an import inside a function coun
 import ast
 from pathlib import Path
 
+import networkx as nx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +50,36 @@ def test_no_page_imports_another_page() -> None:
         if name in PAGES
     )
     assert wrong == []
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> nx.DiGraph:
+    """NetBuilder's modules, with an arrow from each to every NetBuilder module it imports."""
+    modules = {
+        module_name(path): path
+        for package in LAYERS
+        for path in (ROOT / package).rglob("*.py")
+        if "node_modules" not in path.parts
+    }
+    graph = nx.DiGraph()
+    graph.add_nodes_from(modules)
+    for name, path in modules.items():
+        graph.add_edges_from(
+            (name, imported)
+            for imported in imported_modules(path)
+            if imported in modules and imported != name
+        )
+    return graph
+
+
+def test_no_module_imports_itself_round_a_circle() -> None:
+    graph = import_graph()
+    assert graph.number_of_edges() > 50  # the walk found the house's imports
+    assert list(nx.simple_cycles(graph)) == []
 
 
 def test_the_layering_check_sees_an_upward_import(tmp_path: Path) -> None:
