@@ -404,13 +404,11 @@ def image_dataset(
             folder.fit_statistics(training_rows(len(listing.paths), settings))
     except ImageFolderError as exc:
         raise DatasetError(msg(exc.template, **exc.values)) from None
-    counts = listing.counts()
     described = msg(
-        "uploaded {file}: {count} pictures in {classes} class folders ({names})",
+        "uploaded {file}: {count} pictures in {classes} class folders",
         file=filename,
-        count=len(listing.paths),
+        count=format(len(listing.paths), ","),
         classes=len(listing.classes),
-        names=", ".join(f"{name} {n}" for name, n in counts.items())[:300],
     )
     return Dataset(
         filename,

@@ -17,7 +17,7 @@ from runtime.datasets import Dataset
 from runtime.image_folder import Augmentation, ImageFolder, LazyImages, preview
 
 PREVIEW_COUNT = 12
-PREVIEW_COLUMNS = 6
+PREVIEW_COLUMNS = 4
 PREVIEW_PIXELS = 96  # small pictures are shown at least this wide, their pixels kept sharp
 _SHUFFLE = "train-augment-shuffle"
 
@@ -27,21 +27,28 @@ def augmentation_settings() -> dict[str, Any]:
     st.caption(_("Augmentation of the training pictures (validation pictures stay as they are)"))
     left, right = st.columns(2)
     with left:
-        flip = st.checkbox(_("Mirror left to right"), key="train-augment-flip")
+        flip = st.checkbox(
+            _("Flip"), key="train-augment-flip", help=_("Mirror half the pictures left to right")
+        )
         crop = st.number_input(
-            _("Random crop, padding (pixels)"),
+            _("Crop padding"),
             min_value=0,
             max_value=16,
             value=0,
             step=1,
             key="train-augment-crop",
+            help=_("Pad by this many pixels, then crop back to the Input's size at random"),
         )
     with right:
-        rotation = st.slider(
-            _("Rotation (± degrees)"), 0, 45, 0, step=5, key="train-augment-rotation"
-        )
+        rotation = st.slider(_("Rotation ±°"), 0, 45, 0, step=5, key="train-augment-rotation")
         jitter = st.slider(
-            _("Colour jitter (± share)"), 0.0, 0.5, 0.0, step=0.05, key="train-augment-jitter"
+            _("Colour jitter ±"),
+            0.0,
+            0.5,
+            0.0,
+            step=0.05,
+            key="train-augment-jitter",
+            help=_("Brightness, contrast and saturation scaled by 1 ± this"),
         )
     return {
         "augment_crop": int(crop),
@@ -60,7 +67,7 @@ def picture_overview(dataset: Dataset, settings: dict[str, Any]) -> None:
     st.caption(
         _("Pictures per class:")
         + " "
-        + markdown_literal(" · ".join(f"{name} {count}" for name, count in counts.items()))
+        + markdown_literal(" · ".join(f"{name}: {count}" for name, count in counts.items()))
     )
     how = Augmentation(
         crop_padding=settings["augment_crop"],
@@ -79,7 +86,9 @@ def picture_overview(dataset: Dataset, settings: dict[str, Any]) -> None:
             w=folder.shape[2],
         )
     )
-    if button.button(_("Other pictures"), key="train-augment-other", icon=":material/shuffle:"):
+    if button.button(
+        "", key="train-augment-other", icon=":material/shuffle:", help=_("Other pictures")
+    ):
         st.session_state[_SHUFFLE] = seed + 1
         st.rerun()
     for start in range(0, len(pictures), PREVIEW_COLUMNS):
