@@ -19,7 +19,7 @@ from runtime import image_folder, runs
 from runtime.datasets import DatasetError, dataset_from_path, dataset_from_upload, training_rows
 from runtime.image_folder import Augmentation, ImageFolder, LazyImages, augment, list_images
 from runtime.settings import TrainConfig
-from runtime.trainer import train_run
+from runtime.trainer import dataset_for_run, train_run
 from runtime.upload_job import read_upload
 from tests.modelkit import chain_graph
 
@@ -248,3 +248,14 @@ def test_the_zip_trains_to_the_accuracy_the_npz_gives(tmp_path, digits_zip, digi
     assert abs(from_zip - from_npz) <= 0.04, (from_zip, from_npz)
     run = sorted((tmp_path / "runs").iterdir())[-1]
     assert json.loads((run / "config.json").read_text())["dataset"] == "digits.zip"
+
+
+def test_a_folder_named_on_the_command_line_is_read_where_it_lies(tmp_path, digits_zip):
+    """`python -m runtime train GRAPH --dataset photos/` keeps the folder's absolute path as the
+    run's dataset; the trainer reads the pictures from there, copying nothing into the run."""
+    with zipfile.ZipFile(digits_zip) as archive:
+        archive.extractall(tmp_path / "photos")
+    config = TrainConfig(dataset=str((tmp_path / "photos").resolve()))
+    dataset = dataset_for_run(tmp_path / "a-run", config, SHAPE)
+    assert isinstance(dataset.x, LazyImages) and len(dataset) == 1797
+    assert dataset.class_names == tuple(str(n) for n in range(10))
