@@ -16,7 +16,13 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from runtime import image_folder, runs
-from runtime.datasets import DatasetError, dataset_from_path, dataset_from_upload, training_rows
+from runtime.datasets import (
+    DatasetError,
+    dataset_from_path,
+    dataset_from_upload,
+    image_folder_bytes,
+    training_rows,
+)
 from runtime.image_folder import Augmentation, ImageFolder, LazyImages, augment, list_images
 from runtime.settings import TrainConfig
 from runtime.trainer import dataset_for_run, train_run
@@ -259,3 +265,13 @@ def test_a_folder_named_on_the_command_line_is_read_where_it_lies(tmp_path, digi
     dataset = dataset_for_run(tmp_path / "a-run", config, SHAPE)
     assert isinstance(dataset.x, LazyImages) and len(dataset) == 1797
     assert dataset.class_names == tuple(str(n) for n in range(10))
+
+
+def test_the_data_budget_counts_the_listing_and_the_batches_read_ahead(monkeypatch, digits_zip):
+    """A zip of pictures is never held decoded: what it costs is its listing and the batches
+    its workers decode ahead, and that is what is held against NETBUILDER_DATA_BUDGET_MB."""
+    need = image_folder_bytes(1797, (3, 224, 224), 64)
+    assert need < 1797 * 3 * 224 * 224 * 4  # far less than the decoded pictures
+    monkeypatch.setenv("NETBUILDER_DATA_BUDGET_MB", str(need / 2e6))
+    with pytest.raises(DatasetError, match=r"reading digits.zip needs .* for a dataset"):
+        dataset_from_path(digits_zip, input_shape=(3, 224, 224))
