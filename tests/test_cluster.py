@@ -73,6 +73,15 @@ def reported_steps(runs_dir: Path, run_id: str) -> list[int]:
     return [record["step"] for record in records if "train_loss" in record]
 
 
+def stop_on_the_cluster(runs_dir: Path, run_id: str) -> None:
+    """Stop the run and wait until it reads stopped and Ray has its actor gone (so that nothing
+    of it asks the cluster after the module's Ray instance shuts down)."""
+    entry = actor_of(runs_dir, run_id)
+    stop_run(runs_dir, run_id)
+    wait_for(lambda: status_of(runs_dir, run_id) == "stopped", DEADLINE)
+    wait_for(lambda: not cluster.alive(entry), DEADLINE)
+
+
 def actor_of(runs_dir: Path, run_id: str) -> dict:
     entry = cluster.record(store.read_status(runs_dir / run_id))
     assert entry is not None, "the run is not recorded as on the cluster"
@@ -105,8 +114,7 @@ def test_a_run_on_the_cluster_streams_its_loss_and_survives_stop_and_resume(
     second = actor_of(runs_dir, run_id)
     assert second["actor"] != first["actor"] and cluster.alive(second)
     assert status_of(runs_dir, run_id) == "running"
-    stop_run(runs_dir, run_id)
-    wait_for(lambda: status_of(runs_dir, run_id) == "stopped", DEADLINE)
+    stop_on_the_cluster(runs_dir, run_id)
 
 
 def test_a_killed_worker_reads_as_interrupted_and_resumes(on_cluster: None, tmp_path: Path) -> None:
@@ -123,8 +131,7 @@ def test_a_killed_worker_reads_as_interrupted_and_resumes(on_cluster: None, tmp_
     resume_run(runs_dir, run_id)
     wait_for(lambda: max(reported_steps(runs_dir, run_id)) > resumed_from + 2, DEADLINE)
     assert status_of(runs_dir, run_id) == "running"
-    stop_run(runs_dir, run_id)
-    wait_for(lambda: status_of(runs_dir, run_id) == "stopped", DEADLINE)
+    stop_on_the_cluster(runs_dir, run_id)
 
 
 def test_a_run_no_node_could_ever_hold_is_refused_at_start(
