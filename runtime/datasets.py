@@ -1001,6 +1001,14 @@ def _reproduces_input(
     analysis: Analysis, dataset: Dataset, out_shape: tuple[int, ...], loss: str, last: str
 ) -> list[Message]:
     """To reproduce its input, a model takes float samples and outputs their very shape."""
+    if isinstance(dataset.x, LazyImages):
+        return [
+            msg(
+                "{dataset} is read picture by picture, and a model learns to reproduce arrays"
+                " held in memory; train on its labels, or upload the pictures as an NPZ",
+                dataset=dataset.name,
+            )
+        ]
     if dataset.dtype != "float32":
         return [
             msg(

@@ -437,6 +437,7 @@ class LazyImages:
         self.epoch = 0
         self._planned: deque[torch.Tensor] = deque()
         self._batches: Any = None
+        self._last: tuple[int, torch.Tensor, torch.Tensor] | None = None  # epoch, index, batch
 
     @property
     def shape(self) -> torch.Size:
@@ -483,13 +484,19 @@ class LazyImages:
     def index_select(self, dim: int, index: torch.Tensor) -> torch.Tensor:
         """A training batch: decoded and augmented, from the workers when it was planned."""
         index = index.cpu()
+        last = self._last
+        if last is not None and last[0] == self.epoch and torch.equal(last[1], index):
+            return last[2]  # asked again for the same batch (x and y of an autoencoder)
         if self._planned and torch.equal(self._planned[0].cpu(), index) and self._batches:
             self._planned.popleft()
-            return next(self._batches)
-        self._planned.clear()
-        self._batches = None
-        rows = self.rows[index].tolist()
-        return torch.stack([self.folder.sample(int(row), self.epoch) for row in rows])
+            batch = next(self._batches)
+        else:
+            self._planned.clear()
+            self._batches = None
+            rows = self.rows[index].tolist()
+            batch = torch.stack([self.folder.sample(int(row), self.epoch) for row in rows])
+        self._last = (self.epoch, index, batch)
+        return batch
 
 
 def preview(

@@ -18,6 +18,7 @@ from sklearn.datasets import load_digits
 from runtime import image_folder, runs
 from runtime.datasets import (
     DatasetError,
+    check_compatibility,
     dataset_from_path,
     dataset_from_upload,
     image_folder_bytes,
@@ -275,3 +276,13 @@ def test_the_data_budget_counts_the_listing_and_the_batches_read_ahead(monkeypat
     monkeypatch.setenv("NETBUILDER_DATA_BUDGET_MB", str(need / 2e6))
     with pytest.raises(DatasetError, match=r"reading digits.zip needs .* for a dataset"):
         dataset_from_path(digits_zip, input_shape=(3, 224, 224))
+
+
+def test_reproducing_pictures_read_one_by_one_is_refused_in_a_sentence(digits_zip):
+    from compiler.analysis import analyse
+    from tests.modelkit import chain_graph as chain
+
+    dataset = dataset_from_path(digits_zip, input_shape=SHAPE)
+    autoencoder = analyse(chain(list(SHAPE), ("Conv2d", {"out_channels": 1, "kernel_size": 1})))
+    problems = check_compatibility(autoencoder, dataset, target="input")
+    assert "digits.zip is read picture by picture" in str(problems[0])
