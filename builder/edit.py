@@ -18,7 +18,7 @@ from typing import Any, Literal, NamedTuple
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic import ValidationError
 
-from builder.catalog import CATALOG, fitting_divisor, param_problem
+from builder.catalog import CATALOG, param_problem
 from builder.graph import FORMAT, Edge, Graph, Node
 from builder.layout import CANVAS_ORIGIN, COLUMN_WIDTH, ROW_HEIGHT
 from i18n import Message, msg
@@ -107,27 +107,18 @@ def new_node_id(graph: Graph, layer_type: str) -> str:
 
 
 def starter_params(layer_type: str, input_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
-    """Values for the required params of a freshly added layer, fitted to its input if known.
+    """Values for the required params of a freshly added layer, fitted to its input if known
+    (its entry's `starter`, then its `fitted_starter` of the input shape).
 
     A new Linear or Conv2d is valid at once, so the canvas shows a shape instead of an error.
     """
-    width = input_shape[-1] if input_shape else None
-    channels = input_shape[0] if input_shape else None
-    fitted: dict[str, dict[str, Any]] = {
-        "GroupNorm": {"num_groups": _largest_divisor(channels, 8)},
-        "MultiheadAttention": {"num_heads": _largest_divisor(width, 4)},
-        "TransformerEncoderLayer": {
-            "nhead": _largest_divisor(width, 4),
-            "dim_feedforward": 4 * width if width else 128,
-        },
-    }
     spec = CATALOG.get(layer_type)
-    starter = copy.deepcopy(dict(spec.starter)) if spec else {}
-    return {**starter, **fitted.get(layer_type, {})}
-
-
-def _largest_divisor(n: int | None, limit: int) -> int:
-    return fitting_divisor(n, limit) if n else 1
+    if spec is None:
+        return {}
+    starter = copy.deepcopy(dict(spec.starter))
+    if input_shape and spec.fitted_starter is not None:
+        starter.update(spec.fitted_starter(tuple(input_shape)))
+    return starter
 
 
 class Placement(NamedTuple):

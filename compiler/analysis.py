@@ -17,6 +17,7 @@ from builder.catalog import (
     MAX_SIZE,
     Fix,
     LayerError,
+    SEQUENCE_TYPES,
     OutputParams,
     Params,
     Tensor,
@@ -332,11 +333,11 @@ def _infer_node(
     if any(info.shape is None for info in upstream):
         return NodeInfo(None), []
     tensors = [
-        Tensor(info.shape, info.dtype or "float32", nodes[s].type)
+        Tensor(info.shape, info.dtype or "float32", nodes[s].type, nodes[s].type in SEQUENCE_TYPES)
         for info, s in zip(upstream, sources, strict=True)
         if info.shape is not None
     ]
-    if node.type not in ("Embedding", "Output") and any(t.dtype == "int64" for t in tensors):
+    if not spec.takes_token_ids and any(t.dtype == "int64" for t in tensors):
         return NodeInfo(None), [
             Diagnostic(
                 node.id,

@@ -35,7 +35,14 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from builder.catalog import CATALOG, NotMappable, functional_table, module_table
+from builder.catalog import (
+    CATALOG,
+    LayerSpec,
+    NotMappable,
+    functional_handling,
+    functional_table,
+    module_table,
+)
 from builder.graph import FORMAT, Graph, GraphFormatError, parse_graph
 from builder.layers.transformer import POSITIONAL_ENCODING
 from compiler.analysis import Analysis, analyse
@@ -701,7 +708,7 @@ def _handler(node: fx.Node) -> Handler | None:
         layer_type = METHOD_TYPES.get(str(node.target))
         plumbing = PLUMBING_METHODS.get(str(node.target))
     if layer_type is not None:
-        return ARGUMENTS.get(layer_type, _no_arguments)
+        return ARGUMENT_READERS[layer_type]
     return plumbing
 
 
@@ -779,14 +786,6 @@ def _read_params(layer_type: str, module: nn.Module) -> dict[str, Any]:
     return reader(module)
 
 
-TUPLE_OUTPUTS = {
-    "RNN": N_("the final hidden state h_n"),
-    "GRU": N_("the final hidden state h_n"),
-    "LSTM": N_("the final states (h_n, c_n)"),
-    "MultiheadAttention": N_("the attention weights"),
-}
-
-
 def _map_module(walk: Walk, node: fx.Node) -> Layer | Stack:
     path = str(node.target)
     module = walk.gm.get_submodule(path)
@@ -809,7 +808,7 @@ def _map_module(walk: Walk, node: fx.Node) -> Layer | Stack:
         x, params["causal"] = _encoder_input(walk, node)
     else:
         x = _only_input(node)
-    several = TUPLE_OUTPUTS.get(layer_type)
+    several = CATALOG[layer_type].second_output  # what item 1 of its tuple output holds
     return Layer(layer_type, params, (_tensor(walk, x),), several, path)
 
 
@@ -1249,21 +1248,13 @@ def _alias(walk: Walk, node: fx.Node) -> str:
     return _tensor(walk, node.args[0])
 
 
-def _keywords(**params: tuple[int, str, Any]) -> Handler:
-    """A call of one tensor whose params are its arguments: name -> (position, keyword,
-    default); F.leaky_relu(x, 0.2) -> LeakyReLU {negative_slope: 0.2}."""
-
-    def handler(walk: Walk, node: fx.Node) -> Layer:
-        values = {name: _arg(node, *where) for name, where in params.items()}
-        layer_type = FUNCTION_TYPES.get(node.target) or METHOD_TYPES[str(node.target)]
-        return Layer(layer_type, values, (_tensor(walk, node.args[0]),))
-
-    return handler
-
-
-def _no_arguments(walk: Walk, node: fx.Node) -> Layer:
+def _by_position(walk: Walk, node: fx.Node) -> Layer:
+    """A call of one tensor whose params are its arguments, as its entry's functional_args
+    say (none: a type without params); F.leaky_relu(x, 0.2) -> LeakyReLU {negative_slope: 0.2}."""
     layer_type = FUNCTION_TYPES.get(node.target) or METHOD_TYPES[str(node.target)]
-    return Layer(layer_type, {}, (_tensor(walk, node.args[0]),))
+    arguments = CATALOG[layer_type].functional_args
+    values = {a.param: _arg(node, a.position, a.param, a.default) for a in arguments}
+    return Layer(layer_type, values, (_tensor(walk, node.args[0]),))
 
 
 def _softmax(walk: Walk, node: fx.Node) -> Layer:
@@ -1349,37 +1340,37 @@ def _instance_norm(walk: Walk, node: fx.Node) -> Layer:
 
 Handler = Callable[[Walk, fx.Node], Layer | Stack | Value]
 
-# How each catalog type's functional forms pass their params (types without params need none).
-ARGUMENTS: dict[str, Handler] = {
-    "Add": _merge,
-    "Multiply": _merge,
-    "Concat": _concat,
-    "Chunk": _chunk,
-    "Scale": _scale,
-    "Flatten": _flatten,
-    "Reshape": _reshape,
-    "Permute": _permute,
-    "SequencePool": _reduce,
-    "GELU": _keywords(approximate=(1, "approximate", "none")),
-    "LeakyReLU": _keywords(negative_slope=(1, "negative_slope", 0.01)),
-    "ELU": _keywords(alpha=(1, "alpha", 1.0)),
-    "Softplus": _keywords(beta=(1, "beta", 1.0), threshold=(2, "threshold", 20.0)),
-    "Softmax": _softmax,
-    "LogSoftmax": _softmax,
-    "Dropout": _dropout,
-    "Dropout2d": _dropout,
-    "MaxPool1d": _pool,
-    "MaxPool2d": _pool,
-    "AvgPool1d": _pool,
-    "AvgPool2d": _pool,
-    "AdaptiveAvgPool1d": _adaptive_pool,
-    "AdaptiveAvgPool2d": _adaptive_pool,
-    "AdaptiveMaxPool1d": _adaptive_pool,
-    "AdaptiveMaxPool2d": _adaptive_pool,
-    "Upsample": _interpolate,
-    "InstanceNorm1d": _instance_norm,
-    "InstanceNorm2d": _instance_norm,
+# The readers a catalog entry's `functional_reader` names: calls whose arguments take more than
+# positions and keywords to become params.
+READERS: dict[str, Handler] = {
+    "merge": _merge,
+    "concat": _concat,
+    "chunk": _chunk,
+    "scale": _scale,
+    "flatten": _flatten,
+    "reshape": _reshape,
+    "permute": _permute,
+    "reduce": _reduce,
+    "softmax": _softmax,
+    "dropout": _dropout,
+    "pool": _pool,
+    "adaptive_pool": _adaptive_pool,
+    "interpolate": _interpolate,
+    "instance_norm": _instance_norm,
 }
+
+
+def argument_reader(spec: LayerSpec) -> Handler:
+    """How a call of this entry's functional forms becomes params: the reader it names, else
+    its functional_args by position. An entry with params that says neither is refused here,
+    when this module loads, rather than imported with default params."""
+    how = functional_handling(spec)
+    if how == "missing":
+        raise ValueError(
+            f"{spec.name} has params but neither functional_args nor functional_reader"
+        )
+    return READERS[spec.functional_reader] if how == "reader" else _by_position  # type: ignore
+
 
 # Calls that move values around without being a layer.
 PLUMBING_FUNCTIONS: dict[Any, Handler] = {
@@ -1411,7 +1402,6 @@ def functional_tables(functional: dict[str, str]) -> tuple[dict[Any, str], dict[
     return functions, methods
 
 
-FUNCTION_TYPES, METHOD_TYPES = functional_tables(functional_table())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from builder.catalog import VIEW_TYPES
 from builder.graph import Graph
 from compiler.analysis import Analysis, Diagnostic
 from i18n import Message, msg
@@ -18,8 +19,6 @@ PARAMETER_BYTES = 4  # float32
 DTYPE_BYTES = {"float32": 4, "int64": 8}
 # Per-parameter copies each optimizer keeps besides the gradient: momentum buffers, Adam's moments.
 OPTIMIZER_COPIES = {"sgd": 0, "momentum": 1, "adam": 2, "adamw": 2, "rmsprop": 1}
-# Layers whose output is a view of (or the same tensor as) their input: nothing new is kept.
-NO_NEW_STORAGE = frozenset({"Output", "Flatten", "Reshape", "Permute", "Identity"})
 # `python -m compiler check` calls a model whose parameters alone exceed this an error.
 DEFAULT_PARAMETER_BUDGET = 16 * 10**9
 
@@ -76,7 +75,7 @@ def estimate_memory(
         info = analysis.infos.get(node_id)
         if node_id not in analysis.live or info is None or info.shape is None:
             continue
-        if graph.node(node_id).type in NO_NEW_STORAGE:
+        if graph.node(node_id).type in VIEW_TYPES:  # a view of its input: nothing new kept
             continue
         activations += _numel(info.shape) * DTYPE_BYTES.get(info.dtype or "float32", 4)
     return MemoryEstimate(

@@ -3,8 +3,9 @@
 Uses torch.onnx.export with dynamo=True: the torch.export-based exporter (it needs the onnx and
 onnxscript packages and works offline), the default since torch 2.9; the TorchScript exporter
 is deprecated. The batch dimension stays dynamic, so one file serves any batch size.
-tests/test_onnx.py exports every template and every catalog layer type and checks the outputs
-with onnxruntime against PyTorch within 1e-4.
+tests/test_onnx.py exports every template and every catalog entry's examples (graphs built from
+the catalog) and checks the outputs with onnxruntime against PyTorch within 1e-4; a layer that
+cannot export some of its uses says so in its entry's `onnx_limit`.
 """
 
 from __future__ import annotations
@@ -16,14 +17,11 @@ import re
 import torch
 from torch import nn
 
+from builder.catalog import CATALOG, Tensor
 from compiler.analysis import Analysis
 from compiler.codegen import generate_source
 from compiler.memory import estimate_memory, format_bytes
 from i18n import Message, msg
-
-# Catalog layer types that cannot export, with the reason. Empty: every type in the catalog
-# exports (tests/test_onnx.py proves it for each type not listed here).
-UNEXPORTABLE: dict[str, Message] = {}
 
 INPUT_NAME = "x"
 OUTPUT_NAME = "y"
@@ -42,16 +40,12 @@ class OnnxExportError(Exception):
         super().__init__(str(detail))
 
 
-ADAPTIVE_MAX = ("AdaptiveMaxPool1d", "AdaptiveMaxPool2d")
-
-
 def unexportable_layers(analysis: Analysis) -> list[Message]:
-    """One sentence per node that cannot export (an empty list: the graph exports)."""
+    """One sentence per node that cannot export, as its catalog entry's `onnx_limit` says for
+    its params and shapes (an empty list: the graph exports)."""
     found = []
     for node in analysis.graph.nodes:
-        if node.id not in analysis.live:
-            continue
-        reason = UNEXPORTABLE.get(node.type) or _uneven_adaptive_max(analysis, node.id)
+        reason = _onnx_limit(analysis, node.id) if node.id in analysis.live else None
         if reason:
             found.append(
                 msg("{layer} {node}: {reason}", layer=node.type, node=repr(node.id), reason=reason)
@@ -59,24 +53,14 @@ def unexportable_layers(analysis: Analysis) -> list[Message]:
     return found
 
 
-def _uneven_adaptive_max(analysis: Analysis, node_id: str) -> Message | None:
-    """ONNX has no adaptive max pooling: it exports as a plain MaxPool, which needs each output
-    size to divide the input size."""
-    if analysis.node_type(node_id) not in ADAPTIVE_MAX:
-        return None
-    source = analysis.infos[analysis.inputs[node_id][0]].shape
+def _onnx_limit(analysis: Analysis, node_id: str) -> Message | None:
+    spec = CATALOG[analysis.node_type(node_id)]
+    shapes = [analysis.infos[source].shape for source in analysis.inputs[node_id]]
     out = analysis.infos[node_id].shape
-    if source is None or out is None:
+    if out is None or any(shape is None for shape in shapes):
         return None
-    n = 1 if analysis.node_type(node_id) == "AdaptiveMaxPool1d" else 2
-    if all(i % o == 0 for i, o in zip(source[-n:], out[-n:], strict=True)):
-        return None
-    return msg(
-        "ONNX has no adaptive max pooling; it exports only where the output size divides the"
-        " input size, here {size} by {out}",
-        size=str(list(source[-n:])),
-        out=str(list(out[-n:])),
-    )
+    tensors = [Tensor(shape) for shape in shapes if shape is not None]
+    return spec.onnx_limit(analysis.typed[node_id], tensors, Tensor(out))
 
 
 def export_bytes(analysis: Analysis) -> int:

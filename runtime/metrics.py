@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from builder.catalog import ATTENTION_TYPES
+
 DEAD_UNIT_TYPES = frozenset({"ReLU", "LeakyReLU"})
-ATTENTION_TYPES = frozenset({"MultiheadAttention", "TransformerEncoderLayer"})
 # An attention map as recorded: at most this many heads, each at most this many positions a side
 # (longer sequences are averaged in blocks), its weights rounded to this many decimals.
 MAX_ATTENTION_HEADS = 8
@@ -126,13 +127,14 @@ def activation_probe(
 def attention_layers(
     model: nn.Module, modules: dict[str, str], types: dict[str, str]
 ) -> dict[str, nn.MultiheadAttention]:
-    """The attention module of each attention node (an encoder layer's is its self_attn)."""
+    """The attention module of each attention node (the catalog's ATTENTION_TYPES; an encoder
+    layer's is its self_attn)."""
     layers = {}
     for node_id, attribute in modules.items():
-        if types[node_id] == "MultiheadAttention":
-            layers[node_id] = getattr(model, attribute)
-        elif types[node_id] == "TransformerEncoderLayer":
-            layers[node_id] = getattr(model, attribute).self_attn
+        if types[node_id] in ATTENTION_TYPES:
+            module = getattr(model, attribute)
+            attention = module if isinstance(module, nn.MultiheadAttention) else module.self_attn
+            layers[node_id] = attention
     return layers
 
 

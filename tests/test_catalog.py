@@ -11,8 +11,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from builder.catalog import CATALOG, CATEGORIES, functional_table, module_table
+import typing
+
+from builder import catalog
+from builder.catalog import (
+    CATALOG,
+    CATEGORIES,
+    LOSSES,
+    OutputParams,
+    functional_handling,
+    functional_table,
+    module_table,
+)
 from builder.edit import starter_params
+from compiler.importer import READERS
 from compiler import analyse, generate_source
 from tests.modelkit import chain_graph, load_module
 from tests.test_layers_vs_torch import CASES
@@ -113,17 +125,85 @@ def _same_meaning(read, params, spec, fields: set[str]) -> bool:
     return True
 
 
-def test_readme_documents_every_type_and_the_output_loss() -> None:
+def test_readme_layer_table_is_the_one_the_catalog_generates() -> None:
     text = README.read_text(encoding="utf-8")
-    missing = [name for name in CATALOG if f"| {name}" not in text and f", {name}" not in text]
-    assert not missing, f"document {missing} in the README's layer table"
-    for loss in (
-        "cross_entropy",
-        "nll",
-        "bce_with_logits",
-        "mse",
-        "l1",
-        "huber",
-        "label_smoothing",
-    ):
-        assert loss in text
+    assert catalog.with_readme_table(text) == text, "run python -m builder.catalog --readme"
+    table = catalog.readme_table()
+    for name in CATALOG:
+        assert f"| {name}" in table or f", {name}" in table, name
+
+
+def test_readme_names_every_output_loss() -> None:
+    text = README.read_text(encoding="utf-8")
+    assert all(loss in text for loss in (*LOSSES, "label_smoothing"))
+
+
+def test_the_loss_choices_are_one_tuple_that_the_params_and_their_sentence_follow() -> None:
+    assert typing.get_args(OutputParams.model_fields["loss"].annotation) == LOSSES
+    described = OutputParams.model_fields["loss"].description or ""
+    assert described == "one of " + ", ".join(LOSSES)
+
+
+@pytest.mark.parametrize("name", [n for n in CATALOG if CATALOG[n].functional])
+def test_every_functional_form_says_how_its_arguments_become_params(name: str) -> None:
+    """A type with params and functional forms names its arguments or a reader of the importer
+    (else F.leaky_relu(x, 0.2) would silently import with the default slope)."""
+    spec = CATALOG[name]
+    assert functional_handling(spec) != "missing", name
+    if spec.functional_reader is not None:
+        assert spec.functional_reader in READERS
+    for argument in spec.functional_args:
+        assert argument.param in spec.params.model_fields
+        field = spec.params.model_fields[argument.param]
+        assert field.is_required() or field.default == argument.default, argument
+
+
+def test_an_entry_with_params_and_no_argument_reading_is_refused() -> None:
+    from dataclasses import replace
+
+    from compiler.importer import argument_reader
+
+    silent = replace(CATALOG["LeakyReLU"], functional_args=())
+    assert functional_handling(silent) == "missing"
+    with pytest.raises(ValueError, match="neither functional_args nor functional_reader"):
+        argument_reader(silent)
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in CATALOG if CATALOG[n].view_of_input and CATALOG[n].examples]
+)
+def test_a_type_said_to_be_a_view_returns_its_inputs_storage_in_torch(name: str) -> None:
+    """What the memory estimate leaves out (no new activation) is a view in torch: training mode,
+    the output shares its input's storage."""
+    for example in CATALOG[name].examples:
+        params = dict(example.params) or dict(CATALOG[name].starter)
+        analysis = analyse(chain_graph(list(example.shape), (name, params)))
+        model = load_module(generate_source(analysis)).build_model().train()
+        x = torch.randn(2, *example.shape)
+        assert model(x).untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+
+
+@pytest.mark.parametrize("name", [n for n in CATALOG if CATALOG[n].torch_modules])
+def test_second_output_is_said_exactly_for_modules_that_return_a_tuple(name: str) -> None:
+    spec = CATALOG[name]
+    example = spec.examples[0]
+    params = dict(example.params) or dict(spec.starter)
+    analysis = analyse(chain_graph(list(example.shape), (name, params), dtype=example.dtype))
+    module = load_module(generate_source(analysis)).build_model().n1
+    x = torch.randint(0, 4, (2, *example.shape)) if example.dtype == "int64" else None
+    x = x if x is not None else torch.randn(2, *example.shape)
+    output = module(x, x, x) if isinstance(module, torch.nn.MultiheadAttention) else module(x)
+    assert isinstance(output, tuple) == (spec.second_output is not None)
+
+
+def test_dimension_variants_share_one_definition() -> None:
+    """Conv1d and Conv2d (and the pools and norms) differ only in their dimension."""
+    for family in ("Conv", "ConvTranspose", "MaxPool", "AvgPool", "AdaptiveAvgPool"):
+        one, two = CATALOG[f"{family}1d"], CATALOG[f"{family}2d"]
+        assert one.params.dims == 1 and two.params.dims == 2
+        assert list(one.params.model_fields) == list(two.params.model_fields)
+        assert (one.infer, one.module, one.count_params) == (
+            two.infer,
+            two.module,
+            two.count_params,
+        )

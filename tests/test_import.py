@@ -148,11 +148,28 @@ class StackNet(nn.Module):
         return self.head(self.encoder(x)[:, -1])
 
 
+class GatedNet(nn.Module):
+    """Mish and GLU as modules and as functions (F.glu with its dim by position and keyword)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, kernel_size=3, padding=1)
+        self.mish = nn.Mish()
+        self.gate = nn.GLU(dim=1)
+        self.head = nn.Linear(36, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.glu(self.gate(self.mish(self.conv(x))), 1)  # [8, 6, 6] -> [4, 6, 6] -> [2, 6, 6]
+        x = F.mish(x.flatten(1)).view(x.size(0), 18, 4)
+        return self.head(F.glu(x, dim=-1).flatten(1))  # [18, 4] -> [18, 2] -> [36]
+
+
 HAND_WRITTEN = {
     "cnn": (SmallNet, (3, 16, 16), "float32", {"Add": 1, "Concat": 1, "Reshape": 1, "ReLU": 2}),
     "sequence": (SequenceNet, (10, 6), "float32", {"Permute": 2, "SequencePool": 2, "LSTM": 1}),
     "tokens": (TokenNet, (12,), "int64", {"MultiheadAttention": 1, "SequencePool": 1, "GELU": 1}),
     "stack": (StackNet, (6, 16), "float32", {"TransformerEncoderLayer": 2, "LayerNorm": 1}),
+    "gated": (GatedNet, (3, 6, 6), "float32", {"Mish": 2, "GLU": 3}),
 }
 
 

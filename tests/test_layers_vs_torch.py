@@ -188,6 +188,10 @@ CASES: list[tuple[list[int], str, dict, str]] = [
     ([6, 5], "Chunk", {"chunks": 2, "dim": -1, "index": 1}, "float32"),  # 5 in 2: 3, 2
     ([7], "Chunk", {"chunks": 3, "index": 2}, "float32"),  # 7 in 3: 3, 3, 1
     ([3, 4], "Scale", {"factor": -0.5}, "float32"),
+    ([6, 4], "Mish", {}, "float32"),
+    ([6, 4], "GLU", {}, "float32"),
+    ([6, 4, 3], "GLU", {"dim": 1}, "float32"),
+    ([5, 8], "GLU", {"dim": -1}, "float32"),
 ]
 
 
@@ -244,6 +248,7 @@ def test_every_layer_type_is_covered() -> None:
         ([9, 8], "PositionalEncoding", {"max_len": 8, "kind": "sinusoidal"}, "max_len is 8"),
         ([6, 5, 4], "Chunk", {"chunks": 4, "index": 3}, "makes 3 pieces"),  # 2, 2, 2
         ([6, 5], "Chunk", {"dim": 3}, "out of range"),
+        ([5, 7], "GLU", {}, "its size 7 is odd"),
     ],
 )
 def test_rejected_layer_fails_in_torch_too(shape, layer, params, fragment) -> None:

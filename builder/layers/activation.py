@@ -1,5 +1,5 @@
-"""Activations: ReLU, ReLU6, LeakyReLU, PReLU, ELU, GELU, SiLU, Hardswish, Hardsigmoid,
-Softplus, Tanh, Sigmoid, Softmax, LogSoftmax. Each keeps the shape."""
+"""Activations: ReLU, ReLU6, LeakyReLU, PReLU, ELU, GELU, SiLU, Mish, Hardswish, Hardsigmoid,
+Softplus, Tanh, Sigmoid, Softmax, LogSoftmax (each keeps the shape) and GLU (halves one dim)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ from typing import Any, Literal
 from pydantic import Field
 
 from builder.layers.base import (
+    IMAGE,
+    SEQUENCE,
+    Argument,
+    Example,
     Fix,
     LayerError,
     LayerSpec,
@@ -160,6 +164,24 @@ SIGMOID = LayerSpec(
 )
 
 
+def mish_module(p: NoParams, xs: list[Tensor]) -> str:
+    return "nn.Mish()"
+
+
+MISH = LayerSpec(
+    name="Mish",
+    category="Activation",
+    description=N_("A smooth, self-gated ReLU-like curve (YOLOv4)."),
+    formula=N_("y = x * tanh(softplus(x))"),
+    params=NoParams,
+    infer=keep_shape,
+    torch_modules=("Mish",),
+    functional=("torch.nn.functional.mish",),
+    params_from_module=no_params_from_module,
+    module=mish_module,
+)
+
+
 # ---------------------------------------------------------------------------------------------
 # With parameters
 
@@ -187,6 +209,8 @@ GELU = LayerSpec(
     functional=("torch.nn.functional.gelu",),
     params_from_module=gelu_from_module,
     module=gelu_module,
+    functional_args=(Argument("approximate", 1, "none"),),
+    examples=(Example(params={"approximate": "tanh"}),),
 )
 
 
@@ -214,6 +238,8 @@ LEAKY_RELU = LayerSpec(
     params_from_module=leaky_relu_from_module,
     module=leaky_relu_module,
     key_params=("negative_slope",),
+    functional_args=(Argument("negative_slope", 1, 0.01),),
+    examples=(Example(params={"negative_slope": 0.1}),),
 )
 
 
@@ -262,6 +288,7 @@ PRELU = LayerSpec(
     count_params=prelu_count,
     module=prelu_module,
     key_params=("num_parameters",),
+    examples=(Example(IMAGE, {"num_parameters": 4}),),
 )
 
 
@@ -289,6 +316,8 @@ ELU = LayerSpec(
     params_from_module=elu_from_module,
     module=elu_module,
     key_params=("alpha",),
+    functional_args=(Argument("alpha", 1, 1.0),),
+    examples=(Example(params={"alpha": 0.5}),),
 )
 
 
@@ -317,6 +346,8 @@ SOFTPLUS = LayerSpec(
     params_from_module=softplus_from_module,
     module=softplus_module,
     key_params=("beta",),
+    functional_args=(Argument("beta", 1, 1.0), Argument("threshold", 2, 20.0)),
+    examples=(Example(params={"beta": 2.0}),),
 )
 
 
@@ -363,6 +394,7 @@ SOFTMAX = LayerSpec(
     params_from_module=softmax_from_module,
     module=softmax_module,
     key_params=("dim",),
+    functional_reader="softmax",
 )
 
 LOG_SOFTMAX = LayerSpec(
@@ -380,6 +412,58 @@ LOG_SOFTMAX = LayerSpec(
     starter={"dim": -1},
     module=log_softmax_module,
     key_params=("dim",),
+    functional_reader="softmax",
+    examples=(Example(params={"dim": 1}),),
+)
+
+# ---------------------------------------------------------------------------------------------
+# GLU: a gated linear unit, half of one dim gating the other half
+
+
+class GLUParams(Params):
+    dim: int = dim_field(-1)
+
+
+def glu_infer(p: GLUParams, xs: list[Tensor]) -> Tensor:
+    shape = xs[0].shape
+    dim = full_dim(p.dim, len(shape))
+    size = shape[dim - 1]
+    if size % 2:
+        raise LayerError(
+            msg(
+                "GLU halves dim {dim}, but its size {size} is odd; it needs an even size",
+                dim=p.dim,
+                size=size,
+            )
+        )
+    return Tensor(shape[: dim - 1] + (size // 2,) + shape[dim:])
+
+
+def glu_module(p: GLUParams, xs: list[Tensor]) -> str:
+    return call("nn.GLU", **changed(p, "dim"))
+
+
+def glu_from_module(m: Any) -> dict[str, Any]:
+    return {"dim": m.dim}
+
+
+GLU = LayerSpec(
+    name="GLU",
+    category="Activation",
+    description=N_(
+        "A gated linear unit: splits dim in two halves a and b and returns a * sigmoid(b)."
+    ),
+    formula=N_("y = a * sigmoid(b), (a, b) = halves of x along dim"),
+    params=GLUParams,
+    infer=glu_infer,
+    torch_modules=("GLU",),
+    functional=("torch.nn.functional.glu",),
+    functional_args=(Argument("dim", 1, -1),),
+    params_from_module=glu_from_module,
+    module=glu_module,
+    key_params=("dim",),
+    examples=(Example(SEQUENCE), Example(SEQUENCE, {"dim": 1})),
+    shapes="halves dim: [..., 2n, ...] -> [..., n, ...]",
 )
 
 ENTRIES = (
@@ -390,6 +474,7 @@ ENTRIES = (
     ELU,
     GELU,
     SILU,
+    MISH,
     HARDSWISH,
     HARDSIGMOID,
     SOFTPLUS,
@@ -397,4 +482,5 @@ ENTRIES = (
     SIGMOID,
     SOFTMAX,
     LOG_SOFTMAX,
+    GLU,
 )

@@ -32,26 +32,17 @@ CATEGORIES = (
     "Attention",
     "Merge",
 )
-SEQUENCE_TYPES = frozenset(
-    {
-        "Embedding",
-        "RNN",
-        "LSTM",
-        "GRU",
-        "MultiheadAttention",
-        "TransformerEncoderLayer",
-        "PositionalEncoding",
-    }
-)
 
 
 @dataclass(frozen=True)
 class Tensor:
-    """What flows along an edge: a per-sample shape, its dtype and the producing layer's type."""
+    """What flows along an edge: a per-sample shape, its dtype, the producing layer's type and
+    whether that layer gives time-first sequences ([T, F], its spec's `sequence_output`)."""
 
     shape: Shape
     dtype: str = "float32"
     source_type: str = ""
+    time_first: bool = False
 
 
 @dataclass(frozen=True)
@@ -118,31 +109,26 @@ def _spatial(value: int | list[int], n: int, minimum: int) -> int | list[int]:
     return value
 
 
-def _one_positive(value: int | list[int]) -> int | list[int]:
-    return _spatial(value, 1, 1)
+def _sizes(n: int, minimum: int) -> Any:
+    """PyTorch's `int or tuple` for n spatial dims: an int, or a list of n ints >= minimum."""
+    return Annotated[int | list[int], AfterValidator(lambda v: _spatial(v, n, minimum))]
 
 
-def _two_positive(value: int | list[int]) -> int | list[int]:
-    return _spatial(value, 2, 1)
-
-
-def _one_natural(value: int | list[int]) -> int | list[int]:
-    return _spatial(value, 1, 0)
-
-
-def _two_natural(value: int | list[int]) -> int | list[int]:
-    return _spatial(value, 2, 0)
-
-
-# PyTorch's `int or tuple`: an int, or a list of one int per spatial dim.
-Size1 = Annotated[int | list[int], AfterValidator(_one_positive)]
-Size2 = Annotated[int | list[int], AfterValidator(_two_positive)]
-Pad1 = Annotated[int | list[int], AfterValidator(_one_natural)]
-Pad2 = Annotated[int | list[int], AfterValidator(_two_natural)]
-SIZE1 = N_("a positive int")
-SIZE2 = N_("a positive int or list of 2")
-PAD1 = N_("an int >= 0")
-PAD2 = N_("an int >= 0 or list of 2")
+# By the number of spatial dims (1d/2d/3d variants take the dimension as a parameter, as torch's
+# _ConvNd does): a size (kernel, stride, output size) and a padding, with their descriptions.
+SIZE: dict[int, Any] = {n: _sizes(n, 1) for n in (1, 2, 3)}
+PAD: dict[int, Any] = {n: _sizes(n, 0) for n in (1, 2, 3)}
+SIZE_TEXT = {
+    1: N_("a positive int"),
+    2: N_("a positive int or list of 2"),
+    3: N_("a positive int or list of 3"),
+}
+PAD_TEXT = {
+    1: N_("an int >= 0"),
+    2: N_("an int >= 0 or list of 2"),
+    3: N_("an int >= 0 or list of 3"),
+}
+SIZE1 = SIZE_TEXT[1]
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Eps = Annotated[float, Field(gt=0.0, le=1.0)]
@@ -296,14 +282,55 @@ def same_shape_explained(p: Any, xs: list[Tensor], y: Tensor) -> Message:
 
 
 @dataclass(frozen=True)
+class Argument:
+    """One param as a functional form passes it: F.leaky_relu(x, 0.2) or negative_slope=0.2
+    is Argument("negative_slope", 1, 0.01): the param, its position and its default."""
+
+    param: str
+    position: int
+    default: Any = None
+
+
+# Example inputs (per sample) the examples share, so the coverage graphs are few: an image, a
+# signal [C, L], a sequence [T, F] and token ids [T].
+IMAGE: Shape = (4, 6, 6)
+SIGNAL: Shape = (6, 8)
+SEQUENCE: Shape = (8, 6)
+TOKENS: Shape = (5,)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One valid use of a layer: a per-sample input shape, its dtype and its params (none
+    given: the starter's). The ONNX coverage graphs are built from every entry's examples."""
+
+    shape: Shape = IMAGE
+    params: Mapping[str, Any] = field(default_factory=dict)
+    dtype: str = "float32"
+
+
+def no_onnx_limit(p: Any, xs: list[Tensor], y: Tensor) -> Message | None:
+    return None
+
+
+@dataclass(frozen=True)
 class LayerSpec:
     """One layer type, as data: read an entry top to bottom to know everything about it.
 
     `infer` raises LayerError; `module` returns constructor source (None: no attribute, the
     forward expression alone does the work); `torch_modules` are names in torch.nn this entry
     stands for, read back by `params_from_module`; `functional` are qualified names of the
-    functional forms and tensor methods; `starter` holds the palette's params for a new node;
-    `helper` is (name, source) of a function or class model.py defines when the code uses it.
+    functional forms and tensor methods, whose params are `functional_args` (by position and
+    keyword) or, where reading them takes more than that, the importer's reader named by
+    `functional_reader`; `second_output` says what item 1 of the torch module's tuple output
+    holds (the graph keeps item 0). `starter` holds the palette's params for a new node and
+    `fitted_starter` those that depend on its input shape (heads that divide the width).
+    `sequence_output`: it gives time-first [T, F]; `view_of_input`: its output is its input or
+    a view of it (no new memory); `takes_token_ids`: it accepts int64 input; `attends`: it
+    holds attention weights a run can show. `onnx_limit` says why a node cannot export to ONNX
+    (None: it can); `examples` are valid uses (the ONNX coverage graphs); `shapes` is the
+    README table's input -> output column. `helper` is (name, source) of a function or class
+    model.py defines when the code uses it.
     """
 
     name: str
@@ -326,3 +353,14 @@ class LayerSpec:
     advise: Callable[[Any, list[Tensor]], list[Advice]] = no_advice
     key_params: tuple[str, ...] = ()
     helper: tuple[str, str] | None = None
+    functional_args: tuple[Argument, ...] = ()
+    functional_reader: str | None = None
+    second_output: str | None = None
+    fitted_starter: Callable[[Shape], dict[str, Any]] | None = None
+    sequence_output: bool = False
+    view_of_input: bool = False
+    takes_token_ids: bool = False
+    attends: bool = False
+    onnx_limit: Callable[[Any, list[Tensor], Tensor], Message | None] = no_onnx_limit
+    examples: tuple[Example, ...] = (Example(),)
+    shapes: str = "shape kept"

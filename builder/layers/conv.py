@@ -9,23 +9,21 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from builder.layers.base import (
+    IMAGE,
+    SIGNAL,
     BOOL,
-    PAD1,
-    PAD2,
-    SEQUENCE_TYPES,
-    SIZE1,
-    SIZE2,
+    PAD,
+    PAD_TEXT,
+    SIZE,
+    SIZE_TEXT,
     Advice,
+    Example,
     Fix,
     LayerError,
     LayerSpec,
     NotMappable,
-    Pad1,
-    Pad2,
     Params,
     Shape,
-    Size1,
-    Size2,
     Tensor,
     as_tuple,
     call,
@@ -37,8 +35,9 @@ from builder.layers.base import (
 )
 from i18n import Message, N_, msg
 
-AXES = {1: ("L",), 2: ("H", "W")}
-LAYOUT = {1: "[C, L]", 2: "[C, H, W]"}
+AXES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
+LAYOUT = {1: "[C, L]", 2: "[C, H, W]", 3: "[C, D, H, W]"}
+GROWN = {1: "[out_channels, L']", 2: "[out_channels, H', W']", 3: "[out_channels, D', H', W']"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,33 +109,36 @@ def window_explain(p: Any, size: Shape, padding: Shape) -> Message:
 
 
 # ---------------------------------------------------------------------------------------------
-# Conv1d, Conv2d
+# Conv1d, Conv2d: one definition, the dimension a parameter (torch's _ConvNd)
 
 
-class Conv1dParams(Params):
-    dims: ClassVar[int] = 1
-    out_channels: int = count()
-    kernel_size: Size1 = Field(description=SIZE1)
-    stride: Size1 = Field(1, description=SIZE1)
-    padding: Pad1 | Literal["same", "valid"] = Field(
-        0, description=N_("an int >= 0, 'same' or 'valid'")
-    )
-    dilation: Size1 = Field(1, description=SIZE1)
-    groups: int = count(default=1)
-    bias: bool = Field(True, description=BOOL)
+CONV_PADDING_TEXT = {
+    1: N_("an int >= 0, 'same' or 'valid'"),
+    2: N_("an int >= 0 or list of 2, 'same' or 'valid'"),
+    3: N_("an int >= 0 or list of 3, 'same' or 'valid'"),
+}
 
 
-class Conv2dParams(Params):
-    dims: ClassVar[int] = 2
-    out_channels: int = count()
-    kernel_size: Size2 = Field(description=SIZE2)
-    stride: Size2 = Field(1, description=SIZE2)
-    padding: Pad2 | Literal["same", "valid"] = Field(
-        0, description=N_("an int >= 0 or list of 2, 'same' or 'valid'")
-    )
-    dilation: Size2 = Field(1, description=SIZE2)
-    groups: int = count(default=1)
-    bias: bool = Field(True, description=BOOL)
+def conv_params(n: int) -> type[Params]:
+    """The params of Conv{n}d: sizes take an int or a list of n."""
+
+    class ConvParams(Params):
+        __qualname__ = f"Conv{n}dParams"
+        dims: ClassVar[int] = n
+        out_channels: int = count()
+        kernel_size: SIZE[n] = Field(description=SIZE_TEXT[n])
+        stride: SIZE[n] = Field(1, description=SIZE_TEXT[n])
+        padding: PAD[n] | Literal["same", "valid"] = Field(0, description=CONV_PADDING_TEXT[n])
+        dilation: SIZE[n] = Field(1, description=SIZE_TEXT[n])
+        groups: int = count(default=1)
+        bias: bool = Field(True, description=BOOL)
+
+    ConvParams.__name__ = ConvParams.__qualname__
+    return ConvParams
+
+
+Conv1dParams = conv_params(1)
+Conv2dParams = conv_params(2)
 
 
 def need_layout(p: Any, x: Tensor) -> None:
@@ -169,14 +171,14 @@ def check_groups(p: Any, channels: int) -> None:
         )
 
 
-def conv_padding(p: Conv1dParams | Conv2dParams) -> Shape:
+def conv_padding(p: Any) -> Shape:
     """Symmetric padding per axis ('valid' is 0; 'same' is handled by the rule itself)."""
     if isinstance(p.padding, str):
         return (0,) * p.dims
     return as_tuple(p.padding, p.dims)
 
 
-def conv_infer(p: Conv1dParams | Conv2dParams, xs: list[Tensor]) -> Tensor:
+def conv_infer(p: Any, xs: list[Tensor]) -> Tensor:
     x = xs[0]
     need_layout(p, x)
     channels, size = x.shape[0], x.shape[1:]
@@ -208,7 +210,7 @@ def conv_macs(p: Any, xs: list[Tensor], y: Tensor) -> int:
     return numel(y.shape) * (xs[0].shape[0] // p.groups) * kernel
 
 
-def conv_module(p: Conv1dParams | Conv2dParams, xs: list[Tensor]) -> str:
+def conv_module(p: Any, xs: list[Tensor]) -> str:
     return call(
         f"nn.Conv{p.dims}d",
         xs[0].shape[0],
@@ -217,14 +219,14 @@ def conv_module(p: Conv1dParams | Conv2dParams, xs: list[Tensor]) -> str:
     )
 
 
-def conv_explain(p: Conv1dParams | Conv2dParams, xs: list[Tensor], y: Tensor) -> Message:
+def conv_explain(p: Any, xs: list[Tensor], y: Tensor) -> Message:
     if p.padding == "same":
         return msg("'same' padding keeps the size: {size}", size=shape_text(xs[0].shape[1:]))
     return window_explain(p, xs[0].shape[1:], conv_padding(p))
 
 
-def conv_advise(p: Conv1dParams | Conv2dParams, xs: list[Tensor]) -> list[Advice]:
-    if p.dims != 1 or xs[0].source_type not in SEQUENCE_TYPES:
+def conv_advise(p: Any, xs: list[Tensor]) -> list[Advice]:
+    if p.dims != 1 or not xs[0].time_first:
         return []
     return [
         Advice(
@@ -258,40 +260,38 @@ def conv_from_module(m: Any) -> dict[str, Any]:
     }
 
 
-CONV1D = LayerSpec(
-    name="Conv1d",
-    category="Convolution",
-    description=N_("Slides learned filters along the sequence: [C, L] -> [out_channels, L']."),
-    formula=N_("O = floor((I + 2p - d(k-1) - 1)/s) + 1"),
-    params=Conv1dParams,
-    infer=conv_infer,
-    torch_modules=("Conv1d",),
-    params_from_module=conv_from_module,
-    starter={"out_channels": 16, "kernel_size": 3, "padding": 1},
-    count_params=conv_count,
-    macs=conv_macs,
-    module=conv_module,
-    explain=conv_explain,
-    advise=conv_advise,
-    key_params=("out_channels", "kernel_size", "stride", "padding"),
-)
+def conv_entry(n: int, description: str, example: Example) -> LayerSpec:
+    """Conv{n}d: the same entry for every dimension."""
+    return LayerSpec(
+        name=f"Conv{n}d",
+        category="Convolution",
+        description=description,
+        formula=N_("O = floor((I + 2p - d(k-1) - 1)/s) + 1"),
+        params=conv_params(n),
+        infer=conv_infer,
+        torch_modules=(f"Conv{n}d",),
+        params_from_module=conv_from_module,
+        starter={"out_channels": 16, "kernel_size": 3, "padding": 1},
+        count_params=conv_count,
+        macs=conv_macs,
+        module=conv_module,
+        explain=conv_explain,
+        advise=conv_advise,
+        key_params=("out_channels", "kernel_size", "stride", "padding"),
+        examples=(example,),
+        shapes=f"{LAYOUT[n]} -> {GROWN[n]}",
+    )
 
-CONV2D = LayerSpec(
-    name="Conv2d",
-    category="Convolution",
-    description=N_("Slides learned filters over the image: [C, H, W] -> [out_channels, H', W']."),
-    formula=N_("O = floor((I + 2p - d(k-1) - 1)/s) + 1"),
-    params=Conv2dParams,
-    infer=conv_infer,
-    torch_modules=("Conv2d",),
-    params_from_module=conv_from_module,
-    starter={"out_channels": 16, "kernel_size": 3, "padding": 1},
-    count_params=conv_count,
-    macs=conv_macs,
-    module=conv_module,
-    explain=conv_explain,
-    advise=conv_advise,
-    key_params=("out_channels", "kernel_size", "stride", "padding"),
+
+CONV1D = conv_entry(
+    1,
+    N_("Slides learned filters along the sequence: [C, L] -> [out_channels, L']."),
+    Example(SIGNAL, {"out_channels": 8, "kernel_size": 3, "padding": 1}),
+)
+CONV2D = conv_entry(
+    2,
+    N_("Slides learned filters over the image: [C, H, W] -> [out_channels, H', W']."),
+    Example(IMAGE, {"out_channels": 8, "kernel_size": 3, "padding": "same", "groups": 2}),
 )
 
 
@@ -299,28 +299,27 @@ CONV2D = LayerSpec(
 # ConvTranspose1d, ConvTranspose2d: the gradient of a convolution, which grows the size
 
 
-class ConvTranspose1dParams(Params):
-    dims: ClassVar[int] = 1
-    out_channels: int = count()
-    kernel_size: Size1 = Field(description=SIZE1)
-    stride: Size1 = Field(1, description=SIZE1)
-    padding: Pad1 = Field(0, description=PAD1)
-    output_padding: Pad1 = Field(0, description=PAD1)
-    groups: int = count(default=1)
-    bias: bool = Field(True, description=BOOL)
-    dilation: Size1 = Field(1, description=SIZE1)
+def conv_transpose_params(n: int) -> type[Params]:
+    """The params of ConvTranspose{n}d: sizes take an int or a list of n."""
+
+    class ConvTransposeParams(Params):
+        __qualname__ = f"ConvTranspose{n}dParams"
+        dims: ClassVar[int] = n
+        out_channels: int = count()
+        kernel_size: SIZE[n] = Field(description=SIZE_TEXT[n])
+        stride: SIZE[n] = Field(1, description=SIZE_TEXT[n])
+        padding: PAD[n] = Field(0, description=PAD_TEXT[n])
+        output_padding: PAD[n] = Field(0, description=PAD_TEXT[n])
+        groups: int = count(default=1)
+        bias: bool = Field(True, description=BOOL)
+        dilation: SIZE[n] = Field(1, description=SIZE_TEXT[n])
+
+    ConvTransposeParams.__name__ = ConvTransposeParams.__qualname__
+    return ConvTransposeParams
 
 
-class ConvTranspose2dParams(Params):
-    dims: ClassVar[int] = 2
-    out_channels: int = count()
-    kernel_size: Size2 = Field(description=SIZE2)
-    stride: Size2 = Field(1, description=SIZE2)
-    padding: Pad2 = Field(0, description=PAD2)
-    output_padding: Pad2 = Field(0, description=PAD2)
-    groups: int = count(default=1)
-    bias: bool = Field(True, description=BOOL)
-    dilation: Size2 = Field(1, description=SIZE2)
+ConvTranspose1dParams = conv_transpose_params(1)
+ConvTranspose2dParams = conv_transpose_params(2)
 
 
 def transposed_size(size: int, k: int, s: int, p: int, d: int, extra: int) -> int:
@@ -328,7 +327,7 @@ def transposed_size(size: int, k: int, s: int, p: int, d: int, extra: int) -> in
     return (size - 1) * s - 2 * p + d * (k - 1) + extra + 1
 
 
-def transposed_axes(p: ConvTranspose1dParams | ConvTranspose2dParams) -> list[Shape]:
+def transposed_axes(p: Any) -> list[Shape]:
     """Per axis: kernel, stride, padding, dilation, output_padding."""
     n = p.dims
     values = (p.kernel_size, p.stride, p.padding, p.dilation, p.output_padding)
@@ -336,9 +335,7 @@ def transposed_axes(p: ConvTranspose1dParams | ConvTranspose2dParams) -> list[Sh
     return [tuple(column[i] for column in columns) for i in range(n)]
 
 
-def conv_transpose_infer(
-    p: ConvTranspose1dParams | ConvTranspose2dParams, xs: list[Tensor]
-) -> Tensor:
+def conv_transpose_infer(p: Any, xs: list[Tensor]) -> Tensor:
     x = xs[0]
     need_layout(p, x)
     check_groups(p, x.shape[0])
@@ -385,9 +382,7 @@ def conv_transpose_macs(p: Any, xs: list[Tensor], y: Tensor) -> int:
     return numel(xs[0].shape) * (p.out_channels // p.groups) * kernel
 
 
-def conv_transpose_module(
-    p: ConvTranspose1dParams | ConvTranspose2dParams, xs: list[Tensor]
-) -> str:
+def conv_transpose_module(p: Any, xs: list[Tensor]) -> str:
     return call(
         f"nn.ConvTranspose{p.dims}d",
         xs[0].shape[0],
@@ -433,43 +428,40 @@ def conv_transpose_from_module(m: Any) -> dict[str, Any]:
     }
 
 
-CONV_TRANSPOSE1D = LayerSpec(
-    name="ConvTranspose1d",
-    category="Convolution",
-    description=N_(
-        "Grows a sequence with learned filters (a 'deconvolution'): [C, L] -> [out_channels, L']."
-    ),
-    formula=N_("O = (I - 1)s - 2p + d(k - 1) + output_padding + 1"),
-    params=ConvTranspose1dParams,
-    infer=conv_transpose_infer,
-    torch_modules=("ConvTranspose1d",),
-    params_from_module=conv_transpose_from_module,
-    starter={"out_channels": 16, "kernel_size": 2, "stride": 2},
-    count_params=conv_transpose_count,
-    macs=conv_transpose_macs,
-    module=conv_transpose_module,
-    explain=conv_transpose_explain,
-    key_params=("out_channels", "kernel_size", "stride"),
-)
+def conv_transpose_entry(n: int, description: str, example: Example) -> LayerSpec:
+    """ConvTranspose{n}d: the same entry for every dimension."""
+    return LayerSpec(
+        name=f"ConvTranspose{n}d",
+        category="Convolution",
+        description=description,
+        formula=N_("O = (I - 1)s - 2p + d(k - 1) + output_padding + 1"),
+        params=conv_transpose_params(n),
+        infer=conv_transpose_infer,
+        torch_modules=(f"ConvTranspose{n}d",),
+        params_from_module=conv_transpose_from_module,
+        starter={"out_channels": 16, "kernel_size": 2, "stride": 2},
+        count_params=conv_transpose_count,
+        macs=conv_transpose_macs,
+        module=conv_transpose_module,
+        explain=conv_transpose_explain,
+        key_params=("out_channels", "kernel_size", "stride"),
+        examples=(example,),
+        shapes=f"{LAYOUT[n]} -> {GROWN[n]}, grown",
+    )
 
-CONV_TRANSPOSE2D = LayerSpec(
-    name="ConvTranspose2d",
-    category="Convolution",
-    description=N_(
+
+CONV_TRANSPOSE1D = conv_transpose_entry(
+    1,
+    N_("Grows a sequence with learned filters (a 'deconvolution'): [C, L] -> [out_channels, L']."),
+    Example(SIGNAL, {"out_channels": 4, "kernel_size": 3, "stride": 2}),
+)
+CONV_TRANSPOSE2D = conv_transpose_entry(
+    2,
+    N_(
         "Grows an image with learned filters (a 'deconvolution'), as in U-Net decoders and GAN"
         " generators: [C, H, W] -> [out_channels, H', W']."
     ),
-    formula=N_("O = (I - 1)s - 2p + d(k - 1) + output_padding + 1"),
-    params=ConvTranspose2dParams,
-    infer=conv_transpose_infer,
-    torch_modules=("ConvTranspose2d",),
-    params_from_module=conv_transpose_from_module,
-    starter={"out_channels": 16, "kernel_size": 2, "stride": 2},
-    count_params=conv_transpose_count,
-    macs=conv_transpose_macs,
-    module=conv_transpose_module,
-    explain=conv_transpose_explain,
-    key_params=("out_channels", "kernel_size", "stride"),
+    Example(IMAGE, {"out_channels": 4, "kernel_size": 3, "stride": 2, "output_padding": 1}),
 )
 
 ENTRIES = (CONV1D, CONV2D, CONV_TRANSPOSE1D, CONV_TRANSPOSE2D)

@@ -7,10 +7,13 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from builder.layers.base import (
+    IMAGE,
+    SEQUENCE,
     BOOL,
     MAX_RANK,
     MAX_SIZE,
     Advice,
+    Example,
     Fix,
     LayerError,
     LayerSpec,
@@ -23,8 +26,8 @@ from builder.layers.base import (
     dim_field,
     full_dim,
     keep_shape,
-    no_params_from_module,
     need_rank,
+    no_params_from_module,
     numel,
     same_shape_explained,
     shape_text,
@@ -65,51 +68,60 @@ INPUT = LayerSpec(
     min_inputs=0,
     max_inputs=0,
     key_params=("shape", "dtype"),
+    examples=(),
+    shapes="- -> shape",
 )
 
 
 # ---------------------------------------------------------------------------------------------
 # Output and its loss
 
-Loss = Literal["auto", "cross_entropy", "nll", "bce_with_logits", "mse", "l1", "huber"]
-
-# name -> (what it is for, its formula): the teaching text of each choice.
-LOSSES: dict[str, tuple[str, str]] = {
-    "auto": (
+# The Output's loss choices, in the order a form lists them: (name, what it is for, formula).
+# Written once here; LOSSES (the names), the Loss type and runtime's loss code come from it.
+LOSS_CHOICES: tuple[tuple[str, str, str], ...] = (
+    (
+        "auto",
         N_("Cross-entropy for integer class targets, mean squared error for float targets."),
         "cross_entropy | mse",
     ),
-    "cross_entropy": (
+    (
+        "cross_entropy",
         N_(
             "Classes: applies log-softmax to the scores (logits) itself, then takes the"
             " negative log-probability of the true class."
         ),
         "L = -log(softmax(y)[target]), smoothed: (1 - e) * L + e * mean_c(-log softmax(y)_c)",
     ),
-    "nll": (
+    (
+        "nll",
         N_(
             "Classes, for a model that ends in LogSoftmax: the negative log-probability of the"
             " true class."
         ),
         "L = -y[target]",
     ),
-    "bce_with_logits": (
+    (
+        "bce_with_logits",
         N_(
             "Independent yes/no targets in [0, 1] per output: sigmoid and binary cross-entropy"
             " in one stable step."
         ),
         "L = -(t log sigmoid(y) + (1 - t) log(1 - sigmoid(y)))",
     ),
-    "mse": (N_("Regression: the mean squared error."), "L = mean((y - t)^2)"),
-    "l1": (
+    ("mse", N_("Regression: the mean squared error."), "L = mean((y - t)^2)"),
+    (
+        "l1",
         N_("Regression: the mean absolute error, less sensitive to outliers."),
         "L = mean(|y - t|)",
     ),
-    "huber": (
+    (
+        "huber",
         N_("Regression: squared error near the target, absolute error far from it (delta 1)."),
         "L = 0.5 (y - t)^2 if |y - t| < 1 else |y - t| - 0.5",
     ),
-}
+)
+LOSSES: tuple[str, ...] = tuple(name for name, _, _ in LOSS_CHOICES)
+Loss = Literal[LOSSES]  # type: ignore[valid-type]  # the names above, as a pydantic choice
 CLASS_LOSSES = frozenset({"cross_entropy", "nll"})
 SOFTMAX_LOSSES = frozenset({"auto", "cross_entropy"})  # they apply log-softmax themselves
 
@@ -118,6 +130,7 @@ class OutputParams(Params):
     loss: Loss = Field(
         "auto",
         description=N_("one of auto, cross_entropy, nll, bce_with_logits, mse, l1, huber"),
+        # (tests/test_catalog.py checks that this sentence names every one of LOSSES)
     )
     label_smoothing: float = Field(
         0.0, ge=0.0, lt=1.0, description=N_("a float in [0, 1) (cross_entropy only)")
@@ -201,6 +214,10 @@ OUTPUT = LayerSpec(
     infer=output_infer,
     advise=output_advise,
     key_params=("loss",),
+    takes_token_ids=True,
+    view_of_input=True,
+    examples=(),
+    shapes="x -> x; the loss training minimises",
 )
 
 
@@ -276,6 +293,8 @@ LINEAR = LayerSpec(
     explain=linear_explain,
     advise=linear_advise,
     key_params=("out_features",),
+    examples=(Example(SEQUENCE, {"out_features": 5}),),
+    shapes="[..., F] -> [..., out_features]",
 )
 
 
@@ -297,6 +316,7 @@ IDENTITY = LayerSpec(
     torch_modules=("Identity",),
     params_from_module=no_params_from_module,
     module=identity_module,
+    view_of_input=True,
 )
 
 
@@ -341,6 +361,10 @@ FLATTEN = LayerSpec(
     params_from_module=flatten_from_module,
     module=flatten_module,
     explain=same_shape_explained,
+    functional_reader="flatten",
+    view_of_input=True,
+    examples=(Example(IMAGE, {"start_dim": 2}),),
+    shapes="[C, H, W] -> [C*H*W]",
 )
 
 
@@ -387,6 +411,10 @@ PERMUTE = LayerSpec(
     starter={"dims": [0, 2, 1]},
     call=permute_call,
     key_params=("dims",),
+    functional_reader="permute",
+    view_of_input=True,
+    examples=(Example(SEQUENCE, {"dims": [0, 2, 1]}),),
+    shapes="reordered",
 )
 
 
@@ -451,6 +479,10 @@ RESHAPE = LayerSpec(
     starter={"shape": [-1]},
     call=reshape_call,
     key_params=("shape",),
+    functional_reader="reshape",
+    view_of_input=True,
+    examples=(Example(SEQUENCE, {"shape": [48]}), Example(SEQUENCE, {"shape": [4, -1]})),
+    shapes="same element count",
 )
 
 ENTRIES = (INPUT, OUTPUT, LINEAR, IDENTITY, FLATTEN, PERMUTE, RESHAPE)

@@ -7,7 +7,10 @@ from typing import Any
 from pydantic import Field
 
 from builder.layers.base import (
+    IMAGE,
+    SEQUENCE,
     PROBABILITY,
+    Example,
     LayerSpec,
     Params,
     Probability,
@@ -56,6 +59,8 @@ DROPOUT = LayerSpec(
     params_from_module=dropout_from_module,
     module=dropout_module,
     key_params=("p",),
+    functional_reader="dropout",
+    examples=(Example(SEQUENCE, {"p": 0.3}),),
 )
 
 DROPOUT2D = LayerSpec(
@@ -70,6 +75,9 @@ DROPOUT2D = LayerSpec(
     params_from_module=dropout_from_module,
     module=dropout2d_module,
     key_params=("p",),
+    functional_reader="dropout",
+    examples=(Example(IMAGE, {"p": 0.3}),),
+    shapes="[C, H, W] kept",
 )
 
 ENTRIES = (DROPOUT, DROPOUT2D)

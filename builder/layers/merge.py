@@ -9,7 +9,9 @@ from typing import Any
 from pydantic import Field
 
 from builder.layers.base import (
+    SEQUENCE,
     MAX_SIZE,
+    Example,
     Fix,
     LayerError,
     LayerSpec,
@@ -108,6 +110,9 @@ ADD = LayerSpec(
     min_inputs=2,
     max_inputs=None,
     call=add_call,
+    functional_reader="merge",
+    examples=(Example(SEQUENCE),),
+    shapes="2+ inputs of one rank; a dim of 1 repeats to match ([C, 1, 1] with [C, H, W], [1, E] with [T, E]); inputs of different ranks are refused (torch would pair the batch with another dim)",
 )
 
 MULTIPLY = LayerSpec(
@@ -124,6 +129,9 @@ MULTIPLY = LayerSpec(
     min_inputs=2,
     max_inputs=None,
     call=multiply_call,
+    functional_reader="merge",
+    examples=(Example(SEQUENCE),),
+    shapes="2+ inputs of one rank; a dim of 1 repeats to match ([C, 1, 1] with [C, H, W], [1, E] with [T, E]); inputs of different ranks are refused (torch would pair the batch with another dim)",
 )
 
 
@@ -172,6 +180,9 @@ CONCAT = LayerSpec(
     max_inputs=None,
     call=concat_call,
     key_params=("dim",),
+    functional_reader="concat",
+    examples=(Example(SEQUENCE, {"dim": 2}),),
+    shapes="2+ inputs equal except along dim, joined in port order",
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -250,6 +261,9 @@ CHUNK = LayerSpec(
     call=chunk_call,
     explain=chunk_explain,
     key_params=("chunks", "index"),
+    functional_reader="chunk",
+    examples=(Example(SEQUENCE, {"chunks": 2, "index": 1}),),
+    shapes="piece `index` of `torch.chunk(x, chunks, dim)`: ceil(I / chunks) per piece, the last smaller; one node per piece (ShuffleNet's `x.chunk(2, dim=1)`)",
 )
 
 
@@ -282,6 +296,9 @@ SCALE = LayerSpec(
     call=scale_call,
     explain=same_shape_explained,
     key_params=("factor",),
+    functional_reader="scale",
+    examples=(Example(SEQUENCE, {"factor": 2.5}),),
+    shapes="shape kept; `x * factor` (the importer reads `x * c`, `c * x` and `x / c`)",
 )
 
 ENTRIES = (ADD, MULTIPLY, CONCAT, CHUNK, SCALE)

@@ -7,15 +7,20 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from builder.layers.base import (
+    IMAGE,
+    SEQUENCE,
+    SIGNAL,
     BOOL,
     EPS,
     Eps,
+    Example,
     Fix,
     LayerError,
     LayerSpec,
     NotMappable,
     Params,
     Probability,
+    Shape,
     Tensor,
     as_float,
     call,
@@ -29,6 +34,7 @@ from builder.layers.base import (
 )
 from i18n import N_, msg
 
+LAYOUT = {1: "[C, L]", 2: "[C, H, W]", 3: "[C, D, H, W]"}
 MOMENTUM = N_("a float in [0, 1] or null")
 
 
@@ -80,31 +86,26 @@ def batch_norm_from_module(m: Any) -> dict[str, Any]:
 
 BATCH_NORM_FORMULA = N_("y = (x - mean_B) / sqrt(var_B + eps) * gamma + beta")
 
-BATCH_NORM1D = LayerSpec(
-    name="BatchNorm1d",
-    category="Normalisation",
-    description=N_("Normalises each channel over the batch, then scales and shifts it."),
-    formula=BATCH_NORM_FORMULA,
-    params=BatchNorm1dParams,
-    infer=batch_norm_infer,
-    torch_modules=("BatchNorm1d",),
-    params_from_module=batch_norm_from_module,
-    count_params=channel_affine_count,
-    module=batch_norm_module,
-)
 
-BATCH_NORM2D = LayerSpec(
-    name="BatchNorm2d",
-    category="Normalisation",
-    description=N_("Normalises each channel over the batch, then scales and shifts it."),
-    formula=BATCH_NORM_FORMULA,
-    params=BatchNorm2dParams,
-    infer=batch_norm_infer,
-    torch_modules=("BatchNorm2d",),
-    params_from_module=batch_norm_from_module,
-    count_params=channel_affine_count,
-    module=batch_norm_module,
-)
+def batch_norm_entry(n: int, params: type[Params], example: Example) -> LayerSpec:
+    """BatchNorm{n}d: the same entry for every dimension (torch's _BatchNorm)."""
+    return LayerSpec(
+        name=f"BatchNorm{n}d",
+        category="Normalisation",
+        description=N_("Normalises each channel over the batch, then scales and shifts it."),
+        formula=BATCH_NORM_FORMULA,
+        params=params,
+        infer=batch_norm_infer,
+        torch_modules=(f"BatchNorm{n}d",),
+        params_from_module=batch_norm_from_module,
+        count_params=channel_affine_count,
+        module=batch_norm_module,
+        examples=(example,),
+    )
+
+
+BATCH_NORM1D = batch_norm_entry(1, BatchNorm1dParams, Example(SIGNAL))
+BATCH_NORM2D = batch_norm_entry(2, BatchNorm2dParams, Example(IMAGE, {"momentum": None}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,34 +152,39 @@ INSTANCE_NORM_FORMULA = N_(
     "y = (x - mean_HW) / sqrt(var_HW + eps) * gamma + beta, per sample and channel"
 )
 
-INSTANCE_NORM1D = LayerSpec(
-    name="InstanceNorm1d",
-    category="Normalisation",
-    description=N_(
-        "Normalises each channel of each sample over its length (style transfer, GANs)."
-    ),
-    formula=INSTANCE_NORM_FORMULA,
-    params=InstanceNorm1dParams,
-    infer=instance_norm_infer,
-    torch_modules=("InstanceNorm1d",),
-    params_from_module=batch_norm_from_module,
-    count_params=channel_affine_count,
-    module=instance_norm_module,
-)
 
-INSTANCE_NORM2D = LayerSpec(
-    name="InstanceNorm2d",
-    category="Normalisation",
-    description=N_(
-        "Normalises each channel of each sample over its pixels (style transfer, GANs)."
-    ),
-    formula=INSTANCE_NORM_FORMULA,
-    params=InstanceNorm2dParams,
-    infer=instance_norm_infer,
-    torch_modules=("InstanceNorm2d",),
-    params_from_module=batch_norm_from_module,
-    count_params=channel_affine_count,
-    module=instance_norm_module,
+def instance_norm_entry(
+    n: int, params: type[Params], description: str, example: Example
+) -> LayerSpec:
+    """InstanceNorm{n}d: the same entry for every dimension."""
+    return LayerSpec(
+        name=f"InstanceNorm{n}d",
+        category="Normalisation",
+        description=description,
+        formula=INSTANCE_NORM_FORMULA,
+        params=params,
+        infer=instance_norm_infer,
+        torch_modules=(f"InstanceNorm{n}d",),
+        functional_reader="instance_norm",
+        params_from_module=batch_norm_from_module,
+        count_params=channel_affine_count,
+        module=instance_norm_module,
+        examples=(example,),
+        shapes=f"{LAYOUT[n]} kept",
+    )
+
+
+INSTANCE_NORM1D = instance_norm_entry(
+    1,
+    InstanceNorm1dParams,
+    N_("Normalises each channel of each sample over its length (style transfer, GANs)."),
+    Example(SIGNAL),
+)
+INSTANCE_NORM2D = instance_norm_entry(
+    2,
+    InstanceNorm2dParams,
+    N_("Normalises each channel of each sample over its pixels (style transfer, GANs)."),
+    Example(IMAGE, {"affine": True}),
 )
 
 
@@ -227,6 +233,8 @@ LAYER_NORM = LayerSpec(
     params_from_module=layer_norm_from_module,
     count_params=layer_norm_count,
     module=layer_norm_module,
+    examples=(Example(SEQUENCE), Example(SEQUENCE, {"bias": False})),
+    shapes="the last dim normalised",
 )
 
 
@@ -259,6 +267,8 @@ RMS_NORM = LayerSpec(
     params_from_module=rms_norm_from_module,
     count_params=rms_norm_count,
     module=rms_norm_module,
+    examples=(Example(SEQUENCE, {"eps": 1e-6}),),
+    shapes="the last dim normalised",
 )
 
 
@@ -297,6 +307,11 @@ def group_norm_from_module(m: Any) -> dict[str, Any]:
     return {"num_groups": m.num_groups, "eps": m.eps, "affine": m.affine}
 
 
+def group_norm_fitted(shape: Shape) -> dict[str, Any]:
+    """A new GroupNorm: up to 8 groups that divide the channels."""
+    return {"num_groups": fitting_divisor(shape[0], 8)}
+
+
 GROUP_NORM = LayerSpec(
     name="GroupNorm",
     category="Normalisation",
@@ -307,9 +322,12 @@ GROUP_NORM = LayerSpec(
     torch_modules=("GroupNorm",),
     params_from_module=group_norm_from_module,
     starter={"num_groups": 1},
+    fitted_starter=group_norm_fitted,
     count_params=channel_affine_count,
     module=group_norm_module,
     key_params=("num_groups",),
+    examples=(Example(IMAGE, {"num_groups": 2}),),
+    shapes="[C, ...] kept; num_groups divides C",
 )
 
 ENTRIES = (

@@ -8,21 +8,21 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from builder.layers.base import (
+    IMAGE,
+    SEQUENCE,
+    SIGNAL,
     BOOL,
     MAX_RANK,
-    PAD1,
-    PAD2,
-    SIZE1,
-    SIZE2,
+    PAD,
+    PAD_TEXT,
+    SIZE,
+    SIZE_TEXT,
+    Example,
     Fix,
     LayerError,
     LayerSpec,
     NotMappable,
-    Pad1,
-    Pad2,
     Params,
-    Size1,
-    Size2,
     Tensor,
     as_float,
     as_tuple,
@@ -36,48 +36,53 @@ from builder.layers.conv import window_explain, window_sizes
 from i18n import Message, N_, msg
 
 LAYOUT = {1: msg("[L] or [C, L]"), 2: msg("[H, W] or [C, H, W]")}
-STRIDE1 = N_("a positive int (default: kernel_size)")
-STRIDE2 = N_("a positive int or list of 2 (default: kernel_size)")
+STRIDE_TEXT = {
+    1: N_("a positive int (default: kernel_size)"),
+    2: N_("a positive int or list of 2 (default: kernel_size)"),
+    3: N_("a positive int or list of 3 (default: kernel_size)"),
+}
 
 
 # ---------------------------------------------------------------------------------------------
-# MaxPool, AvgPool
+# MaxPool, AvgPool: one definition each, the dimension a parameter (torch's _MaxPoolNd)
 
 
-class MaxPool1dParams(Params):
-    dims: ClassVar[int] = 1
-    kernel_size: Size1 = Field(description=SIZE1)
-    stride: Size1 | None = Field(None, description=STRIDE1)
-    padding: Pad1 = Field(0, description=PAD1)
-    ceil_mode: bool = Field(False, description=BOOL)
-    dilation: Size1 = Field(1, description=SIZE1)
+def max_pool_params(n: int) -> type[Params]:
+    """The params of MaxPool{n}d."""
+
+    class MaxPoolParams(Params):
+        __qualname__ = f"MaxPool{n}dParams"
+        dims: ClassVar[int] = n
+        kernel_size: SIZE[n] = Field(description=SIZE_TEXT[n])
+        stride: SIZE[n] | None = Field(None, description=STRIDE_TEXT[n])
+        padding: PAD[n] = Field(0, description=PAD_TEXT[n])
+        ceil_mode: bool = Field(False, description=BOOL)
+        dilation: SIZE[n] = Field(1, description=SIZE_TEXT[n])
+
+    MaxPoolParams.__name__ = MaxPoolParams.__qualname__
+    return MaxPoolParams
 
 
-class MaxPool2dParams(Params):
-    dims: ClassVar[int] = 2
-    kernel_size: Size2 = Field(description=SIZE2)
-    stride: Size2 | None = Field(None, description=STRIDE2)
-    padding: Pad2 = Field(0, description=PAD2)
-    ceil_mode: bool = Field(False, description=BOOL)
-    dilation: Size2 = Field(1, description=SIZE2)
+def avg_pool_params(n: int) -> type[Params]:
+    """The params of AvgPool{n}d."""
+
+    class AvgPoolParams(Params):
+        __qualname__ = f"AvgPool{n}dParams"
+        dims: ClassVar[int] = n
+        kernel_size: SIZE[n] = Field(description=SIZE_TEXT[n])
+        stride: SIZE[n] | None = Field(None, description=STRIDE_TEXT[n])
+        padding: PAD[n] = Field(0, description=PAD_TEXT[n])
+        ceil_mode: bool = Field(False, description=BOOL)
+        count_include_pad: bool = Field(True, description=BOOL)
+
+    AvgPoolParams.__name__ = AvgPoolParams.__qualname__
+    return AvgPoolParams
 
 
-class AvgPool1dParams(Params):
-    dims: ClassVar[int] = 1
-    kernel_size: Size1 = Field(description=SIZE1)
-    stride: Size1 | None = Field(None, description=STRIDE1)
-    padding: Pad1 = Field(0, description=PAD1)
-    ceil_mode: bool = Field(False, description=BOOL)
-    count_include_pad: bool = Field(True, description=BOOL)
-
-
-class AvgPool2dParams(Params):
-    dims: ClassVar[int] = 2
-    kernel_size: Size2 = Field(description=SIZE2)
-    stride: Size2 | None = Field(None, description=STRIDE2)
-    padding: Pad2 = Field(0, description=PAD2)
-    ceil_mode: bool = Field(False, description=BOOL)
-    count_include_pad: bool = Field(True, description=BOOL)
+MaxPool1dParams = max_pool_params(1)
+MaxPool2dParams = max_pool_params(2)
+AvgPool1dParams = avg_pool_params(1)
+AvgPool2dParams = avg_pool_params(2)
 
 
 def pool_infer(p: Any, xs: list[Tensor]) -> Tensor:
@@ -98,11 +103,11 @@ def pool_infer(p: Any, xs: list[Tensor]) -> Tensor:
     return Tensor(lead + window_sizes(p, size, padding))
 
 
-def max_pool_module(p: MaxPool1dParams | MaxPool2dParams, xs: list[Tensor]) -> str:
+def max_pool_module(p: Any, xs: list[Tensor]) -> str:
     return call(f"nn.MaxPool{p.dims}d", **changed(p, *type(p).model_fields))
 
 
-def avg_pool_module(p: AvgPool1dParams | AvgPool2dParams, xs: list[Tensor]) -> str:
+def avg_pool_module(p: Any, xs: list[Tensor]) -> str:
     return call(f"nn.AvgPool{p.dims}d", **changed(p, *type(p).model_fields))
 
 
@@ -141,68 +146,68 @@ def avg_pool_from_module(m: Any) -> dict[str, Any]:
 
 POOL_FORMULA = N_("O = floor((I + 2p - d(k-1) - 1)/s) + 1, s defaults to k")
 
-MAX_POOL1D = LayerSpec(
-    name="MaxPool1d",
-    category="Pooling",
-    description=N_("Keeps the largest value of each window, shrinking the spatial size."),
-    formula=POOL_FORMULA,
-    params=MaxPool1dParams,
-    infer=pool_infer,
-    torch_modules=("MaxPool1d",),
-    functional=("torch.nn.functional.max_pool1d", "torch.max_pool1d"),
-    params_from_module=max_pool_from_module,
-    starter={"kernel_size": 2},
-    module=max_pool_module,
-    explain=pool_explain,
-    key_params=("kernel_size", "stride"),
-)
 
-MAX_POOL2D = LayerSpec(
-    name="MaxPool2d",
-    category="Pooling",
-    description=N_("Keeps the largest value of each window, shrinking the spatial size."),
-    formula=POOL_FORMULA,
-    params=MaxPool2dParams,
-    infer=pool_infer,
-    torch_modules=("MaxPool2d",),
-    functional=("torch.nn.functional.max_pool2d", "torch.max_pool2d"),
-    params_from_module=max_pool_from_module,
-    starter={"kernel_size": 2},
-    module=max_pool_module,
-    explain=pool_explain,
-    key_params=("kernel_size", "stride"),
-)
+def max_pool_entry(n: int, functional: tuple[str, ...], example: Example) -> LayerSpec:
+    """MaxPool{n}d: the same entry for every dimension."""
+    return LayerSpec(
+        name=f"MaxPool{n}d",
+        category="Pooling",
+        description=N_("Keeps the largest value of each window, shrinking the spatial size."),
+        formula=POOL_FORMULA,
+        params=max_pool_params(n),
+        infer=pool_infer,
+        torch_modules=(f"MaxPool{n}d",),
+        functional=functional,
+        functional_reader="pool",
+        params_from_module=max_pool_from_module,
+        starter={"kernel_size": 2},
+        module=max_pool_module,
+        explain=pool_explain,
+        key_params=("kernel_size", "stride"),
+        examples=(example,),
+        shapes=f"{LAYOUT[n]}, shrunk by the window",
+    )
 
-AVG_POOL1D = LayerSpec(
-    name="AvgPool1d",
-    category="Pooling",
-    description=N_("Keeps the mean of each window, shrinking the spatial size."),
-    formula=POOL_FORMULA,
-    params=AvgPool1dParams,
-    infer=pool_infer,
-    torch_modules=("AvgPool1d",),
-    functional=("torch.nn.functional.avg_pool1d", "torch.avg_pool1d"),
-    params_from_module=avg_pool_from_module,
-    starter={"kernel_size": 2},
-    module=avg_pool_module,
-    explain=pool_explain,
-    key_params=("kernel_size", "stride"),
-)
 
-AVG_POOL2D = LayerSpec(
-    name="AvgPool2d",
-    category="Pooling",
-    description=N_("Keeps the mean of each window, shrinking the spatial size."),
-    formula=POOL_FORMULA,
-    params=AvgPool2dParams,
-    infer=pool_infer,
-    torch_modules=("AvgPool2d",),
-    functional=("torch.nn.functional.avg_pool2d",),
-    params_from_module=avg_pool_from_module,
-    starter={"kernel_size": 2},
-    module=avg_pool_module,
-    explain=pool_explain,
-    key_params=("kernel_size", "stride"),
+def avg_pool_entry(n: int, functional: tuple[str, ...], example: Example) -> LayerSpec:
+    """AvgPool{n}d: the same entry for every dimension."""
+    return LayerSpec(
+        name=f"AvgPool{n}d",
+        category="Pooling",
+        description=N_("Keeps the mean of each window, shrinking the spatial size."),
+        formula=POOL_FORMULA,
+        params=avg_pool_params(n),
+        infer=pool_infer,
+        torch_modules=(f"AvgPool{n}d",),
+        functional=functional,
+        functional_reader="pool",
+        params_from_module=avg_pool_from_module,
+        starter={"kernel_size": 2},
+        module=avg_pool_module,
+        explain=pool_explain,
+        key_params=("kernel_size", "stride"),
+        examples=(example,),
+        shapes=f"{LAYOUT[n]}, shrunk by the window",
+    )
+
+
+MAX_POOL1D = max_pool_entry(
+    1,
+    ("torch.nn.functional.max_pool1d", "torch.max_pool1d"),
+    Example(SIGNAL, {"kernel_size": 2}),
+)
+MAX_POOL2D = max_pool_entry(
+    2,
+    ("torch.nn.functional.max_pool2d", "torch.max_pool2d"),
+    Example(IMAGE, {"kernel_size": 3, "stride": 2, "padding": 1}),
+)
+AVG_POOL1D = avg_pool_entry(
+    1,
+    ("torch.nn.functional.avg_pool1d", "torch.avg_pool1d"),
+    Example(SIGNAL, {"kernel_size": 3, "count_include_pad": False, "padding": 1}),
+)
+AVG_POOL2D = avg_pool_entry(
+    2, ("torch.nn.functional.avg_pool2d",), Example(IMAGE, {"kernel_size": 2})
 )
 
 
@@ -210,26 +215,32 @@ AVG_POOL2D = LayerSpec(
 # Adaptive pooling: a fixed output size, whatever the input size
 
 
-class Adaptive1dParams(Params):
-    dims: ClassVar[int] = 1
-    output_size: Size1 = Field(description=SIZE1)
+def adaptive_params(n: int) -> type[Params]:
+    """The params of AdaptiveAvgPool{n}d and AdaptiveMaxPool{n}d."""
+
+    class AdaptiveParams(Params):
+        __qualname__ = f"Adaptive{n}dParams"
+        dims: ClassVar[int] = n
+        output_size: SIZE[n] = Field(description=SIZE_TEXT[n])
+
+    AdaptiveParams.__name__ = AdaptiveParams.__qualname__
+    return AdaptiveParams
 
 
-class Adaptive2dParams(Params):
-    dims: ClassVar[int] = 2
-    output_size: Size2 = Field(description=SIZE2)
+Adaptive1dParams = adaptive_params(1)
+Adaptive2dParams = adaptive_params(2)
 
 
-def adaptive_infer(p: Adaptive1dParams | Adaptive2dParams, xs: list[Tensor]) -> Tensor:
+def adaptive_infer(p: Any, xs: list[Tensor]) -> Tensor:
     need_rank(xs[0], (p.dims, p.dims + 1), LAYOUT[p.dims])
     return Tensor(xs[0].shape[: -p.dims] + as_tuple(p.output_size, p.dims))
 
 
-def adaptive_avg_module(p: Adaptive1dParams | Adaptive2dParams, xs: list[Tensor]) -> str:
+def adaptive_avg_module(p: Any, xs: list[Tensor]) -> str:
     return call(f"nn.AdaptiveAvgPool{p.dims}d", fmt(p.output_size))
 
 
-def adaptive_max_module(p: Adaptive1dParams | Adaptive2dParams, xs: list[Tensor]) -> str:
+def adaptive_max_module(p: Any, xs: list[Tensor]) -> str:
     return call(f"nn.AdaptiveMaxPool{p.dims}d", fmt(p.output_size))
 
 
@@ -244,64 +255,77 @@ def adaptive_from_module(m: Any) -> dict[str, Any]:
 
 ADAPTIVE_FORMULA = N_("window i covers [floor(i*I/O), ceil((i+1)*I/O))")
 
-ADAPTIVE_AVG_POOL1D = LayerSpec(
-    name="AdaptiveAvgPool1d",
-    category="Pooling",
-    description=N_("Averages into a fixed output size, whatever the input size."),
-    formula=ADAPTIVE_FORMULA,
-    params=Adaptive1dParams,
-    infer=adaptive_infer,
-    torch_modules=("AdaptiveAvgPool1d",),
-    functional=("torch.nn.functional.adaptive_avg_pool1d", "torch.adaptive_avg_pool1d"),
-    params_from_module=adaptive_from_module,
-    starter={"output_size": 1},
-    module=adaptive_avg_module,
-    key_params=("output_size",),
-)
 
-ADAPTIVE_AVG_POOL2D = LayerSpec(
-    name="AdaptiveAvgPool2d",
-    category="Pooling",
-    description=N_("Averages into a fixed output size, whatever the input size."),
-    formula=ADAPTIVE_FORMULA,
-    params=Adaptive2dParams,
-    infer=adaptive_infer,
-    torch_modules=("AdaptiveAvgPool2d",),
-    functional=("torch.nn.functional.adaptive_avg_pool2d",),
-    params_from_module=adaptive_from_module,
-    starter={"output_size": 1},
-    module=adaptive_avg_module,
-    key_params=("output_size",),
-)
+def adaptive_max_onnx_limit(p: Any, xs: list[Tensor], y: Tensor) -> Message | None:
+    """ONNX has no adaptive max pooling: it exports as a plain MaxPool, which needs each output
+    size to divide the input size."""
+    size, out = xs[0].shape[-p.dims :], y.shape[-p.dims :]
+    if all(i % o == 0 for i, o in zip(size, out, strict=True)):
+        return None
+    return msg(
+        "ONNX has no adaptive max pooling; it exports only where the output size divides the"
+        " input size, here {size} by {out}",
+        size=str(list(size)),
+        out=str(list(out)),
+    )
 
-ADAPTIVE_MAX_POOL1D = LayerSpec(
-    name="AdaptiveMaxPool1d",
-    category="Pooling",
-    description=N_("Keeps the largest value of each of a fixed number of windows."),
-    formula=ADAPTIVE_FORMULA,
-    params=Adaptive1dParams,
-    infer=adaptive_infer,
-    torch_modules=("AdaptiveMaxPool1d",),
-    functional=("torch.nn.functional.adaptive_max_pool1d",),
-    params_from_module=adaptive_from_module,
-    starter={"output_size": 1},
-    module=adaptive_max_module,
-    key_params=("output_size",),
-)
 
-ADAPTIVE_MAX_POOL2D = LayerSpec(
-    name="AdaptiveMaxPool2d",
-    category="Pooling",
-    description=N_("Keeps the largest value of each of a fixed number of windows."),
-    formula=ADAPTIVE_FORMULA,
-    params=Adaptive2dParams,
-    infer=adaptive_infer,
-    torch_modules=("AdaptiveMaxPool2d",),
-    functional=("torch.nn.functional.adaptive_max_pool2d",),
-    params_from_module=adaptive_from_module,
-    starter={"output_size": 1},
-    module=adaptive_max_module,
-    key_params=("output_size",),
+def adaptive_avg_entry(n: int, functional: tuple[str, ...], example: Example) -> LayerSpec:
+    """AdaptiveAvgPool{n}d: the same entry for every dimension."""
+    return LayerSpec(
+        name=f"AdaptiveAvgPool{n}d",
+        category="Pooling",
+        description=N_("Averages into a fixed output size, whatever the input size."),
+        formula=ADAPTIVE_FORMULA,
+        params=adaptive_params(n),
+        infer=adaptive_infer,
+        torch_modules=(f"AdaptiveAvgPool{n}d",),
+        functional=functional,
+        functional_reader="adaptive_pool",
+        params_from_module=adaptive_from_module,
+        starter={"output_size": 1},
+        module=adaptive_avg_module,
+        key_params=("output_size",),
+        examples=(example,),
+        shapes=f"{LAYOUT[n]} -> [C, output_size...]",
+    )
+
+
+def adaptive_max_entry(n: int, functional: tuple[str, ...], example: Example) -> LayerSpec:
+    """AdaptiveMaxPool{n}d: the same entry for every dimension."""
+    return LayerSpec(
+        name=f"AdaptiveMaxPool{n}d",
+        category="Pooling",
+        description=N_("Keeps the largest value of each of a fixed number of windows."),
+        formula=ADAPTIVE_FORMULA,
+        params=adaptive_params(n),
+        infer=adaptive_infer,
+        torch_modules=(f"AdaptiveMaxPool{n}d",),
+        functional=functional,
+        functional_reader="adaptive_pool",
+        params_from_module=adaptive_from_module,
+        starter={"output_size": 1},
+        module=adaptive_max_module,
+        key_params=("output_size",),
+        onnx_limit=adaptive_max_onnx_limit,
+        examples=(example,),
+        shapes=f"{LAYOUT[n]} -> [C, output_size...] (ONNX: the output size divides the input)",
+    )
+
+
+ADAPTIVE_AVG_POOL1D = adaptive_avg_entry(
+    1,
+    ("torch.nn.functional.adaptive_avg_pool1d", "torch.adaptive_avg_pool1d"),
+    Example(SIGNAL, {"output_size": 4}),
+)
+ADAPTIVE_AVG_POOL2D = adaptive_avg_entry(
+    2, ("torch.nn.functional.adaptive_avg_pool2d",), Example(IMAGE, {"output_size": 2})
+)
+ADAPTIVE_MAX_POOL1D = adaptive_max_entry(
+    1, ("torch.nn.functional.adaptive_max_pool1d",), Example(SIGNAL, {"output_size": 4})
+)
+ADAPTIVE_MAX_POOL2D = adaptive_max_entry(
+    2, ("torch.nn.functional.adaptive_max_pool2d",), Example(IMAGE, {"output_size": 3})
 )
 
 
@@ -334,8 +358,11 @@ SEQUENCE_POOL = LayerSpec(
     params=SequencePoolParams,
     infer=sequence_pool_infer,
     functional=("Tensor.mean", "torch.mean", "Tensor.amax", "torch.amax", "Tensor.max"),
+    functional_reader="reduce",
     call=sequence_pool_call,
     key_params=("mode",),
+    examples=(Example(SEQUENCE, {"mode": "max"}), Example(SEQUENCE, {"mode": "mean"})),
+    shapes="[T, F] -> [F]",
 )
 
 ENTRIES = (

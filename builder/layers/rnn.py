@@ -7,9 +7,11 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from builder.layers.base import (
+    SEQUENCE,
     BOOL,
     PROBABILITY,
     Advice,
+    Example,
     Fix,
     LayerSpec,
     NotMappable,
@@ -120,61 +122,58 @@ def recurrent_from_module(m: Any) -> dict[str, Any]:
     return params
 
 
-RNN = LayerSpec(
-    name="RNN",
-    category="Recurrent",
-    description=N_("A simple recurrent layer: a hidden state updated at each time step."),
-    formula=N_("h_t = tanh(W_ih x_t + W_hh h_(t-1) + b)"),
-    params=RNNParams,
-    infer=recurrent_infer,
-    torch_modules=("RNN",),
-    params_from_module=recurrent_from_module,
-    starter={"hidden_size": 64},
-    count_params=recurrent_count,
-    macs=recurrent_macs,
-    module=recurrent_module,
-    call=recurrent_call,
-    explain=same_shape_explained,
-    advise=recurrent_advise,
-    key_params=("hidden_size", "num_layers", "bidirectional"),
-)
+def recurrent_entry(
+    params: type[RecurrentParams],
+    description: str,
+    formula: str,
+    second_output: str,
+    example: Example,
+) -> LayerSpec:
+    """RNN, LSTM, GRU: one entry, the kind a parameter (torch's RNNBase)."""
+    return LayerSpec(
+        name=params.kind,
+        category="Recurrent",
+        description=description,
+        formula=formula,
+        params=params,
+        infer=recurrent_infer,
+        torch_modules=(params.kind,),
+        params_from_module=recurrent_from_module,
+        starter={"hidden_size": 64},
+        count_params=recurrent_count,
+        macs=recurrent_macs,
+        module=recurrent_module,
+        call=recurrent_call,
+        explain=same_shape_explained,
+        advise=recurrent_advise,
+        key_params=("hidden_size", "num_layers", "bidirectional"),
+        second_output=second_output,
+        sequence_output=True,
+        examples=(example,),
+        shapes="[T, F] -> [T, hidden_size (x2 if bidirectional)]",
+    )
 
-LSTM = LayerSpec(
-    name="LSTM",
-    category="Recurrent",
-    description=N_("A recurrent layer with a memory cell and input, forget and output gates."),
-    formula=N_("c_t = f_t * c_(t-1) + i_t * g_t; h_t = o_t * tanh(c_t)"),
-    params=LSTMParams,
-    infer=recurrent_infer,
-    torch_modules=("LSTM",),
-    params_from_module=recurrent_from_module,
-    starter={"hidden_size": 64},
-    count_params=recurrent_count,
-    macs=recurrent_macs,
-    module=recurrent_module,
-    call=recurrent_call,
-    explain=same_shape_explained,
-    advise=recurrent_advise,
-    key_params=("hidden_size", "num_layers", "bidirectional"),
-)
 
-GRU = LayerSpec(
-    name="GRU",
-    category="Recurrent",
-    description=N_("A gated recurrent layer (update and reset gates)."),
-    formula=N_("h_t = (1 - z_t) * n_t + z_t * h_(t-1)"),
-    params=GRUParams,
-    infer=recurrent_infer,
-    torch_modules=("GRU",),
-    params_from_module=recurrent_from_module,
-    starter={"hidden_size": 64},
-    count_params=recurrent_count,
-    macs=recurrent_macs,
-    module=recurrent_module,
-    call=recurrent_call,
-    explain=same_shape_explained,
-    advise=recurrent_advise,
-    key_params=("hidden_size", "num_layers", "bidirectional"),
+RNN = recurrent_entry(
+    RNNParams,
+    N_("A simple recurrent layer: a hidden state updated at each time step."),
+    N_("h_t = tanh(W_ih x_t + W_hh h_(t-1) + b)"),
+    N_("the final hidden state h_n"),
+    Example(SEQUENCE, {"hidden_size": 8}),
+)
+LSTM = recurrent_entry(
+    LSTMParams,
+    N_("A recurrent layer with a memory cell and input, forget and output gates."),
+    N_("c_t = f_t * c_(t-1) + i_t * g_t; h_t = o_t * tanh(c_t)"),
+    N_("the final states (h_n, c_n)"),
+    Example(SEQUENCE, {"hidden_size": 8, "bidirectional": True}),
+)
+GRU = recurrent_entry(
+    GRUParams,
+    N_("A gated recurrent layer (update and reset gates)."),
+    N_("h_t = (1 - z_t) * n_t + z_t * h_(t-1)"),
+    N_("the final hidden state h_n"),
+    Example(SEQUENCE, {"hidden_size": 8, "num_layers": 2}),
 )
 
 ENTRIES = (RNN, LSTM, GRU)

@@ -7,7 +7,9 @@ from typing import Any
 from pydantic import Field
 
 from builder.layers.base import (
+    TOKENS,
     MAX_SIZE,
+    Example,
     LayerError,
     LayerSpec,
     NotMappable,
@@ -78,6 +80,10 @@ EMBEDDING = LayerSpec(
     count_params=embedding_count,
     module=embedding_module,
     key_params=("num_embeddings", "embedding_dim"),
+    sequence_output=True,
+    takes_token_ids=True,
+    examples=(Example(TOKENS, {"num_embeddings": 10, "embedding_dim": 8}, "int64"),),
+    shapes="int64 [T] -> [T, embedding_dim]",
 )
 
 ENTRIES = (EMBEDDING,)

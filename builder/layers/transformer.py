@@ -8,17 +8,20 @@ from typing import Any, Literal
 from pydantic import Field
 
 from builder.layers.base import (
+    SEQUENCE,
     BOOL,
     EPS,
     MAX_SIZE,
     PROBABILITY,
     Eps,
+    Example,
     Fix,
     LayerError,
     LayerSpec,
     NotMappable,
     Params,
     Probability,
+    Shape,
     Tensor,
     as_float,
     call,
@@ -134,6 +137,11 @@ def attention_from_module(m: Any) -> dict[str, Any]:
     }
 
 
+def attention_fitted(shape: Shape) -> dict[str, Any]:
+    """A new attention layer: up to 4 heads that divide the width."""
+    return {"num_heads": fitting_divisor(shape[-1], 4)}
+
+
 MULTIHEAD_ATTENTION = LayerSpec(
     name="MultiheadAttention",
     category="Attention",
@@ -150,6 +158,12 @@ MULTIHEAD_ATTENTION = LayerSpec(
     call=attention_call,
     key_params=("num_heads", "causal"),
     helper=("causal_mask", CAUSAL_MASK),
+    fitted_starter=attention_fitted,
+    second_output=N_("the attention weights"),
+    sequence_output=True,
+    attends=True,
+    examples=(Example(SEQUENCE, {"num_heads": 2, "causal": True}),),
+    shapes="self-attention [T, E] -> [T, E]; num_heads divides E",
 )
 
 
@@ -223,6 +237,11 @@ def encoder_from_module(m: Any) -> dict[str, Any]:
     }
 
 
+def encoder_fitted(shape: Shape) -> dict[str, Any]:
+    """A new encoder layer: up to 4 heads that divide the width, a feed-forward 4x as wide."""
+    return {"nhead": fitting_divisor(shape[-1], 4), "dim_feedforward": 4 * shape[-1]}
+
+
 TRANSFORMER_ENCODER_LAYER = LayerSpec(
     name="TransformerEncoderLayer",
     category="Attention",
@@ -239,6 +258,14 @@ TRANSFORMER_ENCODER_LAYER = LayerSpec(
     call=encoder_call,
     key_params=("nhead", "dim_feedforward", "causal"),
     helper=("causal_mask", CAUSAL_MASK),
+    fitted_starter=encoder_fitted,
+    sequence_output=True,
+    attends=True,
+    examples=(
+        Example(SEQUENCE, {"nhead": 2, "dim_feedforward": 16}),
+        Example(SEQUENCE, {"nhead": 2, "dim_feedforward": 16, "causal": True}),
+    ),
+    shapes="[T, E] -> [T, E]",
 )
 
 
@@ -313,6 +340,12 @@ POSITIONAL_ENCODING_SPEC = LayerSpec(
     explain=positional_explain,
     key_params=("kind", "max_len"),
     helper=("PositionalEncoding", POSITIONAL_ENCODING),
+    sequence_output=True,
+    examples=(
+        Example(SEQUENCE, {"kind": "sinusoidal", "max_len": 10}),
+        Example(SEQUENCE, {"max_len": 8, "dropout": 0.1}),
+    ),
+    shapes="[T, E] -> [T, E], added; T <= max_len (model.py defines a small class for it)",
 )
 
 ENTRIES = (MULTIHEAD_ATTENTION, TRANSFORMER_ENCODER_LAYER, POSITIONAL_ENCODING_SPEC)

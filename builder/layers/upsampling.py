@@ -8,7 +8,10 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from builder.layers.base import (
+    IMAGE,
+    SIGNAL,
     MAX_SIZE,
+    Example,
     Fix,
     LayerError,
     LayerSpec,
@@ -161,6 +164,14 @@ UPSAMPLE = LayerSpec(
     module=upsample_module,
     explain=upsample_explain,
     key_params=("scale_factor", "size", "mode"),
+    functional_reader="interpolate",
+    examples=(
+        Example(IMAGE, {"scale_factor": 1.5, "mode": "bilinear"}),
+        Example(IMAGE, {"size": [9, 9]}),
+        Example(SIGNAL, {"scale_factor": 2.0, "mode": "linear"}),
+    ),
+    shapes='exactly one of size and scale_factor; mode "linear" for [C, L], "bilinear" for'
+    " [C, H, W]; O = floor(I * scale_factor) or size",
 )
 
 ENTRIES = (UPSAMPLE,)

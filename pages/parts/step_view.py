@@ -169,6 +169,13 @@ def node_faces(analysis: Analysis, record: StepRecord, stage: str) -> dict[str, 
     return state
 
 
+def step_canvas_height(analysis: Analysis) -> int:
+    """Taller than the live graph's: each node carries numbers a learner reads, so the fitted
+    graph must be drawn near full size (the page scrolls past it)."""
+    heights = [y for _, y in live_graph.compact_positions(analysis.graph).values()]
+    return min(max(int(max(heights) - min(heights)) + 160, 420), 2400)
+
+
 def map_figure(values: torch.Tensor, title: str, diverging: bool = False) -> go.Figure:
     """One sample's tensor as a person reads it: channel maps side by side for [C, H, W], a
     heatmap for [T, E] or [C, L], a heat strip for a vector."""
@@ -181,7 +188,7 @@ def map_figure(values: torch.Tensor, title: str, diverging: bool = False) -> go.
         fig = make_subplots(
             rows=1,
             cols=len(channels),
-            subplot_titles=[_("channel {n}", n=c) for c in range(len(channels))],
+            subplot_titles=[f"#{c}" for c in range(len(channels))],
             horizontal_spacing=0.02,
         )
         for c, channel in enumerate(channels):
@@ -190,7 +197,10 @@ def map_figure(values: torch.Tensor, title: str, diverging: bool = False) -> go.
                 row=1,
                 col=c + 1,
             )
-            fig.update_yaxes(autorange="reversed", showticklabels=False, row=1, col=c + 1)
+            anchor = f"x{c + 1}" if c else "x"
+            fig.update_yaxes(
+                autorange="reversed", showticklabels=False, scaleanchor=anchor, row=1, col=c + 1
+            )
             fig.update_xaxes(showticklabels=False, row=1, col=c + 1)
     else:
         grid = array.reshape(1, -1) if array.ndim <= 1 else array.reshape(array.shape[0], -1)
@@ -302,7 +312,9 @@ def _walk_view(
                 st.error(render_message(exc.detail))
                 return
         walk = Walk(key, int(first), int(first), 0, weights, weights, None)
-    rewind, forward = st.columns(2)
+    samples_column, stage_column = st.columns([2, 3], gap="medium")
+    head = stage_column.container()
+    rewind, forward = stage_column.columns(2)
     if rewind.button(_("Rewind"), icon=":material/replay:", key="step-rewind", width="stretch"):
         walk = rewound(walk)
         st.session_state[_STAGE] = "forward"
@@ -320,29 +332,31 @@ def _walk_view(
             return
     st.session_state[_WALK] = walk
     record = walk.record
-    st.caption(
-        _(
-            "Step {step}: samples {first} to {last} of {dataset}; {optimizer}, learning rate"
-            " {lr}; the model is in train mode.",
-            step=walk.steps + 1,
-            first=walk.index,
-            last=walk.index + batch - 1,
-            dataset=dataset.name,
-            optimizer=OPTIMIZER_NAMES[record.optimizer],
-            lr=number(settings.lr),
+    with samples_column:
+        _samples(record, dataset, walk.index)
+    st.session_state.setdefault(_STAGE, "forward")
+    with head:
+        st.caption(
+            _(
+                "Step {step}: samples {first} to {last} of {dataset}; {optimizer}, learning rate"
+                " {lr}; the model is in train mode.",
+                step=walk.steps + 1,
+                first=walk.index,
+                last=walk.index + batch - 1,
+                dataset=dataset.name,
+                optimizer=OPTIMIZER_NAMES[record.optimizer],
+                lr=number(settings.lr),
+            )
         )
-    )
-    _samples(record, dataset, walk.index)
-    stage = st.segmented_control(
-        _("Stage"),
-        list(STAGES),
-        format_func=lambda s: translate(STAGES[s]),
-        default="forward",
-        key=_STAGE,
-        width="stretch",
-    )
+        stage = st.segmented_control(
+            _("Stage"),
+            list(STAGES),
+            format_func=lambda s: translate(STAGES[s]),
+            key=_STAGE,
+            width="stretch",
+        )
     stage = stage or "forward"
-    graph_column, detail_column = st.columns([2, 3], gap="medium")
+    graph_column, detail_column = st.columns([1, 1], gap="medium")
     with graph_column:
         state = node_faces(analysis, record, stage)
         graph_canvas(
@@ -350,8 +364,10 @@ def _walk_view(
                 **state,
                 "version": f"{key[:8]}-{walk.steps}-{walk.index}-{stage}",
                 "ack": 0,
-                "fit": 0,
-                "height": live_graph.canvas_height(analysis.graph),
+                # fitted again on every run: the first fit can come before the frame has its
+                # full height, and a read-only view has no zoom of the learner's to keep
+                "fit": _fit_count(),
+                "height": step_canvas_height(analysis),
                 "min_zoom": 0.2,
                 "node_width": live_graph.NODE_WIDTH,
             },
@@ -371,6 +387,12 @@ def _walk_view(
             _backward(record)
         else:
             _update(record)
+
+
+def _fit_count() -> int:
+    count = st.session_state.get("step-fit", 0) + 1
+    st.session_state["step-fit"] = count
+    return count
 
 
 def _checkpointed_runs(runs_dir: Path) -> list[str]:
@@ -431,13 +453,13 @@ def _explanation(explained: Explanation) -> None:
     for line in explained.lines:
         if isinstance(line, Message):
             if equations:
-                st.code("\n".join(equations), language=None)
+                st.code("\n".join(equations), language=None, wrap_lines=True)
                 equations = []
             st.markdown(markdown_literal(render_message(line)))
         else:
             equations.append(line)
     if equations:
-        st.code("\n".join(equations), language=None)
+        st.code("\n".join(equations), language=None, wrap_lines=True)
     text = _(
         "torch computed {value}; the formula gives {formula}",
         value=number(explained.torch_value),
