@@ -415,8 +415,9 @@ class _Draws(torch.utils.data.Dataset):
 
 
 def worker_count() -> int:
-    """DataLoader workers that decode ahead of training: a few, leaving a core to train."""
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
+    """DataLoader workers that decode ahead of training: a few, and no more than this process's
+    share of the cores (the app gives each trainer torch threads for its share)."""
+    return max(1, min(4, torch.get_num_threads(), (os.cpu_count() or 2) - 1))
 
 
 class LazyImages:
