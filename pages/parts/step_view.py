@@ -140,12 +140,13 @@ def rewound(walk: Walk) -> Walk:
     return Walk(walk.signature, walk.first, walk.first, 0, walk.start, walk.start, None)
 
 
-def statistics_text(tensor: torch.Tensor | None) -> str:
+def statistics_text(tensor: torch.Tensor | None, digits: int = 4) -> str:
+    """min · mean · max, each to `digits` significant digits."""
     if tensor is None or tensor.numel() == 0:
         return "–"
     values = tensor.detach().double()
     low, mean, high = float(values.min()), float(values.mean()), float(values.max())
-    return f"{number(low)} · {number(mean)} · {number(high)}"
+    return " · ".join(f"{value:.{digits}g}" for value in (low, mean, high))
 
 
 def node_faces(analysis: Analysis, record: StepRecord, stage: str) -> dict[str, Any]:
@@ -160,7 +161,7 @@ def node_faces(analysis: Analysis, record: StepRecord, stage: str) -> dict[str, 
             continue
         shown = trace.grad if backward else trace.output
         first = shown[0] if shown is not None and shown.dim() > 0 else shown
-        face["params"] = ("∂L/∂y " if backward else "y ") + statistics_text(first)
+        face["params"] = ("∇ " if backward else "y ") + statistics_text(first, 2 if backward else 3)
         face["shape"] = "[" + ", ".join(map(str, trace.shape)) + "]"
         if backward:
             norm = float(trace.grad.double().norm()) if trace.grad is not None else None
@@ -374,7 +375,7 @@ def _walk_view(
             key="step-canvas",
         )
         st.caption(
-            _("Each node shows min · mean · max of its gradient (first sample).")
+            _("Each node shows ∇ = dL/dy, its gradient: min · mean · max (first sample).")
             if stage in ("backward", "update")
             else _("Each node shows min · mean · max of its output (first sample).")
         )
