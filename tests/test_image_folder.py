@@ -286,3 +286,19 @@ def test_reproducing_pictures_read_one_by_one_is_refused_in_a_sentence(digits_zi
     autoencoder = analyse(chain(list(SHAPE), ("Conv2d", {"out_channels": 1, "kernel_size": 1})))
     problems = check_compatibility(autoencoder, dataset, target="input")
     assert "digits.zip is read picture by picture" in str(problems[0])
+
+
+def test_the_pages_augmentation_reaches_the_run_with_the_zip(tmp_path, monkeypatch, digits_zip):
+    """What the Train page's augmentation controls chose travels with the upload into the run's
+    config, and the trainer reads the run's own copy of the zip with it."""
+    from pages import train as page
+
+    monkeypatch.setattr(runs, "_enqueue", lambda folder: None)  # no trainer process
+    chosen = {"augment_crop": 1, "augment_flip": True, "augment_rotation": 10.0}
+    upload = page.Upload("digits.zip", digits_zip.read_bytes(), None, tuple(chosen.items()))
+    graph = chain_graph(list(SHAPE), ("Flatten", {}), ("Linear", {"out_features": 10}))
+    run_id = page.start_training(tmp_path, graph, TrainConfig(), upload, None)
+    stored = TrainConfig.model_validate_json((tmp_path / run_id / "config.json").read_text())
+    assert (stored.augment_crop, stored.augment_flip, stored.augment_rotation) == (1, True, 10.0)
+    dataset = dataset_for_run(tmp_path / run_id, stored, SHAPE)
+    assert dataset.x.folder.how == Augmentation(crop_padding=1, flip=True, rotation=10.0)
