@@ -313,3 +313,16 @@ def test_on_the_page_a_group_opens_an_edit_inside_keeps_it_and_undo_restores(
     titles = [n["type"] for n in shown_state(at)["nodes"]]
     assert titles == ["Input", *RESNET_TOP, "Output"]
     assert not at.exception
+
+
+def test_the_resnet_template_carries_its_residual_blocks_as_open_groups() -> None:
+    template = Path(__file__).resolve().parent.parent / "builder" / "templates" / "resnet.json"
+    graph = with_layout(load_graph(template.read_text()))
+    view, shown, _edges = faces(graph)
+    assert view.opened == {"block1", "block2", "block2.shortcut"}
+    for group in view.opened:
+        assert all(shown[n]["parent"] for n in view.tree.members[group])  # inside a frame
+    block1 = [nn.Conv2d(16, 16, 3, bias=False), nn.BatchNorm2d(16)] * 2  # as torchvision's
+    count = sum(p.numel() for module in block1 for p in module.parameters())
+    assert shown[view.canvas_ids["block1"]]["count"] == count_text(count)
+    assert "parent" not in shown["stem"] and "parent" not in shown["head"]
