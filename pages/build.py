@@ -195,6 +195,7 @@ def _add_from_palette(key: str) -> None:
     graph, node_id = edit.add_node_after(
         state.edited_graph(), layer_type, state.selected_node(), shapes
     )
+    graph = canvas.join_group(graph, node_id, state.selected_node())
     graph, reason = edit.fit_to_output(graph, node_id)
     state.set_edited_graph(graph)
     state.select(node_id)

@@ -14,6 +14,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 from torch import nn
 
+from builder import edit
 from builder.graph import Graph, dump_graph, load_graph
 from builder.groups import group_tree
 from builder.layout import with_layout
@@ -326,3 +327,15 @@ def test_the_resnet_template_carries_its_residual_blocks_as_open_groups() -> Non
     count = sum(p.numel() for module in block1 for p in module.parameters())
     assert shown[view.canvas_ids["block1"]]["count"] == count_text(count)
     assert "parent" not in shown["stem"] and "parent" not in shown["head"]
+
+
+def test_a_layer_added_after_one_inside_a_group_joins_that_group(resnet50) -> None:
+    _model, graph = resnet50
+    shapes = {node_id: info.shape for node_id, info in analyse(graph).infos.items()}
+    added, node_id = edit.add_node_after(graph, "Dropout", "layer2_0_conv2", shapes)
+    added = canvas.join_group(added, node_id, "layer2_0_conv2")
+    assert added.node(node_id).module == "layer2.0"
+    _view, shown, _edges = faces(added, frozenset(), node_id)
+    assert shown[node_id]["parent"] == _view.canvas_ids["layer2.0"]
+    outside, other = edit.add_node_after(graph, "Dropout", "flatten", shapes)  # in no group
+    assert canvas.join_group(outside, other, "flatten").node(other).module is None

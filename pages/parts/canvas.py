@@ -329,6 +329,18 @@ def group_view(graph: Graph, opened: frozenset[str] | None, selected: str | None
     )
 
 
+def join_group(graph: Graph, node_id: str, anchor: str | None) -> Graph:
+    """A layer added after `anchor` joins the group the anchor sits in (an edit inside a group
+    keeps the grouping): its module is that group's path."""
+    if anchor is None or anchor == node_id:
+        return graph
+    group = group_tree(graph).of_node.get(anchor, ROOT)
+    if group == ROOT:
+        return graph
+    nodes = [n.model_copy(update={"module": group}) if n.id == node_id else n for n in graph.nodes]
+    return graph.model_copy(update={"nodes": nodes})
+
+
 def _depth(tree: GroupTree, group: str) -> int:
     depth = 0
     while group != ROOT:
