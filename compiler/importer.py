@@ -1402,6 +1402,11 @@ def functional_tables(functional: dict[str, str]) -> tuple[dict[Any, str], dict[
     return functions, methods
 
 
+FUNCTION_TYPES, METHOD_TYPES = functional_tables(functional_table())
+# {catalog type: how its functional forms' arguments become params}, from each entry.
+ARGUMENT_READERS: dict[str, Handler] = {
+    spec.name: argument_reader(spec) for spec in CATALOG.values() if spec.functional
+}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -62,6 +62,7 @@ STAGES = {
 FROM_SEED = "__seed__"
 MAX_CHANNELS = 8  # channel maps shown side by side
 MAP_HEIGHT = 230
+ROW_STRETCH = 1.35  # the live graph's rows drawn further apart: these nodes hold more numbers
 _WALK = "step-walk"
 _STAGE = "step-stage"
 
@@ -156,6 +157,7 @@ def node_faces(analysis: Analysis, record: StepRecord, stage: str) -> dict[str, 
     state = live_graph.live_state(analysis.graph, {})
     backward = stage in ("backward", "update")
     for face in state["nodes"]:
+        face["y"] *= ROW_STRETCH
         trace = record.nodes.get(face["id"])
         if trace is None:
             continue
@@ -174,7 +176,7 @@ def step_canvas_height(analysis: Analysis) -> int:
     """Taller than the live graph's: each node carries numbers a learner reads, so the fitted
     graph must be drawn near full size (the page scrolls past it)."""
     heights = [y for _, y in live_graph.compact_positions(analysis.graph).values()]
-    return min(max(int(max(heights) - min(heights)) + 160, 420), 2400)
+    return min(max(int((max(heights) - min(heights)) * ROW_STRETCH) + 160, 420), 3000)
 
 
 def map_figure(values: torch.Tensor, title: str, diverging: bool = False) -> go.Figure:
