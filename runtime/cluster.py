@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import threading
@@ -50,9 +51,12 @@ NAMESPACE = "netbuilder"
 ROOT = Path(__file__).resolve().parents[1]
 UNBOUNDED = 1 << 62  # what the pool sees free on a cluster: Ray, not the pool, places by memory
 CANCEL_POLL_SECONDS = 0.1
+PROBE_SECONDS = 3.0  # a host:port that does not answer a TCP connection by then is unreachable
+RETRY_SECONDS = 30.0  # after a failed connection, calls fail at once for this long (no waiting)
 
 log = logging.getLogger(__name__)
 _CONNECTING = threading.Lock()
+_failed: tuple[float, ClusterError] | None = None  # the last failed connection: when, and why
 
 
 class ClusterError(RuntimeError):
@@ -94,12 +98,16 @@ def _ray() -> ModuleType:
 def connect() -> ModuleType:
     """ray, connected to the cluster at NETBUILDER_RAY_ADDRESS (once per process; a process that
     already called ray.init, a test's local instance, keeps its connection)."""
+    global _failed
     ray = _ray()
     with _CONNECTING:
         if ray.is_initialized():
             return ray
+        if _failed is not None and time.monotonic() - _failed[0] < RETRY_SECONDS:
+            raise _failed[1]  # a page or the pool asking again must not wait on it again
         address = os.environ.get(ADDRESS_ENV, "").strip() or "auto"
         try:
+            _probe(address)  # ray.init retries an address that does not answer for minutes
             ray.init(
                 address=address,
                 namespace=NAMESPACE,
@@ -107,14 +115,27 @@ def connect() -> ModuleType:
                 log_to_driver=False,
             )
         except Exception as exc:  # noqa: BLE001  (ray raises many kinds; each is one sentence)
-            raise ClusterError(
+            text = str(exc).strip()
+            reason = text.splitlines()[0][:200] if text else type(exc).__name__
+            error = ClusterError(
                 msg(
                     "cannot reach the Ray cluster at {address}: {reason}",
                     address=address,
-                    reason=str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc,
+                    reason=reason,
                 )
-            ) from None
+            )
+            _failed = (time.monotonic(), error)
+            raise error from None
+        _failed = None
     return ray
+
+
+def _probe(address: str) -> None:
+    """Raise OSError where the address's host:port does not accept a TCP connection within
+    PROBE_SECONDS; "auto" (and anything without a port) is left to ray.init."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if host and port.isdigit():
+        socket.create_connection((host, int(port)), timeout=PROBE_SECONDS).close()
 
 
 def job_runtime_env() -> dict[str, Any]:
@@ -128,7 +149,7 @@ def _cluster_totals() -> dict[str, float]:
     """The cluster's resources in all ({} where it cannot be reached: the caller falls back)."""
     try:
         return dict(connect().cluster_resources())
-    except ClusterError:
+    except Exception:  # noqa: BLE001  (ray missing, unreachable, or slow: the caller falls back)
         return {}
 
 
@@ -176,7 +197,7 @@ def never_fits(memory: dict[str, Any]) -> Message | None:
     asks = resources(memory)
     try:
         nodes = [node["Resources"] for node in connect().nodes() if node.get("Alive")]
-    except (ClusterError, KeyError, TypeError):
+    except Exception:  # noqa: BLE001  (ray missing, unreachable, or slow: Ray holds it pending)
         return None
     wanted = {"CPU": asks["num_cpus"], "GPU": asks["num_gpus"], "memory": asks["memory"]}
     if any(all(node.get(name, 0) >= need for name, need in wanted.items()) for node in nodes):

@@ -22,6 +22,10 @@ and writes each waiting run's place and reason into POOL_FILE. Start, Resume, St
 one run are serialised by a lock file in its folder: a second click finds the first under way.
 Stop escalates: the stop flag, then SIGTERM, then SIGKILL, and a run always ends "stopped" with
 its last checkpoint kept.
+
+With NETBUILDER_RAY_ADDRESS set, runs go to a Ray cluster instead (runtime/cluster.py): the pool
+still orders and counts them, Ray places each where what its sizing asks for is free, and a run's
+trainer is alive while Ray knows its actor; the hooks are marked `cluster.` below.
 """
 
 from __future__ import annotations
@@ -645,7 +649,8 @@ def _size(folder: Path) -> tuple[dict[str, Any], Message | None]:
         graph = load_graph((folder / store.GRAPH_FILE).read_text())
     except (OSError, ValueError):
         return {"device": "cpu", "bytes": sizing.TRAINER_PROCESS_BYTES, "processes": 1}, None
-    if cluster.enabled():  # sized for the cluster's devices, not this machine's
+    on_cluster = cluster.enabled()  # then sized for the cluster's devices, not this machine's
+    if on_cluster:
         device = cluster.resolve_device(config.device)
     else:
         device = sizing.resolve_device(config.device) or "cpu"
@@ -656,9 +661,8 @@ def _size(folder: Path) -> tuple[dict[str, Any], Message | None]:
         "bytes": sizing.claim_bytes(estimate.training_bytes, device),
         "processes": config.processes,
     }
-    if cluster.enabled():
-        return memory, cluster.never_fits(memory)
-    return memory, sizing.never_fits(estimate, device)
+    refusal = cluster.never_fits(memory) if on_cluster else sizing.never_fits(estimate, device)
+    return memory, refusal
 
 
 def _watch(root: Path) -> None:

@@ -8,6 +8,7 @@ why."""
 from __future__ import annotations
 
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -163,3 +164,19 @@ def test_a_cluster_set_without_ray_installed_says_so_when_a_run_starts(
     run_id = start_run(runs_dir, GRAPH, LONG)
     wait_for(lambda: status_of(runs_dir, run_id) == "interrupted", DEADLINE)
     assert "ray is not installed" in status_text(read_run(runs_dir, run_id), "en")
+
+
+def test_an_unreachable_cluster_is_named_when_a_run_starts_and_not_waited_for(
+    local_ray: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as closed:  # a port that nothing listens on once it is closed
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv(cluster.ADDRESS_ENV, f"127.0.0.1:{port}")
+    monkeypatch.setattr("ray.is_initialized", lambda: False)  # as in a server not yet connected
+    monkeypatch.setattr(cluster, "_failed", None)
+    runs_dir = tmp_path / "workspace"
+    run_id = start_run(runs_dir, GRAPH, LONG)
+    wait_for(lambda: status_of(runs_dir, run_id) == "interrupted", DEADLINE)
+    said = status_text(read_run(runs_dir, run_id), "en")
+    assert f"cannot reach the Ray cluster at 127.0.0.1:{port}" in said
