@@ -1147,11 +1147,15 @@ def stop_run(
 
 def _escalate(folder: Path, grace: float, kill_grace: float) -> None:
     """The stop flag is set; SIGTERM after grace, SIGKILL after kill_grace, then record it. A
-    run on a Ray cluster has its actor killed after grace instead."""
+    run on a Ray cluster has its actor killed after grace instead, at once while Ray still holds
+    it for a node (its trainer has not started: there is nothing to save)."""
     status = store.read_status(folder)
     entry = cluster.record(status)
     if entry is not None:
-        cluster.cancel(entry, grace)
+        unstarted = status.get("status") == "queued"
+        cluster.cancel(entry, 0.0 if unstarted else grace)
+        if unstarted and store.read_status(folder).get("status") == "queued":
+            store.update_status(folder, status="stopped", message=msg("stopped before it started"))
         _record_forced_stop(folder)
         return
     process = _process(status.get("pid"), status.get("pid_started"))

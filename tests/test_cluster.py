@@ -135,6 +135,29 @@ def test_a_killed_worker_reads_as_interrupted_and_resumes(on_cluster: None, tmp_
     stop_on_the_cluster(runs_dir, run_id)
 
 
+def test_a_run_waiting_for_a_node_says_so_and_stops_at_once(
+    on_cluster: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked = cluster.resources
+
+    def needing_a_node_that_is_not_there(memory: dict) -> dict:
+        return asked(memory) | {"resources": {"a-node-not-in-this-cluster": 1}}
+
+    monkeypatch.setattr(cluster, "resources", needing_a_node_that_is_not_there)
+    runs_dir = tmp_path / "workspace"
+    run_id = start_run(runs_dir, GRAPH, LONG)
+    wait_for(lambda: cluster.record(store.read_status(runs_dir / run_id)) is not None, DEADLINE)
+    waiting = read_run(runs_dir, run_id)
+    assert waiting.status == "queued"
+    assert "waiting for a node with 1 CPU, 0 GPU" in status_text(waiting, "en")
+    entry = actor_of(runs_dir, run_id)
+
+    stop_run(runs_dir, run_id)
+    wait_for(lambda: not cluster.alive(entry), DEADLINE)
+    wait_for(lambda: store.read_status(runs_dir / run_id)["status"] == "stopped", DEADLINE)
+    assert status_text(read_run(runs_dir, run_id), "en") == "stopped before it started"
+
+
 def test_a_run_no_node_could_ever_hold_is_refused_at_start(
     on_cluster: None, tmp_path: Path
 ) -> None:
