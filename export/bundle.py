@@ -1,8 +1,9 @@
 """The export bundle: everything a person takes home, as file name -> text. Pure.
 
 `model.py` is the very source the runtime trains, so a state_dict saved by a run (or by train.py)
-loads into it; `train.py` trains it anywhere with `loop.py`, `builtin_data.py` and `csv_table.py`,
-the runtime's own training loop, datasets and CSV reader copied verbatim; `graph.json` reopens
+loads into it; `train.py` trains it anywhere with `loop.py`, `run.py`, `builtin_data.py` and
+`csv_table.py`, the runtime's own training loop, the code around it, datasets and CSV reader
+copied verbatim; `graph.json` reopens
 the design in NetBuilder.
 """
 
@@ -32,7 +33,7 @@ def bundle_files(
     train_defaults: dict[str, Any] | None = None,
     lang: str | None = None,
 ) -> dict[str, str]:
-    """model.py, train.py, loop.py, builtin_data.py, csv_table.py, graph.json and README.md for a
+    """model.py, train.py, loop.py, run.py, builtin_data.py, csv_table.py, graph.json and README.md for a
     valid analysis of `graph`.
 
     `train_defaults` holds TrainConfig fields (e.g. `config.model_dump()`); train.py takes them as
@@ -69,12 +70,11 @@ def gan_bundle_files(
     problems = check_pair(generator, judge, tuple(generator.infos[output].shape or ()))
     if problems:
         raise ValueError(f"cannot export this GAN pair: {problems[0]}")
-    fake = tuple(generator.infos[output].shape or ())
     return {
         "model.py": gan_model_source(graph.name),
         "generator.py": generate_source(generator),
         "discriminator.py": generate_source(judge),
-        "train.py": gan_train_source(generator, fake, defaults),
+        "train.py": gan_train_source(generator, defaults),
         **{name: text for name, text in shared_sources().items() if name != "csv_table.py"},
         "graph.json": dump_graph(graph),
         "README.md": readme(generator, defaults, lang),
@@ -100,7 +100,7 @@ Exported from NetBuilder: {params} parameters, input [B, {shape_in}]
 | --- | --- |
 | model.py | the model: `from model import build_model` gives a `{class_name}` |
 | train.py | trains it on one device or many; `python train.py --help` lists every flag |
-| loop.py, builtin_data.py, csv_table.py | NetBuilder's own training loop, built-in datasets and CSV reader, as the app runs them |
+| loop.py, run.py, builtin_data.py, csv_table.py | NetBuilder's own training loop, the code around it (device, checkpoint, records), built-in datasets and CSV reader, as the app runs them |
 | graph.json | the design: open it in NetBuilder to keep editing |
 
 Needs Python 3.10+ and PyTorch 2.3+ (scikit-learn too for the built-in digits).

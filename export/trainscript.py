@@ -1,10 +1,12 @@
-"""The exported `train.py`: a short standalone script around the shared training loop. Pure.
+"""The exported `train.py`: a short standalone script around the shared training loop and run.
 
-The bundle carries runtime/loop.py and runtime/builtin_data.py verbatim as loop.py and
-builtin_data.py, so train.py runs the very loop and data the app trains with. Its command line is
+The bundle carries runtime/loop.py, runtime/run.py and runtime/builtin_data.py verbatim as
+loop.py, run.py and builtin_data.py, so train.py runs the very loop, the same code around it
+(device, checkpoint, stop, records) and the same data the app trains with. Its command line is
 derived from TrainConfig, the one settings model: one flag per field that applies outside the app,
 with the field's type, choices, help and, as default, the value the person chose. Only that,
-the Output's loss and the built-in dataset that fits the model vary with the graph. The same
+the Output's loss and the built-in dataset that fits the model (runtime.datasets.fitting_builtin,
+as the Train page picks it) vary with the graph. The same
 script runs on one device or, under `torchrun`, on many with DistributedDataParallel.
 """
 
@@ -21,21 +23,22 @@ from pydantic.fields import FieldInfo
 
 from compiler.analysis import Analysis, loss_of
 from compiler.codegen import safe_text
-from runtime.settings import APP_ONLY, TrainConfig
+from runtime.datasets import fitting_builtin
+from runtime.settings import APP_ONLY, GAN_UNUSED, TrainConfig
 
-Shape = tuple[int, ...]
 LINE_LENGTH = 88
 RUNTIME = Path(__file__).resolve().parents[1] / "runtime"
 # The files the bundle copies verbatim from the runtime, by their name in the bundle.
 SHARED_FILES = {
     "loop.py": RUNTIME / "loop.py",
+    "run.py": RUNTIME / "run.py",
     "builtin_data.py": RUNTIME / "builtin_data.py",
     "csv_table.py": RUNTIME / "csv_table.py",
 }
 
 
 def shared_sources() -> dict[str, str]:
-    """loop.py, builtin_data.py and csv_table.py, exactly as the app runs them."""
+    """loop.py, run.py, builtin_data.py and csv_table.py, exactly as the app runs them."""
     return {name: path.read_text() for name, path in SHARED_FILES.items()}
 
 
@@ -44,15 +47,7 @@ def train_source(analysis: Analysis, settings: TrainConfig | None = None) -> str
     if not analysis.ok:
         raise ValueError("cannot write a training script for a graph with errors")
     settings = settings or TrainConfig()
-    input_node = next(n for n in analysis.graph.nodes if n.type == "Input")
-    output_node = next(n for n in analysis.graph.nodes if n.type == "Output")
-    dataset = fitting_dataset(
-        settings.dataset,
-        analysis.infos[input_node.id].shape or (),
-        analysis.infos[input_node.id].dtype or "float32",
-        analysis.infos[output_node.id].shape or (),
-        settings.target,
-    )
+    dataset = fitting_builtin(analysis, settings.target, settings.dataset)
     output = loss_of(analysis)
     loss, smoothing = output.loss, output.label_smoothing
     source = (
@@ -64,42 +59,13 @@ def train_source(analysis: Analysis, settings: TrainConfig | None = None) -> str
     return black.format_str(source, mode=black.Mode(line_length=LINE_LENGTH))
 
 
-def fitting_dataset(
-    chosen: str, input_shape: Shape, dtype: str, output_shape: Shape, target: str
-) -> str | None:
-    """The built-in dataset train.py uses by default: the one chosen in the app where the
-    bundle carries it and it fits, else one whose samples fit the model, else None."""
-    fits = dataset_fits(input_shape, dtype, output_shape, target)
-    if chosen in fits:
-        return chosen
-    return fits[0] if fits else None
-
-
-def dataset_fits(input_shape: Shape, dtype: str, output_shape: Shape, target: str) -> list[str]:
-    """The built-in datasets whose samples (and targets) fit the model's input and output."""
-    from runtime.builtin_data import TEXT_ALPHABET  # torch: only when exporting
-
-    vocab = len(TEXT_ALPHABET)
-    images = {(1, 8, 8): "digits", (8, 8): "digits-rows", (1, 28, 28): "digits-28"}
-    if dtype == "float32" and input_shape in images:
-        wanted = input_shape if target == "input" else (10,)
-        return [images[input_shape]] if output_shape == wanted else []
-    if target == "input":
-        return []
-    if dtype == "int64" and input_shape == (16,) and output_shape == (16,):
-        return ["tokens"]
-    if dtype == "int64" and len(input_shape) == 1 and output_shape == (*input_shape, vocab):
-        return ["text"]
-    if dtype == "float32" and input_shape == (32, 1) and output_shape == (1,):
-        return ["sine"]
-    return []
-
-
-def flag_lines(settings: TrainConfig, dataset: str | None) -> list[str]:
+def flag_lines(
+    settings: TrainConfig, dataset: str | None, left_out: tuple[str, ...] = APP_ONLY
+) -> list[str]:
     """One `add(...)` call per TrainConfig field that train.py takes, defaulting to `settings`."""
     lines = []
     for name, info in TrainConfig.model_fields.items():
-        if name in APP_ONLY:
+        if name in left_out:
             continue
         value = dataset if name == "dataset" else getattr(settings, name)
         lines.append(flag_line(name, info, value))
@@ -169,10 +135,11 @@ Graph: '__NAME__'.
     python train.py --resume               # continue from checkpoints/last.pt
     torchrun --nproc_per_node=4 train.py   # a process per GPU, DistributedDataParallel
 
-loop.py is NetBuilder's own training loop, builtin_data.py its built-in datasets and
-csv_table.py its CSV reader, the very files the app trains with: the same settings and
-seed on CPU give the same weights, and a CSV is read as the app reads it (a label column
-of words, such as cat and dog, becomes classes in sorted order).
+loop.py is NetBuilder's own training loop, run.py the code around it (device,
+checkpoint, stop, records), builtin_data.py its built-in datasets and csv_table.py its
+CSV reader, the very files the app trains with: the same settings and seed on CPU give
+the same weights, and a CSV is read as the app reads it (a label column of words, such
+as cat and dog, becomes classes in sorted order).
 --batch-size is the global batch: under torchrun each process takes a share of it.
 Every epoch writes, in checkpoints/ beside this file (--out chooses another folder),
 model.pt (the weights: model.load_state_dict(torch.load(path, weights_only=True))),
@@ -182,19 +149,17 @@ last.pt (all that --resume needs) and a line of metrics.jsonl.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 import builtin_data
 import csv_table
 import loop
+import run
 from model import INPUT_DTYPE, INPUT_SHAPE, OUTPUT_SHAPE, build_model
 
 # The Output node's loss, as designed in NetBuilder.
@@ -290,94 +255,33 @@ def load_data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
     return x.to(INPUT_DTYPE), y.long()
 
 
-def pick_device(choice: str, local_rank: int) -> torch.device:
-    if choice == "auto":
-        if torch.cuda.is_available():
-            choice = "cuda"
-        elif torch.backends.mps.is_available() and "WORLD_SIZE" not in os.environ:
-            choice = "mps"
-        else:
-            choice = "cpu"
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda, but no CUDA GPU is visible; use --device cpu")
-    if choice == "mps" and not torch.backends.mps.is_available():
-        raise SystemExit("--device mps, but MPS is not available; use --device cpu")
-    if choice == "cuda":
-        return torch.device("cuda", local_rank)
-    return torch.device(choice)
-
-
 def start_processes(device_choice: str) -> tuple[int, int, torch.device]:
     """(rank, world size, device). Under torchrun, joins the process group: NCCL on
     GPUs, gloo on CPUs; alone, it is rank 0 of 1."""
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
-    device = pick_device(device_choice, int(os.environ.get("LOCAL_RANK", 0)))
+    try:
+        device = run.pick_device(device_choice, int(os.environ.get("LOCAL_RANK", 0)), world)
+    except run.DeviceMissing as exc:
+        raise SystemExit(str(exc)) from None
     if world > 1:
-        if device.type == "mps":
-            raise SystemExit("MPS cannot run under torchrun; use --device cpu")
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return rank, world, device
 
 
-def describe(record: dict) -> str:
-    """A metrics line for the log: 'epoch 3  train_loss 0.1465  ...'."""
-    return "  ".join(
-        f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}"
-        for key, value in record.items()
-        if not isinstance(value, list)
-    )
+class Checkpoints(run.Run):
+    """Each epoch: a metrics line and (process 0) last.pt, model.pt, metrics.jsonl."""
 
+    def __init__(self, trainer: loop.Loop, model: nn.Module, out: Path, rank: int, world: int):
+        super().__init__(trainer, {"model": model}, rank, world)
+        self.out = out
 
-def save(state: dict, path: Path) -> None:
-    """Write through a temporary file: a run killed mid-save keeps the previous one."""
-    temporary = path.with_suffix(".tmp")
-    torch.save(state, temporary)
-    temporary.replace(path)
-
-
-class Checkpoints(loop.Hooks):
-    """Each epoch: a metrics line and (rank 0) last.pt, model.pt, metrics.jsonl."""
-
-    def __init__(self, args: argparse.Namespace, model: nn.Module, rank: int, world: int):
-        self.args, self.model, self.rank, self.world = args, model, rank, world
-        self.trainer: loop.Loop | None = None
-        self.started = time.perf_counter()
-
-    def before_evaluate(self, progress: loop.Progress) -> None:
-        if self.world > 1:
-            loop.sum_over_processes(progress)
-
-    def after_epoch(self, record: dict, progress: loop.Progress) -> None:
-        seconds = time.perf_counter() - self.started
-        samples = len(self.trainer.data.x_train) - self.trainer.left_out
-        record["samples_per_s"] = round(samples / seconds)
-        if self.rank == 0:
-            print(describe(record), flush=True)
-            state = {
-                "model": self.model.state_dict(),
-                "optimizer": self.trainer.optimizer.state_dict(),
-                "progress": vars(progress).copy(),
-                "rng": torch.get_rng_state(),
-            }
-            save(state, self.args.out / "last.pt")
-            save(self.model.state_dict(), self.args.out / "model.pt")
-            with open(self.args.out / "metrics.jsonl", "a") as metrics:
-                metrics.write(json.dumps(record) + "\\n")
-        self.started = time.perf_counter()
-
-
-def restore(path: Path, trainer: loop.Loop, model: nn.Module, device: torch.device) -> None:
-    """Load last.pt into the model, the optimizer and the loop's progress."""
-    if not path.exists():
-        raise SystemExit(f"nothing to resume: {path} does not exist")
-    state = torch.load(path, map_location=device, weights_only=True)
-    model.load_state_dict(state["model"])
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    trainer.progress = loop.Progress(**state["progress"])
-    torch.set_rng_state(state["rng"].cpu())
+    def record_epoch(self, record: dict, progress: loop.Progress) -> None:
+        if self.writer:
+            print(run.describe(record), flush=True)
+            run.save_files(self, self.out, {"model": "model.pt"}, record)
 
 
 def train(
@@ -388,20 +292,15 @@ def train(
     data = loop.split(x, y, args, device)
     torch.manual_seed(args.seed)  # the same initial weights on every process
     model = build_model().to(device)
-    wrapped = model
-    if world > 1:
-        ids = [device] if device.type == "cuda" else None
-        wrapped = DistributedDataParallel(model, device_ids=ids)
     optimizer = loop.make_optimizer(args, list(model.parameters()))
-    hooks = Checkpoints(args, model, rank, world)
     trainer = loop.Loop(
-        wrapped, optimizer, data, args, LOSS, LABEL_SMOOTHING, hooks, device=device,
-        rank=rank, world=world,
+        run.distributed(model, device, world), optimizer, data, args, LOSS,
+        LABEL_SMOOTHING, device=device, rank=rank, world=world,
     )
-    hooks.trainer = trainer
+    checkpoints = Checkpoints(trainer, model, args.out, rank, world)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.resume:
-        restore(args.out / "last.pt", trainer, model, device)
+        run.resume(checkpoints, args.out / "last.pt")
         if rank == 0:
             print(f"resuming after epoch {trainer.progress.epoch}")
     if rank == 0:
@@ -409,15 +308,7 @@ def train(
         print(f"{train_count} samples to train on, {val_count} to check, on {device}")
         if trainer.left_out:
             print("the last batch of one sample is left out: BatchNorm needs two or more")
-    try:
-        outcome = trainer.train()
-    except loop.Diverged as exc:
-        raise SystemExit(
-            f"the loss is not finite at step {exc.step}: try a lower --lr than"
-            f" {args.lr} or --grad-clip 1 (last.pt holds the last good epoch)"
-        )
-    if outcome == "early" and rank == 0:
-        print(f"stopped early: no lower loss in {args.early_stopping_patience} epochs")
+    run.end(checkpoints, checkpoints.train(), args)
     return model
 
 
@@ -454,16 +345,14 @@ __all__ = ["NOISE_SHAPE", "build_discriminator", "build_generator"]
 '''
 
 
-def gan_train_source(
-    generator: Analysis, sample_shape: Shape, settings: TrainConfig | None = None
-) -> str:
-    """train.py of a GAN bundle: the shared GanLoop with flags derived from TrainConfig."""
+def gan_train_source(generator: Analysis, settings: TrainConfig | None = None) -> str:
+    """train.py of a GAN bundle (`generator`: the pair's analysis): the shared GanLoop with
+    flags derived from TrainConfig, less the settings a GAN has no use for."""
     settings = settings or TrainConfig()
-    images = {(1, 8, 8): "digits", (1, 28, 28): "digits-28"}
-    dataset = settings.dataset if settings.dataset in images.values() else None
-    dataset = dataset or images.get(sample_shape)
+    dataset = fitting_builtin(generator, "label", settings.dataset)
+    flags = flag_lines(settings, dataset, APP_ONLY + GAN_UNUSED)
     source = GAN_TEMPLATE.replace("__NAME__", docstring_name(generator.graph.name)).replace(
-        "__FLAGS__", "\n    ".join(flag_lines(settings, dataset))
+        "__FLAGS__", "\n    ".join(flags)
     )
     return black.format_str(source, mode=black.Mode(line_length=LINE_LENGTH))
 
@@ -475,25 +364,30 @@ Graph: '__NAME__'.
     python train.py                      # the settings chosen in NetBuilder
     python train.py --epochs 50          # override any of them (--help lists all)
     python train.py --data mine.npz      # your images: an array X in an NPZ file
+    python train.py --resume             # continue from checkpoints/last.pt
 
 loop.py is NetBuilder's own training loop (GanLoop: the discriminator, then the
-generator, each with Adam, in alternating steps) and builtin_data.py its datasets.
-Every epoch writes, in checkpoints/ beside this file (--out chooses another folder),
-generator.pt and discriminator.pt (state_dicts), samples.pt (generated images from
-fixed noise) and a line of metrics.jsonl.
+generator, in alternating steps, each with its own optimizer from the same settings)
+and run.py the code around it (device, checkpoint, stop, records), as the app runs them;
+builtin_data.py holds its datasets. Every epoch writes, in checkpoints/ beside this file
+(--out chooses another folder), generator.pt and discriminator.pt (state_dicts),
+last.pt (all that --resume needs), samples.pt (generated images from fixed noise) and a
+line of metrics.jsonl.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
 import builtin_data
 import loop
+import run
 from model import NOISE_SHAPE, build_discriminator, build_generator
+
+WEIGHTS = {"generator": "generator.pt", "discriminator": "discriminator.pt"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -511,6 +405,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=Path(__file__).resolve().parent / "checkpoints",
         help="checkpoint folder (default: checkpoints/ beside train.py)",
     )
+    add("--resume", action="store_true", help="continue from OUT/last.pt")
     args = parser.parse_args(argv)
     if args.data is None and args.dataset is None:
         parser.error("no built-in dataset fits the generator's output; pass --data")
@@ -527,42 +422,46 @@ def real_samples(args: argparse.Namespace) -> torch.Tensor:
         return torch.from_numpy(arrays["X"]).float()
 
 
-class Checkpoints(loop.GanHooks):
-    """Each epoch: a metrics line, both players' weights and a grid of samples."""
+class Checkpoints(run.Run):
+    """Each epoch: a metrics line, both players' weights, last.pt and a grid of samples."""
 
-    def __init__(self, args: argparse.Namespace, trainer: loop.GanLoop) -> None:
-        self.args, self.trainer = args, trainer
-        noise = torch.Generator().manual_seed(args.seed + 1)
-        self.noise = torch.randn(16, *NOISE_SHAPE, generator=noise)
+    def __init__(self, trainer: loop.GanLoop, out: Path, seed: int) -> None:
+        models = {"generator": trainer.generator, "discriminator": trainer.discriminator}
+        super().__init__(trainer, models)
+        self.out = out
+        self.noise = torch.randn(16, *NOISE_SHAPE, generator=torch.Generator().manual_seed(seed))
 
-    def after_epoch(self, record: dict, progress: loop.Progress) -> None:
-        print("  ".join(f"{key} {value:.4g}" for key, value in record.items()))
-        generator = self.trainer.generator
-        torch.save(generator.state_dict(), self.args.out / "generator.pt")
-        judge = self.trainer.discriminator.state_dict()
-        torch.save(judge, self.args.out / "discriminator.pt")
+    def record_epoch(self, record: dict, progress: loop.Progress) -> None:
+        print(run.describe(record), flush=True)
+        run.save_files(self, self.out, WEIGHTS, record)
+        generator = self.loop.generator
         with torch.no_grad():
             generator.eval()
-            samples = generator(self.noise.to(self.trainer.device)).cpu()
+            samples = generator(self.noise.to(self.device)).cpu()
             generator.train()
-        torch.save(samples, self.args.out / "samples.pt")
-        with open(self.args.out / "metrics.jsonl", "a") as metrics:
-            metrics.write(json.dumps(record) + "\\n")
+        torch.save(samples, self.out / "samples.pt")
 
 
 def main(argv: list[str] | None = None) -> torch.nn.Module:
     """Train and return the generator."""
     args = parse_args(argv)
-    device = torch.device("cuda" if args.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    try:
+        device = run.pick_device(args.device)
+    except run.DeviceMissing as exc:
+        raise SystemExit(str(exc)) from None
     real = real_samples(args).to(device)
     torch.manual_seed(args.seed)
     generator, discriminator = build_generator().to(device), build_discriminator().to(device)
     trainer = loop.GanLoop(
         generator, discriminator, real, args, tuple(NOISE_SHAPE), args.gan_loss, device=device
     )
-    trainer.hooks = Checkpoints(args, trainer)
+    checkpoints = Checkpoints(trainer, args.out, args.seed + 1)
     args.out.mkdir(parents=True, exist_ok=True)
-    trainer.train()
+    if args.resume:
+        run.resume(checkpoints, args.out / "last.pt")
+        print(f"resuming after epoch {trainer.progress.epoch}")
+    print(f"{len(real)} images to imitate, on {device}")
+    run.end(checkpoints, checkpoints.train(), args)
     return generator
 
 

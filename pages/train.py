@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from builder import edit
 from builder.graph import Graph, GraphFormatError, load_graph
 from compiler.analysis import Analysis, analyse, loss_of
-from compiler.gan import check_pair, discriminator_graph
+from compiler.gan import discriminator_graph
 from compiler.memory import estimate_memory
 from i18n import N_, Message, _, msg, translate
 from i18n import render as render_message
@@ -46,12 +46,16 @@ from runtime.datasets import (
     KINDS,
     available_datasets,
     check_builtin_size,
+    OFFLINE_BUILTINS,
     check_compatibility,
     compatibility_fix,
     data_budget,
+    dataset_problems,
+    fitting_builtin,
     load_dataset,
 )
 from runtime.loop import CONFUSION_MAX_CLASSES
+from runtime.loop import OPTIMIZERS as OPTIMIZER_KINDS
 from runtime.metrics import generate_text, reconstruct
 from runtime.runs import ACTIVE as TRAINER_ACTIVE
 from runtime.runs import (
@@ -82,15 +86,7 @@ STATUS_COLOURS = {
     "queued": "gray", "running": "blue", "stopping": "orange", "stopped": "gray",
     "completed": "green", "diverged": "red", "failed": "red", "interrupted": "orange",
 }  # fmt: skip
-# Built-in datasets cheap enough to try when suggesting one for the graph (no downloads).
-SUGGESTABLE = ("digits", "digits-28", "digits-rows", "tokens", "sine", "text")
-OPTIMIZERS = {
-    "adam": "Adam",
-    "adamw": "AdamW",
-    "sgd": "SGD",
-    "momentum": N_("SGD + momentum"),
-    "rmsprop": "RMSprop",
-}
+OPTIMIZERS = {name: label for name, (label, _kind, _options) in OPTIMIZER_KINDS.items()}
 SCHEDULES = {"constant": N_("constant"), "step": N_("step decay"), "cosine": N_("cosine")}
 TARGETS = {"label": N_("Predict the labels"), "input": N_("Reproduce the input")}
 # The live view's tabs; a run is shown only those it has something for (detail_views).
@@ -307,22 +303,28 @@ def is_gan_pair(analysis: Analysis) -> bool:
 
 
 def suggested_dataset(analysis: Analysis, target: str = "label") -> str:
-    """The first offline built-in dataset this graph can train on as it is. None fits: the
-    token dataset refused for its size where the graph takes token ids (the page then says
-    why, e.g. a text sequence too long to generate), else digits. A dataset is sized before it
-    is made, so nothing over the budget is generated to be tried."""
+    """The first offline built-in dataset this graph can train on as it is (fitting_builtin, as
+    the exported train.py picks it). None fits: the token dataset refused for its size where the
+    graph takes token ids (the page then says why, e.g. a text sequence too long to generate),
+    else digits. A dataset is sized before it is made, so nothing over the budget is generated
+    to be tried."""
+    try:
+        found = fitting_builtin(analysis, target, load=builtin_dataset)
+    except GraphFormatError:
+        found = None  # a pair whose discriminator cannot be read: _problems says why
+    if found is not None:
+        return found
     shape = input_shape(analysis)
-    refused = None
-    for name in SUGGESTABLE:
-        try:
-            check_builtin_size(name, shape if name == "text" else ())
-        except DatasetTooLarge:
-            refused = refused or name
-            continue
-        dataset, error = guarded(lambda: builtin_dataset(name, shape), _("load {name}", name=name))
-        if error is None and not check_compatibility(analysis, dataset, target):
-            return name
+    refused = next((name for name in OFFLINE_BUILTINS if _too_large(name, shape)), None)
     return refused if refused and _takes_token_ids(analysis) else "digits"
+
+
+def _too_large(name: str, shape: tuple[int, ...]) -> bool:
+    try:
+        check_builtin_size(name, shape if name == "text" else ())
+    except DatasetTooLarge:
+        return True
+    return False
 
 
 def _takes_token_ids(analysis: Analysis) -> bool:
@@ -373,7 +375,7 @@ def render() -> None:
         with data_column:
             dataset, upload = _dataset_section(analysis)
         with settings_column:
-            config, reasons = _hyperparameters(dataset, upload)
+            config, reasons = _hyperparameters(dataset, upload, is_gan_pair(analysis))
             _start_button(runs_dir, analysis, dataset, upload, config, reasons)
     if analysis.ok and dataset is not None and not is_gan_pair(analysis):
         step_view.render(analysis, dataset, config, runs_dir)
@@ -495,12 +497,9 @@ def _learn_to(analysis: Analysis) -> str:
 def _problems(analysis: Analysis, dataset: Dataset, target: str) -> list[Message]:
     """Why the graph cannot train on the data; a GAN pair is checked as a pair."""
     try:
-        judge = discriminator_graph(analysis.graph)
+        return dataset_problems(analysis, dataset, target)
     except GraphFormatError as exc:
         return [msg("the discriminator cannot be read: {reason}", reason=str(exc))]
-    if judge is not None:
-        return check_pair(analysis, analyse(judge), dataset.sample_shape)
-    return check_compatibility(analysis, dataset, target)
 
 
 def _compatible_text(dataset: Dataset, target: str) -> str:
@@ -674,9 +673,11 @@ def _number_field(slot: Any, field: NumberField, default: Any) -> tuple[Any, Mes
 
 
 def _hyperparameters(
-    dataset: Dataset | None, upload: Upload | None
+    dataset: Dataset | None, upload: Upload | None, gan: bool = False
 ) -> tuple[TrainConfig | None, list[str]]:
-    """The settings as a TrainConfig, or None with the reasons (field: why) it is refused."""
+    """The settings as a TrainConfig, or None with the reasons (field: why) it is refused. A GAN
+    pair takes every setting a model does (both players' optimizers, schedule, clipping, AMP,
+    patience) except those in GAN_UNUSED, which are not shown for it."""
     st.subheader(_("Hyperparameters"))
     defaults = TrainConfig()
     left, middle, right = st.columns(3)
@@ -717,7 +718,7 @@ def _hyperparameters(
     )
     processes = 1
     gpus = torch.cuda.device_count()
-    if gpus > 1 and device in ("auto", "cuda"):
+    if gpus > 1 and device in ("auto", "cuda") and not gan:
         every_gpu = st.toggle(
             _("All {count} GPUs", count=gpus),
             key=_remembered("all_gpus", False),
@@ -740,13 +741,14 @@ def _hyperparameters(
         }
         for index, field in enumerate(MORE_FIELDS):
             number(a if index % 2 == 0 else b, field, starts[field.name])
-        values["val_fraction"] = b.slider(
-            _("Validation fraction"),
-            0.05,
-            0.5,
-            step=0.05,
-            key=_remembered("val_fraction", defaults.val_fraction),
-        )
+        if not gan:  # a pair holds no samples out (GAN_UNUSED)
+            values["val_fraction"] = b.slider(
+                _("Validation fraction"),
+                0.05,
+                0.5,
+                step=0.05,
+                key=_remembered("val_fraction", defaults.val_fraction),
+            )
     values |= {
         "dataset": dataset.name if dataset is not None else defaults.dataset,
         "label_column": upload.label_column if upload else None,

@@ -5,7 +5,12 @@ file next to train.py, so a run in the app and `python train.py` with the same s
 the same code and, on CPU with the same seed, end with the same weights. Settings are read by
 attribute from any object with TrainConfig's field names (the app's TrainConfig, train.py's
 argparse namespace). What the app watches (gradient norms, activations, attention maps, status,
-checkpoints) happens in `Hooks` methods around the loop; the loop itself only trains.
+checkpoints) happens in `Hooks` methods around the loop; the loop itself only trains. The code
+around it (device, checkpoint, stop, records) is run.py, shipped beside it the same way.
+
+Two loops share one epoch/batch skeleton (`Epochs`): `Loop` trains a model against targets,
+`GanLoop` a generator against a discriminator; both take the same settings (optimizer, schedule,
+warmup, clipping, mixed precision, patience).
 """
 
 from __future__ import annotations
@@ -14,14 +19,13 @@ import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-LOSSES = ("auto", "cross_entropy", "nll", "bce_with_logits", "mse", "l1", "huber")
 CLASS_LOSSES = ("cross_entropy", "nll")
 STEP_DECAY_POINTS = (0.5, 0.75)  # the "step" schedule divides the lr by 10 at these fractions
 CONFUSION_MAX_CLASSES = 30  # a confusion matrix is kept for classifiers with at most this many
@@ -89,8 +93,8 @@ class Hooks:
     def after_backward(self, step: int) -> None:
         """Gradients are ready (and unscaled) but not yet clipped or applied."""
 
-    def after_step(self, done: Step) -> None:
-        """The optimizer has stepped."""
+    def after_step(self, done: Any) -> None:
+        """The optimizer has stepped (a Step, or a GanStep when both players have)."""
 
     def after_batch(self, progress: Progress) -> None:
         """Progress counts the batch; a hook may flush, checkpoint or stop here."""
@@ -149,17 +153,33 @@ def learning_rate(settings: Any, step: int, total_steps: int) -> float:
     return settings.lr
 
 
-def make_optimizer(settings: Any, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
-    lr, decay = settings.lr, settings.weight_decay
-    if settings.optimizer == "sgd":
-        return torch.optim.SGD(parameters, lr=lr, weight_decay=decay)
-    if settings.optimizer == "momentum":
-        return torch.optim.SGD(parameters, lr=lr, momentum=0.9, weight_decay=decay)
-    if settings.optimizer == "adam":
-        return torch.optim.Adam(parameters, lr=lr, weight_decay=decay)
-    if settings.optimizer == "adamw":
-        return torch.optim.AdamW(parameters, lr=lr, weight_decay=decay)
-    return torch.optim.RMSprop(parameters, lr=lr, weight_decay=decay)
+def N_(text: str) -> str:
+    """Marks a name for translation (the app shows it in the reader's language; this file also
+    travels alone in an exported bundle, so it imports nothing of NetBuilder's)."""
+    return text
+
+
+# The optimizers a run can choose, each with its name as shown and how it is built; TrainConfig,
+# the Train page and train.py's --optimizer all read this one table.
+OPTIMIZERS: dict[str, tuple[str, type[torch.optim.Optimizer], dict[str, Any]]] = {
+    "adam": ("Adam", torch.optim.Adam, {}),
+    "adamw": ("AdamW", torch.optim.AdamW, {}),
+    "sgd": ("SGD", torch.optim.SGD, {}),
+    "momentum": (N_("SGD + momentum"), torch.optim.SGD, {"momentum": 0.9}),
+    "rmsprop": ("RMSprop", torch.optim.RMSprop, {}),
+}
+ADAM_BETAS = (0.9, 0.999)  # torch's own default
+
+
+def make_optimizer(
+    settings: Any, parameters: list[nn.Parameter], betas: tuple[float, float] = ADAM_BETAS
+) -> torch.optim.Optimizer:
+    """The chosen optimizer at the run's peak lr and weight decay; `betas` for Adam and AdamW
+    (a GAN's players use DCGAN's (0.5, 0.999), a setting the person does not choose)."""
+    _, kind, options = OPTIMIZERS[settings.optimizer]
+    if kind in (torch.optim.Adam, torch.optim.AdamW):
+        options = {**options, "betas": betas}
+    return kind(parameters, lr=settings.lr, weight_decay=settings.weight_decay, **options)
 
 
 def mixed_precision(
@@ -186,9 +206,16 @@ def resolved_loss(loss: str, targets: torch.Tensor) -> str:
 
 
 def compute_loss(
-    loss: str, out: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0
+    loss: str,
+    out: torch.Tensor,
+    y: torch.Tensor,
+    label_smoothing: float = 0.0,
+    model: nn.Module | None = None,
 ) -> torch.Tensor:
-    """The loss by name; class targets may be one per sample ([B]) or one per position ([B, T])."""
+    """The loss by name; class targets may be one per sample ([B]) or one per position ([B, T]).
+    "vae" takes the input as y and the model, whose Reparameterize layers hold the KL term."""
+    if loss == "vae":
+        return vae_loss(out, y, model)
     if loss == "cross_entropy":
         return F.cross_entropy(out.flatten(0, -2), y.flatten(), label_smoothing=label_smoothing)
     if loss == "nll":
@@ -201,6 +228,18 @@ def compute_loss(
     if loss == "huber":
         return F.huber_loss(out, target)
     return F.mse_loss(out, target)
+
+
+def vae_loss(out: torch.Tensor, x: torch.Tensor, model: nn.Module | None) -> torch.Tensor:
+    """The PyTorch VAE example's loss per sample: binary cross-entropy of the rebuilt input,
+    summed, plus the KL divergence each Reparameterize layer kept from this forward pass."""
+    rebuilt = F.binary_cross_entropy(out, x.to(out.dtype).view_as(out), reduction="sum")
+    kl = [
+        m.kl
+        for m in (model.modules() if model else ())
+        if isinstance(getattr(m, "kl", None), torch.Tensor)
+    ]
+    return (rebuilt + sum(kl)) / len(out)
 
 
 def is_classifier(loss: str) -> bool:
@@ -243,35 +282,124 @@ def summary(progress: Progress, prefix: str, accuracy: bool) -> dict[str, float 
     return record
 
 
-# -- several processes (torchrun) --------------------------------------------------------------
+# -- the skeleton both loops share ------------------------------------------------------------
 
 
-def sum_over_processes(progress: Progress) -> None:
-    """Before validation under torchrun: the epoch's sums over every process, on each."""
-    counts = [progress.samples, progress.predictions]
-    counted = torch.tensor(counts, dtype=torch.float64, device=progress.totals.device)
-    dist.all_reduce(progress.totals)
-    dist.all_reduce(counted)
-    progress.samples, progress.predictions = (int(c) for c in counted.tolist())
+class Epochs:
+    """Epochs of shuffled batches, the learning rate, a step's backward pass and the end of an
+    epoch, for a loop that defines `step(index)` and `epoch_record()`.
 
+    A subclass sets, in its __post_init__, through `prepare(samples, drop_single)`: `optimizers`
+    (name -> optimizer), `autocast` and `scaler`, `batches`, `total_steps`. Under torchrun each
+    of `world` processes takes every world-th sample of each global batch.
+    """
 
-def any_process(flag: bool, device: torch.device) -> bool:
-    """True on every process when it is true on one (a stop asked of one stops all at the same
-    batch: a process that went on alone would wait forever for the others' gradients)."""
-    raised = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(raised, op=dist.ReduceOp.MAX)
-    return bool(raised.item())
+    settings: Any
+    hooks: Hooks
+    progress: Progress
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    optimizers: dict[str, torch.optim.Optimizer]
+
+    def prepare(self, samples: int, drop_single: bool) -> None:
+        settings = self.settings
+        self.autocast, self.scaler = mixed_precision(settings, self.device)
+        self.samples = samples
+        self.batches = batch_count(samples, settings.batch_size, drop_single)
+        self.left_out = samples - min(samples, self.batches * settings.batch_size)
+        self.total_steps = self.batches * settings.epochs
+        self.schedule_active = settings.schedule != "constant" or settings.warmup_steps > 0
+
+    def train(self) -> str:
+        """'completed', or 'early' when the watched loss stopped improving for `patience`."""
+        settings, progress = self.settings, self.progress
+        progress.totals = progress.totals.to(self.device)
+        size = settings.batch_size
+        while progress.epoch < settings.epochs:
+            order = epoch_order(settings.seed, progress.epoch, self.samples)
+            order = order.to(self.sample_device)
+            for batch in range(progress.batch, self.batches):
+                index = order[batch * size : (batch + 1) * size]
+                self.step(index[self.rank :: self.world])
+                progress.batch = batch + 1
+                self.hooks.after_batch(progress)
+            if self.end_epoch():
+                return "early"
+        return "completed"
+
+    def step(self, index: torch.Tensor) -> Any:
+        raise NotImplementedError
+
+    def epoch_record(self) -> dict[str, Any]:
+        """The epoch's losses and metrics (a loop validates here)."""
+        raise NotImplementedError
+
+    def next_learning_rate(self) -> float:
+        """The lr of the step about to be taken, set in every optimizer: the one path from the
+        settings to the optimizers, the same in the app and in train.py."""
+        if not self.schedule_active:
+            return self.settings.lr
+        lr = learning_rate(self.settings, self.progress.step, self.total_steps)
+        for optimizer in self.optimizers.values():
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        return lr
+
+    def apply(
+        self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, parameters: Any, step: int
+    ) -> None:
+        """Backward (scaled under float16), the after_backward hook on unscaled gradients,
+        clipping, and the optimizer's step. The scaler is updated by the caller, once per step."""
+        optimizer.zero_grad(set_to_none=True)
+        if self.scaler:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        self.hooks.after_backward(step)
+        if self.settings.grad_clip:
+            nn.utils.clip_grad_norm_(parameters, self.settings.grad_clip)
+        if self.scaler:
+            self.scaler.step(optimizer)
+        else:
+            optimizer.step()
+
+    def end_epoch(self) -> bool:
+        """Record the epoch, check that its numbers are finite, track the watched loss, and say
+        whether early stopping ends training."""
+        progress, patience = self.progress, self.settings.early_stopping_patience
+        self.hooks.before_evaluate(progress)
+        record: dict[str, Any] = {"epoch": progress.epoch + 1, "step": progress.step}
+        record |= self.epoch_record()
+        numbers = [v for v in record.values() if isinstance(v, float)]
+        if not all(math.isfinite(value) for value in numbers):
+            raise Diverged(progress.step)
+        watched = record.get(self.watched_key)
+        if watched is None:
+            watched = record.get("train_loss")
+        if watched is not None:
+            if progress.best_val_loss is None or watched < progress.best_val_loss:
+                progress.best_val_loss, progress.stale_epochs = watched, 0
+            else:
+                progress.stale_epochs += 1
+        progress.epoch += 1
+        progress.batch = 0
+        progress.totals = progress.totals.new_zeros(progress.totals.shape)
+        progress.samples = progress.predictions = 0
+        self.hooks.after_epoch(record, progress)
+        return patience is not None and progress.stale_epochs >= patience
 
 
 # -- the loop --------------------------------------------------------------------------------
 
 
 @dataclass
-class Loop:
+class Loop(Epochs):
     """Trains `model` on `data` with `settings`; `train()` runs it to the end (or a resume's).
 
-    Under torchrun, `model` is the DistributedDataParallel wrapper and each of `world` processes
-    takes every world-th sample of each global batch.
+    Under torchrun, `model` is the DistributedDataParallel wrapper; `optimizer` steps the
+    parameters it wraps.
     """
 
     model: nn.Module
@@ -286,65 +414,39 @@ class Loop:
     rank: int = 0
     world: int = 1
 
+    watched_key = "val_loss"  # early stopping watches it (the train loss without validation)
+
     def __post_init__(self) -> None:
         self.loss = resolved_loss(self.loss, self.data.y_train)
         self.classes = self.loss in CLASS_LOSSES
         self.binary = self.loss == "bce_with_logits"
-        self.autocast, self.scaler = mixed_precision(self.settings, self.device)
-        self.drops_single = has_batch_statistics(self.model)
-        samples, size = len(self.data.x_train), self.settings.batch_size
-        self.batches = batch_count(samples, size, self.drops_single)
-        self.left_out = samples - min(samples, self.batches * size)
-        self.total_steps = self.batches * self.settings.epochs
-        self.schedule_active = self.settings.schedule != "constant" or self.settings.warmup_steps
-
-    def train(self) -> str:
-        """'completed', or 'early' when the validation loss stopped improving for `patience`."""
-        settings, progress = self.settings, self.progress
-        progress.totals = progress.totals.to(self.device)
-        while progress.epoch < settings.epochs:
-            order = epoch_order(settings.seed, progress.epoch, len(self.data.x_train))
-            order = order.to(self.data.x_train.device)
-            for batch in range(progress.batch, self.batches):
-                index = order[batch * settings.batch_size : (batch + 1) * settings.batch_size]
-                self.step(index[self.rank :: self.world])
-                progress.batch = batch + 1
-                self.hooks.after_batch(progress)
-            if self.end_epoch():
-                return "early"
-        return "completed"
+        self.optimizers = {"model": self.optimizer}
+        self.sample_device = self.data.x_train.device
+        self.prepare(len(self.data.x_train), has_batch_statistics(self.model))
 
     def step(self, index: torch.Tensor) -> Step:
-        progress, settings = self.progress, self.settings
+        progress = self.progress
         x = self.data.x_train.index_select(0, index).to(self.device, non_blocking=True)
         y = self.data.y_train.index_select(0, index).to(self.device, non_blocking=True)
-        lr = settings.lr
-        if self.schedule_active:
-            lr = learning_rate(settings, progress.step, self.total_steps)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
+        y = x if self.loss == "vae" else y  # a VAE rebuilds its input
+        lr = self.next_learning_rate()
         progress.step += 1
         with self.hooks.forward(progress.step), self.autocast():
             output = self.model(x)
-            loss = compute_loss(self.loss, output.float(), y, self.label_smoothing)
-        self.optimizer.zero_grad(set_to_none=True)
+            loss = compute_loss(self.loss, output.float(), y, self.label_smoothing, self.model)
+        self.apply(loss, self.optimizer, self.model.parameters(), progress.step)
         if self.scaler:
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-        else:
-            loss.backward()
-        self.hooks.after_backward(progress.step)
-        if settings.grad_clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), settings.grad_clip)
-        if self.scaler:
-            self.scaler.step(self.optimizer)
             self.scaler.update()
-        else:
-            self.optimizer.step()
         tally(progress, output, y, loss, self.classes, self.binary)
         done = Step(progress.step, progress.epoch + 1, index, x, y, output, loss.detach(), lr)
         self.hooks.after_step(done)
         return done
+
+    def epoch_record(self) -> dict[str, Any]:
+        record = summary(self.progress, "train", self.classes or self.binary)
+        if record["train_loss"] is not None and not math.isfinite(record["train_loss"]):
+            raise Diverged(self.progress.step)  # before a validation pass that cannot help
+        return record | self.evaluate()
 
     def evaluate(self, model: nn.Module | None = None) -> dict[str, Any]:
         """Validation loss and accuracy or MAE (None without a validation set); a confusion
@@ -359,9 +461,10 @@ class Loop:
             for start in range(0, len(x_val), self.settings.batch_size):
                 x = x_val[start : start + self.settings.batch_size].to(self.device)
                 y = y_val[start : start + self.settings.batch_size].to(self.device)
+                y = x if self.loss == "vae" else y  # a VAE rebuilds its input
                 with self.autocast():
                     output = model(x)
-                    loss = compute_loss(self.loss, output.float(), y, self.label_smoothing)
+                    loss = compute_loss(self.loss, output.float(), y, self.label_smoothing, model)
                 tally(sums, output, y, loss, self.classes, self.binary)
                 out_width = output.shape[-1]
                 if self.classes and y.dim() == 1 and out_width <= CONFUSION_MAX_CLASSES:
@@ -374,35 +477,12 @@ class Loop:
             record["confusion"] = confusion.view(out_width, out_width).tolist()
         return record
 
-    def end_epoch(self) -> bool:
-        """Validate, record the epoch, and say whether early stopping ends training."""
-        progress, patience = self.progress, self.settings.early_stopping_patience
-        self.hooks.before_evaluate(progress)
-        record = {"epoch": progress.epoch + 1, "step": progress.step}
-        record |= summary(progress, "train", self.classes or self.binary)
-        if record["train_loss"] is not None and not math.isfinite(record["train_loss"]):
-            raise Diverged(progress.step)
-        record |= self.evaluate()
-        watched = record["val_loss"] if record["val_loss"] is not None else record["train_loss"]
-        if watched is not None and not math.isfinite(watched):
-            raise Diverged(progress.step)
-        if watched is not None:
-            if progress.best_val_loss is None or watched < progress.best_val_loss:
-                progress.best_val_loss, progress.stale_epochs = watched, 0
-            else:
-                progress.stale_epochs += 1
-        progress.epoch += 1
-        progress.batch = 0
-        progress.totals = new_totals().to(self.device)
-        progress.samples = progress.predictions = 0
-        self.hooks.after_epoch(record, progress)
-        return patience is not None and progress.stale_epochs >= patience
-
 
 # -- generative adversarial networks ---------------------------------------------------------
 
 GAN_LOSSES = ("non_saturating", "minimax", "least_squares")
 GAN_BETAS = (0.5, 0.999)  # Adam's momentum as DCGAN sets it, for both players
+GAN_PARTS = ("d_loss", "g_loss", "d_real", "d_fake")  # an epoch's means, in this order
 
 
 @dataclass
@@ -415,6 +495,7 @@ class GanStep:
     g_loss: torch.Tensor
     d_real: torch.Tensor  # mean D(x): the probability D gives real samples
     d_fake: torch.Tensor  # mean D(G(z)) before D's update
+    lr: float
 
 
 def discriminator_loss(loss: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
@@ -437,23 +518,12 @@ def generator_loss(loss: str, fooled: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
 
 
-class GanHooks:
-    """Places to watch a GAN's training from; each does nothing here."""
-
-    def after_step(self, done: GanStep) -> None:
-        """Both players have stepped."""
-
-    def after_batch(self, progress: Progress) -> None:
-        """Progress counts the batch; a hook may flush, checkpoint or stop here."""
-
-    def after_epoch(self, record: dict[str, Any], progress: Progress) -> None:
-        """The epoch's mean losses and D's mean probabilities on real and generated samples."""
-
-
 @dataclass
-class GanLoop:
-    """A generator against a discriminator, two Adam optimizers in alternating steps: first D
-    on real samples and detached fakes, then G through D's verdict on the same fakes."""
+class GanLoop(Epochs):
+    """A generator against a discriminator in alternating steps: first D on real samples and
+    detached fakes, then G through D's verdict on the same fakes. Each player has its own
+    optimizer, both built by make_optimizer from the run's settings (Adam's betas as DCGAN's);
+    the schedule, warmup, clipping, mixed precision and patience (on G's loss) apply to both."""
 
     generator: nn.Module
     discriminator: nn.Module
@@ -461,66 +531,51 @@ class GanLoop:
     settings: Any
     noise_shape: tuple[int, ...]
     loss: str = "non_saturating"
-    hooks: GanHooks = field(default_factory=GanHooks)
+    hooks: Hooks = field(default_factory=Hooks)
     progress: Progress = field(default_factory=Progress)
     device: torch.device = torch.device("cpu")
 
-    def __post_init__(self) -> None:
-        lr = self.settings.lr
-        self.g_optimizer = torch.optim.Adam(self.generator.parameters(), lr, betas=GAN_BETAS)
-        self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr, betas=GAN_BETAS)
-        self.batches = batch_count(len(self.real), self.settings.batch_size, True)
+    watched_key = "g_loss"  # early stopping watches the generator's loss
 
-    def train(self) -> str:
-        settings, progress = self.settings, self.progress
-        progress.totals = torch.zeros(4, dtype=torch.float64, device=self.device)
-        while progress.epoch < settings.epochs:
-            order = epoch_order(settings.seed, progress.epoch, len(self.real))
-            order = order.to(self.real.device)
-            for batch in range(progress.batch, self.batches):
-                self.step(order[batch * settings.batch_size : (batch + 1) * settings.batch_size])
-                progress.batch = batch + 1
-                self.hooks.after_batch(progress)
-            self.end_epoch()
-        return "completed"
+    def __post_init__(self) -> None:
+        make = partial(make_optimizer, self.settings, betas=GAN_BETAS)
+        self.g_optimizer = make(list(self.generator.parameters()))
+        self.d_optimizer = make(list(self.discriminator.parameters()))
+        self.optimizers = {"generator": self.g_optimizer, "discriminator": self.d_optimizer}
+        self.sample_device = self.real.device
+        self.progress.totals = torch.zeros(len(GAN_PARTS), dtype=torch.float64)
+        self.prepare(len(self.real), True)
 
     def step(self, index: torch.Tensor) -> GanStep:
         progress = self.progress
         real = self.real.index_select(0, index).to(self.device, non_blocking=True)
         noise = torch.randn(len(real), *self.noise_shape, device=self.device)
-        fake = self.generator(noise)
-        real_scores = self.discriminator(real)
-        fake_scores = self.discriminator(fake.detach())
-        d_loss = discriminator_loss(self.loss, real_scores, fake_scores)
-        self.d_optimizer.zero_grad(set_to_none=True)
-        d_loss.backward()
-        self.d_optimizer.step()
-        g_loss = generator_loss(self.loss, self.discriminator(fake))
-        self.g_optimizer.zero_grad(set_to_none=True)
-        g_loss.backward()
-        self.g_optimizer.step()
+        lr = self.next_learning_rate()
         progress.step += 1
+        with self.autocast():
+            fake = self.generator(noise)
+            real_scores = self.discriminator(real).float()
+            fake_scores = self.discriminator(fake.detach()).float()
+            d_loss = discriminator_loss(self.loss, real_scores, fake_scores)
+        self.apply(d_loss, self.d_optimizer, self.discriminator.parameters(), progress.step)
+        with self.autocast():
+            g_loss = generator_loss(self.loss, self.discriminator(fake).float())
+        self.apply(g_loss, self.g_optimizer, self.generator.parameters(), progress.step)
+        if self.scaler:
+            self.scaler.update()
         d_real = torch.sigmoid(real_scores.detach()).mean()
         d_fake = torch.sigmoid(fake_scores.detach()).mean()
         parts = torch.stack([d_loss.detach(), g_loss.detach(), d_real, d_fake]).double()
-        progress.totals += parts * len(real)
+        progress.totals.add_(parts, alpha=len(real))
         progress.samples += len(real)
         done = GanStep(
-            progress.step, progress.epoch + 1, d_loss.detach(), g_loss.detach(), d_real, d_fake
+            progress.step, progress.epoch + 1, d_loss.detach(), g_loss.detach(), d_real, d_fake, lr
         )
         self.hooks.after_step(done)
         return done
 
-    def end_epoch(self) -> None:
-        progress = self.progress
-        sums = progress.totals.tolist()
-        means = [value / max(progress.samples, 1) for value in sums]
-        if not all(math.isfinite(value) for value in means):
-            raise Diverged(progress.step)
-        record = {"epoch": progress.epoch + 1, "step": progress.step}
-        record |= dict(zip(("d_loss", "g_loss", "d_real", "d_fake"), means, strict=True))
-        progress.epoch += 1
-        progress.batch = 0
-        progress.totals = torch.zeros(4, dtype=torch.float64, device=self.device)
-        progress.samples = 0
-        self.hooks.after_epoch(record, progress)
+    def epoch_record(self) -> dict[str, Any]:
+        """The epoch's mean losses and D's mean probabilities on real and generated samples."""
+        samples = max(self.progress.samples, 1)
+        means = [value / samples for value in self.progress.totals.tolist()]
+        return dict(zip(GAN_PARTS, means, strict=True))

@@ -13,10 +13,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from runtime.loop import OPTIMIZERS
+
 # Fields that only the app's trainer reads (uploads, live instruments, its launcher); train.py
 # has no flag
 # for them (train.py runs on several devices under torchrun instead of a `processes` flag).
 APP_ONLY = ("label_column", "report_every", "health_every", "attention_every", "processes")
+# Fields that do not apply to a GAN pair: it holds no samples out (it has no labels to check
+# against), always learns to imitate the data, and trains in one process. The Train page does not
+# show them for a pair; its train.py has no flag for them.
+GAN_UNUSED = ("target", "val_fraction", "processes")
 
 
 class TrainConfig(BaseModel):
@@ -32,7 +38,7 @@ class TrainConfig(BaseModel):
     epochs: int = Field(5, ge=1, le=100_000)
     batch_size: int = Field(64, ge=1, le=1_000_000, description="global batch")
     lr: float = Field(1e-3, gt=0, le=1e6, description="peak learning rate")
-    optimizer: Literal["sgd", "momentum", "adam", "adamw", "rmsprop"] = "adam"
+    optimizer: Literal[tuple(OPTIMIZERS)] = "adam"  # type: ignore[valid-type]
     weight_decay: float = Field(0.0, ge=0, le=100)
     schedule: Literal["constant", "step", "cosine"] = Field(
         "constant",

@@ -1,11 +1,12 @@
-"""The training loop: trains a run folder's model.py on its dataset and records what happens.
+"""The training of one model: trains a run folder's model.py on its dataset and records it.
 
 It runs in its own process (started by runtime/runs.py, or headless by `python -m runtime train`),
-so a crash here cannot take the app down. The loop itself is runtime/loop.py, the very code the
-exported train.py runs; this module adds what the app watches as hooks around it. Everything they
-report is gathered on the device and moved to the host in one go every FLUSH_SECONDS, so watching
-a run costs next to nothing. Faults end the run with a named
-status and a message that says what to change.
+so a crash here cannot take the app down. The loop is runtime/loop.py and the code around it
+(device, checkpoint, stop, records) runtime/run.py, the very files the exported train.py runs;
+runtime/watched.py writes the run folder, and this module adds what the app watches as hooks.
+Everything they report is gathered on the device and moved to the host in one go every
+FLUSH_SECONDS, so watching a run costs next to nothing. Faults end the run with a named status
+and a message that says what to change. A GAN pair trains in runtime/gan.py.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import os
 import threading
 import time
 import traceback
-import types
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -26,7 +26,6 @@ import torch
 import torch.distributed as dist
 from pydantic import ValidationError
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from builder.catalog import CATALOG
 from builder.graph import Graph, GraphFormatError, load_graph
@@ -34,7 +33,7 @@ from compiler.analysis import Analysis, analyse, loss_of
 from compiler.codegen import attribute_names
 from compiler.gan import discriminator_graph
 from i18n import Message, msg
-from runtime import store
+from runtime import gan, run, store
 from runtime.datasets import (
     Dataset,
     DatasetError,
@@ -42,18 +41,7 @@ from runtime.datasets import (
     dataset_from_path,
     load_dataset,
 )
-from runtime.loop import (
-    Data,
-    Diverged,
-    Hooks,
-    Loop,
-    Progress,
-    Step,
-    any_process,
-    make_optimizer,
-    split,
-    sum_over_processes,
-)
+from runtime.loop import Data, Loop, Progress, Step, make_optimizer, split
 from runtime.metrics import (
     ActivationReading,
     activation_probe,
@@ -67,94 +55,23 @@ from runtime.metrics import (
 )
 from runtime.settings import TrainConfig
 from runtime.sizing import check_fits
+from runtime.watched import (  # noqa: F401  (CheckpointError, load_checkpoint: step.py's)
+    CheckpointError,
+    RunResult,
+    TrainingFault,
+    WatchedRun,
+    load_checkpoint,
+    load_model_source,
+    event_record,
+    message_json,
+    pick_device,
+)
 
-FLUSH_SECONDS = 0.5
-CHECKPOINT_MIN_SECONDS = 2.0
-CHECKPOINT_SHARE = 0.01  # checkpoints may take about this share of the training time
-CHECKPOINT_FORMAT = "netbuilder.checkpoint/1"
-# What a training checkpoint holds for a resume (the scaler and CUDA generators are optional).
-RESUME_PARTS = ("model", "optimizer", "progress", "rng")
 DEVICE_DATA_SHARE = 0.5  # a dataset may fill this share of the free GPU memory
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is corrupt, foreign, or does not fit the graph. `detail` is the sentence
-    as a Message, rendered in the reader's language; str() is its English."""
-
-    def __init__(self, detail: Message) -> None:
-        self.detail = detail
-        super().__init__(str(detail))
-
-
-# what load_state_dict and friends raise for a checkpoint of another graph or config
-CHECKPOINT_MISFITS = (RuntimeError, KeyError, TypeError, ValueError, AttributeError)
-
-
-def does_not_fit(name: str, exc: BaseException) -> CheckpointError:
-    """The sentence for a checkpoint that cannot be loaded into this run, with torch's reason."""
-    reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-    return CheckpointError(
-        msg(
-            "checkpoint {file} does not fit this graph and config ({reason})",
-            file=name,
-            reason=reason,
-        )
-    )
-
-
-class TrainingFault(Exception):
-    """Training ends early with a named status (diverged, failed) and a message."""
-
-    def __init__(self, status: str, message: Message | str) -> None:
-        super().__init__(str(message))
-        self.status = status
-        self.message = message
-
-
-@dataclass
-class RunResult:
-    status: str
-    message: str
-    epochs: int
-    step: int
-    val_loss: float | None = None
-    val_accuracy: float | None = None
-    train_seconds: float = 0.0
-    code: dict[str, Any] | None = None  # the message as data (template and values)
-    metrics: dict[str, Any] | None = None  # the last epoch's record
 
 
 # ---------------------------------------------------------------------------------------------
 # Small pure pieces
-
-
-def pick_device(requested: str, local_rank: int = 0) -> torch.device:
-    """auto prefers cuda, then mps, then cpu; an unavailable explicit choice is an error.
-    Under torchrun each process takes the GPU of its local rank."""
-    available = {
-        "cuda": torch.cuda.is_available(),
-        "mps": torch.backends.mps.is_available(),
-        "cpu": True,
-    }
-    chosen = next(name for name, ok in available.items() if ok)
-    if requested != "auto":
-        if not available[requested]:
-            raise TrainingFault(
-                "failed",
-                msg(
-                    "device {device} is not available on this machine; choose auto or cpu",
-                    device=repr(requested),
-                ),
-            )
-        chosen = requested
-    return torch.device("cuda", local_rank) if chosen == "cuda" else torch.device(chosen)
-
-
-def load_model_source(source: str) -> nn.Module:
-    """Execute a generated model.py as a fresh module and build its model."""
-    module = types.ModuleType("netbuilder_model")
-    exec(compile(source, "model.py", "exec"), module.__dict__)
-    return module.build_model()
 
 
 def trained_model(run_dir: Path) -> nn.Module | None:
@@ -213,26 +130,6 @@ def dataset_for_run(
     return load_dataset(config.dataset, seed=config.seed, input_shape=input_shape)
 
 
-def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
-    """A checkpoint read safely (weights_only=True); any problem becomes a CheckpointError."""
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(msg("checkpoint {file} is missing", file=path.name)) from None
-    except Exception as exc:  # torch.load raises many types for corrupt or unsafe files
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            msg(
-                "checkpoint {file} is corrupt or not a NetBuilder checkpoint ({reason})",
-                file=path.name,
-                reason=reason,
-            )
-        ) from None
-    if not isinstance(state, dict):
-        raise CheckpointError(msg("checkpoint {file} holds no state dict", file=path.name))
-    return state
-
-
 def warm_start(
     model: nn.Module,
     modules: dict[str, str],
@@ -269,7 +166,7 @@ def warm_start(
 
 
 # ---------------------------------------------------------------------------------------------
-# The trainer: the shared loop, watched through its hooks
+# The trainer: the shared loop and run, watched through their hooks
 
 
 @dataclass
@@ -282,8 +179,8 @@ class _PendingStep:
     samples: int
 
 
-class Trainer(Hooks):
-    """One run's training: runtime/loop.py's Loop, with the app's instruments as its hooks.
+class Trainer(WatchedRun):
+    """One model's run: loop.py's Loop inside run.py's Run, with the app's instruments as hooks.
     `run()` trains until done, stopped or faulted.
 
     Under torchrun (`world` processes), the loop trains a DistributedDataParallel wrapper;
@@ -305,30 +202,24 @@ class Trainer(Hooks):
         rank: int = 0,
         world: int = 1,
     ) -> None:
-        self.run_dir, self.config, self.analysis = run_dir, config, analysis
-        self.model, self.data, self.device = model, data, device
-        self.stop, self.on_epoch = stop, on_epoch
-        self.rank, self.world, self.writer = rank, world, rank == 0
+        self.analysis, self.model, self.data = analysis, model, data
         self.modules = module_attributes(analysis)
         types_ = node_types(analysis)
-        self.log = store.MetricsLog(run_dir / store.METRICS_FILE) if self.writer else store.NoLog()
         self.optimizer = make_optimizer(config, list(model.parameters()))
-        trained = model
-        if world > 1:
-            trained = DistributedDataParallel(
-                model, device_ids=[device] if device.type == "cuda" else None
-            )
-        self.loop = Loop(
-            trained,
+        trainer = Loop(
+            run.distributed(model, device, world),
             self.optimizer,
             data,
             config,
             loss[0],
             loss[1],
-            hooks=self,
             device=device,
             rank=rank,
             world=world,
+        )
+        files = {"model": store.WEIGHTS_FILE}
+        super().__init__(
+            run_dir, config, trainer, {"model": model}, files, stop, on_epoch, rank, world
         )
         self.grad_probe = grad_norm_probe(model, self.modules)
         self.activations = activation_probe(model, self.modules, types_)
@@ -341,15 +232,8 @@ class Trainer(Hooks):
         self.pending_health: list[tuple[int, ActivationReading]] = []
         self.pending_attention: list[tuple[int, dict[str, torch.Tensor]]] = []
         self.pending_features: list[tuple[int, dict[str, torch.Tensor]]] = []
-        self.last_flush = self.last_checkpoint = time.perf_counter()
-        self.checkpoint_seconds: float | None = None  # how long the last checkpoint took
-        self.last_record: dict[str, Any] = {}
         self._reading: ActivationReading | None = None
         self._announce()
-
-    @property
-    def progress(self) -> Progress:
-        return self.loop.progress
 
     @property
     def scaler(self) -> torch.amp.GradScaler | None:
@@ -357,10 +241,7 @@ class Trainer(Hooks):
 
     def _announce(self) -> None:
         """Events for what the loop decided on its own: mixed precision, a dropped batch."""
-        if self.config.amp and self.device.type != "cuda":
-            self.event(msg("mixed precision applies on CUDA only; training in float32"))
-        elif self.config.amp:
-            self.event(msg("mixed precision on {device}", device=self.device.type))
+        self.announce_precision()
         if self.loop.left_out:
             self.event(
                 msg(
@@ -406,47 +287,14 @@ class Trainer(Hooks):
                 (done.step, capture_feature_maps(self.model, self.feature_layers, self.example))
             )
 
-    def after_batch(self, progress: Progress) -> None:
-        if self.writer and time.perf_counter() - self.last_flush >= FLUSH_SECONDS:
-            self.flush()  # (it also reads the stop flag)
-            store.update_status(self.run_dir, step=progress.step)
-            if not self.stop.is_set() and self.checkpoint_due():
-                self.save_checkpoint()
-        stop = self.stop.is_set()
-        if self.world > 1:
-            stop = any_process(stop, self.device)
-        if stop:
-            raise Stopped
-
     def before_evaluate(self, progress: Progress) -> None:
         self.flush()
-        if self.world > 1:
-            sum_over_processes(progress)
-
-    def after_epoch(self, record: dict[str, Any], progress: Progress) -> None:
-        record = {
-            "kind": "epoch",
-            **{k: store.finite(v) if isinstance(v, float) else v for k, v in record.items()},
-            "time": time.time(),
-        }
-        self.log.write([record])
-        self.last_record = record
-        if not self.writer:
-            return
-        if progress.epoch < self.config.epochs and self.checkpoint_due():
-            self.save_checkpoint()
-        store.update_status(self.run_dir, step=progress.step, epoch=progress.epoch)
-        if self.on_epoch:
-            self.on_epoch(record)
+        super().before_evaluate(progress)
 
     # -- records ---------------------------------------------------------------------------
 
-    def event(self, message: Message | str) -> None:
-        self.log.write([event_record(self.progress.step, message)])
-
     def flush(self) -> None:
         """Move everything gathered on the device to the log; detect divergence."""
-        self.last_flush = time.perf_counter()
         if self.pending:
             self._flush_steps()
         norms, self.pending_norms = self.pending_norms, []
@@ -484,8 +332,7 @@ class Trainer(Hooks):
             for step, captured in features
             for node, maps in captured.items()
         )
-        if (self.run_dir / store.STOP_FILE).exists():
-            self.stop.set()
+        super().flush()
 
     def _flush_steps(self) -> None:
         pending, self.pending = self.pending, []
@@ -541,91 +388,11 @@ class Trainer(Hooks):
             "diverged", msg("diverged at step {step}; lower the learning rate", step=step)
         )
 
-    # -- checkpoints -----------------------------------------------------------------------
-
-    def checkpoint_due(self) -> bool:
-        """The first one at once, then as often as costs about CHECKPOINT_SHARE of the time."""
-        if self.checkpoint_seconds is None:
-            return True
-        interval = max(CHECKPOINT_MIN_SECONDS, self.checkpoint_seconds / CHECKPOINT_SHARE)
-        return time.perf_counter() - self.last_checkpoint >= interval
-
-    def save_checkpoint(self) -> None:
-        if not self.writer:
-            return
-        started = time.perf_counter()
-        folder = self.run_dir / store.CHECKPOINT_DIR
-        state = {
-            "format": CHECKPOINT_FORMAT,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler else None,
-            "progress": vars(self.progress).copy(),
-            "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
-        }
-        weights = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        store.write_atomic(folder / store.STATE_FILE, lambda file: torch.save(state, file))
-        store.write_atomic(folder / store.WEIGHTS_FILE, lambda file: torch.save(weights, file))
-        self.last_checkpoint = time.perf_counter()
-        self.checkpoint_seconds = self.last_checkpoint - started
-
-    def restore(self, path: Path) -> None:
-        state = load_checkpoint(path, self.device)
-        if state.get("format") != CHECKPOINT_FORMAT or not isinstance(state.get("model"), dict):
-            raise CheckpointError(
-                msg("checkpoint {file} is not a NetBuilder training checkpoint", file=path.name)
-            )
-        for part in RESUME_PARTS:  # a resume needs every one; name the first that is missing
-            if state.get(part) is None:
-                raise CheckpointError(
-                    msg(
-                        "checkpoint {file} has no {part}, which resuming needs",
-                        file=path.name,
-                        part=part,
-                    )
-                )
-        try:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            if self.scaler and state.get("scaler"):
-                self.scaler.load_state_dict(state["scaler"])
-            self.loop.progress = Progress(**state["progress"])
-            torch.set_rng_state(state["rng"].cpu())
-        except CHECKPOINT_MISFITS as exc:
-            raise does_not_fit(path.name, exc) from None
-        if state.get("cuda_rng") is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
-
     # -- the run ---------------------------------------------------------------------------
 
-    def run(self) -> RunResult:
-        started = time.perf_counter()
-        try:
-            status, message = "completed", self._train()
-        except Stopped:
-            self.flush()
-            status = "stopped"
-            message = msg(
-                "stopped at step {step} (epoch {epoch}); resume to continue",
-                step=self.progress.step,
-                epoch=self.progress.epoch + 1,
-            )
-        self.save_checkpoint()
-        seconds = time.perf_counter() - started
+    def finish(self) -> None:
         if self.world > 1:
             self._check_processes_agree()
-        self.event(message)
-        return RunResult(
-            status,
-            str(message),
-            self.progress.epoch,
-            self.progress.step,
-            *self.last_val,
-            seconds,
-            message_json(message),
-            self.last_record,
-        )
 
     def _check_processes_agree(self) -> None:
         """Every process ends with the same weights (DistributedDataParallel's promise): each
@@ -641,30 +408,7 @@ class Trainer(Hooks):
             )
         self.event(msg("the weights agree on all {world} processes", world=self.world))
 
-    @property
-    def last_val(self) -> tuple[float | None, float | None]:
-        return self.last_record.get("val_loss"), self.last_record.get("val_accuracy")
-
-    def _train(self) -> Message:
-        try:
-            outcome = self.loop.train()
-        except Diverged as exc:
-            self.flush()
-            raise TrainingFault(
-                "diverged",
-                msg(
-                    "diverged at step {step}: the loss is not finite; lower the learning rate",
-                    step=exc.step,
-                ),
-            ) from None
-        if outcome == "early":
-            return msg(
-                "stopped early after epoch {epoch}: the validation loss has not improved for"
-                " {patience} epochs (best {best:.4g})",
-                epoch=self.progress.epoch,
-                patience=self.config.early_stopping_patience,
-                best=self.progress.best_val_loss,
-            )
+    def completed_message(self) -> Message:
         val_loss, val_accuracy = self.last_val
         if val_accuracy is not None:
             return msg(
@@ -678,23 +422,7 @@ class Trainer(Hooks):
                 epochs=self.progress.epoch,
                 loss=val_loss,
             )
-        return msg("completed {epochs} epochs", epochs=self.progress.epoch)
-
-
-def event_record(step: int, message: Message | str) -> dict[str, Any]:
-    """An event for metrics.jsonl: the English sentence, and the message as data to render."""
-    record = {"kind": "event", "step": step, "message": str(message)}
-    if isinstance(message, Message):
-        record["code"] = message.to_json()
-    return record
-
-
-def message_json(message: Message | str) -> dict[str, Any] | None:
-    return message.to_json() if isinstance(message, Message) else None
-
-
-class Stopped(Exception):
-    """A stop was requested; unwinds the loop to the graceful-stop path."""
+        return super().completed_message()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -811,9 +539,7 @@ def _prepare(
     judge = discriminator_graph(graph)
     if judge is not None and world > 1:
         raise TrainingFault("failed", msg("a GAN pair trains in one process; choose one device"))
-    if judge is not None:  # a GAN pair trains in runtime/gan.py (which imports this module)
-        from runtime import gan
-
+    if judge is not None:  # a GAN pair trains in runtime/gan.py
         dataset = dataset_for_run(run_dir, config)
         device = pick_device(config.device)
         store.update_status(run_dir, device=str(device))
@@ -825,7 +551,7 @@ def _prepare(
     if problems:
         joined = "; ".join(map(str, problems))
         raise TrainingFault("failed", problems[0] if len(problems) == 1 else joined)
-    device = pick_device(config.device, int(os.environ.get("LOCAL_RANK", 0)))
+    device = pick_device(config.device, int(os.environ.get("LOCAL_RANK", 0)), world)
     if world > 1 and device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL's collectives run on this process's GPU
     if rank == 0:
@@ -857,7 +583,7 @@ def _prepare(
         )
     state = run_dir / store.CHECKPOINT_DIR / store.STATE_FILE
     if state.exists():
-        trainer.restore(state)
+        trainer.resume(state)
         trainer.event(
             msg(
                 "resumed from the checkpoint at step {step} (epoch {epoch}, batch {batch})",

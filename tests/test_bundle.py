@@ -26,7 +26,8 @@ TEMPLATES = sorted((ROOT / "builder" / "templates").glob("*.json"))
 LENET = ROOT / "builder" / "templates" / "lenet5.json"
 RESNET = ROOT / "builder" / "templates" / "resnet.json"
 BUNDLE = {
-    "model.py", "train.py", "loop.py", "builtin_data.py", "csv_table.py", "graph.json", "README.md"
+    "model.py", "train.py", "loop.py", "run.py", "builtin_data.py", "csv_table.py", "graph.json",
+    "README.md",
 }  # fmt: skip
 
 

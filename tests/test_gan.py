@@ -95,8 +95,10 @@ def test_a_gan_trains_and_its_samples_move_towards_the_data(tmp_path: Path):
     steps = [r for r in records if r["kind"] == "gan"]
     assert len(steps) == result.step and all(math.isfinite(r["d_loss"]) for r in steps)
     assert all(0 <= r["d_real"] <= 1 and 0 <= r["d_fake"] <= 1 for r in steps)
-    grids = [np.asarray(r["images"]) for r in records if r["kind"] == "samples"]
-    assert len(grids) >= 6 and grids[0].shape == (16, 1, 8, 8)
+    samples = [r for r in records if r["kind"] == "samples"]
+    assert [samples[0]["step"], samples[-1]["step"]] == [0, result.step]  # untrained, and last
+    grids = [np.asarray(r["images"]) for r in samples]
+    assert grids[0].shape == (16, 1, 8, 8)
     assert not np.allclose(grids[0], grids[-1])  # the samples change as it trains
     from runtime.datasets import load_dataset
 
@@ -151,6 +153,7 @@ def test_the_pair_exports_both_players_and_train_py_ends_with_the_apps_weights(t
         "discriminator.py",
         "train.py",
         "loop.py",
+        "run.py",
         "builtin_data.py",
         "graph.json",
         "README.md",
@@ -159,7 +162,7 @@ def test_the_pair_exports_both_players_and_train_py_ends_with_the_apps_weights(t
     folder.mkdir()
     for name, text in files.items():
         (folder / name).write_text(text)
-    names = ("generator", "discriminator", "model", "builtin_data", "loop", "train")
+    names = ("generator", "discriminator", "model", "builtin_data", "loop", "run", "train")
     try:
         for name in names:
             spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
@@ -177,3 +180,42 @@ def test_the_pair_exports_both_players_and_train_py_ends_with_the_apps_weights(t
     assert all(torch.equal(app[key], script[key]) for key in app)
     samples = torch.load(tmp_path / "ck" / "samples.pt", weights_only=True)
     assert samples.shape == (16, 1, 8, 8)
+
+
+def test_a_gan_takes_the_runs_optimizer_and_its_learning_rates_follow_the_schedule(tmp_path):
+    from runtime.loop import learning_rate
+
+    settings = dict(epochs=2, lr=0.05, optimizer="sgd", schedule="cosine", warmup_steps=3)
+    result, records, folder = train_pair(tmp_path, PAIR, **settings)
+    assert result.status == "completed", result.message
+    config = TrainConfig.model_validate_json((folder / store.CONFIG_FILE).read_text())
+    assert (config.optimizer, config.schedule) == ("sgd", "cosine")
+    steps = [r for r in records if r["kind"] == "gan"]
+    total = result.step
+    assert [r["lr"] for r in steps] == [learning_rate(config, r["step"] - 1, total) for r in steps]
+    assert steps[0]["lr"] < steps[3]["lr"] > steps[-1]["lr"]  # warm-up, then the cosine decay
+    state = torch.load(folder / store.CHECKPOINT_DIR / store.STATE_FILE, weights_only=True)
+    for player in ("generator", "discriminator"):  # torch.optim.SGD's own state, both players
+        group = state["optimizers"][player]["param_groups"][0]
+        assert "betas" not in group and group["momentum"] == 0
+        assert group["lr"] == pytest.approx(steps[-1]["lr"])
+
+
+def test_a_gan_clips_both_players_gradients_and_stops_on_the_generators_patience(
+    tmp_path, monkeypatch
+):
+    clipped: list[float] = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def watched(parameters, max_norm):
+        clipped.append(max_norm)
+        return clip(parameters, max_norm)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", watched)
+    result, records, _ = train_pair(
+        tmp_path, PAIR, epochs=8, lr=1e-9, grad_clip=0.5, early_stopping_patience=1
+    )
+    assert result.status == "completed", result.message
+    assert clipped == [0.5] * (2 * result.step)  # D's and G's gradients, every step
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert len(epochs) < 8 and "generator's loss has not improved" in result.message

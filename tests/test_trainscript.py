@@ -31,7 +31,7 @@ from runtime.trainer import train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = sorted((ROOT / "builder" / "templates").glob("*.json"))
-BUNDLE_MODULES = ("model", "builtin_data", "loop", "csv_table", "train")
+BUNDLE_MODULES = ("model", "builtin_data", "loop", "run", "csv_table", "train")
 SMALL_CNN = [
     ("Conv2d", {"out_channels": 8, "kernel_size": 3, "padding": 1}),
     ("BatchNorm2d", {}),
@@ -118,6 +118,7 @@ def test_train_py_is_black_formatted_and_standalone(template: Path) -> None:
         "torch",
         "model",
         "loop",
+        "run",
         "builtin_data",
         "csv_table",
     }
@@ -132,7 +133,7 @@ def test_train_py_is_black_formatted_and_standalone(template: Path) -> None:
     assert inner <= {"numpy"}
 
 
-@pytest.mark.parametrize("name", ["loop.py", "builtin_data.py"])
+@pytest.mark.parametrize("name", ["loop.py", "run.py", "builtin_data.py"])
 def test_the_bundle_carries_the_runtimes_own_loop_and_data_verbatim(name: str) -> None:
     graph = load_graph(TEMPLATES[0].read_text())
     files = bundle_files(graph, analyse(graph))
@@ -144,10 +145,9 @@ def test_the_bundle_carries_the_runtimes_own_loop_and_data_verbatim(name: str) -
         if isinstance(node, (ast.Import, ast.ImportFrom))
         for alias in node.names
     }
-    assert top <= {"__future__", "collections", "contextlib", "dataclasses", "math", "random"} | {
-        "typing",
-        "torch",
-    }
+    standard = {"__future__", "collections", "contextlib", "dataclasses", "functools", "json"}
+    standard |= {"math", "os", "pathlib", "random", "tempfile", "time", "typing"}
+    assert top <= standard | {"torch"}
 
 
 def test_train_py_carries_the_apps_settings_as_defaults(tmp_path: Path) -> None:
@@ -460,7 +460,7 @@ def test_a_diverging_run_stops_with_advice_and_keeps_no_bad_checkpoint(bundle, t
 )
 def test_asking_for_cuda_without_a_gpu_says_what_to_do(bundle, tmp_path) -> None:
     _, train = bundle
-    with pytest.raises(SystemExit, match="no CUDA GPU is visible; use --device cpu"):
+    with pytest.raises(SystemExit, match="no CUDA GPU is visible.*choose auto or cpu"):
         train.main(["--device", "cuda", "--out", str(tmp_path / "ck")])
 
 
