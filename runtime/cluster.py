@@ -22,6 +22,7 @@ imports it, and with it set but ray missing every Start says so in a sentence.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -202,6 +203,8 @@ def never_fits(memory: dict[str, Any]) -> Message | None:
     wanted = {"CPU": asks["num_cpus"], "GPU": asks["num_gpus"], "memory": asks["memory"]}
     if any(all(node.get(name, 0) >= need for name, need in wanted.items()) for node in nodes):
         return None
+    if asks["num_gpus"] and not any(node.get("GPU", 0) for node in nodes):
+        return msg("the Ray cluster has no GPU; choose the device cpu or auto for this run")
     return msg(
         "no node of the Ray cluster has {cpus} CPU, {gpus} GPU and {memory} in all, so this run"
         " could never start; make the model or the batch smaller",
@@ -248,7 +251,7 @@ def submit(folder: Path, memory: dict[str, Any]) -> ClusterTrainer:
     asks = resources(memory)
     name = f"netbuilder-{folder.name}-{secrets.token_hex(4)}"
     actor = (
-        ray.remote(RunActor)
+        _actor_class()
         .options(
             name=name,
             namespace=NAMESPACE,
@@ -278,6 +281,12 @@ def submit(folder: Path, memory: dict[str, Any]) -> ClusterTrainer:
     threads = max(1, int(asks["num_cpus"]) // max(1, _processes(memory)))
     done = actor.train.remote(str(folder.resolve()), threads, _processes(memory))
     return ClusterTrainer(actor, done, entry)
+
+
+@functools.cache
+def _actor_class() -> Any:
+    """RunActor as a Ray actor class (made once per process; its code travels by reference)."""
+    return connect().remote(RunActor)
 
 
 def _processes(memory: dict[str, Any]) -> int:

@@ -158,11 +158,13 @@ def test_a_run_waiting_for_a_node_says_so_and_stops_at_once(
     assert status_text(read_run(runs_dir, run_id), "en") == "stopped before it started"
 
 
-def test_a_run_no_node_could_ever_hold_is_refused_at_start(
+def test_a_run_no_node_could_ever_hold_is_refused_at_start_saying_why(
     on_cluster: None, tmp_path: Path
 ) -> None:
-    with pytest.raises(RunError, match="no node of the Ray cluster has"):
+    with pytest.raises(RunError, match="the Ray cluster has no GPU"):
         start_run(tmp_path / "workspace", GRAPH, LONG.model_copy(update={"device": "cuda"}))
+    with pytest.raises(RunError, match="no node of the Ray cluster has 3 CPU"):
+        start_run(tmp_path / "workspace", GRAPH, LONG.model_copy(update={"processes": 3}))
 
 
 def test_a_small_gpu_run_asks_for_a_fraction_of_a_gpu_and_a_big_one_for_whole_gpus() -> None:
