@@ -38,7 +38,7 @@ from runtime import store
 from runtime.datasets import Dataset
 from runtime.loop import compute_loss, has_batch_statistics, make_optimizer, resolved_loss
 from runtime.settings import TrainConfig
-from runtime.trainer import CheckpointError, load_checkpoint
+from runtime.trainer import CheckpointError, load_checkpoint, load_model_source
 
 FIRST_VALUES = 64  # values of the first sample (or of a parameter) that step.json keeps
 MAX_INPUT_VALUES = 65_536  # the batch's input values step.json keeps in full
@@ -106,9 +106,7 @@ def build_model(
     """The generated model, built as the trainer builds it (seeded first, so the same seed gives
     the same first weights as a run), then loaded with `weights` where given."""
     torch.manual_seed(seed)
-    module = types.ModuleType("netbuilder_model")
-    exec(compile(source, "model.py", "exec"), module.__dict__)
-    model = module.build_model()
+    model = load_model_source(source)
     if weights is not None:
         try:
             model.load_state_dict(weights)
