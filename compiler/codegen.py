@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import keyword
 import re
+import types
+from pathlib import PurePath
+from typing import Any
 
 from builder.catalog import CATALOG, Tensor, shape_text
 from compiler.analysis import Analysis
@@ -187,3 +190,18 @@ def _fit(indent: int, code: str, comment: str | None = None) -> list[str]:
 
     wrapped = black.format_str(code, mode=black.Mode(line_length=LINE_LENGTH - indent))
     return lines + [pad + line if line else line for line in wrapped.rstrip("\n").split("\n")]
+
+
+def generated_module(source: str, filename: str = "model.py") -> types.ModuleType:
+    """Execute generated source (model.py, discriminator.py) as a fresh module: the one place
+    NetBuilder turns the code it generated into Python objects. Only ever this module's own
+    output, whose user text is sanitised; a person's own file goes through the importer's
+    sandboxed loader instead."""
+    module = types.ModuleType(f"netbuilder_{PurePath(filename).stem}")
+    exec(compile(source, filename, "exec"), module.__dict__)
+    return module
+
+
+def load_model_source(source: str, filename: str = "model.py") -> Any:
+    """The model that generated source builds (its build_model())."""
+    return generated_module(source, filename).build_model()

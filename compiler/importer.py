@@ -46,7 +46,7 @@ from builder.catalog import (
 from builder.graph import FORMAT, Graph, GraphFormatError, parse_graph
 from builder.layers.transformer import POSITIONAL_ENCODING
 from compiler.analysis import Analysis, analyse
-from compiler.codegen import attribute_names, generate_source
+from compiler.codegen import attribute_names, generate_source, load_model_source
 from i18n import N_, Message, msg
 
 EXAMPLE_BATCH = 3
@@ -1498,9 +1498,7 @@ def _output_problems(
     analysis: Analysis, walk: Walk, model: nn.Module, example: torch.Tensor
 ) -> list[Unsupported]:
     """Run the compiled graph with the model's weights; its outputs must be the model's."""
-    namespace: dict[str, Any] = {"__name__": "netbuilder_imported"}
-    exec(compile(generate_source(analysis), "model.py", "exec"), namespace)  # sanitised source
-    compiled = namespace["build_model"]().eval()
+    compiled = load_model_source(generate_source(analysis)).eval()
     state = convert_state_dict(model.state_dict(), walk.module_paths, attribute_names(analysis))
     try:
         compiled.load_state_dict(state)

@@ -19,7 +19,7 @@ from torch import nn
 
 from builder.catalog import CATALOG, Tensor
 from compiler.analysis import Analysis
-from compiler.codegen import generate_source
+from compiler.codegen import generate_source, generated_module
 from compiler.memory import estimate_memory, format_bytes
 from i18n import Message, msg
 
@@ -94,9 +94,8 @@ def export_graph_onnx(
         joined = Message("; ".join(f"{{r{i}}}" for i in range(len(blocked))))
         reasons = Message(joined.text, {f"r{i}": reason for i, reason in enumerate(blocked)})
         raise OnnxExportError(msg("cannot export to ONNX: {reasons}", reasons=reasons))
-    namespace: dict[str, object] = {"__name__": "netbuilder_onnx"}
-    exec(compile(generate_source(analysis), "model.py", "exec"), namespace)  # sanitised source
-    model = namespace["build_model"]()
+    generated = generated_module(generate_source(analysis))
+    model = generated.build_model()
     if weights is not None:
         try:
             model.load_state_dict(weights)
@@ -105,7 +104,7 @@ def export_graph_onnx(
             raise OnnxExportError(
                 msg("the weights do not fit this graph: {detail}", detail=first)
             ) from None
-    shape, dtype = namespace["INPUT_SHAPE"], namespace["INPUT_DTYPE"]
+    shape, dtype = generated.INPUT_SHAPE, generated.INPUT_DTYPE
     return export_onnx(model, torch.zeros((2, *shape), dtype=dtype))
 
 
