@@ -41,7 +41,13 @@ class Diverged(Exception):
 
 @dataclass
 class Data:
-    """Train and validation tensors; y is x itself when the model learns to reproduce its input."""
+    """Train and validation tensors; y is x itself when the model learns to reproduce its input.
+
+    x may instead be image_folder.LazyImages (pictures decoded as they are asked for): the loop
+    draws training batches with `index_select` (augmented), reads validation by slices (as they
+    are), and tells it each epoch's batches first (`plan`), so that DataLoader workers decode
+    them ahead of the steps.
+    """
 
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -301,6 +307,7 @@ class Epochs:
     rank: int = 0
     world: int = 1
     optimizers: dict[str, torch.optim.Optimizer]
+    training_samples: Any  # what `step` draws from: a tensor, or an image folder read ahead
 
     def prepare(self, samples: int, drop_single: bool) -> None:
         settings = self.settings
@@ -319,9 +326,15 @@ class Epochs:
         while progress.epoch < settings.epochs:
             order = epoch_order(settings.seed, progress.epoch, self.samples)
             order = order.to(self.sample_device)
-            for batch in range(progress.batch, self.batches):
-                index = order[batch * size : (batch + 1) * size]
-                self.step(index[self.rank :: self.world])
+            batches = [
+                order[batch * size : (batch + 1) * size][self.rank :: self.world]
+                for batch in range(progress.batch, self.batches)
+            ]
+            read_ahead = getattr(self.training_samples, "plan", None)  # image_folder.LazyImages
+            if read_ahead is not None:
+                read_ahead(batches, progress.epoch)
+            for batch, index in enumerate(batches, start=progress.batch):
+                self.step(index)
                 progress.batch = batch + 1
                 self.hooks.after_batch(progress)
             if self.end_epoch():
@@ -422,6 +435,7 @@ class Loop(Epochs):
         self.binary = self.loss == "bce_with_logits"
         self.optimizers = {"model": self.optimizer}
         self.sample_device = self.data.x_train.device
+        self.training_samples = self.data.x_train
         self.prepare(len(self.data.x_train), has_batch_statistics(self.model))
 
     def step(self, index: torch.Tensor) -> Step:
@@ -543,6 +557,7 @@ class GanLoop(Epochs):
         self.d_optimizer = make(list(self.discriminator.parameters()))
         self.optimizers = {"generator": self.g_optimizer, "discriminator": self.d_optimizer}
         self.sample_device = self.real.device
+        self.training_samples = self.real
         self.progress.totals = torch.zeros(len(GAN_PARTS), dtype=torch.float64)
         self.prepare(len(self.real), True)
 
