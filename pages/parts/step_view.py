@@ -62,6 +62,7 @@ STAGES = {
 FROM_SEED = "__seed__"
 MAX_CHANNELS = 8  # channel maps shown side by side
 MAP_HEIGHT = 230
+MIN_ZOOM = 0.75  # the nodes' numbers stay readable; a bigger graph is panned, not shrunk
 ROW_STRETCH = 1.35  # the live graph's rows drawn further apart: these nodes hold more numbers
 _WALK = "step-walk"
 _STAGE = "step-stage"
@@ -371,7 +372,7 @@ def _walk_view(
                 # full height, and a read-only view has no zoom of the learner's to keep
                 "fit": _fit_count(),
                 "height": step_canvas_height(analysis),
-                "min_zoom": 0.2,
+                "min_zoom": MIN_ZOOM,
                 "node_width": live_graph.NODE_WIDTH,
             },
             key="step-canvas",
