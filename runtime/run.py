@@ -271,7 +271,7 @@ class Run(loop.Hooks):
 
     def after_epoch(self, record: dict[str, Any], progress: loop.Progress) -> None:
         seconds = max(time.perf_counter() - self.epoch_started, 1e-9)
-        trained = self.loop.samples - self.loop.left_out  # every process's share
+        trained = self.loop.samples - self.loop.left_out  # by all processes together
         record = {
             "kind": "epoch",
             **{k: finite(v) if isinstance(v, float) else v for k, v in record.items()},

@@ -199,3 +199,9 @@ def test_settings_reach_the_optimizer_through_make_optimizer_alone() -> None:
     assert isinstance(optimizer, torch.optim.AdamW)
     assert (group["lr"], group["weight_decay"], group["betas"]) == (0.25, 0.5, (0.5, 0.9))
     assert set(loop.OPTIMIZERS) == set(TrainConfig.model_fields["optimizer"].annotation.__args__)
+
+
+def test_the_memory_estimate_knows_every_optimizer_a_run_can_choose() -> None:
+    from compiler.memory import OPTIMIZER_COPIES  # compiler/ cannot import the runtime's table
+
+    assert set(OPTIMIZER_COPIES) == set(loop.OPTIMIZERS)
