@@ -29,6 +29,7 @@ from compiler.analysis import Analysis, Diagnostic, NodeInfo
 NODE_WIDTH = 200  # px; builder/layout.py's columns leave room for it
 NODE_HEIGHT = 72.0  # px, about what a node's face takes: a group's frame goes round it
 COLLAPSE_ABOVE = 60  # a graph with more nodes opens with its top-level groups collapsed
+BOX_ROOM = 40.0  # px a closed group's row is taller than a layer's: its box has more lines
 MAX_MESSAGE = 90
 MAX_EVENTS = 200  # a value longer than this is not one the canvas sends
 SHORT_MESSAGES = {"does not lead to the Output": i18n.N_("not connected to the Output")}
@@ -294,7 +295,20 @@ def group_view(graph: Graph, opened: frozenset[str] | None, selected: str | None
                 shown_as.update({n: canvas_ids[unit] for n in tree.members[unit]})
 
     visit(ROOT, None)
-    squeeze = _squeeze([[file_xy[n][1] for n in tree.members[g]] for g in closed])
+    # A closed group keeps one row: from the top of its band (its frame's name above its first
+    # row, and those of the groups inside it that start there) to the bottom of its last row.
+    ys = {g: [file_xy[n][1] for n in tree.members[g]] for g in tree.groups}
+    tops: dict[str, float] = {}
+    cuts: list[tuple[float, float]] = []
+    for group in closed:
+        inner = [group, *(g for g in tree.groups if g.startswith(group + "."))]
+        if group in kinds:  # a run of top-level layers: no frame, no band
+            inner = []
+        first, last = min(ys[group]), max(ys[group])
+        tops[group] = first - GROUP_TITLE * sum(min(ys[g]) == first for g in inner)
+        bottom = last + GROUP_PAD * sum(max(ys[g]) == last for g in inner)
+        cuts.append((tops[group], max(tops[group], bottom - BOX_ROOM)))
+    squeeze = _squeeze(cuts)
     positions = {n: (x, squeeze(y)) for n, (x, y) in file_xy.items() if n not in shown_as}
     feeders: dict[str, set[str]] = {}  # face -> the faces with an edge into it
     for edge in graph.edges:
@@ -303,14 +317,13 @@ def group_view(graph: Graph, opened: frozenset[str] | None, selected: str | None
         if source != target:
             feeders.setdefault(target, set()).add(source)
     for group in closed:  # in the order the data reaches them: a box under the one feeding it
-        top = min(file_xy[n][1] for n in tree.members[group])
         above = {positions[f][0] for f in feeders.get(canvas_ids[group], ()) if f in positions}
         column = (
             above.pop()
             if len(above) == 1
             else Counter(file_xy[n][0] for n in tree.members[group]).most_common(1)[0][0]
         )
-        positions[canvas_ids[group]] = (column, squeeze(top))
+        positions[canvas_ids[group]] = (column, squeeze(tops[group]))
     frames: dict[str, tuple[float, float]] = {}
     for group in sorted(opened & set(tree.groups), key=lambda g: -_depth(tree, g)):
         box = _frame_box(tree, group, canvas_ids, positions, frames, shown_as)
@@ -348,11 +361,10 @@ def _depth(tree: GroupTree, group: str) -> int:
     return depth
 
 
-def _squeeze(spans: list[list[float]]) -> Any:
-    """y -> y moved up by the rows of the closed groups above it (each keeps its top row)."""
-    cuts = sorted((min(ys), max(ys)) for ys in spans if ys)
+def _squeeze(cuts: list[tuple[float, float]]) -> Any:
+    """y -> y moved up by the lengths of the cuts (low, high] above it, overlaps counted once."""
     merged: list[tuple[float, float]] = []
-    for low, high in cuts:
+    for low, high in sorted(cuts):
         if merged and low <= merged[-1][1]:
             merged[-1] = (merged[-1][0], max(merged[-1][1], high))
         else:
