@@ -318,11 +318,10 @@ def group_view(graph: Graph, opened: frozenset[str] | None, selected: str | None
             feeders.setdefault(target, set()).add(source)
     for group in closed:  # in the order the data reaches them: a box under the one feeding it
         above = {positions[f][0] for f in feeders.get(canvas_ids[group], ()) if f in positions}
-        column = (
-            above.pop()
-            if len(above) == 1
-            else Counter(file_xy[n][0] for n in tree.members[group]).most_common(1)[0][0]
-        )
+        xs = [file_xy[n][0] for n in tree.members[group]]
+        column = Counter(xs).most_common(1)[0][0]  # where most of it runs
+        if len(above) == 1 and min(xs) <= min(above) <= max(xs):  # within its own columns
+            column = above.pop()
         positions[canvas_ids[group]] = (column, squeeze(tops[group]))
     frames: dict[str, tuple[float, float]] = {}
     for group in sorted(opened & set(tree.groups), key=lambda g: -_depth(tree, g)):
