@@ -17,7 +17,7 @@ from runtime import store
 from runtime.datasets import load_dataset
 from runtime.runs import create_run
 from runtime.trainer import TrainConfig, load_model_source
-from tests.test_train_page import ROOT, WORKSPACE, figure, home, view_control  # noqa: F401
+from tests.test_train_page import ROOT, WORKSPACE, figure, view_control
 
 STAGE_WORDS = {  # what each stage shows, in each language
     "en": {
@@ -33,6 +33,12 @@ STAGE_WORDS = {  # what each stage shows, in each language
         "update": ["Adam 更新", "偏差修正", "更新前 → 更新后"],
     },
 }
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("NETBUILDER_HOME", str(tmp_path))
+    return tmp_path
 
 
 def conv_graph() -> dict:
