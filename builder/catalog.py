@@ -315,14 +315,11 @@ def main(argv: list[str] | None = None) -> int:
         README.write_text(with_readme_table(text), encoding="utf-8")
         return 0
     if args.check:
-        same = with_readme_table(text) == text
-        print(
-            "README.md's layer table is the catalog's"
-            if same
-            else "README.md's layer table"
-            " differs from the catalog: run python -m builder.catalog --readme"
-        )
-        return 0 if same else 1
+        if with_readme_table(text) != text:
+            print("README.md's layer table differs: run python -m builder.catalog --readme")
+            return 1
+        print("README.md's layer table is the catalog's")
+        return 0
     print(readme_table())
     return 0
 

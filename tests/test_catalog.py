@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import operator
+import pickle
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,13 @@ def test_entry_has_teaching_text_and_a_palette_category(name: str) -> None:
     assert spec.description.strip() and spec.formula.strip()
     for field_name, field in spec.params.model_fields.items():
         assert field.description, f"{name}.{field_name} has no description"
+
+
+@pytest.mark.parametrize("name", CATALOG)
+def test_params_survive_pickling_as_a_process_pool_sends_them(name: str) -> None:
+    """Params classes made per dimension (conv_params(2)) are the ones their modules name."""
+    params = CATALOG[name].params.model_validate(starter_params(name, (16, 8, 8)))
+    assert pickle.loads(pickle.dumps(params)) == params
 
 
 @pytest.mark.parametrize("name", CATALOG)

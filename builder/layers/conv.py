@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from math import gcd
+from functools import cache
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
@@ -119,6 +120,7 @@ CONV_PADDING_TEXT = {
 }
 
 
+@cache  # one class per dimension, the one pickle finds under its name below
 def conv_params(n: int) -> type[Params]:
     """The params of Conv{n}d: sizes take an int or a list of n."""
 
@@ -299,6 +301,7 @@ CONV2D = conv_entry(
 # ConvTranspose1d, ConvTranspose2d: the gradient of a convolution, which grows the size
 
 
+@cache  # one class per dimension, the one pickle finds under its name below
 def conv_transpose_params(n: int) -> type[Params]:
     """The params of ConvTranspose{n}d: sizes take an int or a list of n."""
 

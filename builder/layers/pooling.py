@@ -3,6 +3,7 @@ SequencePool (a sequence's last step, mean or max over time)."""
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
@@ -47,6 +48,7 @@ STRIDE_TEXT = {
 # MaxPool, AvgPool: one definition each, the dimension a parameter (torch's _MaxPoolNd)
 
 
+@cache  # one class per dimension, the one pickle finds under its name below
 def max_pool_params(n: int) -> type[Params]:
     """The params of MaxPool{n}d."""
 
@@ -63,6 +65,7 @@ def max_pool_params(n: int) -> type[Params]:
     return MaxPoolParams
 
 
+@cache  # one class per dimension, the one pickle finds under its name below
 def avg_pool_params(n: int) -> type[Params]:
     """The params of AvgPool{n}d."""
 
@@ -215,6 +218,7 @@ AVG_POOL2D = avg_pool_entry(
 # Adaptive pooling: a fixed output size, whatever the input size
 
 
+@cache  # one class per dimension, the one pickle finds under its name below
 def adaptive_params(n: int) -> type[Params]:
     """The params of AdaptiveAvgPool{n}d and AdaptiveMaxPool{n}d."""
 
