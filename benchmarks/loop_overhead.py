@@ -1,9 +1,13 @@
-"""The shared loop's own cost per step: Loop.step (with and without the app's instruments) against
-a hand-written step on the same model and batches, interleaved in one process, no files written.
+"""What a step pays besides the model: the app's step (loop.py's step and run.py's per-batch hook,
+as the Trainer or GanTrainer runs them, writing their records) against a hand-written step on the
+same model and batches, interleaved in one process.
 
-The epoch-level benchmark (train_speed.py) includes checkpoints and metrics; this one isolates the
-loop, so that its ratio stays readable on a busy machine. Medians of interleaved rounds.
-Run: .venv/bin/python benchmarks/loop_overhead.py [--template gpt_mini --dataset text --rounds 20]
+The epoch-level benchmark (train_speed.py) adds validation, checkpoints and whole runs; this one
+isolates the step, so that its ratio stays readable on a busy machine. Medians of interleaved
+rounds (each variant's place in the round turns, so none always goes first).
+Run: .venv/bin/python benchmarks/loop_overhead.py [--template lenet5 --dataset digits-28]
+     .venv/bin/python benchmarks/loop_overhead.py --template dcgan_digits --dataset digits
+Targets (issue 23): ours / baseline <= 1.03, instrumented / baseline <= 1.05 (medians).
 """
 
 from __future__ import annotations
@@ -11,7 +15,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -21,59 +28,56 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from builder.graph import load_graph  # noqa: E402
 from compiler import analyse, generate_source  # noqa: E402
+from compiler.gan import discriminator_graph, end_node  # noqa: E402
+from runtime import store  # noqa: E402
 from runtime.datasets import load_dataset  # noqa: E402
-from runtime.loop import Hooks, Loop, make_optimizer, split  # noqa: E402
-from runtime.metrics import grad_norm_probe  # noqa: E402
-from runtime.trainer import TrainConfig, load_model_source, module_attributes  # noqa: E402
+from runtime.gan import GanTrainer  # noqa: E402
+from runtime.loop import GanLoop, split  # noqa: E402
+from runtime.trainer import TrainConfig, Trainer, load_model_source  # noqa: E402
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "builder" / "templates"
+NEVER = 10**9
+Step = Callable[[torch.Tensor], None]
 
 
-class GradNorms(Hooks):
-    """The trainer's per-step instrument: gradient norms of every layer, kept on the device."""
-
-    def __init__(self, probe) -> None:
-        self.probe, self.kept = probe, []
-
-    def after_backward(self, step: int) -> None:
-        self.kept.append(self.probe.measure())
+def run_folder(runs: Path) -> Path:
+    """A folder the trainer writes its metrics and status into, as a run's."""
+    folder = Path(tempfile.mkdtemp(dir=runs))
+    store.write_json(folder / store.STATUS_FILE, {"status": "running"})
+    return folder
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--template", default="gpt_mini")
-    parser.add_argument("--dataset", default="text")
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=3, help="steps per variant per round")
-    args = parser.parse_args()
-    graph = load_graph((TEMPLATES / f"{args.template}.json").read_text())
+def fresh(source: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return load_model_source(source)
+
+
+def model_variants(graph, args, runs: Path) -> tuple[dict[str, Step], int]:
+    """A model's hand step, and the Trainer's step and per-batch hook, bare and instrumented."""
     analysis = analyse(graph)
     source = generate_source(analysis)
-    shape = next(analysis.infos[n.id].shape for n in graph.nodes if n.type == "Input")
-    config = TrainConfig(dataset=args.dataset, batch_size=64, device="cpu")
-    data = load_dataset(args.dataset, input_shape=tuple(shape))
+    shape = tuple(next(analysis.infos[n.id].shape for n in graph.nodes if n.type == "Input"))
+    data = load_dataset(args.dataset, input_shape=shape)
     x = data.x.to(torch.int64 if data.dtype == "int64" else torch.float32)
+
+    def trainer(**instruments: int) -> Step:
+        config = TrainConfig(dataset=args.dataset, batch_size=64, device="cpu", **instruments)
+        model = fresh(source)
+        run = Trainer(
+            run_folder(runs), config, analysis, model, split(x, data.y, config), torch.device("cpu"),
+            threading.Event(),
+        )  # fmt: skip
+
+        def step(index: torch.Tensor) -> None:
+            run.loop.step(index)
+            run.after_batch(run.progress)
+
+        return step
+
+    config = TrainConfig(dataset=args.dataset, batch_size=64)
     parts = split(x, data.y, config)
-
-    def fresh() -> torch.nn.Module:
-        torch.manual_seed(0)
-        return load_model_source(source)
-
-    hand_model, ours_model, watched_model = fresh(), fresh(), fresh()
+    hand_model = fresh(source)
     hand_opt = torch.optim.Adam(hand_model.parameters(), lr=config.lr)
-    ours = Loop(
-        ours_model, make_optimizer(config, list(ours_model.parameters())), parts, config, "auto"
-    )
-    probe = grad_norm_probe(watched_model, module_attributes(analysis))
-    watched = Loop(
-        watched_model,
-        make_optimizer(config, list(watched_model.parameters())),
-        parts,
-        config,
-        "auto",
-        hooks=GradNorms(probe),
-    )
-    batches = [torch.randperm(len(parts.x_train))[:64] for _ in range(args.steps)]
 
     def hand_step(index: torch.Tensor) -> None:
         out = hand_model(parts.x_train[index])
@@ -82,23 +86,81 @@ def main() -> None:
         loss.backward()
         hand_opt.step()
 
-    variants = {"baseline": hand_step, "ours": ours.step, "grad norms every step": watched.step}
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    names = list(variants)
-    for round_ in range(args.rounds + 1):
-        order = names[round_ % len(names) :] + names[: round_ % len(names)]  # no fixed position
-        for name in order:
-            step = variants[name]
-            started = time.perf_counter()
-            for index in batches:
-                step(index)
-            if round_:  # the first round warms up
-                times[name].append((time.perf_counter() - started) / len(batches))
+    variants = {
+        "baseline": hand_step,
+        "ours": trainer(report_every=NEVER, attention_every=NEVER),
+        "instrumented": trainer(report_every=1, health_every=10, attention_every=50),
+    }
+    return variants, len(parts.x_train)
+
+
+def gan_variants(graph, args, runs: Path) -> tuple[dict[str, Step], int]:
+    """A GAN's hand step (DCGAN's, as train_speed.py's baseline) and the GanTrainer's."""
+    generator_analysis = analyse(graph)
+    g_source = generate_source(generator_analysis)
+    d_source = generate_source(analyse(discriminator_graph(graph)))
+    noise = tuple(generator_analysis.infos[end_node(generator_analysis, "Input")].shape or ())
+    real = load_dataset(args.dataset).x.float()
+    config = TrainConfig(dataset=args.dataset, batch_size=64, lr=5e-4, device="cpu")
+    loop = GanLoop(fresh(g_source), fresh(d_source), real, config, noise)
+    run = GanTrainer(run_folder(runs), config, loop, threading.Event())
+
+    def ours(index: torch.Tensor) -> None:
+        run.loop.step(index)
+        run.after_batch(run.progress)
+
+    generator, discriminator = fresh(g_source), fresh(d_source)
+    g_opt = torch.optim.Adam(generator.parameters(), config.lr, betas=(0.5, 0.999))
+    d_opt = torch.optim.Adam(discriminator.parameters(), config.lr, betas=(0.5, 0.999))
+    bce = F.binary_cross_entropy_with_logits
+
+    def hand_step(index: torch.Tensor) -> None:
+        x = real[index]
+        fake = generator(torch.randn(len(x), *noise))
+        real_scores, fake_scores = discriminator(x), discriminator(fake.detach())
+        d_loss = bce(real_scores, torch.ones_like(real_scores)) + bce(
+            fake_scores, torch.zeros_like(fake_scores)
+        )
+        d_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        d_opt.step()
+        fooled = discriminator(fake)
+        g_loss = bce(fooled, torch.ones_like(fooled))
+        g_opt.zero_grad(set_to_none=True)
+        g_loss.backward()
+        g_opt.step()
+
+    return {"baseline": hand_step, "ours": ours}, len(real)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--template", default="lenet5")
+    parser.add_argument("--dataset", default="digits-28")
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=5, help="steps per variant per round")
+    args = parser.parse_args()
+    graph = load_graph((TEMPLATES / f"{args.template}.json").read_text())
+    with tempfile.TemporaryDirectory() as runs:
+        pair = discriminator_graph(graph) is not None
+        make = gan_variants if pair else model_variants
+        variants, samples = make(graph, args, Path(runs))
+        batches = [torch.randperm(samples)[:64] for _ in range(args.steps)]
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        names = list(variants)
+        for round_ in range(args.rounds + 1):
+            turn = round_ % len(names)
+            for name in names[turn:] + names[:turn]:
+                started = time.perf_counter()
+                for index in batches:
+                    variants[name](index)
+                if round_:  # the first round warms up
+                    times[name].append((time.perf_counter() - started) / len(batches))
     base = statistics.median(times["baseline"])
     print(f"{args.template}, {torch.get_num_threads()} threads, {args.rounds} rounds")
     for name, values in times.items():
         median = statistics.median(values)
-        print(f"{name:<24} median {median * 1000:8.2f} ms/step   ratio {median / base:.3f}")
+        print(f"{name:<14} median {median * 1000:8.2f} ms/step   ratio {median / base:.3f}")
 
 
 if __name__ == "__main__":
