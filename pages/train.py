@@ -25,6 +25,7 @@ import torch
 from pydantic import ValidationError
 
 from builder import edit
+from builder.catalog import ATTENTION_TYPES, CLASS_LOSSES
 from builder.graph import Graph, GraphFormatError, load_graph
 from compiler.analysis import Analysis, analyse, loss_of
 from compiler.gan import discriminator_graph
@@ -100,8 +101,6 @@ FEATURE_VIEW = N_("What each layer sees")
 CONFUSION_VIEW = N_("Confusion")
 SAMPLES_VIEW = N_("Samples")
 GAN_LOSS_VIEW = N_("Losses")
-ATTENTION_TYPES = ("MultiheadAttention", "TransformerEncoderLayer")
-CLASSIFICATION_LOSSES = ("cross_entropy", "nll")
 SAMPLE_COUNT = 6  # reconstructions shown side by side
 SAMPLE_CHARACTERS = 200
 
@@ -1035,7 +1034,7 @@ def detail_views(info: RunInfo, graph: Graph | None, gan: bool) -> list[str]:
     made = {"text": [TEXT_VIEW], "reconstruction": [RECONSTRUCTION_VIEW]}.get(kind or "", [])
     views = [*made, LOSS_VIEW, GRADIENT_VIEW, SPEED_VIEW]
     types = {node.type for node in graph.nodes} if graph else set()
-    if types & set(ATTENTION_TYPES):
+    if types & ATTENTION_TYPES:
         views.append(ATTENTION_VIEW)
     if step_view.has_feature_maps(types):
         views.append(FEATURE_VIEW)
@@ -1056,7 +1055,7 @@ def _records_confusion(graph: Graph, config: TrainConfig | None) -> bool:
     return (
         len(shape) == 1
         and 2 <= shape[0] <= CONFUSION_MAX_CLASSES
-        and (loss in CLASSIFICATION_LOSSES or (loss == "auto" and labels))
+        and (loss in CLASS_LOSSES or (loss == "auto" and labels))
     )
 
 
