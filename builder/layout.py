@@ -25,6 +25,7 @@ GROUP_PAD = 14.0  # px between a group's frame and what it holds, at the sides a
 GROUP_TITLE = 34.0  # px above a group's first row, for its name
 
 Position = tuple[float, float]
+ENTRY = "entry"  # where a group's inputs come in from (units are "n:..." and "g:...")
 
 
 def auto_layout(graph: Graph, origin: Position = CANVAS_ORIGIN) -> dict[str, Position]:
@@ -58,8 +59,17 @@ def _lay_out(
         for source, target in edges
         if source in unit_of and target in unit_of and unit_of[source] != unit_of[target]
     ]
+    # An edge from outside the group into a later row (a residual skip into the block's add)
+    # reserves slots from the group's top, as it would in the whole graph, so it runs beside.
+    entering = {unit_of[t] for s, t in edges if t in unit_of and s not in unit_of}
+    if level != ROOT and entering:
+        first[ENTRY] = -1
+        unit_edges += [(ENTRY, unit) for unit in sorted(entering)]
     dag = _acyclic(unit_edges, first)
     rows = _rows_with_reservations(dag, _longest_path_layers(dag, first), first)
+    if ENTRY in first:
+        rows[0].remove(ENTRY)
+        rows = [row for row in rows if row] if not rows[0] else rows
 
     def size(item: Slot) -> Position:
         if not isinstance(item, str) or item not in inside:
