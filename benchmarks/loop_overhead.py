@@ -34,6 +34,7 @@ from runtime.datasets import load_dataset  # noqa: E402
 from runtime.gan import GanTrainer  # noqa: E402
 from runtime.loop import GanLoop, split  # noqa: E402
 from runtime.trainer import TrainConfig, Trainer, load_model_source  # noqa: E402
+from train_speed import hand_gan_step  # noqa: E402  (benchmarks/, this script's folder)
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "builder" / "templates"
 NEVER = 10**9
@@ -112,23 +113,9 @@ def gan_variants(graph, args, runs: Path) -> tuple[dict[str, Step], int]:
     generator, discriminator = fresh(g_source), fresh(d_source)
     g_opt = torch.optim.Adam(generator.parameters(), config.lr, betas=(0.5, 0.999))
     d_opt = torch.optim.Adam(discriminator.parameters(), config.lr, betas=(0.5, 0.999))
-    bce = F.binary_cross_entropy_with_logits
 
     def hand_step(index: torch.Tensor) -> None:
-        x = real[index]
-        fake = generator(torch.randn(len(x), *noise))
-        real_scores, fake_scores = discriminator(x), discriminator(fake.detach())
-        d_loss = bce(real_scores, torch.ones_like(real_scores)) + bce(
-            fake_scores, torch.zeros_like(fake_scores)
-        )
-        d_opt.zero_grad(set_to_none=True)
-        d_loss.backward()
-        d_opt.step()
-        fooled = discriminator(fake)
-        g_loss = bce(fooled, torch.ones_like(fooled))
-        g_opt.zero_grad(set_to_none=True)
-        g_loss.backward()
-        g_opt.step()
+        hand_gan_step(generator, discriminator, g_opt, d_opt, real[index], noise)
 
     return {"baseline": hand_step, "ours": ours}, len(real)
 

@@ -146,6 +146,32 @@ class HandDiscriminator(nn.Module):
         return self.score(x.flatten(1))
 
 
+def hand_gan_step(
+    generator: nn.Module,
+    discriminator: nn.Module,
+    g_opt: torch.optim.Optimizer,
+    d_opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    noise_shape: tuple[int, ...],
+) -> torch.Tensor:
+    """One hand-written DCGAN step (non-saturating loss): D, then G; returns both losses' sum."""
+    bce = F.binary_cross_entropy_with_logits
+    fake = generator(torch.randn(len(x), *noise_shape, device=x.device))
+    real_scores, fake_scores = discriminator(x), discriminator(fake.detach())
+    d_loss = bce(real_scores, torch.ones_like(real_scores)) + bce(
+        fake_scores, torch.zeros_like(fake_scores)
+    )
+    d_opt.zero_grad(set_to_none=True)
+    d_loss.backward()
+    d_opt.step()
+    fooled = discriminator(fake)
+    g_loss = bce(fooled, torch.ones_like(fooled))
+    g_opt.zero_grad(set_to_none=True)
+    g_loss.backward()
+    g_opt.step()
+    return d_loss + g_loss
+
+
 def hand_gan_loop(config: TrainConfig, device: torch.device) -> list[float]:
     """A hand-written DCGAN loop (non-saturating loss): seconds of each epoch after the first."""
     real = load_dataset("digits").x.to(device)
@@ -154,26 +180,13 @@ def hand_gan_loop(config: TrainConfig, device: torch.device) -> list[float]:
     g_opt = torch.optim.Adam(generator.parameters(), config.lr, betas=(0.5, 0.999))
     d_opt = torch.optim.Adam(discriminator.parameters(), config.lr, betas=(0.5, 0.999))
     size = config.batch_size
-    bce = F.binary_cross_entropy_with_logits
     ends = [time.perf_counter()]
     for epoch in range(config.epochs):
         order = epoch_order(config.seed, epoch, len(real)).to(device)
         for start in range(0, len(order), size):  # 1,797 = 28 x 64 + 5: as ours
             x = real[order[start : start + size]]
-            fake = generator(torch.randn(len(x), 32, device=device))
-            real_scores, fake_scores = discriminator(x), discriminator(fake.detach())
-            d_loss = bce(real_scores, torch.ones_like(real_scores)) + bce(
-                fake_scores, torch.zeros_like(fake_scores)
-            )
-            d_opt.zero_grad(set_to_none=True)
-            d_loss.backward()
-            d_opt.step()
-            fooled = discriminator(fake)
-            g_loss = bce(fooled, torch.ones_like(fooled))
-            g_opt.zero_grad(set_to_none=True)
-            g_loss.backward()
-            g_opt.step()
-        float((d_loss + g_loss).detach())  # wait for the device, as ours does at its flush
+            losses = hand_gan_step(generator, discriminator, g_opt, d_opt, x, (32,))
+        float(losses.detach())  # wait for the device, as ours does at its flush
         ends.append(time.perf_counter())
     return [b - a for a, b in zip(ends[1:], ends[2:], strict=False)]
 
