@@ -113,7 +113,18 @@ def record_for(
 
 def torch_replay(graph: Graph, record: StepRecord, optimizer: str, decay: float = 0.0) -> dict:
     """The same step by hand: the recorded first weights, forward hooks on every module, the
-    loss as F computes it, torch.autograd.grad and torch.optim."""
+    loss as F computes it, torch.autograd.grad and torch.optim; on one thread as the step runs
+    (Adam turns a gradient that is zero but for rounding, a bias before BatchNorm, into a full
+    step, so both must round alike)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _replay(graph, record, optimizer, decay)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _replay(graph: Graph, record: StepRecord, optimizer: str, decay: float) -> dict:
     analysis = analyse(graph)
     model = load_module(record.source).build_model()
     model.load_state_dict(record.before)
