@@ -2,9 +2,8 @@
 
 `model.py` is the very source the runtime trains, so a state_dict saved by a run (or by train.py)
 loads into it; `train.py` trains it anywhere with `loop.py`, `run.py`, `builtin_data.py` and
-`csv_table.py`, the runtime's own training loop, the code around it, datasets and CSV reader
-copied verbatim; `graph.json` reopens
-the design in NetBuilder.
+`csv_table.py` (and `image_folder.py` for pictures), the runtime's own training loop, the code
+around it, datasets and CSV reader copied verbatim; `graph.json` reopens the design in NetBuilder.
 """
 
 from __future__ import annotations
@@ -75,7 +74,11 @@ def gan_bundle_files(
         "generator.py": generate_source(generator),
         "discriminator.py": generate_source(judge),
         "train.py": gan_train_source(generator, defaults),
-        **{name: text for name, text in shared_sources().items() if name != "csv_table.py"},
+        **{
+            name: text
+            for name, text in shared_sources().items()
+            if name not in ("csv_table.py", "image_folder.py")  # a GAN reads NPZ or built-in data
+        },
         "graph.json": dump_graph(graph),
         "README.md": readme(generator, defaults, lang),
     }
@@ -101,6 +104,7 @@ Exported from NetBuilder: {params} parameters, input [B, {shape_in}]
 | model.py | the model: `from model import build_model` gives a `{class_name}` |
 | train.py | trains it on one device or many; `python train.py --help` lists every flag |
 | loop.py, run.py, builtin_data.py, csv_table.py | NetBuilder's own training loop, the code around it (device, checkpoint, records), built-in datasets and CSV reader, as the app runs them |
+| image_folder.py | reads class folders of pictures (a zip or a folder) with Pillow, resized, normalised and augmented as the app does |
 | graph.json | the design: open it in NetBuilder to keep editing |
 
 Needs Python 3.10+ and PyTorch 2.3+ (scikit-learn too for the built-in digits).
@@ -109,6 +113,8 @@ Needs Python 3.10+ and PyTorch 2.3+ (scikit-learn too for the built-in digits).
 python train.py                       # as set in NetBuilder: {settings}
 python train.py --data mine.csv       # a header row, one sample per row, labels last
 python train.py --data mine.npz       # arrays X [N, {shape_in}] and y [N]
+python train.py --data photos.zip     # class folders of pictures: cats/1.jpg, dogs/... (or photos/)
+python train.py --data story.txt      # a UTF-8 text, for a next-character model
 python train.py --resume              # continue from checkpoints/last.pt
 torchrun --nproc_per_node=4 train.py  # 4 GPUs (or CPU processes), DistributedDataParallel
 ```

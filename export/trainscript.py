@@ -34,6 +34,7 @@ SHARED_FILES = {
     "run.py": RUNTIME / "run.py",
     "builtin_data.py": RUNTIME / "builtin_data.py",
     "csv_table.py": RUNTIME / "csv_table.py",
+    "image_folder.py": RUNTIME / "image_folder.py",
 }
 
 
@@ -132,6 +133,9 @@ Graph: '__NAME__'.
     python train.py --epochs 20 --lr 3e-4  # override any of them (--help lists all)
     python train.py --data mine.csv        # your data: a CSV (label: last column) ...
     python train.py --data mine.npz        # ... or arrays X and y in an NPZ file
+    python train.py --data photos.zip      # ... or class folders of pictures
+    python train.py --data photos/         # ... the same, unzipped
+    python train.py --data story.txt       # ... or a text, for a next-character model
     python train.py --resume               # continue from checkpoints/last.pt
     torchrun --nproc_per_node=4 train.py   # a process per GPU, DistributedDataParallel
 
@@ -178,7 +182,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--data",
         type=Path,
         help="your data instead of --dataset: a CSV file (a header row, one sample"
-        " per row) or an NPZ file with arrays X and y",
+        " per row), an NPZ file with arrays X and y, a .zip or folder of class"
+        " folders of pictures (cats/1.jpg, dogs/...), or a UTF-8 .txt for a"
+        " next-character model",
     )
     add(
         "--label-column",
@@ -230,9 +236,54 @@ def read_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         raise SystemExit(f"cannot read {path} as an NPZ file of numbers: {exc}")
 
 
+def read_pictures(path: Path, args: argparse.Namespace) -> tuple[object, torch.Tensor]:
+    """Class folders of pictures (a .zip or a folder), read by image_folder.py as the
+    app reads them: x decodes each batch when asked (DataLoader workers read ahead),
+    augmented as --augment-* say on training batches only, normalised by the training
+    split."""
+    import image_folder  # Pillow: only for pictures
+
+    def training_rows(count: int) -> torch.Tensor:
+        rows = torch.arange(count)
+        return loop.split(rows, rows, args).y_train
+
+    try:
+        x, y, classes = image_folder.load_image_folder(path, INPUT_SHAPE, args, training_rows)
+    except (image_folder.ImageFolderError, OSError) as exc:
+        raise SystemExit(str(exc))
+    print(f"classes: {', '.join(classes)} (ids 0 to {len(classes) - 1}, in this order)")
+    return x, y
+
+
+def read_text(path: Path, args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows of a UTF-8 text, as the app cuts them: its own vocabulary (id 0 for any
+    character left out), the validation windows from the text's last part."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SystemExit(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8")
+    except OSError as exc:
+        raise SystemExit(f"cannot read {path}: {exc}")
+    alphabet = builtin_data.vocabulary(text)
+    count = builtin_data.TEXT_SAMPLES
+    rows = torch.arange(count)
+    held_out = loop.split(rows, rows, args).y_val
+    ids = builtin_data.encode_text(text, alphabet)
+    if len(ids) < 2 * (INPUT_SHAPE[0] + 1):
+        length = INPUT_SHAPE[0]
+        raise SystemExit(f"{path} holds {len(ids)} characters: too few for {length}")
+    print(f"vocabulary: {len(alphabet)} characters (id 0 for any other)")
+    return builtin_data.windows_by_position(ids, INPUT_SHAPE[0], held_out, count, args.seed)
+
+
 def load_data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
-    """All samples as (X, y): the NPZ file of --data, or the built-in --dataset."""
-    if args.data is not None and args.data.suffix.lower() == ".csv":
+    """All samples as (X, y): --data (CSV, NPZ, pictures, text) or --dataset."""
+    pictures = args.data is not None and (args.data.is_dir() or args.data.suffix.lower() == ".zip")
+    if pictures:
+        x, y = read_pictures(args.data, args)
+    elif args.data is not None and args.data.suffix.lower() == ".txt":
+        x, y = read_text(args.data, args)
+    elif args.data is not None and args.data.suffix.lower() == ".csv":
         x, y = read_csv(args.data, args.label_column)
     elif args.data is not None:
         x, y = read_npz(args.data)

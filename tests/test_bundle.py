@@ -26,8 +26,8 @@ TEMPLATES = sorted((ROOT / "builder" / "templates").glob("*.json"))
 LENET = ROOT / "builder" / "templates" / "lenet5.json"
 RESNET = ROOT / "builder" / "templates" / "resnet.json"
 BUNDLE = {
-    "model.py", "train.py", "loop.py", "run.py", "builtin_data.py", "csv_table.py", "graph.json",
-    "README.md",
+    "model.py", "train.py", "loop.py", "run.py", "builtin_data.py", "csv_table.py",
+    "image_folder.py", "graph.json", "README.md",
 }  # fmt: skip
 
 
@@ -54,7 +54,8 @@ def test_bundle_holds_its_files_and_model_py_is_the_trained_source(template: Pat
     analysis = analyse(graph)
     files = bundle_files(graph, analysis)
     if "discriminator" in (graph.model_extra or {}):  # a GAN pair: tests/test_gan.py
-        assert set(files) == BUNDLE - {"csv_table.py"} | {"generator.py", "discriminator.py"}
+        readers = {"csv_table.py", "image_folder.py"}  # a GAN reads an NPZ or built-in data
+        assert set(files) == BUNDLE - readers | {"generator.py", "discriminator.py"}
         assert files["generator.py"] == generate_source(analysis)
         return
     assert set(files) == BUNDLE

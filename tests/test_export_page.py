@@ -71,8 +71,10 @@ def test_every_bundle_file_gets_a_tab(home):
         "model.py",
         "train.py",
         "loop.py",
+        "run.py",
         "builtin_data.py",
         "csv_table.py",
+        "image_folder.py",
         "graph.json",
         "README.md",
     ]

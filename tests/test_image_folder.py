@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -312,3 +314,33 @@ def test_the_pages_augmentation_reaches_the_run_with_the_zip(tmp_path, monkeypat
     assert (stored.augment_crop, stored.augment_flip, stored.augment_rotation) == (1, True, 10.0)
     dataset = dataset_for_run(tmp_path / run_id, stored, SHAPE)
     assert dataset.x.folder.how == Augmentation(crop_padding=1, flip=True, rotation=10.0)
+
+
+def test_the_exported_train_py_trains_on_the_same_zip(tmp_path, digits_zip, npz_accuracy):
+    """The bundle carries image_folder.py; `python train.py --data digits.zip` reads the zip as
+    the app does (the same loop, split and seed) and reaches the NPZ's accuracy in the app
+    (the same tolerance as above)."""
+    from compiler.analysis import analyse
+    from export.bundle import bundle_files
+
+    graph = _mlp()
+    settings = {"epochs": 3, "batch_size": 64, "lr": 1e-2, "seed": 0, "device": "cpu"}
+    files = bundle_files(graph, analyse(graph), settings)
+    assert files["image_folder.py"] == Path(image_folder.__file__).read_text()
+    for flag in ("--augment-crop", "--augment-flip", "--augment-rotation", "--augment-jitter"):
+        assert f'"{flag}"' in files["train.py"]  # TrainConfig's fields, as for every setting
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    out = tmp_path / "checkpoints"
+    done = subprocess.run(
+        [sys.executable, "train.py", "--data", str(digits_zip)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "classes: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9" in done.stdout
+    accuracy = json.loads((out / "metrics.jsonl").read_text().strip().splitlines()[-1])
+    assert accuracy["val_accuracy"] > 0.9
+    assert abs(accuracy["val_accuracy"] - npz_accuracy) <= 0.04, (accuracy, npz_accuracy)
