@@ -166,3 +166,17 @@ def test_a_run_shows_what_its_convolution_sees(home: Path) -> None:
     view_control(app).set_value("What each layer sees").run()
     assert not app.exception
     assert figure(app, "conv sees, step 50")
+
+
+def test_a_run_that_recorded_no_feature_maps_shows_them_from_its_weights(home: Path) -> None:
+    folder = create_run(home / "runs" / WORKSPACE, parse_graph(conv_graph()), TrainConfig())
+    torch.manual_seed(5)
+    trained = load_model_source((folder / store.MODEL_FILE).read_text()).state_dict()
+    (folder / store.CHECKPOINT_DIR).mkdir()
+    torch.save(trained, folder / store.CHECKPOINT_DIR / store.WEIGHTS_FILE)
+    store.update_status(folder, status="completed", epoch=1, step=20)
+    app = open_page_in(home, "en")
+    view_control(app).set_value("What each layer sees").run()
+    assert not app.exception
+    shown = figure(app, "conv sees (from the run's latest weights)")
+    assert len([t for t in shown["data"] if t["type"] == "heatmap"]) == 3  # its 3 channels
