@@ -32,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -296,7 +297,7 @@ def _processes(memory: dict[str, Any]) -> int:
 
 def _actor(entry: dict[str, Any]) -> Any | None:
     """The run's actor as Ray knows it now, or None: ended, killed, or lost with its node (the
-    name of a dead actor is free again)."""
+    name of a dead detached actor is free again at once; submit makes every run's detached)."""
     ray = connect()
     try:
         return ray.get_actor(entry["actor"], namespace=NAMESPACE)
@@ -350,37 +351,46 @@ def lost_message(step: Any) -> Message:
 class RunActor:
     """One run's trainer on a node of the cluster (made a Ray actor class by submit)."""
 
-    def train(self, folder: str, threads: int, processes: int) -> int:
-        """Train the run folder as a forked trainer would: output to its trainer.log, where it
-        runs recorded, then the worker entry (torchrun's command for a run on several GPUs)."""
+    def train(self, folder: str, threads: int, processes: int) -> None:
+        """Train the run folder as a forked trainer would, then end this actor whatever happened
+        (a detached actor left alive would hold its resources, and its run would read as
+        training): a fault the trainer did not record leaves its traceback in trainer.log, and
+        the run reads as interrupted."""
         import ray
 
-        path = Path(folder)
+        try:
+            self._train(Path(folder), threads, processes)
+        except Exception:  # noqa: BLE001  (what a forked trainer's crash would print)
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            ray.actor.exit_actor()  # which frees its name
+
+    def _train(self, path: Path, threads: int, processes: int) -> None:
+        """Output to the run's trainer.log, where it runs recorded, then the worker entry
+        (torchrun's command for a run on several GPUs)."""
+        import ray
+
         log_file = os.open(path / store.LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         os.dup2(log_file, 1)
         os.dup2(log_file, 2)
         os.close(log_file)
         entry = record(store.read_status(path)) or {}
         store.update_status(path, ray=entry | {"node": ray.util.get_node_ip_address()})
-        try:
-            if processes > 1:
-                code = subprocess.call(
-                    [
-                        sys.executable, "-m", "torch.distributed.run", "--standalone",
-                        f"--nproc_per_node={processes}", "-m", "runtime", "worker", folder,
-                    ],
-                    cwd=ROOT,
-                    stdin=subprocess.DEVNULL,
-                )  # fmt: skip
-            else:
-                import torch
+        if processes > 1:
+            subprocess.call(
+                [
+                    sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    f"--nproc_per_node={processes}", "-m", "runtime", "worker", str(path),
+                ],
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+            return
+        import torch
 
-                from runtime.worker import run_worker
+        from runtime.worker import run_worker
 
-                torch.set_num_threads(threads)
-                code = run_worker(path)
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        ray.actor.exit_actor()  # a detached actor ends with its run, which frees its name
-        return code
+        torch.set_num_threads(threads)
+        run_worker(path)

@@ -158,6 +158,17 @@ def test_a_run_waiting_for_a_node_says_so_and_stops_at_once(
     assert status_text(read_run(runs_dir, run_id), "en") == "stopped before it started"
 
 
+def test_an_actor_whose_trainer_cannot_even_start_ends_and_frees_what_it_held(
+    on_cluster: None, tmp_path: Path
+) -> None:
+    entry = {"actor": f"netbuilder-test-{tmp_path.name}"}
+    options = {"name": entry["actor"], "namespace": cluster.NAMESPACE, "lifetime": "detached"}
+    actor = cluster._actor_class().options(**options).remote()
+    assert cluster.alive(entry)
+    actor.train.remote(str(tmp_path / "no-such-run"), 1, 1)  # its trainer.log cannot be opened
+    wait_for(lambda: not cluster.alive(entry), DEADLINE)
+
+
 def test_a_run_no_node_could_ever_hold_is_refused_at_start_saying_why(
     on_cluster: None, tmp_path: Path
 ) -> None:
