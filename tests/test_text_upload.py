@@ -117,3 +117,34 @@ def test_a_text_file_trains_and_generates_in_its_own_characters(tmp_path):
     assert alphabet == dataset.alphabet
     written = generate_text(trained_model(folder), "the fox ", 40, 16, 0.8, alphabet=alphabet)
     assert len(written) == 40 and set(written) <= set(alphabet)
+
+
+def test_the_exported_train_py_cuts_a_text_as_the_app_does(tmp_path, monkeypatch):
+    """train.py --data story.txt: the same vocabulary, windows and split as the app's, from the
+    bundle's own copies of the code (imported here from the written bundle, then forgotten)."""
+    import importlib
+    import sys
+
+    from export.bundle import bundle_files
+
+    graph = token_model(16)
+    for node in graph["nodes"]:
+        node.setdefault("params", {}).update(
+            {"emb": {"num_embeddings": 40}, "head": {"out_features": 40}}.get(node["id"], {})
+        )
+    parsed = parse_graph(graph)
+    for name, text in bundle_files(parsed, analyse(parsed), {"seed": 3}).items():
+        (tmp_path / name).write_text(text)
+    story = tmp_path / "story.txt"
+    story.write_bytes(STORY)
+    shipped = ("train", "model", "loop", "run", "builtin_data", "csv_table", "image_folder")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        script = importlib.import_module("train")
+        args = script.parse_args(["--data", str(story)])
+        x, y = script.load_data(args)
+    finally:
+        for name in shipped:
+            sys.modules.pop(name, None)
+    app = dataset_from_upload("story.txt", STORY, input_shape=(16,), settings=TrainConfig(seed=3))
+    assert torch.equal(x, app.x) and torch.equal(y, app.y)
