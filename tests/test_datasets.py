@@ -189,7 +189,9 @@ def test_npz_over_the_data_budget_is_refused_with_both_figures(monkeypatch):
 
 
 def test_other_files_and_garbage_are_refused():
-    with pytest.raises(DatasetError, match="upload a .csv or an .npz"):
+    with pytest.raises(
+        DatasetError, match=r"upload a .csv, .npz, .zip \(class folders of pictures\) or .txt"
+    ):
         dataset_from_upload("data.json", json.dumps({"X": []}).encode())
     with pytest.raises(DatasetError, match="not an .npz archive"):
         dataset_from_upload("data.npz", b"not a zip")
