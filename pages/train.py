@@ -36,7 +36,6 @@ from pages.parts import charts, live_graph, own_data, runs_panel, state, step_vi
 from pages.parts.live_graph import markdown_literal
 from runtime import store
 from runtime.datasets import (
-    run_alphabet,
     BUILTIN_DATASETS,
     MAX_CSV_COLUMNS,
     MAX_CSV_HEADER_BYTES,
@@ -54,6 +53,7 @@ from runtime.datasets import (
     dataset_problems,
     fitting_builtin,
     load_dataset,
+    run_alphabet,
 )
 from runtime.loop import CONFUSION_MAX_CLASSES
 from runtime.loop import OPTIMIZERS as OPTIMIZER_KINDS
