@@ -112,6 +112,22 @@ def test_the_forward_stage_draws_the_picked_layers_output_and_the_window(home: P
     assert record is not None and "output [2, " in page_text(app)
 
 
+def test_a_click_on_a_node_picks_the_layer_the_detail_explains(home: Path) -> None:
+    app = opened(home)
+    app.session_state["step-canvas"] = {"pick": "fc", "seq": 1}  # what the canvas sends
+    app.run()
+    assert app.selectbox(key="step-forward-node").value == "fc"
+    assert figure(app, "fc: output for sample 1")
+    app.selectbox(key="step-forward-node").set_value("relu").run()  # the same click: not again
+    assert app.selectbox(key="step-forward-node").value == "relu"
+    app.button_group(key="step-stage").set_value("backward").run()
+    app.session_state["step-canvas"] = {"pick": "conv", "seq": 2}
+    app.run()
+    assert not app.exception
+    assert app.selectbox(key="step-grad-node").value == "conv"
+    assert app.selectbox(key="step-backward-node").value == "conv"
+
+
 def test_next_takes_the_next_samples_from_the_updated_weights(home: Path) -> None:
     app = opened(home)
     first = walk(app).record

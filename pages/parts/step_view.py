@@ -363,9 +363,10 @@ def _walk_view(
     graph_column, detail_column = st.columns([1, 1], gap="medium")
     with graph_column:
         state = node_faces(analysis, record, stage)
-        graph_canvas(
+        picked = graph_canvas(
             {
                 **state,
+                "pickable": True,  # a click on a node picks it in the detail beside
                 "version": f"{key[:8]}-{walk.steps}-{walk.index}-{stage}",
                 "ack": 0,
                 # fitted again on every run: the first fit can come before the frame has its
@@ -377,6 +378,8 @@ def _walk_view(
             },
             key="step-canvas",
         )
+        take_pick(picked, record, stage)
+        st.caption(_("Click a node to have it explained beside the canvas."))
         st.caption(
             _("Each node shows ∇ = dL/dy, its gradient: min · mean · max (first sample).")
             if stage in ("backward", "update")
@@ -391,6 +394,31 @@ def _walk_view(
             _backward(record)
         else:
             _update(record)
+
+
+# Which picker a click on the canvas sets, stage by stage (each picker is drawn after the canvas).
+PICKERS = {
+    "forward": ("step-forward-node",),
+    "backward": ("step-grad-node", "step-backward-node"),
+    "update": ("step-backward-node",),
+}
+
+
+def take_pick(value: Any, record: StepRecord, stage: str) -> None:
+    """A node clicked on the canvas ({"pick": id, "seq": n}) becomes the layer the detail
+    explains, where the stage's picker offers it; each click is taken once."""
+    if not isinstance(value, dict) or value.get("seq") == st.session_state.get("step-pick-seq"):
+        return
+    st.session_state["step-pick-seq"] = value.get("seq")
+    node = value.get("pick")
+    if node not in record.nodes:
+        return
+    for key in PICKERS.get(stage, ()):
+        if key == "step-forward-node" and record.nodes[node].type == "Input":
+            continue
+        if key == "step-backward-node" and not record.parameters_of(node):
+            continue
+        st.session_state[key] = node
 
 
 def _fit_count() -> int:

@@ -6,7 +6,8 @@
 // kept in a queue until Python acknowledges it, so a state that arrives before Python saw a
 // later event is drawn with that event re-applied, and a rerun that drops a value loses nothing.
 // Python's state always wins: what it refused disappears when its answer arrives.
-// With `read_only` (the Train page's live graph) it only shows: no events, keys or menus.
+// With `read_only` (the Train page's live graph) it only shows: no events, keys or menus; with
+// `pickable` as well (the step view), a click on a node is reported as {pick: id, seq}.
 // A click on the page's palette (Streamlit pills beside the frame) is drawn at once too, from
 // the placement plan Python sends (`add_plans`), until Python's answer for that click arrives.
 
@@ -652,6 +653,13 @@ function Canvas({ args }) {
     onMoveStart: () => setMenu(null),
   };
 
+  // A read-only canvas whose node clicks are reported (the step view: a click picks the layer
+  // whose numbers it explains); nothing is selected or moved here, so no event queue is needed.
+  const pickable = {
+    ...READ_ONLY,
+    onNodeClick: (_e, node) => (isGroup(node) ? null : sendValue({ pick: node.id, seq: Date.now() })),
+  };
+
   // The wheel scrolls the page, as everywhere else on it (the canvas sits in a frame, whose
   // wheel never reaches the page by itself); Ctrl or Cmd + wheel, or a pinch, zooms the canvas.
   const onWheel = useCallback((event) => {
@@ -662,7 +670,7 @@ function Canvas({ args }) {
   return (
     <div
       onWheel={onWheel}
-      className={readOnly ? "nb-canvas nb-readonly" : "nb-canvas"}
+      className={`nb-canvas${readOnly ? " nb-readonly" : ""}${args.pickable ? " nb-pickable" : ""}`}
       style={{ height: args.height, "--nb-node-width": `${args.node_width}px` }}
       data-nodes={view.nodes.length}
       data-edges={view.edges.length}
@@ -674,7 +682,7 @@ function Canvas({ args }) {
         edges={view.edges}
         nodeTypes={NODE_TYPES}
         onNodesChange={onNodesChange}
-        {...(readOnly ? READ_ONLY : editing)}
+        {...(readOnly ? (args.pickable ? pickable : READ_ONLY) : editing)}
         deleteKeyCode={null}
         selectionKeyCode={null}
         multiSelectionKeyCode={null}
