@@ -45,6 +45,8 @@ NO_TORCH_MODULE = {
     "Chunk",
     "Scale",
     "PositionalEncoding",
+    "LearnedConstant",  # a Parameter joined to the activations, read where it is used
+    "Reparameterize",  # a VAE's sampling, folded from its calls
 }
 
 

@@ -192,6 +192,10 @@ CASES: list[tuple[list[int], str, dict, str]] = [
     ([6, 4], "GLU", {}, "float32"),
     ([6, 4, 3], "GLU", {"dim": 1}, "float32"),
     ([5, 8], "GLU", {"dim": -1}, "float32"),
+    ([8, 3, 5], "PixelShuffle", {"upscale_factor": 2}, "float32"),
+    ([27, 2, 2], "PixelShuffle", {"upscale_factor": 3}, "float32"),
+    ([5, 6], "LearnedConstant", {"shape": [1, 6]}, "float32"),
+    ([7], "LearnedConstant", {"shape": [3, 1, 1], "init": "normal"}, "int64"),
 ]
 
 
@@ -202,7 +206,10 @@ def test_shape_and_param_count_match_torch(shape, layer, params, dtype) -> None:
 
 
 def test_every_layer_type_is_covered() -> None:
-    covered = {case[1] for case in CASES} | {"Input", "Output", "Add", "Multiply", "Concat"}
+    # (several inputs: the merges, and Reparameterize, held to the PyTorch VAE example in
+    # tests/test_import_patterns.py)
+    several = {"Add", "Multiply", "Concat", "Reparameterize"}
+    covered = {case[1] for case in CASES} | {"Input", "Output"} | several
     assert covered == set(CATALOG)
 
 

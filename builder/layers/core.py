@@ -20,10 +20,12 @@ from builder.layers.base import (
     NoParams,
     Params,
     Tensor,
+    as_float,
     call,
     changed,
     count,
     dim_field,
+    fmt,
     full_dim,
     keep_shape,
     need_rank,
@@ -119,6 +121,15 @@ LOSS_CHOICES: tuple[tuple[str, str, str], ...] = (
         N_("Regression: squared error near the target, absolute error far from it (delta 1)."),
         "L = 0.5 (y - t)^2 if |y - t| < 1 else |y - t| - 0.5",
     ),
+    (
+        "vae",
+        N_(
+            "A variational autoencoder: rebuild the input (binary cross-entropy of outputs in"
+            " [0, 1] against it) plus the KL divergence of the Reparameterize layers' codes"
+            " from N(0, 1); the labels are not used."
+        ),
+        "L = (sum BCE(y, x) + sum KL(N(mu, exp(logvar)) || N(0, 1))) / B",
+    ),
 )
 LOSSES: tuple[str, ...] = tuple(name for name, _, _ in LOSS_CHOICES)
 Loss = Literal[LOSSES]  # type: ignore[valid-type]  # the names above, as a pydantic choice
@@ -129,7 +140,7 @@ SOFTMAX_LOSSES = frozenset({"auto", "cross_entropy"})  # they apply log-softmax 
 class OutputParams(Params):
     loss: Loss = Field(
         "auto",
-        description=N_("one of auto, cross_entropy, nll, bce_with_logits, mse, l1, huber"),
+        description=N_("one of auto, cross_entropy, nll, bce_with_logits, mse, l1, huber, vae"),
         # (tests/test_catalog.py checks that this sentence names every one of LOSSES)
     )
     label_smoothing: float = Field(
@@ -485,4 +496,174 @@ RESHAPE = LayerSpec(
     shapes="same element count",
 )
 
-ENTRIES = (INPUT, OUTPUT, LINEAR, IDENTITY, FLATTEN, PERMUTE, RESHAPE)
+
+# ---------------------------------------------------------------------------------------------
+# LearnedConstant: a learned tensor joined to the activations (a ViT's class token, a position
+# table, ConvNeXt's layer scale)
+
+
+class LearnedConstantParams(Params):
+    shape: list[Annotated[int, Field(ge=1, le=MAX_SIZE)]] = Field(
+        min_length=1,
+        max_length=MAX_RANK,
+        description=N_("a list of 1 to 6 positive ints, batch excluded"),
+    )
+    init: Literal["zeros", "normal", "ones"] = Field(
+        "zeros", description=N_("'zeros', 'normal' (std 0.02) or 'ones'")
+    )
+
+    @model_validator(mode="after")
+    def _not_huge(self) -> LearnedConstantParams:
+        if numel(self.shape) > 50_000_000:
+            raise ValueError(N_("shape has over 50 million elements per sample"))
+        return self
+
+
+# model.py's class for it. It loads a weight of its size in any shape: an imported model's
+# parameter keeps its own ([1, 1, E] for a class token, [C] for a layer scale used as [C, 1, 1]).
+LEARNED_CONSTANT = '''class LearnedConstant(nn.Module):
+    """A learned tensor, the same for every sample; the input gives only the batch size."""
+
+    def __init__(self, shape, init="zeros"):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(shape))
+        if init == "normal":
+            nn.init.trunc_normal_(self.weight, std=0.02)
+        elif init == "ones":
+            nn.init.ones_(self.weight)
+
+    def forward(self, x):
+        return self.weight.expand(x.shape[0], *self.weight.shape)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        key = prefix + "weight"
+        if key in state_dict and state_dict[key].numel() == self.weight.numel():
+            state_dict[key] = state_dict[key].reshape(self.weight.shape)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+'''
+
+
+def learned_constant_infer(p: LearnedConstantParams, xs: list[Tensor]) -> Tensor:
+    return Tensor(tuple(p.shape))
+
+
+def learned_constant_count(p: LearnedConstantParams, xs: list[Tensor]) -> int:
+    return numel(p.shape)
+
+
+def learned_constant_module(p: LearnedConstantParams, xs: list[Tensor]) -> str:
+    return call("LearnedConstant", fmt(p.shape), **changed(p, "init"))
+
+
+LEARNED_CONSTANT_SPEC = LayerSpec(
+    name="LearnedConstant",
+    category="Core",
+    description=N_(
+        "A learned tensor, the same for every sample, to join to the activations (a class"
+        " token to Concat, a table or a scale to Add or Multiply); its input gives only the"
+        " batch size."
+    ),
+    formula=N_("y = w, repeated for each sample of x"),
+    params=LearnedConstantParams,
+    infer=learned_constant_infer,
+    starter={"shape": [1, 8]},
+    count_params=learned_constant_count,
+    module=learned_constant_module,
+    key_params=("shape",),
+    helper=("LearnedConstant", LEARNED_CONSTANT),
+    takes_token_ids=True,
+    examples=(Example(SEQUENCE, {"shape": [1, 6]}), Example(IMAGE, {"shape": [4, 1, 1]})),
+    shapes="x -> shape (x gives the batch size only)",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reparameterize: a variational autoencoder's sample of its code, z = mu + eps * std
+
+
+# model.py's class for it: the sample as the PyTorch VAE example draws it, and the KL term of the
+# batch kept for the loss "vae" (runtime/loop.py adds every such layer's `kl`).
+REPARAMETERIZE = '''class Reparameterize(nn.Module):
+    """z = mu + eps * exp(0.5 * logvar), eps ~ N(0, 1); keeps the batch's KL divergence from
+    N(0, 1) (summed) as self.kl for the loss "vae". In eval mode z = mu, unless eval_output
+    is "sample" (as the PyTorch VAE example does)."""
+
+    def __init__(self, eval_output="mean"):
+        super().__init__()
+        self.eval_output = eval_output
+
+    def forward(self, mu, logvar):
+        self.kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+        if not self.training and self.eval_output == "mean":
+            return mu
+        std = torch.exp(0.5 * logvar)
+        eps = torch.randn_like(std)
+        return mu + eps * std
+'''
+
+
+class ReparameterizeParams(Params):
+    eval_output: Literal["mean", "sample"] = Field(
+        "mean", description=N_("'mean' (z = mu in eval mode) or 'sample' (a sample always)")
+    )
+
+
+def reparameterize_infer(p: ReparameterizeParams, xs: list[Tensor]) -> Tensor:
+    if len(xs) != 2 or xs[0].shape != xs[1].shape:
+        raise LayerError(
+            msg(
+                "needs two inputs of one shape, the mean and the log-variance, got {shapes}",
+                shapes=", ".join(shape_text(x.shape) for x in xs),
+            )
+        )
+    return as_float(xs[0])
+
+
+def reparameterize_module(p: ReparameterizeParams, xs: list[Tensor]) -> str:
+    return call("Reparameterize", **changed(p, "eval_output"))
+
+
+def reparameterize_call(p: ReparameterizeParams, attr: str, args: list[str]) -> str:
+    return f"self.{attr}({args[0]}, {args[1]})"
+
+
+def reparameterize_onnx(p: ReparameterizeParams, xs: list[Tensor], y: Tensor) -> Message | None:
+    if p.eval_output == "mean":
+        return None
+    return msg(
+        "it samples in eval mode, and ONNX Runtime draws other random numbers than PyTorch;"
+        " set eval_output to mean"
+    )
+
+
+REPARAMETERIZE_SPEC = LayerSpec(
+    name="Reparameterize",
+    category="Core",
+    description=N_(
+        "A variational autoencoder's code: a random sample around the mean (input 0) with the"
+        " spread its log-variance (input 1) gives; the loss vae pulls the codes towards N(0, 1)."
+    ),
+    formula=N_("z = mu + eps * exp(0.5 * logvar), eps ~ N(0, 1)"),
+    params=ReparameterizeParams,
+    infer=reparameterize_infer,
+    min_inputs=2,
+    max_inputs=2,
+    module=reparameterize_module,
+    call=reparameterize_call,
+    helper=("Reparameterize", REPARAMETERIZE),
+    onnx_limit=reparameterize_onnx,
+    examples=(Example(SEQUENCE),),
+    shapes="mu, logvar -> z, all one shape",
+)
+
+ENTRIES = (
+    INPUT,
+    OUTPUT,
+    LINEAR,
+    IDENTITY,
+    FLATTEN,
+    PERMUTE,
+    RESHAPE,
+    LEARNED_CONSTANT_SPEC,
+    REPARAMETERIZE_SPEC,
+)

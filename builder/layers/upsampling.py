@@ -11,6 +11,7 @@ from builder.layers.base import (
     IMAGE,
     SIGNAL,
     MAX_SIZE,
+    Argument,
     Example,
     Fix,
     LayerError,
@@ -174,4 +175,72 @@ UPSAMPLE = LayerSpec(
     " [C, H, W]; O = floor(I * scale_factor) or size",
 )
 
-ENTRIES = (UPSAMPLE,)
+
+# ---------------------------------------------------------------------------------------------
+# PixelShuffle: channels rearranged into space (super-resolution's sub-pixel convolution)
+
+
+class PixelShuffleParams(Params):
+    upscale_factor: Annotated[int, Field(ge=1, le=64)] = Field(
+        description=N_("a positive int up to 64")
+    )
+
+
+def pixel_shuffle_infer(p: PixelShuffleParams, xs: list[Tensor]) -> Tensor:
+    x = xs[0]
+    need_rank(x, (3,), "[C, H, W]")
+    r = p.upscale_factor
+    if x.shape[0] % (r * r):
+        raise LayerError(
+            msg(
+                "{channels} channels do not split into {r}x{r} = {square} pixels each;"
+                " the channels must be a multiple of {square}",
+                channels=x.shape[0],
+                r=r,
+                square=r * r,
+            )
+        )
+    return Tensor((x.shape[0] // (r * r), x.shape[1] * r, x.shape[2] * r))
+
+
+def pixel_shuffle_explain(p: PixelShuffleParams, xs: list[Tensor], y: Tensor) -> Message:
+    return msg(
+        "{before} -> {after}: each group of {square} channels becomes an {r}x{r} block of pixels",
+        before=shape_text(xs[0].shape),
+        after=shape_text(y.shape),
+        square=p.upscale_factor**2,
+        r=p.upscale_factor,
+    )
+
+
+def pixel_shuffle_module(p: PixelShuffleParams, xs: list[Tensor]) -> str:
+    return call("nn.PixelShuffle", p.upscale_factor)
+
+
+def pixel_shuffle_from_module(m: Any) -> dict[str, Any]:
+    return {"upscale_factor": int(m.upscale_factor)}
+
+
+PIXEL_SHUFFLE = LayerSpec(
+    name="PixelShuffle",
+    category="Convolution",
+    description=N_(
+        "Grows the picture by moving channels into space: r*r channels become an r x r block"
+        " of pixels (the sub-pixel convolution of super-resolution)."
+    ),
+    formula=N_("[C*r*r, H, W] -> [C, H*r, W*r]"),
+    params=PixelShuffleParams,
+    infer=pixel_shuffle_infer,
+    torch_modules=("PixelShuffle",),
+    functional=("torch.nn.functional.pixel_shuffle",),
+    functional_args=(Argument("upscale_factor", 1),),
+    params_from_module=pixel_shuffle_from_module,
+    starter={"upscale_factor": 2},
+    module=pixel_shuffle_module,
+    explain=pixel_shuffle_explain,
+    key_params=("upscale_factor",),
+    examples=(Example(IMAGE, {"upscale_factor": 2}),),
+    shapes="[C*r*r, H, W] -> [C, H*r, W*r] (r = upscale_factor)",
+)
+
+ENTRIES = (UPSAMPLE, PIXEL_SHUFFLE)
