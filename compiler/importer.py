@@ -242,7 +242,18 @@ class Constant:
 
 
 # What an fx node computes: a str is the graph node whose output tensor it is.
-Value = str | Size | Device | Several | Chunks | FinalStates | CausalMask | Constant | Failed
+@dataclass(frozen=True)
+class SequenceFirst:
+    """Graph node `node_id`'s tensor with the batch and time swapped ([T, B, ...]): after
+    x.t() or x.transpose(0, 1), the input of a module without batch_first."""
+
+    node_id: str
+
+
+Value = (
+    str | Size | Device | Several | Chunks | FinalStates | CausalMask | Constant | Failed
+    | SequenceFirst
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -280,6 +291,9 @@ class Walk:
     owners: dict[int, tuple[str, fx.Node]] = field(default_factory=dict)  # id(param) -> owner
     inside_stacks: set[str] = field(default_factory=set)  # nodes whose fx shape is the stack's
     encodings: dict[str, str] = field(default_factory=dict)  # PositionalEncoding node -> module
+    time_first_calls: set[fx.Node] = field(default_factory=set)  # calls on [T, B, ...] tensors
+    reading_time_first: bool = False  # mapping a module without batch_first fed [T, B, ...]
+    sequence_first: set[str] = field(default_factory=set)  # nodes whose torch output is [T, B]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,7 +355,9 @@ class ValueBranch(Exception):
 
 
 # What is fixed for a given input shape: a tensor's size, device, dtype, and arithmetic on those.
-STATIC_ATTRIBUTES = frozenset({"shape", "is_cuda", "device", "dtype", "ndim", "is_sparse"})
+STATIC_ATTRIBUTES = frozenset(
+    {"shape", "is_cuda", "is_xpu", "is_mps", "is_cpu", "device", "dtype", "ndim", "is_sparse"}
+)
 STATIC_METHODS = frozenset({"size", "dim", "numel", "get_device"})
 
 
@@ -370,7 +386,8 @@ def _uses_batch_size(node: fx.Node) -> bool:
             or (source.target is builtins.getattr and source.args[1] == "shape")
         ):
             return index == 0
-    return any(_uses_batch_size(arg) for arg in node.all_input_nodes)
+    # only through sizes: a tensor's ancestry, a DAG, would take exponential time (EfficientNet)
+    return any(_uses_batch_size(arg) for arg in node.all_input_nodes if _static(arg))
 
 
 class ConcreteProxy(fx.Proxy):
@@ -514,6 +531,7 @@ def _trace(
     for node in list(graph.nodes):
         if node.op == "call_function" and node.target in CHECKS:
             graph.erase_node(node)  # a check that held for the example, not a computation
+    _fold_reparameterisations(graph)
     gm = fx.GraphModule(model, graph)
     _keep_first_output(gm.graph)
     gm.graph.eliminate_dead_code()  # e.g. the unused (h, c) of `out, (h, c) = self.lstm(x)`
@@ -579,6 +597,8 @@ def _visit(walk: Walk, node: fx.Node, input_shape: tuple[int, ...], dtype: str) 
             result = Layer("Output", {}, (_tensor(walk, _returned(walk, node), returned=True),))
         elif node.op == "get_attr":
             result = _attribute(walk, node)
+        elif _sequence_first_inputs(walk, node):
+            result = _map_sequence_first(walk, node, _sequence_first_inputs(walk, node))
         else:
             result = _map(walk, node)
     except NotMappable as exc:
@@ -606,7 +626,7 @@ def _visit(walk: Walk, node: fx.Node, input_shape: tuple[int, ...], dtype: str) 
 def _reason(exc: NotMappable) -> Message:
     """Why a call cannot be mapped: the Message it was raised with (a catalog entry's reader
     may raise plain text, which is its own English template)."""
-    reason = exc.args[0] if exc.args else ""
+    reason = getattr(exc, "message", None) or (exc.args[0] if exc.args else "")
     return reason if isinstance(reason, Message) else Message(str(reason))
 
 
@@ -644,9 +664,14 @@ def _add_node(walk: Walk, node: fx.Node, node_id: str, layer: Layer) -> Value:
         entry["module"] = module
     walk.nodes.append(entry)
     for port, source in enumerate(layer.inputs):
+        source = source.node_id if isinstance(source, SequenceFirst) else source
         edge = {"source": source, "target": node_id}
         walk.edges.append(edge | {"port": port} if len(layer.inputs) > 1 else edge)
     walk.fx_nodes[node_id] = node
+    if node in walk.time_first_calls:
+        walk.sequence_first.add(node_id)
+        if not layer.several:
+            return SequenceFirst(node_id)
     return Several(node_id, layer.type, layer.several) if layer.several else node_id
 
 
@@ -796,7 +821,7 @@ def _map_module(walk: Walk, node: fx.Node) -> Layer | Stack:
     if entry is None:
         raise NotMappable(msg("no NetBuilder layer does this"))
     layer_type, read_params = entry
-    params = read_params(module)
+    params = read_params(as_batch_first(module) if walk.reading_time_first else module)
     positions = _positions(walk, node, module)
     if positions is not None:
         return positions
@@ -839,7 +864,9 @@ def _positions(walk: Walk, node: fx.Node, module: nn.Module) -> Constant | None:
     return Constant(node, None, weights=f"{path}.weight", owner=path)
 
 
-def _claim_weights(walk: Walk, node: fx.Node, module: nn.Module | nn.Parameter) -> None:
+def _claim_weights(
+    walk: Walk, node: fx.Node, module: nn.Module | nn.Parameter, path: str | None = None
+) -> None:
     """A graph node owns its weights: a module without any (self.relu) may be called twice and
     becomes two nodes, but weights used at two call sites (one module called twice, or tied
     weights shared by two modules) cannot be imported; the message names both sites."""
@@ -857,7 +884,7 @@ def _claim_weights(walk: Walk, node: fx.Node, module: nn.Module | nn.Parameter) 
                 )
             )
     for parameter in parameters:
-        walk.owners[id(parameter)] = (str(node.target), node)
+        walk.owners[id(parameter)] = (path or str(node.target), node)
 
 
 def _only_input(node: fx.Node) -> Any:
@@ -881,10 +908,11 @@ def _encoder_stack(walk: Walk, node: fx.Node, module: nn.TransformerEncoder) -> 
     """nn.TransformerEncoder as what it is: its encoder layers in a row, then its norm."""
     path = str(node.target)
     x, causal = _encoder_input(walk, node)
+    batch_first = as_batch_first if walk.reading_time_first else (lambda layer: layer)
     layers = [
         Layer(
             "TransformerEncoderLayer",
-            _read_params("TransformerEncoderLayer", layer) | {"causal": causal},
+            _read_params("TransformerEncoderLayer", batch_first(layer)) | {"causal": causal},
             (),
             path=f"{path}.layers.{index}",
         )
@@ -976,6 +1004,14 @@ def _tensor(walk: Walk, arg: Any, returned: bool = False) -> str:
         )
     if isinstance(value, Chunks):
         raise NotMappable(msg("uses the whole tuple of torch.chunk; take its pieces one by one"))
+    if isinstance(value, SequenceFirst):
+        raise NotMappable(
+            msg("forward returns a sequence-first [T, B, ...] tensor; transpose it back to"
+                " batch-first (x.transpose(0, 1)) before returning it")
+            if returned
+            else msg("works on a sequence-first [T, B, ...] tensor; transpose it back to"
+                     " batch-first (x.transpose(0, 1)) first")
+        )  # fmt: skip
     if isinstance(value, Constant):
         source = "self." + str(value.root.target) if value.root is not None else value.node.name
         if returned:
@@ -1015,16 +1051,70 @@ def _merge(walk: Walk, node: fx.Node) -> Layer:
     if node.kwargs.get("alpha", 1) != 1 or not isinstance(second, fx.Node):
         raise NotMappable(msg("with a constant: only tensors merge"))
     table = [walk.values.get(arg) for arg in (first, second)]
-    if layer_type == "Add" and any(isinstance(v, Constant) for v in table):
+    if all(isinstance(v, Constant) for v in table):
+        raise NotMappable(msg("joins two constant tensors"))
+    if any(isinstance(v, Constant) for v in table):
         x, constant = (second, table[0]) if isinstance(table[0], Constant) else (first, table[1])
-        layer = _positional_encoding(walk, node, x, constant)
-        walk.encodings[node.name] = _encoding_owner(constant)  # its dropout may follow
-        return layer
+        if layer_type == "Add":
+            try:
+                layer = _positional_encoding(walk, node, x, constant)
+            except NotMappable:
+                if constant.weights is None or constant.owner is not None:
+                    raise
+            else:
+                walk.encodings[node.name] = _encoding_owner(constant)  # its dropout may follow
+                return layer
+        joined = _learned_constant(walk, node, constant, x)
+        inputs = (joined, _tensor(walk, x)) if x is second else (_tensor(walk, x), joined)
+        return Layer(layer_type, {}, inputs)
     return Layer(layer_type, {}, (_tensor(walk, first), _tensor(walk, second)))
 
 
 def _is_number(arg: Any) -> bool:
     return isinstance(arg, int | float) and not isinstance(arg, bool) and math.isfinite(arg)
+
+
+def _learned_constant(walk: Walk, node: fx.Node, constant: Constant, like: fx.Node) -> str:
+    """A learned parameter joined to the activations (a ViT's `torch.cat([cls, x], dim=1)`,
+    `x + self.pos_embed`, ConvNeXt's `self.layer_scale * x`): a LearnedConstant node, fed by
+    x for its batch size, holding the parameter. Only the parameter itself, broadcast or
+    repeated for each sample (`self.cls_token.expand(B, -1, -1)`), maps."""
+    if constant.weights is None or constant.owner is not None:
+        raise NotMappable(
+            msg(
+                "joins a constant that is not a learned parameter (a buffer or a table computed"
+                " from one) to the activations"
+            )
+        )
+    parameter = walk.gm.get_parameter(constant.weights)
+    value, rank = constant.node.meta["value"], _rank(like)
+    if constant.node is constant.root and value.dim() <= rank:  # broadcast as it stands
+        value = value.reshape((1,) * (rank - value.dim()) + tuple(value.shape))
+    batch = like.meta["shape"][0]
+    if (
+        value.dim() != rank
+        or value.shape[0] not in (1, batch)
+        or value[0].numel() != parameter.numel()
+        or not torch.equal(value[0].reshape(-1), parameter.detach().reshape(-1))
+        or not all(torch.equal(row, value[0]) for row in value[1:])
+    ):
+        raise NotMappable(
+            msg(
+                "uses self.{name} other than as itself, repeated for each sample: only the"
+                " parameter as it is (or expanded over the batch) maps",
+                name=constant.weights,
+            )
+        )
+    _claim_weights(walk, node, parameter, constant.weights)
+    node_id = constant.root.name
+    layer = Layer(
+        "LearnedConstant",
+        {"shape": [int(size) for size in value.shape[1:]]},
+        (_tensor(walk, like),),
+        path=constant.weights,
+    )
+    walk.inside_stacks.add(node_id)  # its fx node is the join's: no shape of its own to check
+    return str(_add_node(walk, node, node_id, layer))
 
 
 def _scale(walk: Walk, node: fx.Node) -> Layer:
@@ -1097,7 +1187,15 @@ def _concat(walk: Walk, node: fx.Node) -> Layer | str:
         raise NotMappable(msg("joins along the batch dim 0"))
     if len(tensors) == 1:
         return _tensor(walk, tensors[0])  # torch.cat([x]) is x (DenseNet's first layer)
-    return Layer("Concat", {"dim": dim}, tuple(_tensor(walk, t) for t in tensors))
+    constants = [isinstance(walk.values.get(t), Constant) for t in tensors]
+    if all(constants):
+        raise NotMappable(msg("joins constant tensors only"))
+    like = tensors[constants.index(False)]
+    inputs = tuple(
+        _learned_constant(walk, node, walk.values[t], like) if is_constant else _tensor(walk, t)
+        for t, is_constant in zip(tensors, constants, strict=True)
+    )
+    return Layer("Concat", {"dim": dim}, inputs)
 
 
 def _flatten(walk: Walk, node: fx.Node) -> Layer:
@@ -1123,7 +1221,7 @@ def _reshape(walk: Walk, node: fx.Node) -> Layer:
     return Layer("Reshape", {"shape": shape}, (_tensor(walk, node.args[0]),))
 
 
-def _permute(walk: Walk, node: fx.Node) -> Layer:
+def _permute(walk: Walk, node: fx.Node) -> Layer | Value:
     """x.permute(...) and x.transpose(a, b) (the same swap, as permuted dims)."""
     rank = _rank(node.args[0])
     if getattr(node.target, "__name__", node.target) == "transpose":
@@ -1133,11 +1231,11 @@ def _permute(walk: Walk, node: fx.Node) -> Layer:
     else:
         dims = [d % rank for d in _shape_args(node)]
     if dims[0] != 0:
-        raise NotMappable(msg("moves the batch dim"))
+        return _swap_batch_and_time(walk, node, dims)
     return Layer("Permute", {"dims": dims}, (_tensor(walk, node.args[0]),))
 
 
-def _getitem(walk: Walk, node: fx.Node) -> Layer | Value:
+def _getitem(walk: Walk, node: fx.Node) -> Layer | Stack | Value:
     source, index = node.args
     value = walk.values.get(source)
     if isinstance(value, Failed):
@@ -1164,6 +1262,8 @@ def _getitem(walk: Walk, node: fx.Node) -> Layer | Value:
                     item=Message(value.item_one),
                 )
             )
+        if value.node_id in walk.sequence_first:
+            return SequenceFirst(value.node_id)
         return value.node_id
     if isinstance(value, Size) and value.index is None and isinstance(index, int):
         return Size(index)
@@ -1172,9 +1272,24 @@ def _getitem(walk: Walk, node: fx.Node) -> Layer | Value:
         items.pop()
     if isinstance(value, str) and items == [slice(None), -1]:
         return Layer("SequencePool", {"mode": "last"}, (value,))
+    if isinstance(value, str) and len(items) == 2 and items[0] == slice(None):
+        return _one_position(node, value, items[1])
     raise NotMappable(
         msg("indexing with [{index}]; x[:, -1] (the last time step) maps", index=repr(index))
     )
+
+
+def _one_position(node: fx.Node, value: str, index: Any) -> Stack:
+    """x[:, i] (a ViT's class token, x[:, 0]): piece i of dim 1 cut in pieces of one, then
+    that dim dropped (a Chunk and a Reshape)."""
+    steps = node.args[0].meta["shape"][1]
+    if not isinstance(index, int) or isinstance(index, bool) or not -steps <= index < steps:
+        raise NotMappable(
+            msg("indexing with [{index}]; x[:, i] with a number i maps", index=repr(index))
+        )
+    piece = Layer("Chunk", {"chunks": steps, "dim": 1, "index": index % steps}, ())
+    rest = Layer("Reshape", {"shape": [int(s) for s in node.meta["shape"][1:]]}, ())
+    return Stack(value, (piece, rest))
 
 
 def _final_state(value: FinalStates, index: Any) -> FinalStates | Layer:
@@ -1239,6 +1354,8 @@ def _getattr(walk: Walk, node: fx.Node) -> Value:
         return value.node_id
     if isinstance(value, str) and name == "shape":
         return Size()
+    if isinstance(value, Constant) and name == "shape":
+        return Size(FIXED)  # self.weight.shape (nanoGPT's F.layer_norm): fixed numbers
     if isinstance(value, str) and name == "device":
         return Device()
     raise NotMappable(msg(".{name}", name=name))
@@ -1338,6 +1455,284 @@ def _instance_norm(walk: Walk, node: fx.Node) -> Layer:
     return Layer(f"InstanceNorm{rank - 2}d", {"eps": eps}, (_tensor(walk, node.args[0]),))
 
 
+# ---------------------------------------------------------------------------------------------
+# Sequence-first code (the word language model example): `x.t()` or `x.transpose(0, 1)` into
+# an nn.LSTM / nn.GRU / nn.TransformerEncoder without batch_first, and back. A graph is always
+# batch-first, so the pair is the batch-first layer itself, and what lies between acts on each
+# position alone (an Embedding, a Linear, a Dropout) or is such a layer.
+
+# Modules that read [T, B, F] where batch_first is False.
+TIME_FIRST_MODULES = (nn.RNN, nn.LSTM, nn.GRU, nn.MultiheadAttention, nn.TransformerEncoderLayer,
+                      nn.TransformerEncoder)  # fmt: skip
+# Layers that act on each position alone, whichever dim is the batch.
+PER_POSITION = frozenset({"Linear", "Dropout", "LayerNorm", "RMSNorm", "Embedding", "Identity",
+                          "Scale", "Add", "Multiply"})  # fmt: skip
+LAST_DIM_ONLY = frozenset({"Softmax", "LogSoftmax", "GLU"})
+
+
+def _swap_batch_and_time(walk: Walk, node: fx.Node, dims: list[int]) -> Value:
+    """x.transpose(0, 1), x.t(), x.permute(1, 0, 2): from batch-first to sequence-first (a
+    SequenceFirst value, no node) or back (the batch-first node itself)."""
+    if dims[:2] != [1, 0] or dims[2:] != list(range(2, len(dims))):
+        raise NotMappable(msg("moves the batch dim"))
+    value = walk.values.get(node.args[0])
+    if isinstance(value, SequenceFirst):
+        return value.node_id
+    if isinstance(value, (Failed, str)):
+        return value if isinstance(value, Failed) else SequenceFirst(value)
+    return _tensor(walk, node.args[0])  # says what it is instead
+
+
+def _t(walk: Walk, node: fx.Node) -> Value:
+    """x.t() of a 2-d tensor (token ids [B, T] -> [T, B]): a swap of the batch and time."""
+    if _rank(node.args[0]) != 2:
+        raise NotMappable(msg("x.t() of a tensor that is not 2-d"))
+    return _swap_batch_and_time(walk, node, [1, 0])
+
+
+def _time_first(module: nn.Module) -> bool:
+    """Whether a module reads its input sequence-first (batch_first=False)."""
+    if isinstance(module, nn.TransformerEncoder):
+        module = module.layers[0]
+    if isinstance(module, nn.TransformerEncoderLayer):
+        module = module.self_attn
+    return isinstance(module, TIME_FIRST_MODULES) and not module.batch_first
+
+
+def as_batch_first(module: nn.Module) -> nn.Module:
+    """A shallow copy reading batch-first (the same weights), for a module fed sequence-first:
+    its params are the batch-first layer's."""
+    if isinstance(module, nn.TransformerEncoderLayer):
+        twin = copy.copy(module)
+        twin._modules = dict(module._modules)  # its own, or the original's attention changes
+        twin.self_attn = as_batch_first(module.self_attn)
+        return twin
+    twin = copy.copy(module)
+    twin.batch_first = True
+    return twin
+
+
+def _sequence_first_inputs(walk: Walk, node: fx.Node) -> list[fx.Node]:
+    return [n for n in node.all_input_nodes if isinstance(walk.values.get(n), SequenceFirst)]
+
+
+def _map_sequence_first(walk: Walk, node: fx.Node, inputs: list[fx.Node]) -> Layer | Stack | Value:
+    """A call on sequence-first tensors: a batch-swapping transpose, a module reading
+    sequence-first, or a layer acting on each position; its result is sequence-first too."""
+    handler = _handler(node) if node.op != "call_module" else None
+    if handler in (_permute, _t):
+        return _map(walk, node)
+    module = walk.gm.get_submodule(str(node.target)) if node.op == "call_module" else None
+    reads_time_first = module is not None and _time_first(module)
+    saved = {n: walk.values[n] for n in inputs}
+    walk.values.update({n: saved[n].node_id for n in inputs})  # type: ignore[union-attr]
+    walk.reading_time_first = reads_time_first
+    try:
+        result = _map(walk, node)
+    finally:
+        walk.values.update(saved)
+        walk.reading_time_first = False
+    layers = result.layers if isinstance(result, Stack) else (result,)
+    if not all(isinstance(layer, Layer) for layer in layers) or not (
+        reads_time_first or all(_per_position(layer) for layer in layers)
+    ):
+        raise NotMappable(
+            msg(
+                "works on a sequence-first [T, B, ...] tensor (after x.t() or transpose(0, 1)):"
+                " only layers that act on each position, and recurrent or transformer layers"
+                " without batch_first, map there; transpose back to batch-first before it"
+            )
+        )
+    if len(inputs) != len(node.all_input_nodes) and not reads_time_first:
+        raise NotMappable(msg("joins a sequence-first tensor to a batch-first one"))
+    walk.time_first_calls.add(node)
+    return result
+
+
+def _per_position(layer: Layer) -> bool:
+    if layer.type in LAST_DIM_ONLY:
+        return layer.params.get("dim", -1) == -1
+    spec = CATALOG[layer.type]
+    return layer.type in PER_POSITION or (spec.category == "Activation" and layer.type != "PReLU")
+
+
+# ---------------------------------------------------------------------------------------------
+# A VAE's reparameterisation (the PyTorch example's `std = torch.exp(0.5 * logvar);
+# eps = torch.randn_like(std); return mu + eps * std`): one Reparameterize layer.
+
+
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """What the folded calls compute (the fx graph's stand-in for them; never run)."""
+    std = torch.exp(0.5 * logvar)
+    return mu + torch.randn_like(std) * std
+
+
+MULTIPLY = (operator.mul, torch.mul, "mul")
+ADD = (operator.add, torch.add, "add", operator.iadd, "add_")
+
+
+def _calls(node: Any, kinds: tuple[Any, ...]) -> bool:
+    """Whether an fx node is a call of one of `kinds` (functions, or tensor method names)."""
+    if not isinstance(node, fx.Node):
+        return False
+    if node.op == "call_method":
+        return str(node.target) in kinds
+    return node.op == "call_function" and node.target in kinds
+
+
+def _other(node: fx.Node, one: Any) -> Any:
+    """The other argument of a two-argument call (mu of mu + eps * std)."""
+    first, second = (list(node.args) + [node.kwargs.get("other")])[:2]
+
+    def same(arg: Any) -> bool:
+        return arg is one or (not isinstance(one, fx.Node) and _is_number(arg) and arg == one)
+
+    return second if same(first) else first if same(second) else None
+
+
+def _half_of(std: fx.Node) -> Any:
+    """logvar of exp(0.5 * logvar), exp(logvar * 0.5), exp(logvar / 2), logvar.mul(0.5).exp_()."""
+    if not _calls(std, (torch.exp, "exp", "exp_")) or len(std.args) != 1:
+        return None
+    half = std.args[0]
+    if _calls(half, MULTIPLY):
+        logvar = _other(half, 0.5)
+    elif _calls(half, (operator.truediv, torch.div, "div")) and half.args[1:] == (2,):
+        logvar = half.args[0]
+    else:
+        return None
+    return logvar if isinstance(logvar, fx.Node) and len(half.users) == 1 else None
+
+
+def _fold_reparameterisations(graph: fx.Graph) -> None:
+    """Each `mu + randn_like(std) * std` with std = exp(0.5 * logvar), whose steps are used
+    nowhere else, becomes one call of `reparameterize(mu, logvar)`."""
+    for noise in [n for n in graph.nodes if _calls(n, (torch.randn_like,))]:
+        std = noise.args[0] if noise.args else None
+        logvar = _half_of(std) if isinstance(std, fx.Node) else None
+        product = next(iter(noise.users), None) if len(noise.users) == 1 else None
+        if logvar is None or not _calls(product, MULTIPLY) or _other(product, noise) is not std:
+            continue
+        total = next(iter(product.users), None) if len(product.users) == 1 else None
+        mu = _other(total, product) if _calls(total, ADD) else None
+        if not isinstance(mu, fx.Node) or set(std.users) != {noise, product}:
+            continue
+        with graph.inserting_before(total):
+            folded = graph.call_function(reparameterize, (mu, logvar))
+        folded.meta = dict(total.meta)
+        total.replace_all_uses_with(folded)
+        for step in (total, product, noise, std, std.args[0]):
+            graph.erase_node(step)
+
+
+def _reparameterize_call(walk: Walk, node: fx.Node) -> Layer:
+    """The folded reparameterisation: a Reparameterize that samples in eval mode too, as the
+    source does (the comparison draws the same noise for both)."""
+    mu, logvar = node.args
+    params = {"eval_output": "sample"}
+    return Layer("Reparameterize", params, (_tensor(walk, mu), _tensor(walk, logvar)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Norms (and a Linear) called as functions with a module's own weights (nanoGPT's LayerNorm
+# with an optional bias, timm's LayerNorm2d, BatchNormAct2d and Linear): the catalog's layer,
+# holding that module's weights.
+
+
+def _own_tensors(walk: Walk, node: fx.Node, named: dict[str, Any]) -> tuple[str | None, set[str]]:
+    """The module whose own attributes the tensor arguments are (self.weight, self.bias,
+    self.running_mean: an attribute read directly, under the name the argument has) and which
+    of them are given; anything else is refused."""
+    owners, given = set(), set()
+    for name, arg in named.items():
+        if arg is None:
+            continue
+        value = walk.values.get(arg) if isinstance(arg, fx.Node) else None
+        root = value.root if isinstance(value, Constant) else None
+        if root is None or value.node is not root or not str(root.target).endswith(name):
+            raise NotMappable(
+                msg(
+                    "{name} is not the calling module's own self.{name}: only a module's own"
+                    " weights and statistics map",
+                    name=name,
+                )
+            )
+        owners.add(str(root.target).rpartition(".")[0])
+        given.add(name)
+    if len(owners) > 1:
+        raise NotMappable(msg("takes its weights from more than one module"))
+    return (owners.pop() if owners else None), given
+
+
+def _norm_layer(walk: Walk, node: fx.Node, layer_type: str, params: dict[str, Any],
+                owner: str | None) -> Layer:  # fmt: skip
+    """The layer holding its owner module's weights (claimed, as a module call's are)."""
+    if owner is not None:
+        _claim_weights(walk, node, walk.gm.get_submodule(owner), owner)
+    return Layer(layer_type, params, (_tensor(walk, node.args[0]),), path=owner)
+
+
+def _layer_norm_call(walk: Walk, node: fx.Node) -> Layer:
+    """F.layer_norm(x, shape, self.weight, self.bias, eps) over the last dim: a LayerNorm."""
+    shape = _arg(node, 1, "normalized_shape")
+    shape = shape.meta.get("value") if isinstance(shape, fx.Node) else shape
+    sizes = [int(s) for s in shape] if isinstance(shape, (tuple, list, torch.Size)) else [shape]
+    if sizes != [node.args[0].meta["shape"][-1]]:
+        raise NotMappable(
+            msg("normalized_shape {shape}: only the last dim maps", shape=str(list(sizes)))
+        )
+    tensors = {"weight": _arg(node, 2, "weight"), "bias": _arg(node, 3, "bias")}
+    owner, given = _own_tensors(walk, node, tensors)
+    if given == {"bias"}:
+        raise NotMappable(msg("a bias without a weight"))
+    params = {
+        "eps": float(_arg(node, 4, "eps", 1e-5)),
+        "elementwise_affine": "weight" in given,
+        "bias": "bias" in given or "weight" not in given,
+    }
+    return _norm_layer(walk, node, "LayerNorm", params, owner)
+
+
+def _linear_call(walk: Walk, node: fx.Node) -> Layer:
+    """F.linear(x, self.weight, self.bias) of a module's own weights (timm's Linear): a Linear."""
+    tensors = {"weight": _arg(node, 1, "weight"), "bias": _arg(node, 2, "bias")}
+    owner, given = _own_tensors(walk, node, tensors)
+    if "weight" not in given:
+        raise NotMappable(msg("F.linear without a weight"))
+    out_features = int(walk.gm.get_parameter(f"{owner}.weight").shape[0])
+    params = {"out_features": out_features, "bias": "bias" in given}
+    return _norm_layer(walk, node, "Linear", params, owner)
+
+
+def _batch_norm_call(walk: Walk, node: fx.Node) -> Layer:
+    """F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, training,
+    momentum, eps) of a BatchNorm module's own state: a BatchNorm1d/2d."""
+    names = ("running_mean", "running_var", "weight", "bias")
+    tensors = {name: _arg(node, index, name) for index, name in enumerate(names, start=1)}
+    owner, given = _own_tensors(walk, node, tensors)
+    tracked = {"running_mean", "running_var"} & given
+    affine = {"weight", "bias"} & given
+    training = bool(_arg(node, 5, "training", False))
+    if len(tracked) == 1 or len(affine) == 1 or training == bool(tracked):
+        raise NotMappable(
+            msg(
+                "a batch norm that is not nn.BatchNorm's own call (both running statistics,"
+                " used in eval, or neither; both weight and bias, or neither)"
+            )
+        )
+    rank = _rank(node.args[0])
+    if rank not in (2, 3, 4):
+        raise NotMappable(msg("a batch norm of a tensor with {rank} dims", rank=rank))
+    momentum = getattr(walk.gm.get_submodule(owner), "momentum", 0.1) if owner else 0.1
+    params = {
+        "eps": float(_arg(node, 7, "eps", 1e-5)),
+        "momentum": momentum,
+        "affine": bool(affine),
+        "track_running_stats": bool(tracked),
+    }
+    return _norm_layer(walk, node, "BatchNorm2d" if rank == 4 else "BatchNorm1d", params, owner)
+
+
 Handler = Callable[[Walk, fx.Node], Layer | Stack | Value]
 
 # The readers a catalog entry's `functional_reader` names: calls whose arguments take more than
@@ -1376,10 +1771,15 @@ def argument_reader(spec: LayerSpec) -> Handler:
 PLUMBING_FUNCTIONS: dict[Any, Handler] = {
     operator.getitem: _getitem,
     builtins.getattr: _getattr,
+    torch.nn.functional.layer_norm: _layer_norm_call,
+    torch.nn.functional.batch_norm: _batch_norm_call,
+    torch.nn.functional.linear: _linear_call,
+    reparameterize: _reparameterize_call,
 }
 PLUMBING_METHODS: dict[str, Handler] = {
     "size": _size,
     "contiguous": _alias,
+    "t": _t,
 }
 
 
@@ -1463,6 +1863,8 @@ def _shape_and_count_problems(analysis: Analysis, walk: Walk) -> list[Unsupporte
     problems = []
     for node_id, fx_node in walk.fx_nodes.items():
         real = fx_node.meta["shape"][1:] if "shape" in fx_node.meta else None
+        if node_id in walk.sequence_first and real is not None:  # torch's is [T, B, ...]
+            real = (fx_node.meta["shape"][0], *fx_node.meta["shape"][2:])
         inferred = analysis.infos[node_id].shape
         checked = analysis.node_type(node_id) != "Output" and node_id not in walk.inside_stacks
         if checked and inferred != real:
@@ -1502,8 +1904,11 @@ def _output_problems(
     state = convert_state_dict(model.state_dict(), walk.module_paths, attribute_names(analysis))
     try:
         compiled.load_state_dict(state)
-        with torch.no_grad():
-            expected, got = model(example), compiled(example)
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # a layer that samples (a VAE's) draws the same noise in both
+            expected = model(example)
+            torch.manual_seed(0)
+            got = compiled(example)
         if isinstance(expected, (tuple, list)):
             expected = expected[0]  # (output, hidden): the graph keeps the output
     except Exception as exc:
