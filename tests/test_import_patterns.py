@@ -463,7 +463,8 @@ def test_vae_reparameterisation_is_a_sampling_layer_and_its_loss_the_examples() 
         torch.testing.assert_close(compute_loss("vae", out, x, model=twin), expected)
 
 
-def test_a_new_vae_samples_in_training_and_gives_the_mean_in_eval() -> None:
+def new_vae() -> nn.Module:
+    """A VAE designed in NetBuilder: 6 -> mu, logvar (2 each) -> Reparameterize -> 6, Sigmoid."""
     graph = {
         "format": "netbuilder.graph/1",
         "name": "vae",
@@ -492,10 +493,48 @@ def test_a_new_vae_samples_in_training_and_gives_the_mean_in_eval() -> None:
 
     analysis = analyse(parse_graph(graph))
     assert analysis.ok, analysis.errors
-    model = load_module(generate_source(analysis)).build_model()
+    return load_module(generate_source(analysis)).build_model()
+
+
+def test_a_new_vae_samples_in_training_and_gives_the_mean_in_eval() -> None:
+    model = new_vae()
     x = torch.rand(5, 6)
     assert not torch.equal(model.train()(x), model(x))  # a fresh sample each call
     assert torch.equal(model.eval()(x), model(x))
+
+
+def test_the_training_loop_trains_a_vae_on_its_own_inputs() -> None:
+    """runtime/loop.py (also train.py's loop) with the loss vae: the target is the input, the
+    labels go unused, and the KL term comes from the Reparameterize layer."""
+    from runtime import loop
+    from runtime.settings import TrainConfig
+
+    torch.manual_seed(0)
+    model = new_vae()
+    config = TrainConfig(epochs=12, batch_size=16, optimizer="adam", lr=0.01)
+    generator = torch.Generator().manual_seed(2)
+    codes = torch.rand(96, 2, generator=generator)
+    x = torch.sigmoid(codes @ torch.randn(2, 6, generator=generator) * 3)  # in [0, 1]
+    labels = torch.zeros(96, dtype=torch.int64)
+    optimizer = loop.make_optimizer(config, list(model.parameters()))
+    records: list[dict] = []
+
+    class Records(loop.Hooks):
+        def after_epoch(self, record: dict, progress: loop.Progress) -> None:
+            records.append(record)
+
+    trainer = loop.Loop(model, optimizer, loop.split(x, labels, config), config, "vae",
+                        hooks=Records())  # fmt: skip
+    trainer.train()
+    first, last = records[0]["train_loss"], records[-1]["train_loss"]
+    assert math.isfinite(last) and last < 0.9 * first
+    with torch.no_grad():  # the recorded loss is the example's: BCE + KL, per sample
+        model.eval()
+        val = trainer.data.x_val
+        out = model(val)
+        kl = model.z.kl
+        expected = (F.binary_cross_entropy(out, val, reduction="sum") + kl) / len(val)
+    assert records[-1]["val_loss"] == pytest.approx(float(expected), rel=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -515,3 +554,15 @@ def test_timm_models_round_trip(name: str) -> None:
         assert "LearnedConstant" in types and "LayerNorm" in types
     if name == "mobilenetv3_small_050":  # BatchNormAct2d and timm's Linear (F.linear)
         assert "BatchNorm2d" in types and "Linear" in types
+
+
+def test_torchvision_vision_transformer_round_trips() -> None:
+    """torchvision's VisionTransformer (vit_b_16's code, a small config): its class token
+    (torch.cat of an expanded Parameter), position embedding and x[:, 0]."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(16, 8, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=16,
+                              num_classes=5).eval()  # fmt: skip
+    types = round_trips(model, (3, 16, 16))
+    assert types.count("LearnedConstant") == 1 and "MultiheadAttention" in types
