@@ -451,6 +451,10 @@ class ConcreteTracer(fx.Tracer):
             self.running -= 1
         return args[0] if args else None
 
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        """torch.nn's modules, and timm's Attention: one call, read as a MultiheadAttention."""
+        return super().is_leaf_module(m, module_qualified_name) or qkv_attention(m) is not None
+
     def call_module(self, m: nn.Module, forward: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         if self.running:  # running a leaf module on the example: its insides are not recorded
             return forward(*args, **kwargs)
@@ -818,6 +822,11 @@ def _map_module(walk: Walk, node: fx.Node) -> Layer | Stack:
     if type(module) is nn.TransformerEncoder:
         return _encoder_stack(walk, node, module)
     entry = MODULES.get(type(module))
+    attention = qkv_attention(module) if entry is None else None
+    if attention is not None:
+        return Layer(
+            "MultiheadAttention", attention, (_tensor(walk, _only_input(node)),), None, path
+        )
     if entry is None:
         raise NotMappable(msg("no NetBuilder layer does this"))
     layer_type, read_params = entry
@@ -1456,6 +1465,58 @@ def _instance_norm(walk: Walk, node: fx.Node) -> Layer:
 
 
 # ---------------------------------------------------------------------------------------------
+# timm's Attention (its ViTs' self-attention: self.qkv, heads by reshape and permute,
+# F.scaled_dot_product_attention, self.proj): kept as one call and read as a MultiheadAttention.
+
+QKV_ATTENTION_CHILDREN = frozenset({"qkv", "q_norm", "k_norm", "attn_drop", "norm", "proj",
+                                    "proj_drop"})  # fmt: skip
+# Its weights under the names nn.MultiheadAttention gives them (convert_state_dict).
+RENAMED_WEIGHTS = {
+    "qkv.weight": "in_proj_weight",
+    "qkv.bias": "in_proj_bias",
+    "proj.weight": "out_proj.weight",
+    "proj.bias": "out_proj.bias",
+}
+
+
+def qkv_attention(module: nn.Module) -> dict[str, Any] | None:
+    """MultiheadAttention params for a module built as timm's Attention is (one qkv Linear of
+    E -> 3E, heads of head_dim, the softmax scale head_dim ** -0.5, a proj Linear E -> E, no
+    norms, no gate), or None for any other module."""
+    qkv, proj = getattr(module, "qkv", None), getattr(module, "proj", None)
+    heads, head_dim = getattr(module, "num_heads", None), getattr(module, "head_dim", None)
+    if not (
+        "Attention" in type(module).__name__
+        and isinstance(qkv, nn.Linear)
+        and isinstance(proj, nn.Linear)
+        and isinstance(heads, int)
+        and isinstance(head_dim, int)
+    ):
+        return None
+    width = qkv.in_features
+    shaped = qkv.out_features == 3 * width == 3 * heads * head_dim
+    shaped = shaped and proj.in_features == proj.out_features == width
+    children = dict(module.named_children())
+    plain = set(children) <= QKV_ATTENTION_CHILDREN and all(
+        isinstance(children.get(name, nn.Identity()), nn.Identity)
+        for name in ("q_norm", "k_norm", "norm")
+    )
+    scale = getattr(module, "scale", head_dim**-0.5)
+    drops = [children.get(name, nn.Dropout(0.0)) for name in ("attn_drop", "proj_drop")]
+    if not (
+        shaped
+        and plain
+        and getattr(module, "gate", None) is None
+        and (qkv.bias is None) == (proj.bias is None)
+        and math.isclose(scale, head_dim**-0.5)
+        and all(isinstance(drop, nn.Dropout) for drop in drops)
+        and drops[1].p == 0.0
+    ):
+        return None
+    return {"num_heads": heads, "dropout": float(drops[0].p), "bias": qkv.bias is not None}
+
+
+# ---------------------------------------------------------------------------------------------
 # Sequence-first code (the word language model example): `x.t()` or `x.transpose(0, 1)` into
 # an nn.LSTM / nn.GRU / nn.TransformerEncoder without batch_first, and back. A graph is always
 # batch-first, so the pair is the batch-first layer itself, and what lies between acts on each
@@ -1963,7 +2024,8 @@ def convert_state_dict(
     for node_id, path in module_paths.items():
         for key, value in state.items():
             if key.startswith(path + "."):
-                renamed[f"{names[node_id]}.{key[len(path) + 1:]}"] = value
+                rest = key[len(path) + 1 :]
+                renamed[f"{names[node_id]}.{RENAMED_WEIGHTS.get(rest, rest)}"] = value
             elif key == path:  # a parameter used as a layer's one weight (a position table)
                 renamed[f"{names[node_id]}.weight"] = value.reshape(-1, value.shape[-1])
     return renamed

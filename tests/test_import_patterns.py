@@ -541,15 +541,25 @@ def test_the_training_loop_trains_a_vae_on_its_own_inputs() -> None:
 # timm: four small models, built without weights (pretrained=False), round-trip
 
 
-@pytest.mark.parametrize(
-    "name", ["resnet10t", "convnext_atto", "mobilenetv3_small_050", "regnetx_002"]
-)
+TIMM_MODELS = {
+    "resnet10t": {},
+    "convnext_atto": {},
+    "mobilenetv3_small_050": {},
+    "regnetx_002": {},
+    "vit_tiny_patch16_224": {"img_size": 32},  # 4 patches and the class token
+}
+
+
+@pytest.mark.parametrize("name", TIMM_MODELS)
 def test_timm_models_round_trip(name: str) -> None:
     import timm  # requirements-dev.txt; after conftest declared torchvision's ops
 
     torch.manual_seed(0)
-    model = trained_statistics(timm.create_model(name, pretrained=False, num_classes=5))
+    options = {"pretrained": False, "num_classes": 5, **TIMM_MODELS[name]}
+    model = trained_statistics(timm.create_model(name, **options))
     types = round_trips(model, (3, 32, 32))
+    if name == "vit_tiny_patch16_224":  # timm's Attention (qkv, F.scaled_dot_product_attention)
+        assert types.count("MultiheadAttention") == 12 and "LearnedConstant" in types
     if name == "convnext_atto":  # LayerNorm2d, and the layer scale x.mul(self.gamma.reshape(...))
         assert "LearnedConstant" in types and "LayerNorm" in types
     if name == "mobilenetv3_small_050":  # BatchNormAct2d and timm's Linear (F.linear)
