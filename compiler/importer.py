@@ -1583,6 +1583,8 @@ def _map_sequence_first(walk: Walk, node: fx.Node, inputs: list[fx.Node]) -> Lay
     handler = _handler(node) if node.op != "call_module" else None
     if handler in (_permute, _t):
         return _map(walk, node)
+    if handler is _getitem and node.args[1] == -1:  # output[-1]: the last step, batch-first
+        return Layer("SequencePool", {"mode": "last"}, (walk.values[node.args[0]].node_id,))
     module = walk.gm.get_submodule(str(node.target)) if node.op == "call_module" else None
     reads_time_first = module is not None and _time_first(module)
     saved = {n: walk.values[n] for n in inputs}
@@ -1710,7 +1712,7 @@ def _own_tensors(walk: Walk, node: fx.Node, named: dict[str, Any]) -> tuple[str 
             continue
         value = walk.values.get(arg) if isinstance(arg, fx.Node) else None
         root = value.root if isinstance(value, Constant) else None
-        if root is None or value.node is not root or not str(root.target).endswith(name):
+        if root is None or value.node is not root or str(root.target).rpartition(".")[2] != name:
             raise NotMappable(
                 msg(
                     "{name} is not the calling module's own self.{name}: only a module's own"

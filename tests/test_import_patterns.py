@@ -401,6 +401,22 @@ def test_a_sequence_first_tensor_returned_or_pooled_is_refused_with_a_sentence()
     assert "transpose it back to batch-first" in str(result.problems[0])
 
 
+def test_the_last_step_of_a_sequence_first_output_is_a_sequence_pool() -> None:
+    class LastStep(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gru = nn.GRU(4, 6)
+            self.fc = nn.Linear(6, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            output, _ = self.gru(x.transpose(0, 1))
+            return self.fc(output[-1])
+
+    torch.manual_seed(0)
+    assert round_trips(LastStep().eval(), (6, 4)) == ["Input", "GRU", "SequencePool", "Linear",
+                                                     "Output"]  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------
 # A VAE: the reparameterisation as a Reparameterize layer
 
