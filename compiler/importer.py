@@ -1349,6 +1349,29 @@ def _reduce(walk: Walk, node: fx.Node) -> Layer | Stack:
     )
 
 
+def _squeeze(walk: Walk, node: fx.Node) -> Layer:
+    """x.squeeze(1), x.unsqueeze(-1) (the DCGAN example's `output.view(-1, 1).squeeze(1)`): a
+    Reshape to the shape PyTorch computed. A squeeze without a dim is refused: with a batch of
+    one it would drop the batch dim too."""
+    dim = _arg(node, 1, "dim")
+    rank = _rank(node.args[0]) + (str(node.target) == "unsqueeze")
+    if not isinstance(dim, int) or dim % rank == 0:
+        raise NotMappable(
+            msg(
+                "a squeeze or unsqueeze without a dim, or of the batch dim: give a dim of 1 or more"
+            )
+        )
+    shape = [int(size) for size in node.meta["shape"][1:]]
+    if not shape:
+        raise NotMappable(
+            msg(
+                "leaves one number per sample ([B]): a graph's tensors keep at least one dim"
+                " besides the batch, so return the [B, 1] before the squeeze"
+            )
+        )
+    return Layer("Reshape", {"shape": shape}, (_tensor(walk, node.args[0]),))
+
+
 def _size(walk: Walk, node: fx.Node) -> Size:
     _tensor(walk, node.args[0])
     return Size(_arg(node, 1, "dim"))
@@ -1843,6 +1866,8 @@ PLUMBING_METHODS: dict[str, Handler] = {
     "size": _size,
     "contiguous": _alias,
     "t": _t,
+    "squeeze": _squeeze,
+    "unsqueeze": _squeeze,
 }
 
 

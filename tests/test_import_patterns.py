@@ -188,6 +188,48 @@ def test_dcgan_device_branch_takes_the_examples_single_device_branch(ngpu: int) 
     assert types.count("ConvTranspose2d") == 3 and types[-2:] == ["Tanh", "Output"]
 
 
+class DCGANDiscriminator(nn.Module):
+    """examples/dcgan/main.py's Discriminator (ndf 4, nc 3, a 16x16 picture)."""
+
+    def __init__(self, ngpu: int, ndf: int = 4, nc: int = 3) -> None:
+        super().__init__()
+        self.ngpu = ngpu
+        self.main = nn.Sequential(
+            nn.Conv2d(nc, ndf, 4, 2, 1, bias=False),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(ndf * 2),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ndf * 2, 1, 4, 1, 0, bias=False),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if (input.is_cuda or input.is_xpu) and self.ngpu > 1:
+            output = nn.parallel.data_parallel(self.main, input, range(self.ngpu))
+        else:
+            output = self.main(input)
+
+        return output.view(-1, 1).squeeze(1)
+
+
+def test_dcgan_discriminator_takes_its_branch_and_names_its_squeeze_to_one_number() -> None:
+    result = import_model(trained_statistics(DCGANDiscriminator(2)), (3, 16, 16))
+    assert [p.op for p in result.problems] == ["Tensor.squeeze"]  # the branch itself is fine
+    assert "one number per sample" in str(result.problems[0])
+
+    class Squeezes(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 6)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x.unsqueeze(1)).squeeze(1)
+
+    assert round_trips(Squeezes().eval(), (4,)) == ["Input", "Reshape", "Linear", "Reshape",
+                                                    "Output"]  # fmt: skip
+
+
 def test_a_branch_on_tensor_values_is_still_refused_with_a_sentence() -> None:
     class Gated(nn.Module):
         def __init__(self) -> None:
