@@ -133,7 +133,7 @@ class WatchedRun(run.Run):
         self.run_dir, self.config, self.stop, self.on_epoch = run_dir, config, stop, on_epoch
         self.weight_files = weight_files  # model name -> file in the checkpoint folder
         self.log = store.MetricsLog(run_dir / store.METRICS_FILE) if self.writer else store.NoLog()
-        self.last_flush = self.last_checkpoint = time.perf_counter()
+        self.last_flush = self.last_checkpoint = self.last_status = time.perf_counter()
         self.checkpoint_seconds: float | None = None  # how long the last checkpoint took
 
     def event(self, message: Message | str) -> None:
@@ -151,7 +151,7 @@ class WatchedRun(run.Run):
     def after_batch(self, progress: loop.Progress) -> None:
         if self.writer and time.perf_counter() - self.last_flush >= FLUSH_SECONDS:
             self.flush()  # (it also reads the stop file)
-            store.update_status(self.run_dir, step=progress.step)
+            self.update_status(progress)
             if not self.stop.is_set() and self.checkpoint_due():
                 self.save_checkpoint()
         self.stop_requested = self.stop.is_set()
@@ -162,11 +162,18 @@ class WatchedRun(run.Run):
         self.log.write([record])
         if not self.writer:
             return
-        if progress.epoch < self.config.epochs and self.checkpoint_due():
+        last = progress.epoch >= self.config.epochs
+        if not last and self.checkpoint_due():
             self.save_checkpoint()
-        store.update_status(self.run_dir, step=progress.step, epoch=progress.epoch)
+        if last or time.perf_counter() - self.last_status >= FLUSH_SECONDS:
+            self.update_status(progress)  # (short epochs: at most every FLUSH_SECONDS)
         if self.on_epoch:
             self.on_epoch(record)
+
+    def update_status(self, progress: loop.Progress) -> None:
+        """status.json's step and epoch, for the runs panel."""
+        store.update_status(self.run_dir, step=progress.step, epoch=progress.epoch)
+        self.last_status = time.perf_counter()
 
     def flush(self) -> None:
         """Write what was gathered since the last flush; read the stop file."""
