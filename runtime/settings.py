@@ -19,10 +19,6 @@ from runtime.loop import OPTIMIZERS
 # has no flag
 # for them (train.py runs on several devices under torchrun instead of a `processes` flag).
 APP_ONLY = ("label_column", "report_every", "health_every", "attention_every", "processes")
-# Fields that do not apply to a GAN pair: it holds no samples out (it has no labels to check
-# against), always learns to imitate the data, and trains in one process. The Train page does not
-# show them for a pair; its train.py has no flag for them.
-GAN_UNUSED = ("target", "val_fraction", "processes")
 
 
 class TrainConfig(BaseModel):
@@ -69,6 +65,18 @@ class TrainConfig(BaseModel):
     augment_jitter: float = Field(
         0.0, ge=0, le=0.9, description="brightness, contrast, saturation x (1 +- this)"
     )
+
+
+# Fields that do not apply to a GAN pair: it holds no samples out (it has no labels to check
+# against), always learns to imitate the data (arrays in memory, not pictures read and augmented
+# one by one), and trains in one process. The Train page does not show them for a pair; its
+# train.py has no flag for them.
+GAN_UNUSED = (
+    "target",
+    "val_fraction",
+    "processes",
+    *(name for name in TrainConfig.model_fields if name.startswith("augment_")),
+)
 
 
 def operator_setting(

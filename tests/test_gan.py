@@ -219,3 +219,14 @@ def test_a_gan_clips_both_players_gradients_and_stops_on_the_generators_patience
     assert clipped == [0.5] * (2 * result.step)  # D's and G's gradients, every step
     epochs = [r for r in records if r["kind"] == "epoch"]
     assert len(epochs) < 8 and "generator's loss has not improved" in result.message
+
+
+def test_a_gans_train_py_has_a_flag_for_every_setting_that_acts_on_a_gan_and_no_other():
+    from export.trainscript import gan_train_source
+    from runtime.settings import APP_ONLY, GAN_UNUSED
+
+    graph = load_graph((TEMPLATES / "dcgan_digits.json").read_text())
+    source = gan_train_source(analyse(graph))
+    for name in TrainConfig.model_fields:
+        flag = f'"--{name.replace("_", "-")}"'
+        assert (flag in source) == (name not in APP_ONLY + GAN_UNUSED), name
