@@ -174,6 +174,14 @@ def _take_step(
     names = attribute_names(analysis)
     output_params = loss_of(analysis)
     loss_name = resolved_loss(output_params.loss, y)
+    if loss_name not in LOSS_NAMES:  # "vae": its KL term lives in the Reparameterize layers
+        raise StepError(
+            msg(
+                "the step view does not write out the {loss} loss yet; train this graph on the"
+                " Train page to watch its loss",
+                loss=loss_name,
+            )
+        )
     before = {name: value.detach().clone() for name, value in model.state_dict().items()}
     optimizer = make_optimizer(settings, list(model.parameters()))
     if resume is not None:

@@ -501,3 +501,31 @@ def test_a_run_records_its_convolutions_feature_maps(tmp_path: Path) -> None:
     assert [r["step"] for r in maps] == [1, 2]  # the first step, then every attention_every
     assert {r["node"] for r in maps} == {"n1"}
     assert torch.tensor(maps[-1]["maps"]).shape == (3, 4, 4)
+
+
+def test_a_vae_is_refused_with_a_sentence_not_a_key_error() -> None:
+    nodes = [
+        {"id": "in", "type": "Input", "params": {"shape": [6]}},
+        {"id": "mu", "type": "Linear", "params": {"out_features": 2}},
+        {"id": "logvar", "type": "Linear", "params": {"out_features": 2}},
+        {"id": "z", "type": "Reparameterize"},
+        {"id": "dec", "type": "Linear", "params": {"out_features": 6}},
+        {"id": "p", "type": "Sigmoid"},
+        {"id": "out", "type": "Output", "params": {"loss": "vae"}},
+    ]
+    links = [("in", "mu"), ("in", "logvar"), ("mu", "z"), ("logvar", "z"), ("z", "dec")]
+    links += [("dec", "p"), ("p", "out")]
+    graph = parse_graph(
+        {
+            "format": "netbuilder.graph/1",
+            "name": "vae",
+            "nodes": nodes,
+            "edges": [{"source": a, "target": b} for a, b in links],
+        }
+    )
+    analysis = analyse(graph)
+    assert not analysis.errors, [e.text.render() for e in analysis.errors]
+    x = torch.rand(2, 6)
+    with pytest.raises(StepError) as refused:
+        take_step(analysis, x, x, TrainConfig(seed=1))
+    assert "does not write out the vae loss" in refused.value.detail.render("en")
