@@ -34,13 +34,13 @@ from runtime.datasets import (
     Dataset,
     DatasetError,
     check_compatibility,
-    dataset_from_upload,
+    dataset_from_path,
     load_dataset,
 )
 from runtime.trainer import TrainConfig, dataset_for_run, train_run
 from runtime.worker import run_worker, stop_on_signals
 
-UPLOAD_SUFFIXES = (".csv", ".npz")
+UPLOAD_SUFFIXES = (".csv", ".npz", ".txt")  # copied into the run; pictures are read where they lie
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,7 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     train = commands.add_parser("train", help="train a graph file headless", parents=[language])
     train.add_argument("graph", type=Path)
-    train.add_argument("--dataset", default="digits", help="a built-in name or a .csv/.npz file")
+    train.add_argument(
+        "--dataset",
+        default="digits",
+        help="a built-in name, a .csv/.npz/.txt file, or a folder or .zip of class folders",
+    )
     train.add_argument("--label-column", help="the label column of a CSV (default: the last)")
     train.add_argument(
         "--target", choices=("label", "input"), default="label", help="input: reproduce the input"
@@ -94,6 +98,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--device", choices=devices, default="auto")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    for name in ("augment_crop", "augment_flip", "augment_rotation", "augment_jitter"):
+        field = TrainConfig.model_fields[name]
+        kind = {"augment_flip": None, "augment_crop": int}.get(name, float)
+        options: dict[str, Any] = (
+            {"action": "store_true"} if kind is None else {"type": kind, "default": field.default}
+        )
+        train.add_argument(f"--{name.replace('_', '-')}", help=field.description, **options)
     train.add_argument("--runs", default="runs", help="the runs folder (default: ./runs)")
     listing = commands.add_parser(
         "runs", help="list runs with their status, each workspace's too", parents=[language]
@@ -134,14 +145,16 @@ def _train(args: argparse.Namespace) -> int:
     except GraphFormatError as exc:
         return _fail(msg("{path}: {problem}", path=args.graph, problem=exc.text), 2)
     upload = Path(args.dataset)
+    pictures = upload.suffix.lower() == ".zip" or upload.is_dir()
     is_file = upload.suffix.lower() in UPLOAD_SUFFIXES
-    if is_file and not upload.is_file():
+    if (is_file and not upload.is_file()) or (pictures and not upload.exists()):
         return _fail(msg("no such data file: {file}", file=upload), 2)
-    if not is_file and args.dataset not in BUILTIN_DATASETS:
+    if not is_file and not pictures and args.dataset not in BUILTIN_DATASETS:
         known = ", ".join(BUILTIN_DATASETS)
         return _fail(
             msg(
-                "unknown dataset {name}; choose one of: {known}, or a .csv/.npz file",
+                "unknown dataset {name}; choose one of: {known}, a .csv/.npz/.txt file, or a"
+                " folder or .zip of class folders",
                 name=repr(args.dataset),
                 known=known,
             ),
@@ -149,7 +162,9 @@ def _train(args: argparse.Namespace) -> int:
         )
     try:
         config = TrainConfig(
-            dataset=upload.name if is_file else args.dataset,
+            dataset=(
+                str(upload.resolve()) if pictures else upload.name if is_file else args.dataset
+            ),
             label_column=args.label_column,
             target=args.target,
             epochs=args.epochs,
@@ -159,6 +174,10 @@ def _train(args: argparse.Namespace) -> int:
             device=args.device,
             seed=args.seed,
             amp=args.amp,
+            augment_crop=args.augment_crop,
+            augment_flip=args.augment_flip,
+            augment_rotation=args.augment_rotation,
+            augment_jitter=args.augment_jitter,
         )
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -289,10 +308,10 @@ def _step_dataset(
         return dataset_for_run(run_dir, settings, shape)
     name = args.dataset or "digits"
     upload = Path(name)
-    if upload.suffix.lower() in UPLOAD_SUFFIXES:
-        if not upload.is_file():
+    if upload.suffix.lower() in (*UPLOAD_SUFFIXES, ".zip") or upload.is_dir():
+        if not upload.exists():
             raise DatasetError(msg("no such data file: {file}", file=upload))
-        return dataset_from_upload(upload.name, upload.read_bytes(), label_column=args.label_column)
+        return dataset_from_path(upload, args.label_column, shape, settings)
     return load_dataset(name, seed=settings.seed, input_shape=shape)
 
 
