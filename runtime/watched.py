@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 import time
-import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from compiler.codegen import load_model_source  # the one way generated code becomes a model
 from i18n import N_, Message, msg
 from runtime import loop, run, store
 from runtime.settings import TrainConfig
@@ -74,14 +74,6 @@ class RunResult:
 def sentence(error: run.RunError) -> Message:
     """run.py's sentence as a Message, to be shown in the reader's language."""
     return msg(error.template, **error.values)
-
-
-def load_model_source(source: str, filename: str = "model.py") -> nn.Module:
-    """Execute generated source (model.py, discriminator.py) as a fresh module and build its
-    model: the one place the app turns generated code into a module."""
-    module = types.ModuleType(f"netbuilder_{Path(filename).stem}")
-    exec(compile(source, filename, "exec"), module.__dict__)
-    return module.build_model()
 
 
 def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:

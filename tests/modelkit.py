@@ -10,7 +10,7 @@ import torch
 
 from builder.graph import Graph, parse_graph
 from compiler import Analysis, generate_source
-from compiler.codegen import attribute_names
+from compiler.codegen import attribute_names, generated_module
 from runtime.builtin_data import TEXT_ALPHABET
 
 
@@ -29,10 +29,8 @@ def chain_graph(
 
 
 def load_module(source: str) -> types.ModuleType:
-    """Execute generated source as a fresh module, the way the runtime does."""
-    module = types.ModuleType("generated_model")
-    exec(compile(source, "model.py", "exec"), module.__dict__)
-    return module
+    """Generated source as a fresh module, by the one helper the runtime uses."""
+    return generated_module(source)
 
 
 def random_input(analysis: Analysis, batch: int = 2) -> torch.Tensor:

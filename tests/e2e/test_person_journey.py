@@ -228,8 +228,10 @@ def step_export_downloads_code_weights_and_onnx_that_agree(page: Page, shot, tmp
         "builtin_data.py",
         "csv_table.py",
         "graph.json",
+        "image_folder.py",
         "loop.py",
         "model.py",
+        "run.py",
         "train.py",
     ]
     folder = archive.namelist()[0].split("/")[0]
