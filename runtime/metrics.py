@@ -138,20 +138,40 @@ def attention_layers(
     return layers
 
 
+def cut_to_budget(maps: torch.Tensor, count: int, side: int) -> torch.Tensor:
+    """Maps [N, H, W] cut before they leave the device: the first `count`, each averaged in
+    blocks to at most `side` a side (what a heat map can show), so a record's size never grows
+    with the model."""
+    kept = maps[:count].float()
+    size = (min(kept.shape[-2], side), min(kept.shape[-1], side))
+    return kept if size == tuple(kept.shape[-2:]) else F.adaptive_avg_pool2d(kept, size)
+
+
+def rounded_lists(maps: torch.Tensor, decimals: int) -> list:
+    """Recorded maps as JSON-ready nested lists, rounded so each value is a few characters."""
+    return maps.double().round(decimals=decimals).tolist()
+
+
 def downsample_attention(weights: torch.Tensor) -> torch.Tensor:
-    """A map [heads, T, S] cut to a fixed budget before it leaves the device: the first
-    MAX_ATTENTION_HEADS heads, each averaged in blocks to at most MAX_ATTENTION_SIZE a side
-    (what a heat map can show), so a record's size never grows with the sequence."""
-    heads = weights[:MAX_ATTENTION_HEADS].float()
-    size = (min(heads.shape[-2], MAX_ATTENTION_SIZE), min(heads.shape[-1], MAX_ATTENTION_SIZE))
-    if size == tuple(heads.shape[-2:]):
-        return heads
-    return F.adaptive_avg_pool2d(heads, size)
+    """A map [heads, T, S]: the first heads, at most MAX_ATTENTION_SIZE a side."""
+    return cut_to_budget(weights, MAX_ATTENTION_HEADS, MAX_ATTENTION_SIZE)
 
 
 def attention_lists(weights: torch.Tensor) -> list:
-    """A recorded map as JSON-ready nested lists, rounded so each weight is a few characters."""
-    return weights.double().round(decimals=ATTENTION_DECIMALS).tolist()
+    return rounded_lists(weights, ATTENTION_DECIMALS)
+
+
+def run_hooked(model: nn.Module, handles: list, example: torch.Tensor) -> None:
+    """One forward pass in eval mode for the hooks behind `handles`, which are removed after;
+    the model is left in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        model(example)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
 
 
 def capture_attention(
@@ -178,14 +198,7 @@ def capture_attention(
         layer.register_forward_hook(hook(node_id), with_kwargs=True)
         for node_id, layer in layers.items()
     ]
-    was_training = model.training
-    model.eval()
-    try:
-        model(example)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    run_hooked(model, handles, example)
     return captured
 
 
@@ -212,17 +225,12 @@ def feature_map_layers(
 
 
 def downsample_feature_maps(maps: torch.Tensor) -> torch.Tensor:
-    """Maps [C, H, W] cut to the recorded budget: the first MAX_FEATURE_CHANNELS channels, each
-    averaged in blocks to at most MAX_FEATURE_SIZE a side."""
-    kept = maps[:MAX_FEATURE_CHANNELS].float()
-    size = (min(kept.shape[-2], MAX_FEATURE_SIZE), min(kept.shape[-1], MAX_FEATURE_SIZE))
-    if size == tuple(kept.shape[-2:]):
-        return kept
-    return F.adaptive_avg_pool2d(kept, size)
+    """Maps [C, H, W]: the first channels, at most MAX_FEATURE_SIZE a side."""
+    return cut_to_budget(maps, MAX_FEATURE_CHANNELS, MAX_FEATURE_SIZE)
 
 
 def feature_map_lists(maps: torch.Tensor) -> list:
-    return maps.double().round(decimals=FEATURE_DECIMALS).tolist()
+    return rounded_lists(maps, FEATURE_DECIMALS)
 
 
 @torch.no_grad()
@@ -240,14 +248,7 @@ def capture_feature_maps(
         return observe
 
     handles = [layer.register_forward_hook(hook(node_id)) for node_id, layer in layers.items()]
-    was_training = model.training
-    model.eval()
-    try:
-        model(example)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    run_hooked(model, handles, example)
     return captured
 
 
