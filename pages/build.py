@@ -1043,11 +1043,12 @@ def _switch_part() -> None:
         _fit_view()
 
 
-def main() -> None:
+def render() -> None:
     st.html(STYLE)
     st.html(KEYS_SCRIPT, unsafe_allow_javascript=True)
     palette()
     workspace()
 
 
-main()
+if __name__ == "__main__":
+    render()

@@ -86,3 +86,15 @@ def test_the_layering_check_sees_an_upward_import(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from pages.parts import state\n")
     assert "pages.parts" in imported_modules(module)
+
+
+@pytest.mark.parametrize("page", ["build", "train", "export"])
+def test_every_page_is_drawn_by_its_render_function(page: str) -> None:
+    """Pages read alike: one render() that draws the page, called when Streamlit runs the file."""
+    tree = ast.parse((ROOT / "pages" / f"{page}.py").read_text())
+    functions = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+    last = tree.body[-1]
+    assert "render" in functions
+    assert isinstance(last, ast.If) and ast.unparse(last) == (
+        "if __name__ == '__main__':\n    render()"
+    )
