@@ -11,6 +11,7 @@ import streamlit as st
 
 import i18n
 from i18n import N_, _
+import pages
 from pages.parts import state, widgets
 from runtime.launcher import warm_up
 
@@ -30,6 +31,7 @@ STYLE = """
 </style>
 """
 
+pages.OPENED_WITHOUT_APP = False  # app.py runs: the pages are opened through its navigation
 st.set_page_config(page_title="NetBuilder", page_icon=":material/hub:", layout="wide")
 st.html(STYLE)  # every page: a small top gap; toasts at the bottom, off the toolbars
 state.workspace_id()

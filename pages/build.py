@@ -1044,6 +1044,7 @@ def _switch_part() -> None:
 
 
 def render() -> None:
+    state.through_the_app()
     st.html(STYLE)
     st.html(KEYS_SCRIPT, unsafe_allow_javascript=True)
     palette()

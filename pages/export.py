@@ -120,6 +120,7 @@ def _bundle(graph: Graph, analysis: Analysis, settings: dict[str, Any]) -> dict[
 
 
 def render() -> None:
+    state.through_the_app()
     st.title(_("Export"))
     graph = state.current_graph()
     analysis = state.current_analysis()

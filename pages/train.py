@@ -357,6 +357,7 @@ def run_graph(info: RunInfo) -> Graph | None:
 
 
 def render() -> None:
+    state.through_the_app()
     st.title(_("Train"))
     runs_dir = state.runs_dir()
     analysis = state.current_analysis()

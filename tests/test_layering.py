@@ -98,3 +98,33 @@ def test_every_page_is_drawn_by_its_render_function(page: str) -> None:
     assert isinstance(last, ast.If) and ast.unparse(last) == (
         "if __name__ == '__main__':\n    render()"
     )
+
+
+def test_streamlits_older_multipage_mode_is_off_once_the_pages_are_imported() -> None:
+    """A fresh server in Streamlit's older mode (pages/ beside app.py) would run /train without
+    app.py; importing the pages turns it off and marks that run to be run again."""
+    import subprocess
+    import sys
+
+    check = (
+        "from streamlit.runtime.pages_manager import PagesManager\n"
+        "PagesManager.uses_pages_directory = True  # what a fresh server decided from the folder\n"
+        "import pages\n"
+        "print(PagesManager.uses_pages_directory, pages.OPENED_WITHOUT_APP)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.split() == ["False", "True"], done.stderr
+
+
+def test_a_page_run_without_app_py_runs_again_through_it() -> None:
+    from streamlit.testing.v1 import AppTest
+
+    import pages
+
+    pages.OPENED_WITHOUT_APP = True
+    app = AppTest.from_file(str(ROOT / "pages" / "train.py"), default_timeout=60).run()
+    assert not app.exception
+    assert pages.OPENED_WITHOUT_APP is False  # its one extra run was asked for and taken
+    assert [title.value for title in app.title] == ["Train"]

@@ -460,3 +460,13 @@ def chosen_settings() -> dict[str, Any]:
     """The hyperparameters last set on the Train page; the export's train.py takes them as its
     defaults."""
     return dict(st.session_state.get(TRAIN_SETTINGS, {}))
+
+
+def through_the_app() -> None:
+    """Every page's first line: a page that Streamlit's older multipage mode ran without app.py
+    (the first link to it on a fresh server) runs again, through app.py's navigation."""
+    import pages
+
+    if pages.OPENED_WITHOUT_APP:
+        pages.OPENED_WITHOUT_APP = False
+        st.rerun()
