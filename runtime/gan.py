@@ -21,14 +21,14 @@ import torch
 
 from builder.graph import Graph
 from compiler.analysis import analyse
-from compiler.codegen import generate_source
+from compiler.codegen import generate_source, load_model_source
 from compiler.gan import check_pair, end_node
 from i18n import Message, msg
 from runtime import store
 from runtime.datasets import Dataset
 from runtime.loop import Diverged, GanLoop, GanStep, Progress
 from runtime.settings import TrainConfig
-from runtime.watched import RunResult, TrainingFault, WatchedRun, load_model_source
+from runtime.watched import RunResult, TrainingFault, WatchedRun
 
 DISCRIMINATOR_FILE = "discriminator.py"
 DISCRIMINATOR_WEIGHTS = "discriminator.pt"

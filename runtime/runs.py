@@ -53,7 +53,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import psutil
-import torch
 
 from builder.graph import Graph, dump_graph, load_graph
 from compiler.analysis import analyse

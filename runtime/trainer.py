@@ -30,7 +30,7 @@ from torch import nn
 from builder.catalog import CATALOG
 from builder.graph import Graph, GraphFormatError, load_graph
 from compiler.analysis import Analysis, analyse, loss_of
-from compiler.codegen import attribute_names
+from compiler.codegen import attribute_names, load_model_source
 from compiler.gan import discriminator_graph
 from i18n import Message, msg
 from runtime import gan, run, store
@@ -61,7 +61,6 @@ from runtime.watched import (  # noqa: F401  (CheckpointError, load_checkpoint: 
     TrainingFault,
     WatchedRun,
     load_checkpoint,
-    load_model_source,
     event_record,
     message_json,
     pick_device,

@@ -19,7 +19,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from compiler.codegen import load_model_source  # the one way generated code becomes a model
 from i18n import N_, Message, msg
 from runtime import loop, run, store
 from runtime.settings import TrainConfig

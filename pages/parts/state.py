@@ -22,6 +22,7 @@ from typing import Any
 import streamlit as st
 
 import i18n
+import pages
 from builder import edit
 from i18n import Message, msg
 from builder.graph import (
@@ -465,8 +466,6 @@ def chosen_settings() -> dict[str, Any]:
 def through_the_app() -> None:
     """Every page's first line: a page that Streamlit's older multipage mode ran without app.py
     (the first link to it on a fresh server) runs again, through app.py's navigation."""
-    import pages
-
     if pages.OPENED_WITHOUT_APP:
         pages.OPENED_WITHOUT_APP = False
         st.rerun()
