@@ -40,6 +40,9 @@ from tests.modelkit import chain_graph
 ROOT = Path(__file__).parents[1]
 TEMPLATES = ROOT / "builder" / "templates"
 CONFIG = TrainConfig(dataset="digits-rows", epochs=12, lr=3e-3)
+# Long enough to be killed between its first checkpoint (after CHECKPOINT_MIN_SECONDS of
+# training) and its end, on a quiet machine too: about 28 ms an epoch here, 6 s in all.
+KILLED_CONFIG = CONFIG.model_copy(update={"epochs": 200})
 
 
 @pytest.fixture(autouse=True)
@@ -103,10 +106,14 @@ def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory, as_in_a_trainer) -> Path:
     """CONFIG trained without interruption, in this process (on a trainer's threads)."""
-    folder = create_run(tmp_path_factory.mktemp("reference"), lstm(), CONFIG)
+    return trained_through(tmp_path_factory.mktemp("reference"), CONFIG, as_in_a_trainer)
+
+
+def trained_through(folder: Path, config: TrainConfig, as_in_a_trainer) -> Path:  # noqa: ANN001
+    run = create_run(folder, lstm(), config)
     with as_in_a_trainer():
-        assert train_run(folder).status == "completed"
-    return folder
+        assert train_run(run).status == "completed"
+    return run
 
 
 def stopped_after_one_step(runs: Path, graph: Graph | None = None) -> Path:
@@ -151,9 +158,12 @@ def test_metrics_reach_a_reader_as_they_are_written_and_stop_resume_is_exact(
 
 
 def test_a_killed_trainer_is_interrupted_keeps_its_metrics_and_resumes_exactly(
-    tmp_path: Path, reference: Path
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, as_in_a_trainer
 ):
-    run_id = start_run(tmp_path, lstm(), CONFIG)
+    reference = trained_through(
+        tmp_path_factory.mktemp("reference"), KILLED_CONFIG, as_in_a_trainer
+    )
+    run_id = start_run(tmp_path, lstm(), KILLED_CONFIG)
 
     def epochs_logged() -> int:
         return sum(r["kind"] == "epoch" for r in read_metrics(tmp_path, run_id)[0])
