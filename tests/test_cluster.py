@@ -34,7 +34,7 @@ from tests.poolkit import nothing_outlives_its_test, status_of, wait_for  # noqa
 # A small model on the digits (8x8 images): a step takes milliseconds, so a run reports at once.
 GRAPH = chain_graph([1, 8, 8], ("Flatten", {}), ("Linear", {"out_features": 10}))
 LONG = TrainConfig(dataset="digits", epochs=10_000, lr=1e-2, report_every=2)
-DEADLINE = 240.0  # a worker's first run imports torch and the trainer: slow on a loaded machine
+DEADLINE = 480.0  # a worker's first run imports torch and the trainer: slow on a loaded machine
 
 
 @pytest.fixture(scope="module")
