@@ -34,7 +34,7 @@ from tests.poolkit import nothing_outlives_its_test, status_of, wait_for  # noqa
 # A small model on the digits (8x8 images): a step takes milliseconds, so a run reports at once.
 GRAPH = chain_graph([1, 8, 8], ("Flatten", {}), ("Linear", {"out_features": 10}))
 LONG = TrainConfig(dataset="digits", epochs=10_000, lr=1e-2, report_every=2)
-DEADLINE = 480.0  # a worker's first run imports torch and the trainer: slow on a loaded machine
+DEADLINE = 240.0  # a worker's first run imports torch and the trainer: slow on a loaded machine
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +69,14 @@ def on_cluster(local_ray: None, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def reported_steps(runs_dir: Path, run_id: str) -> list[int]:
-    """The steps of the training records the page's reader finds in the run folder."""
-    records, _ = read_metrics(runs_dir, run_id)
+    """The steps of the training records the page's reader finds in the run folder, read as the
+    page reads them: from offset to offset (one read returns at most store.MAX_READ_BYTES, and a
+    fast run on the digits writes that many in well under a minute)."""
+    records, offset, previous = [], 0, -1
+    while offset != previous:
+        previous = offset
+        more, offset = read_metrics(runs_dir, run_id, offset)
+        records += more
     return [record["step"] for record in records if "train_loss" in record]
 
 

@@ -175,6 +175,8 @@ def shot() -> Callable[[object, str], Path]:
         tab.evaluate(NEXT_FRAMES)  # the resized page has been laid out and painted
         tab.screenshot(path=str(path))
         tab.set_viewport_size(size)
+        tab.wait_for_function(SETTLED, timeout=30_000)
+        tab.evaluate(NEXT_FRAMES)  # the next step starts from the page at its own size
         return path
 
     return take

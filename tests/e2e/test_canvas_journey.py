@@ -19,7 +19,15 @@ from playwright.sync_api import Error as PlaywrightError
 
 import i18n
 from builder.graph import FORMAT, Edge, Graph, Node, dump_graph
-from test_person_journey import CANVAS, SELECTED_BLUE, canvas, centre, drag, node, select
+from test_person_journey import (
+    CANVAS,
+    SELECTED_BLUE,
+    canvas,
+    centre,
+    connect_by_drag,
+    node,
+    select,
+)
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 LENET_PARAMS = "61,706"  # builder/templates/lenet5.json, counted by PyTorch in test_templates.py
@@ -209,7 +217,7 @@ def test_lenet5_from_a_blank_canvas_by_palette_clicks_and_handle_drags(small: Pa
     expect(node(page, "input")).to_be_visible()
     source = node(page, "input").locator(".react-flow__handle.source")
     target = node(page, "conv2d_1").locator(".react-flow__handle.target")
-    drag(page, centre(source), centre(target))
+    connect_by_drag(page, source, target)
     expect(page.get_by_text("No problems: every shape fits.")).to_be_visible()
     expect(page.get_by_test_id("stMetricValue").first).to_have_text(LENET_PARAMS)
     print(f"\nLeNet-5 from a blank canvas took {time.monotonic() - started:.1f} s of test time")

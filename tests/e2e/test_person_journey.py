@@ -48,6 +48,24 @@ def centre(locator: Locator) -> tuple[float, float]:
     return box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
 
 
+def connect_by_drag(page: Page, source: Locator, target: Locator, steps: int = 15) -> None:
+    """Press on the source handle, move in small steps, release on the target handle, as a
+    person does. Each end is found by Playwright's hover, which waits until the handle stands
+    still and is the element under the pointer: after an edit or a screenshot's resize the
+    page may still be moving the canvas, and a press beside the handle would pan it instead."""
+    source.hover()
+    page.mouse.down()
+    start = centre(source)
+    end = centre(target)
+    for step in range(1, steps):
+        page.mouse.move(
+            start[0] + (end[0] - start[0]) * step / steps,
+            start[1] + (end[1] - start[1]) * step / steps,
+        )
+    target.hover()
+    page.mouse.up()
+
+
 def drag(page: Page, start: tuple[float, float], end: tuple[float, float], steps: int = 15) -> None:
     """Press, move in small steps, release: what React Flow needs to see a drag."""
     page.mouse.move(*start)
@@ -144,7 +162,7 @@ def step_a_new_layer_is_connected_by_dragging_an_edge(page: Page, shot):
 
     source = node(page, "identity_1").locator(".react-flow__handle.source")
     target = node(page, "f5").locator(".react-flow__handle.target")
-    drag(page, centre(source), centre(target))
+    connect_by_drag(page, source, target)
     expect(node(page, "f5")).not_to_contain_text("has no input")
     expect(node(page, "f5")).to_contain_text("[120]")
     expect(page.get_by_text("No problems: every shape fits.")).to_be_visible()
