@@ -200,7 +200,8 @@ def csv_columns(data: bytes) -> list[str]:
 @dataclass(frozen=True)
 class Upload:
     """An uploaded file as the trainer will read it again: its name, bytes and label column,
-    and the settings that go with it (the augmentation of pictures)."""
+    and the settings chosen with it (the augmentation of pictures), which _hyperparameters puts
+    into the run's TrainConfig."""
 
     name: str
     data: bytes
@@ -587,10 +588,12 @@ def _uploaded_dataset(analysis: Analysis) -> tuple[Dataset | None, Upload | None
 
 def _remembered(key: str, value: Any) -> str:
     """A widget key whose value survives a visit to another page (Streamlit drops widget state
-    of pages not shown): it starts from the last configuration this session used."""
+    of pages not shown): it starts from the last configuration this session used (a setting
+    that was off, None in TrainConfig, starts from `value`: 0 for off)."""
     widget = f"train-{key}"
     if widget not in st.session_state:
-        st.session_state[widget] = st.session_state.get(state.TRAIN_SETTINGS, {}).get(key, value)
+        last = st.session_state.get(state.TRAIN_SETTINGS, {}).get(key)
+        st.session_state[widget] = value if last is None else last
     return widget
 
 
@@ -677,7 +680,9 @@ def _hyperparameters(
 ) -> tuple[TrainConfig | None, list[str]]:
     """The settings as a TrainConfig, or None with the reasons (field: why) it is refused. A GAN
     pair takes every setting a model does (both players' optimizers, schedule, clipping, AMP,
-    patience) except those in GAN_UNUSED, which are not shown for it."""
+    patience) except those in GAN_UNUSED, which are not shown for it. An upload's settings (the
+    pictures' augmentation) join them here, the one place a run's settings are made: the run's
+    config.json and the Export page's train.py (state.chosen_settings) both take them from here."""
     st.subheader(_("Hyperparameters"))
     defaults = TrainConfig()
     left, middle, right = st.columns(3)
@@ -756,6 +761,7 @@ def _hyperparameters(
         "device": device,
         "amp": amp,
         "processes": processes,
+        **dict(upload.settings if upload else ()),  # the pictures' augmentation (own_data)
     }
     reasons = [
         _("{setting} {reason}", setting=label, reason=render_message(problem))
@@ -767,11 +773,7 @@ def _hyperparameters(
     if error:
         st.error(error)
         return None, [error]
-    remembered = values | {
-        "grad_clip": values["grad_clip"] or 0.0,
-        "early_stopping_patience": values["early_stopping_patience"] or 0,
-    }
-    st.session_state[state.TRAIN_SETTINGS] = remembered
+    st.session_state[state.TRAIN_SETTINGS] = config.model_dump()  # a valid TrainConfig
     return config, []
 
 
@@ -805,10 +807,11 @@ def start_training(
     upload: Upload | None,
     warm_start_from: str | None,
 ) -> str:
-    """Start a run; an upload goes to a temporary file that start_run copies into the run."""
+    """Start a run; an upload goes to a temporary file that start_run copies into the run.
+    `config` holds all the run's settings, the pictures' augmentation included (_hyperparameters
+    took it from the upload), so the Export page's train.py gets the same ones."""
     if upload is None:
         return start_run(runs_dir, graph, config, warm_start_from=warm_start_from)
-    config = config.model_copy(update=dict(upload.settings))  # the pictures' augmentation
     with tempfile.TemporaryDirectory() as folder:
         data_file = Path(folder) / safe_file_name(upload.name)
         data_file.write_bytes(upload.data)

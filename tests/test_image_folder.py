@@ -300,20 +300,67 @@ def test_reproducing_pictures_read_one_by_one_is_refused_in_a_sentence(digits_zi
     assert "digits.zip is read picture by picture" in str(problems[0])
 
 
-def test_the_pages_augmentation_reaches_the_run_with_the_zip(tmp_path, monkeypatch, digits_zip):
-    """What the Train page's augmentation controls chose travels with the upload into the run's
-    config, and the trainer reads the run's own copy of the zip with it."""
+CHOSEN = {"augment_crop": 1, "augment_flip": True, "augment_rotation": 10.0, "augment_jitter": 0.2}
+
+
+def settings_column(chosen: dict) -> None:
+    """The Train page's settings column (its widgets at their first values) beside an upload of
+    pictures whose augmentation controls chose `chosen`; AppTest runs it as a page."""
+    from pages import train
+
+    train._hyperparameters(None, train.Upload("digits.zip", b"", None, tuple(chosen.items())))
+
+
+def train_py_arguments(files: dict[str, str], folder: Path) -> dict:
+    """The exported train.py's own parse_args for `python train.py --data photos.zip`: the
+    bundle written to `folder`, its parser run there."""
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    code = "import json, train; print(json.dumps(vars(train.parse_args(['--data', 'photos.zip'])), default=str))"  # noqa: E501
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=folder, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_pages_augmentation_reaches_the_run_and_the_exported_train_py(
+    tmp_path, monkeypatch, digits_zip
+):
+    """The augmentation chosen on the Train page is part of the run's settings: the run's
+    config.json holds it, the trainer reads its copy of the zip with it, and the Export page's
+    train.py, written from the page's settings or from the run's, parses to it by default, so
+    `python train.py --data photos.zip` augments as the app did."""
+    from streamlit.testing.v1 import AppTest
+
+    from compiler.analysis import analyse
+    from export.bundle import bundle_files
+    from pages import export
     from pages import train as page
+    from pages.parts import state
 
     monkeypatch.setattr(runs, "_enqueue", lambda folder: None)  # no trainer process
-    chosen = {"augment_crop": 1, "augment_flip": True, "augment_rotation": 10.0}
-    upload = page.Upload("digits.zip", digits_zip.read_bytes(), None, tuple(chosen.items()))
+    app = AppTest.from_function(settings_column, args=(CHOSEN,), default_timeout=30).run()
+    assert not app.exception
+    chosen_settings = app.session_state[state.TRAIN_SETTINGS]  # what the Export page reads
+    config = TrainConfig.model_validate(chosen_settings)
     graph = chain_graph(list(SHAPE), ("Flatten", {}), ("Linear", {"out_features": 10}))
-    run_id = page.start_training(tmp_path, graph, TrainConfig(), upload, None)
-    stored = TrainConfig.model_validate_json((tmp_path / run_id / "config.json").read_text())
-    assert (stored.augment_crop, stored.augment_flip, stored.augment_rotation) == (1, True, 10.0)
-    dataset = dataset_for_run(tmp_path / run_id, stored, SHAPE)
-    assert dataset.x.folder.how == Augmentation(crop_padding=1, flip=True, rotation=10.0)
+    upload = page.Upload("digits.zip", digits_zip.read_bytes(), None, tuple(CHOSEN.items()))
+    run_id = page.start_training(tmp_path / "runs", graph, config, upload, None)
+    stored = TrainConfig.model_validate_json(
+        (tmp_path / "runs" / run_id / "config.json").read_text()
+    )
+    assert {name: getattr(stored, name) for name in CHOSEN} == CHOSEN
+    dataset = dataset_for_run(tmp_path / "runs" / run_id, stored, SHAPE)
+    assert dataset.x.folder.how == Augmentation(
+        crop_padding=1, flip=True, rotation=10.0, jitter=0.2
+    )
+    [run] = runs.list_runs(tmp_path / "runs")
+    for name, settings in (("page", chosen_settings), ("run", export.run_settings(run))):
+        files = bundle_files(graph, analyse(graph), settings)
+        arguments = train_py_arguments(files, tmp_path / name)
+        assert {key: arguments[key] for key in CHOSEN} == CHOSEN, name
 
 
 def test_the_exported_train_py_trains_on_the_same_zip(tmp_path, digits_zip, npz_accuracy):
