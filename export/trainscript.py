@@ -295,7 +295,20 @@ def load_data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
         raise SystemExit(f"X is {list(x.shape)}; the model takes [N, {shape}]")
     if len(y) != len(x):
         raise SystemExit(f"X has {len(x)} samples but y has {len(y)}")
-    if args.target == "input" or torch.is_floating_point(y):
+    # The loss vae: binary cross-entropy against the input, which must lie in [0, 1].
+    if LOSS == "vae" and pictures:
+        raise SystemExit(
+            "the loss vae needs inputs in [0, 1], but pictures are normalised per"
+            " channel; pass them as an array X in an NPZ file, scaled to [0, 1]"
+        )
+    if LOSS == "vae" and (x.min() < 0 or x.max() > 1):
+        low, high = float(x.min()), float(x.max())
+        raise SystemExit(
+            "the loss vae rebuilds the input by binary cross-entropy, which needs"
+            f" values in [0, 1], but X holds values from {low:.4g} to {high:.4g};"
+            " scale X to [0, 1]"
+        )
+    if args.target == "input" or LOSS == "vae" or torch.is_floating_point(y):
         return x.to(INPUT_DTYPE), y.float()
     classes = OUTPUT_SHAPE[-1] if OUTPUT_SHAPE else 1
     if y.min() < 0 or y.max() >= classes:

@@ -903,7 +903,7 @@ def check_compatibility(
     if given.dtype == "int64" and dataset.dtype == "int64" and len(dataset):
         problems += _token_ids_fit(analysis, input_node.id, int(dataset.x.max()))
     loss = loss_of(analysis).loss
-    if target == "input":
+    if target == "input" or loss == "vae":  # a VAE rebuilds its input, whatever the target
         problems += _reproduces_input(analysis, dataset, out_shape, loss, last)
     else:
         problems += _targets_fit(analysis, dataset, out_shape, loss, last)
@@ -1000,7 +1000,8 @@ def _targets_fit(
 def _reproduces_input(
     analysis: Analysis, dataset: Dataset, out_shape: tuple[int, ...], loss: str, last: str
 ) -> list[Message]:
-    """To reproduce its input, a model takes float samples and outputs their very shape."""
+    """To reproduce its input, a model takes float samples and outputs their very shape; the
+    loss vae (binary cross-entropy against the input) also needs every input value in [0, 1]."""
     if isinstance(dataset.x, LazyImages):
         return [
             msg(
@@ -1025,6 +1026,19 @@ def _reproduces_input(
                 loss=loss,
             )
         ]
+    if loss == "vae" and len(dataset):
+        low, high = float(dataset.x.min()), float(dataset.x.max())
+        if low < 0 or high > 1:
+            return [
+                msg(
+                    "the loss vae rebuilds the input by binary cross-entropy, which needs values"
+                    " in [0, 1], but {dataset} holds values from {low} to {high}; scale the data"
+                    " to [0, 1] (or set the Output's loss to mse)",
+                    dataset=dataset.name,
+                    low=f"{low:.4g}",
+                    high=f"{high:.4g}",
+                )
+            ]
     if out_shape != dataset.sample_shape:
         return [
             msg(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import types
 from typing import Any
@@ -143,6 +144,26 @@ def token_model(length: int) -> dict:
             {"source": "head", "target": "out"},
         ],
     }
+
+
+def vae_graph(shape: list[int]) -> dict:
+    """Input -> mu, logvar (Linear 2 each) -> Reparameterize -> Linear -> Sigmoid -> Reshape ->
+    Output with the loss vae: it rebuilds samples of `shape`."""
+    nodes = [
+        {"id": "x", "type": "Input", "params": {"shape": shape}},
+        {"id": "flat", "type": "Flatten"},
+        {"id": "mu", "type": "Linear", "params": {"out_features": 2}},
+        {"id": "logvar", "type": "Linear", "params": {"out_features": 2}},
+        {"id": "z", "type": "Reparameterize"},
+        {"id": "dec", "type": "Linear", "params": {"out_features": math.prod(shape)}},
+        {"id": "p", "type": "Sigmoid"},
+        {"id": "back", "type": "Reshape", "params": {"shape": shape}},
+        {"id": "out", "type": "Output", "params": {"loss": "vae"}},
+    ]
+    links = [("x", "flat"), ("flat", "mu"), ("flat", "logvar"), ("mu", "z"), ("logvar", "z")]
+    links += [("z", "dec"), ("dec", "p"), ("p", "back"), ("back", "out")]
+    edges = [{"source": a, "target": b} for a, b in links]
+    return {"format": "netbuilder.graph/1", "name": "vae", "nodes": nodes, "edges": edges}
 
 
 def huge_graph() -> dict:

@@ -14,7 +14,7 @@ from sklearn.datasets import load_digits
 
 from builder.edit import apply_fix, delete_nodes
 from builder.graph import load_graph
-from tests.modelkit import chain_graph
+from tests.modelkit import chain_graph, vae_graph
 from compiler import analyse
 from runtime import builtin_data, datasets
 from runtime.datasets import (
@@ -326,6 +326,51 @@ def test_reproducing_token_ids_is_refused_by_name():
     )
     problems = check_compatibility(analyse(graph), load_dataset("tokens"), target="input")
     assert any("needs float samples" in str(p) for p in problems)
+
+
+def test_the_vae_loss_on_data_outside_0_1_is_refused_in_a_sentence_in_each_language():
+    """The loss vae takes binary cross-entropy against the input, which torch refuses for values
+    outside [0, 1]: the check names the data's range before training, whatever the target."""
+    vae = analyse(load_graph(json.dumps(vae_graph([32, 1]))))
+    sine = load_dataset("sine")  # about -1.16 to 1.17
+    for target in ("input", "label"):
+        (problem,) = check_compatibility(vae, sine, target=target)
+        assert str(problem).startswith(
+            "the loss vae rebuilds the input by binary cross-entropy, which needs values in"
+            " [0, 1], but sine holds values from -1.1"
+        )
+        assert "scale the data to [0, 1]" in str(problem)
+        assert "[0, 1]" in problem.render("zh") and "sine" in problem.render("zh")
+        assert problem.render("zh") != problem.render("en")
+
+
+def test_the_vae_loss_fits_data_in_0_1_and_ignores_its_labels():
+    vae = analyse(load_graph(json.dumps(vae_graph([1, 8, 8]))))
+    digits = load_dataset("digits")  # 0 to 1, with 10 classes the VAE does not predict
+    assert check_compatibility(vae, digits, target="input") == []
+    assert check_compatibility(vae, digits, target="label") == []
+    pixels = dataset_from_upload(  # an NPZ of pictures in 0..255
+        "faces.npz", npz_bytes(X=np.full((4, 1, 8, 8), 255, np.float32), y=np.zeros(4, np.int64))
+    )
+    (problem,) = check_compatibility(vae, pixels, target="input")
+    assert "faces.npz holds values from 255 to 255" in str(problem)
+
+
+def test_the_command_line_refuses_a_vae_on_data_outside_0_1_in_one_line(tmp_path, capsys):
+    from runtime.__main__ import main
+
+    path = tmp_path / "vae.json"
+    path.write_text(json.dumps(vae_graph([32, 1])))
+    runs = str(tmp_path / "runs")
+    for lang, words in (("zh", "要求数值都在 [0, 1] 内"), ("en", "needs values in [0, 1]")):
+        arguments = ["train", str(path), "--dataset", "sine", "--target", "input"]
+        assert main([*arguments, "--runs", runs, "--lang", lang]) == 1
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err
+        step = ["step", str(path), "--dataset", "sine", "--out", str(tmp_path / "o")]
+        assert main([*step, "--lang", lang]) == 1
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1
 
 
 def test_torchvision_datasets_are_offered_only_with_their_files(tmp_path, monkeypatch):

@@ -28,6 +28,7 @@ from runtime import store
 from runtime.runs import create_run
 from runtime.settings import APP_ONLY, TrainConfig
 from runtime.trainer import train_run
+from tests.modelkit import vae_graph
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = sorted((ROOT / "builder" / "templates").glob("*.json"))
@@ -446,6 +447,30 @@ def test_bad_data_files_stop_with_a_named_message(bundle, tmp_path, arrays, mess
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(SystemExit, match=message):
         train.main([*FAST, "--data", str(tmp_path / "bad.npz"), "--out", str(tmp_path / "ck")])
+
+
+@pytest.fixture
+def vae_bundle(tmp_path: Path) -> Iterator[tuple[Path, types.ModuleType]]:
+    """A VAE's bundle (the loss vae) on the [1, 8, 8] digits, with train.py imported."""
+    folder = write_bundle(tmp_path / "bundle", parse_graph(vae_graph([1, 8, 8])))
+    try:
+        yield folder, load_train(folder)
+    finally:
+        forget_bundle()
+
+
+def test_a_vae_on_data_outside_0_1_stops_with_a_named_message(vae_bundle, tmp_path) -> None:
+    """Not torch's "all elements of target should be between 0 and 1" from inside the loop."""
+    _, train = vae_bundle
+    np.savez(tmp_path / "bad.npz", X=np.full((4, 1, 8, 8), 255, np.float32), y=np.zeros(4))
+    with pytest.raises(SystemExit, match=r"needs values in \[0, 1\], but X holds values from 255"):
+        train.main([*FAST, "--data", str(tmp_path / "bad.npz"), "--out", str(tmp_path / "ck")])
+
+
+def test_a_vae_trains_on_the_digits_whatever_its_labels(vae_bundle, tmp_path) -> None:
+    _, train = vae_bundle
+    train.main(["--device", "cpu", "--epochs", "1", "--out", str(tmp_path / "ck")])
+    assert np.isfinite(last_record(tmp_path / "ck")["train_loss"])
 
 
 def test_a_diverging_run_stops_with_advice_and_keeps_no_bad_checkpoint(bundle, tmp_path) -> None:
