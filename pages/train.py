@@ -589,11 +589,18 @@ def _uploaded_dataset(analysis: Analysis) -> tuple[Dataset | None, Upload | None
 def _remembered(key: str, value: Any) -> str:
     """A widget key whose value survives a visit to another page (Streamlit drops widget state
     of pages not shown): it starts from the last configuration this session used (a setting
-    that was off, None in TrainConfig, starts from `value`: 0 for off)."""
+    that was off, None in TrainConfig, starts from `value`: 0 for off).
+
+    Its value is set on every run, so that each run sends it to the browser: a number input
+    the browser draws anew otherwise shows its default, 0, and sends that back on the next
+    click (seen on a loaded machine after a one-click fix: learning rate, epochs and batch size
+    all 0, and Start disabled)."""
     widget = f"train-{key}"
     if widget not in st.session_state:
         last = st.session_state.get(state.TRAIN_SETTINGS, {}).get(key)
         st.session_state[widget] = value if last is None else last
+    else:  # set again: the page then sends the value itself, not only the widget's default
+        st.session_state[widget] = st.session_state[widget]
     return widget
 
 
