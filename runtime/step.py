@@ -9,9 +9,10 @@ picked element; every number they start from is torch's (the recorded outputs an
 the optimizer's own state after its step), and each says what torch computed beside what the
 formula gives, so a reader (and tests/test_step.py) can see they agree.
 
-Dropout masks come from the seed: `torch.manual_seed(seed)` is set right before the forward pass
-(and again before the forward pass that measures the loss after the step), so a check that seeds
-the same way before `model(x)` in train mode draws the same masks.
+Dropout masks and the noise of a VAE's Reparameterize layers come from the seed:
+`torch.manual_seed(seed)` is set right before the forward pass (and again before the forward pass
+that measures the loss after the step), so a check that seeds the same way before `model(x)` in
+train mode draws the same masks and noise, and the same step taken again is the same step.
 """
 
 from __future__ import annotations
@@ -174,14 +175,8 @@ def _take_step(
     names = attribute_names(analysis)
     output_params = loss_of(analysis)
     loss_name = resolved_loss(output_params.loss, y)
-    if loss_name not in LOSS_NAMES:  # "vae": its KL term lives in the Reparameterize layers
-        raise StepError(
-            msg(
-                "the step view does not write out the {loss} loss yet; train this graph on the"
-                " Train page to watch its loss",
-                loss=loss_name,
-            )
-        )
+    if loss_name == "vae":  # a VAE rebuilds its input, as the loop trains it
+        y = x.detach().clone().float()
     before = {name: value.detach().clone() for name, value in model.state_dict().items()}
     optimizer = make_optimizer(settings, list(model.parameters()))
     if resume is not None:
@@ -190,10 +185,10 @@ def _take_step(
     x = x.detach().clone()
     if torch.is_floating_point(x):
         x.requires_grad_(True)  # dL/dx: what the input's numbers contribute
-    torch.manual_seed(seed)  # Dropout's masks
+    torch.manual_seed(seed)  # Dropout's masks, Reparameterize's noise
     with _forward_locals(type(model).forward.__code__) as seen:
         out = model(x)
-    loss = compute_loss(loss_name, out.float(), y, output_params.label_smoothing)
+    loss = compute_loss(loss_name, out.float(), y, output_params.label_smoothing, model)
     traced = _node_tensors(analysis, names, seen, x, out)
     for tensor in traced.values():
         if tensor.requires_grad and tensor is not x:
@@ -309,12 +304,17 @@ def _node_tensors(
 def _loss_again(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str, smoothing: float, seed: int
 ) -> float:
-    """The loss on the same samples after the step, in train mode with the same Dropout masks,
-    on a copy (its BatchNorm running statistics must not move a second time)."""
+    """The loss on the same samples after the step, in train mode with the same Dropout masks
+    (and Reparameterize noise), on a copy (its BatchNorm running statistics must not move a
+    second time). A Reparameterize layer's kl from the step's forward pass is kept detached:
+    deepcopy takes no tensor inside an autograd graph."""
+    for module in model.modules():
+        if isinstance(getattr(module, "kl", None), torch.Tensor):
+            module.kl = module.kl.detach()
     twin = copy.deepcopy(model)
     torch.manual_seed(seed)
     with torch.no_grad():
-        return float(compute_loss(loss, twin(x.detach()).float(), y, smoothing))
+        return float(compute_loss(loss, twin(x.detach()).float(), y, smoothing, twin))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -430,6 +430,7 @@ LOSS_NAMES = {
     "mse": msg("mean squared error"),
     "l1": msg("mean absolute error (L1)"),
     "huber": msg("Huber loss"),
+    "vae": msg("variational autoencoder loss (reconstruction + KL)"),
 }
 LOSS_WORDS = {
     "cross_entropy": msg(
@@ -443,6 +444,11 @@ LOSS_WORDS = {
     "mse": msg("the square of each difference between output and target, averaged"),
     "l1": msg("the size of each difference between output and target, averaged"),
     "huber": msg("squares small differences (below 1) and counts large ones linearly, averaged"),
+    "vae": msg(
+        "the reconstruction term is the binary cross-entropy of each output ŷ in [0, 1] against"
+        " the input value x it rebuilds, summed; the KL term of each Reparameterize layer pulls"
+        " its codes towards N(0, 1); their sum is divided by the number of samples"
+    ),
 }
 OPTIMIZER_NAMES = {
     "sgd": "SGD",
@@ -800,7 +806,9 @@ def explain_loss(record: StepRecord) -> Explanation:
     name = record.loss_name
     title = msg("the loss: {name}", name=LOSS_NAMES[name])
     lines: list[Message | str] = [LOSS_WORDS[name]]
-    if name in ("cross_entropy", "nll"):
+    if name == "vae":
+        value = _vae_terms(record, out, lines)
+    elif name in ("cross_entropy", "nll"):
         logits = out.flatten(0, -2)
         labels = y.flatten()
         per: list[float] = []
@@ -857,6 +865,58 @@ def explain_loss(record: StepRecord) -> Explanation:
         lines.append(msg("averaged over {count} values", count=diff.numel()))
     lines.append(f"L = {number(value)}")
     return Explanation(title, lines, value, record.loss_before)
+
+
+def _vae_terms(record: StepRecord, out: torch.Tensor, lines: list[Message | str]) -> float:
+    """The VAE loss written out: the reconstruction term (BCE, its log clamped at -100 as
+    torch's is) and each Reparameterize layer's KL term from the mu and logvar it was given,
+    per sample and for the batch; returns L."""
+    x = record.x.detach().double().view_as(out)
+    log_p, log_q = torch.log(out).clamp(min=-100), torch.log(1 - out).clamp(min=-100)
+    bce = -(x * log_p + (1 - x) * log_q)
+    rebuilt = bce.flatten(1).sum(1)  # per sample
+    kl_terms: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    for node_id, trace in record.nodes.items():
+        if trace.type == "Reparameterize":
+            mu_id, logvar_id = record.inputs[node_id]
+            mu = record.nodes[mu_id].output.detach().double()
+            logvar = record.nodes[logvar_id].output.detach().double()
+            inner = 1 + logvar - mu**2 - logvar.exp()
+            kl_terms.append((node_id, mu, logvar, -0.5 * inner.flatten(1).sum(1)))
+    kl = sum((terms[-1] for terms in kl_terms), torch.zeros_like(rebuilt))
+    count = len(out)
+    lines += [
+        "L = (Σ BCE(ŷ, x) + Σ KL) / B",
+        "BCE(ŷ, x) = −[x·log ŷ + (1 − x)·log(1 − ŷ)]",
+        "KL = −0.5·Σ(1 + logvar − mu² − e^logvar)",
+        msg("sample {n}:", n=1),
+        "ŷ = [" + ", ".join(map(number, out[0].flatten().tolist()[: SHOWN_TERMS * 2])) + "]",
+        "x = [" + ", ".join(map(number, x[0].flatten().tolist()[: SHOWN_TERMS * 2])) + "]",
+        f"Σ BCE = {number(float(rebuilt[0]))}",
+    ]
+    for node_id, mu, logvar, per_sample in kl_terms:
+        shown = min(mu[0].numel(), SHOWN_TERMS)
+        lines += [
+            f"{node_id}: mu = [" + ", ".join(map(number, mu[0].flatten().tolist()[:shown])) + "]",
+            f"{node_id}: logvar = ["
+            + ", ".join(map(number, logvar[0].flatten().tolist()[:shown]))
+            + "]",
+            f"KL({node_id}) = −0.5·({number(float(-2 * per_sample[0]))})"
+            f" = {number(float(per_sample[0]))}",
+        ]
+    for sample in range(1, min(count, SHOWN_TERMS)):
+        lines.append(
+            msg(
+                "sample {n}: reconstruction {rebuilt}, KL {kl}",
+                n=sample + 1,
+                rebuilt=number(float(rebuilt[sample])),
+                kl=number(float(kl[sample])),
+            )
+        )
+    total_rebuilt, total_kl = float(rebuilt.sum()), float(kl.sum())
+    value = (total_rebuilt + total_kl) / count
+    lines.append(f"L = ({number(total_rebuilt)} + {number(total_kl)}) / {count} = {number(value)}")
+    return value
 
 
 def explain_gradient(record: StepRecord, name: str, index: tuple[int, ...]) -> Explanation:

@@ -32,7 +32,7 @@ from runtime.step import (
     take_step,
 )
 from runtime.trainer import train_run
-from tests.modelkit import load_module
+from tests.modelkit import load_module, vae_graph
 
 TORCH_OPTIMIZERS = {  # what each name means, written out here rather than read from the runtime
     "sgd": lambda p, lr, wd: torch.optim.SGD(p, lr=lr, weight_decay=wd),
@@ -503,29 +503,78 @@ def test_a_run_records_its_convolutions_feature_maps(tmp_path: Path) -> None:
     assert torch.tensor(maps[-1]["maps"]).shape == (3, 4, 4)
 
 
-def test_a_vae_is_refused_with_a_sentence_not_a_key_error() -> None:
-    nodes = [
-        {"id": "in", "type": "Input", "params": {"shape": [6]}},
-        {"id": "mu", "type": "Linear", "params": {"out_features": 2}},
-        {"id": "logvar", "type": "Linear", "params": {"out_features": 2}},
-        {"id": "z", "type": "Reparameterize"},
-        {"id": "dec", "type": "Linear", "params": {"out_features": 6}},
-        {"id": "p", "type": "Sigmoid"},
-        {"id": "out", "type": "Output", "params": {"loss": "vae"}},
-    ]
-    links = [("in", "mu"), ("in", "logvar"), ("mu", "z"), ("logvar", "z"), ("z", "dec")]
-    links += [("dec", "p"), ("p", "out")]
-    graph = parse_graph(
-        {
-            "format": "netbuilder.graph/1",
-            "name": "vae",
-            "nodes": nodes,
-            "edges": [{"source": a, "target": b} for a, b in links],
-        }
+def test_a_vae_step_reports_torchs_loss_for_the_same_weights_input_and_noise(
+    tmp_path: Path,
+) -> None:
+    """`python -m runtime step` on a VAE: the loss in step.json is the VAE loss computed here from
+    model.py, before.pt, the input and torch.manual_seed(seed) before model(x) (which draws the
+    Reparameterize noise): (sum BCE(x_hat, x) - 0.5 * sum(1 + logvar - mu^2 - exp(logvar))) / B;
+    its gradients and Adam's update are torch's too."""
+    graph = parse_graph(vae_graph([1, 8, 8]))
+    out = tmp_path / "step"
+    code = main(
+        ["step", str(write_graph(tmp_path, graph)), "--dataset", "digits", "--index", "7",
+         "--batch", "3", "--seed", "5", "--lr", "0.01", "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    step = json.loads((out / "step.json").read_text())
+    model = load_module((out / "model.py").read_text()).build_model()
+    model.load_state_dict(torch.load(out / "before.pt", weights_only=True))
+    x = torch.tensor(step["input"]["values"]).view(step["input"]["shape"])
+    assert step["target"]["values"] == step["input"]["values"]  # a VAE rebuilds its input
+    names = attribute_names(analyse(graph))
+    codes: dict[str, torch.Tensor] = {}
+    for node in ("mu", "logvar"):
+        module = getattr(model, names[node])
+        module.register_forward_hook(lambda m, i, o, node=node: codes.__setitem__(node, o))
+    model.train()
+    torch.manual_seed(step["seed"])
+    rebuilt = model(x)
+    mu, logvar = codes["mu"], codes["logvar"]
+    reconstruction = F.binary_cross_entropy(rebuilt, x, reduction="sum")
+    kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    loss = (reconstruction + kl) / len(x)
+    assert step["loss_function"]["name"] == "vae"
+    assert step["loss"] == pytest.approx(float(loss.detach()), rel=1e-6)
+    parameters = dict(model.named_parameters())
+    grads = dict(zip(parameters, torch.autograd.grad(loss, list(parameters.values())), strict=True))
+    optimizer = torch.optim.Adam(parameters.values(), lr=0.01)
+    for name, p in parameters.items():
+        p.grad = grads[name]
+        assert step["params"][name]["grad"]["first"] == pytest.approx(
+            grads[name].flatten()[:64].tolist(), abs=1e-6
+        )
+    optimizer.step()
+    after = torch.load(out / "after.pt", weights_only=True)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(after[name], value, msg=name)
+
+
+def vae_record(seed: int = 1) -> StepRecord:
+    analysis = analyse(parse_graph(vae_graph([6])))
+    x = torch.rand(3, 6, generator=torch.Generator().manual_seed(0))
+    labels = torch.zeros(3, dtype=torch.int64)  # unused: a VAE's target is its input
+    return take_step(analysis, x, labels, TrainConfig(seed=seed))
+
+
+def test_the_vae_loss_written_out_gives_torchs_loss() -> None:
+    record = vae_record()
+    explained = explain_loss(record)
+    assert explained.agrees and explained.value == pytest.approx(record.loss_before, rel=1e-6)
+    text = "\n".join(
+        line if isinstance(line, str) else line.render("en") for line in explained.lines
     )
-    analysis = analyse(graph)
-    assert not analysis.errors, [e.text.render() for e in analysis.errors]
-    x = torch.rand(2, 6)
-    with pytest.raises(StepError) as refused:
-        take_step(analysis, x, x, TrainConfig(seed=1))
-    assert "does not write out the vae loss" in refused.value.detail.render("en")
+    assert "KL = −0.5·Σ(1 + logvar − mu² − e^logvar)" in text and "KL(z) = " in text
+    assert "z: mu = [" in text and "Σ BCE = " in text
+    assert all(line.render("zh") for line in explained.lines if not isinstance(line, str))
+
+
+def test_a_vae_step_taken_again_draws_the_same_noise() -> None:
+    """Rewind takes the step again: the seed draws the Reparameterize noise, so it is the same
+    step; another seed draws other noise."""
+    first, again, other = vae_record(seed=1), vae_record(seed=1), vae_record(seed=2)
+    assert first.loss_before == again.loss_before and first.loss_after == again.loss_after
+    assert torch.equal(first.nodes["z"].output, again.nodes["z"].output)
+    for name, value in first.after.items():
+        assert torch.equal(value, again.after[name])
+    assert not torch.equal(first.nodes["z"].output, other.nodes["z"].output)
