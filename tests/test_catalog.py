@@ -47,6 +47,9 @@ NO_TORCH_MODULE = {
     "PositionalEncoding",
     "LearnedConstant",  # a Parameter joined to the activations, read where it is used
     "Reparameterize",  # a VAE's sampling, folded from its calls
+    "Slice",  # x[..., start:stop:step], read from indexing
+    "Pad",  # F.pad with a constant
+    "WindowAttention",  # torchvision's Swin attention, not a torch.nn module
 }
 
 

@@ -196,6 +196,18 @@ CASES: list[tuple[list[int], str, dict, str]] = [
     ([27, 2, 2], "PixelShuffle", {"upscale_factor": 3}, "float32"),
     ([5, 6], "LearnedConstant", {"shape": [1, 6]}, "float32"),
     ([7], "LearnedConstant", {"shape": [3, 1, 1], "init": "normal"}, "int64"),
+    ([4, 9, 6], "Slice", {"dim": 2, "start": 1, "step": 2}, "float32"),
+    ([4, 9, 6], "Slice", {"dim": -1, "start": -4, "stop": -1}, "float32"),
+    ([4, 9, 6], "Pad", {"pad": [0, 1, 2, 0]}, "float32"),
+    ([7, 5], "Pad", {"pad": [1, 2, 0, 0], "value": -1.0}, "float32"),
+    ([9, 7, 8], "WindowAttention", {"num_heads": 2, "window_size": 4, "shift_size": 2}, "float32"),
+    (
+        [6, 5, 8],
+        "WindowAttention",
+        {"num_heads": 4, "window_size": [3, 2], "shift_size": [1, 1], "v2": True},
+        "float32",
+    ),
+    ([3, 3, 4], "WindowAttention", {"num_heads": 1, "qkv_bias": False}, "float32"),
 ]
 
 

@@ -1,4 +1,5 @@
-"""Core layers: Input, Output (and its loss), Linear, Identity, Flatten, Permute, Reshape."""
+"""Core layers: Input, Output (and its loss), Linear, Identity, Flatten, Permute, Reshape, Slice
+(a strided slice along one dim) and Pad (constant padding, as F.pad)."""
 
 from __future__ import annotations
 
@@ -656,6 +657,152 @@ REPARAMETERIZE_SPEC = LayerSpec(
     shapes="mu, logvar -> z, all one shape",
 )
 
+
+# ---------------------------------------------------------------------------------------------
+# Slice: x[..., start:stop:step] along one dim (Swin's patch merging takes every other row)
+
+
+class SliceParams(Params):
+    dim: int = dim_field(1)
+    start: int = Field(
+        0, ge=-MAX_SIZE, le=MAX_SIZE, description=N_("an int (negative: from the end)")
+    )
+    stop: int | None = Field(
+        None,
+        ge=-MAX_SIZE,
+        le=MAX_SIZE,
+        description=N_("an int, or null for the end (negative: from the end)"),
+    )
+    step: int = count(N_("a positive int (every step-th element)"), 1)
+
+
+def slice_length(p: SliceParams, size: int) -> int:
+    """How many elements x[start:stop:step] keeps of `size`, as Python counts them."""
+    return len(range(*slice(p.start, p.stop, p.step).indices(size)))
+
+
+def slice_infer(p: SliceParams, xs: list[Tensor]) -> Tensor:
+    shape = xs[0].shape
+    dim = full_dim(p.dim, len(shape))
+    kept = slice_length(p, shape[dim - 1])
+    if kept < 1:
+        raise LayerError(
+            msg(
+                "{start}:{stop}:{step} keeps nothing of dim {dim}, of size {size}",
+                start=p.start,
+                stop="" if p.stop is None else p.stop,
+                step=p.step,
+                dim=p.dim,
+                size=shape[dim - 1],
+            )
+        )
+    return Tensor(shape[: dim - 1] + (kept,) + shape[dim:], xs[0].dtype)
+
+
+def slice_call(p: SliceParams, attr: str, args: list[str]) -> str:
+    """x[:, :, 1::2] (dim 2), or from the end x[..., 1::2, :] (dim -2)."""
+    stop = "" if p.stop is None else p.stop
+    cut = f"{p.start or ''}:{stop}" + (f":{p.step}" if p.step != 1 else "")
+    if p.dim < 0:
+        return f"{args[0]}[..., {cut}{', :' * (-p.dim - 1)}]"
+    return f"{args[0]}[{':, ' * p.dim}{cut}]"
+
+
+SLICE = LayerSpec(
+    name="Slice",
+    category="Core",
+    description=N_(
+        "Keeps part of one dim: from start to stop, every step-th element (x[:, 1::2] takes"
+        " the odd rows)."
+    ),
+    formula=N_("y = x[..., start:stop:step, ...] along dim"),
+    params=SliceParams,
+    infer=slice_infer,
+    starter={"dim": 1, "start": 0, "step": 2},
+    call=slice_call,
+    key_params=("dim", "start", "stop", "step"),
+    view_of_input=True,
+    examples=(Example(IMAGE, {"dim": 2, "start": 1, "step": 2}), Example(SEQUENCE, {"stop": -1})),
+    shapes="dim cut to start:stop:step",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pad: constant padding at both ends of the last dims, as F.pad takes it
+
+
+class PadParams(Params):
+    pad: list[Annotated[int, Field(ge=0, le=MAX_SIZE)]] = Field(
+        min_length=2,
+        max_length=2 * MAX_RANK,
+        description=N_(
+            "an even number of ints >= 0: before and after the last dim, then the one before it"
+        ),
+    )
+    value: float = Field(0.0, description=N_("a float (what the new places hold)"))
+
+    @model_validator(mode="after")
+    def _pairs(self) -> PadParams:
+        if len(self.pad) % 2:
+            raise ValueError(N_("pad needs an even number of ints, two per dim"))
+        return self
+
+
+def pad_infer(p: PadParams, xs: list[Tensor]) -> Tensor:
+    shape = list(xs[0].shape)
+    dims = len(p.pad) // 2
+    if dims > len(shape):
+        raise LayerError(
+            msg(
+                "pad {pad} pads {dims} dims, but {shape} has {rank} besides the batch",
+                pad=p.pad,
+                dims=dims,
+                shape=shape_text(shape),
+                rank=len(shape),
+            )
+        )
+    for i in range(dims):
+        shape[-1 - i] += p.pad[2 * i] + p.pad[2 * i + 1]
+    return Tensor(tuple(shape), xs[0].dtype)
+
+
+def pad_call(p: PadParams, attr: str, args: list[str]) -> str:
+    value = f", value={fmt(p.value)}" if p.value else ""
+    return f"nn.functional.pad({args[0]}, {fmt(p.pad)}{value})"
+
+
+def pad_explain(p: PadParams, xs: list[Tensor], y: Tensor) -> Message:
+    return msg(
+        "{before} -> {after}, new places {value}",
+        before=shape_text(xs[0].shape),
+        after=shape_text(y.shape),
+        value=p.value,
+    )
+
+
+PAD_SPEC = LayerSpec(
+    name="Pad",
+    category="Core",
+    description=N_(
+        "Adds places holding one value before and after the last dims (F.pad with a"
+        " constant): pad [0, 1] adds one place after the last dim."
+    ),
+    formula=N_("y = F.pad(x, pad, value=value)"),
+    params=PadParams,
+    infer=pad_infer,
+    functional=("torch.nn.functional.pad",),
+    starter={"pad": [1, 1]},
+    call=pad_call,
+    explain=pad_explain,
+    key_params=("pad",),
+    functional_reader="pad",
+    examples=(
+        Example(IMAGE, {"pad": [0, 1, 2, 0]}),
+        Example(SEQUENCE, {"pad": [1, 1], "value": 0.5}),
+    ),
+    shapes="each padded dim grows by its two pads",
+)
+
 ENTRIES = (
     INPUT,
     OUTPUT,
@@ -666,4 +813,6 @@ ENTRIES = (
     RESHAPE,
     LEARNED_CONSTANT_SPEC,
     REPARAMETERIZE_SPEC,
+    SLICE,
+    PAD_SPEC,
 )

@@ -1,5 +1,6 @@
 """Attention and Transformers: MultiheadAttention (self-attention), TransformerEncoderLayer,
-and PositionalEncoding (not in torch: model.py then defines a small class of its own)."""
+PositionalEncoding and Swin's WindowAttention (these two are not in torch: model.py then
+defines a small class of its own)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ from pydantic import Field
 from builder.layers.base import (
     SEQUENCE,
     BOOL,
+    PAD,
+    PAD_TEXT,
+    SIZE,
+    SIZE_TEXT,
     EPS,
     MAX_SIZE,
     PROBABILITY,
@@ -24,6 +29,7 @@ from builder.layers.base import (
     Shape,
     Tensor,
     as_float,
+    as_tuple,
     call,
     changed,
     count,
@@ -348,4 +354,246 @@ POSITIONAL_ENCODING_SPEC = LayerSpec(
     shapes="[T, E] -> [T, E], added; T <= max_len (model.py defines a small class for it)",
 )
 
-ENTRIES = (MULTIHEAD_ATTENTION, TRANSFORMER_ENCODER_LAYER, POSITIONAL_ENCODING_SPEC)
+
+# ---------------------------------------------------------------------------------------------
+# WindowAttention: Swin's shifted-window self-attention on a channels-last [H, W, C] map (not in
+# torch: model.py then defines a small class of its own, torchvision's shifted_window_attention
+# written out, with its weights under torchvision's names)
+
+WINDOW_ATTENTION = '''class WindowAttention(nn.Module):
+    """Self-attention within windows of a channels-last [B, H, W, C] map (Swin): the map is
+    padded to whole windows and, for shifted windows, rolled by shift_size (no shift along an
+    axis that one window covers). v2: cosine attention and a position bias from a small MLP."""
+
+    def __init__(
+        self,
+        dim,
+        num_heads,
+        window_size,
+        shift_size=(0, 0),
+        qkv_bias=True,
+        proj_bias=True,
+        attention_dropout=0.0,
+        dropout=0.0,
+        v2=False,
+    ):
+        super().__init__()
+        self.num_heads = num_heads
+        self.window_size = window_size
+        self.shift_size = shift_size
+        self.v2 = v2
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.attention_dropout = nn.Dropout(attention_dropout)
+        self.dropout = nn.Dropout(dropout)
+        wh, ww = window_size
+        grid = torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")
+        coords = torch.stack(grid).flatten(1)
+        relative = coords[:, :, None] - coords[:, None, :]  # [2, N, N], N = wh * ww
+        index = (relative[0] + wh - 1) * (2 * ww - 1) + relative[1] + ww - 1
+        self.register_buffer("relative_position_index", index.flatten())
+        if not v2:
+            table = torch.zeros((2 * wh - 1) * (2 * ww - 1), num_heads)
+            self.relative_position_bias_table = nn.Parameter(nn.init.trunc_normal_(table, std=0.02))
+            return
+        self.logit_scale = nn.Parameter(torch.log(10 * torch.ones((num_heads, 1, 1))))
+        self.cpb_mlp = nn.Sequential(
+            nn.Linear(2, 512), nn.ReLU(inplace=True), nn.Linear(512, num_heads, bias=False)
+        )
+        offsets_h = torch.arange(-(wh - 1), wh, dtype=torch.float32) / (wh - 1)
+        offsets_w = torch.arange(-(ww - 1), ww, dtype=torch.float32) / (ww - 1)
+        table = torch.stack(torch.meshgrid(offsets_h, offsets_w, indexing="ij"), -1) * 8
+        table = torch.sign(table) * torch.log2(torch.abs(table) + 1.0) / 3.0
+        self.register_buffer("relative_coords_table", table.unsqueeze(0))
+
+    def position_bias(self):
+        """[1, heads, N, N]: a learned bias per relative position (v2: from the MLP)."""
+        n = self.window_size[0] * self.window_size[1]
+        if self.v2:
+            table = self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads)
+        else:
+            table = self.relative_position_bias_table
+        bias = table[self.relative_position_index].view(n, n, -1).permute(2, 0, 1).unsqueeze(0)
+        return 16 * torch.sigmoid(bias) if self.v2 else bias
+
+    def shift_mask(self, height, width, shift, like):
+        """[windows, N, N]: -100 between positions that the roll brought from apart."""
+        wh, ww = self.window_size
+        regions = like.new_zeros((height, width))
+        count = 0
+        for h in ((0, -wh), (-wh, -shift[0]), (-shift[0], None)):
+            for w in ((0, -ww), (-ww, -shift[1]), (-shift[1], None)):
+                regions[h[0] : h[1], w[0] : w[1]] = count
+                count += 1
+        regions = regions.view(height // wh, wh, width // ww, ww).permute(0, 2, 1, 3)
+        regions = regions.reshape(-1, wh * ww)
+        mask = regions.unsqueeze(1) - regions.unsqueeze(2)
+        return mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
+
+    def forward(self, x):
+        batch, height, width, channels = x.shape
+        wh, ww = self.window_size
+        x = nn.functional.pad(x, (0, 0, 0, -width % ww, 0, -height % wh))
+        _, padded_h, padded_w, _ = x.shape
+        rows, cols = padded_h // wh, padded_w // ww
+        # no shift along an axis that one window covers
+        shift = [self.shift_size[0] if rows > 1 else 0, self.shift_size[1] if cols > 1 else 0]
+        if sum(shift) > 0:
+            x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+        windows = rows * cols
+        x = x.view(batch, rows, wh, cols, ww, channels).permute(0, 1, 3, 2, 4, 5)
+        x = x.reshape(batch * windows, wh * ww, channels)  # one row of positions per window
+
+        qkv_bias = self.qkv.bias
+        if self.v2 and qkv_bias is not None:  # v2 has no key bias
+            q_bias, _, v_bias = qkv_bias.chunk(3)
+            qkv_bias = torch.cat([q_bias, torch.zeros_like(q_bias), v_bias])
+        heads, head_dim = self.num_heads, channels // self.num_heads
+        qkv = nn.functional.linear(x, self.qkv.weight, qkv_bias)
+        q, k, v = qkv.reshape(x.size(0), x.size(1), 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+        if self.v2:
+            k = nn.functional.normalize(k, dim=-1).transpose(-2, -1)
+            attn = nn.functional.normalize(q, dim=-1) @ k
+            attn = attn * torch.clamp(self.logit_scale, max=4.605170185988092).exp()  # log(100)
+        else:
+            attn = (q * head_dim**-0.5).matmul(k.transpose(-2, -1))
+        attn = attn + self.position_bias()
+        if sum(shift) > 0:
+            mask = self.shift_mask(padded_h, padded_w, shift, x)
+            attn = attn.view(batch, windows, heads, x.size(1), x.size(1)) + mask[:, None]
+            attn = attn.view(-1, heads, x.size(1), x.size(1))
+        attn = self.attention_dropout(attn.softmax(dim=-1))
+        x = attn.matmul(v).transpose(1, 2).reshape(x.size(0), x.size(1), channels)
+        x = self.dropout(self.proj(x))
+
+        x = x.view(batch, rows, cols, wh, ww, channels).permute(0, 1, 3, 2, 4, 5)
+        x = x.reshape(batch, padded_h, padded_w, channels)
+        if sum(shift) > 0:
+            x = torch.roll(x, shifts=(shift[0], shift[1]), dims=(1, 2))
+        return x[:, :height, :width, :].contiguous()'''
+
+
+class WindowAttentionParams(Params):
+    num_heads: int = count()
+    window_size: SIZE[2] = Field(7, description=SIZE_TEXT[2])
+    shift_size: PAD[2] = Field(0, description=PAD_TEXT[2])
+    qkv_bias: bool = Field(True, description=BOOL)
+    proj_bias: bool = Field(True, description=BOOL)
+    attention_dropout: Probability = Field(0.0, description=PROBABILITY)
+    dropout: Probability = Field(0.0, description=PROBABILITY)
+    v2: bool = Field(
+        False,
+        description=N_("true or false (Swin v2: cosine attention, a position bias from an MLP)"),
+    )
+
+
+def padded_map(p: WindowAttentionParams, shape: Shape) -> tuple[int, int]:
+    """The [H, W] map padded up to whole windows."""
+    wh, ww = as_tuple(p.window_size, 2)
+    return -(-shape[0] // wh) * wh, -(-shape[1] // ww) * ww
+
+
+def window_attention_infer(p: WindowAttentionParams, xs: list[Tensor]) -> Tensor:
+    need_rank(xs[0], (3,), "channels-last [H, W, C]", msg("; Permute a [C, H, W] map first"))
+    heads_check(xs[0].shape[-1], p.num_heads, "num_heads")
+    window, shift = as_tuple(p.window_size, 2), as_tuple(p.shift_size, 2)
+    if any(s >= w for s, w in zip(shift, window, strict=True)):
+        raise LayerError(
+            msg(
+                "shift_size {shift} must be smaller than window_size {window}",
+                shift=list(shift),
+                window=list(window),
+            ),
+            Fix(msg("shift by half a window"), set_params={"shift_size": [w // 2 for w in window]}),
+        )
+    if p.v2 and min(window) < 2:
+        raise LayerError(
+            msg("v2 needs windows of at least 2 x 2: its position table divides by the size - 1")
+        )
+    return as_float(xs[0])
+
+
+def window_attention_count(p: WindowAttentionParams, xs: list[Tensor]) -> int:
+    c = xs[0].shape[-1]
+    wh, ww = as_tuple(p.window_size, 2)
+    projections = 3 * c * c + 3 * c * p.qkv_bias + c * c + c * p.proj_bias
+    if p.v2:  # logit_scale, and the MLP 2 -> 512 -> heads
+        return projections + p.num_heads + (2 * 512 + 512) + 512 * p.num_heads
+    return projections + (2 * wh - 1) * (2 * ww - 1) * p.num_heads
+
+
+def window_attention_macs(p: WindowAttentionParams, xs: list[Tensor], y: Tensor) -> int:
+    """Q, K, V and output projections of every position of the padded map (4 T C^2), and each
+    position's scores and mixing within its window of N (2 T N C)."""
+    c = xs[0].shape[-1]
+    positions = numel(padded_map(p, xs[0].shape))
+    return 4 * positions * c * c + 2 * positions * numel(as_tuple(p.window_size, 2)) * c
+
+
+def window_attention_module(p: WindowAttentionParams, xs: list[Tensor]) -> str:
+    shift = as_tuple(p.shift_size, 2)
+    return call(
+        "WindowAttention",
+        xs[0].shape[-1],
+        p.num_heads,
+        window_size=list(as_tuple(p.window_size, 2)),
+        **({"shift_size": list(shift)} if any(shift) else {}),
+        **changed(p, "qkv_bias", "proj_bias", "attention_dropout", "dropout", "v2"),
+    )
+
+
+def window_attention_explain(p: WindowAttentionParams, xs: list[Tensor], y: Tensor) -> Message:
+    wh, ww = as_tuple(p.window_size, 2)
+    height, width = padded_map(p, xs[0].shape)
+    return msg(
+        "{shape}: {windows} windows of {wh} x {ww} over the map padded to {height} x {width},"
+        " shifted by {shift}",
+        shape=shape_text(xs[0].shape),
+        windows=(height // wh) * (width // ww),
+        wh=wh,
+        ww=ww,
+        height=height,
+        width=width,
+        shift=list(as_tuple(p.shift_size, 2)),
+    )
+
+
+def window_attention_fitted(shape: Shape) -> dict[str, Any]:
+    """A new window attention: up to 4 heads that divide the channels (the last dim)."""
+    return {"num_heads": fitting_divisor(shape[-1], 4)}
+
+
+WINDOW_ATTENTION_SPEC = LayerSpec(
+    name="WindowAttention",
+    category="Attention",
+    description=N_(
+        "Swin's self-attention: each position of a channels-last map attends to those in its"
+        " window; a shift moves the windows so that the next layer joins neighbouring ones."
+    ),
+    formula=N_(
+        "per window: softmax(Q K^T / sqrt(d) + B) V, per head, B a learned bias per relative"
+        " position; v2: cosine(Q, K) * exp(logit_scale) + 16 sigmoid(MLP(position))"
+    ),
+    params=WindowAttentionParams,
+    infer=window_attention_infer,
+    starter={"num_heads": 1, "window_size": 4},
+    count_params=window_attention_count,
+    macs=window_attention_macs,
+    module=window_attention_module,
+    explain=window_attention_explain,
+    key_params=("num_heads", "window_size", "shift_size", "v2"),
+    helper=("WindowAttention", WINDOW_ATTENTION),
+    fitted_starter=window_attention_fitted,
+    examples=(
+        Example((5, 6, 4), {"num_heads": 2, "window_size": 3, "shift_size": 1}),
+        Example((4, 4, 4), {"num_heads": 2, "window_size": 2, "shift_size": 1, "v2": True}),
+    ),
+    shapes="channels-last [H, W, C] -> [H, W, C]; num_heads divides C",
+)
+
+ENTRIES = (
+    MULTIHEAD_ATTENTION,
+    TRANSFORMER_ENCODER_LAYER,
+    POSITIONAL_ENCODING_SPEC,
+    WINDOW_ATTENTION_SPEC,
+)
