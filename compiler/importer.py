@@ -452,8 +452,13 @@ class ConcreteTracer(fx.Tracer):
         return args[0] if args else None
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        """torch.nn's modules, and timm's Attention: one call, read as a MultiheadAttention."""
-        return super().is_leaf_module(m, module_qualified_name) or qkv_attention(m) is not None
+        """torch.nn's modules, timm's Attention (one call, read as a MultiheadAttention) and
+        torchvision's Swin attention (one call, a WindowAttention)."""
+        return (
+            super().is_leaf_module(m, module_qualified_name)
+            or qkv_attention(m) is not None
+            or window_attention(m) is not None
+        )
 
     def call_module(self, m: nn.Module, forward: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         if self.running:  # running a leaf module on the example: its insides are not recorded
@@ -732,7 +737,9 @@ def _handler(node: fx.Node) -> Handler | None:
     else one of the plumbing calls (indexing, x.size(), .contiguous())."""
     if node.op == "call_function":
         layer_type = FUNCTION_TYPES.get(node.target)
-        plumbing = PLUMBING_FUNCTIONS.get(node.target)
+        plumbing = PLUMBING_FUNCTIONS.get(node.target) or LIBRARY_FUNCTIONS.get(
+            (getattr(node.target, "__module__", ""), getattr(node.target, "__name__", ""))
+        )
     else:
         layer_type = METHOD_TYPES.get(str(node.target))
         plumbing = PLUMBING_METHODS.get(str(node.target))
@@ -827,6 +834,9 @@ def _map_module(walk: Walk, node: fx.Node) -> Layer | Stack:
         return Layer(
             "MultiheadAttention", attention, (_tensor(walk, _only_input(node)),), None, path
         )
+    windows = window_attention(module) if entry is None else None
+    if windows is not None:
+        return Layer("WindowAttention", windows, (_tensor(walk, _only_input(node)),), None, path)
     if entry is None:
         raise NotMappable(msg("no NetBuilder layer does this"))
     layer_type, read_params = entry
@@ -1475,6 +1485,18 @@ def _interpolate(walk: Walk, node: fx.Node) -> Layer:
     return Layer("Upsample", params, (_tensor(walk, node.args[0]),))
 
 
+def _pad(walk: Walk, node: fx.Node) -> Layer:
+    """F.pad(x, pad, mode="constant", value=0) as a Pad; the other modes have no layer."""
+    mode, value = _arg(node, 2, "mode", "constant"), _arg(node, 3, "value")
+    if mode != "constant":
+        raise NotMappable(msg("mode={mode}: only constant padding maps", mode=repr(mode)))
+    pad = [int(size) for size in _arg(node, 1, "pad")]
+    if any(size < 0 for size in pad) or len(pad) // 2 >= _rank(node.args[0]):
+        raise NotMappable(msg("negative padding (a crop) or padding of the batch dim"))
+    params = {"pad": pad, "value": float(value or 0.0)}
+    return Layer("Pad", params, (_tensor(walk, node.args[0]),))
+
+
 def _instance_norm(walk: Walk, node: fx.Node) -> Layer:
     """F.instance_norm(x) without running statistics or weights: InstanceNorm1d/2d."""
     names = ("running_mean", "running_var", "weight", "bias")
@@ -1537,6 +1559,64 @@ def qkv_attention(module: nn.Module) -> dict[str, Any] | None:
     ):
         return None
     return {"num_heads": heads, "dropout": float(drops[0].p), "bias": qkv.bias is not None}
+
+
+# ---------------------------------------------------------------------------------------------
+# torchvision's Swin Transformers: ShiftedWindowAttention(V2) is kept as one call, read as a
+# WindowAttention (model.py's class holds its weights under the same names); PatchMerging's
+# _patch_merging_pad (pad H and W to even, the four interleaved quarters joined along C) is a
+# Pad, Slices of every other row and column, and a Concat.
+
+SWIN_ATTENTION = frozenset({"ShiftedWindowAttention", "ShiftedWindowAttentionV2"})
+
+
+def window_attention(module: nn.Module) -> dict[str, Any] | None:
+    """WindowAttention params for torchvision's ShiftedWindowAttention or its V2 (cosine
+    attention, position bias from cpb_mlp), or None for any other module."""
+    qkv, proj = getattr(module, "qkv", None), getattr(module, "proj", None)
+    if not (
+        type(module).__name__ in SWIN_ATTENTION
+        and type(module).__module__.startswith("torchvision.")
+        and isinstance(qkv, nn.Linear)
+        and isinstance(proj, nn.Linear)
+    ):
+        return None
+    return {
+        "num_heads": int(module.num_heads),
+        "window_size": _compact(module.window_size),
+        "shift_size": _compact(module.shift_size),
+        "qkv_bias": qkv.bias is not None,
+        "proj_bias": proj.bias is not None,
+        "attention_dropout": float(module.attention_dropout),
+        "dropout": float(module.dropout),
+        "v2": isinstance(getattr(module, "logit_scale", None), nn.Parameter),
+    }
+
+
+def _patch_merging(walk: Walk, node: fx.Node) -> Layer:
+    """torchvision's _patch_merging_pad(x) on [B, H, W, C]: H and W padded to even (a Pad, where
+    either is odd), x[..., i::2, j::2, :] for (i, j) = (0, 0), (1, 0), (0, 1), (1, 1) (Slices of
+    the rows, then of the columns), joined along C (a Concat)."""
+    x = _tensor(walk, node.args[0])
+    shape = node.args[0].meta["shape"]
+    if len(shape) != 4:
+        raise NotMappable(msg("patch merging of a tensor that is not [B, H, W, C]"))
+    height, width = shape[1:3]
+
+    def add(suffix: str, layer_type: str, params: dict[str, Any], source: str) -> str:
+        node_id = f"{node.name}_{suffix}"
+        walk.inside_stacks.add(node_id)  # its fx node is the whole call's: no shape to check
+        return str(_add_node(walk, node, node_id, Layer(layer_type, params, (source,))))
+
+    if height % 2 or width % 2:
+        x = add("pad", "Pad", {"pad": [0, 0, 0, width % 2, 0, height % 2]}, x)
+    rows = [add(f"rows{i}", "Slice", {"dim": 1, "start": i, "step": 2}, x) for i in (0, 1)]
+    quarters = [
+        add(f"x{2 * j + i}", "Slice", {"dim": 2, "start": j, "step": 2}, rows[i])
+        for j in (0, 1)
+        for i in (0, 1)
+    ]
+    return Layer("Concat", {"dim": -1}, tuple(quarters))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1838,6 +1918,7 @@ READERS: dict[str, Handler] = {
     "adaptive_pool": _adaptive_pool,
     "interpolate": _interpolate,
     "instance_norm": _instance_norm,
+    "pad": _pad,
 }
 
 
@@ -1868,6 +1949,10 @@ PLUMBING_METHODS: dict[str, Handler] = {
     "t": _t,
     "squeeze": _squeeze,
     "unsqueeze": _squeeze,
+}
+# Functions of other libraries, by (module, name), that a tracer keeps as one call (fx.wrap).
+LIBRARY_FUNCTIONS: dict[tuple[str, str], Handler] = {
+    ("torchvision.models.swin_transformer", "_patch_merging_pad"): _patch_merging,
 }
 
 
@@ -2046,13 +2131,17 @@ def convert_state_dict(
     state: dict[str, torch.Tensor], module_paths: dict[str, str], names: dict[str, str]
 ) -> dict[str, torch.Tensor]:
     """The source model's state_dict renamed for the compiled graph: 'features.0.weight'
-    becomes 'features_0.weight' (names: compiler.codegen.attribute_names)."""
+    becomes 'features_0.weight' (names: compiler.codegen.attribute_names). A module whose
+    weights are only a qkv and a proj Linear (timm's Attention) gives them the names of
+    nn.MultiheadAttention's; one with more (torchvision's Swin attention) keeps its own."""
     renamed: dict[str, torch.Tensor] = {}
     for node_id, path in module_paths.items():
+        own = {key[len(path) + 1 :] for key in state if key.startswith(path + ".")}
+        renames = RENAMED_WEIGHTS if own <= RENAMED_WEIGHTS.keys() else {}
         for key, value in state.items():
             if key.startswith(path + "."):
                 rest = key[len(path) + 1 :]
-                renamed[f"{names[node_id]}.{RENAMED_WEIGHTS.get(rest, rest)}"] = value
+                renamed[f"{names[node_id]}.{renames.get(rest, rest)}"] = value
             elif key == path:  # a parameter used as a layer's one weight (a position table)
                 renamed[f"{names[node_id]}.weight"] = value.reshape(-1, value.shape[-1])
     return renamed
