@@ -452,12 +452,14 @@ class ConcreteTracer(fx.Tracer):
         return args[0] if args else None
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        """torch.nn's modules, timm's Attention (one call, read as a MultiheadAttention) and
-        torchvision's Swin attention (one call, a WindowAttention)."""
+        """torch.nn's modules, timm's Attention (one call, read as a MultiheadAttention),
+        torchvision's Swin attention (one call, a WindowAttention) and MaxViT's (one call, a
+        RelativeAttention)."""
         return (
             super().is_leaf_module(m, module_qualified_name)
             or qkv_attention(m) is not None
             or window_attention(m) is not None
+            or relative_attention(m) is not None
         )
 
     def call_module(self, m: nn.Module, forward: Callable[..., Any], args: Any, kwargs: Any) -> Any:
@@ -837,6 +839,9 @@ def _map_module(walk: Walk, node: fx.Node) -> Layer | Stack:
     windows = window_attention(module) if entry is None else None
     if windows is not None:
         return Layer("WindowAttention", windows, (_tensor(walk, _only_input(node)),), None, path)
+    relative = relative_attention(module) if entry is None else None
+    if relative is not None:
+        return Layer("RelativeAttention", relative, (_tensor(walk, _only_input(node)),), None, path)
     if entry is None:
         raise NotMappable(msg("no NetBuilder layer does this"))
     layer_type, read_params = entry
@@ -1241,10 +1246,13 @@ def _reshape(walk: Walk, node: fx.Node) -> Layer:
 
 
 def _permute(walk: Walk, node: fx.Node) -> Layer | Value:
-    """x.permute(...) and x.transpose(a, b) (the same swap, as permuted dims)."""
+    """x.permute(...), and x.transpose(a, b) or torch.swapaxes(x, a, b) (the same swap, as
+    permuted dims)."""
     rank = _rank(node.args[0])
-    if getattr(node.target, "__name__", node.target) == "transpose":
-        a, b = _arg(node, 1, "dim0") % rank, _arg(node, 2, "dim1") % rank
+    name = getattr(node.target, "__name__", node.target)
+    if name in ("transpose", "swapaxes"):
+        first, second = ("dim0", "dim1") if name == "transpose" else ("axis0", "axis1")
+        a, b = _arg(node, 1, first) % rank, _arg(node, 2, second) % rank
         dims = list(range(rank))
         dims[a], dims[b] = dims[b], dims[a]
     else:
@@ -1617,6 +1625,28 @@ def _patch_merging(walk: Walk, node: fx.Node) -> Layer:
         for i in (0, 1)
     ]
     return Layer("Concat", {"dim": -1}, tuple(quarters))
+
+
+# ---------------------------------------------------------------------------------------------
+# torchvision's MaxViT: RelativePositionalMultiHeadAttention is kept as one call, read as a
+# RelativeAttention (model.py's class holds its weights under the same names); its SwapAxes is
+# torch.swapaxes, a Permute; WindowPartition and WindowDepartition are Reshapes and Permutes.
+
+
+def relative_attention(module: nn.Module) -> dict[str, Any] | None:
+    """RelativeAttention params for torchvision's RelativePositionalMultiHeadAttention, or None
+    for any other module (or one whose projections were swapped for ones without a bias)."""
+    qkv, merge = getattr(module, "to_qkv", None), getattr(module, "merge", None)
+    if not (
+        type(module).__name__ == "RelativePositionalMultiHeadAttention"
+        and type(module).__module__.startswith("torchvision.")
+        and isinstance(qkv, nn.Linear)
+        and isinstance(merge, nn.Linear)
+        and qkv.bias is not None
+        and merge.bias is not None
+    ):
+        return None
+    return {"head_dim": int(module.head_dim)}
 
 
 # ---------------------------------------------------------------------------------------------

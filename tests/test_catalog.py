@@ -50,6 +50,7 @@ NO_TORCH_MODULE = {
     "Slice",  # x[..., start:stop:step], read from indexing
     "Pad",  # F.pad with a constant
     "WindowAttention",  # torchvision's Swin attention, not a torch.nn module
+    "RelativeAttention",  # torchvision's MaxViT attention, not a torch.nn module
 }
 
 

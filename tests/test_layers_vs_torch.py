@@ -208,6 +208,8 @@ CASES: list[tuple[list[int], str, dict, str]] = [
         "float32",
     ),
     ([3, 3, 4], "WindowAttention", {"num_heads": 1, "qkv_bias": False}, "float32"),
+    ([3, 4, 8], "RelativeAttention", {"head_dim": 4}, "float32"),
+    ([2, 9, 6], "RelativeAttention", {"head_dim": 2}, "float32"),
 ]
 
 

@@ -1,9 +1,10 @@
 """Attention and Transformers: MultiheadAttention (self-attention), TransformerEncoderLayer,
-PositionalEncoding and Swin's WindowAttention (these two are not in torch: model.py then
-defines a small class of its own)."""
+PositionalEncoding, Swin's WindowAttention and MaxViT's RelativeAttention (these three are not
+in torch: model.py then defines a small class of its own)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import Field
@@ -591,9 +592,141 @@ WINDOW_ATTENTION_SPEC = LayerSpec(
     shapes="channels-last [H, W, C] -> [H, W, C]; num_heads divides C",
 )
 
+# ---------------------------------------------------------------------------------------------
+# RelativeAttention: MaxViT's self-attention within groups of positions, with a learned bias per
+# relative position (not in torch: model.py then defines a small class of its own, torchvision's
+# RelativePositionalMultiHeadAttention written out, with its weights under torchvision's names)
+
+RELATIVE_ATTENTION = '''class RelativeAttention(nn.Module):
+    """Self-attention within each group of [B, G, P, D] (MaxViT): the P positions of a group
+    are a size x size window (P = size^2), and each head adds a learned bias per relative
+    position. As torchvision's, the keys are scaled by D^-0.5 (the features, not a head's)."""
+
+    def __init__(self, feat_dim, head_dim, max_seq_len):
+        super().__init__()
+        self.n_heads = feat_dim // head_dim
+        self.head_dim = head_dim
+        self.size = int(round(max_seq_len**0.5))
+        self.max_seq_len = max_seq_len
+        self.to_qkv = nn.Linear(feat_dim, self.n_heads * head_dim * 3)
+        self.scale_factor = feat_dim**-0.5
+        self.merge = nn.Linear(self.n_heads * head_dim, feat_dim)
+        table = torch.zeros((2 * self.size - 1) ** 2, self.n_heads)
+        self.relative_position_bias_table = nn.Parameter(nn.init.trunc_normal_(table, std=0.02))
+        grid = torch.meshgrid(torch.arange(self.size), torch.arange(self.size), indexing="ij")
+        coords = torch.stack(grid).flatten(1)
+        relative = coords[:, :, None] - coords[:, None, :]  # [2, P, P]
+        index = (relative[0] + self.size - 1) * (2 * self.size - 1) + relative[1] + self.size - 1
+        self.register_buffer("relative_position_index", index)
+
+    def position_bias(self):
+        """[1, heads, P, P]: the learned bias of each pair's relative position."""
+        p = self.max_seq_len
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        return bias.view(p, p, -1).permute(2, 0, 1).unsqueeze(0)
+
+    def forward(self, x):
+        batch, groups, positions, features = x.shape
+        heads, head_dim = self.n_heads, self.head_dim
+        q, k, v = torch.chunk(self.to_qkv(x), 3, dim=-1)
+        q = q.reshape(batch, groups, positions, heads, head_dim).permute(0, 1, 3, 2, 4)
+        k = k.reshape(batch, groups, positions, heads, head_dim).permute(0, 1, 3, 2, 4)
+        v = v.reshape(batch, groups, positions, heads, head_dim).permute(0, 1, 3, 2, 4)
+        attn = q.matmul((k * self.scale_factor).transpose(-2, -1))  # [B, G, heads, P, P]
+        attn = torch.softmax(attn + self.position_bias(), dim=-1)
+        out = attn.matmul(v).permute(0, 1, 3, 2, 4).reshape(batch, groups, positions, features)
+        return self.merge(out)'''
+
+
+class RelativeAttentionParams(Params):
+    head_dim: int = count(N_("a positive int that divides the features (the last dim)"))
+
+
+def window_side(positions: int) -> int:
+    """The side of a square window of this many positions (0 where there is none)."""
+    side = math.isqrt(positions)
+    return side if side * side == positions else 0
+
+
+def relative_attention_infer(p: RelativeAttentionParams, xs: list[Tensor]) -> Tensor:
+    need_rank(xs[0], (3,), "[G, P, D]")
+    groups, positions, features = xs[0].shape
+    heads_check(features, p.head_dim, "head_dim")
+    if not window_side(positions):
+        raise LayerError(
+            msg(
+                "{positions} positions per group are not a square window (P = size x size)",
+                positions=positions,
+            )
+        )
+    return as_float(xs[0])
+
+
+def relative_attention_count(p: RelativeAttentionParams, xs: list[Tensor]) -> int:
+    _, positions, d = xs[0].shape
+    side = window_side(positions)
+    return 3 * d * d + 3 * d + d * d + d + (2 * side - 1) ** 2 * (d // p.head_dim)
+
+
+def relative_attention_macs(p: RelativeAttentionParams, xs: list[Tensor], y: Tensor) -> int:
+    """Q, K, V and output projections of every position (4 T D^2), and each position's scores
+    and mixing within its group of P (2 T P D)."""
+    _, positions, d = xs[0].shape
+    return 4 * numel(xs[0].shape[:2]) * d * d + 2 * numel(xs[0].shape[:2]) * positions * d
+
+
+def relative_attention_module(p: RelativeAttentionParams, xs: list[Tensor]) -> str:
+    _, positions, features = xs[0].shape
+    return call("RelativeAttention", features, p.head_dim, positions)
+
+
+def relative_attention_explain(p: RelativeAttentionParams, xs: list[Tensor], y: Tensor) -> Message:
+    groups, positions, features = xs[0].shape
+    side = window_side(positions)
+    return msg(
+        "{shape}: {groups} groups of {side} x {side} positions, {heads} heads of {head_dim}",
+        shape=shape_text(xs[0].shape),
+        groups=groups,
+        side=side,
+        heads=features // p.head_dim,
+        head_dim=p.head_dim,
+    )
+
+
+def relative_attention_fitted(shape: Shape) -> dict[str, Any]:
+    """A new relative attention: heads of up to 8 features that divide the last dim."""
+    return {"head_dim": fitting_divisor(shape[-1], 8)}
+
+
+RELATIVE_ATTENTION_SPEC = LayerSpec(
+    name="RelativeAttention",
+    category="Attention",
+    description=N_(
+        "MaxViT's self-attention: the positions of each group (a square window or a grid of"
+        " the map) attend to each other, with a learned bias for each relative position."
+    ),
+    formula=N_(
+        "per group: softmax(Q (K / sqrt(D))^T + B) V, per head, D the features, B a learned"
+        " bias per relative position"
+    ),
+    params=RelativeAttentionParams,
+    infer=relative_attention_infer,
+    starter={"head_dim": 4},
+    count_params=relative_attention_count,
+    macs=relative_attention_macs,
+    module=relative_attention_module,
+    explain=relative_attention_explain,
+    key_params=("head_dim",),
+    helper=("RelativeAttention", RELATIVE_ATTENTION),
+    fitted_starter=relative_attention_fitted,
+    examples=(Example((3, 4, 8), {"head_dim": 4}),),
+    shapes="[G, P, D] -> [G, P, D]; P a square (size x size), head_dim divides D",
+)
+
 ENTRIES = (
     MULTIHEAD_ATTENTION,
     TRANSFORMER_ENCODER_LAYER,
     POSITIONAL_ENCODING_SPEC,
     WINDOW_ATTENTION_SPEC,
+    RELATIVE_ATTENTION_SPEC,
 )
