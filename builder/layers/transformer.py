@@ -677,7 +677,7 @@ def relative_attention_macs(p: RelativeAttentionParams, xs: list[Tensor], y: Ten
 
 def relative_attention_module(p: RelativeAttentionParams, xs: list[Tensor]) -> str:
     _, positions, features = xs[0].shape
-    return call("RelativeAttention", features, p.head_dim, positions)
+    return call("RelativeAttention", features, head_dim=p.head_dim, max_seq_len=positions)
 
 
 def relative_attention_explain(p: RelativeAttentionParams, xs: list[Tensor], y: Tensor) -> Message:
