@@ -1144,18 +1144,23 @@ def stop_run(
         return _info(folder)
 
 
-def _escalate(folder: Path, grace: float, kill_grace: float) -> None:
-    """The stop flag is set; SIGTERM after grace, SIGKILL after kill_grace, then record it. A
-    run on a Ray cluster has its actor killed after grace instead, at once while Ray still holds
-    it for a node (its trainer has not started: there is nothing to save)."""
+def _escalate(folder: Path, grace: float, kill_grace: float, record: bool = True) -> None:
+    """The stop flag is set; SIGTERM after grace, SIGKILL after kill_grace, then record it
+    (`record` False: the caller holds the run's lock and deletes the folder). A run on a Ray
+    cluster has its actor killed after grace instead, at once while Ray still holds it for a
+    node (its trainer has not started: there is nothing to save)."""
     status = store.read_status(folder)
+    trainer = _trainer_of(status)
     entry = cluster.record(status)
     if entry is not None:
         unstarted = status.get("status") == "queued"
         cluster.cancel(entry, 0.0 if unstarted else grace)
-        if unstarted and store.read_status(folder).get("status") == "queued":
-            store.update_status(folder, status="stopped", message=msg("stopped before it started"))
-        _record_forced_stop(folder)
+        if not record:
+            return
+        if unstarted:
+            _record_forced_stop(folder, trainer, msg("stopped before it started"))
+        else:
+            _record_forced_stop(folder, trainer)
         return
     process = _process(status.get("pid"), status.get("pid_started"))
     if process is None or process.pid == os.getpid():  # a trainer in this process: the flag
@@ -1174,15 +1179,39 @@ def _escalate(folder: Path, grace: float, kill_grace: float) -> None:
                 child.send_signal(number)
         if _ended(process, wait):
             break
-    _record_forced_stop(folder)
+    if record:
+        _record_forced_stop(folder, trainer)
 
 
-def _record_forced_stop(folder: Path) -> None:
-    """A trainer ended without recording its end: the run is stopped, its checkpoint kept."""
-    if store.read_status(folder).get("status") in ACTIVE:
-        store.update_status(
-            folder, status="stopped", message=_forced_stop_message(store.read_status(folder))
-        )
+def _trainer_of(status: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """Which trainer a status.json speaks of: its pid and start time, or its Ray actor."""
+    return status.get("pid"), status.get("pid_started"), (cluster.record(status) or {}).get("actor")
+
+
+def _record_forced_stop(
+    folder: Path, trainer: tuple[Any, Any, Any], message: Message | None = None
+) -> None:
+    """A trainer ended without recording its end: the run is stopped, its checkpoint kept. Not
+    if the run was resumed meanwhile (its status then names another trainer, or none yet):
+    a Stop's late escalation must not stop the next trainer, as it did to a quick Resume on a
+    loaded machine. Checked and written under the run's lock, which Resume holds too."""
+    with _lock_waited(folder):
+        status = store.read_status(folder)
+        if status.get("status") in ACTIVE and _trainer_of(status) == trainer:
+            store.update_status(
+                folder, status="stopped", message=message or _forced_stop_message(status)
+            )
+
+
+@contextlib.contextmanager
+def _lock_waited(folder: Path) -> Iterator[None]:
+    """The run's lock (as _locked takes it), waited for rather than refused."""
+    handle = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)
 
 
 def _ended(process: psutil.Process, seconds: float) -> bool:
@@ -1225,7 +1254,7 @@ def delete_run(runs_dir: Path, run_id: str, kill_grace: float = KILL_GRACE_SECON
         status = _info(folder).status
         if status in ("running", "stopping"):
             (folder / store.STOP_FILE).touch()
-            _escalate(folder, 0.0, kill_grace)
+            _escalate(folder, 0.0, kill_grace, record=False)
         shutil.rmtree(folder)
     _in_background(_fill_slots, root)  # its memory, slot or place in line goes to the others
 

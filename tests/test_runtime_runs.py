@@ -738,3 +738,18 @@ print(info.status, info.step)
     assert launched.returncode == 0, output.read_text()[-2000:]
     status, step = output.read_text().split()[-2:]
     assert status == "completed" and int(step) > 0
+
+
+def test_a_stops_late_escalation_leaves_the_run_alone_once_it_was_resumed(tmp_path: Path):
+    """Stop, then Resume before the Stop's escalation thread records its forced stop (seen on
+    a loaded machine with a Ray run): the resumed run must stay queued, not read as stopped."""
+    runs = runs_module
+    folder = create_run(tmp_path, lstm(), CONFIG)
+    store.update_status(folder, status="running", pid=111, pid_started=1.0)
+    stopped_trainer = runs._trainer_of(store.read_status(folder))
+    store.update_status(folder, status="queued", pid=None, pid_started=None)  # resumed
+    runs._record_forced_stop(folder, stopped_trainer)
+    assert store.read_status(folder)["status"] == "queued"
+    store.update_status(folder, status="running", pid=111, pid_started=1.0)  # not resumed
+    runs._record_forced_stop(folder, stopped_trainer)
+    assert store.read_status(folder)["status"] == "stopped"
