@@ -586,12 +586,13 @@ def _uploaded_dataset(analysis: Analysis) -> tuple[Dataset | None, Upload | None
     return dataset, Upload(file.name, data, label, tuple(chosen.items()))
 
 
-def _remembered(key: str, value: Any) -> str:
+def _remembered(key: str, value: Any, resend: bool = False) -> str:
     """A widget key whose value survives a visit to another page (Streamlit drops widget state
     of pages not shown): it starts from the last configuration this session used (a setting
     that was off, None in TrainConfig, starts from `value`: 0 for off).
 
-    Its value is set on every run, so that each run sends it to the browser: a number input
+    A number input's value (`resend`) is set on every run, so that each run sends it to the
+    browser (selectboxes are left alone: AppTest cannot read a re-sent translated one): a number input
     the browser draws anew otherwise shows its default, 0, and sends that back on the next
     click (seen on a loaded machine after a one-click fix: learning rate, epochs and batch size
     all 0, and Start disabled)."""
@@ -599,7 +600,7 @@ def _remembered(key: str, value: Any) -> str:
     if widget not in st.session_state:
         last = st.session_state.get(state.TRAIN_SETTINGS, {}).get(key)
         st.session_state[widget] = value if last is None else last
-    else:  # set again: the page then sends the value itself, not only the widget's default
+    elif resend:  # set again: the page then sends the value itself, not only the widget's default
         st.session_state[widget] = st.session_state[widget]
     return widget
 
@@ -673,7 +674,7 @@ def _number_field(slot: Any, field: NumberField, default: Any) -> tuple[Any, Mes
         translate(field.label),
         step=field.step,
         format=field.format,
-        key=_remembered(field.name, default),
+        key=_remembered(field.name, default, resend=True),
         help=field.help,
     )
     problem = setting_problem(field.name, setting_value(field, value), field.off)
