@@ -229,14 +229,7 @@ def _step(args: argparse.Namespace) -> int:
         return _fail(msg("{path}: {problem}", path=args.graph, problem=exc.text), 2)
     analysis = analyse(graph)
     if not analysis.ok:
-        return _fail(
-            msg(
-                "the graph has {count} error(s), first: {first}",
-                count=len(analysis.errors),
-                first=analysis.errors[0].message,
-            ),
-            1,
-        )
+        return _fail(runs.graph_errors(analysis), 1)
     run_dir, run_config = None, TrainConfig()
     if args.from_run:
         run_dir = Path(args.from_run)

@@ -55,7 +55,7 @@ from typing import Any, Literal
 import psutil
 
 from builder.graph import Graph, dump_graph, load_graph
-from compiler.analysis import analyse
+from compiler.analysis import Analysis, analyse
 from compiler.codegen import generate_source, identifier
 from i18n import N_, Message, msg
 from runtime import store
@@ -131,6 +131,15 @@ class RunInfo:
 # Creating and starting runs
 
 
+def graph_errors(analysis: Analysis) -> Message:
+    """Why a graph that does not check cannot be trained: how many errors, and the first."""
+    return msg(
+        "the graph has {count} error(s), first: {first}",
+        count=len(analysis.errors),
+        first=analysis.errors[0].message,
+    )
+
+
 def create_run(
     runs_dir: Path,
     graph: Graph,
@@ -145,13 +154,7 @@ def create_run(
     """
     analysis = analyse(graph)
     if not analysis.ok:
-        raise RunError(
-            msg(
-                "the graph has {count} error(s), first: {first}",
-                count=len(analysis.errors),
-                first=analysis.errors[0].message,
-            )
-        )
+        raise RunError(graph_errors(analysis))
     too_big = sizing.check_could_ever_fit(
         graph, analysis, config.batch_size, config.optimizer, config.device
     )
