@@ -214,9 +214,20 @@ def gan_loop(config: TrainConfig, runs: Path, graph: Graph) -> list[float]:
     folder = create_run(runs, graph, config)
     result = train_run(folder)
     assert result.status == "completed", result.message
-    records, _ = read_records(folder / METRICS_FILE)
-    ends = [r["time"] for r in records if r["kind"] == "epoch"]
+    ends = [r["time"] for r in all_records(folder / METRICS_FILE) if r["kind"] == "epoch"]
     return [b - a for a, b in zip(ends, ends[1:], strict=False)]
+
+
+def all_records(path: Path) -> list[dict]:
+    """Every record of a run, read offset by offset (one read returns at most 4 MB, and a run
+    with attention maps on every step writes more)."""
+    records, offset = [], 0
+    while True:
+        more, next_offset = read_records(path, offset)
+        records += more
+        if next_offset == offset:
+            return records
+        offset = next_offset
 
 
 @dataclass(frozen=True)
@@ -271,8 +282,7 @@ def our_loop(case: Case, runs: Path, graph: Graph, **changes: object) -> list[fl
     folder = create_run(runs, graph, case.config.model_copy(update=changes))
     result = train_run(folder)
     assert result.status == "completed", result.message
-    records, _ = read_records(folder / METRICS_FILE)
-    ends = [r["time"] for r in records if r["kind"] == "epoch"]
+    ends = [r["time"] for r in all_records(folder / METRICS_FILE) if r["kind"] == "epoch"]
     return [b - a for a, b in zip(ends, ends[1:], strict=False)]
 
 
