@@ -863,7 +863,8 @@ def explain_loss(record: StepRecord) -> Explanation:
                 "z = [" + ", ".join(map(number, z.tolist()[: SHOWN_TERMS * 2])) + "]",
             ]
         lines.append(msg("averaged over {count} values", count=diff.numel()))
-    lines.append(f"L = {number(value)}")
+    if name != "vae":  # (the VAE's last line already ends "= L")
+        lines.append(f"L = {number(value)}")
     return Explanation(title, lines, value, record.loss_before)
 
 

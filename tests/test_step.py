@@ -566,6 +566,9 @@ def test_the_vae_loss_written_out_gives_torchs_loss() -> None:
     )
     assert "KL = −0.5·Σ(1 + logvar − mu² − e^logvar)" in text and "KL(z) = " in text
     assert "z: mu = [" in text and "Σ BCE = " in text
+    totals = [line for line in explained.lines if isinstance(line, str) and line.startswith("L =")]
+    assert totals[0] == "L = (Σ BCE(ŷ, x) + Σ KL) / B"  # the formula, then its numbers, once
+    assert len(totals) == 2 and totals[1] == explained.lines[-1] and " / " in totals[1]
     assert all(line.render("zh") for line in explained.lines if not isinstance(line, str))
 
 
