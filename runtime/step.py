@@ -34,7 +34,7 @@ from torch import nn
 
 from compiler.analysis import Analysis, loss_of
 from compiler.codegen import attribute_names, generate_source
-from i18n import Message, msg
+from i18n import Message, msg, render
 from runtime import store
 from runtime.datasets import Dataset
 from runtime.loop import compute_loss, has_batch_statistics, make_optimizer, resolved_loss
@@ -471,7 +471,8 @@ def _sum_text(terms: list[tuple[float, float]]) -> str:
     text = " + ".join(parts)
     rest = [terms[i][0] * terms[i][1] for i in order[SHOWN_TERMS:]]
     if rest:
-        text += f" + (… {len(rest)} more = {number(math.fsum(rest))})"
+        rest_text = msg("(… {count} more = {sum})", count=len(rest), sum=number(math.fsum(rest)))
+        text += " + " + render(rest_text)  # in the reader's language, as the sentences are
     return text
 
 

@@ -13,6 +13,7 @@ from streamlit.testing.v1 import AppTest
 from builder.graph import dump_graph, parse_graph
 import i18n
 from i18n import translate
+from pages.parts.step_view import statistics_text
 from runtime import store
 from runtime.datasets import load_dataset
 from runtime.runs import create_run
@@ -196,3 +197,10 @@ def test_a_run_that_recorded_no_feature_maps_shows_them_from_its_weights(home: P
     assert not app.exception
     shown = figure(app, "conv sees (from the run's latest weights)")
     assert len([t for t in shown["data"] if t["type"] == "heatmap"]) == 3  # its 3 channels
+
+
+def test_a_nodes_three_numbers_are_written_short() -> None:
+    """min · mean · max in the shorter of the two notations, the exponent unpadded."""
+    values = torch.tensor([-0.0014, -0.00012, 0.0015], dtype=torch.float64)
+    assert statistics_text(values, 2) == "-0.0014 · -6.7e-6 · 0.0015"
+    assert statistics_text(torch.tensor([2.98e-9, 0.5, 3e21]), 3) == "2.98e-9 · 1e+21 · 3e+21"

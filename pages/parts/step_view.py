@@ -13,6 +13,7 @@ convolution feature maps recorded during training or computed from its weights.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,9 @@ FROM_SEED = "__seed__"
 MAX_CHANNELS = 8  # channel maps shown side by side
 MAP_HEIGHT = 230
 MIN_ZOOM = 0.75  # the nodes' numbers stay readable; a bigger graph is panned, not shrunk
+# Wider than the live graph's nodes: three numbers such as "∇ -0.0014 · -2.3e-5 · 0.0015" fit
+# on one line (the live graph's columns, 204 px apart, leave room for it).
+NODE_WIDTH = 180
 ROW_STRETCH = 1.35  # the live graph's rows drawn further apart: these nodes hold more numbers
 _WALK = "step-walk"
 _STAGE = "step-stage"
@@ -148,7 +152,15 @@ def statistics_text(tensor: torch.Tensor | None, digits: int = 4) -> str:
         return "–"
     values = tensor.detach().double()
     low, mean, high = float(values.min()), float(values.mean()), float(values.max())
-    return " · ".join(f"{value:.{digits}g}" for value in (low, mean, high))
+    return " · ".join(short_number(value, digits) for value in (low, mean, high))
+
+
+def short_number(value: float, digits: int) -> str:
+    """`digits` significant digits in the shorter of the two ways to write them, the exponent
+    without padding: 0.0015, 1.2e-4 (not 0.00012), -2.3e-5 (not -2.3e-05); a node's three
+    numbers fit on one line of its face."""
+    ways = (f"{value:.{digits}g}", f"{value:.{digits - 1}e}")
+    return min((re.sub(r"e([+-])0+(\d)", r"e\1\2", way) for way in ways), key=len)
 
 
 def node_faces(analysis: Analysis, record: StepRecord, stage: str) -> dict[str, Any]:
@@ -215,6 +227,13 @@ def map_figure(values: torch.Tensor, title: str, diverging: bool = False) -> go.
         height=MAP_HEIGHT,
         margin={"l": 10, "r": 10, "t": 50, "b": 10},
     )
+    return without_grid(fig)
+
+
+def without_grid(fig: go.Figure) -> go.Figure:
+    """No grid lines or tick marks over or beside the maps: a map's own cells are its grid."""
+    fig.update_xaxes(showgrid=False, zeroline=False, ticks="")
+    fig.update_yaxes(showgrid=False, zeroline=False, ticks="")
     return fig
 
 
@@ -243,7 +262,7 @@ def window_figure(source: torch.Tensor, explained: Explanation, title: str) -> g
         height=MAP_HEIGHT + 40,
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
     )
-    return fig
+    return without_grid(fig)
 
 
 def default_element(shape: tuple[int, ...], values: torch.Tensor) -> tuple[int, ...]:
@@ -374,7 +393,7 @@ def _walk_view(
                 "fit": _fit_count(),
                 "height": step_canvas_height(analysis),
                 "min_zoom": MIN_ZOOM,
-                "node_width": live_graph.NODE_WIDTH,
+                "node_width": NODE_WIDTH,
             },
             key="step-canvas",
         )
