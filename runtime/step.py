@@ -545,9 +545,15 @@ def _grid(ranges: list[range]) -> list[tuple[int, ...]]:
 
 
 def explain_output(
-    record: StepRecord, node_id: str, index: tuple[int, ...], sample: int = 0
+    record: StepRecord,
+    node_id: str,
+    index: tuple[int, ...],
+    sample: int = 0,
+    shown_as: int | None = None,
 ) -> Explanation:
-    """The formula of one output element of a node (index within one sample) with its numbers."""
+    """The formula of one output element of a node (index within one sample) with its numbers.
+    `shown_as` is the number the reader knows the sample by (its place in the dataset); without
+    it, its place in the batch, counted from 1."""
     trace = record.nodes[node_id]
     torch_value = float(trace.output[(sample, *index)])
     title = msg(
@@ -555,7 +561,7 @@ def explain_output(
         node=node_id,
         kind=trace.type,
         index=_index_text(index),
-        sample=sample + 1,
+        sample=sample + 1 if shown_as is None else shown_as,
     )
     module = record.modules.get(node_id)
     if isinstance(module, (nn.Conv1d, nn.Conv2d)):

@@ -106,11 +106,13 @@ def test_each_stage_is_written_out_in_the_readers_language(
 
 def test_the_forward_stage_draws_the_picked_layers_output_and_the_window(home: Path) -> None:
     app = opened(home)
-    assert figure(app, "conv: output for sample 1")
+    app.number_input(key="step-first").set_value(5).run()
+    assert figure(app, "conv: output for sample 5")  # as the sample's caption names it
     assert figure(app, "the window it reads on image")
     app.number_input(key="step-element-conv-0-3").set_value(2).run()  # channel 2
     record = walk(app).record
     assert record is not None and "output [2, " in page_text(app)
+    assert walk(app).index == 5 and " of sample 5" in page_text(app)
 
 
 def test_a_click_on_a_node_picks_the_layer_the_detail_explains(home: Path) -> None:
@@ -118,7 +120,7 @@ def test_a_click_on_a_node_picks_the_layer_the_detail_explains(home: Path) -> No
     app.session_state["step-canvas"] = {"pick": "fc", "seq": 1}  # what the canvas sends
     app.run()
     assert app.selectbox(key="step-forward-node").value == "fc"
-    assert figure(app, "fc: output for sample 1")
+    assert figure(app, "fc: output for sample 0")  # the first sample, as its caption says
     app.selectbox(key="step-forward-node").set_value("relu").run()  # the same click: not again
     assert app.selectbox(key="step-forward-node").value == "relu"
     app.button_group(key="step-stage").set_value("backward").run()

@@ -406,11 +406,11 @@ def _walk_view(
         )
     with detail_column:
         if stage == "forward":
-            _forward(record)
+            _forward(record, walk.index)  # the batch's first sample, as its caption names it
         elif stage == "loss":
             _loss(record)
         elif stage == "backward":
-            _backward(record)
+            _backward(record, walk.index)
         else:
             _update(record)
 
@@ -546,7 +546,7 @@ def _dimension_names(shape: tuple[int, ...]) -> list[str]:
     return [_("dimension {n}", n=d) for d in range(len(shape))]
 
 
-def _forward(record: StepRecord) -> None:
+def _forward(record: StepRecord, first: int) -> None:
     order = [n for n in record.nodes if record.nodes[n].type not in ("Input",)]
     default = next((n for n in order if record.nodes[n].type.startswith("Conv")), order[0])
     node = st.selectbox(
@@ -557,7 +557,7 @@ def _forward(record: StepRecord) -> None:
         key="step-forward-node",
     )
     trace = record.nodes[node]
-    title = _("{node}: output for sample 1, min · mean · max {stats}", node=node,
+    title = _("{node}: output for sample {n}, min · mean · max {stats}", node=node, n=first,
               stats=statistics_text(trace.output[0]))  # fmt: skip
     st.plotly_chart(map_figure(trace.output[0], title), key="step-forward-map")
     if trace.type == "Output":
@@ -565,7 +565,7 @@ def _forward(record: StepRecord) -> None:
     element = _element_picker(
         trace.shape, default_element(trace.shape, trace.output[0]), f"step-element-{node}"
     )
-    explained = explain_output(record, node, element)
+    explained = explain_output(record, node, element, shown_as=first)
     _explanation(explained)
     if explained.window is not None:
         source = record.inputs[node][0]
@@ -605,7 +605,7 @@ def _weight_picker(record: StepRecord) -> tuple[str | None, tuple[int, ...]]:
     return name, _element_picker(shape, default, f"step-windex-{name}")
 
 
-def _backward(record: StepRecord) -> None:
+def _backward(record: StepRecord, first: int) -> None:
     order = list(reversed(list(record.nodes)))
     node = st.selectbox(
         _("Gradient at"),
@@ -617,8 +617,8 @@ def _backward(record: StepRecord) -> None:
     if trace.grad is None:
         st.info(_("No gradient reaches {node} (token ids are not differentiable).", node=node))
     else:
-        title = _("∂L/∂y at {node} for sample 1, min · mean · max {stats}", node=node,
-                  stats=statistics_text(trace.grad[0]))  # fmt: skip
+        title = _("∂L/∂y at {node} for sample {n}, min · mean · max {stats}", node=node,
+                  n=first, stats=statistics_text(trace.grad[0]))  # fmt: skip
         st.plotly_chart(map_figure(trace.grad[0], title, diverging=True), key="step-grad-map")
     name, index = _weight_picker(record)
     if name is not None:
