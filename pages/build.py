@@ -512,7 +512,8 @@ def canvas_args(graph: Graph, analysis: Analysis, selected: str | None) -> dict[
 
 
 def draw_canvas(graph: Graph, analysis: Analysis, selected: str | None) -> None:
-    graph_canvas(canvas_args(graph, analysis, selected), key=CANVAS_KEY)
+    name = _("Network canvas: drag a layer to move it, drag from a handle to connect two layers")
+    graph_canvas(canvas_args(graph, analysis, selected), key=CANVAS_KEY, name=name)
 
 
 # ---------------------------------------------------------------------------------------------

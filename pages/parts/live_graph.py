@@ -183,6 +183,7 @@ def render(graph: Graph, series: RunSeries, key: str, coloured: bool = True) -> 
             "node_width": NODE_WIDTH,
         },
         key=key,
+        name=_("The network during training (read-only), each layer coloured by its gradients"),
     )
     for node, health in report.items():
         for alarm in health.alarms:

@@ -396,6 +396,9 @@ def _walk_view(
                 "node_width": NODE_WIDTH,
             },
             key="step-canvas",
+            name=_(
+                "Your network with this step's numbers (read-only): click a layer to explain it"
+            ),
         )
         take_pick(picked, record, stage)
         st.caption(_("Click a node to have it explained beside the canvas."))
@@ -467,10 +470,12 @@ def _samples(record: StepRecord, dataset: Dataset, index: int) -> None:
                 image = x.permute(1, 2, 0).double().cpu().numpy()
                 low, high = float(image.min()), float(image.max())
                 image = (image - low) / (high - low) if high > low else image * 0
+                caption = _("sample {n} · target {target}", n=index + offset, target=target)
                 st.image(
                     image if image.shape[2] == 3 else image[:, :, 0],
                     width=96,
-                    caption=_("sample {n} · target {target}", n=index + offset, target=target),
+                    caption=caption,
+                    alt=_("the picture of {caption}", caption=caption),  # what a reader says
                 )
                 continue
             if x.dtype == torch.int64:

@@ -300,6 +300,13 @@ def test_every_button_has_a_name_a_screen_reader_says_in_the_readers_language(
         for key, english in TOOLBAR_NAMES.items():
             expect(tool(page, key)).to_have_accessible_name(i18n.translate(english, lang))
             uncut(page, tool(page, key))
+        expect(page.locator(CANVAS)).to_have_accessible_name(  # not its title, a module path
+            i18n.translate(
+                "Network canvas: drag a layer to move it, drag from a handle to connect two"
+                " layers",
+                lang,
+            )
+        )
         tree = page.locator("body").aria_snapshot()
         buttons = [
             line.strip() for line in tree.splitlines() if line.strip().startswith("- button")

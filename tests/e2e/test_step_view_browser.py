@@ -158,6 +158,19 @@ def test_one_training_step_reads_forward_loss_backward_update_and_rewinds(
     expect(view).to_contain_text(sample_caption(SAMPLE, target, lang))
     expect(view).to_contain_text(step_caption(1, SAMPLE, lang))
     expect(stage(page, "Forward", lang)).to_be_checked()
+    expect(page.locator(CANVAS)).to_have_accessible_name(
+        translate(
+            "Your network with this step's numbers (read-only): click a layer to explain it", lang
+        )
+    )
+    expect(
+        view.get_by_role(
+            "img",
+            name=translate("the picture of {caption}", lang).format(
+                caption=sample_caption(SAMPLE, target, lang)
+            ),
+        )
+    ).to_be_visible()
 
     # Forward: the first convolution's output, on its node and for the element picked.
     c1 = first.nodes["c1"].output[0]

@@ -20,6 +20,7 @@ FRAME_TITLE = "pages.parts.flow_canvas.nb_canvas"
 _component = components.declare_component("nb_canvas", path=str(BUILD))
 
 
-def graph_canvas(state: dict[str, Any], key: str) -> Any:
-    """Draw the canvas; returns the last value it sent ({"events": [...]}), or None."""
-    return _component(state=state, key=key, default=None)
+def graph_canvas(state: dict[str, Any], key: str, name: str) -> Any:
+    """Draw the canvas; returns the last value it sent ({"events": [...]}), or None. `name` is
+    what a screen reader says for the frame (its aria-label; the title stays FRAME_TITLE)."""
+    return _component(state={**state, "frame_name": name}, key=key, default=None)

@@ -767,6 +767,15 @@ function Component() {
   }, []);
   const height = useRoomBelow(args ? args.height : 0, Boolean(args && !args.read_only));
   const sized = useMemo(() => (args && { ...args, height }), [args, height]);
+  const frameName = args ? args.frame_name : null;
+  useEffect(() => {
+    // What a screen reader says for the frame: its title is the component's module path.
+    try {
+      if (frameName) window.frameElement.setAttribute("aria-label", frameName);
+    } catch (error) {
+      // another origin's page: the frame keeps its title
+    }
+  }, [frameName]);
   useEffect(() => {
     if (args) setFrameHeight(height);
   }, [args && height]);
