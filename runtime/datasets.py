@@ -652,15 +652,7 @@ def _read_npz(filename: str, source: bytes | Path) -> tuple[np.ndarray, np.ndarr
             )
         headers = {key: _npy_header(filename, archive, names[key], key) for key in ("X", "y")}
         x_header, y_header = headers["X"], headers["y"]
-        if x_header.dtype.kind not in "biuf" or y_header.dtype.kind not in "biuf":
-            raise DatasetError(
-                msg(
-                    "{file}: X and y must be numeric arrays, got {x} and {y}",
-                    file=filename,
-                    x=str(x_header.dtype),
-                    y=str(y_header.dtype),
-                )
-            )
+        _check_numeric(filename, x_header.dtype, y_header.dtype)
         need = sum(h.nbytes + h.count * 8 for h in headers.values())  # as read, then as tensors
         sizes = msg(
             "{file} (X {x_shape} {x_dtype}, y {y_shape} {y_dtype})",
@@ -749,18 +741,23 @@ def _npy_data(
     return array.reshape(header.shape)
 
 
-def _from_arrays(
-    filename: str, x: np.ndarray, y: np.ndarray, class_names: tuple[str, ...] | None = None
-) -> Dataset:
-    if x.dtype.kind not in "biuf" or y.dtype.kind not in "biuf":
+def _check_numeric(filename: str, x: np.dtype, y: np.dtype) -> None:
+    """X and y hold numbers (bool, int, unsigned or float), as their headers or arrays say."""
+    if x.kind not in "biuf" or y.kind not in "biuf":
         raise DatasetError(
             msg(
                 "{file}: X and y must be numeric arrays, got {x} and {y}",
                 file=filename,
-                x=str(x.dtype),
-                y=str(y.dtype),
+                x=str(x),
+                y=str(y),
             )
         )
+
+
+def _from_arrays(
+    filename: str, x: np.ndarray, y: np.ndarray, class_names: tuple[str, ...] | None = None
+) -> Dataset:
+    _check_numeric(filename, x.dtype, y.dtype)
     if x.ndim < 2:
         raise DatasetError(
             msg(
