@@ -1300,10 +1300,51 @@ def _getitem(walk: Walk, node: fx.Node) -> Layer | Stack | Value:
     if isinstance(value, str) and items == [slice(None), -1]:
         return Layer("SequencePool", {"mode": "last"}, (value,))
     if isinstance(value, str) and len(items) == 2 and items[0] == slice(None):
-        return _one_position(node, value, items[1])
+        if not isinstance(items[1], slice):
+            return _one_position(node, value, items[1])
+    if (
+        isinstance(value, str)
+        and items
+        and all(isinstance(i, slice) or i is Ellipsis for i in items)
+    ):
+        return _slices(node, value, items)
     raise NotMappable(
         msg("indexing with [{index}]; x[:, -1] (the last time step) maps", index=repr(index))
     )
+
+
+def _slices(node: fx.Node, value: str, items: list[Any]) -> Stack:
+    """x[:, a:b:s, ...] (Python's slices, an Ellipsis standing for the dims it skips): a Slice
+    for each dim cut, in order; the batch dim is never cut."""
+    rank = len(node.args[0].meta["shape"])
+    if items.count(Ellipsis) > 1 or len(items) - items.count(Ellipsis) > rank:
+        raise NotMappable(msg("indexing with [{index}]", index=repr(tuple(items))))
+    if Ellipsis in items:
+        at = items.index(Ellipsis)
+        items = items[:at] + [slice(None)] * (rank - len(items) + 1) + items[at + 1 :]
+    cuts = [(dim, cut) for dim, cut in enumerate(items) if cut != slice(None)]
+    bounds_ok = all(
+        all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in bounds)
+        for _, cut in cuts
+        for bounds in [(cut.start, cut.stop, cut.step)]
+    )
+    if not cuts or cuts[0][0] == 0 or not bounds_ok or any((c.step or 1) < 1 for _, c in cuts):
+        raise NotMappable(
+            msg(
+                "indexing with [{index}]; slices with whole-number bounds and a positive step"
+                " of the dims after the batch map (x[:, 1:], x[..., ::2])",
+                index=repr(tuple(items)),
+            )
+        )
+    layers = tuple(
+        Layer(
+            "Slice",
+            {"dim": dim, "start": cut.start or 0, "stop": cut.stop, "step": cut.step or 1},
+            (),
+        )
+        for dim, cut in cuts
+    )
+    return Stack(value, layers)
 
 
 def _one_position(node: fx.Node, value: str, index: Any) -> Stack:

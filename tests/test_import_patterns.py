@@ -5,6 +5,7 @@ with the original's weights, computes the original's outputs (PyTorch is the jud
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -634,3 +635,60 @@ def test_torchvision_vision_transformer_round_trips() -> None:
                               num_classes=5).eval()  # fmt: skip
     types = round_trips(model, (3, 16, 16))
     assert types.count("LearnedConstant") == 1 and "MultiheadAttention" in types
+
+
+# ---------------------------------------------------------------------------------------------
+# Python's slices of a tensor: x[:, 1:], x[..., ::2]
+
+
+class EveryOtherColumn(nn.Module):
+    """A space-to-depth written with slices (YOLOv5's Focus), then a convolution."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(12, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        quarters = [x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]]
+        return self.conv(torch.cat(quarters, 1))
+
+
+class DropTheFirstToken(nn.Module):
+    """The tokens after a class token (x[:, 1:]), a window of features (x[:, :, 2:-2]) and the
+    first half of the channels (x[:, :4])."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(12, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x[:, 1:][:, :, 2:-2][:, :4].mean(1))
+
+
+@pytest.mark.parametrize(
+    ("model", "shape", "slices"),
+    [(EveryOtherColumn, (3, 8, 10), 8), (DropTheFirstToken, (6, 16), 3)],
+)
+def test_slices_of_a_tensor_are_slice_layers(model: type, shape: tuple, slices: int) -> None:
+    torch.manual_seed(0)
+    types = round_trips(model().eval(), shape)
+    assert types.count("Slice") == slices
+
+
+@pytest.mark.parametrize(
+    ("index", "said"),
+    [
+        (lambda x: x[1:], "indexing with"),  # the batch dim
+        (lambda x: x[:, torch.tensor([0, 2])], "indexing with"),  # by a tensor of positions
+    ],
+)
+def test_a_slice_of_the_batch_or_by_a_tensor_is_refused_with_a_sentence(
+    index: Callable[[torch.Tensor], torch.Tensor], said: str
+) -> None:
+    class Indexed(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return index(x)
+
+    result = import_model(Indexed(), (4, 5), "float32")
+    assert result.graph is None
+    assert any(said in str(problem) for problem in result.problems), result.problems
