@@ -9,6 +9,8 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
+import i18n
+
 settings.register_profile(
     "ci",
     max_examples=300,
@@ -58,3 +60,13 @@ def as_in_a_trainer() -> Callable[[], contextlib.AbstractContextManager[None]]:
     """Torch's thread count as in a trainer process, for weights compared bit for bit with a
     run's (a float sum can round differently when split over another number of threads)."""
     return lambda: _torch_threads(TRAINER_THREADS)
+
+
+@pytest.fixture(autouse=True)
+def _no_language_left_set() -> Iterator[None]:
+    """A command run in-process (`runtime.__main__.main([...])`) sets this thread's language, as
+    it should for a command; each test starts and ends with none set here, so a page test after
+    it reads its reader's language (a Chinese selectbox read in English failed otherwise)."""
+    i18n.set_language(None)
+    yield
+    i18n.set_language(None)
