@@ -1197,7 +1197,10 @@ def _record_forced_stop(
     """A trainer ended without recording its end: the run is stopped, its checkpoint kept. Not
     if the run was resumed meanwhile (its status then names another trainer, or none yet):
     a Stop's late escalation must not stop the next trainer, as it did to a quick Resume on a
-    loaded machine. Checked and written under the run's lock, which Resume holds too."""
+    loaded machine. Checked and written under the run's lock, which Resume holds too (not taken
+    where the trainer recorded its own end, the usual case: a Resume then is never told "busy")."""
+    if store.read_status(folder).get("status") not in ACTIVE:
+        return
     with _lock_waited(folder):
         status = store.read_status(folder)
         if status.get("status") in ACTIVE and _trainer_of(status) == trainer:

@@ -3,6 +3,7 @@ only sleeps, waiting on a run's status, and the fixture that leaves no run or tr
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -58,6 +59,21 @@ def wait_for(condition: Callable[[], bool], seconds: float = DEADLINE) -> None:
 
 def status_of(runs_dir: Path, run_id: str) -> str:
     return read_run(runs_dir, run_id).status
+
+
+def stopped_and_let_go(runs_dir: Path, run_id: str) -> bool:
+    """The run reads stopped and no action holds it: a Stop's escalation records the forced stop
+    under the run's lock, and a Resume in that instant is told the run is busy (as it should)."""
+    if status_of(runs_dir, run_id) != "stopped":
+        return False
+    handle = os.open(runs_dir / run_id / runs_module.LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(handle)
 
 
 def sleeping_trainer(folder: Path) -> runs_module._Trainer:

@@ -31,6 +31,7 @@ from tests.poolkit import (  # noqa: F401  (the fixture applies to every test he
     nothing_outlives_its_test,
     sleeping_trainer,
     status_of,
+    stopped_and_let_go,
     wait_for,
 )
 from tests.modelkit import chain_graph
@@ -164,7 +165,7 @@ def test_a_run_that_could_never_fit_is_refused_at_start_and_at_resume(
     run = start_run(tmp_path, lstm(), LONG)
     wait_for(lambda: status_of(tmp_path, run) == "running")
     stop_run(tmp_path, run, grace=0)
-    wait_for(lambda: status_of(tmp_path, run) == "stopped")
+    wait_for(lambda: stopped_and_let_go(tmp_path, run))
     fake_memory(monkeypatch, cpu=claim(tmp_path, run) - 1)  # the machine has shrunk since
     with pytest.raises(RunError, match="could never start"):
         resume_run(tmp_path, run)
