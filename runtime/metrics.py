@@ -126,15 +126,14 @@ def activation_probe(
 
 def attention_layers(
     model: nn.Module, modules: dict[str, str], types: dict[str, str]
-) -> dict[str, nn.MultiheadAttention]:
+) -> dict[str, nn.Module]:
     """The attention module of each attention node (the catalog's ATTENTION_TYPES; an encoder
-    layer's is its self_attn)."""
+    layer's is its self_attn; a WindowAttention is its own)."""
     layers = {}
     for node_id, attribute in modules.items():
         if types[node_id] in ATTENTION_TYPES:
             module = getattr(model, attribute)
-            attention = module if isinstance(module, nn.MultiheadAttention) else module.self_attn
-            layers[node_id] = attention
+            layers[node_id] = getattr(module, "self_attn", module)
     return layers
 
 
@@ -175,7 +174,7 @@ def run_hooked(model: nn.Module, handles: list, example: torch.Tensor) -> None:
 
 
 def capture_attention(
-    model: nn.Module, layers: dict[str, nn.MultiheadAttention], example: torch.Tensor
+    model: nn.Module, layers: dict[str, nn.Module], example: torch.Tensor
 ) -> dict[str, torch.Tensor]:
     """Attention weights [heads, T, T] of each layer for one example (batch of 1), in eval mode,
     cut to the recorded budget (downsample_attention) as soon as they are computed.
@@ -183,6 +182,10 @@ def capture_attention(
     The generated code asks for no weights (it is faster), so each layer's call is repeated
     with need_weights=True from a forward hook. Gradients stay enabled because PyTorch's fused
     inference path for encoder layers would skip the hooked attention module altogether.
+
+    A WindowAttention (Swin) computes its weights itself, [windows, heads, N, N] going into its
+    attention_dropout: the first window's are kept (the map's top-left window, shifted windows
+    rolled as the layer rolls them).
     """
     captured: dict[str, torch.Tensor] = {}
 
@@ -194,8 +197,18 @@ def capture_attention(
 
         return observe
 
+    def window_hook(node_id: str):
+        def observe(dropout: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            captured[node_id] = downsample_attention(output[0].detach())
+
+        return observe
+
     handles = [
-        layer.register_forward_hook(hook(node_id), with_kwargs=True)
+        (
+            layer.register_forward_hook(hook(node_id), with_kwargs=True)
+            if isinstance(layer, nn.MultiheadAttention)
+            else layer.attention_dropout.register_forward_hook(window_hook(node_id))
+        )
         for node_id, layer in layers.items()
     ]
     run_hooked(model, handles, example)

@@ -169,6 +169,26 @@ def test_attention_maps_are_pytorchs_weights_per_head(layer: tuple[str, dict]):
         assert float(weights[:, mask].abs().max()) == 0.0
 
 
+@pytest.mark.parametrize("shift", [0, 1])
+def test_a_window_attentions_map_is_its_first_windows_weights_per_head(shift: int):
+    """Swin's WindowAttention records the first window's [heads, N, N] weights; unshifted, they
+    are softmax(q k^T / sqrt(d) + B) of the map's top-left window, computed here with torch."""
+    params = {"num_heads": 2, "window_size": 3, "shift_size": shift}
+    model, analysis = built(chain_graph([6, 6, 4], ("WindowAttention", params)))
+    layers = attention_layers(model, module_attributes(analysis), node_types(analysis))
+    x = torch.randn(1, 6, 6, 4)
+    weights = capture_attention(model, layers, x)["n1"]
+    assert weights.shape == (2, 9, 9) and model.training
+    assert torch.allclose(weights.sum(-1), torch.ones(2, 9), atol=1e-5)
+    if shift:
+        return
+    layer = layers["n1"]
+    window = x[0, :3, :3, :].reshape(9, 4)
+    q, k, _ = F.linear(window, layer.qkv.weight, layer.qkv.bias).view(9, 3, 2, 2).unbind(1)
+    scores = torch.einsum("qhd,khd->hqk", q * 2**-0.5, k) + layer.position_bias()[0]
+    assert torch.allclose(weights, scores.softmax(-1).detach(), atol=1e-6)
+
+
 def test_dead_fraction_counts_units_never_positive_in_the_batch():
     graph = chain_graph(
         [4], ("Linear", {"out_features": 6}), ("ReLU", {}), ("Linear", {"out_features": 2})

@@ -585,6 +585,7 @@ WINDOW_ATTENTION_SPEC = LayerSpec(
     key_params=("num_heads", "window_size", "shift_size", "v2"),
     helper=("WindowAttention", WINDOW_ATTENTION),
     fitted_starter=window_attention_fitted,
+    attends=True,  # its first window's map (runtime.metrics.capture_attention)
     examples=(
         Example((5, 6, 4), {"num_heads": 2, "window_size": 3, "shift_size": 1}),
         Example((4, 4, 4), {"num_heads": 2, "window_size": 2, "shift_size": 1, "v2": True}),
