@@ -13,9 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from compiler import analyse
 from compiler.importer import import_model
-from tests.test_import_classics import exported_twin
+from tests.test_import_classics import assert_round_trip
 
 models = pytest.importorskip("torchvision.models")
 
@@ -46,11 +45,9 @@ def imported(name: str, shape: tuple[int, ...]) -> tuple[nn.Module, Counter[str]
     round-trips; the graph's node types, counted."""
     model = build(name)
     result = import_model(model, shape)
-    assert result.problems == [], [str(p) for p in result.problems]
-    assert analyse(result.graph).total_params == sum(p.numel() for p in model.parameters())
-    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(7))
-    with torch.no_grad():
-        assert (exported_twin(model, result)(x) - model(x)).abs().max() < 1e-4
+    assert_round_trip(
+        model, result, torch.randn(2, *shape, generator=torch.Generator().manual_seed(7))
+    )
     return model, Counter(node.type for node in result.graph.nodes)
 
 
