@@ -591,7 +591,15 @@ def _pool_locked(root: Path) -> Iterator[None]:
     """The runs root, held by one server's look at the queue at a time (flock on a file in it:
     threads and processes alike wait their turn; a look takes milliseconds)."""
     root.mkdir(parents=True, exist_ok=True)
-    handle = os.open(root / POOL_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    with _waited_flock(root / POOL_LOCK_FILE):
+        yield
+
+
+@contextlib.contextmanager
+def _waited_flock(path: Path) -> Iterator[None]:
+    """An exclusive flock on the file at path (made if missing), waited for: threads and
+    processes alike take their turn; closing the file lets it go."""
+    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
@@ -1158,12 +1166,9 @@ def _escalate(folder: Path, grace: float, kill_grace: float, record: bool = True
     if entry is not None:
         unstarted = status.get("status") == "queued"
         cluster.cancel(entry, 0.0 if unstarted else grace)
-        if not record:
-            return
-        if unstarted:
-            _record_forced_stop(folder, trainer, msg("stopped before it started"))
-        else:
-            _record_forced_stop(folder, trainer)
+        if record:
+            said = msg("stopped before it started") if unstarted else None
+            _record_forced_stop(folder, trainer, said)
         return
     process = _process(status.get("pid"), status.get("pid_started"))
     if process is None or process.pid == os.getpid():  # a trainer in this process: the flag
@@ -1201,23 +1206,12 @@ def _record_forced_stop(
     where the trainer recorded its own end, the usual case: a Resume then is never told "busy")."""
     if store.read_status(folder).get("status") not in ACTIVE:
         return
-    with _lock_waited(folder):
+    with _waited_flock(folder / LOCK_FILE):  # the run's lock, as _locked takes it, waited for
         status = store.read_status(folder)
         if status.get("status") in ACTIVE and _trainer_of(status) == trainer:
             store.update_status(
                 folder, status="stopped", message=message or _forced_stop_message(status)
             )
-
-
-@contextlib.contextmanager
-def _lock_waited(folder: Path) -> Iterator[None]:
-    """The run's lock (as _locked takes it), waited for rather than refused."""
-    handle = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(handle)
 
 
 def _ended(process: psutil.Process, seconds: float) -> bool:
