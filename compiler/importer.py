@@ -1323,11 +1323,8 @@ def _slices(node: fx.Node, value: str, items: list[Any]) -> Stack:
         at = items.index(Ellipsis)
         items = items[:at] + [slice(None)] * (rank - len(items) + 1) + items[at + 1 :]
     cuts = [(dim, cut) for dim, cut in enumerate(items) if cut != slice(None)]
-    bounds_ok = all(
-        all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in bounds)
-        for _, cut in cuts
-        for bounds in [(cut.start, cut.stop, cut.step)]
-    )
+    bounds = [v for _, cut in cuts for v in (cut.start, cut.stop, cut.step) if v is not None]
+    bounds_ok = all(isinstance(v, int) and not isinstance(v, bool) for v in bounds)
     if not cuts or cuts[0][0] == 0 or not bounds_ok or any((c.step or 1) < 1 for _, c in cuts):
         raise NotMappable(
             msg(
