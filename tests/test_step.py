@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 import torch
 
-import i18n
 import torch.nn.functional as F
 from torch import nn
 
@@ -341,13 +340,6 @@ def digits_graph() -> Graph:
     """CONV_NET with a head of 10 scores: a classifier of the 8x8 digits."""
     shape, *layers = CONV_NET
     return graph_of(shape, *layers[:-1], ("Linear", {"out_features": 10}))
-
-
-@pytest.fixture(autouse=True)
-def language_as_found():
-    """main() sets this thread's language (--lang); later page tests read the reader's again."""
-    yield
-    i18n.set_language(None)
 
 
 def write_graph(folder: Path, graph: Graph) -> Path:
