@@ -592,10 +592,10 @@ def _remembered(key: str, value: Any, resend: bool = False) -> str:
     that was off, None in TrainConfig, starts from `value`: 0 for off).
 
     A number input's value (`resend`) is set on every run, so that each run sends it to the
-    browser (selectboxes are left alone: AppTest cannot read a re-sent translated one): a number input
-    the browser draws anew otherwise shows its default, 0, and sends that back on the next
-    click (seen on a loaded machine after a one-click fix: learning rate, epochs and batch size
-    all 0, and Start disabled)."""
+    browser: a number input the browser draws anew otherwise shows its default, 0, and sends
+    that back on the next click (seen on a loaded machine after a one-click fix: learning rate,
+    epochs and batch size all 0, and Start disabled). Selectboxes are left alone: AppTest cannot
+    read a re-sent one whose labels are translated."""
     widget = f"train-{key}"
     if widget not in st.session_state:
         last = st.session_state.get(state.TRAIN_SETTINGS, {}).get(key)
